@@ -1,0 +1,139 @@
+//! The gateway: Invicta's public HTTP/JSON API (axum). It owns authentication, rate limits and
+//! request validation, and routes each call to the service that does the work. For now it serves
+//! the health endpoints every deployment mode relies on.
+//!
+//! **Boundary:** the gateway never runs guest code and never writes the oplog.
+
+use std::net::SocketAddr;
+
+use axum::Json;
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+use invicta_blob::BlobStore;
+use invicta_store::Store;
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpListener;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("serve HTTP: {0}")]
+    Serve(#[source] std::io::Error),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The gateway's configuration.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Where the public API listens. Default `127.0.0.1:8080`: loopback only until an operator
+    /// chooses to expose it.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8080))
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: default_listen(),
+        }
+    }
+}
+
+#[derive(Clone)]
+struct AppState {
+    store: Store,
+    blobs: BlobStore,
+}
+
+/// The gateway, bound to its address and ready to serve.
+pub struct Service {
+    listener: TcpListener,
+    router: Router,
+}
+
+impl Service {
+    /// Binds the listening socket, so that a caller learns of a taken port before anything runs.
+    pub async fn bind(config: &Config, store: Store, blobs: BlobStore) -> Result<Service> {
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .map_err(|source| Error::Listen {
+                addr: config.listen,
+                source,
+            })?;
+        Ok(Service {
+            listener,
+            router: router(AppState { store, blobs }),
+        })
+    }
+
+    /// The address actually bound (port 0 in the config picks a free one).
+    pub fn local_addr(&self) -> Result<SocketAddr> {
+        self.listener.local_addr().map_err(Error::Serve)
+    }
+
+    /// Serves until `shutdown` resolves, then finishes the requests in flight.
+    pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<()> {
+        axum::serve(self.listener, self.router)
+            .with_graceful_shutdown(shutdown)
+            .await
+            .map_err(Error::Serve)
+    }
+}
+
+fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .with_state(state)
+}
+
+/// Liveness: the process serves HTTP.
+async fn healthz() -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "status": "ok" }))
+}
+
+/// Readiness: the store answers a transaction and the blob store a request.
+async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<serde_json::Value>) {
+    let store = state
+        .store
+        .read(|tx| tx.get(b"readyz").map(drop))
+        .await
+        .map_err(|e: invicta_store::Error| e.to_string());
+    let blobs = state
+        .blobs
+        .list("readyz")
+        .await
+        .map(drop)
+        .map_err(|e| e.to_string());
+    let status = if store.is_ok() && blobs.is_ok() {
+        StatusCode::OK
+    } else {
+        tracing::warn!(?store, ?blobs, "not ready");
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let describe = |r: &Result<(), String>| match r {
+        Ok(()) => "ok".to_string(),
+        Err(e) => e.clone(),
+    };
+    (
+        status,
+        Json(serde_json::json!({
+            "status": if status == StatusCode::OK { "ready" } else { "not_ready" },
+            "store": { "backend": state.store.backend_name(), "status": describe(&store) },
+            "blobs": { "backend": state.blobs.backend_name(), "status": describe(&blobs) },
+        })),
+    )
+}

@@ -1,0 +1,260 @@
+//! The embedded backend: SQLite in WAL mode with `synchronous=FULL`, one table of ordered blob
+//! keys. Every commit is on disk when it returns, and several processes can open the same file.
+//!
+//! Writers are serialized: inside a process by a mutex around the one writing connection, across
+//! processes by SQLite's write lock (`BEGIN IMMEDIATE`, waiting in a short busy loop). A
+//! transaction therefore holds the lock from its first statement to its commit, which makes it
+//! serializable without conflict detection; read-only transactions read a WAL snapshot on their
+//! own connections and never wait for writers.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, params};
+
+use crate::transaction::decode_i64;
+use crate::{BackendImpl, Body, Error, KeyValue, Outcome, RawTransaction, Result};
+
+/// How long a writer waits in total for another process's write lock before the attempt counts
+/// as a conflict: the transaction time limit, since a lock held longer belongs to a transaction
+/// that cannot commit anyway.
+const LOCK_WAIT_MAX: Duration = crate::limits::TRANSACTION_DURATION_MAX;
+
+/// Spare read connections kept open; more are opened under load and closed after.
+const READERS_KEPT_MAX: usize = 8;
+
+pub(crate) struct Embedded {
+    path: PathBuf,
+    writer: Mutex<Connection>,
+    readers: Mutex<Vec<Connection>>,
+}
+
+impl Embedded {
+    pub(crate) fn open(path: &Path) -> Result<Embedded> {
+        let open_error = |source: Box<dyn std::error::Error + Send + Sync>| Error::Open {
+            path: path.to_path_buf(),
+            source,
+        };
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent).map_err(|e| open_error(e.into()))?;
+        }
+        let writer = connect(path).map_err(|e| open_error(e.into()))?;
+        writer
+            .execute_batch(
+                "CREATE TABLE IF NOT EXISTS kv (key BLOB PRIMARY KEY NOT NULL, value BLOB NOT NULL) WITHOUT ROWID",
+            )
+            .map_err(|e| open_error(e.into()))?;
+        Ok(Embedded {
+            path: path.to_path_buf(),
+            writer: Mutex::new(writer),
+            readers: Mutex::new(Vec::new()),
+        })
+    }
+
+    fn reader(&self) -> Result<Connection> {
+        if let Some(conn) = lock(&self.readers).pop() {
+            return Ok(conn);
+        }
+        let conn = connect(&self.path)?;
+        conn.pragma_update(None, "query_only", true)?;
+        Ok(conn)
+    }
+
+    fn give_back(&self, conn: Connection) {
+        let mut readers = lock(&self.readers);
+        if readers.len() < READERS_KEPT_MAX {
+            readers.push(conn);
+        }
+    }
+}
+
+impl BackendImpl for Embedded {
+    fn run(&self, write: bool, attempts_max: u32, body: &mut Body<'_>) -> Result<()> {
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let result = if write {
+                let conn = lock(&self.writer);
+                attempt(&conn, "BEGIN IMMEDIATE", body)
+            } else {
+                let conn = self.reader()?;
+                let result = attempt(&conn, "BEGIN DEFERRED", body);
+                self.give_back(conn);
+                result
+            };
+            match result {
+                Err(e) if e.is_retryable() => {
+                    if attempts >= attempts_max {
+                        return Err(Error::Conflict { attempts });
+                    }
+                    tracing::debug!(attempts, error = %e, "retry embedded store transaction");
+                    std::thread::sleep(Duration::from_micros(50 * u64::from(attempts.min(20))));
+                }
+                other => return other,
+            }
+        }
+    }
+}
+
+fn attempt(conn: &Connection, begin: &str, body: &mut Body<'_>) -> Result<()> {
+    // A body that panicked may have left a transaction open on this connection.
+    if !conn.is_autocommit() {
+        conn.execute_batch("ROLLBACK")?;
+    }
+    conn.execute_batch(begin)?;
+    let mut tx = SqliteTransaction { conn };
+    match body(&mut tx) {
+        Ok(Outcome::Commit) => match conn.execute_batch("COMMIT") {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                rollback(conn);
+                Err(e.into())
+            }
+        },
+        Ok(Outcome::Rollback) => {
+            rollback(conn);
+            Ok(())
+        }
+        Err(e) => {
+            rollback(conn);
+            Err(e)
+        }
+    }
+}
+
+fn rollback(conn: &Connection) {
+    if !conn.is_autocommit()
+        && let Err(e) = conn.execute_batch("ROLLBACK")
+    {
+        tracing::warn!(error = %e, "roll back embedded store transaction");
+    }
+}
+
+fn connect(path: &Path) -> rusqlite::Result<Connection> {
+    let mut conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.busy_handler(Some(wait_for_lock))?;
+    let mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |row| row.get(0))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(rusqlite::Error::InvalidParameterName(format!(
+            "journal_mode is {mode}, expected wal"
+        )));
+    }
+    // FULL: the WAL is fsynced at every commit, so an acknowledged commit survives a crash.
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    Ok(conn)
+}
+
+/// SQLite's busy handler: wait briefly and often (a write transaction of another process lasts
+/// a few hundred microseconds), up to [`LOCK_WAIT_MAX`] in all.
+fn wait_for_lock(calls: i32) -> bool {
+    const FAST_CALLS: i32 = 200;
+    const FAST_WAIT: Duration = Duration::from_micros(50);
+    const SLOW_WAIT: Duration = Duration::from_millis(1);
+    let fast_total = FAST_WAIT * FAST_CALLS as u32;
+    let waited = if calls < FAST_CALLS {
+        FAST_WAIT * calls as u32
+    } else {
+        fast_total + SLOW_WAIT * (calls - FAST_CALLS) as u32
+    };
+    if waited >= LOCK_WAIT_MAX {
+        return false;
+    }
+    std::thread::sleep(if calls < FAST_CALLS {
+        FAST_WAIT
+    } else {
+        SLOW_WAIT
+    });
+    true
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A poisoned lock only means a body panicked; `attempt` rolls back what it left open.
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+pub(crate) fn is_busy(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_error_code(),
+        Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked)
+    )
+}
+
+pub(crate) fn copy_error(e: &rusqlite::Error) -> Error {
+    match e {
+        rusqlite::Error::SqliteFailure(code, message) => {
+            Error::Embedded(rusqlite::Error::SqliteFailure(*code, message.clone()))
+        }
+        other => Error::Task(other.to_string()),
+    }
+}
+
+struct SqliteTransaction<'c> {
+    conn: &'c Connection,
+}
+
+impl RawTransaction for SqliteTransaction<'_> {
+    fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT value FROM kv WHERE key = ?1")?;
+        Ok(stmt.query_row([key], |row| row.get(0)).optional()?)
+    }
+
+    fn get_range(
+        &mut self,
+        begin: &[u8],
+        end: &[u8],
+        limit: Option<usize>,
+        reverse: bool,
+    ) -> Result<Vec<KeyValue>> {
+        let sql = if reverse {
+            "SELECT key, value FROM kv WHERE key >= ?1 AND key < ?2 ORDER BY key DESC LIMIT ?3"
+        } else {
+            "SELECT key, value FROM kv WHERE key >= ?1 AND key < ?2 ORDER BY key ASC LIMIT ?3"
+        };
+        let limit = limit.map_or(-1, |n| i64::try_from(n).unwrap_or(i64::MAX));
+        let mut stmt = self.conn.prepare_cached(sql)?;
+        let rows = stmt.query_map(params![begin, end, limit], |row| {
+            Ok(KeyValue {
+                key: row.get(0)?,
+                value: row.get(1)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    }
+
+    fn set(&mut self, key: &[u8], value: &[u8]) -> Result<()> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("INSERT OR REPLACE INTO kv (key, value) VALUES (?1, ?2)")?;
+        stmt.execute(params![key, value])?;
+        Ok(())
+    }
+
+    fn clear(&mut self, key: &[u8]) -> Result<()> {
+        let mut stmt = self.conn.prepare_cached("DELETE FROM kv WHERE key = ?1")?;
+        stmt.execute([key])?;
+        Ok(())
+    }
+
+    fn clear_range(&mut self, begin: &[u8], end: &[u8]) -> Result<()> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("DELETE FROM kv WHERE key >= ?1 AND key < ?2")?;
+        stmt.execute([begin, end])?;
+        Ok(())
+    }
+
+    fn atomic_add(&mut self, key: &[u8], delta: i64) -> Result<()> {
+        let current = self.get(key)?.map(|v| decode_i64(&v)).unwrap_or(0);
+        self.set(key, &current.wrapping_add(delta).to_le_bytes())
+    }
+}
