@@ -1,1 +1,27 @@
-fn main() {}
+//! The load generator behind `make bench`. Each scenario prints its figures next to the limit
+//! measured on the same machine in the same run, since the machines are shared and noisy:
+//! absolute numbers mean little, ratios to the limit do.
+
+mod stats;
+mod store;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "invicta-loadtests", about = "Invicta's benchmark scenarios")]
+struct Cli {
+    #[command(subcommand)]
+    scenario: Scenario,
+}
+
+#[derive(Debug, Subcommand)]
+enum Scenario {
+    /// Commit latency and throughput of the embedded store, beside raw write+fdatasync.
+    Store(store::Args),
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().scenario {
+        Scenario::Store(args) => store::run(&args),
+    }
+}

@@ -1,1 +1,7 @@
+//! Invicta's cross-service tests, as one test binary: they run the real `invicta` binary as a
+//! child process and talk to it over HTTP on loopback.
 
+mod server;
+
+/// The server binary cargo built for these tests.
+pub const INVICTA: &str = env!("CARGO_BIN_EXE_invicta");

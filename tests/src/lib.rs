@@ -1,1 +1,106 @@
+//! Test support for Invicta's cross-service tests (`tests/integration`): the real server binary
+//! as a child process on a free loopback port with its own data directory, which a test can
+//! stop gracefully or kill with SIGKILL and start again on the same data.
 
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+
+/// How long a server may take to print its address before the test gives up on it.
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A running `invicta server`.
+pub struct Server {
+    child: Child,
+    pub url: String,
+    pub data_dir: PathBuf,
+    binary: PathBuf,
+}
+
+impl Server {
+    /// Starts `binary server` on 127.0.0.1 with a free port and `data_dir`.
+    pub fn start(binary: &Path, data_dir: &Path) -> anyhow::Result<Server> {
+        Self::start_with(binary, data_dir, &[])
+    }
+
+    /// Starts the server with extra arguments after `server`.
+    pub fn start_with(binary: &Path, data_dir: &Path, extra: &[&str]) -> anyhow::Result<Server> {
+        let mut child = Command::new(binary)
+            .arg("server")
+            .args(["--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data_dir)
+            .args(extra)
+            .env("INVICTA_LOG", std::env::var("INVICTA_LOG").unwrap_or_else(|_| "warn".into()))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .with_context(|| format!("start {}", binary.display()))?;
+        let stdout = child.stdout.take().context("server stdout")?;
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if let Some(rest) = line.strip_prefix("invicta listening on ") {
+                    let url = rest.split_whitespace().next().unwrap_or_default().to_string();
+                    let _ = tx.send(url);
+                }
+            }
+        });
+        let url = match rx.recv_timeout(START_TIMEOUT) {
+            Ok(url) => url,
+            Err(_) => {
+                let _ = child.kill();
+                let status = child.wait()?;
+                bail!("the server did not print its address (exit status {status})");
+            }
+        };
+        Ok(Server {
+            child,
+            url,
+            data_dir: data_dir.to_path_buf(),
+            binary: binary.to_path_buf(),
+        })
+    }
+
+    /// Kills the server with SIGKILL: no shutdown code runs, as in a crash.
+    pub fn kill(mut self) -> anyhow::Result<()> {
+        self.signal(libc::SIGKILL)?;
+        self.child.wait()?;
+        Ok(())
+    }
+
+    /// Stops the server with SIGTERM and returns whether it exited cleanly.
+    pub fn stop(mut self) -> anyhow::Result<bool> {
+        self.signal(libc::SIGTERM)?;
+        Ok(self.child.wait()?.success())
+    }
+
+    /// Starts a new server on the same data directory.
+    pub fn restart(self) -> anyhow::Result<Server> {
+        let (binary, data_dir) = (self.binary.clone(), self.data_dir.clone());
+        self.kill()?;
+        Server::start(&binary, &data_dir)
+    }
+
+    fn signal(&mut self, signal: libc::c_int) -> anyhow::Result<()> {
+        let pid = libc::pid_t::try_from(self.child.id())?;
+        #[allow(unsafe_code)]
+        // SAFETY: kill(2) on our own child, which has not been reaped yet.
+        let rc = unsafe { libc::kill(pid, signal) };
+        if rc != 0 {
+            bail!("kill({pid}, {signal}) failed: {}", std::io::Error::last_os_error());
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -17,7 +17,9 @@ use invicta_store::{Config, Error, KeyValue, RangeOptions, Store};
 type TestResult = anyhow::Result<()>;
 
 /// Every check of the suite, each under its own key prefix so that they cannot see each other.
-const CHECKS: &[(&str, fn(&Store, &[u8]) -> TestResult)] = &[
+type Check = fn(&Store, &[u8]) -> TestResult;
+
+const CHECKS: &[(&str, Check)] = &[
     ("ordering", ordering),
     ("range_limits_and_reverse", range_limits_and_reverse),
     ("read_your_writes", read_your_writes),
@@ -305,15 +307,14 @@ fn atomic_add_under_contention(store: &Store, prefix: &[u8]) -> TestResult {
     Ok(())
 }
 
+type Op<'a> = dyn Fn(&mut invicta_store::Transaction<'_>) -> Result<(), Error> + 'a;
+
 fn limits_are_typed_and_change_nothing(store: &Store, prefix: &[u8]) -> TestResult {
     let marker = key(prefix, "marker");
     let big_key = [prefix, &vec![b'k'; KEY_BYTES_MAX]].concat();
     let big_value = vec![0_u8; VALUE_BYTES_MAX + 1];
     let chunk = vec![1_u8; VALUE_BYTES_MAX - 1_000];
-    let cases: Vec<(
-        &str,
-        Box<dyn Fn(&mut invicta_store::Transaction<'_>) -> Result<(), Error>>,
-    )> = vec![
+    let cases: Vec<(&str, Box<Op<'_>>)> = vec![
         ("key over the limit", Box::new(|tx| tx.set(&big_key, b"v"))),
         (
             "cleared key over the limit",

@@ -1,0 +1,58 @@
+# Invicta's entry points. A fresh machine needs only the Rust toolchain: `make test` installs the
+# rest (the wasm32-wasip2 target, libclang for the FoundationDB type-check).
+
+CARGO_TARGET_DIR ?= $(HOME)/.cache/invicta/target
+export CARGO_TARGET_DIR
+LISTEN ?= 127.0.0.1:8080
+DATA_DIR ?= ./.invicta
+INVICTA := $(CARGO_TARGET_DIR)/debug/invicta
+
+.PHONY: run build test check deps fmt-check clippy fdb-check unit-tests bench components
+
+## run: build and start the all-in-one server on $(LISTEN), data under $(DATA_DIR)
+run: build
+	$(INVICTA) server --listen $(LISTEN) --data-dir $(DATA_DIR)
+
+build:
+	cargo build -p invicta
+
+## test: install what the tests need, then every check and every test
+test: deps check
+
+check: fmt-check clippy fdb-check unit-tests
+
+deps:
+	@rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip2 || rustup target add wasm32-wasip2
+	@rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt
+	@rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy
+	@# bindgen in the foundationdb crate needs libclang to type-check the fdb backend.
+	@ls /usr/lib/*/libclang*.so* >/dev/null 2>&1 || ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1 || \
+		{ (apt-get update -qq || sudo apt-get update -qq) && \
+		  (DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libclang1-14 || \
+		   sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libclang1-14); }
+
+fmt-check:
+	cargo fmt --all -- --check
+
+clippy:
+	cargo clippy --workspace --all-targets -- -D warnings
+
+## fdb-check: the FoundationDB backend cannot link here (no libfdb_c), so it is type-checked
+fdb-check:
+	cargo clippy -p invicta-store --features fdb --all-targets -- -D warnings
+
+unit-tests:
+	@if cargo nextest --version >/dev/null 2>&1; then \
+		cargo nextest run --workspace --no-fail-fast; \
+	else \
+		cargo test --workspace --no-fail-fast; \
+	fi
+
+## bench: the benchmark scenarios of loadtests/, in release mode
+bench:
+	cargo build --release -p invicta-loadtests
+	$(CARGO_TARGET_DIR)/release/invicta-loadtests store
+
+## components: the guest components under tests/components (wasm32-wasip2)
+components:
+	@true
