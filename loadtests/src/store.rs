@@ -94,14 +94,25 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             .collect();
         let mut samples = Vec::new();
         for h in handles {
-            samples.extend(h.join().map_err(|_| anyhow::anyhow!("bench thread panicked"))??);
+            samples.extend(
+                h.join()
+                    .map_err(|_| anyhow::anyhow!("bench thread panicked"))??,
+            );
         }
         Summary::of(&mut samples, start.elapsed())
     };
 
     let mut out = std::io::stdout().lock();
-    writeln!(out, "store bench: {n} commits per row, {VALUE_BYTES}-byte values, dir {}", dir.path().display())?;
-    writeln!(out, "{:<44} {:>10} {:>10} {:>12} {:>10}", "measurement", "p50 µs", "p99 µs", "commits/s", "p50/raw")?;
+    writeln!(
+        out,
+        "store bench: {n} commits per row, {VALUE_BYTES}-byte values, dir {}",
+        dir.path().display()
+    )?;
+    writeln!(
+        out,
+        "{:<44} {:>10} {:>10} {:>12} {:>10}",
+        "measurement", "p50 µs", "p99 µs", "commits/s", "p50/raw"
+    )?;
     let row = |out: &mut std::io::StdoutLock<'_>, name: &str, s: &Summary| -> std::io::Result<()> {
         writeln!(
             out,
@@ -116,8 +127,16 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     row(&mut out, "raw append + fdatasync (the limit)", &raw)?;
     row(&mut out, "raw overwrite + fdatasync", &raw_inplace)?;
     row(&mut out, "embedded store, 1-key transaction", &one_key)?;
-    row(&mut out, "embedded store, 100-key transaction", &hundred_keys)?;
-    row(&mut out, &format!("embedded store, 1-key, {threads} threads"), &concurrent)?;
+    row(
+        &mut out,
+        "embedded store, 100-key transaction",
+        &hundred_keys,
+    )?;
+    row(
+        &mut out,
+        &format!("embedded store, 1-key, {threads} threads"),
+        &concurrent,
+    )?;
     writeln!(
         out,
         "100-key transactions write {:.0} keys/s",

@@ -27,7 +27,10 @@ async fn serves_health_and_readiness() -> anyhow::Result<()> {
     assert!(data.path().join("store.sqlite").exists());
     assert!(data.path().join("blobs").is_dir());
 
-    let unknown = client.get(format!("{}/no-such-path", server.url)).send().await?;
+    let unknown = client
+        .get(format!("{}/no-such-path", server.url))
+        .send()
+        .await?;
     assert_eq!(unknown.status(), 404);
 
     assert!(server.stop()?, "the server exits cleanly on SIGTERM");
@@ -38,7 +41,10 @@ async fn serves_health_and_readiness() -> anyhow::Result<()> {
 async fn refuses_a_bad_config_file_clearly() -> anyhow::Result<()> {
     let data = tempfile::tempdir()?;
     let config = data.path().join("invicta.toml");
-    std::fs::write(&config, "[gateway]\nlisten = \"127.0.0.1:0\"\nno_such_key = 1\n")?;
+    std::fs::write(
+        &config,
+        "[gateway]\nlisten = \"127.0.0.1:0\"\nno_such_key = 1\n",
+    )?;
     let output = std::process::Command::new(INVICTA)
         .args(["server", "--config"])
         .arg(&config)

@@ -34,7 +34,10 @@ impl Server {
             .args(["--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
             .args(extra)
-            .env("INVICTA_LOG", std::env::var("INVICTA_LOG").unwrap_or_else(|_| "warn".into()))
+            .env(
+                "INVICTA_LOG",
+                std::env::var("INVICTA_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -45,7 +48,11 @@ impl Server {
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
                 if let Some(rest) = line.strip_prefix("invicta listening on ") {
-                    let url = rest.split_whitespace().next().unwrap_or_default().to_string();
+                    let url = rest
+                        .split_whitespace()
+                        .next()
+                        .unwrap_or_default()
+                        .to_string();
                     let _ = tx.send(url);
                 }
             }
@@ -92,7 +99,10 @@ impl Server {
         // SAFETY: kill(2) on our own child, which has not been reaped yet.
         let rc = unsafe { libc::kill(pid, signal) };
         if rc != 0 {
-            bail!("kill({pid}, {signal}) failed: {}", std::io::Error::last_os_error());
+            bail!(
+                "kill({pid}, {signal}) failed: {}",
+                std::io::Error::last_os_error()
+            );
         }
         Ok(())
     }
