@@ -1,1 +1,503 @@
-//! placeholder
+//! The component registry: accepts a WASI 0.2 component, validates it (a component, valid, with
+//! imports the executors can satisfy), reads its exported functions, precompiles it for the
+//! executors' engine, and stores the bytes and the artifact in the blob store and the metadata in
+//! the store. New bytes under a name make a new version; the same bytes again are the same
+//! version.
+//!
+//! Store layout (tuple keys):
+//! - `("component", tenant, name)` → [`ComponentRecord`] (latest version)
+//! - `("component-version", tenant, name, version)` → [`ComponentVersion`]
+//! - `("component-hash", tenant, name, sha256)` → version number
+//!
+//! **Invariant:** a version's record is written only after its bytes and artifact are in the
+//! blob store, in one transaction with the name's latest-version counter.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use invicta_blob::{BlobRef, BlobStore};
+use invicta_engine::Engine;
+use invicta_engine::exports::{ExportedFunction, FunctionSignature, exported_functions};
+use invicta_engine::wasmtime::component::Component;
+use invicta_model::{ComponentName, TenantId};
+use invicta_store::Store;
+use invicta_store::keys::pack;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("the upload is not a WebAssembly component: {0}")]
+    NotAComponent(String),
+    #[error("the component is not valid: {0}")]
+    Invalid(String),
+    #[error("the component imports what no executor provides: {0}")]
+    UnsupportedImports(String),
+    #[error("the component is {size} bytes; the limit is {limit}")]
+    TooLarge { size: usize, limit: u64 },
+    #[error("component {0} not found")]
+    NotFound(String),
+    #[error("component {name} has no version {version}")]
+    VersionNotFound { name: String, version: u64 },
+    #[error("store: {0}")]
+    Store(#[from] invicta_store::Error),
+    #[error("blob store: {0}")]
+    Blob(#[from] invicta_blob::Error),
+    #[error("stored component metadata is corrupt: {0}")]
+    Corrupt(String),
+    #[error("compile the component: {0}")]
+    Compile(String),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// The largest component accepted, in bytes (default 50 MiB).
+    pub component_bytes_max: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            component_bytes_max: 50 * 1024 * 1024,
+        }
+    }
+}
+
+/// The latest version of a component name.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ComponentRecord {
+    pub latest_version: u64,
+}
+
+/// One version of a component.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ComponentVersion {
+    pub name: String,
+    pub version: u64,
+    /// SHA-256 of the component's bytes.
+    pub hash: String,
+    pub size: u64,
+    pub created_at_ms: u64,
+    pub exports: Vec<FunctionSignature>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub blob: Option<BlobRef>,
+}
+
+/// The outcome of an upload.
+#[derive(Debug, Clone)]
+pub struct Uploaded {
+    pub version: ComponentVersion,
+    /// `false` when the same bytes were already this name's version.
+    pub created: bool,
+}
+
+/// Checks that an executor can instantiate a component: provided by the executor, which owns
+/// the linker.
+pub type ImportCheck = Arc<dyn Fn(&Component) -> Result<(), String> + Send + Sync>;
+
+/// A component version compiled for this process's engine, ready to instantiate.
+pub struct Compiled {
+    pub version: ComponentVersion,
+    pub component: Component,
+    pub exports: Vec<ExportedFunction>,
+}
+
+impl Compiled {
+    pub fn function(&self, name: &str) -> Option<&ExportedFunction> {
+        self.exports.iter().find(|f| f.is_named(name))
+    }
+}
+
+#[derive(Clone)]
+pub struct Registry {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: Config,
+    store: Store,
+    blobs: BlobStore,
+    engine: Engine,
+    import_check: ImportCheck,
+    compiled: Mutex<HashMap<(TenantId, ComponentName, u64), Arc<Compiled>>>,
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+fn component_key(tenant: &TenantId, name: &ComponentName) -> Vec<u8> {
+    pack(&("component", tenant.as_str(), name.as_str()))
+}
+
+fn version_key(tenant: &TenantId, name: &ComponentName, version: u64) -> Vec<u8> {
+    pack(&("component-version", tenant.as_str(), name.as_str(), version))
+}
+
+fn hash_key(tenant: &TenantId, name: &ComponentName, hash: &str) -> Vec<u8> {
+    pack(&("component-hash", tenant.as_str(), name.as_str(), hash))
+}
+
+fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T> {
+    serde_json::from_slice(bytes).map_err(|e| Error::Corrupt(e.to_string()))
+}
+
+fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    // Serializing these plain structs to JSON cannot fail.
+    serde_json::to_vec(value).unwrap_or_default()
+}
+
+impl Registry {
+    pub fn new(
+        config: Config,
+        store: Store,
+        blobs: BlobStore,
+        engine: Engine,
+        import_check: ImportCheck,
+    ) -> Registry {
+        Registry {
+            inner: Arc::new(Inner {
+                config,
+                store,
+                blobs,
+                engine,
+                import_check,
+                compiled: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.inner.config
+    }
+
+    /// Validates, stores and precompiles `bytes` as a version of `name`.
+    pub async fn upload(
+        &self,
+        tenant: &TenantId,
+        name: &ComponentName,
+        bytes: Vec<u8>,
+    ) -> Result<Uploaded> {
+        let inner = &self.inner;
+        if bytes.len() as u64 > inner.config.component_bytes_max {
+            return Err(Error::TooLarge {
+                size: bytes.len(),
+                limit: inner.config.component_bytes_max,
+            });
+        }
+        let hash = hex::encode(Sha256::digest(&bytes));
+        if let Some(existing) = self.version_by_hash(tenant, name, &hash).await? {
+            return Ok(Uploaded {
+                version: existing,
+                created: false,
+            });
+        }
+        // Compiling takes tens of milliseconds of CPU: keep it off the async threads.
+        let engine = inner.engine.clone();
+        let import_check = inner.import_check.clone();
+        let (component, exports, artifact, bytes) = tokio::task::spawn_blocking(move || {
+            let component = compile(&engine, &bytes)?;
+            import_check(&component).map_err(Error::UnsupportedImports)?;
+            let exports = exported_functions(&engine.engine, &component);
+            let artifact = component
+                .serialize()
+                .map_err(|e| Error::Compile(format!("{e:#}")))?;
+            Ok::<_, Error>((component, exports, artifact, bytes))
+        })
+        .await
+        .map_err(|e| Error::Compile(e.to_string()))??;
+
+        let blob = inner.blobs.put_bytes("components", &bytes).await?;
+        let artifact = inner
+            .blobs
+            .put_bytes(&artifact_prefix(&inner.engine), &artifact)
+            .await?;
+        let engine = inner.engine.clone();
+        let mut version = ComponentVersion {
+            name: name.to_string(),
+            version: 0,
+            hash: hash.clone(),
+            size: bytes.len() as u64,
+            created_at_ms: now_ms(),
+            exports: exports.iter().map(ExportedFunction::signature).collect(),
+            blob: Some(blob),
+        };
+        let (tenant_c, name_c, template) = (tenant.clone(), name.clone(), version.clone());
+        let (stored, created) = inner
+            .store
+            .transact(move |tx| {
+                // Another upload of the same bytes may have won the race.
+                if let Some(v) = tx.get(&hash_key(&tenant_c, &name_c, &template.hash))? {
+                    let number = decode::<u64>(&v)?;
+                    let existing = tx
+                        .get(&version_key(&tenant_c, &name_c, number))?
+                        .ok_or_else(|| {
+                            Error::Corrupt("hash index names a missing version".into())
+                        })?;
+                    return Ok::<_, Error>((decode::<ComponentVersion>(&existing)?, false));
+                }
+                let latest = match tx.get(&component_key(&tenant_c, &name_c))? {
+                    Some(v) => decode::<ComponentRecord>(&v)?.latest_version,
+                    None => 0,
+                };
+                let mut record = template.clone();
+                record.version = latest + 1;
+                tx.set(
+                    &version_key(&tenant_c, &name_c, record.version),
+                    &encode(&record),
+                )?;
+                tx.set(
+                    &hash_key(&tenant_c, &name_c, &record.hash),
+                    &encode(&record.version),
+                )?;
+                tx.set(
+                    &artifact_key(&tenant_c, &name_c, record.version, &engine),
+                    &encode(&artifact),
+                )?;
+                tx.set(
+                    &component_key(&tenant_c, &name_c),
+                    &encode(&ComponentRecord {
+                        latest_version: record.version,
+                    }),
+                )?;
+                Ok((record, true))
+            })
+            .await?;
+        version = stored;
+        if created {
+            tracing::info!(tenant = %tenant, component = %name, version = version.version, hash = %version.hash, "component uploaded");
+            self.cache(
+                tenant,
+                name,
+                version.version,
+                Compiled {
+                    version: version.clone(),
+                    component,
+                    exports,
+                },
+            );
+        }
+        Ok(Uploaded { version, created })
+    }
+
+    async fn version_by_hash(
+        &self,
+        tenant: &TenantId,
+        name: &ComponentName,
+        hash: &str,
+    ) -> Result<Option<ComponentVersion>> {
+        let (hk, tenant, name) = (hash_key(tenant, name, hash), tenant.clone(), name.clone());
+        self.inner
+            .store
+            .read(move |tx| {
+                let Some(v) = tx.get(&hk)? else {
+                    return Ok(None);
+                };
+                let number = decode::<u64>(&v)?;
+                match tx.get(&version_key(&tenant, &name, number))? {
+                    Some(bytes) => Ok(Some(decode(&bytes)?)),
+                    None => Err(Error::Corrupt("hash index names a missing version".into())),
+                }
+            })
+            .await
+    }
+
+    /// One version's metadata; `None` for the latest.
+    pub async fn get(
+        &self,
+        tenant: &TenantId,
+        name: &ComponentName,
+        version: Option<u64>,
+    ) -> Result<ComponentVersion> {
+        let (tenant, name) = (tenant.clone(), name.clone());
+        self.inner
+            .store
+            .read(move |tx| {
+                let number = match version {
+                    Some(v) => v,
+                    None => match tx.get(&component_key(&tenant, &name))? {
+                        Some(v) => decode::<ComponentRecord>(&v)?.latest_version,
+                        None => return Err(Error::NotFound(name.to_string())),
+                    },
+                };
+                match tx.get(&version_key(&tenant, &name, number))? {
+                    Some(bytes) => decode(&bytes),
+                    None if version.is_some() => Err(Error::VersionNotFound {
+                        name: name.to_string(),
+                        version: number,
+                    }),
+                    None => Err(Error::NotFound(name.to_string())),
+                }
+            })
+            .await
+    }
+
+    /// The version numbers of a component, oldest first.
+    pub async fn versions(&self, tenant: &TenantId, name: &ComponentName) -> Result<Vec<u64>> {
+        let prefix = pack(&("component-version", tenant.as_str(), name.as_str()));
+        let rows = self
+            .inner
+            .store
+            .read(move |tx| tx.get_prefix(&prefix, Default::default()))
+            .await?;
+        rows.iter()
+            .map(|kv| decode::<ComponentVersion>(&kv.value).map(|v| v.version))
+            .collect()
+    }
+
+    /// The component version compiled for this engine: from memory, else from its precompiled
+    /// artifact, else compiled afresh from its bytes (and the artifact stored for next time).
+    pub async fn compiled(
+        &self,
+        tenant: &TenantId,
+        name: &ComponentName,
+        version: u64,
+    ) -> Result<Arc<Compiled>> {
+        let key = (tenant.clone(), name.clone(), version);
+        if let Some(hit) = self.lock().get(&key) {
+            return Ok(hit.clone());
+        }
+        let meta = self.get(tenant, name, Some(version)).await?;
+        let component = match self.load_artifact(tenant, name, version).await {
+            Ok(Some(component)) => component,
+            Ok(None) => self.recompile(tenant, name, &meta).await?,
+            Err(e) => {
+                tracing::warn!(tenant = %tenant, component = %name, version, error = %e, "precompiled artifact unusable; compiling again");
+                self.recompile(tenant, name, &meta).await?
+            }
+        };
+        let exports = exported_functions(&self.inner.engine.engine, &component);
+        Ok(self.cache(
+            tenant,
+            name,
+            version,
+            Compiled {
+                version: meta,
+                component,
+                exports,
+            },
+        ))
+    }
+
+    /// The precompiled artifact for this engine, if one was stored.
+    async fn load_artifact(
+        &self,
+        tenant: &TenantId,
+        name: &ComponentName,
+        version: u64,
+    ) -> Result<Option<Component>> {
+        let key = artifact_key(tenant, name, version, &self.inner.engine);
+        let Some(bytes) = self.inner.store.read(move |tx| tx.get(&key)).await? else {
+            return Ok(None);
+        };
+        let blob: BlobRef = decode(&bytes)?;
+        let artifact = self.inner.blobs.get_verified(&blob).await?;
+        let engine = self.inner.engine.clone();
+        let component = tokio::task::spawn_blocking(move || {
+            #[allow(unsafe_code)]
+            // SAFETY: the artifact was made by `Component::serialize` on an engine with this
+            // engine's fingerprint (it is stored under it), and its bytes were just checked
+            // against the SHA-256 recorded when it was stored.
+            let component = unsafe { Component::deserialize(&engine.engine, &artifact) };
+            component.map_err(|e| Error::Compile(format!("{e:#}")))
+        })
+        .await
+        .map_err(|e| Error::Compile(e.to_string()))??;
+        Ok(Some(component))
+    }
+
+    /// Compiles a version from its bytes and stores the artifact for this engine.
+    async fn recompile(
+        &self,
+        tenant: &TenantId,
+        name: &ComponentName,
+        meta: &ComponentVersion,
+    ) -> Result<Component> {
+        let blob = meta
+            .blob
+            .clone()
+            .ok_or_else(|| Error::Corrupt("component version has no bytes".into()))?;
+        let bytes = self.inner.blobs.get_verified(&blob).await?;
+        let engine = self.inner.engine.clone();
+        let (component, artifact) = tokio::task::spawn_blocking(move || {
+            let component = compile(&engine, &bytes)?;
+            let artifact = component
+                .serialize()
+                .map_err(|e| Error::Compile(format!("{e:#}")))?;
+            Ok::<_, Error>((component, artifact))
+        })
+        .await
+        .map_err(|e| Error::Compile(e.to_string()))??;
+        let artifact = self
+            .inner
+            .blobs
+            .put_bytes(&artifact_prefix(&self.inner.engine), &artifact)
+            .await?;
+        let key = artifact_key(tenant, name, meta.version, &self.inner.engine);
+        self.inner
+            .store
+            .transact(move |tx| tx.set(&key, &encode(&artifact)))
+            .await?;
+        Ok(component)
+    }
+
+    fn cache(
+        &self,
+        tenant: &TenantId,
+        name: &ComponentName,
+        version: u64,
+        compiled: Compiled,
+    ) -> Arc<Compiled> {
+        let compiled = Arc::new(compiled);
+        self.lock()
+            .insert((tenant.clone(), name.clone(), version), compiled.clone());
+        compiled
+    }
+
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<(TenantId, ComponentName, u64), Arc<Compiled>>> {
+        self.inner
+            .compiled
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+fn artifact_prefix(engine: &Engine) -> String {
+    format!("artifacts/{}", engine.fingerprint)
+}
+
+fn artifact_key(tenant: &TenantId, name: &ComponentName, version: u64, engine: &Engine) -> Vec<u8> {
+    pack(&(
+        "component-artifact",
+        tenant.as_str(),
+        name.as_str(),
+        version,
+        engine.fingerprint.as_str(),
+    ))
+}
+
+/// Compiles and validates `bytes`, telling a core module or non-wasm apart from a broken
+/// component.
+fn compile(engine: &Engine, bytes: &[u8]) -> Result<Component> {
+    const MAGIC: &[u8] = b"\0asm";
+    if bytes.len() < 8 || &bytes[..4] != MAGIC {
+        return Err(Error::NotAComponent(
+            "it does not start with the WebAssembly magic bytes".into(),
+        ));
+    }
+    // Bytes 4..8: version and layer; a core module is version 1, layer 0.
+    if bytes[4..8] == [1, 0, 0, 0] {
+        return Err(Error::NotAComponent(
+            "it is a core WebAssembly module; build a component (e.g. for wasm32-wasip2, or with `wasm-tools component new`)".into(),
+        ));
+    }
+    Component::new(&engine.engine, bytes).map_err(|e| Error::Invalid(format!("{e:#}")))
+}

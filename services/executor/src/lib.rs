@@ -1,1 +1,554 @@
-//! placeholder
+//! The executor: runs durable workers. Each worker is an actor task owning its wasmtime store
+//! (pooled, fuel-metered, memory-limited); it runs one invocation at a time in arrival order,
+//! records every non-deterministic host call in the oplog, and rebuilds its memory by replaying
+//! the oplog whenever it starts afresh (first use, after suspension, after a failed invocation,
+//! after a crash). Oplog appends of all workers go through one group committer.
+//!
+//! **Invariant:** an invocation's result is released only once its `ExportedFunctionCompleted`
+//! entry, its result record and the usage it measured are durable, in one transaction.
+//!
+//! **Invariant:** the same idempotency key never runs twice on a worker: a repeated key gets the
+//! stored outcome, or waits for the running invocation.
+//!
+//! **Boundary:** only this crate runs guest code.
+
+mod commit;
+mod host;
+mod records;
+mod worker;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use invicta_component_registry::{Compiled, ImportCheck, Registry};
+use invicta_engine::Engine;
+use invicta_engine::values::{ValueError, json_to_value};
+use invicta_model::oplog::{FailureKind, OplogEntry, OplogIndex};
+use invicta_model::{ComponentName, TenantId, WorkerId};
+use invicta_store::Store;
+use serde::{Deserialize, Serialize};
+use tokio::sync::oneshot;
+
+pub use records::{InvocationRecord, StoredOutcome, WorkerRecord};
+
+use crate::commit::Committer;
+use crate::host::WorkerCtx;
+use crate::worker::{Command, Invocation, WorkerHandle};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("worker {0} not found")]
+    WorkerNotFound(String),
+    #[error("worker {0} already exists")]
+    WorkerExists(String),
+    #[error("component {component} has no exported function `{function}`; it exports: {available}")]
+    UnknownFunction {
+        component: String,
+        function: String,
+        available: String,
+    },
+    #[error("function `{function}` takes {expected} parameter(s), got {got}")]
+    ParamCount {
+        function: String,
+        expected: usize,
+        got: usize,
+    },
+    #[error(transparent)]
+    InvalidParam(#[from] ValueError),
+    #[error("invalid idempotency key: {0}")]
+    InvalidIdempotencyKey(String),
+    #[error("the invocation failed ({}): {message}", kind.code())]
+    InvocationFailed { kind: FailureKind, message: String },
+    #[error("the worker's oplog cannot be replayed: {0}")]
+    WorkerFailed(String),
+    #[error("the worker's queue is full ({0} invocations waiting)")]
+    QueueFull(usize),
+    #[error("no instance slot is free on this executor: {0}")]
+    PoolExhausted(String),
+    #[error("component: {0}")]
+    Component(#[from] invicta_component_registry::Error),
+    #[error("store: {0}")]
+    Store(#[from] invicta_store::Error),
+    #[error("oplog of {worker} has no entry before index {index}, or already has that index")]
+    OplogGap { worker: String, index: OplogIndex },
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+    #[error("the result is too large to record: {0} bytes")]
+    ResultTooLarge(usize),
+    #[error("wasmtime: {0}")]
+    Engine(String),
+    #[error("the executor is shutting down")]
+    ShuttingDown,
+    /// The worker's actor stopped as the invocation reached it; the caller sends it again.
+    #[error("the worker was suspending; try again")]
+    Retry,
+}
+
+impl Error {
+    /// A copy for every waiter of a shared outcome.
+    pub(crate) fn duplicate(&self) -> Error {
+        match self {
+            Error::InvocationFailed { kind, message } => Error::InvocationFailed {
+                kind: kind.clone(),
+                message: message.clone(),
+            },
+            Error::WorkerFailed(m) => Error::WorkerFailed(m.clone()),
+            Error::QueueFull(n) => Error::QueueFull(*n),
+            Error::PoolExhausted(m) => Error::PoolExhausted(m.clone()),
+            Error::ResultTooLarge(n) => Error::ResultTooLarge(*n),
+            Error::ShuttingDown => Error::ShuttingDown,
+            Error::Retry => Error::Retry,
+            Error::OplogGap { worker, index } => Error::OplogGap {
+                worker: worker.clone(),
+                index: *index,
+            },
+            other => Error::Engine(other.to_string()),
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Fuel one invocation may consume (default 1,000,000,000, about a second of guest code);
+    /// past it the invocation fails with `out_of_fuel` and leaves no trace in the worker's state.
+    pub fuel_per_invocation: u64,
+    /// Wall-clock limit of one invocation, in milliseconds (default 30,000).
+    pub invocation_timeout_ms: u64,
+    /// A worker idle this long is suspended: its instance is dropped and rebuilt by replay on
+    /// its next invocation (default 60,000 ms).
+    pub idle_suspend_ms: u64,
+    /// An invocation still running after this long makes its start durable, so that a crash
+    /// from then on resumes it rather than forgets it (default 5 ms). Shorter invocations
+    /// commit their start with their completion, in one transaction.
+    pub start_commit_delay_ms: u64,
+    /// Invocations one worker may have waiting (default 1,024); more are refused with
+    /// `queue_full`.
+    pub queue_depth: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            fuel_per_invocation: 1_000_000_000,
+            invocation_timeout_ms: 30_000,
+            idle_suspend_ms: 60_000,
+            start_commit_delay_ms: 5,
+            queue_depth: 1_024,
+        }
+    }
+}
+
+/// How a worker looks from outside.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct WorkerStatus {
+    /// `active` (its instance is in memory), `suspended`, or `failed`.
+    pub status: String,
+    pub component_version: u64,
+    pub oplog_length: u64,
+    pub pending_invocations: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// The result of a completed invocation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Completed {
+    pub result: serde_json::Value,
+    pub fuel_consumed: u64,
+}
+
+pub(crate) type Outcome = std::result::Result<Completed, Error>;
+
+/// The longest idempotency key accepted.
+pub const IDEMPOTENCY_KEY_BYTES_MAX: usize = 256;
+
+#[derive(Clone)]
+pub struct Executor {
+    inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    pub config: Config,
+    pub store: Store,
+    pub registry: Registry,
+    pub engine: Engine,
+    pub linker: wasmtime::component::Linker<WorkerCtx>,
+    pub committer: Committer,
+    pub workers: Mutex<HashMap<WorkerId, WorkerHandle>>,
+    pub instance_pres:
+        Mutex<HashMap<(TenantId, ComponentName, u64), wasmtime::component::InstancePre<WorkerCtx>>>,
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+impl Executor {
+    /// Builds the linker for `engine`; the registry uses its check to refuse components whose
+    /// imports no executor provides.
+    pub fn import_check(engine: &Engine) -> Result<ImportCheck> {
+        let linker = host::linker(&engine.engine).map_err(|e| Error::Engine(format!("{e:#}")))?;
+        Ok(Arc::new(move |component| {
+            linker
+                .instantiate_pre(component)
+                .map(drop)
+                .map_err(|e| format!("{e:#}"))
+        }))
+    }
+
+    /// Starts the executor: its group committer, and the recovery of every worker that was
+    /// cut off in the middle of an invocation.
+    pub async fn start(
+        config: Config,
+        store: Store,
+        registry: Registry,
+        engine: Engine,
+    ) -> Result<Executor> {
+        let linker = host::linker(&engine.engine).map_err(|e| Error::Engine(format!("{e:#}")))?;
+        let executor = Executor {
+            inner: Arc::new(Inner {
+                committer: Committer::start(store.clone()),
+                config,
+                store,
+                registry,
+                engine,
+                linker,
+                workers: Mutex::new(HashMap::new()),
+                instance_pres: Mutex::new(HashMap::new()),
+            }),
+        };
+        executor.recover().await?;
+        Ok(executor)
+    }
+
+    /// Resumes the workers whose last invocation started durably but never completed.
+    async fn recover(&self) -> Result<()> {
+        let prefix = records::running_prefix();
+        let rows = self
+            .inner
+            .store
+            .read(move |tx| tx.get_prefix(&prefix, Default::default()))
+            .await?;
+        for row in rows {
+            let Some(id) = records::parse_running_key(&row.key) else {
+                tracing::warn!("skipping an unreadable running-worker key");
+                continue;
+            };
+            tracing::info!(worker = %id, "resuming a worker cut off mid-invocation");
+            match self.handle(&id).await {
+                Ok(handle) => {
+                    let _ = handle.send(Command::Resume).await;
+                }
+                Err(e) => tracing::error!(worker = %id, error = %e, "cannot resume worker"),
+            }
+        }
+        Ok(())
+    }
+
+    /// Creates a worker of the component's latest version.
+    pub async fn create_worker(
+        &self,
+        id: &WorkerId,
+        env: Vec<(String, String)>,
+        args: Vec<String>,
+    ) -> Result<WorkerRecord> {
+        match self.create(id, env, args, true).await? {
+            (record, true) => Ok(record),
+            (_, false) => Err(Error::WorkerExists(id.to_string())),
+        }
+    }
+
+    /// Creates the worker unless it exists; returns its record and whether it was created.
+    async fn create(
+        &self,
+        id: &WorkerId,
+        env: Vec<(String, String)>,
+        args: Vec<String>,
+        _explicit: bool,
+    ) -> Result<(WorkerRecord, bool)> {
+        let component = self
+            .inner
+            .registry
+            .get(&id.tenant, &id.component, None)
+            .await?;
+        let record = WorkerRecord {
+            component_version: component.version,
+            env,
+            args,
+            created_at_ms: now_ms(),
+        };
+        let create = OplogEntry::Create {
+            timestamp_ms: record.created_at_ms,
+            component_version: record.component_version,
+            env: record.env.clone(),
+            args: record.args.clone(),
+        };
+        let (id_c, record_c) = (id.clone(), record.clone());
+        self.inner
+            .store
+            .transact(move |tx| {
+                if let Some(existing) = tx.get(&records::worker_key(&id_c))? {
+                    return Ok((records::decode_json("worker record", &existing)?, false));
+                }
+                tx.set(
+                    &records::worker_key(&id_c),
+                    &records::encode_json(&record_c),
+                )?;
+                for (key, value) in records::entry_writes(&id_c, 1, create.encode()) {
+                    tx.set(&key, &value)?;
+                }
+                Ok::<_, Error>((record_c.clone(), true))
+            })
+            .await
+    }
+
+    async fn worker_record(&self, id: &WorkerId) -> Result<Option<WorkerRecord>> {
+        let key = records::worker_key(id);
+        let bytes = self.inner.store.read(move |tx| tx.get(&key)).await?;
+        bytes
+            .map(|b| records::decode_json("worker record", &b))
+            .transpose()
+    }
+
+    /// The actor of a worker, started if it is not running.
+    async fn handle(&self, id: &WorkerId) -> Result<WorkerHandle> {
+        if let Some(handle) = self.lock_workers().get(id) {
+            return Ok(handle.clone());
+        }
+        let record = self
+            .worker_record(id)
+            .await?
+            .ok_or_else(|| Error::WorkerNotFound(id.to_string()))?;
+        let compiled = self
+            .inner
+            .registry
+            .compiled(&id.tenant, &id.component, record.component_version)
+            .await?;
+        let pre = self.instance_pre(id, &compiled)?;
+        let mut workers = self.lock_workers();
+        if let Some(handle) = workers.get(id) {
+            return Ok(handle.clone());
+        }
+        let handle = worker::spawn(self.inner.clone(), id.clone(), record, compiled, pre);
+        workers.insert(id.clone(), handle.clone());
+        Ok(handle)
+    }
+
+    fn instance_pre(
+        &self,
+        id: &WorkerId,
+        compiled: &Compiled,
+    ) -> Result<wasmtime::component::InstancePre<WorkerCtx>> {
+        let key = (
+            id.tenant.clone(),
+            id.component.clone(),
+            compiled.version.version,
+        );
+        let mut pres = self
+            .inner
+            .instance_pres
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(pre) = pres.get(&key) {
+            return Ok(pre.clone());
+        }
+        let pre = self
+            .inner
+            .linker
+            .instantiate_pre(&compiled.component)
+            .map_err(|e| Error::Engine(format!("{e:#}")))?;
+        pres.insert(key, pre.clone());
+        Ok(pre)
+    }
+
+    fn lock_workers(&self) -> std::sync::MutexGuard<'_, HashMap<WorkerId, WorkerHandle>> {
+        self.inner
+            .workers
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Invokes `function` on the worker (created with defaults if it does not exist) and waits
+    /// until its completion is durable. `idempotency_key`: the same key never runs twice.
+    pub async fn invoke(
+        &self,
+        id: &WorkerId,
+        function: &str,
+        params: &[serde_json::Value],
+        idempotency_key: Option<String>,
+    ) -> Result<Completed> {
+        let key = match idempotency_key {
+            Some(key) => {
+                if key.is_empty()
+                    || key.len() > IDEMPOTENCY_KEY_BYTES_MAX
+                    || key.chars().any(char::is_control)
+                {
+                    return Err(Error::InvalidIdempotencyKey(format!(
+                        "it must be 1 to {IDEMPOTENCY_KEY_BYTES_MAX} bytes without control characters"
+                    )));
+                }
+                Some(key)
+            }
+            None => None,
+        };
+        let record = match self.worker_record(id).await? {
+            Some(record) => record,
+            None => self.create(id, Vec::new(), Vec::new(), false).await?.0,
+        };
+        let compiled = self
+            .inner
+            .registry
+            .compiled(&id.tenant, &id.component, record.component_version)
+            .await?;
+        let export = compiled
+            .function(function)
+            .ok_or_else(|| Error::UnknownFunction {
+                component: id.component.to_string(),
+                function: function.to_string(),
+                available: compiled
+                    .exports
+                    .iter()
+                    .map(|f| f.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            })?;
+        if params.len() != export.params.len() {
+            return Err(Error::ParamCount {
+                function: export.name.clone(),
+                expected: export.params.len(),
+                got: params.len(),
+            });
+        }
+        let values = params
+            .iter()
+            .zip(&export.params)
+            .map(|(json, (name, ty))| json_to_value(name, json, ty))
+            .collect::<Result<Vec<_>, _>>()?;
+        let (generated, key) = match key {
+            Some(key) => (false, key),
+            None => (true, generated_key()),
+        };
+        let invocation = Invocation {
+            function: export.name.clone(),
+            params: values,
+            idempotency_key: key,
+            key_is_new: generated,
+        };
+        // The actor may have suspended itself between our lookup and our send: then start it
+        // again. Bounded: a fresh actor does not suspend before taking its first message.
+        for _ in 0..3 {
+            let handle = self.handle(id).await?;
+            let (reply, outcome) = oneshot::channel();
+            match handle
+                .send(Command::Invoke(invocation.clone(), reply))
+                .await
+            {
+                Ok(()) => match outcome.await.unwrap_or(Err(Error::ShuttingDown)) {
+                    Err(Error::Retry) => continue,
+                    other => return other,
+                },
+                Err(worker::SendError::Full(n)) => return Err(Error::QueueFull(n)),
+                Err(worker::SendError::Stopped) => {
+                    self.lock_workers().remove(id);
+                }
+            }
+        }
+        Err(Error::ShuttingDown)
+    }
+
+    /// A worker's status.
+    pub async fn status(&self, id: &WorkerId) -> Result<WorkerStatus> {
+        let record = self
+            .worker_record(id)
+            .await?
+            .ok_or_else(|| Error::WorkerNotFound(id.to_string()))?;
+        let id_c = id.clone();
+        let oplog_length = self
+            .inner
+            .store
+            .read(move |tx| records::last_index(tx, &id_c))
+            .await?;
+        let handle = self.lock_workers().get(id).cloned();
+        let (status, pending, error) = match handle {
+            Some(h) => {
+                let (status, error) = h.state();
+                (status, h.pending(), error)
+            }
+            None => ("suspended".to_string(), 0, None),
+        };
+        Ok(WorkerStatus {
+            status,
+            component_version: record.component_version,
+            oplog_length,
+            pending_invocations: pending,
+            error,
+        })
+    }
+
+    /// Up to `count` oplog entries from index `from` (1 is the first).
+    pub async fn oplog(
+        &self,
+        id: &WorkerId,
+        from: OplogIndex,
+        count: usize,
+    ) -> Result<Vec<(OplogIndex, OplogEntry)>> {
+        if self.worker_record(id).await?.is_none() {
+            return Err(Error::WorkerNotFound(id.to_string()));
+        }
+        let id = id.clone();
+        self.inner
+            .store
+            .read(move |tx| records::read_entries(tx, &id, from, count))
+            .await
+    }
+
+    /// The workers of a component, by name.
+    pub async fn list_workers(
+        &self,
+        tenant: &TenantId,
+        component: &ComponentName,
+    ) -> Result<Vec<String>> {
+        let prefix = records::workers_prefix(tenant.as_str(), component.as_str());
+        let rows = self
+            .inner
+            .store
+            .read(move |tx| tx.get_prefix(&prefix, Default::default()))
+            .await?;
+        Ok(rows
+            .iter()
+            .filter_map(|kv| {
+                let (_, _, _, name): (String, String, String, String) =
+                    invicta_store::keys::unpack(&kv.key).ok()?;
+                Some(name)
+            })
+            .collect())
+    }
+
+    /// Suspends every idle worker now (as the idle timer would).
+    pub async fn suspend_all(&self) {
+        let handles: Vec<WorkerHandle> = self.lock_workers().values().cloned().collect();
+        for handle in handles {
+            let _ = handle.send(Command::Suspend).await;
+        }
+    }
+
+    /// Active workers (instances in memory).
+    pub fn active_workers(&self) -> usize {
+        self.lock_workers().len()
+    }
+}
+
+fn generated_key() -> String {
+    let bytes: [u8; 16] = rand::random();
+    let mut key = String::from("gen-");
+    for b in bytes {
+        key.push_str(&format!("{b:02x}"));
+    }
+    key
+}

@@ -1,17 +1,22 @@
 //! The gateway: Invicta's public HTTP/JSON API (axum). It owns authentication, rate limits and
-//! request validation, and routes each call to the service that does the work. For now it serves
-//! the health endpoints every deployment mode relies on.
+//! request validation, and routes each call to the service that does the work: components to
+//! the registry, workers and invocations to the executor. Health endpoints for every mode.
 //!
 //! **Boundary:** the gateway never runs guest code and never writes the oplog.
+
+mod api;
 
 use std::net::SocketAddr;
 
 use axum::Json;
 use axum::Router;
+use axum::extract::DefaultBodyLimit;
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::routing::get;
+use axum::routing::{get, post};
 use invicta_blob::BlobStore;
+use invicta_component_registry::Registry;
+use invicta_executor::Executor;
 use invicta_store::Store;
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
@@ -38,6 +43,14 @@ pub struct Config {
     /// chooses to expose it.
     #[serde(default = "default_listen")]
     pub listen: SocketAddr,
+    /// The largest JSON request body, in bytes (default 1 MiB): invocation arguments end up in
+    /// the oplog.
+    #[serde(default = "default_json_body_bytes_max")]
+    pub json_body_bytes_max: usize,
+}
+
+fn default_json_body_bytes_max() -> usize {
+    1024 * 1024
 }
 
 fn default_listen() -> SocketAddr {
@@ -48,14 +61,25 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             listen: default_listen(),
+            json_body_bytes_max: default_json_body_bytes_max(),
         }
     }
 }
 
 #[derive(Clone)]
-struct AppState {
+pub(crate) struct AppState {
     store: Store,
     blobs: BlobStore,
+    registry: Registry,
+    executor: Executor,
+}
+
+/// The services the gateway routes to.
+pub struct Backends {
+    pub store: Store,
+    pub blobs: BlobStore,
+    pub registry: Registry,
+    pub executor: Executor,
 }
 
 /// The gateway, bound to its address and ready to serve.
@@ -66,7 +90,7 @@ pub struct Service {
 
 impl Service {
     /// Binds the listening socket, so that a caller learns of a taken port before anything runs.
-    pub async fn bind(config: &Config, store: Store, blobs: BlobStore) -> Result<Service> {
+    pub async fn bind(config: &Config, backends: Backends) -> Result<Service> {
         let listener = TcpListener::bind(config.listen)
             .await
             .map_err(|source| Error::Listen {
@@ -75,7 +99,15 @@ impl Service {
             })?;
         Ok(Service {
             listener,
-            router: router(AppState { store, blobs }),
+            router: router(
+                config,
+                AppState {
+                    store: backends.store,
+                    blobs: backends.blobs,
+                    registry: backends.registry,
+                    executor: backends.executor,
+                },
+            ),
         })
     }
 
@@ -93,10 +125,38 @@ impl Service {
     }
 }
 
-fn router(state: AppState) -> Router {
+fn router(config: &Config, state: AppState) -> Router {
+    let component_limit =
+        usize::try_from(state.registry.config().component_bytes_max).unwrap_or(usize::MAX);
+    let json_limit = DefaultBodyLimit::max(config.json_body_bytes_max);
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route(
+            "/v1/components/{component}",
+            post(api::upload_component)
+                .layer(DefaultBodyLimit::max(component_limit))
+                .get(api::get_component),
+        )
+        .route(
+            "/v1/components/{component}/workers",
+            post(api::create_worker)
+                .layer(json_limit)
+                .get(api::list_workers),
+        )
+        .route(
+            "/v1/components/{component}/workers/{worker}",
+            get(api::worker_status),
+        )
+        .route(
+            "/v1/components/{component}/workers/{worker}/invoke",
+            post(api::invoke).layer(json_limit),
+        )
+        .route(
+            "/v1/components/{component}/workers/{worker}/oplog",
+            get(api::oplog),
+        )
+        .fallback(api::not_found)
         .with_state(state)
 }
 

@@ -35,6 +35,12 @@ pub struct Config {
     /// The blob store. Default: a local directory at `<data_dir>/blobs`.
     #[serde(default)]
     pub blobs: Option<invicta_blob::Config>,
+    #[serde(default)]
+    pub engine: invicta_engine::Config,
+    #[serde(default)]
+    pub registry: invicta_component_registry::Config,
+    #[serde(default)]
+    pub executor: invicta_executor::Config,
 }
 
 impl Config {
@@ -91,7 +97,33 @@ async fn run(config: Config) -> anyhow::Result<()> {
         .await
         .context("open the blob store")?;
 
-    let gateway = invicta_gateway::Service::bind(&config.gateway, store, blobs).await?;
+    let engine = invicta_engine::Engine::new(&config.engine).context("configure the engine")?;
+    let import_check = invicta_executor::Executor::import_check(&engine).context("link WASI")?;
+    let registry = invicta_component_registry::Registry::new(
+        config.registry.clone(),
+        store.clone(),
+        blobs.clone(),
+        engine.clone(),
+        import_check,
+    );
+    let executor = invicta_executor::Executor::start(
+        config.executor.clone(),
+        store.clone(),
+        registry.clone(),
+        engine,
+    )
+    .await
+    .context("start the executor")?;
+    let gateway = invicta_gateway::Service::bind(
+        &config.gateway,
+        invicta_gateway::Backends {
+            store,
+            blobs,
+            registry,
+            executor,
+        },
+    )
+    .await?;
     let addr = gateway.local_addr()?;
     tracing::info!(%addr, data_dir = %data_dir.display(), "invicta server started");
     // The one line a user running `make run` looks for; scripts read it to find the port.

@@ -1,0 +1,220 @@
+//! What the executor keeps in the store, and under which keys (tuple-encoded):
+//!
+//! - `("worker", tenant, component, worker)` → [`WorkerRecord`]
+//! - `("oplog", tenant, component, worker, index)` → an encoded [`OplogEntry`], or a chunk
+//!   header when the entry is larger than a store value may be
+//! - `("oplog-chunk", tenant, component, worker, index, n)` → chunk `n` of a large entry
+//! - `("invocation", tenant, component, worker, idempotency key)` → [`InvocationRecord`]
+//! - `("running", tenant, component, worker)` → present while an invocation whose start is
+//!   durable has not completed: what recovery resumes after a crash
+
+use invicta_model::WorkerId;
+use invicta_model::oplog::{FailureKind, OplogEntry, OplogIndex};
+use invicta_store::keys::{pack, prefix_range, unpack};
+use invicta_store::{RangeOptions, Transaction};
+use serde::{Deserialize, Serialize};
+
+use crate::Error;
+
+/// Entries larger than this are split into chunks (a store value holds at most 100 kB).
+pub(crate) const ENTRY_CHUNK_BYTES: usize = 90_000;
+
+/// First byte of a chunk header; encoded entries start with their format version (1).
+const CHUNKED: u8 = 0xFF;
+
+/// A worker: which component version it runs, with what environment.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct WorkerRecord {
+    pub component_version: u64,
+    pub env: Vec<(String, String)>,
+    pub args: Vec<String>,
+    pub created_at_ms: u64,
+}
+
+/// The outcome of an invocation, kept under its idempotency key.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct InvocationRecord {
+    pub outcome: StoredOutcome,
+    /// The oplog index of its `ExportedFunctionCompleted` or `Error` entry.
+    pub oplog_index: OplogIndex,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub enum StoredOutcome {
+    Completed {
+        result: serde_json::Value,
+        fuel_consumed: u64,
+    },
+    Failed {
+        kind: FailureKind,
+        message: String,
+    },
+}
+
+pub(crate) fn worker_key(id: &WorkerId) -> Vec<u8> {
+    pack(&(
+        "worker",
+        id.tenant.as_str(),
+        id.component.as_str(),
+        id.worker.as_str(),
+    ))
+}
+
+/// The prefix of every worker of a component.
+pub(crate) fn workers_prefix(tenant: &str, component: &str) -> Vec<u8> {
+    pack(&("worker", tenant, component))
+}
+
+pub(crate) fn oplog_prefix(id: &WorkerId) -> Vec<u8> {
+    pack(&(
+        "oplog",
+        id.tenant.as_str(),
+        id.component.as_str(),
+        id.worker.as_str(),
+    ))
+}
+
+pub(crate) fn oplog_key(id: &WorkerId, index: OplogIndex) -> Vec<u8> {
+    pack(&(
+        "oplog",
+        id.tenant.as_str(),
+        id.component.as_str(),
+        id.worker.as_str(),
+        index,
+    ))
+}
+
+fn chunk_key(id: &WorkerId, index: OplogIndex, n: u32) -> Vec<u8> {
+    pack(&(
+        "oplog-chunk",
+        id.tenant.as_str(),
+        id.component.as_str(),
+        id.worker.as_str(),
+        index,
+        n,
+    ))
+}
+
+pub(crate) fn invocation_key(id: &WorkerId, idempotency_key: &str) -> Vec<u8> {
+    pack(&(
+        "invocation",
+        id.tenant.as_str(),
+        id.component.as_str(),
+        id.worker.as_str(),
+        idempotency_key,
+    ))
+}
+
+pub(crate) fn running_key(id: &WorkerId) -> Vec<u8> {
+    pack(&(
+        "running",
+        id.tenant.as_str(),
+        id.component.as_str(),
+        id.worker.as_str(),
+    ))
+}
+
+pub(crate) fn running_prefix() -> Vec<u8> {
+    pack(&("running",))
+}
+
+/// The worker a `running` key names.
+pub(crate) fn parse_running_key(key: &[u8]) -> Option<WorkerId> {
+    let (_, tenant, component, worker): (String, String, String, String) = unpack(key).ok()?;
+    Some(WorkerId {
+        tenant: tenant.try_into().ok()?,
+        component: component.try_into().ok()?,
+        worker: worker.try_into().ok()?,
+    })
+}
+
+pub(crate) fn encode_json<T: Serialize>(value: &T) -> Vec<u8> {
+    // Plain data structures: serializing them to JSON cannot fail.
+    serde_json::to_vec(value).unwrap_or_default()
+}
+
+pub(crate) fn decode_json<T: serde::de::DeserializeOwned>(
+    what: &str,
+    bytes: &[u8],
+) -> Result<T, Error> {
+    serde_json::from_slice(bytes).map_err(|e| Error::Corrupt(format!("{what}: {e}")))
+}
+
+/// The writes that store one encoded entry: one key, or a header and its chunks.
+pub(crate) fn entry_writes(
+    id: &WorkerId,
+    index: OplogIndex,
+    encoded: Vec<u8>,
+) -> Vec<(Vec<u8>, Vec<u8>)> {
+    if encoded.len() <= ENTRY_CHUNK_BYTES {
+        return vec![(oplog_key(id, index), encoded)];
+    }
+    let chunks: Vec<&[u8]> = encoded.chunks(ENTRY_CHUNK_BYTES).collect();
+    let count = u32::try_from(chunks.len()).unwrap_or(u32::MAX);
+    let mut header = vec![CHUNKED];
+    header.extend_from_slice(&count.to_be_bytes());
+    let mut writes = vec![(oplog_key(id, index), header)];
+    for (n, chunk) in chunks.into_iter().enumerate() {
+        writes.push((chunk_key(id, index, n as u32), chunk.to_vec()));
+    }
+    writes
+}
+
+/// The index of an oplog key under `prefix`.
+fn index_of(prefix_len: usize, key: &[u8]) -> Result<OplogIndex, Error> {
+    let rest = key
+        .get(prefix_len..)
+        .ok_or_else(|| Error::Corrupt("oplog key shorter than its prefix".into()))?;
+    let (index,): (u64,) = unpack(rest).map_err(|e| Error::Corrupt(format!("oplog key: {e:?}")))?;
+    Ok(index)
+}
+
+/// The oplog's last index (0 when it is empty).
+pub(crate) fn last_index(tx: &mut Transaction<'_>, id: &WorkerId) -> Result<OplogIndex, Error> {
+    let prefix = oplog_prefix(id);
+    let (begin, end) = prefix_range(&prefix);
+    let last = tx.get_range(&begin, &end, RangeOptions::limit(1).reverse())?;
+    match last.first() {
+        Some(kv) => index_of(prefix.len(), &kv.key),
+        None => Ok(0),
+    }
+}
+
+/// Reads up to `count` entries from index `from` on.
+pub(crate) fn read_entries(
+    tx: &mut Transaction<'_>,
+    id: &WorkerId,
+    from: OplogIndex,
+    count: usize,
+) -> Result<Vec<(OplogIndex, OplogEntry)>, Error> {
+    let prefix = oplog_prefix(id);
+    let begin = oplog_key(id, from.max(1));
+    let (_, end) = prefix_range(&prefix);
+    let rows = tx.get_range(&begin, &end, RangeOptions::limit(count))?;
+    let mut out = Vec::with_capacity(rows.len());
+    for row in rows {
+        let index = index_of(prefix.len(), &row.key)?;
+        let bytes = if row.value.first() == Some(&CHUNKED) {
+            let count = row
+                .value
+                .get(1..5)
+                .and_then(|b| <[u8; 4]>::try_from(b).ok())
+                .map(u32::from_be_bytes)
+                .ok_or_else(|| Error::Corrupt(format!("oplog entry {index}: bad chunk header")))?;
+            let mut whole = Vec::new();
+            for n in 0..count {
+                let chunk = tx.get(&chunk_key(id, index, n))?.ok_or_else(|| {
+                    Error::Corrupt(format!("oplog entry {index}: chunk {n} missing"))
+                })?;
+                whole.extend_from_slice(&chunk);
+            }
+            whole
+        } else {
+            row.value
+        };
+        let entry = OplogEntry::decode(&bytes)
+            .map_err(|e| Error::Corrupt(format!("oplog entry {index}: {e}")))?;
+        out.push((index, entry));
+    }
+    Ok(out)
+}

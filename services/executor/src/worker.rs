@@ -1,0 +1,898 @@
+//! One worker's actor: a task that owns the worker's wasmtime store and runs its invocations one
+//! at a time, in arrival order.
+//!
+//! Life of an invocation here: dedupe its idempotency key (a waiter joins a running invocation;
+//! a stored outcome is returned), make sure an instance exists (replaying the oplog if not), run
+//! the function live with a fuel budget and a deadline, append `ExportedFunctionCompleted`, and
+//! hand the entries with the result record to the group committer. The actor goes on with the
+//! next invocation while that commit is in flight; the caller hears back only once it is durable.
+//!
+//! A failed invocation (trap, fuel, memory, deadline) drops the instance: the next invocation
+//! rebuilds it by replaying the successful invocations, so the failure leaves no trace in state.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use invicta_component_registry::Compiled;
+use invicta_engine::values::{placeholder, val_to_value, value_to_val};
+use invicta_model::oplog::{FailureKind, OplogEntry, OplogIndex};
+use invicta_model::{Value, WorkerId};
+use tokio::sync::{Notify, mpsc, oneshot};
+use wasmtime::component::{Instance, InstancePre};
+
+use crate::commit::CommitRequest;
+use crate::host::{self, Durability, WorkerCtx};
+use crate::records::{self, InvocationRecord, StoredOutcome, WorkerRecord};
+use crate::{Completed, Error, Inner, Outcome, now_ms};
+
+/// Fuel for instantiation and replay: bounded only to catch a runaway start function.
+const REPLAY_FUEL: u64 = u64::MAX / 4;
+
+#[derive(Clone)]
+pub(crate) struct Invocation {
+    pub function: String,
+    pub params: Vec<Value>,
+    pub idempotency_key: String,
+    /// The key was made by the executor, so it cannot have been seen before.
+    pub key_is_new: bool,
+}
+
+pub(crate) enum Command {
+    Invoke(Invocation, oneshot::Sender<Outcome>),
+    /// Activate now (replaying, and finishing an invocation cut off by a crash).
+    Resume,
+    /// Suspend now if idle.
+    Suspend,
+}
+
+pub(crate) enum SendError {
+    Full(usize),
+    Stopped,
+}
+
+/// State the actor shares with its handles and its commit watchers.
+struct Shared {
+    queued: AtomicU64,
+    active: AtomicBool,
+    failed: Mutex<Option<String>>,
+    /// Invocations running or waiting for their commit, by idempotency key, with their waiters.
+    inflight: Mutex<HashMap<String, Vec<oneshot::Sender<Outcome>>>>,
+    commits_in_flight: AtomicUsize,
+    commits_done: Notify,
+    /// A commit failed: the instance's memory is ahead of the durable oplog.
+    poisoned: AtomicBool,
+}
+
+#[derive(Clone)]
+pub(crate) struct WorkerHandle {
+    tx: mpsc::Sender<Command>,
+    shared: Arc<Shared>,
+    depth: usize,
+}
+
+impl WorkerHandle {
+    pub(crate) async fn send(&self, command: Command) -> Result<(), SendError> {
+        let is_invoke = matches!(command, Command::Invoke(..));
+        if is_invoke {
+            self.shared.queued.fetch_add(1, Ordering::Relaxed);
+        }
+        let result = match self.tx.try_send(command) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Full(Command::Invoke(..))) => {
+                Err(SendError::Full(self.depth))
+            }
+            Err(mpsc::error::TrySendError::Full(command)) => {
+                self.tx.send(command).await.map_err(|_| SendError::Stopped)
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(SendError::Stopped),
+        };
+        if result.is_err() && is_invoke {
+            self.shared.queued.fetch_sub(1, Ordering::Relaxed);
+        }
+        result
+    }
+
+    pub(crate) fn pending(&self) -> u64 {
+        self.shared.queued.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn state(&self) -> (String, Option<String>) {
+        if let Some(error) = lock(&self.shared.failed).clone() {
+            return ("failed".into(), Some(error));
+        }
+        let active = self.shared.active.load(Ordering::Relaxed);
+        (if active { "active" } else { "suspended" }.into(), None)
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+struct Active {
+    store: wasmtime::Store<WorkerCtx>,
+    instance: Instance,
+    durability: host::Shared,
+}
+
+struct Actor {
+    inner: Arc<Inner>,
+    id: WorkerId,
+    record: WorkerRecord,
+    compiled: Arc<Compiled>,
+    pre: InstancePre<WorkerCtx>,
+    shared: Arc<Shared>,
+    active: Option<Active>,
+    rx: mpsc::Receiver<Command>,
+}
+
+pub(crate) fn spawn(
+    inner: Arc<Inner>,
+    id: WorkerId,
+    record: WorkerRecord,
+    compiled: Arc<Compiled>,
+    pre: InstancePre<WorkerCtx>,
+) -> WorkerHandle {
+    let depth = inner.config.queue_depth.max(1);
+    let (tx, rx) = mpsc::channel(depth);
+    let shared = Arc::new(Shared {
+        queued: AtomicU64::new(0),
+        active: AtomicBool::new(false),
+        failed: Mutex::new(None),
+        inflight: Mutex::new(HashMap::new()),
+        commits_in_flight: AtomicUsize::new(0),
+        commits_done: Notify::new(),
+        poisoned: AtomicBool::new(false),
+    });
+    let actor = Actor {
+        inner,
+        id,
+        record,
+        compiled,
+        pre,
+        shared: shared.clone(),
+        active: None,
+        rx,
+    };
+    tokio::spawn(actor.run());
+    WorkerHandle { tx, shared, depth }
+}
+
+/// How an invocation ended, before it is recorded.
+enum Ran {
+    Completed {
+        results: Vec<Value>,
+        fuel_consumed: u64,
+    },
+    Failed {
+        kind: FailureKind,
+        message: String,
+    },
+}
+
+impl Actor {
+    async fn run(mut self) {
+        let idle = Duration::from_millis(self.inner.config.idle_suspend_ms.max(1));
+        loop {
+            let command = match tokio::time::timeout(idle, self.rx.recv()).await {
+                Ok(Some(command)) => command,
+                Ok(None) => break,
+                Err(_) => {
+                    if self.suspend().await {
+                        break;
+                    }
+                    continue;
+                }
+            };
+            match command {
+                Command::Invoke(invocation, reply) => {
+                    self.shared.queued.fetch_sub(1, Ordering::Relaxed);
+                    self.invoke(invocation, reply).await;
+                }
+                Command::Resume => {
+                    if let Err(e) = self.ensure_active().await {
+                        tracing::error!(worker = %self.id, error = %e, "resume worker");
+                    }
+                }
+                Command::Suspend => {
+                    if self.rx.is_empty() && self.suspend().await {
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Drops the instance and stops the actor if nothing is queued; returns whether it stopped.
+    async fn suspend(&mut self) -> bool {
+        if let Some(active) = self.active.take() {
+            self.shared.active.store(false, Ordering::Relaxed);
+            let index = host::lock(&active.durability).next_index();
+            drop(active);
+            let entry = OplogEntry::Suspended {
+                timestamp_ms: now_ms(),
+            };
+            let (done, wait) = oneshot::channel();
+            self.inner
+                .committer
+                .submit(CommitRequest {
+                    worker: self.id.clone(),
+                    first_index: Some(index),
+                    sets: records::entry_writes(&self.id, index, entry.encode()),
+                    clears: Vec::new(),
+                    done,
+                })
+                .await;
+            if let Ok(Err(e)) = wait.await {
+                tracing::warn!(worker = %self.id, error = %e, "record suspension");
+            }
+            tracing::debug!(worker = %self.id, "worker suspended");
+        }
+        self.wait_for_commits().await;
+        let mut workers = self.inner.workers.lock().unwrap_or_else(|p| p.into_inner());
+        if !self.rx.is_empty() {
+            return false;
+        }
+        let ours = workers
+            .get(&self.id)
+            .is_some_and(|h| Arc::ptr_eq(&h.shared, &self.shared));
+        if ours {
+            workers.remove(&self.id);
+        }
+        drop(workers);
+        self.rx.close();
+        // Whatever slipped in meanwhile goes back to its caller, who starts a new actor.
+        while let Ok(command) = self.rx.try_recv() {
+            if let Command::Invoke(_, reply) = command {
+                let _ = reply.send(Err(Error::Retry));
+            }
+        }
+        true
+    }
+
+    async fn wait_for_commits(&mut self) {
+        wait_for_commits(self.shared.clone()).await;
+    }
+
+    async fn invoke(&mut self, invocation: Invocation, reply: oneshot::Sender<Outcome>) {
+        if let Some(error) = lock(&self.shared.failed).clone() {
+            let _ = reply.send(Err(Error::WorkerFailed(error)));
+            return;
+        }
+        let key = invocation.idempotency_key.clone();
+        {
+            let mut inflight = lock(&self.shared.inflight);
+            if let Some(waiters) = inflight.get_mut(&key) {
+                waiters.push(reply);
+                return;
+            }
+        }
+        if !invocation.key_is_new {
+            let store_key = records::invocation_key(&self.id, &key);
+            match self.inner.store.read(move |tx| tx.get(&store_key)).await {
+                Ok(Some(bytes)) => {
+                    let outcome =
+                        records::decode_json::<InvocationRecord>("invocation record", &bytes)
+                            .and_then(|r| stored_outcome(r.outcome));
+                    let _ = reply.send(outcome);
+                    return;
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    let _ = reply.send(Err(e.into()));
+                    return;
+                }
+            }
+        }
+        lock(&self.shared.inflight).insert(key.clone(), vec![reply]);
+        if self.shared.poisoned.swap(false, Ordering::AcqRel) {
+            tracing::warn!(worker = %self.id, "a commit failed; rebuilding the worker from its oplog");
+            self.active = None;
+        }
+        if let Err(e) = self.ensure_active().await {
+            self.finish(&key, Err(e));
+            return;
+        }
+        self.run_live(invocation).await;
+    }
+
+    /// Sends `outcome` to every waiter of `key`.
+    fn finish(&self, key: &str, outcome: Outcome) {
+        finish(&self.shared, key, outcome);
+    }
+
+    /// Instantiates the worker and replays its oplog, unless an instance is in memory.
+    async fn ensure_active(&mut self) -> Result<(), Error> {
+        if self.active.is_some() {
+            return Ok(());
+        }
+        self.wait_for_commits().await;
+        let id = self.id.clone();
+        let entries = self
+            .inner
+            .store
+            .read(move |tx| records::read_entries(tx, &id, 1, usize::MAX))
+            .await?;
+        match self.replay(entries).await {
+            Ok(()) => {
+                self.shared.active.store(true, Ordering::Relaxed);
+                Ok(())
+            }
+            Err(Error::WorkerFailed(message)) => {
+                tracing::error!(worker = %self.id, %message, "worker failed");
+                *lock(&self.shared.failed) = Some(message.clone());
+                self.active = None;
+                Err(Error::WorkerFailed(message))
+            }
+            Err(e) => {
+                self.active = None;
+                Err(e)
+            }
+        }
+    }
+
+    async fn replay(&mut self, entries: Vec<(OplogIndex, OplogEntry)>) -> Result<(), Error> {
+        let next_index = entries.last().map_or(1, |(i, _)| i + 1);
+        if !matches!(entries.first(), Some((1, OplogEntry::Create { .. }))) {
+            return Err(Error::WorkerFailed(
+                "the oplog does not start with its Create entry".into(),
+            ));
+        }
+        let durability = Arc::new(Mutex::new(Durability::new(next_index)));
+        let ctx = WorkerCtx::new(
+            &self.record.env,
+            &self.record.args,
+            self.inner.engine.config.memory_bytes_max,
+            durability.clone(),
+        );
+        let mut store = wasmtime::Store::new(&self.inner.engine.engine, ctx);
+        store.limiter(|ctx| &mut ctx.limiter);
+        let engine_error = |e: wasmtime::Error| Error::Engine(format!("{e:#}"));
+        store.set_fuel(REPLAY_FUEL).map_err(engine_error)?;
+        store
+            .fuel_async_yield_interval(Some(self.inner.engine.config.fuel_yield_interval.max(1)))
+            .map_err(engine_error)?;
+
+        // The host calls of instantiation come right after `Create`.
+        let mut pos = 1;
+        let init = side_entries(&entries, &mut pos);
+        let tail = pos >= entries.len();
+        host::lock(&durability).replay(init, tail);
+        let instance = match self.pre.instantiate_async(&mut store).await {
+            Ok(instance) => instance,
+            Err(e) => {
+                if e.downcast_ref::<wasmtime::PoolConcurrencyLimitError>()
+                    .is_some()
+                {
+                    return Err(Error::PoolExhausted(format!("{e:#}")));
+                }
+                return Err(Error::WorkerFailed(format!("instantiate: {e:#}")));
+            }
+        };
+        check_consumed(&durability, "instantiation")?;
+        let mut active = Active {
+            store,
+            instance,
+            durability,
+        };
+        let mut replayed = 0_u64;
+        while pos < entries.len() {
+            let (index, entry) = &entries[pos];
+            pos += 1;
+            let OplogEntry::ExportedFunctionInvoked {
+                function,
+                params,
+                idempotency_key,
+                ..
+            } = entry
+            else {
+                // Suspended, Interrupted and other markers carry no state.
+                continue;
+            };
+            let side = side_entries(&entries, &mut pos);
+            let terminal = entries.get(pos).map(|(i, e)| (*i, e.clone()));
+            match terminal {
+                Some((_, OplogEntry::Error { .. })) => {
+                    pos += 1;
+                }
+                Some((_, OplogEntry::ExportedFunctionCompleted { results, .. })) => {
+                    pos += 1;
+                    host::lock(&active.durability).replay(side, false);
+                    match self
+                        .call(&mut active, function, params, REPLAY_FUEL, None)
+                        .await
+                    {
+                        Ran::Completed { results: got, .. } if got == results => {}
+                        Ran::Completed { .. } => {
+                            return Err(Error::WorkerFailed(format!(
+                                "replay diverged: the invocation at oplog entry {index} returned another result than recorded"
+                            )));
+                        }
+                        Ran::Failed { message, .. } => {
+                            return Err(Error::WorkerFailed(format!(
+                                "replay of the invocation at oplog entry {index} failed: {message}"
+                            )));
+                        }
+                    }
+                    check_consumed(&active.durability, "an invocation")?;
+                    replayed += 1;
+                }
+                Some((other_index, other)) => {
+                    return Err(Error::WorkerFailed(format!(
+                        "oplog entry {other_index} ({}) interrupts the invocation at {index}",
+                        other.kind()
+                    )));
+                }
+                None => {
+                    // Cut off by a crash: replay what it recorded, then let it finish live.
+                    tracing::info!(worker = %self.id, index, "finishing an invocation cut off by a crash");
+                    host::lock(&active.durability).replay(side, true);
+                    let invocation = Invocation {
+                        function: function.clone(),
+                        params: params.clone(),
+                        idempotency_key: idempotency_key.clone(),
+                        key_is_new: false,
+                    };
+                    let ran = self
+                        .call(
+                            &mut active,
+                            function,
+                            params,
+                            self.inner.config.fuel_per_invocation,
+                            None,
+                        )
+                        .await;
+                    let failed = matches!(ran, Ran::Failed { .. });
+                    self.active = Some(active);
+                    lock(&self.shared.inflight)
+                        .entry(invocation.idempotency_key.clone())
+                        .or_default();
+                    let wait = self.record_outcome(&invocation, ran, true).await;
+                    let _ = wait.await;
+                    if failed {
+                        self.active = None;
+                        return Box::pin(self.ensure_active_inner()).await;
+                    }
+                    tracing::debug!(worker = %self.id, replayed, "worker active");
+                    return Ok(());
+                }
+            }
+        }
+        host::lock(&active.durability).go_live();
+        tracing::debug!(worker = %self.id, replayed, "worker active");
+        self.active = Some(active);
+        Ok(())
+    }
+
+    /// `ensure_active` again after a resumed invocation failed (which dropped the instance).
+    async fn ensure_active_inner(&mut self) -> Result<(), Error> {
+        self.wait_for_commits().await;
+        let id = self.id.clone();
+        let entries = self
+            .inner
+            .store
+            .read(move |tx| records::read_entries(tx, &id, 1, usize::MAX))
+            .await?;
+        Box::pin(self.replay(entries)).await
+    }
+
+    /// Calls `function` on the active instance.
+    async fn call(
+        &mut self,
+        active: &mut Active,
+        function: &str,
+        params: &[Value],
+        fuel: u64,
+        start_commit: Option<(Duration, &StartCommit)>,
+    ) -> Ran {
+        let failed = |kind, message: String| Ran::Failed { kind, message };
+        let Some(export) = self.compiled.function(function) else {
+            return failed(
+                FailureKind::Divergence,
+                format!("the component no longer exports `{function}`"),
+            );
+        };
+        let instance_index = match &export.instance {
+            Some(name) => match self
+                .compiled
+                .component
+                .get_export_index(None, name.as_str())
+            {
+                Some(i) => Some(i),
+                None => return failed(FailureKind::Trap, format!("export {name} not found")),
+            },
+            None => None,
+        };
+        let Some(func_index) = self
+            .compiled
+            .component
+            .get_export_index(instance_index.as_ref(), export.function.as_str())
+        else {
+            return failed(FailureKind::Trap, format!("export {function} not found"));
+        };
+        let Some(func) = active.instance.get_func(&mut active.store, func_index) else {
+            return failed(
+                FailureKind::Trap,
+                format!("export {function} is not a function"),
+            );
+        };
+        if let Err(e) = active.store.set_fuel(fuel) {
+            return failed(FailureKind::Trap, format!("set fuel: {e:#}"));
+        }
+        active.store.data_mut().limiter.memory_refused = false;
+        let args: Vec<_> = params.iter().map(value_to_val).collect();
+        let mut results = vec![placeholder(); export.results.len()];
+        let deadline = self.timeout();
+        let outcome = {
+            let call = tokio::time::timeout(
+                deadline,
+                func.call_async(&mut active.store, &args, &mut results),
+            );
+            tokio::pin!(call);
+            match start_commit {
+                None => call.await,
+                Some((delay, start)) => {
+                    let timer = tokio::time::sleep(delay);
+                    tokio::pin!(timer);
+                    let mut fired = false;
+                    loop {
+                        tokio::select! {
+                            outcome = &mut call => break outcome,
+                            () = &mut timer, if !fired => {
+                                fired = true;
+                                start.commit(&active.durability).await;
+                            }
+                        }
+                    }
+                }
+            }
+        };
+        let fuel_left = active.store.get_fuel().unwrap_or(0);
+        let fuel_consumed = fuel.saturating_sub(fuel_left);
+        let diverged = host::lock(&active.durability)
+            .diverged()
+            .map(str::to_string);
+        if let Some(message) = diverged {
+            return failed(FailureKind::Divergence, message);
+        }
+        match outcome {
+            Err(_) => failed(
+                FailureKind::Timeout,
+                format!("the invocation ran longer than {} ms", deadline.as_millis()),
+            ),
+            Ok(Err(e)) => {
+                let memory = active.store.data().limiter.memory_refused;
+                let (kind, message) = classify(&e, memory);
+                failed(kind, message)
+            }
+            Ok(Ok(())) => match results.iter().map(val_to_value).collect::<Option<Vec<_>>>() {
+                Some(results) => Ran::Completed {
+                    results,
+                    fuel_consumed,
+                },
+                None => failed(
+                    FailureKind::Trap,
+                    "the function returned a resource, stream or future, which cannot leave the worker".into(),
+                ),
+            },
+        }
+    }
+
+    fn timeout(&self) -> Duration {
+        Duration::from_millis(self.inner.config.invocation_timeout_ms.max(1))
+    }
+
+    async fn run_live(&mut self, invocation: Invocation) {
+        let Some(mut active) = self.active.take() else {
+            self.finish(
+                &invocation.idempotency_key,
+                Err(Error::WorkerFailed("no instance".into())),
+            );
+            return;
+        };
+        {
+            let mut d = host::lock(&active.durability);
+            d.go_live();
+            d.append(OplogEntry::ExportedFunctionInvoked {
+                timestamp_ms: now_ms(),
+                function: invocation.function.clone(),
+                params: invocation.params.clone(),
+                idempotency_key: invocation.idempotency_key.clone(),
+            });
+        }
+        let start = StartCommit {
+            inner: self.inner.clone(),
+            id: self.id.clone(),
+            shared: self.shared.clone(),
+            committed: AtomicBool::new(false),
+        };
+        let delay = Duration::from_millis(self.inner.config.start_commit_delay_ms);
+        let ran = self
+            .call(
+                &mut active,
+                &invocation.function,
+                &invocation.params,
+                self.inner.config.fuel_per_invocation,
+                Some((delay, &start)),
+            )
+            .await;
+        let failed = matches!(ran, Ran::Failed { .. });
+        self.active = Some(active);
+        let start_committed = start.committed.load(Ordering::Acquire);
+        // The watcher replies once the commit is durable; meanwhile the next invocation runs.
+        drop(self.record_outcome(&invocation, ran, start_committed).await);
+        if failed {
+            // The failed invocation's effects on memory must not survive it.
+            self.active = None;
+            self.shared.active.store(false, Ordering::Relaxed);
+        }
+    }
+
+    /// Appends the outcome, submits the commit, and spawns the watcher that replies to the
+    /// waiters once it is durable. The returned receiver fires at the same moment.
+    async fn record_outcome(
+        &mut self,
+        invocation: &Invocation,
+        ran: Ran,
+        clear_running: bool,
+    ) -> oneshot::Receiver<()> {
+        let (notify_tx, notify_rx) = oneshot::channel();
+        let Some(active) = self.active.as_ref() else {
+            self.finish(
+                &invocation.idempotency_key,
+                Err(Error::WorkerFailed("no instance".into())),
+            );
+            return notify_rx;
+        };
+        let (entries, record, outcome) = {
+            let mut d = host::lock(&active.durability);
+            let (entry, outcome): (OplogEntry, Outcome) = match ran {
+                Ran::Completed {
+                    results,
+                    fuel_consumed,
+                } => {
+                    let json = results_json(&results);
+                    (
+                        OplogEntry::ExportedFunctionCompleted {
+                            results,
+                            fuel_consumed,
+                        },
+                        Ok(Completed {
+                            result: json,
+                            fuel_consumed,
+                        }),
+                    )
+                }
+                Ran::Failed { kind, message } => (
+                    OplogEntry::Error {
+                        kind: kind.clone(),
+                        message: message.clone(),
+                    },
+                    Err(Error::InvocationFailed { kind, message }),
+                ),
+            };
+            let index = d.append(entry);
+            let stored = match &outcome {
+                Ok(c) => StoredOutcome::Completed {
+                    result: c.result.clone(),
+                    fuel_consumed: c.fuel_consumed,
+                },
+                Err(Error::InvocationFailed { kind, message }) => StoredOutcome::Failed {
+                    kind: kind.clone(),
+                    message: message.clone(),
+                },
+                Err(other) => StoredOutcome::Failed {
+                    kind: FailureKind::Trap,
+                    message: other.to_string(),
+                },
+            };
+            let record = InvocationRecord {
+                outcome: stored,
+                oplog_index: index,
+            };
+            (d.take_pending(), record, outcome)
+        };
+        let first_index = entries.first().map(|(i, _)| *i);
+        let mut sets = Vec::new();
+        for (index, entry) in entries {
+            sets.extend(records::entry_writes(&self.id, index, entry.encode()));
+        }
+        sets.push((
+            records::invocation_key(&self.id, &invocation.idempotency_key),
+            records::encode_json(&record),
+        ));
+        let clears = if clear_running {
+            vec![records::running_key(&self.id)]
+        } else {
+            Vec::new()
+        };
+        let (done, wait) = oneshot::channel();
+        let request = CommitRequest {
+            worker: self.id.clone(),
+            first_index,
+            sets,
+            clears,
+            done,
+        };
+        let shared = self.shared.clone();
+        let key = invocation.idempotency_key.clone();
+        shared.commits_in_flight.fetch_add(1, Ordering::AcqRel);
+        // Submitted here, in the actor, so that the worker's appends reach the committer in
+        // order; the queue is bounded, so this waits when the disk falls behind.
+        self.inner.committer.submit(request).await;
+        let worker = self.id.clone();
+        tokio::spawn(async move {
+            let outcome = match wait.await.unwrap_or(Err(Error::ShuttingDown)) {
+                Ok(()) => outcome,
+                Err(e) => {
+                    tracing::warn!(%worker, error = %e, "commit failed");
+                    shared.poisoned.store(true, Ordering::Release);
+                    Err(e)
+                }
+            };
+            finish(&shared, &key, outcome);
+            shared.commits_in_flight.fetch_sub(1, Ordering::AcqRel);
+            shared.commits_done.notify_waiters();
+            let _ = notify_tx.send(());
+        });
+        notify_rx
+    }
+}
+
+/// Makes an invocation's start durable if it runs longer than the start-commit delay.
+struct StartCommit {
+    inner: Arc<Inner>,
+    id: WorkerId,
+    shared: Arc<Shared>,
+    committed: AtomicBool,
+}
+
+impl StartCommit {
+    async fn commit(&self, durability: &host::Shared) {
+        let entries = host::lock(durability).take_pending();
+        let Some(first_index) = entries.first().map(|(i, _)| *i) else {
+            return;
+        };
+        let mut sets = Vec::new();
+        for (index, entry) in entries {
+            sets.extend(records::entry_writes(&self.id, index, entry.encode()));
+        }
+        sets.push((records::running_key(&self.id), Vec::new()));
+        let (done, wait) = oneshot::channel();
+        self.committed.store(true, Ordering::Release);
+        self.shared.commits_in_flight.fetch_add(1, Ordering::AcqRel);
+        self.inner
+            .committer
+            .submit(CommitRequest {
+                worker: self.id.clone(),
+                first_index: Some(first_index),
+                sets,
+                clears: Vec::new(),
+                done,
+            })
+            .await;
+        let shared = self.shared.clone();
+        let worker = self.id.clone();
+        tokio::spawn(async move {
+            if let Ok(Err(e)) | Err(e) = wait.await.map_err(|_| Error::ShuttingDown) {
+                tracing::warn!(%worker, error = %e, "commit of an invocation's start failed");
+                shared.poisoned.store(true, Ordering::Release);
+            }
+            shared.commits_in_flight.fetch_sub(1, Ordering::AcqRel);
+            shared.commits_done.notify_waiters();
+        });
+    }
+}
+
+/// Waits until every commit the worker submitted is settled.
+async fn wait_for_commits(shared: Arc<Shared>) {
+    loop {
+        let notified = shared.commits_done.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        if shared.commits_in_flight.load(Ordering::Acquire) == 0 {
+            return;
+        }
+        notified.await;
+    }
+}
+
+fn finish(shared: &Shared, key: &str, outcome: Outcome) {
+    let waiters = lock(&shared.inflight).remove(key).unwrap_or_default();
+    for waiter in waiters {
+        let copy = match &outcome {
+            Ok(c) => Ok(c.clone()),
+            Err(e) => Err(e.duplicate()),
+        };
+        let _ = waiter.send(copy);
+    }
+}
+
+fn stored_outcome(outcome: StoredOutcome) -> Outcome {
+    match outcome {
+        StoredOutcome::Completed {
+            result,
+            fuel_consumed,
+        } => Ok(Completed {
+            result,
+            fuel_consumed,
+        }),
+        StoredOutcome::Failed { kind, message } => Err(Error::InvocationFailed { kind, message }),
+    }
+}
+
+/// The API's result: the one result's JSON, `null` for none, an array for several.
+fn results_json(results: &[Value]) -> serde_json::Value {
+    match results {
+        [] => serde_json::Value::Null,
+        [one] => one.to_json(),
+        many => serde_json::Value::Array(many.iter().map(Value::to_json).collect()),
+    }
+}
+
+/// The host-call and log entries from `pos` on, up to the next entry that ends or starts an
+/// invocation; `pos` is left there.
+fn side_entries(
+    entries: &[(OplogIndex, OplogEntry)],
+    pos: &mut usize,
+) -> Vec<(OplogIndex, OplogEntry)> {
+    let mut side = Vec::new();
+    while let Some((index, entry)) = entries.get(*pos) {
+        match entry {
+            OplogEntry::ImportedFunctionInvoked { .. } | OplogEntry::Log { .. } => {
+                side.push((*index, entry.clone()));
+            }
+            OplogEntry::Suspended { .. } | OplogEntry::Interrupted { .. } => {}
+            _ => break,
+        }
+        *pos += 1;
+    }
+    side
+}
+
+fn check_consumed(durability: &host::Shared, what: &str) -> Result<(), Error> {
+    let d = host::lock(durability);
+    if let Some(message) = d.diverged() {
+        return Err(Error::WorkerFailed(message.to_string()));
+    }
+    match d.unconsumed() {
+        Some((index, kind)) if !d.is_live() => Err(Error::WorkerFailed(format!(
+            "replay diverged: {what} did not make the host call recorded at oplog entry {index} ({kind})"
+        ))),
+        _ => Ok(()),
+    }
+}
+
+fn classify(error: &wasmtime::Error, memory_refused: bool) -> (FailureKind, String) {
+    if let Some(exit) = error.downcast_ref::<wasmtime_wasi::I32Exit>() {
+        return (
+            FailureKind::Exit,
+            format!("the worker exited with status {}", exit.0),
+        );
+    }
+    if let Some(trap) = error.downcast_ref::<wasmtime::Trap>() {
+        if *trap == wasmtime::Trap::OutOfFuel {
+            return (
+                FailureKind::OutOfFuel,
+                "the invocation used up its fuel".into(),
+            );
+        }
+        if memory_refused {
+            return (
+                FailureKind::OutOfMemory,
+                format!("the worker asked for more memory than it may have ({trap})"),
+            );
+        }
+        return (FailureKind::Trap, trap.to_string());
+    }
+    if memory_refused {
+        return (
+            FailureKind::OutOfMemory,
+            format!("the worker asked for more memory than it may have: {error}"),
+        );
+    }
+    let text = format!("{error:#}");
+    (FailureKind::Trap, text.chars().take(2_000).collect())
+}

@@ -1,0 +1,371 @@
+//! The `/v1` API: components, workers, invocations, oplogs. JSON in and out; every error is an
+//! RFC 9457 problem (`application/problem+json`) with a stable `code`.
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use invicta_component_registry::Error as RegistryError;
+use invicta_executor::Error as ExecutorError;
+use invicta_model::{ComponentName, TenantId, WorkerId, WorkerName};
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::AppState;
+
+/// The most oplog entries one request returns.
+pub const OPLOG_PAGE_MAX: usize = 1_000;
+
+/// An API error: an HTTP status, a stable code and a message for humans.
+#[derive(Debug)]
+pub struct Problem {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub detail: String,
+    pub retry_after_s: Option<u64>,
+}
+
+impl Problem {
+    pub fn new(status: StatusCode, code: &'static str, detail: impl Into<String>) -> Problem {
+        Problem {
+            status,
+            code,
+            detail: detail.into(),
+            retry_after_s: None,
+        }
+    }
+
+    fn internal(error: impl std::fmt::Display) -> Problem {
+        // The detail stays in the logs: it may name files, keys or internals.
+        tracing::error!(error = %error, "internal error");
+        Problem::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "an internal error occurred; it has been logged",
+        )
+    }
+}
+
+impl IntoResponse for Problem {
+    fn into_response(self) -> Response {
+        let body = json!({
+            "type": format!("https://invicta.dev/problems/{}", self.code),
+            "title": self.status.canonical_reason().unwrap_or("error"),
+            "status": self.status.as_u16(),
+            "code": self.code,
+            "detail": self.detail,
+        });
+        let mut response = (self.status, Json(body)).into_response();
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
+        if let Some(seconds) = self.retry_after_s {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        response
+    }
+}
+
+impl From<RegistryError> for Problem {
+    fn from(e: RegistryError) -> Problem {
+        match e {
+            RegistryError::NotAComponent(_) | RegistryError::Invalid(_) => {
+                Problem::new(StatusCode::BAD_REQUEST, "invalid_component", e.to_string())
+            }
+            RegistryError::UnsupportedImports(_) => Problem::new(
+                StatusCode::BAD_REQUEST,
+                "unsupported_imports",
+                e.to_string(),
+            ),
+            RegistryError::TooLarge { .. } => Problem::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                e.to_string(),
+            ),
+            RegistryError::NotFound(_) | RegistryError::VersionNotFound { .. } => {
+                Problem::new(StatusCode::NOT_FOUND, "component_not_found", e.to_string())
+            }
+            other => Problem::internal(other),
+        }
+    }
+}
+
+impl From<ExecutorError> for Problem {
+    fn from(e: ExecutorError) -> Problem {
+        use ExecutorError as E;
+        match e {
+            E::WorkerNotFound(_) => {
+                Problem::new(StatusCode::NOT_FOUND, "worker_not_found", e.to_string())
+            }
+            E::WorkerExists(_) => {
+                Problem::new(StatusCode::CONFLICT, "worker_exists", e.to_string())
+            }
+            E::UnknownFunction { .. } => {
+                Problem::new(StatusCode::BAD_REQUEST, "unknown_function", e.to_string())
+            }
+            E::ParamCount { .. } | E::InvalidParam(_) => {
+                Problem::new(StatusCode::BAD_REQUEST, "invalid_params", e.to_string())
+            }
+            E::InvalidIdempotencyKey(_) => Problem::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_idempotency_key",
+                e.to_string(),
+            ),
+            E::InvocationFailed { ref kind, .. } => {
+                Problem::new(StatusCode::UNPROCESSABLE_ENTITY, kind.code(), e.to_string())
+            }
+            E::WorkerFailed(_) => {
+                Problem::new(StatusCode::CONFLICT, "worker_failed", e.to_string())
+            }
+            E::QueueFull(_) => Problem {
+                retry_after_s: Some(1),
+                ..Problem::new(StatusCode::TOO_MANY_REQUESTS, "queue_full", e.to_string())
+            },
+            E::PoolExhausted(_) => Problem {
+                retry_after_s: Some(1),
+                ..Problem::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "capacity_exhausted",
+                    e.to_string(),
+                )
+            },
+            E::ShuttingDown | E::Retry => Problem {
+                retry_after_s: Some(1),
+                ..Problem::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "unavailable",
+                    e.to_string(),
+                )
+            },
+            E::Component(inner) => inner.into(),
+            other => Problem::internal(other),
+        }
+    }
+}
+
+type ApiResult<T> = Result<T, Problem>;
+
+fn tenant() -> TenantId {
+    TenantId::default_tenant()
+}
+
+fn component_name(name: String) -> ApiResult<ComponentName> {
+    ComponentName::new(name)
+        .map_err(|e| Problem::new(StatusCode::BAD_REQUEST, "invalid_name", e.to_string()))
+}
+
+fn worker_id(component: String, worker: String) -> ApiResult<WorkerId> {
+    Ok(WorkerId {
+        tenant: tenant(),
+        component: component_name(component)?,
+        worker: WorkerName::new(worker)
+            .map_err(|e| Problem::new(StatusCode::BAD_REQUEST, "invalid_name", e.to_string()))?,
+    })
+}
+
+fn body(body: Result<Bytes, BytesRejection>) -> ApiResult<Bytes> {
+    body.map_err(|rejection| {
+        let status = rejection.status();
+        if status == StatusCode::PAYLOAD_TOO_LARGE {
+            Problem::new(status, "payload_too_large", rejection.body_text())
+        } else {
+            Problem::new(status, "invalid_body", rejection.body_text())
+        }
+    })
+}
+
+fn json_body<T: serde::de::DeserializeOwned>(headers: &HeaderMap, bytes: &[u8]) -> ApiResult<T> {
+    if let Some(ct) = headers.get(header::CONTENT_TYPE)
+        && !ct.to_str().unwrap_or("").starts_with("application/json")
+    {
+        return Err(Problem::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "send JSON with Content-Type: application/json",
+        ));
+    }
+    serde_json::from_slice(bytes)
+        .map_err(|e| Problem::new(StatusCode::BAD_REQUEST, "invalid_json", e.to_string()))
+}
+
+fn component_json(v: &invicta_component_registry::ComponentVersion) -> serde_json::Value {
+    json!({
+        "name": v.name,
+        "version": v.version,
+        "hash": v.hash,
+        "size": v.size,
+        "created_at_ms": v.created_at_ms,
+        "exports": v.exports,
+    })
+}
+
+pub(crate) async fn upload_component(
+    State(state): State<AppState>,
+    Path(component): Path<String>,
+    headers: HeaderMap,
+    bytes: Result<Bytes, BytesRejection>,
+) -> ApiResult<Response> {
+    let name = component_name(component)?;
+    if let Some(ct) = headers.get(header::CONTENT_TYPE) {
+        let ct = ct.to_str().unwrap_or("");
+        if !(ct.starts_with("application/wasm") || ct.starts_with("application/octet-stream")) {
+            return Err(Problem::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "upload the component's bytes with Content-Type: application/wasm",
+            ));
+        }
+    }
+    let bytes = body(bytes)?;
+    let uploaded = state
+        .registry
+        .upload(&tenant(), &name, bytes.to_vec())
+        .await?;
+    let status = if uploaded.created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(component_json(&uploaded.version))).into_response())
+}
+
+pub(crate) async fn get_component(
+    State(state): State<AppState>,
+    Path(component): Path<String>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let name = component_name(component)?;
+    let latest = state.registry.get(&tenant(), &name, None).await?;
+    let versions = state.registry.versions(&tenant(), &name).await?;
+    let mut body = component_json(&latest);
+    body["versions"] = json!(versions);
+    Ok(Json(body))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct CreateWorker {
+    name: String,
+    #[serde(default)]
+    env: std::collections::BTreeMap<String, String>,
+    #[serde(default)]
+    args: Vec<String>,
+}
+
+pub(crate) async fn create_worker(
+    State(state): State<AppState>,
+    Path(component): Path<String>,
+    headers: HeaderMap,
+    bytes: Result<Bytes, BytesRejection>,
+) -> ApiResult<Response> {
+    let request: CreateWorker = json_body(&headers, &body(bytes)?)?;
+    let id = worker_id(component, request.name)?;
+    let record = state
+        .executor
+        .create_worker(&id, request.env.into_iter().collect(), request.args)
+        .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({
+            "name": id.worker,
+            "component": id.component,
+            "component_version": record.component_version,
+            "created_at_ms": record.created_at_ms,
+        })),
+    )
+        .into_response())
+}
+
+pub(crate) async fn list_workers(
+    State(state): State<AppState>,
+    Path(component): Path<String>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let name = component_name(component)?;
+    state.registry.get(&tenant(), &name, None).await?;
+    let workers = state.executor.list_workers(&tenant(), &name).await?;
+    Ok(Json(json!({ "workers": workers })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Invoke {
+    function: String,
+    #[serde(default)]
+    params: Vec<serde_json::Value>,
+}
+
+pub(crate) async fn invoke(
+    State(state): State<AppState>,
+    Path((component, worker)): Path<(String, String)>,
+    headers: HeaderMap,
+    bytes: Result<Bytes, BytesRejection>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let id = worker_id(component, worker)?;
+    let request: Invoke = json_body(&headers, &body(bytes)?)?;
+    let key = match headers.get("idempotency-key") {
+        Some(v) => Some(
+            v.to_str()
+                .map_err(|_| {
+                    Problem::new(
+                        StatusCode::BAD_REQUEST,
+                        "invalid_idempotency_key",
+                        "the Idempotency-Key header must be visible ASCII",
+                    )
+                })?
+                .to_string(),
+        ),
+        None => None,
+    };
+    let completed = state
+        .executor
+        .invoke(&id, &request.function, &request.params, key)
+        .await?;
+    Ok(Json(json!({
+        "result": completed.result,
+        "fuel_consumed": completed.fuel_consumed,
+    })))
+}
+
+pub(crate) async fn worker_status(
+    State(state): State<AppState>,
+    Path((component, worker)): Path<(String, String)>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let id = worker_id(component, worker)?;
+    let status = state.executor.status(&id).await?;
+    Ok(Json(json!(status)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct OplogQuery {
+    #[serde(default)]
+    from: Option<u64>,
+    #[serde(default)]
+    count: Option<usize>,
+}
+
+pub(crate) async fn oplog(
+    State(state): State<AppState>,
+    Path((component, worker)): Path<(String, String)>,
+    query: Result<Query<OplogQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let Query(query) =
+        query.map_err(|e| Problem::new(StatusCode::BAD_REQUEST, "invalid_query", e.body_text()))?;
+    let id = worker_id(component, worker)?;
+    let from = query.from.unwrap_or(1).max(1);
+    let count = query.count.unwrap_or(100).min(OPLOG_PAGE_MAX);
+    let entries = state.executor.oplog(&id, from, count).await?;
+    let next = entries.last().map(|(i, _)| i + 1);
+    Ok(Json(json!({
+        "entries": entries.iter().map(|(i, e)| e.to_json(*i)).collect::<Vec<_>>(),
+        "next": next,
+    })))
+}
+
+pub(crate) async fn not_found() -> Problem {
+    Problem::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
+}

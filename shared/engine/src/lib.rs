@@ -1,0 +1,107 @@
+//! The wasmtime engine every registry and executor builds the same way, so that a component
+//! precompiled by the registry loads in any executor: its configuration ([`Config`]), the
+//! functions a component exports ([`exports`]), and the JSON mapping of WIT values ([`values`]).
+//!
+//! **Boundary:** this crate compiles and describes components; only `services/executor` runs them.
+
+pub mod exports;
+pub mod values;
+
+use std::hash::{Hash, Hasher};
+
+use serde::{Deserialize, Serialize};
+use wasmtime::{InstanceAllocationStrategy, PoolingAllocationConfig};
+
+pub use wasmtime;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("configure the wasmtime engine: {0}")]
+    Engine(String),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The engine's configuration: the same for every process that shares precompiled components.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Use the pooling instance allocator (default `true`): instantiation is about 3× faster
+    /// than on demand, at the price of reserving address space for every slot up front.
+    pub pooling: bool,
+    /// Component instances the pool holds, i.e. active workers per executor (default 1000).
+    /// Bounded in practice by `vm.max_map_count` (about 1,370 with the Linux default).
+    pub pool_instances: u32,
+    /// Core instances per component instance that the pool provisions (default 4: a Rust
+    /// guest uses about 3).
+    pub core_instances_per_component: u32,
+    /// The most linear memory one worker may have, in bytes (default 256 MiB).
+    pub memory_bytes_max: u64,
+    /// Fuel consumed between two yields to the async runtime (default 100,000, roughly
+    /// 50–100 µs of guest code): keeps one busy guest from holding a thread, and lets the
+    /// invocation deadline fire.
+    pub fuel_yield_interval: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            pooling: true,
+            pool_instances: 1_000,
+            core_instances_per_component: 4,
+            memory_bytes_max: 256 * 1024 * 1024,
+            fuel_yield_interval: 100_000,
+        }
+    }
+}
+
+/// A configured engine and the fingerprint of its configuration.
+#[derive(Clone)]
+pub struct Engine {
+    pub engine: wasmtime::Engine,
+    /// Identifies the engine's code-generation settings: precompiled artifacts are cached under
+    /// the component's hash *and* this, since an engine rejects artifacts of another.
+    pub fingerprint: String,
+    pub config: Config,
+}
+
+impl Engine {
+    pub fn new(config: &Config) -> Result<Engine> {
+        let mut wasm = wasmtime::Config::new();
+        wasm.wasm_component_model(true)
+            .consume_fuel(true)
+            // Determinism: NaNs have one bit pattern whatever the CPU did.
+            .cranelift_nan_canonicalization(true)
+            .wasm_threads(false)
+            .parallel_compilation(true);
+        if config.pooling {
+            let instances = config.pool_instances.max(1);
+            let memory = usize::try_from(config.memory_bytes_max).unwrap_or(usize::MAX);
+            let mut pool = PoolingAllocationConfig::default();
+            pool.total_component_instances(instances)
+                .total_core_instances(instances.saturating_mul(config.core_instances_per_component))
+                .total_memories(instances.saturating_mul(2))
+                .total_tables(instances.saturating_mul(config.core_instances_per_component))
+                .total_stacks(instances)
+                .max_memories_per_component(2)
+                .max_core_instances_per_component(16)
+                .max_memory_size(memory)
+                .max_unused_warm_slots(instances / 10);
+            wasm.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        }
+        let engine = wasmtime::Engine::new(&wasm).map_err(|e| Error::Engine(format!("{e:#}")))?;
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        engine.precompile_compatibility_hash().hash(&mut hasher);
+        let fingerprint = format!("wasmtime{}-{:016x}", wasmtime_version(), hasher.finish());
+        Ok(Engine {
+            engine,
+            fingerprint,
+            config: config.clone(),
+        })
+    }
+}
+
+fn wasmtime_version() -> &'static str {
+    // Part of the fingerprint for humans; the hash is what matters.
+    "48"
+}

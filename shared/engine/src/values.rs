@@ -1,0 +1,432 @@
+//! WIT values: JSON in (checked against the parameter's WIT type, with an error naming the
+//! parameter, the path inside it and the type expected), [`Value`] in the oplog, [`Val`] for
+//! wasmtime, and the WIT spelling of types for the API.
+//!
+//! The JSON mapping: numbers as numbers (range-checked); `char` as a one-character string;
+//! lists and tuples as arrays; records as objects (every field, no others; an `option` field may
+//! be left out); variants as one-key objects `{"case": payload}` (`null` or nothing for a case
+//! without payload, which may also be given as the bare string `"case"`); enums as strings;
+//! options as `null` or the value; results as `{"ok": v}` or `{"err": e}`; flags as arrays of
+//! names; non-finite floats as `"NaN"`, `"Infinity"`, `"-Infinity"`.
+
+use invicta_model::Value;
+use serde_json::Value as Json;
+use wasmtime::component::{Type, Val};
+
+/// The deepest nesting of values accepted from outside: bounds recursion on hostile input.
+pub const VALUE_DEPTH_MAX: usize = 64;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("parameter `{param}`{at}: expected {expected}, got {got}", at = if path.is_empty() { String::new() } else { format!(" at {path}") })]
+pub struct ValueError {
+    /// The parameter's name.
+    pub param: String,
+    /// Where inside it, e.g. `.tags[2]`.
+    pub path: String,
+    /// The WIT type expected there.
+    pub expected: String,
+    /// What was given instead.
+    pub got: String,
+}
+
+/// Converts the JSON given for parameter `param` into a value of `ty`.
+pub fn json_to_value(param: &str, json: &Json, ty: &Type) -> Result<Value, ValueError> {
+    let mut cx = Cx {
+        param,
+        path: String::new(),
+    };
+    cx.convert(json, ty, 0)
+}
+
+struct Cx<'a> {
+    param: &'a str,
+    path: String,
+}
+
+fn describe(json: &Json) -> String {
+    let text = match json {
+        Json::Null => return "null".into(),
+        Json::Bool(b) => return format!("boolean {b}"),
+        Json::Number(n) => return format!("number {n}"),
+        Json::String(s) => format!("string {s:?}"),
+        Json::Array(a) => return format!("an array of {}", a.len()),
+        Json::Object(_) => return "an object".into(),
+    };
+    if text.len() > 80 {
+        format!("{}…", text.chars().take(80).collect::<String>())
+    } else {
+        text
+    }
+}
+
+impl Cx<'_> {
+    fn error(&self, ty: &Type, got: &Json) -> ValueError {
+        self.error_msg(type_name(ty), describe(got))
+    }
+
+    fn error_msg(&self, expected: String, got: String) -> ValueError {
+        ValueError {
+            param: self.param.to_string(),
+            path: self.path.clone(),
+            expected,
+            got,
+        }
+    }
+
+    fn nested<T>(&mut self, segment: String, f: impl FnOnce(&mut Self) -> T) -> T {
+        let len = self.path.len();
+        self.path.push_str(&segment);
+        let out = f(self);
+        self.path.truncate(len);
+        out
+    }
+
+    fn convert(&mut self, json: &Json, ty: &Type, depth: usize) -> Result<Value, ValueError> {
+        if depth > VALUE_DEPTH_MAX {
+            return Err(self.error_msg(
+                type_name(ty),
+                format!("a value nested deeper than {VALUE_DEPTH_MAX} levels"),
+            ));
+        }
+        let err = |cx: &Self| cx.error(ty, json);
+        macro_rules! int {
+            ($variant:ident, $t:ty) => {{
+                let n = match json {
+                    Json::Number(n) => n
+                        .as_i64()
+                        .map(i128::from)
+                        .or_else(|| n.as_u64().map(i128::from)),
+                    _ => None,
+                };
+                n.and_then(|n| <$t>::try_from(n).ok())
+                    .map(Value::$variant)
+                    .ok_or_else(|| err(self))
+            }};
+        }
+        match ty {
+            Type::Bool => json.as_bool().map(Value::Bool).ok_or_else(|| err(self)),
+            Type::S8 => int!(S8, i8),
+            Type::U8 => int!(U8, u8),
+            Type::S16 => int!(S16, i16),
+            Type::U16 => int!(U16, u16),
+            Type::S32 => int!(S32, i32),
+            Type::U32 => int!(U32, u32),
+            Type::S64 => int!(S64, i64),
+            Type::U64 => int!(U64, u64),
+            Type::Float32 => float(json)
+                .map(|x| Value::F32(x as f32))
+                .ok_or_else(|| err(self)),
+            Type::Float64 => float(json).map(Value::F64).ok_or_else(|| err(self)),
+            Type::Char => {
+                let mut chars = json.as_str().map(str::chars);
+                match chars.as_mut().map(|c| (c.next(), c.next())) {
+                    Some((Some(c), None)) => Ok(Value::Char(c)),
+                    _ => Err(err(self)),
+                }
+            }
+            Type::String => json
+                .as_str()
+                .map(|s| Value::String(s.to_string()))
+                .ok_or_else(|| err(self)),
+            Type::List(list) => {
+                let items = json.as_array().ok_or_else(|| err(self))?;
+                let elem = list.ty();
+                let mut out = Vec::with_capacity(items.len());
+                for (i, item) in items.iter().enumerate() {
+                    out.push(
+                        self.nested(format!("[{i}]"), |cx| cx.convert(item, &elem, depth + 1))?,
+                    );
+                }
+                Ok(Value::List(out))
+            }
+            Type::Tuple(tuple) => {
+                let items = json.as_array().ok_or_else(|| err(self))?;
+                let types: Vec<Type> = tuple.types().collect();
+                if items.len() != types.len() {
+                    return Err(err(self));
+                }
+                let mut out = Vec::with_capacity(items.len());
+                for (i, (item, ty)) in items.iter().zip(&types).enumerate() {
+                    out.push(self.nested(format!("[{i}]"), |cx| cx.convert(item, ty, depth + 1))?);
+                }
+                Ok(Value::Tuple(out))
+            }
+            Type::Record(record) => {
+                let object = json.as_object().ok_or_else(|| err(self))?;
+                let mut out = Vec::new();
+                for field in record.fields() {
+                    let value = match object.get(field.name) {
+                        Some(v) => self.nested(format!(".{}", field.name), |cx| {
+                            cx.convert(v, &field.ty, depth + 1)
+                        })?,
+                        None if matches!(field.ty, Type::Option(_)) => Value::Option(None),
+                        None => {
+                            return Err(self.nested(format!(".{}", field.name), |cx| {
+                                cx.error_msg(
+                                    type_name(&field.ty),
+                                    "nothing (the field is missing)".into(),
+                                )
+                            }));
+                        }
+                    };
+                    out.push((field.name.to_string(), value));
+                }
+                if let Some(unknown) = object
+                    .keys()
+                    .find(|k| !record.fields().any(|f| f.name == k.as_str()))
+                {
+                    return Err(self.error_msg(
+                        type_name(ty),
+                        format!("an object with the unknown field `{unknown}`"),
+                    ));
+                }
+                Ok(Value::Record(out))
+            }
+            Type::Variant(variant) => {
+                let (name, payload) = one_key(json).ok_or_else(|| err(self))?;
+                let case = variant
+                    .cases()
+                    .find(|c| c.name == name)
+                    .ok_or_else(|| err(self))?;
+                let value = match (case.ty, payload) {
+                    (None, None | Some(Json::Null)) => None,
+                    (Some(ty), Some(payload)) => {
+                        Some(Box::new(self.nested(format!(".{name}"), |cx| {
+                            cx.convert(payload, &ty, depth + 1)
+                        })?))
+                    }
+                    _ => return Err(err(self)),
+                };
+                Ok(Value::Variant(name.to_string(), value))
+            }
+            Type::Enum(e) => {
+                let name = json.as_str().ok_or_else(|| err(self))?;
+                if e.names().any(|n| n == name) {
+                    Ok(Value::Enum(name.to_string()))
+                } else {
+                    Err(err(self))
+                }
+            }
+            Type::Option(option) => match json {
+                Json::Null => Ok(Value::Option(None)),
+                some => {
+                    let inner = self.convert(some, &option.ty(), depth + 1)?;
+                    Ok(Value::Option(Some(Box::new(inner))))
+                }
+            },
+            Type::Result(result) => {
+                let (name, payload) = one_key(json).ok_or_else(|| err(self))?;
+                let side = match name {
+                    "ok" => result.ok(),
+                    "err" => result.err(),
+                    _ => return Err(err(self)),
+                };
+                let value = match (side, payload) {
+                    (None, None | Some(Json::Null)) => None,
+                    (Some(ty), Some(payload)) => {
+                        Some(Box::new(self.nested(format!(".{name}"), |cx| {
+                            cx.convert(payload, &ty, depth + 1)
+                        })?))
+                    }
+                    _ => return Err(err(self)),
+                };
+                Ok(Value::Result(if name == "ok" {
+                    Ok(value)
+                } else {
+                    Err(value)
+                }))
+            }
+            Type::Flags(flags) => {
+                let items = json.as_array().ok_or_else(|| err(self))?;
+                let mut out = Vec::new();
+                for item in items {
+                    let name = item.as_str().ok_or_else(|| err(self))?;
+                    if !flags.names().any(|n| n == name) {
+                        return Err(err(self));
+                    }
+                    if !out.iter().any(|n: &String| n == name) {
+                        out.push(name.to_string());
+                    }
+                }
+                Ok(Value::Flags(out))
+            }
+            _ => Err(self.error_msg(
+                format!("{} (not supported over JSON)", type_name(ty)),
+                describe(json),
+            )),
+        }
+    }
+}
+
+fn float(json: &Json) -> Option<f64> {
+    match json {
+        Json::Number(n) => n.as_f64(),
+        Json::String(s) => match s.as_str() {
+            "NaN" => Some(f64::NAN),
+            "Infinity" => Some(f64::INFINITY),
+            "-Infinity" => Some(f64::NEG_INFINITY),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// `{"name": payload}` → (name, Some(payload)); `"name"` → (name, None).
+fn one_key(json: &Json) -> Option<(&str, Option<&Json>)> {
+    match json {
+        Json::String(s) => Some((s.as_str(), None)),
+        Json::Object(map) if map.len() == 1 => {
+            map.iter().next().map(|(k, v)| (k.as_str(), Some(v)))
+        }
+        _ => None,
+    }
+}
+
+/// The value wasmtime passes to the guest.
+pub fn value_to_val(value: &Value) -> Val {
+    let boxed = |v: &Option<Box<Value>>| v.as_ref().map(|v| Box::new(value_to_val(v)));
+    match value {
+        Value::Bool(b) => Val::Bool(*b),
+        Value::S8(n) => Val::S8(*n),
+        Value::U8(n) => Val::U8(*n),
+        Value::S16(n) => Val::S16(*n),
+        Value::U16(n) => Val::U16(*n),
+        Value::S32(n) => Val::S32(*n),
+        Value::U32(n) => Val::U32(*n),
+        Value::S64(n) => Val::S64(*n),
+        Value::U64(n) => Val::U64(*n),
+        Value::F32(x) => Val::Float32(*x),
+        Value::F64(x) => Val::Float64(*x),
+        Value::Char(c) => Val::Char(*c),
+        Value::String(s) => Val::String(s.clone()),
+        Value::List(items) => Val::List(items.iter().map(value_to_val).collect()),
+        Value::Record(fields) => Val::Record(
+            fields
+                .iter()
+                .map(|(n, v)| (n.clone(), value_to_val(v)))
+                .collect(),
+        ),
+        Value::Tuple(items) => Val::Tuple(items.iter().map(value_to_val).collect()),
+        Value::Variant(case, payload) => Val::Variant(case.clone(), boxed(payload)),
+        Value::Enum(case) => Val::Enum(case.clone()),
+        Value::Option(v) => Val::Option(boxed(v)),
+        Value::Result(Ok(v)) => Val::Result(Ok(boxed(v))),
+        Value::Result(Err(e)) => Val::Result(Err(boxed(e))),
+        Value::Flags(names) => Val::Flags(names.clone()),
+    }
+}
+
+/// The value the guest returned, for the oplog; `None` for values that cannot leave the
+/// instance (resources, streams, futures).
+pub fn val_to_value(val: &Val) -> Option<Value> {
+    let boxed = |v: &Option<Box<Val>>| -> Option<Option<Box<Value>>> {
+        match v {
+            None => Some(None),
+            Some(v) => Some(Some(Box::new(val_to_value(v)?))),
+        }
+    };
+    let all = |items: &[Val]| items.iter().map(val_to_value).collect::<Option<Vec<_>>>();
+    Some(match val {
+        Val::Bool(b) => Value::Bool(*b),
+        Val::S8(n) => Value::S8(*n),
+        Val::U8(n) => Value::U8(*n),
+        Val::S16(n) => Value::S16(*n),
+        Val::U16(n) => Value::U16(*n),
+        Val::S32(n) => Value::S32(*n),
+        Val::U32(n) => Value::U32(*n),
+        Val::S64(n) => Value::S64(*n),
+        Val::U64(n) => Value::U64(*n),
+        Val::Float32(x) => Value::F32(*x),
+        Val::Float64(x) => Value::F64(*x),
+        Val::Char(c) => Value::Char(*c),
+        Val::String(s) => Value::String(s.clone()),
+        Val::List(items) | Val::FixedLengthList(items) => Value::List(all(items)?),
+        Val::Record(fields) => Value::Record(
+            fields
+                .iter()
+                .map(|(n, v)| Some((n.clone(), val_to_value(v)?)))
+                .collect::<Option<Vec<_>>>()?,
+        ),
+        Val::Tuple(items) => Value::Tuple(all(items)?),
+        Val::Variant(case, payload) => Value::Variant(case.clone(), boxed(payload)?),
+        Val::Enum(case) => Value::Enum(case.clone()),
+        Val::Option(v) => Value::Option(boxed(v)?),
+        Val::Result(Ok(v)) => Value::Result(Ok(boxed(v)?)),
+        Val::Result(Err(e)) => Value::Result(Err(boxed(e)?)),
+        Val::Flags(names) => Value::Flags(names.clone()),
+        Val::Map(_) | Val::Resource(_) | Val::Future(_) | Val::Stream(_) | Val::ErrorContext(_) => {
+            return None;
+        }
+    })
+}
+
+/// A placeholder for a result slot before a call fills it.
+pub fn placeholder() -> Val {
+    Val::Bool(false)
+}
+
+/// The WIT spelling of a type: `u32`, `list<string>`, `option<person>` … Named types (records,
+/// variants, enums, flags) are spelled out structurally, since the API has no type names.
+pub fn type_name(ty: &Type) -> String {
+    type_name_depth(ty, 0)
+}
+
+fn type_name_depth(ty: &Type, depth: usize) -> String {
+    if depth > VALUE_DEPTH_MAX {
+        return "…".into();
+    }
+    let name = |t: &Type| type_name_depth(t, depth + 1);
+    match ty {
+        Type::Bool => "bool".into(),
+        Type::S8 => "s8".into(),
+        Type::U8 => "u8".into(),
+        Type::S16 => "s16".into(),
+        Type::U16 => "u16".into(),
+        Type::S32 => "s32".into(),
+        Type::U32 => "u32".into(),
+        Type::S64 => "s64".into(),
+        Type::U64 => "u64".into(),
+        Type::Float32 => "f32".into(),
+        Type::Float64 => "f64".into(),
+        Type::Char => "char".into(),
+        Type::String => "string".into(),
+        Type::List(l) => format!("list<{}>", name(&l.ty())),
+        Type::FixedLengthList(l) => format!("list<{}, {}>", name(&l.ty()), l.len()),
+        Type::Map(m) => format!("map<{}, {}>", name(&m.key()), name(&m.value())),
+        Type::Record(r) => format!(
+            "record {{ {} }}",
+            r.fields()
+                .map(|f| format!("{}: {}", f.name, name(&f.ty)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        Type::Tuple(t) => format!(
+            "tuple<{}>",
+            t.types().map(|t| name(&t)).collect::<Vec<_>>().join(", ")
+        ),
+        Type::Variant(v) => format!(
+            "variant {{ {} }}",
+            v.cases()
+                .map(|c| match c.ty {
+                    Some(t) => format!("{}({})", c.name, name(&t)),
+                    None => c.name.to_string(),
+                })
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        Type::Enum(e) => format!("enum {{ {} }}", e.names().collect::<Vec<_>>().join(", ")),
+        Type::Option(o) => format!("option<{}>", name(&o.ty())),
+        Type::Result(r) => match (r.ok(), r.err()) {
+            (None, None) => "result".into(),
+            (Some(ok), None) => format!("result<{}>", name(&ok)),
+            (None, Some(err)) => format!("result<_, {}>", name(&err)),
+            (Some(ok), Some(err)) => format!("result<{}, {}>", name(&ok), name(&err)),
+        },
+        Type::Flags(f) => format!("flags {{ {} }}", f.names().collect::<Vec<_>>().join(", ")),
+        Type::Own(_) => "own<resource>".into(),
+        Type::Borrow(_) => "borrow<resource>".into(),
+        Type::Future(_) => "future".into(),
+        Type::Stream(_) => "stream".into(),
+        Type::ErrorContext => "error-context".into(),
+    }
+}

@@ -1,0 +1,10 @@
+//! Invicta's domain model, shared by every service and free of IO: the ids that name tenants,
+//! components and workers ([`ids`]), the values that cross a worker's boundary ([`Value`]), and
+//! the oplog ([`oplog`]): its entries and their compact, versioned binary encoding.
+
+pub mod ids;
+pub mod oplog;
+mod value;
+
+pub use ids::{ComponentName, TenantId, WorkerId, WorkerName};
+pub use value::Value;
