@@ -2,6 +2,7 @@
 //! child process and talk to it over HTTP on loopback.
 
 mod server;
+mod workers;
 
 /// The server binary cargo built for these tests.
 pub const INVICTA: &str = env!("CARGO_BIN_EXE_invicta");

@@ -10,6 +10,10 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 
+mod api;
+
+pub use api::{Api, Reply, component};
+
 /// How long a server may take to print its address before the test gives up on it.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 

@@ -1,0 +1,141 @@
+//! A small client of the public API for tests, and the guest components they use.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use serde_json::{Value, json};
+
+/// The bytes of a guest component built by `make components`.
+pub fn component(name: &str) -> Vec<u8> {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("components/wasm")
+        .join(format!("{name}.wasm"));
+    match std::fs::read(&path) {
+        Ok(bytes) => bytes,
+        Err(e) => panic!(
+            "guest component {} is missing ({e}): run `make components`",
+            path.display()
+        ),
+    }
+}
+
+/// A response: its status and JSON body (`null` when the body is not JSON).
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub status: u16,
+    pub body: Value,
+    pub content_type: String,
+}
+
+impl Reply {
+    /// The `code` of a problem response.
+    pub fn code(&self) -> &str {
+        self.body["code"].as_str().unwrap_or("")
+    }
+}
+
+#[derive(Clone)]
+pub struct Api {
+    pub base: String,
+    pub http: reqwest::Client,
+}
+
+impl Api {
+    pub fn new(base: &str) -> Api {
+        Api {
+            base: base.trim_end_matches('/').to_string(),
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(60))
+                .build()
+                .expect("an HTTP client without TLS builds"),
+        }
+    }
+
+    async fn reply(response: reqwest::Response) -> anyhow::Result<Reply> {
+        let status = response.status().as_u16();
+        let content_type = response
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        let bytes = response.bytes().await.context("read response body")?;
+        let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        Ok(Reply {
+            status,
+            body,
+            content_type,
+        })
+    }
+
+    pub async fn get(&self, path: &str) -> anyhow::Result<Reply> {
+        Self::reply(self.http.get(format!("{}{path}", self.base)).send().await?).await
+    }
+
+    pub async fn post_json(
+        &self,
+        path: &str,
+        body: &Value,
+        key: Option<&str>,
+    ) -> anyhow::Result<Reply> {
+        let mut request = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .header("content-type", "application/json")
+            .body(body.to_string());
+        if let Some(key) = key {
+            request = request.header("idempotency-key", key);
+        }
+        Self::reply(request.send().await?).await
+    }
+
+    pub async fn post_raw(
+        &self,
+        path: &str,
+        content_type: &str,
+        body: Vec<u8>,
+    ) -> anyhow::Result<Reply> {
+        let request = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .header("content-type", content_type)
+            .body(body);
+        Self::reply(request.send().await?).await
+    }
+
+    pub async fn upload(&self, name: &str, bytes: Vec<u8>) -> anyhow::Result<Reply> {
+        self.post_raw(&format!("/v1/components/{name}"), "application/wasm", bytes)
+            .await
+    }
+
+    pub async fn invoke(
+        &self,
+        component: &str,
+        worker: &str,
+        function: &str,
+        params: Value,
+        key: Option<&str>,
+    ) -> anyhow::Result<Reply> {
+        self.post_json(
+            &format!("/v1/components/{component}/workers/{worker}/invoke"),
+            &json!({ "function": function, "params": params }),
+            key,
+        )
+        .await
+    }
+
+    /// Invokes and expects success; returns the result.
+    pub async fn call(
+        &self,
+        component: &str,
+        worker: &str,
+        function: &str,
+        params: Value,
+    ) -> anyhow::Result<Value> {
+        let reply = self
+            .invoke(component, worker, function, params, None)
+            .await?;
+        anyhow::ensure!(reply.status == 200, "{function} failed: {reply:?}");
+        Ok(reply.body["result"].clone())
+    }
+}
