@@ -1,6 +1,8 @@
 //! Invicta's cross-service tests, as one test binary: they run the real `invicta` binary as a
 //! child process and talk to it over HTTP on loopback.
 
+mod crash;
+mod divergence;
 mod server;
 mod workers;
 

@@ -89,7 +89,9 @@ async fn bad_uploads_are_refused_and_store_nothing() -> anyhow::Result<()> {
     let core_module = wat::parse_str("(module (func (export \"f\")))")?;
     let mut truncated = component("counter");
     truncated.truncate(truncated.len() / 2);
-    let cases: Vec<(&str, &str, Vec<u8>, u16, &str, &str)> = vec![
+    // (name, content type, body, status, code, what the detail mentions)
+    type Case = (&'static str, &'static str, Vec<u8>, u16, &'static str, &'static str);
+    let cases: Vec<Case> = vec![
         (
             "garbage",
             "application/wasm",

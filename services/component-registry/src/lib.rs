@@ -454,10 +454,12 @@ impl Registry {
         version: u64,
         compiled: Compiled,
     ) -> Arc<Compiled> {
-        let compiled = Arc::new(compiled);
+        // Keep the first: components compiled concurrently are equal, but export indices and
+        // instance templates belong to one `Component` value, so everyone must share it.
         self.lock()
-            .insert((tenant.clone(), name.clone(), version), compiled.clone());
-        compiled
+            .entry((tenant.clone(), name.clone(), version))
+            .or_insert_with(|| Arc::new(compiled))
+            .clone()
     }
 
     fn lock(

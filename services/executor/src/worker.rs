@@ -495,19 +495,16 @@ impl Actor {
             );
         };
         let instance_index = match &export.instance {
-            Some(name) => match self
-                .compiled
-                .component
-                .get_export_index(None, name.as_str())
-            {
+            Some(name) => match self.pre.component().get_export_index(None, name.as_str()) {
                 Some(i) => Some(i),
                 None => return failed(FailureKind::Trap, format!("export {name} not found")),
             },
             None => None,
         };
+        // Indices from the component the instance is made from: they belong to that value.
         let Some(func_index) = self
-            .compiled
-            .component
+            .pre
+            .component()
             .get_export_index(instance_index.as_ref(), export.function.as_str())
         else {
             return failed(FailureKind::Trap, format!("export {function} not found"));
