@@ -90,7 +90,14 @@ async fn bad_uploads_are_refused_and_store_nothing() -> anyhow::Result<()> {
     let mut truncated = component("counter");
     truncated.truncate(truncated.len() / 2);
     // (name, content type, body, status, code, what the detail mentions)
-    type Case = (&'static str, &'static str, Vec<u8>, u16, &'static str, &'static str);
+    type Case = (
+        &'static str,
+        &'static str,
+        Vec<u8>,
+        u16,
+        &'static str,
+        &'static str,
+    );
     let cases: Vec<Case> = vec![
         (
             "garbage",
@@ -581,5 +588,31 @@ async fn idle_workers_suspend_and_resume_by_replay() -> anyhow::Result<()> {
         .unwrap_or_default();
     assert!(kinds.contains(&"suspended"), "{kinds:?}");
     drop(f.server);
+    Ok(())
+}
+
+#[tokio::test]
+async fn more_workers_than_instance_slots_take_turns() -> anyhow::Result<()> {
+    // Four instance slots for ten workers: idle ones are suspended to make room.
+    let f = start(Some("[engine]\npool_instances = 4\n"))?;
+    f.api.upload("counter", component("counter")).await?;
+    for round in 1..=2_i64 {
+        for w in 0..10_i64 {
+            let got = f
+                .api
+                .call("counter", &format!("w{w}"), "add", json!([w]))
+                .await?;
+            assert_eq!(got, json!(w * round), "worker {w} round {round}");
+        }
+    }
+    // The first worker made room for later ones, and came back by replay when its turn came.
+    let first = f.api.get("/v1/components/counter/workers/w0").await?;
+    assert_eq!(first.body["status"], "suspended", "{first:?}");
+    let kinds = f.api.get("/v1/components/counter/workers/w0/oplog").await?;
+    let suspensions = kinds.body["entries"]
+        .as_array()
+        .map(|a| a.iter().filter(|e| e["kind"] == "suspended").count())
+        .unwrap_or(0);
+    assert!(suspensions >= 1, "{kinds:?}");
     Ok(())
 }

@@ -258,7 +258,7 @@ impl Executor {
         env: Vec<(String, String)>,
         args: Vec<String>,
     ) -> Result<WorkerRecord> {
-        match self.create(id, env, args, true).await? {
+        match self.create(id, env, args).await? {
             (record, true) => Ok(record),
             (_, false) => Err(Error::WorkerExists(id.to_string())),
         }
@@ -270,7 +270,6 @@ impl Executor {
         id: &WorkerId,
         env: Vec<(String, String)>,
         args: Vec<String>,
-        _explicit: bool,
     ) -> Result<(WorkerRecord, bool)> {
         let component = self
             .inner
@@ -397,15 +396,21 @@ impl Executor {
             }
             None => None,
         };
-        let record = match self.worker_record(id).await? {
-            Some(record) => record,
-            None => self.create(id, Vec::new(), Vec::new(), false).await?.0,
+        // A running worker knows its component; otherwise read (or create) its record.
+        let running = self.lock_workers().get(id).map(|h| h.compiled.clone());
+        let compiled = match running {
+            Some(compiled) => compiled,
+            None => {
+                let record = match self.worker_record(id).await? {
+                    Some(record) => record,
+                    None => self.create(id, Vec::new(), Vec::new()).await?.0,
+                };
+                self.inner
+                    .registry
+                    .compiled(&id.tenant, &id.component, record.component_version)
+                    .await?
+            }
         };
-        let compiled = self
-            .inner
-            .registry
-            .compiled(&id.tenant, &id.component, record.component_version)
-            .await?;
         let export = compiled
             .function(function)
             .ok_or_else(|| Error::UnknownFunction {
@@ -542,6 +547,25 @@ impl Executor {
     pub fn active_workers(&self) -> usize {
         self.lock_workers().len()
     }
+}
+
+/// Suspends up to `count` of the longest-idle active workers; returns how many were asked.
+pub(crate) async fn evict_idle(inner: &Inner, count: usize) -> usize {
+    let mut idle: Vec<(u64, WorkerHandle)> = inner
+        .workers
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .values()
+        .filter_map(|h| h.idle_since().map(|t| (t, h.clone())))
+        .collect();
+    idle.sort_by_key(|(t, _)| *t);
+    let mut asked = 0;
+    for (_, handle) in idle.into_iter().take(count) {
+        if handle.send(Command::Suspend).await.is_ok() {
+            asked += 1;
+        }
+    }
+    asked
 }
 
 fn generated_key() -> String {

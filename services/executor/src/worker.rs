@@ -27,6 +27,12 @@ use crate::host::{self, Durability, WorkerCtx};
 use crate::records::{self, InvocationRecord, StoredOutcome, WorkerRecord};
 use crate::{Completed, Error, Inner, Outcome, now_ms};
 
+/// How many times activation evicts idle workers to find a free instance slot.
+const EVICTION_ATTEMPTS: u32 = 5;
+
+/// Idle workers suspended per eviction round.
+const EVICTION_BATCH: usize = 16;
+
 /// Fuel for instantiation and replay: bounded only to catch a runaway start function.
 const REPLAY_FUEL: u64 = u64::MAX / 4;
 
@@ -55,6 +61,8 @@ pub(crate) enum SendError {
 /// State the actor shares with its handles and its commit watchers.
 struct Shared {
     queued: AtomicU64,
+    /// When the worker last took an invocation (ms since the epoch): eviction takes the oldest.
+    last_used_ms: AtomicU64,
     active: AtomicBool,
     failed: Mutex<Option<String>>,
     /// Invocations running or waiting for their commit, by idempotency key, with their waiters.
@@ -70,6 +78,8 @@ pub(crate) struct WorkerHandle {
     tx: mpsc::Sender<Command>,
     shared: Arc<Shared>,
     depth: usize,
+    /// The component version the worker runs.
+    pub compiled: Arc<Compiled>,
 }
 
 impl WorkerHandle {
@@ -92,6 +102,14 @@ impl WorkerHandle {
             self.shared.queued.fetch_sub(1, Ordering::Relaxed);
         }
         result
+    }
+
+    /// Whether the worker holds an instance but has nothing to do.
+    pub(crate) fn idle_since(&self) -> Option<u64> {
+        let active = self.shared.active.load(Ordering::Relaxed);
+        let queued = self.shared.queued.load(Ordering::Relaxed);
+        let busy = !lock(&self.shared.inflight).is_empty();
+        (active && queued == 0 && !busy).then(|| self.shared.last_used_ms.load(Ordering::Relaxed))
     }
 
     pub(crate) fn pending(&self) -> u64 {
@@ -139,6 +157,7 @@ pub(crate) fn spawn(
     let (tx, rx) = mpsc::channel(depth);
     let shared = Arc::new(Shared {
         queued: AtomicU64::new(0),
+        last_used_ms: AtomicU64::new(now_ms()),
         active: AtomicBool::new(false),
         failed: Mutex::new(None),
         inflight: Mutex::new(HashMap::new()),
@@ -146,6 +165,7 @@ pub(crate) fn spawn(
         commits_done: Notify::new(),
         poisoned: AtomicBool::new(false),
     });
+    let handle_compiled = compiled.clone();
     let actor = Actor {
         inner,
         id,
@@ -157,7 +177,12 @@ pub(crate) fn spawn(
         rx,
     };
     tokio::spawn(actor.run());
-    WorkerHandle { tx, shared, depth }
+    WorkerHandle {
+        tx,
+        shared,
+        depth,
+        compiled: handle_compiled,
+    }
 }
 
 /// How an invocation ended, before it is recorded.
@@ -189,6 +214,7 @@ impl Actor {
             match command {
                 Command::Invoke(invocation, reply) => {
                     self.shared.queued.fetch_sub(1, Ordering::Relaxed);
+                    self.shared.last_used_ms.store(now_ms(), Ordering::Relaxed);
                     self.invoke(invocation, reply).await;
                 }
                 Command::Resume => {
@@ -309,13 +335,26 @@ impl Actor {
             return Ok(());
         }
         self.wait_for_commits().await;
-        let id = self.id.clone();
-        let entries = self
-            .inner
-            .store
-            .read(move |tx| records::read_entries(tx, &id, 1, usize::MAX))
-            .await?;
-        match self.replay(entries).await {
+        let mut attempts = 0;
+        let result = loop {
+            let id = self.id.clone();
+            let entries = self
+                .inner
+                .store
+                .read(move |tx| records::read_entries(tx, &id, 1, usize::MAX))
+                .await?;
+            match self.replay(entries).await {
+                // Every instance slot is taken: suspend the longest-idle workers and try again.
+                Err(Error::PoolExhausted(_)) if attempts < EVICTION_ATTEMPTS => {
+                    attempts += 1;
+                    let evicted = crate::evict_idle(&self.inner, EVICTION_BATCH).await;
+                    tracing::debug!(worker = %self.id, evicted, "instance pool full; evicting idle workers");
+                    tokio::time::sleep(Duration::from_millis(10 * u64::from(attempts))).await;
+                }
+                other => break other,
+            }
+        };
+        match result {
             Ok(()) => {
                 self.shared.active.store(true, Ordering::Relaxed);
                 Ok(())
