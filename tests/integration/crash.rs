@@ -34,6 +34,7 @@ struct Sent {
 /// Sends one keyed invocation until it is answered, following the server across restarts.
 async fn call_until_answered(
     url: &RwLock<String>,
+    tenant_key: &str,
     worker: usize,
     key: &str,
     delta: i64,
@@ -43,7 +44,7 @@ async fn call_until_answered(
     loop {
         attempts += 1;
         let base = url.read().map_err(|_| anyhow::anyhow!("url lock"))?.clone();
-        let api = Api::new(&base);
+        let api = Api::new(&base).with_key(tenant_key);
         match api
             .invoke(
                 "counter",
@@ -78,7 +79,8 @@ async fn call_until_answered(
 async fn every_accepted_invocation_applies_exactly_once_across_sigkills() -> anyhow::Result<()> {
     let data = tempfile::tempdir()?;
     let server = Server::start(INVICTA.as_ref(), data.path())?;
-    let api = Api::new(&server.url);
+    let api = server.operator().new_tenant("crash", "pro").await?;
+    let tenant_key = api.key.clone().unwrap_or_default();
     assert_eq!(
         api.upload("counter", component("counter")).await?.status,
         201
@@ -126,6 +128,7 @@ async fn every_accepted_invocation_applies_exactly_once_across_sigkills() -> any
     let clients: Vec<_> = (0..CLIENTS)
         .map(|client| {
             let (url, killing) = (url.clone(), killing.clone());
+            let tenant_key = tenant_key.clone();
             tokio::spawn(async move {
                 let mine: Vec<usize> = (0..WORKERS).filter(|w| w % CLIENTS == client).collect();
                 let mut totals: HashMap<usize, i64> = HashMap::new();
@@ -135,7 +138,7 @@ async fn every_accepted_invocation_applies_exactly_once_across_sigkills() -> any
                     for &worker in &mine {
                         let delta = (rand_u64() % 100) as i64 + 1;
                         let key = format!("w{worker}-{round}");
-                        let (result, attempts) = call_until_answered(&url, worker, &key, delta).await?;
+                        let (result, attempts) = call_until_answered(&url, &tenant_key, worker, &key, delta).await?;
                         let total = totals.entry(worker).or_insert(0);
                         *total += delta;
                         // Exactly once: the running total includes this call once and every
@@ -177,7 +180,7 @@ async fn every_accepted_invocation_applies_exactly_once_across_sigkills() -> any
     );
 
     let base = url.read().map_err(|_| anyhow::anyhow!("lock"))?.clone();
-    let api = Api::new(&base);
+    let api = Api::new(&base).with_key(&tenant_key);
     // Every worker's state is the exact sum of what was sent to it.
     for worker in 0..WORKERS {
         let expected: i64 = sent
@@ -243,7 +246,8 @@ fn rand_u64() -> u64 {
 async fn an_invocation_cut_off_mid_way_is_finished_after_restart() -> anyhow::Result<()> {
     let data = tempfile::tempdir()?;
     let server = Server::start(INVICTA.as_ref(), data.path())?;
-    let api = Api::new(&server.url);
+    let api = server.operator().new_tenant("recovery", "pro").await?;
+    let tenant_key = api.key.clone().unwrap_or_default();
     api.upload("burner", component("burner")).await?;
     assert_eq!(api.call("burner", "b", "add", json!([7])).await?, json!(7));
     // About half a second of guest code: long enough to make its start durable and be killed.
@@ -271,7 +275,7 @@ async fn an_invocation_cut_off_mid_way_is_finished_after_restart() -> anyhow::Re
     assert!(long.await?.is_err(), "the caller lost its connection");
 
     let server = Server::start(INVICTA.as_ref(), data.path())?;
-    let api = Api::new(&server.url);
+    let api = Api::new(&server.url).with_key(&tenant_key);
     // Nobody asks: recovery finishes the invocation on its own.
     let started = Instant::now();
     let entries = loop {

@@ -14,7 +14,12 @@ use crate::INVICTA;
 async fn a_tampered_oplog_fails_the_worker_clearly() -> anyhow::Result<()> {
     let data = tempfile::tempdir()?;
     let server = Server::start(INVICTA.as_ref(), data.path())?;
-    let api = Api::new(&server.url);
+    let api = server.operator().new_tenant("acme", "pro").await?;
+    let tenant_key = api.key.clone().unwrap_or_default();
+    let tenant_id = api.get("/v1/usage").await?.body["tenant"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
     api.upload("counter", component("counter")).await?;
     assert_eq!(api.call("counter", "w", "add", json!([2])).await?, json!(2));
     assert_eq!(api.call("counter", "w", "add", json!([3])).await?, json!(5));
@@ -22,7 +27,7 @@ async fn a_tampered_oplog_fails_the_worker_clearly() -> anyhow::Result<()> {
 
     // Rewrite what the second invocation returned: replay computes 5, the oplog now says 6.
     let store = Store::open(&Config::embedded_in(data.path()))?;
-    let key = pack(&("oplog", "default", "counter", "w", 5_u64));
+    let key = pack(&("oplog", tenant_id.as_str(), "counter", "w", 5_u64));
     let tampered = OplogEntry::ExportedFunctionCompleted {
         results: vec![Value::S64(6)],
         fuel_consumed: 1,
@@ -41,7 +46,7 @@ async fn a_tampered_oplog_fails_the_worker_clearly() -> anyhow::Result<()> {
     drop(store);
 
     let server = Server::start(INVICTA.as_ref(), data.path())?;
-    let api = Api::new(&server.url);
+    let api = Api::new(&server.url).with_key(&tenant_key);
     let reply = api.invoke("counter", "w", "get", json!([]), None).await?;
     assert_eq!(
         (reply.status, reply.code()),

@@ -11,7 +11,7 @@ struct Fixture {
     api: Api,
 }
 
-fn start(config: Option<&str>) -> anyhow::Result<Fixture> {
+async fn start(config: Option<&str>) -> anyhow::Result<Fixture> {
     let data = tempfile::tempdir()?;
     let server = match config {
         None => Server::start(INVICTA.as_ref(), &data.path().join("data"))?,
@@ -26,7 +26,7 @@ fn start(config: Option<&str>) -> anyhow::Result<Fixture> {
             )?
         }
     };
-    let api = Api::new(&server.url);
+    let api = server.operator().new_tenant("test", "pro").await?;
     Ok(Fixture {
         _data: data,
         server,
@@ -36,7 +36,7 @@ fn start(config: Option<&str>) -> anyhow::Result<Fixture> {
 
 #[tokio::test]
 async fn upload_versions_and_metadata() -> anyhow::Result<()> {
-    let f = start(None)?;
+    let f = start(None).await?;
     let reply = f.api.upload("counter", component("counter")).await?;
     assert_eq!(reply.status, 201, "{reply:?}");
     assert_eq!(reply.body["name"], "counter");
@@ -85,7 +85,7 @@ fn component_with_unknown_import() -> Vec<u8> {
 
 #[tokio::test]
 async fn bad_uploads_are_refused_and_store_nothing() -> anyhow::Result<()> {
-    let f = start(Some("[registry]\ncomponent_bytes_max = 200000\n"))?;
+    let f = start(Some("[registry]\ncomponent_bytes_max = 200000\n")).await?;
     let core_module = wat::parse_str("(module (func (export \"f\")))")?;
     let mut truncated = component("counter");
     truncated.truncate(truncated.len() / 2);
@@ -168,7 +168,7 @@ async fn bad_uploads_are_refused_and_store_nothing() -> anyhow::Result<()> {
 
 #[tokio::test]
 async fn invocations_keep_state_and_bad_input_changes_nothing() -> anyhow::Result<()> {
-    let f = start(Some("[gateway]\njson_body_bytes_max = 4096\n"))?;
+    let f = start(Some("[gateway]\njson_body_bytes_max = 4096\n")).await?;
     f.api.upload("counter", component("counter")).await?;
     // Invoking a worker that does not exist creates it.
     assert_eq!(
@@ -288,7 +288,7 @@ async fn invocations_keep_state_and_bad_input_changes_nothing() -> anyhow::Resul
 
 #[tokio::test]
 async fn explicit_worker_creation() -> anyhow::Result<()> {
-    let f = start(None)?;
+    let f = start(None).await?;
     f.api.upload("logger", component("logger")).await?;
     let path = "/v1/components/logger/workers";
     let created = f
@@ -347,7 +347,7 @@ async fn explicit_worker_creation() -> anyhow::Result<()> {
 
 #[tokio::test]
 async fn idempotency_keys_run_once() -> anyhow::Result<()> {
-    let f = start(None)?;
+    let f = start(None).await?;
     f.api.upload("counter", component("counter")).await?;
     let first = f
         .api
@@ -390,7 +390,8 @@ async fn idempotency_keys_run_once() -> anyhow::Result<()> {
 async fn failed_invocations_leave_no_trace() -> anyhow::Result<()> {
     let f = start(Some(
         "[executor]\nfuel_per_invocation = 500000000\n\n[engine]\nmemory_bytes_max = 67108864\n",
-    ))?;
+    ))
+    .await?;
     f.api.upload("burner", component("burner")).await?;
     assert_eq!(
         f.api.call("burner", "b", "add", json!([3])).await?,
@@ -399,8 +400,8 @@ async fn failed_invocations_leave_no_trace() -> anyhow::Result<()> {
     let failures: Vec<(&str, Value, &str)> = vec![
         ("fail-after-add", json!([100]), "trap"),
         ("trap", json!(["boom"]), "trap"),
-        ("burn", json!([100_000_000]), "out_of_fuel"),
-        ("grow", json!([128]), "out_of_memory"),
+        ("burn", json!([100_000_000]), "quota_exceeded"),
+        ("grow", json!([128]), "quota_exceeded"),
     ];
     for (function, params, code) in failures {
         let reply = f
@@ -442,7 +443,7 @@ async fn failed_invocations_leave_no_trace() -> anyhow::Result<()> {
 
 #[tokio::test]
 async fn every_wit_type_maps_to_json() -> anyhow::Result<()> {
-    let f = start(None)?;
+    let f = start(None).await?;
     f.api.upload("types", component("types")).await?;
     let person = json!({"name": "Ada", "age": 36, "email": "ada@example.com", "tags": ["a", "b"]});
     // (function, argument, expected result)
@@ -559,7 +560,7 @@ async fn every_wit_type_maps_to_json() -> anyhow::Result<()> {
 
 #[tokio::test]
 async fn idle_workers_suspend_and_resume_by_replay() -> anyhow::Result<()> {
-    let f = start(Some("[executor]\nidle_suspend_ms = 200\n"))?;
+    let f = start(Some("[executor]\nidle_suspend_ms = 200\n")).await?;
     f.api.upload("clocks", component("clocks")).await?;
     let first = f.api.call("clocks", "c", "sample", json!([])).await?;
     let second = f.api.call("clocks", "c", "sample", json!([])).await?;
@@ -594,7 +595,7 @@ async fn idle_workers_suspend_and_resume_by_replay() -> anyhow::Result<()> {
 #[tokio::test]
 async fn more_workers_than_instance_slots_take_turns() -> anyhow::Result<()> {
     // Four instance slots for ten workers: idle ones are suspended to make room.
-    let f = start(Some("[engine]\npool_instances = 4\n"))?;
+    let f = start(Some("[engine]\npool_instances = 4\n")).await?;
     f.api.upload("counter", component("counter")).await?;
     for round in 1..=2_i64 {
         for w in 0..10_i64 {

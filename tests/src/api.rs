@@ -38,6 +38,8 @@ impl Reply {
 pub struct Api {
     pub base: String,
     pub http: reqwest::Client,
+    /// Sent as `Authorization: Bearer <key>`.
+    pub key: Option<String>,
 }
 
 impl Api {
@@ -48,7 +50,72 @@ impl Api {
                 .timeout(Duration::from_secs(60))
                 .build()
                 .expect("an HTTP client without TLS builds"),
+            key: None,
         }
+    }
+
+    /// The same client, calling with `key`.
+    pub fn with_key(&self, key: &str) -> Api {
+        Api {
+            key: Some(key.to_string()),
+            ..self.clone()
+        }
+    }
+
+    /// The same client, calling without a key.
+    pub fn anonymous(&self) -> Api {
+        Api {
+            key: None,
+            ..self.clone()
+        }
+    }
+
+    fn auth(&self, request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match &self.key {
+            Some(key) => request.bearer_auth(key),
+            None => request,
+        }
+    }
+
+    /// Creates a tenant (calling as the operator) and a key with every scope; returns a client
+    /// calling as that tenant.
+    pub async fn new_tenant(&self, name: &str, plan: &str) -> anyhow::Result<Api> {
+        let tenant = self
+            .post_json(
+                "/v1/admin/tenants",
+                &json!({ "name": name, "plan": plan }),
+                None,
+            )
+            .await?;
+        anyhow::ensure!(tenant.status == 201, "create tenant {name}: {tenant:?}");
+        let id = tenant.body["id"].as_str().context("tenant id")?.to_string();
+        let key = self
+            .post_json(
+                &format!("/v1/admin/tenants/{id}/keys"),
+                &json!({ "scopes": ["admin", "deploy", "invoke", "read"] }),
+                None,
+            )
+            .await?;
+        anyhow::ensure!(key.status == 201, "create key for {name}: {key:?}");
+        Ok(self.with_key(key.body["key"].as_str().context("key secret")?))
+    }
+
+    pub async fn delete(&self, path: &str) -> anyhow::Result<Reply> {
+        Self::reply(
+            self.auth(self.http.delete(format!("{}{path}", self.base)))
+                .send()
+                .await?,
+        )
+        .await
+    }
+
+    pub async fn put_json(&self, path: &str, body: &Value) -> anyhow::Result<Reply> {
+        let request = self
+            .http
+            .put(format!("{}{path}", self.base))
+            .header("content-type", "application/json")
+            .body(body.to_string());
+        Self::reply(self.auth(request).send().await?).await
     }
 
     async fn reply(response: reqwest::Response) -> anyhow::Result<Reply> {
@@ -69,7 +136,12 @@ impl Api {
     }
 
     pub async fn get(&self, path: &str) -> anyhow::Result<Reply> {
-        Self::reply(self.http.get(format!("{}{path}", self.base)).send().await?).await
+        Self::reply(
+            self.auth(self.http.get(format!("{}{path}", self.base)))
+                .send()
+                .await?,
+        )
+        .await
     }
 
     pub async fn post_json(
@@ -86,7 +158,7 @@ impl Api {
         if let Some(key) = key {
             request = request.header("idempotency-key", key);
         }
-        Self::reply(request.send().await?).await
+        Self::reply(self.auth(request).send().await?).await
     }
 
     pub async fn post_raw(
@@ -100,7 +172,7 @@ impl Api {
             .post(format!("{}{path}", self.base))
             .header("content-type", content_type)
             .body(body);
-        Self::reply(request.send().await?).await
+        Self::reply(self.auth(request).send().await?).await
     }
 
     pub async fn upload(&self, name: &str, bytes: Vec<u8>) -> anyhow::Result<Reply> {

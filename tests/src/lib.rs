@@ -17,6 +17,10 @@ pub use api::{Api, Reply, component};
 /// How long a server may take to print its address before the test gives up on it.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// The operator key every test server starts with (`INVICTA_OPERATOR_KEY`).
+pub const OPERATOR_KEY: &str =
+    "inv_000000000000_0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
 /// A running `invicta server`.
 pub struct Server {
     child: Child,
@@ -42,6 +46,7 @@ impl Server {
                 "INVICTA_LOG",
                 std::env::var("INVICTA_LOG").unwrap_or_else(|_| "warn".into()),
             )
+            .env("INVICTA_OPERATOR_KEY", OPERATOR_KEY)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -75,6 +80,11 @@ impl Server {
             data_dir: data_dir.to_path_buf(),
             binary: binary.to_path_buf(),
         })
+    }
+
+    /// A client calling as the operator.
+    pub fn operator(&self) -> Api {
+        Api::new(&self.url).with_key(OPERATOR_KEY)
     }
 
     /// Kills the server with SIGKILL: no shutdown code runs, as in a crash.

@@ -1,1 +1,808 @@
-//! placeholder
+//! Billing, first half: tenants, plans (their quotas), API keys, and the operator's key.
+//!
+//! API keys look like `inv_<id>_<secret>`: the id (12 hex digits) is visible and tells keys
+//! apart; the secret is shown once, at creation, and stored only as an argon2id hash. Argon2 is
+//! slow on purpose (≈15 ms), so a verified key is cached for `key_cache_ttl_ms`, keyed by the
+//! SHA-256 of the whole key; revocation takes effect at once in this process and within that
+//! time in others.
+//!
+//! Store layout (tuple keys):
+//! - `("plan", name)` → [`Plan`]
+//! - `("tenant", id)` → [`Tenant`]; `("tenant-name", name)` → id
+//! - `("api-key", id)` → [`KeyRecord`]; `("tenant-key", tenant, id)` → `""` (a tenant's keys)
+//! - `("operator-key",)` → [`KeyRecord`] of the operator
+//! - `("usage", tenant, kind, period)` → a counter (atomic add), e.g. fuel per month
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use argon2::Argon2;
+use argon2::password_hash::{PasswordHasher, PasswordVerifier};
+use invicta_model::TenantId;
+use invicta_store::Store;
+use invicta_store::keys::{pack, unpack};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("missing API key: send `Authorization: Bearer <key>`")]
+    MissingKey,
+    #[error("malformed API key: keys look like inv_<id>_<secret>")]
+    MalformedKey,
+    #[error("unknown or revoked API key")]
+    InvalidKey,
+    #[error("this API key lacks the `{0}` scope")]
+    MissingScope(&'static str),
+    #[error("only the operator may do this")]
+    OperatorOnly,
+    #[error("tenant {0} not found")]
+    TenantNotFound(String),
+    #[error("a tenant named {0} exists")]
+    TenantExists(String),
+    #[error("plan {0} not found")]
+    PlanNotFound(String),
+    #[error("API key {0} not found")]
+    KeyNotFound(String),
+    #[error("unknown scope `{0}`: scopes are admin, deploy, invoke, read")]
+    UnknownScope(String),
+    #[error("invalid plan: {0}")]
+    InvalidPlan(String),
+    #[error("invalid name: {0}")]
+    InvalidName(String),
+    #[error("store: {0}")]
+    Store(#[from] invicta_store::Error),
+    #[error("stored billing data is corrupt: {0}")]
+    Corrupt(String),
+    #[error("hash API key: {0}")]
+    Hash(String),
+    #[error("write the operator key to {path}: {source}")]
+    OperatorKeyFile {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// How long a verified API key is trusted without verifying it again, in milliseconds
+    /// (default 10,000): the most a revoked key keeps working in another process.
+    pub key_cache_ttl_ms: u64,
+    /// The plan of tenants created without one (default `free`).
+    pub default_plan: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            key_cache_ttl_ms: 10_000,
+            default_plan: "free".into(),
+        }
+    }
+}
+
+/// What a key may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Scope {
+    /// Manage the tenant's API keys.
+    Admin,
+    /// Upload components, create and delete workers.
+    Deploy,
+    /// Invoke functions.
+    Invoke,
+    /// Read metadata, oplogs and usage.
+    Read,
+}
+
+impl Scope {
+    pub const ALL: [Scope; 4] = [Scope::Admin, Scope::Deploy, Scope::Invoke, Scope::Read];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scope::Admin => "admin",
+            Scope::Deploy => "deploy",
+            Scope::Invoke => "invoke",
+            Scope::Read => "read",
+        }
+    }
+
+    pub fn parse(s: &str) -> Result<Scope> {
+        Scope::ALL
+            .into_iter()
+            .find(|scope| scope.as_str() == s)
+            .ok_or_else(|| Error::UnknownScope(s.chars().take(32).collect()))
+    }
+}
+
+/// Who is calling.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    /// The caller's tenant (the operator has none of its own).
+    pub tenant: Option<TenantId>,
+    pub key_id: String,
+    pub scopes: Vec<Scope>,
+    pub operator: bool,
+}
+
+impl Principal {
+    /// The caller's tenant, if its key has `scope`.
+    pub fn require(&self, scope: Scope) -> Result<TenantId> {
+        match &self.tenant {
+            Some(tenant) if self.scopes.contains(&scope) => Ok(tenant.clone()),
+            Some(_) => Err(Error::MissingScope(scope.as_str())),
+            None => Err(Error::MissingScope(scope.as_str())),
+        }
+    }
+
+    pub fn require_operator(&self) -> Result<()> {
+        if self.operator {
+            Ok(())
+        } else {
+            Err(Error::OperatorOnly)
+        }
+    }
+}
+
+/// A plan: what a tenant on it may use.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Plan {
+    pub name: String,
+    /// Fuel one invocation may consume.
+    pub fuel_per_invocation: u64,
+    /// Fuel the tenant's invocations may consume in a calendar month (UTC).
+    pub fuel_per_month: u64,
+    /// Linear memory one worker may have, in bytes.
+    pub memory_per_worker_bytes: u64,
+    /// Workers the tenant may have.
+    pub workers_max: u64,
+    /// Components (names) the tenant may have.
+    pub components_max: u64,
+    /// Bytes of all the tenant's component versions together.
+    pub component_bytes_max: u64,
+    /// Sustained requests per second, per tenant and per key.
+    pub requests_per_second: u32,
+    /// Requests that may come at once above the sustained rate.
+    pub burst: u32,
+    /// Invocations of the tenant that may run at once.
+    pub concurrent_invocations: u32,
+}
+
+impl Plan {
+    fn validate(&self) -> Result<()> {
+        invicta_model::ComponentName::new(self.name.clone())
+            .map_err(|e| Error::InvalidPlan(e.to_string()))?;
+        if self.requests_per_second == 0 || self.burst == 0 || self.concurrent_invocations == 0 {
+            return Err(Error::InvalidPlan(
+                "requests_per_second, burst and concurrent_invocations must be at least 1".into(),
+            ));
+        }
+        if self.fuel_per_invocation == 0 || self.memory_per_worker_bytes < 64 * 1024 {
+            return Err(Error::InvalidPlan(
+                "fuel_per_invocation must be positive and memory_per_worker_bytes at least 64 KiB"
+                    .into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The plans a new installation starts with.
+    pub fn defaults() -> Vec<Plan> {
+        const MIB: u64 = 1024 * 1024;
+        vec![
+            Plan {
+                name: "free".into(),
+                fuel_per_invocation: 1_000_000_000,
+                fuel_per_month: 1_000_000_000_000,
+                memory_per_worker_bytes: 64 * MIB,
+                workers_max: 1_000,
+                components_max: 20,
+                component_bytes_max: 200 * MIB,
+                requests_per_second: 100,
+                burst: 200,
+                concurrent_invocations: 50,
+            },
+            Plan {
+                name: "pro".into(),
+                fuel_per_invocation: 10_000_000_000,
+                fuel_per_month: 100_000_000_000_000,
+                memory_per_worker_bytes: 256 * MIB,
+                workers_max: 100_000,
+                components_max: 500,
+                component_bytes_max: 5 * 1024 * MIB,
+                requests_per_second: 5_000,
+                burst: 10_000,
+                concurrent_invocations: 1_000,
+            },
+            Plan {
+                name: "unlimited".into(),
+                fuel_per_invocation: 100_000_000_000,
+                fuel_per_month: u64::MAX / 2,
+                memory_per_worker_bytes: 4 * 1024 * MIB,
+                workers_max: u64::MAX / 2,
+                components_max: u64::MAX / 2,
+                component_bytes_max: u64::MAX / 2,
+                requests_per_second: 1_000_000,
+                burst: 1_000_000,
+                concurrent_invocations: 100_000,
+            },
+        ]
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Tenant {
+    pub id: String,
+    pub name: String,
+    pub plan: String,
+    pub created_at_ms: u64,
+}
+
+/// A stored key: never the secret, only its hash.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct KeyRecord {
+    pub id: String,
+    /// `None` for the operator's key.
+    pub tenant: Option<String>,
+    pub scopes: Vec<Scope>,
+    pub description: String,
+    pub created_at_ms: u64,
+    pub revoked_at_ms: Option<u64>,
+    /// argon2id PHC string.
+    pub hash: String,
+}
+
+/// What the API shows of a key.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct KeyInfo {
+    pub id: String,
+    /// The visible beginning of the key, to tell keys apart: `inv_<id>_…`.
+    pub prefix: String,
+    pub scopes: Vec<Scope>,
+    pub description: String,
+    pub created_at_ms: u64,
+    pub revoked: bool,
+}
+
+impl From<&KeyRecord> for KeyInfo {
+    fn from(r: &KeyRecord) -> KeyInfo {
+        KeyInfo {
+            id: r.id.clone(),
+            prefix: format!("inv_{}_", r.id),
+            scopes: r.scopes.clone(),
+            description: r.description.clone(),
+            created_at_ms: r.created_at_ms,
+            revoked: r.revoked_at_ms.is_some(),
+        }
+    }
+}
+
+/// The operator key's id.
+const OPERATOR_KEY_ID: &str = "000000000000";
+
+/// The operator's key file in the data directory.
+pub const OPERATOR_KEY_FILE: &str = "operator.key";
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    // Plain data structures: serializing them to JSON cannot fail.
+    serde_json::to_vec(value).unwrap_or_default()
+}
+
+fn decode<T: serde::de::DeserializeOwned>(what: &str, bytes: &[u8]) -> Result<T> {
+    serde_json::from_slice(bytes).map_err(|e| Error::Corrupt(format!("{what}: {e}")))
+}
+
+fn random_hex(bytes: usize) -> String {
+    let mut buf = vec![0_u8; bytes];
+    rand::fill(buf.as_mut_slice());
+    hex::encode(buf)
+}
+
+fn plan_key(name: &str) -> Vec<u8> {
+    pack(&("plan", name))
+}
+
+fn tenant_key(id: &str) -> Vec<u8> {
+    pack(&("tenant", id))
+}
+
+fn tenant_name_key(name: &str) -> Vec<u8> {
+    pack(&("tenant-name", name))
+}
+
+fn api_key_key(id: &str) -> Vec<u8> {
+    pack(&("api-key", id))
+}
+
+fn tenant_keys_prefix(tenant: &str) -> Vec<u8> {
+    pack(&("tenant-key", tenant))
+}
+
+fn tenant_key_index(tenant: &str, id: &str) -> Vec<u8> {
+    pack(&("tenant-key", tenant, id))
+}
+
+fn operator_key_key() -> Vec<u8> {
+    pack(&("operator-key",))
+}
+
+/// A usage counter: `kind` such as `fuel` or `invocations`, `period` such as `2026-11`.
+pub fn usage_key(tenant: &str, kind: &str, period: &str) -> Vec<u8> {
+    pack(&("usage", tenant, kind, period))
+}
+
+/// The calendar month (UTC) of a moment, as `YYYY-MM`.
+pub fn month_of(unix_ms: u64) -> String {
+    // Civil-from-days (Howard Hinnant's algorithm), to avoid a date library for one line.
+    let days = i64::try_from(unix_ms / 86_400_000).unwrap_or(0);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}")
+}
+
+/// The current month, as [`month_of`] gives it.
+pub fn this_month() -> String {
+    month_of(now_ms())
+}
+
+/// Splits `inv_<id>_<secret>`.
+fn parse_key(key: &str) -> Result<(&str, &str)> {
+    let rest = key.strip_prefix("inv_").ok_or(Error::MalformedKey)?;
+    let (id, secret) = rest.split_once('_').ok_or(Error::MalformedKey)?;
+    let hex_of = |s: &str, len: usize| s.len() == len && s.bytes().all(|b| b.is_ascii_hexdigit());
+    if !hex_of(id, 12) || !hex_of(secret, 64) {
+        return Err(Error::MalformedKey);
+    }
+    Ok((id, secret))
+}
+
+#[derive(Clone)]
+pub struct Billing {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: Config,
+    store: Store,
+    /// Verified keys by the SHA-256 of the whole key: (principal, verified at).
+    verified: Mutex<HashMap<[u8; 32], (Principal, Instant)>>,
+    /// Plans by tenant, briefly, so that the invocation path does not read the store.
+    plans: Mutex<HashMap<TenantId, (Plan, Instant)>>,
+}
+
+/// How long a tenant's plan is cached.
+const PLAN_CACHE_TTL: Duration = Duration::from_secs(5);
+
+/// Entries the key cache holds before it is swept of expired ones.
+const KEY_CACHE_SWEEP_AT: usize = 10_000;
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Billing {
+    /// Opens billing on the store: seeds the default plans, and makes sure an operator key
+    /// exists. Returns the operator key when it was made just now (to be shown once); it is also
+    /// written to `data_dir/operator.key` (mode 0600). `preset` (`INVICTA_OPERATOR_KEY`)
+    /// replaces the stored operator key.
+    pub async fn start(
+        config: Config,
+        store: Store,
+        data_dir: &Path,
+        preset: Option<String>,
+    ) -> Result<(Billing, Option<String>)> {
+        let billing = Billing {
+            inner: Arc::new(Inner {
+                config,
+                store,
+                verified: Mutex::new(HashMap::new()),
+                plans: Mutex::new(HashMap::new()),
+            }),
+        };
+        let plans = Plan::defaults();
+        billing
+            .inner
+            .store
+            .transact(move |tx| {
+                for plan in &plans {
+                    if tx.get(&plan_key(&plan.name))?.is_none() {
+                        tx.set(&plan_key(&plan.name), &encode(plan))?;
+                    }
+                }
+                Ok::<_, Error>(())
+            })
+            .await?;
+        let fresh = billing.ensure_operator_key(data_dir, preset).await?;
+        Ok((billing, fresh))
+    }
+
+    async fn ensure_operator_key(
+        &self,
+        data_dir: &Path,
+        preset: Option<String>,
+    ) -> Result<Option<String>> {
+        let existing = self
+            .inner
+            .store
+            .read(|tx| tx.get(&operator_key_key()))
+            .await?;
+        let (secret, made) = match (preset, existing) {
+            (Some(preset), _) => {
+                parse_key(&preset)?;
+                (preset, false)
+            }
+            (None, Some(_)) => return Ok(None),
+            (None, None) => (format!("inv_{OPERATOR_KEY_ID}_{}", random_hex(32)), true),
+        };
+        let hash = hash_secret(&secret).await?;
+        let record = KeyRecord {
+            id: OPERATOR_KEY_ID.into(),
+            tenant: None,
+            scopes: Scope::ALL.to_vec(),
+            description: "operator".into(),
+            created_at_ms: now_ms(),
+            revoked_at_ms: None,
+            hash,
+        };
+        self.inner
+            .store
+            .transact(move |tx| tx.set(&operator_key_key(), &encode(&record)))
+            .await?;
+        if made {
+            let path = data_dir.join(OPERATOR_KEY_FILE);
+            write_private(&path, &secret).map_err(|source| Error::OperatorKeyFile {
+                path: path.display().to_string(),
+                source,
+            })?;
+            return Ok(Some(secret));
+        }
+        Ok(None)
+    }
+
+    /// Who holds `bearer`: verified by argon2 the first time, then from the cache.
+    pub async fn authenticate(&self, bearer: &str) -> Result<Principal> {
+        let (id, _) = parse_key(bearer)?;
+        let digest: [u8; 32] = Sha256::digest(bearer.as_bytes()).into();
+        let ttl = Duration::from_millis(self.inner.config.key_cache_ttl_ms);
+        if let Some((principal, at)) = lock(&self.inner.verified).get(&digest)
+            && at.elapsed() < ttl
+        {
+            return Ok(principal.clone());
+        }
+        let storage_key = if id == OPERATOR_KEY_ID {
+            operator_key_key()
+        } else {
+            api_key_key(id)
+        };
+        let record = self
+            .inner
+            .store
+            .read(move |tx| tx.get(&storage_key))
+            .await?
+            .ok_or(Error::InvalidKey)?;
+        let record: KeyRecord = decode("api key", &record)?;
+        if record.revoked_at_ms.is_some() {
+            return Err(Error::InvalidKey);
+        }
+        let secret = bearer.to_string();
+        let hash = record.hash.clone();
+        let ok = tokio::task::spawn_blocking(move || {
+            Argon2::default()
+                .verify_password(secret.as_bytes(), hash.as_str())
+                .is_ok()
+        })
+        .await
+        .map_err(|e| Error::Hash(e.to_string()))?;
+        if !ok {
+            return Err(Error::InvalidKey);
+        }
+        let principal = Principal {
+            tenant: match &record.tenant {
+                Some(t) => {
+                    Some(TenantId::new(t.clone()).map_err(|e| Error::Corrupt(e.to_string()))?)
+                }
+                None => None,
+            },
+            key_id: record.id.clone(),
+            scopes: record.scopes.clone(),
+            operator: record.tenant.is_none(),
+        };
+        let mut cache = lock(&self.inner.verified);
+        if cache.len() >= KEY_CACHE_SWEEP_AT {
+            cache.retain(|_, (_, at)| at.elapsed() < ttl);
+        }
+        cache.insert(digest, (principal.clone(), Instant::now()));
+        Ok(principal)
+    }
+
+    // ---- plans ----
+
+    pub async fn plans(&self) -> Result<Vec<Plan>> {
+        let prefix = pack(&("plan",));
+        let rows = self
+            .inner
+            .store
+            .read(move |tx| tx.get_prefix(&prefix, Default::default()))
+            .await?;
+        rows.iter().map(|kv| decode("plan", &kv.value)).collect()
+    }
+
+    pub async fn plan(&self, name: &str) -> Result<Plan> {
+        let key = plan_key(name);
+        let bytes = self.inner.store.read(move |tx| tx.get(&key)).await?;
+        match bytes {
+            Some(b) => decode("plan", &b),
+            None => Err(Error::PlanNotFound(name.chars().take(128).collect())),
+        }
+    }
+
+    /// Creates or replaces a plan. Tenants on it get the new limits within a few seconds.
+    pub async fn put_plan(&self, plan: Plan) -> Result<Plan> {
+        plan.validate()?;
+        let stored = plan.clone();
+        self.inner
+            .store
+            .transact(move |tx| tx.set(&plan_key(&stored.name), &encode(&stored)))
+            .await?;
+        lock(&self.inner.plans).clear();
+        Ok(plan)
+    }
+
+    /// The plan of `tenant`, cached for a few seconds.
+    pub async fn plan_of(&self, tenant: &TenantId) -> Result<Plan> {
+        if let Some((plan, at)) = lock(&self.inner.plans).get(tenant)
+            && at.elapsed() < PLAN_CACHE_TTL
+        {
+            return Ok(plan.clone());
+        }
+        let tenant_record = self.tenant(tenant.as_str()).await?;
+        let plan = self.plan(&tenant_record.plan).await?;
+        lock(&self.inner.plans).insert(tenant.clone(), (plan.clone(), Instant::now()));
+        Ok(plan)
+    }
+
+    // ---- tenants ----
+
+    pub async fn create_tenant(&self, name: &str, plan: Option<&str>) -> Result<Tenant> {
+        invicta_model::ComponentName::new(name.to_string())
+            .map_err(|e| Error::InvalidName(e.to_string()))?;
+        let plan = plan.unwrap_or(&self.inner.config.default_plan).to_string();
+        self.plan(&plan).await?;
+        let tenant = Tenant {
+            id: format!("t{}", random_hex(6)),
+            name: name.to_string(),
+            plan,
+            created_at_ms: now_ms(),
+        };
+        let stored = tenant.clone();
+        self.inner
+            .store
+            .transact(move |tx| {
+                if tx.get(&tenant_name_key(&stored.name))?.is_some() {
+                    return Err(Error::TenantExists(stored.name.clone()));
+                }
+                tx.set(&tenant_name_key(&stored.name), stored.id.as_bytes())?;
+                tx.set(&tenant_key(&stored.id), &encode(&stored))?;
+                Ok(())
+            })
+            .await?;
+        tracing::info!(tenant = %tenant.id, name = %tenant.name, plan = %tenant.plan, "tenant created");
+        Ok(tenant)
+    }
+
+    pub async fn tenant(&self, id: &str) -> Result<Tenant> {
+        let key = tenant_key(id);
+        let bytes = self.inner.store.read(move |tx| tx.get(&key)).await?;
+        match bytes {
+            Some(b) => decode("tenant", &b),
+            None => Err(Error::TenantNotFound(id.chars().take(128).collect())),
+        }
+    }
+
+    pub async fn tenants(&self) -> Result<Vec<Tenant>> {
+        let prefix = pack(&("tenant",));
+        let rows = self
+            .inner
+            .store
+            .read(move |tx| tx.get_prefix(&prefix, Default::default()))
+            .await?;
+        rows.iter().map(|kv| decode("tenant", &kv.value)).collect()
+    }
+
+    pub async fn set_plan(&self, tenant: &str, plan: &str) -> Result<Tenant> {
+        self.plan(plan).await?;
+        let (id, plan_name) = (tenant.to_string(), plan.to_string());
+        let updated = self
+            .inner
+            .store
+            .transact(move |tx| {
+                let mut t: Tenant = match tx.get(&tenant_key(&id))? {
+                    Some(b) => decode("tenant", &b)?,
+                    None => return Err(Error::TenantNotFound(id.clone())),
+                };
+                t.plan = plan_name.clone();
+                tx.set(&tenant_key(&id), &encode(&t))?;
+                Ok(t)
+            })
+            .await?;
+        lock(&self.inner.plans).clear();
+        Ok(updated)
+    }
+
+    // ---- keys ----
+
+    /// Makes a key for `tenant`; returns what the API shows of it and the secret, once.
+    pub async fn create_key(
+        &self,
+        tenant: &str,
+        scopes: Vec<Scope>,
+        description: String,
+    ) -> Result<(KeyInfo, String)> {
+        self.tenant(tenant).await?;
+        let id = random_hex(6);
+        let secret = format!("inv_{id}_{}", random_hex(32));
+        let mut scopes = scopes;
+        scopes.sort_by_key(|s| s.as_str());
+        scopes.dedup();
+        let record = KeyRecord {
+            id: id.clone(),
+            tenant: Some(tenant.to_string()),
+            scopes,
+            description: description.chars().take(200).collect(),
+            created_at_ms: now_ms(),
+            revoked_at_ms: None,
+            hash: hash_secret(&secret).await?,
+        };
+        let stored = record.clone();
+        self.inner
+            .store
+            .transact(move |tx| {
+                tx.set(&api_key_key(&stored.id), &encode(&stored))?;
+                let tenant = stored.tenant.as_deref().unwrap_or_default();
+                tx.set(&tenant_key_index(tenant, &stored.id), b"")
+            })
+            .await?;
+        Ok((KeyInfo::from(&record), secret))
+    }
+
+    pub async fn keys(&self, tenant: &str) -> Result<Vec<KeyInfo>> {
+        let prefix = tenant_keys_prefix(tenant);
+        let records = self
+            .inner
+            .store
+            .read(move |tx| {
+                let rows = tx.get_prefix(&prefix, Default::default())?;
+                let mut out = Vec::new();
+                for row in rows {
+                    let (_, _, id): (String, String, String) = unpack(&row.key)
+                        .map_err(|e| Error::Corrupt(format!("key index: {e:?}")))?;
+                    if let Some(bytes) = tx.get(&api_key_key(&id))? {
+                        out.push(decode::<KeyRecord>("api key", &bytes)?);
+                    }
+                }
+                Ok::<_, Error>(out)
+            })
+            .await?;
+        Ok(records.iter().map(KeyInfo::from).collect())
+    }
+
+    /// Revokes a key of `tenant`: at once here, within the key cache's lifetime elsewhere.
+    pub async fn revoke_key(&self, tenant: &str, id: &str) -> Result<KeyInfo> {
+        let (tenant_c, id_c) = (tenant.to_string(), id.to_string());
+        let record = self
+            .inner
+            .store
+            .transact(move |tx| {
+                let mut record: KeyRecord = match tx.get(&api_key_key(&id_c))? {
+                    Some(b) => decode("api key", &b)?,
+                    None => return Err(Error::KeyNotFound(id_c.clone())),
+                };
+                // Another tenant's key is as good as missing.
+                if record.tenant.as_deref() != Some(tenant_c.as_str()) {
+                    return Err(Error::KeyNotFound(id_c.clone()));
+                }
+                if record.revoked_at_ms.is_none() {
+                    record.revoked_at_ms = Some(now_ms());
+                    tx.set(&api_key_key(&id_c), &encode(&record))?;
+                }
+                Ok(record)
+            })
+            .await?;
+        lock(&self.inner.verified).retain(|_, (p, _)| p.key_id != record.id);
+        Ok(KeyInfo::from(&record))
+    }
+
+    // ---- usage ----
+
+    /// A per-tenant count of what it has (`workers`, `components`, `component_bytes`).
+    pub async fn count(&self, tenant: &str, kind: &str) -> Result<u64> {
+        let key = pack(&("tenant-usage", tenant, kind));
+        let n = self.inner.store.read(move |tx| tx.get_i64(&key)).await?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+
+    /// A usage counter's value.
+    pub async fn usage(&self, tenant: &str, kind: &str, period: &str) -> Result<u64> {
+        let key = usage_key(tenant, kind, period);
+        let n = self.inner.store.read(move |tx| tx.get_i64(&key)).await?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+}
+
+async fn hash_secret(secret: &str) -> Result<String> {
+    let secret = secret.to_string();
+    tokio::task::spawn_blocking(move || {
+        Argon2::default()
+            .hash_password(secret.as_bytes())
+            .map(|h| h.to_string())
+            .map_err(|e| Error::Hash(e.to_string()))
+    })
+    .await
+    .map_err(|e| Error::Hash(e.to_string()))?
+}
+
+/// Writes `secret` to `path`, readable by its owner only.
+fn write_private(path: &Path, secret: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    #[cfg(unix)]
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    options.mode(0o600);
+    let mut file = options.open(path)?;
+    file.write_all(secret.as_bytes())?;
+    file.write_all(b"\n")?;
+    file.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn months_are_civil() {
+        assert_eq!(month_of(0), "1970-01");
+        // 2026-11-24T07:40:00Z
+        assert_eq!(month_of(1_795_506_000_000), "2026-11");
+        // 2024-02-29T12:00:00Z and 2024-03-01T00:00:00Z
+        assert_eq!(month_of(1_709_208_000_000), "2024-02");
+        assert_eq!(month_of(1_709_251_200_000), "2024-03");
+    }
+
+    #[test]
+    fn keys_parse_strictly() {
+        let good = format!("inv_{}_{}", "a".repeat(12), "b".repeat(64));
+        assert!(parse_key(&good).is_ok());
+        for bad in [
+            "",
+            "inv_",
+            "inv_abc_def",
+            &good[1..],
+            &format!("{good}x"),
+            &good.replace('b', "z"),
+        ] {
+            assert!(parse_key(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -8,6 +8,8 @@
 //! - `("component", tenant, name)` → [`ComponentRecord`] (latest version)
 //! - `("component-version", tenant, name, version)` → [`ComponentVersion`]
 //! - `("component-hash", tenant, name, sha256)` → version number
+//! - `("tenant-usage", tenant, "components" | "component_bytes")` → what the tenant stores,
+//!   counted in the transaction that stores it
 //!
 //! **Invariant:** a version's record is written only after its bytes and artifact are in the
 //! blob store, in one transaction with the name's latest-version counter.
@@ -35,6 +37,12 @@ pub enum Error {
     UnsupportedImports(String),
     #[error("the component is {size} bytes; the limit is {limit}")]
     TooLarge { size: usize, limit: u64 },
+    #[error("quota `{quota}` exceeded: the limit is {limit}, {used} used")]
+    QuotaExceeded {
+        quota: &'static str,
+        limit: u64,
+        used: u64,
+    },
     #[error("component {0} not found")]
     NotFound(String),
     #[error("component {name} has no version {version}")]
@@ -84,6 +92,48 @@ pub struct ComponentVersion {
     pub exports: Vec<FunctionSignature>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub blob: Option<BlobRef>,
+}
+
+/// What a tenant's plan allows it to store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Quota {
+    /// Component names.
+    pub components_max: u64,
+    /// Bytes of all versions together.
+    pub bytes_max: u64,
+}
+
+impl Quota {
+    pub fn unlimited() -> Quota {
+        Quota {
+            components_max: u64::MAX,
+            bytes_max: u64::MAX,
+        }
+    }
+
+    /// Checks adding a version of `size` bytes (and a new name, if `new_name`).
+    fn check(&self, components: u64, bytes: u64, size: u64, new_name: bool) -> Result<()> {
+        if new_name && components >= self.components_max {
+            return Err(Error::QuotaExceeded {
+                quota: "components",
+                limit: self.components_max,
+                used: components,
+            });
+        }
+        if bytes.saturating_add(size) > self.bytes_max {
+            return Err(Error::QuotaExceeded {
+                quota: "component_bytes",
+                limit: self.bytes_max,
+                used: bytes,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Per-tenant counters: `("tenant-usage", tenant, kind)`.
+fn usage_key(tenant: &TenantId, kind: &str) -> Vec<u8> {
+    pack(&("tenant-usage", tenant.as_str(), kind))
 }
 
 /// The outcome of an upload.
@@ -183,6 +233,7 @@ impl Registry {
         tenant: &TenantId,
         name: &ComponentName,
         bytes: Vec<u8>,
+        quota: Quota,
     ) -> Result<Uploaded> {
         let inner = &self.inner;
         if bytes.len() as u64 > inner.config.component_bytes_max {
@@ -198,6 +249,19 @@ impl Registry {
                 created: false,
             });
         }
+        // Refuse early what the quota cannot take (the transaction checks again, exactly).
+        let (t, n, size) = (tenant.clone(), name.clone(), bytes.len() as u64);
+        inner
+            .store
+            .read(move |tx| {
+                let components =
+                    u64::try_from(tx.get_i64(&usage_key(&t, "components"))?).unwrap_or(0);
+                let used =
+                    u64::try_from(tx.get_i64(&usage_key(&t, "component_bytes"))?).unwrap_or(0);
+                let new_name = tx.get(&component_key(&t, &n))?.is_none();
+                quota.check(components, used, size, new_name)
+            })
+            .await?;
         // Compiling takes tens of milliseconds of CPU: keep it off the async threads.
         let engine = inner.engine.clone();
         let import_check = inner.import_check.clone();
@@ -246,6 +310,15 @@ impl Registry {
                     Some(v) => decode::<ComponentRecord>(&v)?.latest_version,
                     None => 0,
                 };
+                let components_key = usage_key(&tenant_c, "components");
+                let bytes_key = usage_key(&tenant_c, "component_bytes");
+                let components = u64::try_from(tx.get_i64(&components_key)?).unwrap_or(0);
+                let used = u64::try_from(tx.get_i64(&bytes_key)?).unwrap_or(0);
+                quota.check(components, used, template.size, latest == 0)?;
+                if latest == 0 {
+                    tx.atomic_add(&components_key, 1)?;
+                }
+                tx.atomic_add(&bytes_key, i64::try_from(template.size).unwrap_or(i64::MAX))?;
                 let mut record = template.clone();
                 record.version = latest + 1;
                 tx.set(

@@ -30,6 +30,8 @@ pub(crate) struct CommitRequest {
     pub first_index: Option<OplogIndex>,
     pub sets: Vec<(Vec<u8>, Vec<u8>)>,
     pub clears: Vec<Vec<u8>>,
+    /// Counters to add to (usage), committed with the work they measure.
+    pub adds: Vec<(Vec<u8>, i64)>,
     pub done: oneshot::Sender<Result<(), Error>>,
 }
 
@@ -40,6 +42,7 @@ impl CommitRequest {
             .map(|(k, v)| k.len() + v.len())
             .sum::<usize>()
             + self.clears.iter().map(Vec::len).sum::<usize>()
+            + self.adds.iter().map(|(k, _)| k.len() + 8).sum::<usize>()
     }
 }
 
@@ -86,6 +89,7 @@ struct Work {
     first_index: Option<OplogIndex>,
     sets: Vec<(Vec<u8>, Vec<u8>)>,
     clears: Vec<Vec<u8>>,
+    adds: Vec<(Vec<u8>, i64)>,
 }
 
 async fn commit_batch(store: &Store, batch: Vec<CommitRequest>) {
@@ -98,6 +102,7 @@ async fn commit_batch(store: &Store, batch: Vec<CommitRequest>) {
                     first_index: r.first_index,
                     sets: r.sets,
                     clears: r.clears,
+                    adds: r.adds,
                 },
                 r.done,
             )
@@ -152,6 +157,9 @@ fn apply(tx: &mut invicta_store::Transaction<'_>, w: &Work) -> Result<(), Error>
     }
     for key in &w.clears {
         tx.clear(key)?;
+    }
+    for (key, delta) in &w.adds {
+        tx.atomic_add(key, *delta)?;
     }
     Ok(())
 }

@@ -73,6 +73,12 @@ pub enum Error {
     OplogGap { worker: String, index: OplogIndex },
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
+    #[error("quota `{quota}` exceeded: the limit is {limit}, {used} used")]
+    QuotaExceeded {
+        quota: &'static str,
+        limit: u64,
+        used: u64,
+    },
     #[error("the result is too large to record: {0} bytes")]
     ResultTooLarge(usize),
     #[error("wasmtime: {0}")]
@@ -96,6 +102,11 @@ impl Error {
             Error::QueueFull(n) => Error::QueueFull(*n),
             Error::PoolExhausted(m) => Error::PoolExhausted(m.clone()),
             Error::ResultTooLarge(n) => Error::ResultTooLarge(*n),
+            Error::QuotaExceeded { quota, limit, used } => Error::QuotaExceeded {
+                quota,
+                limit: *limit,
+                used: *used,
+            },
             Error::ShuttingDown => Error::ShuttingDown,
             Error::Retry => Error::Retry,
             Error::OplogGap { worker, index } => Error::OplogGap {
@@ -140,6 +151,36 @@ impl Default for Config {
         }
     }
 }
+
+/// What the caller's plan allows; the executor enforces it where the work happens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// The invocation's fuel budget (at most the executor's own `fuel_per_invocation`).
+    pub fuel_per_invocation: u64,
+    /// Fuel the tenant may use this month, checked before an invocation starts.
+    pub fuel_per_month: u64,
+    /// Memory of one worker (at most the engine's `memory_bytes_max`).
+    pub memory_per_worker_bytes: u64,
+    /// Workers the tenant may have.
+    pub workers_max: u64,
+}
+
+impl Limits {
+    /// No limits beyond the executor's and engine's own.
+    pub fn unlimited() -> Limits {
+        Limits {
+            fuel_per_invocation: u64::MAX,
+            fuel_per_month: u64::MAX,
+            memory_per_worker_bytes: u64::MAX,
+            workers_max: u64::MAX,
+        }
+    }
+}
+
+/// The usage counters an invocation's commit adds to (kind, period `YYYY-MM`).
+pub const USAGE_FUEL: &str = "fuel";
+pub const USAGE_INVOCATIONS: &str = "invocations";
+pub const USAGE_WORKERS: &str = "workers";
 
 /// How a worker looks from outside.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -257,8 +298,9 @@ impl Executor {
         id: &WorkerId,
         env: Vec<(String, String)>,
         args: Vec<String>,
+        limits: &Limits,
     ) -> Result<WorkerRecord> {
-        match self.create(id, env, args).await? {
+        match self.create(id, env, args, limits.workers_max).await? {
             (record, true) => Ok(record),
             (_, false) => Err(Error::WorkerExists(id.to_string())),
         }
@@ -270,6 +312,7 @@ impl Executor {
         id: &WorkerId,
         env: Vec<(String, String)>,
         args: Vec<String>,
+        workers_max: u64,
     ) -> Result<(WorkerRecord, bool)> {
         let component = self
             .inner
@@ -295,6 +338,17 @@ impl Executor {
                 if let Some(existing) = tx.get(&records::worker_key(&id_c))? {
                     return Ok((records::decode_json("worker record", &existing)?, false));
                 }
+                // Counted in the same transaction as the worker it counts: exact under races.
+                let count_key = records::tenant_usage_key(id_c.tenant.as_str(), USAGE_WORKERS);
+                let workers = u64::try_from(tx.get_i64(&count_key)?).unwrap_or(0);
+                if workers >= workers_max {
+                    return Err(Error::QuotaExceeded {
+                        quota: "workers",
+                        limit: workers_max,
+                        used: workers,
+                    });
+                }
+                tx.atomic_add(&count_key, 1)?;
                 tx.set(
                     &records::worker_key(&id_c),
                     &records::encode_json(&record_c),
@@ -381,6 +435,7 @@ impl Executor {
         function: &str,
         params: &[serde_json::Value],
         idempotency_key: Option<String>,
+        limits: &Limits,
     ) -> Result<Completed> {
         let key = match idempotency_key {
             Some(key) => {
@@ -403,7 +458,11 @@ impl Executor {
             None => {
                 let record = match self.worker_record(id).await? {
                     Some(record) => record,
-                    None => self.create(id, Vec::new(), Vec::new()).await?.0,
+                    None => {
+                        self.create(id, Vec::new(), Vec::new(), limits.workers_max)
+                            .await?
+                            .0
+                    }
                 };
                 self.inner
                     .registry
@@ -444,7 +503,23 @@ impl Executor {
             params: values,
             idempotency_key: key,
             key_is_new: generated,
+            fuel: limits
+                .fuel_per_invocation
+                .min(self.inner.config.fuel_per_invocation),
+            memory_bytes: limits
+                .memory_per_worker_bytes
+                .min(self.inner.engine.config.memory_bytes_max),
         };
+        if limits.fuel_per_month != u64::MAX {
+            let used = self.fuel_this_month(&id.tenant).await?;
+            if used >= limits.fuel_per_month {
+                return Err(Error::QuotaExceeded {
+                    quota: "fuel_per_month",
+                    limit: limits.fuel_per_month,
+                    used,
+                });
+            }
+        }
         // The actor may have suspended itself between our lookup and our send: then start it
         // again. Bounded: a fresh actor does not suspend before taking its first message.
         for _ in 0..3 {
@@ -465,6 +540,13 @@ impl Executor {
             }
         }
         Err(Error::ShuttingDown)
+    }
+
+    /// Fuel the tenant's invocations used this month (committed ones).
+    pub async fn fuel_this_month(&self, tenant: &TenantId) -> Result<u64> {
+        let key = records::usage_key(tenant.as_str(), USAGE_FUEL, &records::month_of(now_ms()));
+        let used = self.inner.store.read(move |tx| tx.get_i64(&key)).await?;
+        Ok(u64::try_from(used).unwrap_or(0))
     }
 
     /// A worker's status.

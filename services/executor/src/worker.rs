@@ -43,6 +43,10 @@ pub(crate) struct Invocation {
     pub idempotency_key: String,
     /// The key was made by the executor, so it cannot have been seen before.
     pub key_is_new: bool,
+    /// The fuel budget, from the tenant's plan.
+    pub fuel: u64,
+    /// The worker's memory limit, from the tenant's plan (applies from its next activation).
+    pub memory_bytes: u64,
 }
 
 pub(crate) enum Command {
@@ -61,6 +65,8 @@ pub(crate) enum SendError {
 /// State the actor shares with its handles and its commit watchers.
 struct Shared {
     queued: AtomicU64,
+    /// The memory limit the next activation uses.
+    memory_bytes: AtomicU64,
     /// When the worker last took an invocation (ms since the epoch): eviction takes the oldest.
     last_used_ms: AtomicU64,
     active: AtomicBool,
@@ -157,6 +163,7 @@ pub(crate) fn spawn(
     let (tx, rx) = mpsc::channel(depth);
     let shared = Arc::new(Shared {
         queued: AtomicU64::new(0),
+        memory_bytes: AtomicU64::new(inner.engine.config.memory_bytes_max),
         last_used_ms: AtomicU64::new(now_ms()),
         active: AtomicBool::new(false),
         failed: Mutex::new(None),
@@ -215,6 +222,9 @@ impl Actor {
                 Command::Invoke(invocation, reply) => {
                     self.shared.queued.fetch_sub(1, Ordering::Relaxed);
                     self.shared.last_used_ms.store(now_ms(), Ordering::Relaxed);
+                    self.shared
+                        .memory_bytes
+                        .store(invocation.memory_bytes, Ordering::Relaxed);
                     self.invoke(invocation, reply).await;
                 }
                 Command::Resume => {
@@ -248,6 +258,7 @@ impl Actor {
                     first_index: Some(index),
                     sets: records::entry_writes(&self.id, index, entry.encode()),
                     clears: Vec::new(),
+                    adds: Vec::new(),
                     done,
                 })
                 .await;
@@ -383,7 +394,7 @@ impl Actor {
         let ctx = WorkerCtx::new(
             &self.record.env,
             &self.record.args,
-            self.inner.engine.config.memory_bytes_max,
+            self.shared.memory_bytes.load(Ordering::Relaxed),
             durability.clone(),
         );
         let mut store = wasmtime::Store::new(&self.inner.engine.engine, ctx);
@@ -473,6 +484,8 @@ impl Actor {
                         params: params.clone(),
                         idempotency_key: idempotency_key.clone(),
                         key_is_new: false,
+                        fuel: self.inner.config.fuel_per_invocation,
+                        memory_bytes: self.shared.memory_bytes.load(Ordering::Relaxed),
                     };
                     let ran = self
                         .call(
@@ -650,7 +663,7 @@ impl Actor {
                 &mut active,
                 &invocation.function,
                 &invocation.params,
-                self.inner.config.fuel_per_invocation,
+                invocation.fuel,
                 Some((delay, &start)),
             )
             .await;
@@ -744,12 +757,31 @@ impl Actor {
         } else {
             Vec::new()
         };
+        // Usage is metered in the transaction that commits the work: never twice, never lost.
+        let adds = match &outcome {
+            Ok(completed) => {
+                let month = records::month_of(now_ms());
+                let tenant = self.id.tenant.as_str();
+                vec![
+                    (
+                        records::usage_key(tenant, crate::USAGE_FUEL, &month),
+                        i64::try_from(completed.fuel_consumed).unwrap_or(i64::MAX),
+                    ),
+                    (
+                        records::usage_key(tenant, crate::USAGE_INVOCATIONS, &month),
+                        1,
+                    ),
+                ]
+            }
+            Err(_) => Vec::new(),
+        };
         let (done, wait) = oneshot::channel();
         let request = CommitRequest {
             worker: self.id.clone(),
             first_index,
             sets,
             clears,
+            adds,
             done,
         };
         let shared = self.shared.clone();
@@ -806,6 +838,7 @@ impl StartCommit {
                 first_index: Some(first_index),
                 sets,
                 clears: Vec::new(),
+                adds: Vec::new(),
                 done,
             })
             .await;

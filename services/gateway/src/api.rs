@@ -11,9 +11,14 @@ use invicta_component_registry::Error as RegistryError;
 use invicta_executor::Error as ExecutorError;
 use invicta_model::{ComponentName, TenantId, WorkerId, WorkerName};
 use serde::Deserialize;
-use serde_json::json;
+use serde_json::{Value, json};
 
 use crate::AppState;
+use crate::auth::Caller;
+use axum::Extension;
+use invicta_billing::Scope;
+use invicta_component_registry::Quota;
+use invicta_executor::Limits;
 
 /// The most oplog entries one request returns.
 pub const OPLOG_PAGE_MAX: usize = 1_000;
@@ -25,6 +30,8 @@ pub struct Problem {
     pub code: &'static str,
     pub detail: String,
     pub retry_after_s: Option<u64>,
+    /// More members of the problem object (e.g. a quota's name, limit and use).
+    pub extra: Option<serde_json::Map<String, Value>>,
 }
 
 impl Problem {
@@ -34,10 +41,28 @@ impl Problem {
             code,
             detail: detail.into(),
             retry_after_s: None,
+            extra: None,
         }
     }
 
-    fn internal(error: impl std::fmt::Display) -> Problem {
+    /// A quota refusal: names the quota, its limit and the current use.
+    pub fn quota(quota: &str, limit: u64, used: u64, retry_after_s: Option<u64>) -> Problem {
+        let mut extra = serde_json::Map::new();
+        extra.insert("quota".into(), json!(quota));
+        extra.insert("limit".into(), json!(limit));
+        extra.insert("used".into(), json!(used));
+        Problem {
+            retry_after_s,
+            extra: Some(extra),
+            ..Problem::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "quota_exceeded",
+                format!("quota `{quota}` exceeded: the limit is {limit}, {used} used"),
+            )
+        }
+    }
+
+    pub(crate) fn internal(error: impl std::fmt::Display) -> Problem {
         // The detail stays in the logs: it may name files, keys or internals.
         tracing::error!(error = %error, "internal error");
         Problem::new(
@@ -50,13 +75,16 @@ impl Problem {
 
 impl IntoResponse for Problem {
     fn into_response(self) -> Response {
-        let body = json!({
+        let mut body = json!({
             "type": format!("https://invicta.dev/problems/{}", self.code),
             "title": self.status.canonical_reason().unwrap_or("error"),
             "status": self.status.as_u16(),
             "code": self.code,
             "detail": self.detail,
         });
+        if let (Some(extra), Some(object)) = (self.extra, body.as_object_mut()) {
+            object.extend(extra);
+        }
         let mut response = (self.status, Json(body)).into_response();
         response.headers_mut().insert(
             header::CONTENT_TYPE,
@@ -87,6 +115,9 @@ impl From<RegistryError> for Problem {
                 "payload_too_large",
                 e.to_string(),
             ),
+            RegistryError::QuotaExceeded { quota, limit, used } => {
+                Problem::quota(quota, limit, used, None)
+            }
             RegistryError::NotFound(_) | RegistryError::VersionNotFound { .. } => {
                 Problem::new(StatusCode::NOT_FOUND, "component_not_found", e.to_string())
             }
@@ -148,27 +179,23 @@ impl From<ExecutorError> for Problem {
     }
 }
 
-type ApiResult<T> = Result<T, Problem>;
-
-fn tenant() -> TenantId {
-    TenantId::default_tenant()
-}
+pub(crate) type ApiResult<T> = Result<T, Problem>;
 
 fn component_name(name: String) -> ApiResult<ComponentName> {
     ComponentName::new(name)
         .map_err(|e| Problem::new(StatusCode::BAD_REQUEST, "invalid_name", e.to_string()))
 }
 
-fn worker_id(component: String, worker: String) -> ApiResult<WorkerId> {
+fn worker_id(tenant: TenantId, component: String, worker: String) -> ApiResult<WorkerId> {
     Ok(WorkerId {
-        tenant: tenant(),
+        tenant,
         component: component_name(component)?,
         worker: WorkerName::new(worker)
             .map_err(|e| Problem::new(StatusCode::BAD_REQUEST, "invalid_name", e.to_string()))?,
     })
 }
 
-fn body(body: Result<Bytes, BytesRejection>) -> ApiResult<Bytes> {
+pub(crate) fn body(body: Result<Bytes, BytesRejection>) -> ApiResult<Bytes> {
     body.map_err(|rejection| {
         let status = rejection.status();
         if status == StatusCode::PAYLOAD_TOO_LARGE {
@@ -179,7 +206,10 @@ fn body(body: Result<Bytes, BytesRejection>) -> ApiResult<Bytes> {
     })
 }
 
-fn json_body<T: serde::de::DeserializeOwned>(headers: &HeaderMap, bytes: &[u8]) -> ApiResult<T> {
+pub(crate) fn json_body<T: serde::de::DeserializeOwned>(
+    headers: &HeaderMap,
+    bytes: &[u8],
+) -> ApiResult<T> {
     if let Some(ct) = headers.get(header::CONTENT_TYPE)
         && !ct.to_str().unwrap_or("").starts_with("application/json")
     {
@@ -206,10 +236,17 @@ fn component_json(v: &invicta_component_registry::ComponentVersion) -> serde_jso
 
 pub(crate) async fn upload_component(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path(component): Path<String>,
     headers: HeaderMap,
     bytes: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Response> {
+    let tenant = caller.tenant(Scope::Deploy)?;
+    let plan = caller.plan()?;
+    let quota = Quota {
+        components_max: plan.components_max,
+        bytes_max: plan.component_bytes_max,
+    };
     let name = component_name(component)?;
     if let Some(ct) = headers.get(header::CONTENT_TYPE) {
         let ct = ct.to_str().unwrap_or("");
@@ -224,7 +261,7 @@ pub(crate) async fn upload_component(
     let bytes = body(bytes)?;
     let uploaded = state
         .registry
-        .upload(&tenant(), &name, bytes.to_vec())
+        .upload(&tenant, &name, bytes.to_vec(), quota)
         .await?;
     let status = if uploaded.created {
         StatusCode::CREATED
@@ -236,11 +273,13 @@ pub(crate) async fn upload_component(
 
 pub(crate) async fn get_component(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path(component): Path<String>,
 ) -> ApiResult<Json<serde_json::Value>> {
+    let tenant = caller.tenant(Scope::Read)?;
     let name = component_name(component)?;
-    let latest = state.registry.get(&tenant(), &name, None).await?;
-    let versions = state.registry.versions(&tenant(), &name).await?;
+    let latest = state.registry.get(&tenant, &name, None).await?;
+    let versions = state.registry.versions(&tenant, &name).await?;
     let mut body = component_json(&latest);
     body["versions"] = json!(versions);
     Ok(Json(body))
@@ -258,15 +297,23 @@ pub(crate) struct CreateWorker {
 
 pub(crate) async fn create_worker(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path(component): Path<String>,
     headers: HeaderMap,
     bytes: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Response> {
+    let tenant = caller.tenant(Scope::Deploy)?;
+    let limits = limits(caller.plan()?);
     let request: CreateWorker = json_body(&headers, &body(bytes)?)?;
-    let id = worker_id(component, request.name)?;
+    let id = worker_id(tenant, component, request.name)?;
     let record = state
         .executor
-        .create_worker(&id, request.env.into_iter().collect(), request.args)
+        .create_worker(
+            &id,
+            request.env.into_iter().collect(),
+            request.args,
+            &limits,
+        )
         .await?;
     Ok((
         StatusCode::CREATED,
@@ -282,11 +329,13 @@ pub(crate) async fn create_worker(
 
 pub(crate) async fn list_workers(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path(component): Path<String>,
 ) -> ApiResult<Json<serde_json::Value>> {
+    let tenant = caller.tenant(Scope::Read)?;
     let name = component_name(component)?;
-    state.registry.get(&tenant(), &name, None).await?;
-    let workers = state.executor.list_workers(&tenant(), &name).await?;
+    state.registry.get(&tenant, &name, None).await?;
+    let workers = state.executor.list_workers(&tenant, &name).await?;
     Ok(Json(json!({ "workers": workers })))
 }
 
@@ -300,11 +349,16 @@ pub(crate) struct Invoke {
 
 pub(crate) async fn invoke(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path((component, worker)): Path<(String, String)>,
     headers: HeaderMap,
     bytes: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Json<serde_json::Value>> {
-    let id = worker_id(component, worker)?;
+    let tenant = caller.tenant(Scope::Invoke)?;
+    let plan = caller.plan()?;
+    let limits = limits(plan);
+    let _slot = state.limiters.invocation_slot(tenant.as_str(), plan)?;
+    let id = worker_id(tenant, component, worker)?;
     let request: Invoke = json_body(&headers, &body(bytes)?)?;
     let key = match headers.get("idempotency-key") {
         Some(v) => Some(
@@ -322,8 +376,9 @@ pub(crate) async fn invoke(
     };
     let completed = state
         .executor
-        .invoke(&id, &request.function, &request.params, key)
-        .await?;
+        .invoke(&id, &request.function, &request.params, key, &limits)
+        .await
+        .map_err(|e| invocation_problem(e, &limits))?;
     Ok(Json(json!({
         "result": completed.result,
         "fuel_consumed": completed.fuel_consumed,
@@ -332,9 +387,10 @@ pub(crate) async fn invoke(
 
 pub(crate) async fn worker_status(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path((component, worker)): Path<(String, String)>,
 ) -> ApiResult<Json<serde_json::Value>> {
-    let id = worker_id(component, worker)?;
+    let id = worker_id(caller.tenant(Scope::Read)?, component, worker)?;
     let status = state.executor.status(&id).await?;
     Ok(Json(json!(status)))
 }
@@ -350,12 +406,13 @@ pub(crate) struct OplogQuery {
 
 pub(crate) async fn oplog(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path((component, worker)): Path<(String, String)>,
     query: Result<Query<OplogQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<Json<serde_json::Value>> {
     let Query(query) =
         query.map_err(|e| Problem::new(StatusCode::BAD_REQUEST, "invalid_query", e.body_text()))?;
-    let id = worker_id(component, worker)?;
+    let id = worker_id(caller.tenant(Scope::Read)?, component, worker)?;
     let from = query.from.unwrap_or(1).max(1);
     let count = query.count.unwrap_or(100).min(OPLOG_PAGE_MAX);
     let entries = state.executor.oplog(&id, from, count).await?;
@@ -364,6 +421,36 @@ pub(crate) async fn oplog(
         "entries": entries.iter().map(|(i, e)| e.to_json(*i)).collect::<Vec<_>>(),
         "next": next,
     })))
+}
+
+/// The executor's limits from a plan.
+fn limits(plan: &invicta_billing::Plan) -> Limits {
+    Limits {
+        fuel_per_invocation: plan.fuel_per_invocation,
+        fuel_per_month: plan.fuel_per_month,
+        memory_per_worker_bytes: plan.memory_per_worker_bytes,
+        workers_max: plan.workers_max,
+    }
+}
+
+/// A failed invocation as a problem: running out of the plan's fuel or memory is a quota.
+fn invocation_problem(e: ExecutorError, limits: &Limits) -> Problem {
+    use invicta_model::oplog::FailureKind;
+    let (quota, limit) = match &e {
+        ExecutorError::InvocationFailed {
+            kind: FailureKind::OutOfFuel,
+            ..
+        } => ("fuel_per_invocation", limits.fuel_per_invocation),
+        ExecutorError::InvocationFailed {
+            kind: FailureKind::OutOfMemory,
+            ..
+        } => ("memory_per_worker", limits.memory_per_worker_bytes),
+        _ => return e.into(),
+    };
+    let mut problem = Problem::quota(quota, limit, limit, None);
+    problem.status = StatusCode::UNPROCESSABLE_ENTITY;
+    problem.detail = format!("{e}; the plan's `{quota}` is {limit}");
+    problem
 }
 
 pub(crate) async fn not_found() -> Problem {

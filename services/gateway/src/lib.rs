@@ -4,7 +4,9 @@
 //!
 //! **Boundary:** the gateway never runs guest code and never writes the oplog.
 
+mod admin;
 mod api;
+mod auth;
 
 use std::net::SocketAddr;
 
@@ -13,7 +15,8 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post, put};
+use invicta_billing::Billing;
 use invicta_blob::BlobStore;
 use invicta_component_registry::Registry;
 use invicta_executor::Executor;
@@ -72,6 +75,8 @@ pub(crate) struct AppState {
     blobs: BlobStore,
     registry: Registry,
     executor: Executor,
+    billing: Billing,
+    limiters: std::sync::Arc<auth::Limiters>,
 }
 
 /// The services the gateway routes to.
@@ -80,6 +85,7 @@ pub struct Backends {
     pub blobs: BlobStore,
     pub registry: Registry,
     pub executor: Executor,
+    pub billing: Billing,
 }
 
 /// The gateway, bound to its address and ready to serve.
@@ -106,6 +112,8 @@ impl Service {
                     blobs: backends.blobs,
                     registry: backends.registry,
                     executor: backends.executor,
+                    billing: backends.billing,
+                    limiters: Default::default(),
                 },
             ),
         })
@@ -129,9 +137,7 @@ fn router(config: &Config, state: AppState) -> Router {
     let component_limit =
         usize::try_from(state.registry.config().component_bytes_max).unwrap_or(usize::MAX);
     let json_limit = DefaultBodyLimit::max(config.json_body_bytes_max);
-    Router::new()
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
+    let v1 = Router::new()
         .route(
             "/v1/components/{component}",
             post(api::upload_component)
@@ -156,6 +162,42 @@ fn router(config: &Config, state: AppState) -> Router {
             "/v1/components/{component}/workers/{worker}/oplog",
             get(api::oplog),
         )
+        .route(
+            "/v1/keys",
+            post(admin::create_key)
+                .layer(json_limit)
+                .get(admin::list_keys),
+        )
+        .route("/v1/keys/{id}", delete(admin::revoke_key))
+        .route("/v1/usage", get(admin::usage))
+        .route(
+            "/v1/admin/tenants",
+            post(admin::create_tenant)
+                .layer(json_limit)
+                .get(admin::list_tenants),
+        )
+        .route("/v1/admin/tenants/{tenant}", get(admin::get_tenant))
+        .route(
+            "/v1/admin/tenants/{tenant}/plan",
+            put(admin::set_tenant_plan).layer(json_limit),
+        )
+        .route(
+            "/v1/admin/tenants/{tenant}/keys",
+            post(admin::create_tenant_key).layer(json_limit),
+        )
+        .route("/v1/admin/plans", get(admin::list_plans))
+        .route(
+            "/v1/admin/plans/{plan}",
+            put(admin::put_plan).layer(json_limit),
+        )
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::authenticate,
+        ));
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .merge(v1)
         .fallback(api::not_found)
         .with_state(state)
 }

@@ -41,6 +41,8 @@ pub struct Config {
     pub registry: invicta_component_registry::Config,
     #[serde(default)]
     pub executor: invicta_executor::Config,
+    #[serde(default)]
+    pub billing: invicta_billing::Config,
 }
 
 impl Config {
@@ -114,6 +116,20 @@ async fn run(config: Config) -> anyhow::Result<()> {
     )
     .await
     .context("start the executor")?;
+    let preset = std::env::var("INVICTA_OPERATOR_KEY")
+        .ok()
+        .filter(|k| !k.is_empty());
+    let (billing, fresh_operator_key) =
+        invicta_billing::Billing::start(config.billing.clone(), store.clone(), &data_dir, preset)
+            .await
+            .context("start billing")?;
+    if let Some(key) = fresh_operator_key {
+        // Shown once; it is also in the data directory, readable by its owner only.
+        println!(
+            "operator key (shown once; also in {}): {key}",
+            data_dir.join(invicta_billing::OPERATOR_KEY_FILE).display()
+        );
+    }
     let gateway = invicta_gateway::Service::bind(
         &config.gateway,
         invicta_gateway::Backends {
@@ -121,6 +137,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
             blobs,
             registry,
             executor,
+            billing,
         },
     )
     .await?;

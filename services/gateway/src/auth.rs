@@ -1,0 +1,218 @@
+//! Authentication and admission: every `/v1` request carries `Authorization: Bearer <key>`; the
+//! key is verified (argon2 once, then cached by billing), the caller's plan looked up (cached),
+//! and the request admitted by the tenant's and the key's rate limiters (governor, from the
+//! plan). Handlers then ask the caller for the scope they need, which yields the tenant every
+//! resource path is resolved in.
+
+use std::collections::HashMap;
+use std::num::NonZeroU32;
+use std::sync::{Arc, Mutex};
+
+use axum::extract::{Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultDirectRateLimiter, Quota};
+use invicta_billing::{Error as BillingError, Plan, Principal, Scope};
+use invicta_model::TenantId;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::AppState;
+use crate::api::Problem;
+
+/// The authenticated caller, put into each request's extensions.
+#[derive(Clone)]
+pub(crate) struct Caller {
+    pub principal: Principal,
+    /// The tenant's plan (`None` for the operator).
+    pub plan: Option<Plan>,
+}
+
+impl Caller {
+    /// The caller's tenant, if its key has `scope`.
+    pub fn tenant(&self, scope: Scope) -> Result<TenantId, Problem> {
+        self.principal.require(scope).map_err(Problem::from)
+    }
+
+    pub fn operator(&self) -> Result<(), Problem> {
+        self.principal.require_operator().map_err(Problem::from)
+    }
+
+    pub fn plan(&self) -> Result<&Plan, Problem> {
+        self.plan.as_ref().ok_or_else(|| {
+            Problem::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "the operator has no plan of its own",
+            )
+        })
+    }
+}
+
+impl From<BillingError> for Problem {
+    fn from(e: BillingError) -> Problem {
+        use BillingError as E;
+        match e {
+            E::MissingKey | E::MalformedKey | E::InvalidKey => {
+                Problem::new(StatusCode::UNAUTHORIZED, "unauthorized", e.to_string())
+            }
+            E::MissingScope(_) | E::OperatorOnly => {
+                Problem::new(StatusCode::FORBIDDEN, "forbidden", e.to_string())
+            }
+            E::TenantNotFound(_) => {
+                Problem::new(StatusCode::NOT_FOUND, "tenant_not_found", e.to_string())
+            }
+            E::PlanNotFound(_) => {
+                Problem::new(StatusCode::NOT_FOUND, "plan_not_found", e.to_string())
+            }
+            E::KeyNotFound(_) => {
+                Problem::new(StatusCode::NOT_FOUND, "key_not_found", e.to_string())
+            }
+            E::TenantExists(_) => {
+                Problem::new(StatusCode::CONFLICT, "tenant_exists", e.to_string())
+            }
+            E::UnknownScope(_) | E::InvalidPlan(_) | E::InvalidName(_) => {
+                Problem::new(StatusCode::BAD_REQUEST, "invalid_request", e.to_string())
+            }
+            other => Problem::internal(other),
+        }
+    }
+}
+
+/// Rate limiters and concurrency gates, per tenant and per key, sized from plans.
+#[derive(Default)]
+pub(crate) struct Limiters {
+    tenants: Mutex<HashMap<String, (Arc<DefaultDirectRateLimiter>, u32, u32)>>,
+    keys: Mutex<HashMap<String, (Arc<DefaultDirectRateLimiter>, u32, u32)>>,
+    concurrency: Mutex<HashMap<String, (Arc<Semaphore>, u32)>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn limiter(
+    map: &Mutex<HashMap<String, (Arc<DefaultDirectRateLimiter>, u32, u32)>>,
+    id: &str,
+    rate: u32,
+    burst: u32,
+) -> Arc<DefaultDirectRateLimiter> {
+    let mut map = lock(map);
+    if let Some((limiter, r, b)) = map.get(id)
+        && (*r, *b) == (rate, burst)
+    {
+        return limiter.clone();
+    }
+    let quota = Quota::per_second(NonZeroU32::new(rate).unwrap_or(NonZeroU32::MIN))
+        .allow_burst(NonZeroU32::new(burst).unwrap_or(NonZeroU32::MIN));
+    let limiter = Arc::new(DefaultDirectRateLimiter::direct(quota));
+    map.insert(id.to_string(), (limiter.clone(), rate, burst));
+    limiter
+}
+
+impl Limiters {
+    /// Admits one request of `key` in `tenant`, or says how long to wait.
+    fn admit(&self, tenant: &str, key: &str, plan: &Plan) -> Result<(), u64> {
+        let clock = DefaultClock::default();
+        for limiter in [
+            limiter(&self.tenants, tenant, plan.requests_per_second, plan.burst),
+            limiter(&self.keys, key, plan.requests_per_second, plan.burst),
+        ] {
+            if let Err(not_until) = limiter.check() {
+                let wait = not_until.wait_time_from(clock.now());
+                return Err(wait.as_secs() + u64::from(wait.subsec_nanos() > 0));
+            }
+        }
+        Ok(())
+    }
+
+    /// A slot among the tenant's concurrent invocations, if one is free.
+    pub fn invocation_slot(
+        &self,
+        tenant: &str,
+        plan: &Plan,
+    ) -> Result<OwnedSemaphorePermit, Problem> {
+        let semaphore = {
+            let mut map = lock(&self.concurrency);
+            match map.get(tenant) {
+                Some((s, n)) if *n == plan.concurrent_invocations => s.clone(),
+                _ => {
+                    let s = Arc::new(Semaphore::new(plan.concurrent_invocations as usize));
+                    map.insert(tenant.to_string(), (s.clone(), plan.concurrent_invocations));
+                    s
+                }
+            }
+        };
+        let limit = u64::from(plan.concurrent_invocations);
+        semaphore
+            .try_acquire_owned()
+            .map_err(|_| Problem::quota("concurrent_invocations", limit, limit, Some(1)))
+    }
+}
+
+/// The middleware: authenticate, rate-limit, and hand the caller to the handler.
+pub(crate) async fn authenticate(
+    State(state): State<AppState>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    // Only the header crosses the await: a request body is not `Sync`.
+    let authorization = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .map(|v| v.to_str().map(str::to_string));
+    match admit(&state, authorization).await {
+        Ok(caller) => {
+            request.extensions_mut().insert(caller);
+            next.run(request).await
+        }
+        Err(problem) => {
+            let unauthorized = problem.status == StatusCode::UNAUTHORIZED;
+            let mut response = problem.into_response();
+            if unauthorized {
+                response.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    header::HeaderValue::from_static("Bearer"),
+                );
+            }
+            response
+        }
+    }
+}
+
+async fn admit(
+    state: &AppState,
+    authorization: Option<Result<String, header::ToStrError>>,
+) -> Result<Caller, Problem> {
+    let header = authorization
+        .ok_or(BillingError::MissingKey)?
+        .map_err(|_| BillingError::MalformedKey)?;
+    let key = header
+        .strip_prefix("Bearer ")
+        .map(str::trim)
+        .ok_or(BillingError::MalformedKey)?;
+    let principal = state.billing.authenticate(key).await?;
+    let plan = match &principal.tenant {
+        Some(tenant) => {
+            let plan = state.billing.plan_of(tenant).await?;
+            state
+                .limiters
+                .admit(tenant.as_str(), &principal.key_id, &plan)
+                .map_err(|retry_after| Problem {
+                    retry_after_s: Some(retry_after.max(1)),
+                    ..Problem::new(
+                        StatusCode::TOO_MANY_REQUESTS,
+                        "rate_limited",
+                        format!(
+                            "more than {} requests per second (burst {})",
+                            plan.requests_per_second, plan.burst
+                        ),
+                    )
+                })?;
+            Some(plan)
+        }
+        None => None,
+    };
+    Ok(Caller { principal, plan })
+}
