@@ -4,6 +4,7 @@
 mod crash;
 mod divergence;
 mod server;
+mod tenancy;
 mod workers;
 
 /// The server binary cargo built for these tests.

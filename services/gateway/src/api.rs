@@ -153,6 +153,7 @@ impl From<ExecutorError> for Problem {
             E::WorkerFailed(_) => {
                 Problem::new(StatusCode::CONFLICT, "worker_failed", e.to_string())
             }
+            E::QuotaExceeded { quota, limit, used } => Problem::quota(quota, limit, used, None),
             E::QueueFull(_) => Problem {
                 retry_after_s: Some(1),
                 ..Problem::new(StatusCode::TOO_MANY_REQUESTS, "queue_full", e.to_string())
