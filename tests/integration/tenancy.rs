@@ -60,7 +60,16 @@ async fn the_security_table() -> anyhow::Result<()> {
 
     let invoke_body = json!({"function": "add", "params": [100]});
     // (who, method, path, body, expected status, expected code)
-    let cases: Vec<(&str, &Api, &str, String, Option<Value>, u16, &str)> = vec![
+    type Case<'a> = (
+        &'a str,
+        &'a Api,
+        &'a str,
+        String,
+        Option<Value>,
+        u16,
+        &'a str,
+    );
+    let cases: Vec<Case<'_>> = vec![
         (
             "no key",
             &anonymous,

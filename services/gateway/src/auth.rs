@@ -80,11 +80,14 @@ impl From<BillingError> for Problem {
     }
 }
 
+/// Rate limiters by tenant or key id, with the (rate, burst) each was made for.
+type LimiterMap = Mutex<HashMap<String, (Arc<DefaultDirectRateLimiter>, u32, u32)>>;
+
 /// Rate limiters and concurrency gates, per tenant and per key, sized from plans.
 #[derive(Default)]
 pub(crate) struct Limiters {
-    tenants: Mutex<HashMap<String, (Arc<DefaultDirectRateLimiter>, u32, u32)>>,
-    keys: Mutex<HashMap<String, (Arc<DefaultDirectRateLimiter>, u32, u32)>>,
+    tenants: LimiterMap,
+    keys: LimiterMap,
     concurrency: Mutex<HashMap<String, (Arc<Semaphore>, u32)>>,
 }
 
@@ -92,12 +95,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-fn limiter(
-    map: &Mutex<HashMap<String, (Arc<DefaultDirectRateLimiter>, u32, u32)>>,
-    id: &str,
-    rate: u32,
-    burst: u32,
-) -> Arc<DefaultDirectRateLimiter> {
+fn limiter(map: &LimiterMap, id: &str, rate: u32, burst: u32) -> Arc<DefaultDirectRateLimiter> {
     let mut map = lock(map);
     if let Some((limiter, r, b)) = map.get(id)
         && (*r, *b) == (rate, burst)
