@@ -110,10 +110,21 @@ async fn commit_batch(store: &Store, batch: Vec<CommitRequest>) {
         .unzip();
     let work = std::sync::Arc::new(work);
     let all = work.clone();
+    // Usage counters of the whole batch are summed first: one atomic add per counter.
+    let mut merged: std::collections::HashMap<Vec<u8>, i64> = std::collections::HashMap::new();
+    for w in work.iter() {
+        for (key, delta) in &w.adds {
+            let sum = merged.entry(key.clone()).or_insert(0);
+            *sum = sum.saturating_add(*delta);
+        }
+    }
     let result = store
         .transact(move |tx| {
             for w in all.iter() {
-                apply(tx, w)?;
+                apply(tx, w, false)?;
+            }
+            for (key, delta) in &merged {
+                tx.atomic_add(key, *delta)?;
             }
             Ok::<_, Error>(())
         })
@@ -129,7 +140,7 @@ async fn commit_batch(store: &Store, batch: Vec<CommitRequest>) {
             // by one to find out whose it was.
             for (i, d) in done.into_iter().enumerate() {
                 let work = work.clone();
-                let result = store.transact(move |tx| apply(tx, &work[i])).await;
+                let result = store.transact(move |tx| apply(tx, &work[i], true)).await;
                 let _ = d.send(result);
             }
         }
@@ -141,7 +152,7 @@ async fn commit_batch(store: &Store, batch: Vec<CommitRequest>) {
     }
 }
 
-fn apply(tx: &mut invicta_store::Transaction<'_>, w: &Work) -> Result<(), Error> {
+fn apply(tx: &mut invicta_store::Transaction<'_>, w: &Work, with_adds: bool) -> Result<(), Error> {
     if let Some(first) = w.first_index {
         let previous_present = first == 1 || tx.get(&oplog_key(&w.worker, first - 1))?.is_some();
         let slot_free = tx.get(&oplog_key(&w.worker, first))?.is_none();
@@ -158,8 +169,10 @@ fn apply(tx: &mut invicta_store::Transaction<'_>, w: &Work) -> Result<(), Error>
     for key in &w.clears {
         tx.clear(key)?;
     }
-    for (key, delta) in &w.adds {
-        tx.atomic_add(key, *delta)?;
+    if with_adds {
+        for (key, delta) in &w.adds {
+            tx.atomic_add(key, *delta)?;
+        }
     }
     Ok(())
 }

@@ -203,6 +203,10 @@ pub struct Completed {
 
 pub(crate) type Outcome = std::result::Result<Completed, Error>;
 
+/// How old the monthly fuel figure checked before each invocation may be, in milliseconds:
+/// reading it for every invocation would cost a store read on the hot path.
+pub const FUEL_USAGE_STALE_MS: u64 = 1_000;
+
 /// The longest idempotency key accepted.
 pub const IDEMPOTENCY_KEY_BYTES_MAX: usize = 256;
 
@@ -219,6 +223,8 @@ pub(crate) struct Inner {
     pub linker: wasmtime::component::Linker<WorkerCtx>,
     pub committer: Committer,
     pub workers: Mutex<HashMap<WorkerId, WorkerHandle>>,
+    /// This month's fuel per tenant, as last read: (month, fuel, read at).
+    pub fuel_used: Mutex<HashMap<TenantId, (String, u64, std::time::Instant)>>,
     pub instance_pres:
         Mutex<HashMap<(TenantId, ComponentName, u64), wasmtime::component::InstancePre<WorkerCtx>>>,
 }
@@ -261,6 +267,7 @@ impl Executor {
                 engine,
                 linker,
                 workers: Mutex::new(HashMap::new()),
+                fuel_used: Mutex::new(HashMap::new()),
                 instance_pres: Mutex::new(HashMap::new()),
             }),
         };
@@ -531,6 +538,10 @@ impl Executor {
             {
                 Ok(()) => match outcome.await.unwrap_or(Err(Error::ShuttingDown)) {
                     Err(Error::Retry) => continue,
+                    Ok(completed) => {
+                        self.count_fuel(&id.tenant, completed.fuel_consumed);
+                        return Ok(completed);
+                    }
                     other => return other,
                 },
                 Err(worker::SendError::Full(n)) => return Err(Error::QueueFull(n)),
@@ -542,11 +553,45 @@ impl Executor {
         Err(Error::ShuttingDown)
     }
 
-    /// Fuel the tenant's invocations used this month (committed ones).
+    /// Fuel the tenant's invocations used this month (committed ones), as read at most
+    /// [`FUEL_USAGE_STALE_MS`] ago: the monthly quota may be overrun by what runs meanwhile.
     pub async fn fuel_this_month(&self, tenant: &TenantId) -> Result<u64> {
-        let key = records::usage_key(tenant.as_str(), USAGE_FUEL, &records::month_of(now_ms()));
+        let month = records::month_of(now_ms());
+        {
+            let cache = self
+                .inner
+                .fuel_used
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            if let Some((m, used, at)) = cache.get(tenant)
+                && *m == month
+                && at.elapsed().as_millis() < u128::from(FUEL_USAGE_STALE_MS)
+            {
+                return Ok(*used);
+            }
+        }
+        let key = records::usage_key(tenant.as_str(), USAGE_FUEL, &month);
         let used = self.inner.store.read(move |tx| tx.get_i64(&key)).await?;
-        Ok(u64::try_from(used).unwrap_or(0))
+        let used = u64::try_from(used).unwrap_or(0);
+        self.inner
+            .fuel_used
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(tenant.clone(), (month, used, std::time::Instant::now()));
+        Ok(used)
+    }
+
+    /// Adds fuel this process's invocations used to the cached monthly figure (the store has
+    /// it already: it was committed with the invocation).
+    fn count_fuel(&self, tenant: &TenantId, fuel: u64) {
+        let mut cache = self
+            .inner
+            .fuel_used
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some((_, used, _)) = cache.get_mut(tenant) {
+            *used = used.saturating_add(fuel);
+        }
     }
 
     /// A worker's status.

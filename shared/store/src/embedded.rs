@@ -24,10 +24,60 @@ const LOCK_WAIT_MAX: Duration = crate::limits::TRANSACTION_DURATION_MAX;
 /// Spare read connections kept open; more are opened under load and closed after.
 const READERS_KEPT_MAX: usize = 8;
 
+/// How often the background checkpointer copies the WAL into the database file. Commits never
+/// checkpoint themselves (`wal_autocheckpoint = 0`), so a commit's latency is its own fsync.
+const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(100);
+
 pub(crate) struct Embedded {
     path: PathBuf,
     writer: Mutex<Connection>,
     readers: Mutex<Vec<Connection>>,
+    _checkpointer: Option<Checkpointer>,
+}
+
+/// A thread with its own connection running passive checkpoints, which never block writers.
+struct Checkpointer {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Checkpointer {
+    fn start(path: &Path) -> Option<Checkpointer> {
+        let conn = match connect(path) {
+            Ok(conn) => conn,
+            Err(e) => {
+                tracing::warn!(error = %e, "no background checkpointer; SQLite checkpoints on commit");
+                return None;
+            }
+        };
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("store-checkpoint".into())
+            .spawn(move || {
+                while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                    std::thread::sleep(CHECKPOINT_INTERVAL);
+                    if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
+                    {
+                        tracing::debug!(error = %e, "passive checkpoint");
+                    }
+                }
+            })
+            .ok()?;
+        Some(Checkpointer {
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for Checkpointer {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
 }
 
 impl Embedded {
@@ -45,10 +95,17 @@ impl Embedded {
                 "CREATE TABLE IF NOT EXISTS kv (key BLOB PRIMARY KEY NOT NULL, value BLOB NOT NULL) WITHOUT ROWID",
             )
             .map_err(|e| open_error(e.into()))?;
+        let checkpointer = Checkpointer::start(path);
+        if checkpointer.is_some() {
+            writer
+                .pragma_update(None, "wal_autocheckpoint", 0)
+                .map_err(|e| open_error(e.into()))?;
+        }
         Ok(Embedded {
             path: path.to_path_buf(),
             writer: Mutex::new(writer),
             readers: Mutex::new(Vec::new()),
+            _checkpointer: checkpointer,
         })
     }
 
