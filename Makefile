@@ -50,8 +50,9 @@ unit-tests:
 
 ## bench: the benchmark scenarios of loadtests/, in release mode
 bench:
-	cargo build --release -p invicta-loadtests
+	cargo build --release -p invicta -p invicta-loadtests
 	$(CARGO_TARGET_DIR)/release/invicta-loadtests store
+	$(CARGO_TARGET_DIR)/release/invicta-loadtests invoke --server-bin $(CARGO_TARGET_DIR)/release/invicta
 
 ## components: the guest components under tests/components (wasm32-wasip2) into tests/components/wasm
 components:

@@ -2,6 +2,8 @@
 //! measured on the same machine in the same run, since the machines are shared and noisy:
 //! absolute numbers mean little, ratios to the limit do.
 
+mod invoke;
+mod metering;
 mod stats;
 mod store;
 
@@ -18,10 +20,14 @@ struct Cli {
 enum Scenario {
     /// Commit latency and throughput of the embedded store, beside raw write+fdatasync.
     Store(store::Args),
+    /// Durable invocations through the real server over HTTP: latency beside raw fdatasync,
+    /// throughput, cold start, resume, recovery after SIGKILL, and the cost of metering.
+    Invoke(invoke::Args),
 }
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().scenario {
         Scenario::Store(args) => store::run(&args),
+        Scenario::Invoke(args) => invoke::run(&args),
     }
 }

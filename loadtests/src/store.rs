@@ -4,7 +4,7 @@
 
 use std::io::Write;
 use std::os::unix::fs::FileExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use invicta_store::{Config, Store};
@@ -32,18 +32,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     let value = vec![0xAB_u8; VALUE_BYTES];
 
     // The limit: append 256 bytes and fdatasync, as a write-ahead log would.
-    let raw = {
-        let mut file = std::fs::File::create(dir.path().join("raw.log"))?;
-        let mut samples = Vec::with_capacity(n);
-        let start = Instant::now();
-        for _ in 0..n {
-            let t = Instant::now();
-            file.write_all(&value)?;
-            file.sync_data()?;
-            samples.push(t.elapsed());
-        }
-        Summary::of(&mut samples, start.elapsed())
-    };
+    let raw = raw_append_fdatasync(&dir.path().join("raw.log"), n)?;
     // Overwriting in place (no file growth): the lower bound of a preallocated log.
     let raw_inplace = {
         let file = std::fs::File::create(dir.path().join("raw-inplace.log"))?;
@@ -143,6 +132,25 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         hundred_keys.per_second * 100.0
     )?;
     Ok(())
+}
+
+/// `n` appends of 256 bytes to a new file at `path`, each followed by fdatasync: the latency
+/// floor of anything durable on that disk.
+pub fn raw_append_fdatasync(path: &Path, n: usize) -> std::io::Result<Summary> {
+    let value = [0xAB_u8; VALUE_BYTES];
+    let mut file = std::fs::File::create(path)?;
+    let mut samples = Vec::with_capacity(n);
+    let start = Instant::now();
+    for _ in 0..n {
+        let t = Instant::now();
+        file.write_all(&value)?;
+        file.sync_data()?;
+        samples.push(t.elapsed());
+    }
+    let summary = Summary::of(&mut samples, start.elapsed());
+    drop(file);
+    std::fs::remove_file(path)?;
+    Ok(summary)
 }
 
 fn time_commits<E: Into<anyhow::Error>>(

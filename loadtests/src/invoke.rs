@@ -1,0 +1,1011 @@
+//! `invoke`: durable invocations through the real server over HTTP on loopback, each figure
+//! beside its limit measured in the same run: sequential latency beside raw fdatasync,
+//! throughput beside an HTTP endpoint that does nothing, cold start and resume beside a warm
+//! invocation, recovery after SIGKILL, and the metered burner beside wasmtime without metering.
+//!
+//! Several servers, each on a fresh data directory, run one after the other: the pool holds
+//! 1,000 instances by default, so the 1,000-worker load gets a server of its own, and the resume
+//! measurement needs a server that suspends idle workers after 200 ms.
+
+use std::future::Future;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use invicta_tests::Server;
+use reqwest::header::CONTENT_TYPE;
+use serde_json::{Value, json};
+
+use crate::metering::{Burner, Metering};
+use crate::stats::Summary;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The server binary [default: $CARGO_TARGET_DIR/release/invicta, else target/release/invicta]
+    #[arg(long)]
+    server_bin: Option<PathBuf>,
+    /// The directory of the guest components [default: tests/components/wasm]
+    #[arg(long)]
+    components: Option<PathBuf>,
+    /// Directory on the disk to measure: the servers' data directories are made under it
+    /// [default: the current directory]
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// Every count about 10× smaller: a smoke test in under a minute.
+    #[arg(long)]
+    quick: bool,
+    /// Iterations of the burner's loop per `burn` call (about 26 fuel each).
+    #[arg(long, default_value_t = 5_000_000)]
+    burn_iterations: u64,
+}
+
+/// The sizes of the measurements.
+struct Counts {
+    fsyncs: usize,
+    sequential: usize,
+    workers: usize,
+    load_time: Duration,
+    cold: usize,
+    resumed: usize,
+    /// Invocations in a worker's oplog before it suspends (the scenario's definition, not shrunk).
+    history: usize,
+    replay_invocations: usize,
+    burns: usize,
+}
+
+impl Counts {
+    fn new(quick: bool) -> Counts {
+        if quick {
+            Counts {
+                fsyncs: 200,
+                sequential: 200,
+                workers: 100,
+                load_time: Duration::from_secs(1),
+                cold: 5,
+                resumed: 3,
+                history: 100,
+                replay_invocations: 5_000,
+                burns: 5,
+            }
+        } else {
+            Counts {
+                fsyncs: 2_000,
+                sequential: 2_000,
+                workers: 1_000,
+                load_time: Duration::from_secs(5),
+                cold: 50,
+                resumed: 20,
+                history: 100,
+                replay_invocations: 50_000,
+                burns: 30,
+            }
+        }
+    }
+}
+
+/// Concurrent clients of the many-workers load and of the one-worker load.
+const CLIENTS_MANY: usize = 64;
+const CLIENTS_ONE: usize = 32;
+/// The body of `add(1)`.
+const ADD_ONE: &str = r#"{"function":"add","params":[1]}"#;
+/// Bounds of the loops that wait for something, so that a broken server ends the run.
+const FILL_TIME_MAX: Duration = Duration::from_secs(600);
+const WARM_TIME_MAX: Duration = Duration::from_secs(300);
+const FIRST_CALL_MAX: Duration = Duration::from_secs(120);
+const SUSPEND_WAIT_MAX: Duration = Duration::from_secs(10);
+
+pub fn run(args: &Args) -> anyhow::Result<()> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(run_async(args))
+}
+
+fn workspace_root() -> PathBuf {
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    manifest.parent().unwrap_or(manifest).to_path_buf()
+}
+
+fn server_binary(args: &Args) -> anyhow::Result<PathBuf> {
+    if let Some(path) = &args.server_bin {
+        return Ok(path.clone());
+    }
+    let mut candidates = Vec::new();
+    if let Some(dir) = std::env::var_os("CARGO_TARGET_DIR") {
+        candidates.push(PathBuf::from(dir).join("release/invicta"));
+    }
+    candidates.push(workspace_root().join("target/release/invicta"));
+    candidates
+        .iter()
+        .find(|p| p.is_file())
+        .cloned()
+        .with_context(|| {
+            format!(
+                "no server binary at {candidates:?}: run `cargo build --release -p invicta` or pass --server-bin"
+            )
+        })
+}
+
+/// Everything measured, for the table.
+struct Figures {
+    raw: Summary,
+    healthz_sequential: Load,
+    sequential: Summary,
+    healthz_many: Load,
+    many: Load,
+    healthz_one: Load,
+    one: Load,
+    cold: Summary,
+    resume: Summary,
+    resume_warm: Summary,
+    suspended: usize,
+    restart: Restart,
+    api_burn: Summary,
+    burn_fuel: u64,
+    in_process: Vec<InProcess>,
+    notes: Vec<String>,
+}
+
+/// The burner timed in process.
+struct InProcess {
+    metering: Metering,
+    /// Called in a spawned task (like the server's actors) rather than polled in place.
+    spawned: bool,
+    summary: Summary,
+}
+
+struct Restart {
+    entries: u64,
+    invocations: usize,
+    listen: Duration,
+    /// Until the first authenticated request (a status read) succeeded.
+    authenticated: Duration,
+    first_call: Duration,
+}
+
+async fn run_async(args: &Args) -> anyhow::Result<()> {
+    let counts = Counts::new(args.quick);
+    let binary = server_binary(args)?;
+    let components = args
+        .components
+        .clone()
+        .unwrap_or_else(|| workspace_root().join("tests/components/wasm"));
+    let read = |name: &str| {
+        let path = components.join(format!("{name}.wasm"));
+        std::fs::read(&path).with_context(|| {
+            format!(
+                "read {} (build the guests with `make components`)",
+                path.display()
+            )
+        })
+    };
+    let (counter, burner) = (read("counter")?, read("burner")?);
+    let root = match &args.dir {
+        Some(d) => tempfile::tempdir_in(d)?,
+        None => tempfile::tempdir_in(".")?,
+    };
+    let http = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(60))
+        .build()?;
+    let mut notes = Vec::new();
+    let start = Instant::now();
+    let progress = |what: &str| eprintln!("[{:>6.1}s] {what}", start.elapsed().as_secs_f64());
+
+    // Server 1, default configuration: fdatasync, sequential latency, cold start, the burner.
+    progress("server 1: raw fdatasync, sequential invocations, cold starts, burner");
+    let data = root.path().join("s1");
+    std::fs::create_dir(&data)?;
+    let server = Server::start(&binary, &data)?;
+    let api = Api::new_tenant(&server, &http).await?;
+    api.upload("counter", &counter).await?;
+    api.upload("burner", &burner).await?;
+    let raw = crate::store::raw_append_fdatasync(&data.join("raw-fsync.log"), counts.fsyncs)?;
+    let healthz_sequential = healthz(&api, 1, counts.sequential, WARM_TIME_MAX).await?;
+    let sequential = sequential(&api, counts.sequential).await?;
+    let cold = cold_starts(&api, counts.cold).await?;
+    let (api_burn, burn_fuel, burn_result) =
+        api_burns(&api, args.burn_iterations, counts.burns).await?;
+    server.kill()?;
+
+    // Server 2: many workers.
+    progress(&format!(
+        "server 2: {CLIENTS_MANY} clients over {} workers",
+        counts.workers
+    ));
+    let data = root.path().join("s2");
+    std::fs::create_dir(&data)?;
+    let server = Server::start(&binary, &data)?;
+    let api = Api::new_tenant(&server, &http).await?;
+    api.upload("counter", &counter).await?;
+    let healthz_many = healthz(&api, CLIENTS_MANY, usize::MAX, counts.load_time).await?;
+    let urls: Arc<Vec<String>> = Arc::new(
+        (0..counts.workers)
+            .map(|i| api.invoke_url("counter", &format!("w{i}")))
+            .collect(),
+    );
+    let warm = load_adds(&api, &urls, CLIENTS_MANY, urls.len(), WARM_TIME_MAX).await?;
+    if warm.errors > 0 {
+        bail!(
+            "warming {} workers: {} errors, the first: {}",
+            urls.len(),
+            warm.errors,
+            warm.first_error.unwrap_or_default()
+        );
+    }
+    let many = load_adds(&api, &urls, CLIENTS_MANY, usize::MAX, counts.load_time).await?;
+    server.kill()?;
+
+    // Server 3: one worker under load, filled up, killed and restarted.
+    progress(&format!(
+        "server 3: {CLIENTS_ONE} clients on one worker, then {} invocations, SIGKILL, restart",
+        counts.replay_invocations
+    ));
+    let data = root.path().join("s3");
+    std::fs::create_dir(&data)?;
+    let server = Server::start(&binary, &data)?;
+    let api = Api::new_tenant(&server, &http).await?;
+    api.upload("counter", &counter).await?;
+    let healthz_one = healthz(&api, CLIENTS_ONE, usize::MAX, counts.load_time).await?;
+    let big = Arc::new(vec![api.invoke_url("counter", "big")]);
+    api.post(&big[0], ADD_ONE).await?;
+    // Capped so that `big` never ends up with more invocations than the recovery measures.
+    let one = load_adds(
+        &api,
+        &big,
+        CLIENTS_ONE,
+        counts.replay_invocations - 1,
+        counts.load_time,
+    )
+    .await?;
+    let mut adds = 1 + one.summary_count;
+    let fill = load_adds(
+        &api,
+        &big,
+        CLIENTS_MANY,
+        counts.replay_invocations.saturating_sub(adds),
+        FILL_TIME_MAX,
+    )
+    .await?;
+    adds += fill.summary_count;
+    let errors = one.errors + fill.errors;
+    if errors > 0 {
+        notes.push(format!(
+            "worker `big`: {errors} invocations failed while filling it (the counter check below may be off by that many)"
+        ));
+    }
+    let status = api.status("counter", "big").await?;
+    let entries = status["oplog_length"].as_u64().unwrap_or(0);
+    server.kill()?;
+    let restart_start = Instant::now();
+    let server = Server::start(&binary, &data)?;
+    let listen = restart_start.elapsed();
+    let api = api.at(&server);
+    // The first authenticated request verifies the key (argon2, cached afterwards). It is timed
+    // on its own, a status read that replays nothing, so that the replay is not charged for it.
+    let authenticated = loop {
+        match api.status("counter", "big").await {
+            Ok(_) => break restart_start.elapsed(),
+            Err(e) if restart_start.elapsed() > FIRST_CALL_MAX => {
+                bail!("no successful request within {FIRST_CALL_MAX:?} of the restart: {e:#}")
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(5)).await,
+        }
+    };
+    let url = api.invoke_url("counter", "big");
+    let (first_call, result) = loop {
+        match api.post(&url, ADD_ONE).await {
+            Ok(body) => break (restart_start.elapsed(), body),
+            Err(e) if restart_start.elapsed() > FIRST_CALL_MAX => {
+                bail!("no successful invocation within {FIRST_CALL_MAX:?} of the restart: {e:#}")
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(5)).await,
+        }
+    };
+    let expected = adds as u64 + 1;
+    if result["result"].as_u64() != Some(expected) {
+        notes.push(format!(
+            "after the restart `big` returned {} where {expected} was expected ({adds} acknowledged adds before the kill, then one)",
+            result["result"]
+        ));
+    }
+    server.kill()?;
+    let restart = Restart {
+        entries,
+        invocations: adds,
+        listen,
+        authenticated,
+        first_call,
+    };
+
+    // Server 4 suspends workers idle for 200 ms.
+    progress(&format!(
+        "server 4 (idle_suspend_ms = 200): resume of {} suspended workers",
+        counts.resumed
+    ));
+    let data = root.path().join("s4");
+    std::fs::create_dir(&data)?;
+    let config = root.path().join("s4.toml");
+    std::fs::write(&config, "[executor]\nidle_suspend_ms = 200\n")?;
+    let config = config.to_str().context("a UTF-8 temporary path")?;
+    let server = Server::start_with(&binary, &data, &["--config", config])?;
+    let api = Api::new_tenant(&server, &http).await?;
+    api.upload("counter", &counter).await?;
+    let (resume, resume_warm, suspended) = resumes(&api, counts.resumed, counts.history).await?;
+    if suspended < counts.resumed {
+        notes.push(format!(
+            "only {suspended} of {} workers showed \"suspended\" before their resume was timed",
+            counts.resumed
+        ));
+    }
+    server.kill()?;
+
+    // No server runs now: the burner in process, without and with metering.
+    progress("in process: the burner under three engine configurations");
+    // Each configuration runs its calls in tasks of the multi-threaded runtime, as the server's
+    // worker actors do: a yield (every 100,000 fuel) goes through the scheduler. Fuel is also
+    // measured polled in place (no task, so a yield is a plain re-poll), which isolates the
+    // price of those trips through the scheduler from the price of counting fuel.
+    // In rounds, one call of each per round, so that drift in the machine's speed (other
+    // tenants, frequency) falls on all alike.
+    let mut burners = Vec::new();
+    for (metering, spawned) in [
+        (Metering::None, true),
+        (Metering::Fuel, true),
+        (Metering::FuelEpoch, true),
+        (Metering::Fuel, false),
+    ] {
+        let burner = Burner::new(&burner, metering).await?;
+        burners.push((burner, spawned, Vec::new()));
+    }
+    let iterations = args.burn_iterations;
+    for _ in 0..counts.burns {
+        let mut next = Vec::with_capacity(burners.len());
+        for (mut burner, spawned, mut samples) in burners {
+            let (burner, outcome) = if spawned {
+                tokio::spawn(async move {
+                    let outcome = burner.call(iterations).await;
+                    (burner, outcome)
+                })
+                .await?
+            } else {
+                let outcome = burner.call(iterations).await;
+                (burner, outcome)
+            };
+            let (took, result) = outcome?;
+            samples.push(took);
+            if result != burn_result {
+                bail!(
+                    "burn({iterations}) returned {result} in process ({}) but {burn_result} through the server",
+                    burner.metering.label()
+                );
+            }
+            next.push((burner, spawned, samples));
+        }
+        burners = next;
+    }
+    let in_process: Vec<InProcess> = burners
+        .into_iter()
+        .map(|(burner, spawned, mut samples)| {
+            let total = samples.iter().sum();
+            InProcess {
+                metering: burner.metering,
+                spawned,
+                summary: Summary::of(&mut samples, total),
+            }
+        })
+        .collect();
+    progress("done");
+
+    for (what, load) in [
+        ("GET /healthz, 1 client", &healthz_sequential),
+        ("GET /healthz, many clients", &healthz_many),
+        ("GET /healthz, clients of one worker", &healthz_one),
+        ("the load on many workers", &many),
+        ("the load on one worker", &one),
+    ] {
+        if load.errors > 0 {
+            notes.push(format!(
+                "{what}: {} failed requests, the first: {}",
+                load.errors,
+                load.first_error.as_deref().unwrap_or_default()
+            ));
+        }
+    }
+    let figures = Figures {
+        raw,
+        healthz_sequential,
+        sequential,
+        healthz_many,
+        many,
+        healthz_one,
+        one,
+        cold,
+        resume,
+        resume_warm,
+        suspended,
+        restart,
+        api_burn,
+        burn_fuel,
+        in_process,
+        notes,
+    };
+    print(&figures, &counts, args, &binary)?;
+    Ok(())
+}
+
+/// The public API, as much of it as the scenario uses.
+#[derive(Clone)]
+struct Api {
+    http: reqwest::Client,
+    base: String,
+    /// The tenant's API key, sent as `Authorization: Bearer <key>`.
+    key: String,
+}
+
+impl Api {
+    /// A client of a new tenant on the `unlimited` plan (no quota or rate limit binds), made by
+    /// the operator, with a key of every scope.
+    async fn new_tenant(server: &Server, http: &reqwest::Client) -> anyhow::Result<Api> {
+        let tenant = server
+            .operator()
+            .new_tenant("bench", "unlimited")
+            .await
+            .context("create the benchmark's tenant")?;
+        Ok(Api {
+            http: http.clone(),
+            base: server.url.trim_end_matches('/').to_string(),
+            key: tenant.key.context("the tenant's key")?,
+        })
+    }
+
+    /// The same tenant on a restarted server.
+    fn at(&self, server: &Server) -> Api {
+        Api {
+            base: server.url.trim_end_matches('/').to_string(),
+            ..self.clone()
+        }
+    }
+
+    fn invoke_url(&self, component: &str, worker: &str) -> String {
+        format!(
+            "{}/v1/components/{component}/workers/{worker}/invoke",
+            self.base
+        )
+    }
+
+    async fn upload(&self, component: &str, wasm: &[u8]) -> anyhow::Result<()> {
+        let response = self
+            .http
+            .post(format!("{}/v1/components/{component}", self.base))
+            .bearer_auth(&self.key)
+            .header(CONTENT_TYPE, "application/wasm")
+            .body(wasm.to_vec())
+            .send()
+            .await?;
+        expect(response, &[200, 201])
+            .await
+            .with_context(|| format!("upload {component}"))?;
+        Ok(())
+    }
+
+    async fn create_worker(&self, component: &str, worker: &str) -> anyhow::Result<()> {
+        let response = self
+            .http
+            .post(format!("{}/v1/components/{component}/workers", self.base))
+            .bearer_auth(&self.key)
+            .json(&json!({ "name": worker }))
+            .send()
+            .await?;
+        expect(response, &[201]).await?;
+        Ok(())
+    }
+
+    /// POSTs a JSON `body` to an invoke URL and returns the reply's JSON.
+    async fn post(&self, url: &str, body: impl Into<reqwest::Body>) -> anyhow::Result<Value> {
+        let response = self
+            .http
+            .post(url)
+            .bearer_auth(&self.key)
+            .header(CONTENT_TYPE, "application/json")
+            .body(body)
+            .send()
+            .await?;
+        expect(response, &[200]).await
+    }
+
+    /// As `post` without parsing the reply: the load generator's hot path.
+    async fn post_ok(&self, url: &str, body: &'static str) -> anyhow::Result<()> {
+        let response = self
+            .http
+            .post(url)
+            .bearer_auth(&self.key)
+            .header(CONTENT_TYPE, "application/json")
+            .body(body)
+            .send()
+            .await?;
+        let status = response.status();
+        let bytes = response.bytes().await?;
+        if status != reqwest::StatusCode::OK {
+            bail!("HTTP {status}: {}", String::from_utf8_lossy(&bytes));
+        }
+        Ok(())
+    }
+
+    async fn status(&self, component: &str, worker: &str) -> anyhow::Result<Value> {
+        let response = self
+            .http
+            .get(format!(
+                "{}/v1/components/{component}/workers/{worker}",
+                self.base
+            ))
+            .bearer_auth(&self.key)
+            .send()
+            .await?;
+        expect(response, &[200]).await
+    }
+}
+
+async fn expect(response: reqwest::Response, ok: &[u16]) -> anyhow::Result<Value> {
+    let status = response.status().as_u16();
+    let bytes = response.bytes().await?;
+    if !ok.contains(&status) {
+        bail!("HTTP {status}: {}", String::from_utf8_lossy(&bytes));
+    }
+    if bytes.is_empty() {
+        return Ok(Value::Null);
+    }
+    serde_json::from_slice(&bytes).context("a JSON reply")
+}
+
+/// `n` invocations of `add(1)` one after the other on one warm worker.
+async fn sequential(api: &Api, n: usize) -> anyhow::Result<Summary> {
+    let url = api.invoke_url("counter", "seq");
+    api.post(&url, ADD_ONE).await?;
+    let mut samples = Vec::with_capacity(n);
+    let start = Instant::now();
+    for i in 0..n {
+        let t = Instant::now();
+        let reply = api.post(&url, ADD_ONE).await?;
+        samples.push(t.elapsed());
+        let expected = i as u64 + 2;
+        if reply["result"].as_u64() != Some(expected) {
+            bail!(
+                "add(1) returned {} where {expected} was expected",
+                reply["result"]
+            );
+        }
+    }
+    Ok(Summary::of(&mut samples, start.elapsed()))
+}
+
+/// `n` new workers, each created and invoked once, one after the other.
+async fn cold_starts(api: &Api, n: usize) -> anyhow::Result<Summary> {
+    let mut samples = Vec::with_capacity(n);
+    let start = Instant::now();
+    for i in 0..n {
+        let worker = format!("cold{i}");
+        let t = Instant::now();
+        api.create_worker("counter", &worker).await?;
+        api.post(&api.invoke_url("counter", &worker), ADD_ONE)
+            .await?;
+        samples.push(t.elapsed());
+    }
+    Ok(Summary::of(&mut samples, start.elapsed()))
+}
+
+/// `n` calls of `burn(iterations)` on one warm burner worker: their latency, the fuel of one,
+/// and the result.
+async fn api_burns(api: &Api, iterations: u64, n: usize) -> anyhow::Result<(Summary, u64, u64)> {
+    let url = api.invoke_url("burner", "burn");
+    let body = |i: u64| json!({ "function": "burn", "params": [i] }).to_string();
+    api.post(&url, body(1_000)).await?;
+    let mut samples = Vec::with_capacity(n);
+    let (mut fuel, mut result) = (0, 0);
+    let start = Instant::now();
+    for _ in 0..n {
+        let t = Instant::now();
+        let reply = api.post(&url, body(iterations)).await?;
+        samples.push(t.elapsed());
+        fuel = reply["fuel_consumed"].as_u64().unwrap_or(0);
+        result = reply["result"].as_u64().context("burn's result")?;
+    }
+    Ok((Summary::of(&mut samples, start.elapsed()), fuel, result))
+}
+
+/// Resume of `n` suspended workers with `history` invocations each: the latency of the first
+/// invocation after suspension, of the one after it (warm), and how many showed "suspended".
+async fn resumes(api: &Api, n: usize, history: usize) -> anyhow::Result<(Summary, Summary, usize)> {
+    let workers: Vec<String> = (0..n).map(|i| format!("r{i}")).collect();
+    let mut tasks = Vec::new();
+    for worker in &workers {
+        let (api, url) = (api.clone(), api.invoke_url("counter", worker));
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..history {
+                api.post(&url, ADD_ONE).await?;
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for task in tasks {
+        task.await??;
+    }
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let waited = Instant::now();
+    let mut suspended = 0;
+    loop {
+        let mut count = 0;
+        for worker in &workers {
+            if api.status("counter", worker).await?["status"] == "suspended" {
+                count += 1;
+            }
+        }
+        suspended = suspended.max(count);
+        if count == n || waited.elapsed() > SUSPEND_WAIT_MAX {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (mut cold, mut warm) = (Vec::with_capacity(n), Vec::with_capacity(n));
+    let start = Instant::now();
+    for worker in &workers {
+        let url = api.invoke_url("counter", worker);
+        let t = Instant::now();
+        let reply = api.post(&url, ADD_ONE).await?;
+        cold.push(t.elapsed());
+        let expected = history as u64 + 1;
+        if reply["result"].as_u64() != Some(expected) {
+            bail!(
+                "the resumed worker {worker} returned {} where {expected} was expected",
+                reply["result"]
+            );
+        }
+        let t = Instant::now();
+        api.post(&url, ADD_ONE).await?;
+        warm.push(t.elapsed());
+    }
+    let total = start.elapsed();
+    Ok((
+        Summary::of(&mut cold, total),
+        Summary::of(&mut warm, total),
+        suspended,
+    ))
+}
+
+/// The outcome of a load.
+struct Load {
+    summary: Summary,
+    /// Successful operations.
+    summary_count: usize,
+    errors: usize,
+    first_error: Option<String>,
+}
+
+/// `clients` tasks run `op(ticket)` with tickets 0, 1, 2, … until `max` tickets are out or
+/// `time` has passed.
+async fn load<F, Fut>(clients: usize, max: usize, time: Duration, op: F) -> anyhow::Result<Load>
+where
+    F: Fn(usize) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = anyhow::Result<()>> + Send + 'static,
+{
+    let op = Arc::new(op);
+    let next = Arc::new(AtomicUsize::new(0));
+    let start = Instant::now();
+    let deadline = start + time;
+    let tasks: Vec<_> = (0..clients)
+        .map(|_| {
+            let (op, next) = (op.clone(), next.clone());
+            tokio::spawn(async move {
+                let (mut samples, mut errors, mut first_error) = (Vec::new(), 0, None);
+                while Instant::now() < deadline {
+                    let ticket = next.fetch_add(1, Ordering::Relaxed);
+                    if ticket >= max {
+                        break;
+                    }
+                    let t = Instant::now();
+                    match op(ticket).await {
+                        Ok(()) => samples.push(t.elapsed()),
+                        Err(e) => {
+                            errors += 1;
+                            first_error.get_or_insert_with(|| format!("{e:#}"));
+                        }
+                    }
+                }
+                (samples, errors, first_error)
+            })
+        })
+        .collect();
+    let (mut samples, mut errors, mut first_error) = (Vec::new(), 0, None);
+    for task in tasks {
+        let (s, e, f) = task.await?;
+        samples.extend(s);
+        errors += e;
+        first_error = first_error.or(f);
+    }
+    let summary_count = samples.len();
+    Ok(Load {
+        summary: Summary::of(&mut samples, start.elapsed()),
+        summary_count,
+        errors,
+        first_error,
+    })
+}
+
+/// `add(1)` on `urls` in turn from `clients` tasks.
+async fn load_adds(
+    api: &Api,
+    urls: &Arc<Vec<String>>,
+    clients: usize,
+    max: usize,
+    time: Duration,
+) -> anyhow::Result<Load> {
+    let (api, urls) = (api.clone(), urls.clone());
+    load(clients, max, time, move |ticket| {
+        let (api, urls) = (api.clone(), urls.clone());
+        async move { api.post_ok(&urls[ticket % urls.len()], ADD_ONE).await }
+    })
+    .await
+}
+
+/// The HTTP layer's own limit on this machine: `GET /healthz`, which does no work.
+async fn healthz(api: &Api, clients: usize, max: usize, time: Duration) -> anyhow::Result<Load> {
+    let url = Arc::new(format!("{}/healthz", api.base));
+    let http = api.http.clone();
+    load(clients, max, time, move |_| {
+        let (http, url) = (http.clone(), url.clone());
+        async move {
+            let response = http.get(url.as_str()).send().await?;
+            let status = response.status();
+            response.bytes().await?;
+            if !status.is_success() {
+                bail!("HTTP {status}");
+            }
+            Ok(())
+        }
+    })
+    .await
+}
+
+fn duration(d: Duration) -> String {
+    let s = d.as_secs_f64();
+    if s < 1e-3 {
+        format!("{:.0} µs", s * 1e6)
+    } else if s < 1.0 {
+        format!("{:.2} ms", s * 1e3)
+    } else {
+        format!("{s:.2} s")
+    }
+}
+
+fn ratio(a: Duration, b: Duration) -> f64 {
+    a.as_secs_f64() / b.as_secs_f64().max(f64::MIN_POSITIVE)
+}
+
+/// A target and whether it was met.
+fn verdict(target: &str, met: bool) -> String {
+    format!("{target} {}", if met { "ok" } else { "MISSED" })
+}
+
+#[derive(Default)]
+struct Row {
+    name: String,
+    p50: String,
+    p99: String,
+    rate: String,
+    limit: String,
+    ratio: String,
+    target: String,
+}
+
+fn latency_row(name: impl Into<String>, s: &Summary) -> Row {
+    Row {
+        name: name.into(),
+        p50: duration(s.median),
+        p99: duration(s.p99),
+        rate: format!("{:.0}", s.per_second),
+        ..Row::default()
+    }
+}
+
+fn print(f: &Figures, counts: &Counts, args: &Args, binary: &Path) -> anyhow::Result<()> {
+    let mut rows = Vec::new();
+    rows.push(Row {
+        limit: "(the limit)".into(),
+        ..latency_row(
+            format!("raw 256-byte append + fdatasync (n={})", counts.fsyncs),
+            &f.raw,
+        )
+    });
+    rows.push(Row {
+        limit: "(HTTP round trip)".into(),
+        ..latency_row(
+            format!("GET /healthz, 1 client (n={})", counts.sequential),
+            &f.healthz_sequential.summary,
+        )
+    });
+    let seq_ratio = ratio(f.sequential.median, f.raw.median);
+    rows.push(Row {
+        limit: format!("fdatasync p50 {}", duration(f.raw.median)),
+        ratio: format!("{seq_ratio:.2}×"),
+        target: verdict("≤ 3×", seq_ratio <= 3.0),
+        ..latency_row(
+            format!(
+                "invoke, 1 warm worker, sequential (n={})",
+                counts.sequential
+            ),
+            &f.sequential,
+        )
+    });
+    for (clients, workers, healthz, load, target) in [
+        (
+            CLIENTS_MANY,
+            counts.workers,
+            &f.healthz_many,
+            &f.many,
+            20_000.0,
+        ),
+        (CLIENTS_ONE, 1, &f.healthz_one, &f.one, 5_000.0),
+    ] {
+        rows.push(Row {
+            limit: "(the HTTP limit)".into(),
+            ..latency_row(format!("GET /healthz, {clients} clients"), &healthz.summary)
+        });
+        let rate = load.summary.per_second;
+        rows.push(Row {
+            limit: format!("healthz {:.0}/s", healthz.summary.per_second),
+            ratio: format!("{:.2}×", rate / healthz.summary.per_second.max(1e-9)),
+            target: verdict(&format!("≥ {target:.0}/s"), rate >= target),
+            ..latency_row(
+                format!(
+                    "invoke, {clients} clients × {workers} worker{}",
+                    if workers == 1 { "" } else { "s" }
+                ),
+                &load.summary,
+            )
+        });
+    }
+    rows.push(Row {
+        limit: format!("warm p50 {}", duration(f.sequential.median)),
+        ratio: format!("{:.1}×", ratio(f.cold.median, f.sequential.median)),
+        rate: String::new(),
+        ..latency_row(
+            format!("cold start: create + first invoke (n={})", counts.cold),
+            &f.cold,
+        )
+    });
+    rows.push(Row {
+        limit: format!("next, warm p50 {}", duration(f.resume_warm.median)),
+        ratio: format!("{:.1}×", ratio(f.resume.median, f.resume_warm.median)),
+        rate: String::new(),
+        ..latency_row(
+            format!(
+                "resume: suspended, {} invocations (n={})",
+                counts.history, counts.resumed
+            ),
+            &f.resume,
+        )
+    });
+    let r = &f.restart;
+    rows.push(Row {
+        name: "after SIGKILL: spawn → listen line".into(),
+        p50: duration(r.listen),
+        ..Row::default()
+    });
+    rows.push(Row {
+        name: "after SIGKILL: spawn → 1st authenticated request".into(),
+        p50: duration(r.authenticated),
+        limit: format!("listen {}", duration(r.listen)),
+        ..Row::default()
+    });
+    let replay_time = r.first_call.saturating_sub(r.authenticated);
+    rows.push(Row {
+        name: format!("after SIGKILL: spawn → 1st call, {} entries", r.entries),
+        p50: duration(r.first_call),
+        rate: format!(
+            "{:.0}",
+            r.entries as f64 / replay_time.as_secs_f64().max(1e-9)
+        ),
+        limit: format!("listen {}", duration(r.listen)),
+        ratio: format!("{:.1}×", ratio(r.first_call, r.listen)),
+        ..Row::default()
+    });
+    let none = f
+        .in_process
+        .iter()
+        .find(|b| b.metering == Metering::None)
+        .map(|b| b.summary.median)
+        .unwrap_or_default();
+    let iterations = args.burn_iterations;
+    rows.push(Row {
+        limit: format!("wasmtime, none {}", duration(none)),
+        ratio: format!("{:.2}×", ratio(f.api_burn.median, none)),
+        rate: String::new(),
+        ..latency_row(
+            format!("burn({iterations}) via API, fuel (n={})", counts.burns),
+            &f.api_burn,
+        )
+    });
+    for b in &f.in_process {
+        let name = if b.spawned {
+            format!("burn in process, {}", b.metering.label())
+        } else {
+            format!("burn in process, {}, polled in place", b.metering.label())
+        };
+        let mut row = Row {
+            rate: String::new(),
+            ..latency_row(name, &b.summary)
+        };
+        if b.metering == Metering::None {
+            row.limit = "(the limit)".into();
+        } else {
+            let x = ratio(b.summary.median, none);
+            row.limit = format!("none {}", duration(none));
+            row.ratio = format!("{x:.2}×");
+            if b.spawned {
+                row.target = verdict("≤ 1.3×", x <= 1.3);
+            }
+        }
+        rows.push(row);
+    }
+
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "invoke bench{}: server {}, {} cores",
+        if args.quick { " (--quick)" } else { "" },
+        binary.display(),
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    )?;
+    let line = |out: &mut std::io::StdoutLock<'_>, r: &Row| {
+        writeln!(
+            out,
+            "{:<48} {:>10} {:>10} {:>9} {:>24} {:>7} {:>14}",
+            r.name, r.p50, r.p99, r.rate, r.limit, r.ratio, r.target
+        )
+    };
+    line(
+        &mut out,
+        &Row {
+            name: "measurement".into(),
+            p50: "p50".into(),
+            p99: "p99".into(),
+            rate: "ops/s".into(),
+            limit: "limit (same run)".into(),
+            ratio: "ratio".into(),
+            target: "target".into(),
+        },
+    )?;
+    for row in &rows {
+        line(&mut out, row)?;
+    }
+    let since_listen = r.first_call.saturating_sub(r.listen);
+    writeln!(
+        out,
+        "replay after SIGKILL: {} entries ({} invocations): 1st call {} after the 1st authenticated request ({:.0} entries/s), {} after the listen line ({:.0} entries/s, key check included)",
+        r.entries,
+        r.invocations,
+        duration(replay_time),
+        r.entries as f64 / replay_time.as_secs_f64().max(1e-9),
+        duration(since_listen),
+        r.entries as f64 / since_listen.as_secs_f64().max(1e-9)
+    )?;
+    writeln!(
+        out,
+        "burn({iterations}) consumed {} fuel through the server ({:.1} per iteration); {} of {} workers showed \"suspended\" before resume",
+        f.burn_fuel,
+        f.burn_fuel as f64 / iterations.max(1) as f64,
+        f.suspended,
+        counts.resumed
+    )?;
+    writeln!(
+        out,
+        "the load generator shares the machine with the server: throughput is a floor, not the server's ceiling"
+    )?;
+    for note in &f.notes {
+        writeln!(out, "note: {note}")?;
+    }
+    Ok(())
+}
