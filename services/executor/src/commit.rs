@@ -2,6 +2,10 @@
 //! with them) to one committer task, which commits whatever has queued up meanwhile in a single
 //! store transaction. One fsync then serves many workers' invocations.
 //!
+//! The committer is a thread of its own that runs the store's transactions directly and calls
+//! each request's completion when it is durable: from an invocation's end to its caller's reply,
+//! the only hand-offs are to this thread and back.
+//!
 //! **Invariant:** appends are contiguous. Each request says which index its first entry has; the
 //! transaction checks that the entry before it is in the oplog and that index itself is not
 //! (`index == last + 1`), so a lost or reordered append can never be followed by a later one.
@@ -23,6 +27,9 @@ const BATCH_BYTES_MAX: usize = 8_000_000;
 /// Most requests in one group transaction.
 const BATCH_REQUESTS_MAX: usize = 1_024;
 
+/// Called on the committer thread once a request is durable, or failed; it must be quick.
+pub(crate) type Done = Box<dyn FnOnce(Result<(), Error>) + Send>;
+
 /// One worker's appends and the records that go with them, committed together or not at all.
 pub(crate) struct CommitRequest {
     pub worker: WorkerId,
@@ -32,7 +39,18 @@ pub(crate) struct CommitRequest {
     pub clears: Vec<Vec<u8>>,
     /// Counters to add to (usage), committed with the work they measure.
     pub adds: Vec<(Vec<u8>, i64)>,
-    pub done: oneshot::Sender<Result<(), Error>>,
+    pub done: Done,
+}
+
+/// A [`Done`] that sends the result to a receiver, for callers that wait for it.
+pub(crate) fn done_channel() -> (Done, oneshot::Receiver<Result<(), Error>>) {
+    let (tx, rx) = oneshot::channel();
+    (
+        Box::new(move |result| {
+            let _ = tx.send(result);
+        }),
+        rx,
+    )
 }
 
 impl CommitRequest {
@@ -52,22 +70,25 @@ pub(crate) struct Committer {
 }
 
 impl Committer {
-    pub(crate) fn start(store: Store) -> Committer {
+    pub(crate) fn start(store: Store) -> Result<Committer, Error> {
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
-        tokio::spawn(run(store, rx));
-        Committer { tx }
+        std::thread::Builder::new()
+            .name("oplog-committer".into())
+            .spawn(move || run(store, rx))
+            .map_err(|e| Error::Engine(format!("start the committer thread: {e}")))?;
+        Ok(Committer { tx })
     }
 
-    /// Queues a request; its `done` fires once it is durable (or failed).
+    /// Queues a request; its `done` is called once it is durable (or failed).
     pub(crate) async fn submit(&self, request: CommitRequest) {
         if let Err(mpsc::error::SendError(request)) = self.tx.send(request).await {
-            let _ = request.done.send(Err(Error::ShuttingDown));
+            (request.done)(Err(Error::ShuttingDown));
         }
     }
 }
 
-async fn run(store: Store, mut rx: mpsc::Receiver<CommitRequest>) {
-    while let Some(first) = rx.recv().await {
+fn run(store: Store, mut rx: mpsc::Receiver<CommitRequest>) {
+    while let Some(first) = rx.blocking_recv() {
         let mut bytes = first.bytes();
         let mut batch = vec![first];
         while batch.len() < BATCH_REQUESTS_MAX && bytes < BATCH_BYTES_MAX {
@@ -79,7 +100,7 @@ async fn run(store: Store, mut rx: mpsc::Receiver<CommitRequest>) {
                 Err(_) => break,
             }
         }
-        commit_batch(&store, batch).await;
+        commit_batch(&store, batch);
     }
 }
 
@@ -92,7 +113,7 @@ struct Work {
     adds: Vec<(Vec<u8>, i64)>,
 }
 
-async fn commit_batch(store: &Store, batch: Vec<CommitRequest>) {
+fn commit_batch(store: &Store, batch: Vec<CommitRequest>) {
     let (work, done): (Vec<Work>, Vec<_>) = batch
         .into_iter()
         .map(|r| {
@@ -118,35 +139,31 @@ async fn commit_batch(store: &Store, batch: Vec<CommitRequest>) {
             *sum = sum.saturating_add(*delta);
         }
     }
-    let result = store
-        .transact(move |tx| {
-            for w in all.iter() {
-                apply(tx, w, false)?;
-            }
-            for (key, delta) in &merged {
-                tx.atomic_add(key, *delta)?;
-            }
-            Ok::<_, Error>(())
-        })
-        .await;
+    let result = store.transact_blocking(move |tx| {
+        for w in all.iter() {
+            apply(tx, w, false)?;
+        }
+        for (key, delta) in &merged {
+            tx.atomic_add(key, *delta)?;
+        }
+        Ok::<_, Error>(())
+    });
     match result {
         Ok(()) => {
             for d in done {
-                let _ = d.send(Ok(()));
+                d(Ok(()));
             }
         }
         Err(_) if work.len() > 1 => {
             // One request's failure (a gap, a limit) must not fail the others: commit them one
             // by one to find out whose it was.
             for (i, d) in done.into_iter().enumerate() {
-                let work = work.clone();
-                let result = store.transact(move |tx| apply(tx, &work[i], true)).await;
-                let _ = d.send(result);
+                d(store.transact_blocking(|tx| apply(tx, &work[i], true)));
             }
         }
         Err(e) => {
             for d in done {
-                let _ = d.send(Err(e.duplicate()));
+                d(Err(e.duplicate()));
             }
         }
     }

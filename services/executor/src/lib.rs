@@ -260,7 +260,7 @@ impl Executor {
         let linker = host::linker(&engine.engine).map_err(|e| Error::Engine(format!("{e:#}")))?;
         let executor = Executor {
             inner: Arc::new(Inner {
-                committer: Committer::start(store.clone()),
+                committer: Committer::start(store.clone())?,
                 config,
                 store,
                 registry,

@@ -22,7 +22,7 @@ use invicta_model::{Value, WorkerId};
 use tokio::sync::{Notify, mpsc, oneshot};
 use wasmtime::component::{Instance, InstancePre};
 
-use crate::commit::CommitRequest;
+use crate::commit::{self, CommitRequest};
 use crate::host::{self, Durability, WorkerCtx};
 use crate::records::{self, InvocationRecord, StoredOutcome, WorkerRecord};
 use crate::{Completed, Error, Inner, Outcome, now_ms};
@@ -250,7 +250,7 @@ impl Actor {
             let entry = OplogEntry::Suspended {
                 timestamp_ms: now_ms(),
             };
-            let (done, wait) = oneshot::channel();
+            let (done, wait) = commit::done_channel();
             self.inner
                 .committer
                 .submit(CommitRequest {
@@ -775,24 +775,13 @@ impl Actor {
             }
             Err(_) => Vec::new(),
         };
-        let (done, wait) = oneshot::channel();
-        let request = CommitRequest {
-            worker: self.id.clone(),
-            first_index,
-            sets,
-            clears,
-            adds,
-            done,
-        };
         let shared = self.shared.clone();
         let key = invocation.idempotency_key.clone();
-        shared.commits_in_flight.fetch_add(1, Ordering::AcqRel);
-        // Submitted here, in the actor, so that the worker's appends reach the committer in
-        // order; the queue is bounded, so this waits when the disk falls behind.
-        self.inner.committer.submit(request).await;
         let worker = self.id.clone();
-        tokio::spawn(async move {
-            let outcome = match wait.await.unwrap_or(Err(Error::ShuttingDown)) {
+        // Runs on the committer thread the moment the commit is durable: the waiters hear
+        // back from there, with no task in between.
+        let done: commit::Done = Box::new(move |result| {
+            let outcome = match result {
                 Ok(()) => outcome,
                 Err(e) => {
                     tracing::warn!(%worker, error = %e, "commit failed");
@@ -805,6 +794,18 @@ impl Actor {
             shared.commits_done.notify_waiters();
             let _ = notify_tx.send(());
         });
+        let request = CommitRequest {
+            worker: self.id.clone(),
+            first_index,
+            sets,
+            clears,
+            adds,
+            done,
+        };
+        self.shared.commits_in_flight.fetch_add(1, Ordering::AcqRel);
+        // Submitted here, in the actor, so that the worker's appends reach the committer in
+        // order; the queue is bounded, so this waits when the disk falls behind.
+        self.inner.committer.submit(request).await;
         notify_rx
     }
 }
@@ -828,7 +829,16 @@ impl StartCommit {
             sets.extend(records::entry_writes(&self.id, index, entry.encode()));
         }
         sets.push((records::running_key(&self.id), Vec::new()));
-        let (done, wait) = oneshot::channel();
+        let shared = self.shared.clone();
+        let worker = self.id.clone();
+        let done: commit::Done = Box::new(move |result| {
+            if let Err(e) = result {
+                tracing::warn!(%worker, error = %e, "commit of an invocation's start failed");
+                shared.poisoned.store(true, Ordering::Release);
+            }
+            shared.commits_in_flight.fetch_sub(1, Ordering::AcqRel);
+            shared.commits_done.notify_waiters();
+        });
         self.committed.store(true, Ordering::Release);
         self.shared.commits_in_flight.fetch_add(1, Ordering::AcqRel);
         self.inner
@@ -842,16 +852,6 @@ impl StartCommit {
                 done,
             })
             .await;
-        let shared = self.shared.clone();
-        let worker = self.id.clone();
-        tokio::spawn(async move {
-            if let Ok(Err(e)) | Err(e) = wait.await.map_err(|_| Error::ShuttingDown) {
-                tracing::warn!(%worker, error = %e, "commit of an invocation's start failed");
-                shared.poisoned.store(true, Ordering::Release);
-            }
-            shared.commits_in_flight.fetch_sub(1, Ordering::AcqRel);
-            shared.commits_done.notify_waiters();
-        });
     }
 }
 
