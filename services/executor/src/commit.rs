@@ -114,6 +114,8 @@ struct Work {
 }
 
 fn commit_batch(store: &Store, batch: Vec<CommitRequest>) {
+    let started = std::time::Instant::now();
+    let requests = batch.len();
     let (work, done): (Vec<Work>, Vec<_>) = batch
         .into_iter()
         .map(|r| {
@@ -148,6 +150,7 @@ fn commit_batch(store: &Store, batch: Vec<CommitRequest>) {
         }
         Ok::<_, Error>(())
     });
+    tracing::trace!(requests, elapsed_us = started.elapsed().as_micros() as u64, ok = result.is_ok(), "group commit");
     match result {
         Ok(()) => {
             for d in done {

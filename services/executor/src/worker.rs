@@ -634,6 +634,7 @@ impl Actor {
     }
 
     async fn run_live(&mut self, invocation: Invocation) {
+        let started = std::time::Instant::now();
         let Some(mut active) = self.active.take() else {
             self.finish(
                 &invocation.idempotency_key,
@@ -670,8 +671,9 @@ impl Actor {
         let failed = matches!(ran, Ran::Failed { .. });
         self.active = Some(active);
         let start_committed = start.committed.load(Ordering::Acquire);
-        // The watcher replies once the commit is durable; meanwhile the next invocation runs.
+        // The reply goes out once the commit is durable; meanwhile the next invocation runs.
         drop(self.record_outcome(&invocation, ran, start_committed).await);
+        tracing::trace!(worker = %self.id, elapsed_us = started.elapsed().as_micros() as u64, "invocation ran and was submitted");
         if failed {
             // The failed invocation's effects on memory must not survive it.
             self.active = None;
@@ -748,10 +750,14 @@ impl Actor {
         for (index, entry) in entries {
             sets.extend(records::entry_writes(&self.id, index, entry.encode()));
         }
-        sets.push((
-            records::invocation_key(&self.id, &invocation.idempotency_key),
-            records::encode_json(&record),
-        ));
+        // A key the executor made was never shown to anyone, so nobody can ask for its outcome
+        // again: its record would only cost a page per commit.
+        if !invocation.key_is_new {
+            sets.push((
+                records::invocation_key(&self.id, &invocation.idempotency_key),
+                records::encode_json(&record),
+            ));
+        }
         let clears = if clear_running {
             vec![records::running_key(&self.id)]
         } else {

@@ -355,6 +355,7 @@ pub(crate) async fn invoke(
     headers: HeaderMap,
     bytes: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Json<serde_json::Value>> {
+    let started = std::time::Instant::now();
     let tenant = caller.tenant(Scope::Invoke)?;
     let plan = caller.plan()?;
     let limits = limits(plan);
@@ -380,6 +381,7 @@ pub(crate) async fn invoke(
         .invoke(&id, &request.function, &request.params, key, &limits)
         .await
         .map_err(|e| invocation_problem(e, &limits))?;
+    tracing::trace!(elapsed_us = started.elapsed().as_micros() as u64, "invocation answered");
     Ok(Json(json!({
         "result": completed.result,
         "fuel_consumed": completed.fuel_consumed,
