@@ -53,6 +53,7 @@ bench:
 	cargo build --release -p invicta -p invicta-loadtests
 	$(CARGO_TARGET_DIR)/release/invicta-loadtests store
 	$(CARGO_TARGET_DIR)/release/invicta-loadtests invoke --server-bin $(CARGO_TARGET_DIR)/release/invicta
+	$(CARGO_TARGET_DIR)/release/invicta-loadtests admission
 
 ## components: the guest components under tests/components (wasm32-wasip2) into tests/components/wasm
 components:

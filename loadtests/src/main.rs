@@ -2,6 +2,7 @@
 //! measured on the same machine in the same run, since the machines are shared and noisy:
 //! absolute numbers mean little, ratios to the limit do.
 
+mod admission;
 mod invoke;
 mod metering;
 mod stats;
@@ -23,11 +24,14 @@ enum Scenario {
     /// Durable invocations through the real server over HTTP: latency beside raw fdatasync,
     /// throughput, cold start, resume, recovery after SIGKILL, and the cost of metering.
     Invoke(invoke::Args),
+    /// The cost of authentication and rate limiting per request (argon2 once, then cached).
+    Admission(admission::Args),
 }
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().scenario {
         Scenario::Store(args) => store::run(&args),
         Scenario::Invoke(args) => invoke::run(&args),
+        Scenario::Admission(args) => admission::run(&args),
     }
 }
