@@ -85,7 +85,10 @@ impl Burner {
         );
         if fuel {
             store.set_fuel(u64::MAX / 2)?;
-            store.fuel_async_yield_interval(Some(100_000))?;
+            // The server's own interval, so that this is the metering it pays.
+            store.fuel_async_yield_interval(Some(
+                invicta_engine::Config::default().fuel_yield_interval,
+            ))?;
         }
         if epoch {
             // The epoch stays at 0 until the ticker starts, below.

@@ -617,3 +617,28 @@ async fn more_workers_than_instance_slots_take_turns() -> anyhow::Result<()> {
     assert!(suspensions >= 1, "{kinds:?}");
     Ok(())
 }
+
+#[tokio::test]
+async fn invocations_past_their_deadline_fail_and_leave_no_trace() -> anyhow::Result<()> {
+    let f = start(Some("[executor]\ninvocation_timeout_ms = 20\n")).await?;
+    f.api.upload("burner", component("burner")).await?;
+    assert_eq!(
+        f.api.call("burner", "b", "add", json!([2])).await?,
+        json!(2)
+    );
+    // About 50 ms of guest code: the deadline fires at one of its fuel yields.
+    let reply = f
+        .api
+        .invoke("burner", "b", "burn", json!([30_000_000]), None)
+        .await?;
+    assert_eq!((reply.status, reply.code()), (422, "timeout"), "{reply:?}");
+    assert!(
+        reply.body["detail"]
+            .as_str()
+            .unwrap_or("")
+            .contains("20 ms"),
+        "{reply:?}"
+    );
+    assert_eq!(f.api.call("burner", "b", "get", json!([])).await?, json!(2));
+    Ok(())
+}

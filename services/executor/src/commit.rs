@@ -150,7 +150,12 @@ fn commit_batch(store: &Store, batch: Vec<CommitRequest>) {
         }
         Ok::<_, Error>(())
     });
-    tracing::trace!(requests, elapsed_us = started.elapsed().as_micros() as u64, ok = result.is_ok(), "group commit");
+    tracing::trace!(
+        requests,
+        elapsed_us = started.elapsed().as_micros() as u64,
+        ok = result.is_ok(),
+        "group commit"
+    );
     match result {
         Ok(()) => {
             for d in done {

@@ -381,7 +381,10 @@ pub(crate) async fn invoke(
         .invoke(&id, &request.function, &request.params, key, &limits)
         .await
         .map_err(|e| invocation_problem(e, &limits))?;
-    tracing::trace!(elapsed_us = started.elapsed().as_micros() as u64, "invocation answered");
+    tracing::trace!(
+        elapsed_us = started.elapsed().as_micros() as u64,
+        "invocation answered"
+    );
     Ok(Json(json!({
         "result": completed.result,
         "fuel_consumed": completed.fuel_consumed,
