@@ -141,20 +141,7 @@ pub(crate) fn usage_key(tenant: &str, kind: &str, period: &str) -> Vec<u8> {
     pack(&("usage", tenant, kind, period))
 }
 
-/// The calendar month (UTC) of a moment, as `YYYY-MM`.
-pub(crate) fn month_of(unix_ms: u64) -> String {
-    // Civil-from-days (Howard Hinnant's algorithm).
-    let days = i64::try_from(unix_ms / 86_400_000).unwrap_or(0);
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!("{year:04}-{month:02}")
-}
+pub(crate) use invicta_model::month_of;
 
 pub(crate) fn encode_json<T: Serialize>(value: &T) -> Vec<u8> {
     // Plain data structures: serializing them to JSON cannot fail.

@@ -348,12 +348,7 @@ impl Actor {
         self.wait_for_commits().await;
         let mut attempts = 0;
         let result = loop {
-            let id = self.id.clone();
-            let entries = self
-                .inner
-                .store
-                .read(move |tx| records::read_entries(tx, &id, 1, usize::MAX))
-                .await?;
+            let entries = self.read_oplog().await?;
             match self.replay(entries).await {
                 // Every instance slot is taken: suspend the longest-idle workers and try again.
                 Err(Error::PoolExhausted(_)) if attempts < EVICTION_ATTEMPTS => {
@@ -521,13 +516,17 @@ impl Actor {
     /// `ensure_active` again after a resumed invocation failed (which dropped the instance).
     async fn ensure_active_inner(&mut self) -> Result<(), Error> {
         self.wait_for_commits().await;
+        let entries = self.read_oplog().await?;
+        Box::pin(self.replay(entries)).await
+    }
+
+    /// The worker's whole oplog.
+    async fn read_oplog(&mut self) -> Result<Vec<(OplogIndex, OplogEntry)>, Error> {
         let id = self.id.clone();
-        let entries = self
-            .inner
+        self.inner
             .store
             .read(move |tx| records::read_entries(tx, &id, 1, usize::MAX))
-            .await?;
-        Box::pin(self.replay(entries)).await
+            .await
     }
 
     /// Calls `function` on the active instance.
