@@ -642,3 +642,29 @@ async fn invocations_past_their_deadline_fail_and_leave_no_trace() -> anyhow::Re
     assert_eq!(f.api.call("burner", "b", "get", json!([])).await?, json!(2));
     Ok(())
 }
+
+#[tokio::test]
+async fn a_result_too_large_to_record_is_a_typed_failure() -> anyhow::Result<()> {
+    let f = start(Some("[gateway]\njson_body_bytes_max = 16777216\n")).await?;
+    f.api.upload("types", component("types")).await?;
+    let big = "x".repeat(5 * 1024 * 1024);
+    let reply = f
+        .api
+        .invoke("types", "t", "echo-string", json!([big]), None)
+        .await?;
+    assert_eq!(
+        (reply.status, reply.code()),
+        (422, "result_too_large"),
+        "{:?}",
+        reply.body["detail"]
+    );
+    // The worker goes on, and a result within the limit is recorded as usual.
+    let fine = "y".repeat(1024 * 1024);
+    assert_eq!(
+        f.api
+            .call("types", "t", "echo-string", json!([fine.clone()]))
+            .await?,
+        json!(fine)
+    );
+    Ok(())
+}

@@ -667,6 +667,7 @@ impl Actor {
                 Some((delay, &start)),
             )
             .await;
+        let ran = limit_result(ran);
         let failed = matches!(ran, Ran::Failed { .. });
         self.active = Some(active);
         let start_committed = start.committed.load(Ordering::Acquire);
@@ -894,6 +895,41 @@ fn stored_outcome(outcome: StoredOutcome) -> Outcome {
             fuel_consumed,
         }),
         StoredOutcome::Failed { kind, message } => Err(Error::InvocationFailed { kind, message }),
+    }
+}
+
+/// The largest result an invocation may return, encoded: with its arguments (bounded by the
+/// API's body limit) and its logs (`LOG_BYTES_MAX`) it must fit in one commit (10 MB).
+pub(crate) const RESULT_BYTES_MAX: usize = 4 * 1024 * 1024;
+
+/// A result too large to commit fails the invocation (and so leaves no trace in state).
+fn limit_result(ran: Ran) -> Ran {
+    let Ran::Completed {
+        results,
+        fuel_consumed,
+    } = ran
+    else {
+        return ran;
+    };
+    let size = OplogEntry::ExportedFunctionCompleted {
+        results,
+        fuel_consumed,
+    };
+    let bytes = size.encode().len();
+    match size {
+        OplogEntry::ExportedFunctionCompleted {
+            results,
+            fuel_consumed,
+        } if bytes <= RESULT_BYTES_MAX => Ran::Completed {
+            results,
+            fuel_consumed,
+        },
+        _ => Ran::Failed {
+            kind: FailureKind::ResultTooLarge,
+            message: format!(
+                "the result is {bytes} bytes encoded; the limit is {RESULT_BYTES_MAX}"
+            ),
+        },
     }
 }
 

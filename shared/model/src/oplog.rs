@@ -45,6 +45,8 @@ pub enum FailureKind {
     Exit,
     /// Replay did not match the oplog: the component or the host is not deterministic.
     Divergence,
+    /// The result is larger than one commit may carry.
+    ResultTooLarge,
 }
 
 impl FailureKind {
@@ -57,6 +59,7 @@ impl FailureKind {
             FailureKind::Timeout => "timeout",
             FailureKind::Exit => "exit",
             FailureKind::Divergence => "divergence",
+            FailureKind::ResultTooLarge => "result_too_large",
         }
     }
 }
