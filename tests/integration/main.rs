@@ -1,6 +1,7 @@
 //! Invicta's cross-service tests, as one test binary: they run the real `invicta` binary as a
 //! child process and talk to it over HTTP on loopback.
 
+mod cli;
 mod crash;
 mod divergence;
 mod server;

@@ -1,7 +1,10 @@
 //! `invicta`: the one binary. `invicta server` runs the services (all of them in one process by
 //! default); the client subcommands talk to a running server's public API.
 
+mod client;
 mod server;
+
+use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
@@ -9,9 +12,13 @@ use clap::{Parser, Subcommand};
 #[command(
     name = "invicta",
     version,
-    about = "Durable WebAssembly workers, multi-tenant and serverless"
+    about = "Durable WebAssembly workers, multi-tenant and serverless",
+    after_help = "Exit codes: 0 success, 1 the server failed, 2 usage error, 3 the API refused, \
+                  4 the server could not be reached."
 )]
 struct Cli {
+    #[command(flatten)]
+    connection: client::Connection,
     #[command(subcommand)]
     command: Command,
 }
@@ -20,18 +27,46 @@ struct Cli {
 enum Command {
     /// Run the server: every service in one process, with the store and blobs under a data dir.
     Server(server::Args),
+    /// Upload and inspect components
+    #[command(subcommand)]
+    Component(client::ComponentCommand),
+    /// Create, inspect and invoke workers
+    #[command(subcommand)]
+    Worker(client::WorkerCommand),
+    /// Manage your tenant's API keys
+    #[command(subcommand)]
+    Key(client::KeyCommand),
+    /// This month's usage and your plan's limits
+    Usage,
+    /// The operator's commands: tenants and plans
+    #[command(subcommand)]
+    Admin(client::AdminCommand),
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("INVICTA_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    match cli.command {
-        Command::Server(args) => server::main(args),
-    }
+    let request = match cli.command {
+        Command::Server(args) => {
+            tracing_subscriber::fmt()
+                .with_env_filter(
+                    tracing_subscriber::EnvFilter::try_from_env("INVICTA_LOG")
+                        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                )
+                .with_writer(std::io::stderr)
+                .init();
+            return match server::main(args) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        Command::Component(c) => client::Request::Component(c),
+        Command::Worker(c) => client::Request::Worker(c),
+        Command::Key(c) => client::Request::Key(c),
+        Command::Usage => client::Request::Usage,
+        Command::Admin(c) => client::Request::Admin(c),
+    };
+    client::main(cli.connection, request)
 }
