@@ -4,6 +4,7 @@
 mod cli;
 mod crash;
 mod divergence;
+mod metering;
 mod server;
 mod tenancy;
 mod workers;

@@ -11,7 +11,7 @@
 //! - `("tenant", id)` → [`Tenant`]; `("tenant-name", name)` → id
 //! - `("api-key", id)` → [`KeyRecord`]; `("tenant-key", tenant, id)` → `""` (a tenant's keys)
 //! - `("operator-key",)` → [`KeyRecord`] of the operator
-//! - `("usage", tenant, kind, period)` → a counter (atomic add), e.g. fuel per month
+//! - usage, laid out by `invicta_model::usage` and written by the services that do the work
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -338,11 +338,6 @@ fn tenant_key_index(tenant: &str, id: &str) -> Vec<u8> {
 
 fn operator_key_key() -> Vec<u8> {
     pack(&("operator-key",))
-}
-
-/// A usage counter: `kind` such as `fuel` or `invocations`, `period` such as `2026-11`.
-pub fn usage_key(tenant: &str, kind: &str, period: &str) -> Vec<u8> {
-    pack(&("usage", tenant, kind, period))
 }
 
 pub use invicta_model::month_of;
@@ -723,14 +718,14 @@ impl Billing {
 
     /// A per-tenant count of what it has (`workers`, `components`, `component_bytes`).
     pub async fn count(&self, tenant: &str, kind: &str) -> Result<u64> {
-        let key = pack(&("tenant-usage", tenant, kind));
+        let key = invicta_model::usage::count_key(tenant, kind);
         let n = self.inner.store.read(move |tx| tx.get_i64(&key)).await?;
         Ok(u64::try_from(n).unwrap_or(0))
     }
 
     /// A usage counter's value.
     pub async fn usage(&self, tenant: &str, kind: &str, period: &str) -> Result<u64> {
-        let key = usage_key(tenant, kind, period);
+        let key = invicta_model::usage::month_key(tenant, kind, period);
         let n = self.inner.store.read(move |tx| tx.get_i64(&key)).await?;
         Ok(u64::try_from(n).unwrap_or(0))
     }
@@ -781,5 +776,125 @@ mod tests {
         ] {
             assert!(parse_key(bad).is_err(), "{bad}");
         }
+    }
+}
+
+/// How a usage report groups the ledger's hours.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Granularity {
+    Hour,
+    Day,
+    Month,
+}
+
+/// One period and component of a usage report: the ledger's figures, summed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct UsageRow {
+    /// `YYYY-MM-DDTHH:00Z`, `YYYY-MM-DD` or `YYYY-MM`.
+    pub period: String,
+    pub component: String,
+    pub invocations: u64,
+    pub fuel: u64,
+    pub wall_us: u64,
+    pub memory_kib_ms: u64,
+}
+
+/// The most ledger rows one report reads (hours × components × kinds).
+pub const REPORT_ROWS_MAX: usize = 1_000_000;
+
+/// The label of the period `hour` falls in.
+fn period_of(hour: u64, granularity: Granularity) -> String {
+    let days = i64::try_from(hour / 24).unwrap_or(0);
+    let (y, m, d) = invicta_model::usage::civil_from_days(days);
+    match granularity {
+        Granularity::Hour => format!("{y:04}-{m:02}-{d:02}T{:02}:00Z", hour % 24),
+        Granularity::Day => format!("{y:04}-{m:02}-{d:02}"),
+        Granularity::Month => format!("{y:04}-{m:02}"),
+    }
+}
+
+/// Parses a report bound: `YYYY-MM-DD`, `YYYY-MM-DDTHH` (UTC), or seconds since the epoch.
+/// Returns the hour since the epoch.
+pub fn parse_hour(text: &str) -> Option<u64> {
+    if let Ok(seconds) = text.parse::<u64>() {
+        return Some(seconds / 3_600);
+    }
+    let (date, hour) = match text.split_once('T') {
+        Some((date, hour)) => (
+            date,
+            hour.trim_end_matches('Z').get(..2)?.parse::<u64>().ok()?,
+        ),
+        None => (text, 0),
+    };
+    if hour > 23 {
+        return None;
+    }
+    let mut parts = date.splitn(3, '-');
+    let year = parts.next()?.parse::<i64>().ok()?;
+    let month = parts.next()?.parse::<u32>().ok()?;
+    let day = parts.next()?.parse::<u32>().ok()?;
+    let days = invicta_model::usage::days_from_civil(year, month, day)?;
+    u64::try_from(days).ok().map(|d| d * 24 + hour)
+}
+
+impl Billing {
+    /// The tenant's ledger from hour `from` (included) to hour `to` (excluded), summed per
+    /// period and component, in period order.
+    pub async fn report(
+        &self,
+        tenant: &str,
+        from: u64,
+        to: u64,
+        granularity: Granularity,
+    ) -> Result<Vec<UsageRow>> {
+        use invicta_model::usage;
+        let (begin, end) = (
+            usage::ledger_from(tenant, from),
+            usage::ledger_from(tenant, to.max(from)),
+        );
+        let rows = self
+            .inner
+            .store
+            .read(move |tx| {
+                tx.get_range(
+                    &begin,
+                    &end,
+                    invicta_store::RangeOptions::limit(REPORT_ROWS_MAX),
+                )
+            })
+            .await?;
+        let mut out: Vec<UsageRow> = Vec::new();
+        let mut index: HashMap<(String, String), usize> = HashMap::new();
+        for row in rows {
+            let (_, _, hour, component, kind): (String, String, u64, String, String) =
+                unpack(&row.key).map_err(|e| Error::Corrupt(format!("ledger key: {e:?}")))?;
+            let value = u64::try_from(invicta_store::decode_counter(&row.value)).unwrap_or(0);
+            let period = period_of(hour, granularity);
+            let slot = *index
+                .entry((period.clone(), component.clone()))
+                .or_insert_with(|| {
+                    out.push(UsageRow {
+                        period,
+                        component,
+                        invocations: 0,
+                        fuel: 0,
+                        wall_us: 0,
+                        memory_kib_ms: 0,
+                    });
+                    out.len() - 1
+                });
+            let row = &mut out[slot];
+            let field = match kind.as_str() {
+                usage::INVOCATIONS => &mut row.invocations,
+                usage::FUEL => &mut row.fuel,
+                usage::WALL_US => &mut row.wall_us,
+                usage::MEMORY_KIB_MS => &mut row.memory_kib_ms,
+                _ => continue,
+            };
+            *field = field.saturating_add(value);
+        }
+        out.sort_by(|a, b| (&a.period, &a.component).cmp(&(&b.period, &b.component)));
+        Ok(out)
     }
 }

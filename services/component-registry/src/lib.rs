@@ -21,7 +21,7 @@ use invicta_blob::{BlobRef, BlobStore};
 use invicta_engine::Engine;
 use invicta_engine::exports::{ExportedFunction, FunctionSignature, exported_functions};
 use invicta_engine::wasmtime::component::Component;
-use invicta_model::{ComponentName, TenantId};
+use invicta_model::{ComponentName, TenantId, usage};
 use invicta_store::Store;
 use invicta_store::keys::pack;
 use serde::{Deserialize, Serialize};
@@ -129,11 +129,6 @@ impl Quota {
         }
         Ok(())
     }
-}
-
-/// Per-tenant counters: `("tenant-usage", tenant, kind)`.
-fn usage_key(tenant: &TenantId, kind: &str) -> Vec<u8> {
-    pack(&("tenant-usage", tenant.as_str(), kind))
 }
 
 /// The outcome of an upload.
@@ -255,9 +250,12 @@ impl Registry {
             .store
             .read(move |tx| {
                 let components =
-                    u64::try_from(tx.get_i64(&usage_key(&t, "components"))?).unwrap_or(0);
-                let used =
-                    u64::try_from(tx.get_i64(&usage_key(&t, "component_bytes"))?).unwrap_or(0);
+                    u64::try_from(tx.get_i64(&usage::count_key(t.as_str(), usage::COMPONENTS))?)
+                        .unwrap_or(0);
+                let used = u64::try_from(
+                    tx.get_i64(&usage::count_key(t.as_str(), usage::COMPONENT_BYTES))?,
+                )
+                .unwrap_or(0);
                 let new_name = tx.get(&component_key(&t, &n))?.is_none();
                 quota.check(components, used, size, new_name)
             })
@@ -310,8 +308,8 @@ impl Registry {
                     Some(v) => decode::<ComponentRecord>(&v)?.latest_version,
                     None => 0,
                 };
-                let components_key = usage_key(&tenant_c, "components");
-                let bytes_key = usage_key(&tenant_c, "component_bytes");
+                let components_key = usage::count_key(tenant_c.as_str(), usage::COMPONENTS);
+                let bytes_key = usage::count_key(tenant_c.as_str(), usage::COMPONENT_BYTES);
                 let components = u64::try_from(tx.get_i64(&components_key)?).unwrap_or(0);
                 let used = u64::try_from(tx.get_i64(&bytes_key)?).unwrap_or(0);
                 quota.check(components, used, template.size, latest == 0)?;

@@ -74,6 +74,7 @@ impl WorkerCtx {
                     .memory_size(usize::try_from(memory_bytes_max).unwrap_or(usize::MAX))
                     .build(),
                 memory_refused: false,
+                memory_peak: 0,
             },
             durability,
         }
@@ -85,6 +86,8 @@ impl WorkerCtx {
 pub(crate) struct Limiter {
     inner: StoreLimits,
     pub memory_refused: bool,
+    /// The most linear memory granted so far, in bytes: memory only grows.
+    pub memory_peak: usize,
 }
 
 impl ResourceLimiter for Limiter {
@@ -95,7 +98,9 @@ impl ResourceLimiter for Limiter {
         maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
         let allowed = self.inner.memory_growing(current, desired, maximum)?;
-        if !allowed {
+        if allowed {
+            self.memory_peak = self.memory_peak.max(desired);
+        } else {
             self.memory_refused = true;
         }
         Ok(allowed)

@@ -24,7 +24,7 @@ use invicta_component_registry::{Compiled, ImportCheck, Registry};
 use invicta_engine::Engine;
 use invicta_engine::values::{ValueError, json_to_value};
 use invicta_model::oplog::{FailureKind, OplogEntry, OplogIndex};
-use invicta_model::{ComponentName, TenantId, WorkerId};
+use invicta_model::{ComponentName, TenantId, WorkerId, usage};
 use invicta_store::Store;
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
@@ -176,11 +176,6 @@ impl Limits {
         }
     }
 }
-
-/// The usage counters an invocation's commit adds to (kind, period `YYYY-MM`).
-pub const USAGE_FUEL: &str = "fuel";
-pub const USAGE_INVOCATIONS: &str = "invocations";
-pub const USAGE_WORKERS: &str = "workers";
 
 /// How a worker looks from outside.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -346,7 +341,7 @@ impl Executor {
                     return Ok((records::decode_json("worker record", &existing)?, false));
                 }
                 // Counted in the same transaction as the worker it counts: exact under races.
-                let count_key = records::tenant_usage_key(id_c.tenant.as_str(), USAGE_WORKERS);
+                let count_key = usage::count_key(id_c.tenant.as_str(), usage::WORKERS);
                 let workers = u64::try_from(tx.get_i64(&count_key)?).unwrap_or(0);
                 if workers >= workers_max {
                     return Err(Error::QuotaExceeded {
@@ -570,7 +565,7 @@ impl Executor {
                 return Ok(*used);
             }
         }
-        let key = records::usage_key(tenant.as_str(), USAGE_FUEL, &month);
+        let key = usage::month_key(tenant.as_str(), usage::FUEL, &month);
         let used = self.inner.store.read(move |tx| tx.get_i64(&key)).await?;
         let used = u64::try_from(used).unwrap_or(0);
         self.inner

@@ -7,9 +7,9 @@
 //! - `("invocation", tenant, component, worker, idempotency key)` → [`InvocationRecord`]
 //! - `("running", tenant, component, worker)` → present while an invocation whose start is
 //!   durable has not completed: what recovery resumes after a crash
-//! - `("tenant-usage", tenant, "workers")` → how many workers the tenant has (atomic add)
-//! - `("usage", tenant, kind, "YYYY-MM")` → fuel and invocations of a month, added to in the
-//!   transaction that commits each invocation
+//! - usage counters, laid out by `invicta_model::usage`: the tenant's worker count, the month's
+//!   fuel and invocations, and the hourly ledger, added to in the transaction that commits each
+//!   invocation
 
 use invicta_model::WorkerId;
 use invicta_model::oplog::{FailureKind, OplogEntry, OplogIndex};
@@ -129,16 +129,6 @@ pub(crate) fn parse_running_key(key: &[u8]) -> Option<WorkerId> {
         component: component.try_into().ok()?,
         worker: worker.try_into().ok()?,
     })
-}
-
-/// A per-tenant count of things it has (workers …): `("tenant-usage", tenant, kind)`.
-pub(crate) fn tenant_usage_key(tenant: &str, kind: &str) -> Vec<u8> {
-    pack(&("tenant-usage", tenant, kind))
-}
-
-/// A usage counter of a period: `("usage", tenant, kind, period)`; billing reads these.
-pub(crate) fn usage_key(tenant: &str, kind: &str, period: &str) -> Vec<u8> {
-    pack(&("usage", tenant, kind, period))
 }
 
 pub(crate) use invicta_model::month_of;

@@ -18,7 +18,7 @@ use std::time::Duration;
 use invicta_component_registry::Compiled;
 use invicta_engine::values::{placeholder, val_to_value, value_to_val};
 use invicta_model::oplog::{FailureKind, OplogEntry, OplogIndex};
-use invicta_model::{Value, WorkerId};
+use invicta_model::{Value, WorkerId, usage};
 use tokio::sync::{Notify, mpsc, oneshot};
 use wasmtime::component::{Instance, InstancePre};
 
@@ -192,11 +192,20 @@ pub(crate) fn spawn(
     }
 }
 
+/// What a completed call used, for the usage ledger.
+#[derive(Debug, Clone, Copy)]
+struct CallUsage {
+    wall_us: u64,
+    /// The worker's peak linear memory, in bytes.
+    memory_bytes: u64,
+}
+
 /// How an invocation ended, before it is recorded.
 enum Ran {
     Completed {
         results: Vec<Value>,
         fuel_consumed: u64,
+        usage: CallUsage,
     },
     Failed {
         kind: FailureKind,
@@ -573,6 +582,7 @@ impl Actor {
         let args: Vec<_> = params.iter().map(value_to_val).collect();
         let mut results = vec![placeholder(); export.results.len()];
         let deadline = self.timeout();
+        let started = std::time::Instant::now();
         let outcome = {
             let call = tokio::time::timeout(
                 deadline,
@@ -619,6 +629,10 @@ impl Actor {
                 Some(results) => Ran::Completed {
                     results,
                     fuel_consumed,
+                    usage: CallUsage {
+                        wall_us: u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
+                        memory_bytes: active.store.data().limiter.memory_peak as u64,
+                    },
                 },
                 None => failed(
                     FailureKind::Trap,
@@ -697,13 +711,16 @@ impl Actor {
             );
             return notify_rx;
         };
+        let mut call_usage = None;
         let (entries, record, outcome) = {
             let mut d = host::lock(&active.durability);
             let (entry, outcome): (OplogEntry, Outcome) = match ran {
                 Ran::Completed {
                     results,
                     fuel_consumed,
+                    usage,
                 } => {
+                    call_usage = Some(usage);
                     let json = results_json(&results);
                     (
                         OplogEntry::ExportedFunctionCompleted {
@@ -764,22 +781,40 @@ impl Actor {
             Vec::new()
         };
         // Usage is metered in the transaction that commits the work: never twice, never lost.
-        let adds = match &outcome {
-            Ok(completed) => {
-                let month = records::month_of(now_ms());
+        let adds = match (&outcome, call_usage) {
+            (Ok(completed), Some(call)) => {
+                let now = now_ms();
+                let month = records::month_of(now);
+                let hour = usage::hour_of(now);
                 let tenant = self.id.tenant.as_str();
+                let component = self.id.component.as_str();
+                let count = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+                let memory_kib_ms = (call.memory_bytes / 1024).saturating_mul(call.wall_us) / 1000;
                 vec![
                     (
-                        records::usage_key(tenant, crate::USAGE_FUEL, &month),
-                        i64::try_from(completed.fuel_consumed).unwrap_or(i64::MAX),
+                        usage::month_key(tenant, usage::FUEL, &month),
+                        count(completed.fuel_consumed),
+                    ),
+                    (usage::month_key(tenant, usage::INVOCATIONS, &month), 1),
+                    (
+                        usage::ledger_key(tenant, hour, component, usage::INVOCATIONS),
+                        1,
                     ),
                     (
-                        records::usage_key(tenant, crate::USAGE_INVOCATIONS, &month),
-                        1,
+                        usage::ledger_key(tenant, hour, component, usage::FUEL),
+                        count(completed.fuel_consumed),
+                    ),
+                    (
+                        usage::ledger_key(tenant, hour, component, usage::WALL_US),
+                        count(call.wall_us),
+                    ),
+                    (
+                        usage::ledger_key(tenant, hour, component, usage::MEMORY_KIB_MS),
+                        count(memory_kib_ms),
                     ),
                 ]
             }
-            Err(_) => Vec::new(),
+            _ => Vec::new(),
         };
         let shared = self.shared.clone();
         let key = invocation.idempotency_key.clone();
@@ -907,6 +942,7 @@ fn limit_result(ran: Ran) -> Ran {
     let Ran::Completed {
         results,
         fuel_consumed,
+        usage,
     } = ran
     else {
         return ran;
@@ -923,6 +959,7 @@ fn limit_result(ran: Ran) -> Ran {
         } if bytes <= RESULT_BYTES_MAX => Ran::Completed {
             results,
             fuel_consumed,
+            usage,
         },
         _ => Ran::Failed {
             kind: FailureKind::ResultTooLarge,

@@ -2,12 +2,13 @@
 //! tenant's own `/v1/keys` and `/v1/usage`.
 
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path, State};
+use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
-use invicta_billing::{Plan, Scope};
+use invicta_billing::{Granularity, Plan, Scope, UsageRow};
+use invicta_model::usage;
 use serde::Deserialize;
 use serde_json::json;
 
@@ -181,24 +182,170 @@ pub(crate) async fn revoke_key(
     )))
 }
 
-/// This month's usage and the plan's limits.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct UsageQuery {
+    /// First hour: `YYYY-MM-DD`, `YYYY-MM-DDTHH` (UTC) or seconds since the epoch.
+    #[serde(default)]
+    from: Option<String>,
+    /// End (excluded), in the same forms.
+    #[serde(default)]
+    to: Option<String>,
+    #[serde(default)]
+    granularity: Option<Granularity>,
+    /// The tenant, for the operator's report.
+    #[serde(default)]
+    tenant: Option<String>,
+}
+
+fn usage_query(query: Result<Query<UsageQuery>, QueryRejection>) -> ApiResult<UsageQuery> {
+    query.map(|Query(q)| q).map_err(|e| {
+        crate::api::Problem::new(StatusCode::BAD_REQUEST, "invalid_query", e.body_text())
+    })
+}
+
+/// The report's hours: by default this month so far.
+fn report_range(query: &UsageQuery) -> ApiResult<(u64, u64)> {
+    let bound = |text: &Option<String>, default: u64| {
+        match text {
+        None => Ok(default),
+        Some(t) => invicta_billing::parse_hour(t).ok_or_else(|| {
+            crate::api::Problem::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_query",
+                format!("`{t}` is not a date (YYYY-MM-DD), an hour (YYYY-MM-DDTHH) or seconds since the epoch"),
+            )
+        }),
+    }
+    };
+    let now_hour = usage::hour_of(now_ms());
+    let month = invicta_billing::this_month();
+    let month_start = invicta_billing::parse_hour(&format!("{month}-01")).unwrap_or(now_hour);
+    let from = bound(&query.from, month_start)?;
+    let to = bound(&query.to, now_hour + 1)?;
+    if to < from {
+        return Err(crate::api::Problem::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_query",
+            "`to` is before `from`",
+        ));
+    }
+    Ok((from, to))
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+fn wants_csv(headers: &HeaderMap) -> bool {
+    headers
+        .get(axum::http::header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("text/csv"))
+}
+
+/// A report's rows as CSV.
+fn csv(rows: &[UsageRow]) -> Response {
+    let mut out = String::from("period,component,invocations,fuel,wall_us,memory_kib_ms\n");
+    for r in rows {
+        // Periods and component names never contain commas or quotes (names are validated).
+        out.push_str(&format!(
+            "{},{},{},{},{},{}\n",
+            r.period, r.component, r.invocations, r.fuel, r.wall_us, r.memory_kib_ms
+        ));
+    }
+    (
+        [(axum::http::header::CONTENT_TYPE, "text/csv; charset=utf-8")],
+        out,
+    )
+        .into_response()
+}
+
+async fn report(
+    state: &AppState,
+    tenant: &str,
+    query: &UsageQuery,
+    headers: &HeaderMap,
+    extra: serde_json::Value,
+) -> ApiResult<Response> {
+    let (from, to) = report_range(query)?;
+    let granularity = query.granularity.unwrap_or(Granularity::Day);
+    let rows = state.billing.report(tenant, from, to, granularity).await?;
+    if wants_csv(headers) {
+        return Ok(csv(&rows));
+    }
+    let total = |f: fn(&UsageRow) -> u64| rows.iter().map(f).fold(0_u64, u64::saturating_add);
+    let mut body = json!({
+        "tenant": tenant,
+        "from_hour": from,
+        "to_hour": to,
+        "granularity": granularity,
+        "totals": {
+            "invocations": total(|r| r.invocations),
+            "fuel": total(|r| r.fuel),
+            "wall_us": total(|r| r.wall_us),
+            "memory_kib_ms": total(|r| r.memory_kib_ms),
+        },
+        "rows": rows,
+    });
+    if let (Some(body), Some(extra)) = (body.as_object_mut(), extra.as_object()) {
+        body.extend(extra.clone());
+    }
+    Ok(Json(body).into_response())
+}
+
+/// The tenant's usage: the ledger over a range (this month by default) as JSON or CSV
+/// (`Accept: text/csv`), with this month's totals, its counts and its plan.
 pub(crate) async fn usage(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
-) -> ApiResult<Json<serde_json::Value>> {
+    query: Result<Query<UsageQuery>, QueryRejection>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
     let tenant = caller.tenant(Scope::Read)?;
+    let query = usage_query(query)?;
+    if query.tenant.is_some() {
+        return Err(crate::api::Problem::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_query",
+            "`tenant` is for the operator's report (/v1/admin/usage)",
+        ));
+    }
     let plan = caller.plan()?.clone();
     let month = invicta_billing::this_month();
     let billing = &state.billing;
     let t = tenant.as_str();
-    Ok(Json(json!({
-        "tenant": t,
+    let summary = json!({
         "month": month,
         "plan": plan,
-        "fuel": billing.usage(t, invicta_executor::USAGE_FUEL, &month).await?,
-        "invocations": billing.usage(t, invicta_executor::USAGE_INVOCATIONS, &month).await?,
-        "workers": billing.count(t, invicta_executor::USAGE_WORKERS).await?,
-        "components": billing.count(t, "components").await?,
-        "component_bytes": billing.count(t, "component_bytes").await?,
-    })))
+        "fuel": billing.usage(t, usage::FUEL, &month).await?,
+        "invocations": billing.usage(t, usage::INVOCATIONS, &month).await?,
+        "workers": billing.count(t, usage::WORKERS).await?,
+        "components": billing.count(t, usage::COMPONENTS).await?,
+        "component_bytes": billing.count(t, usage::COMPONENT_BYTES).await?,
+    });
+    report(&state, t, &query, &headers, summary).await
+}
+
+/// Any tenant's ledger, for the operator.
+pub(crate) async fn admin_usage(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    query: Result<Query<UsageQuery>, QueryRejection>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    caller.operator()?;
+    let query = usage_query(query)?;
+    let Some(tenant) = query.tenant.clone() else {
+        return Err(crate::api::Problem::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_query",
+            "name the tenant: ?tenant=<id>",
+        ));
+    };
+    state.billing.tenant(&tenant).await?;
+    report(&state, &tenant, &query, &headers, json!({})).await
 }

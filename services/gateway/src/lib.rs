@@ -186,6 +186,7 @@ fn router(config: &Config, state: AppState) -> Router {
             post(admin::create_tenant_key).layer(json_limit),
         )
         .route("/v1/admin/plans", get(admin::list_plans))
+        .route("/v1/admin/usage", get(admin::admin_usage))
         .route(
             "/v1/admin/plans/{plan}",
             put(admin::put_plan).layer(json_limit),

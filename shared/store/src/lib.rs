@@ -25,6 +25,11 @@ use serde::{Deserialize, Serialize};
 
 pub use transaction::{KeyValue, RangeOptions, Transaction};
 
+/// The value of a counter that [`Transaction::atomic_add`] maintains, from its stored bytes.
+pub fn decode_counter(bytes: &[u8]) -> i64 {
+    transaction::decode_i64(bytes)
+}
+
 /// Errors of the store. Limit errors are the caller's fault and change nothing; the others are
 /// the store's.
 #[derive(Debug, thiserror::Error)]

@@ -1,0 +1,121 @@
+//! Usage: where the store keeps it, and the calendar it is counted in. The executor and the
+//! registry add to these counters in the transactions that do the work they measure; billing
+//! reads them. One module owns the layout so that writers and readers cannot drift apart.
+//!
+//! - `("tenant-usage", tenant, kind)`: what a tenant has now: `workers`, `components`,
+//!   `component_bytes`.
+//! - `("usage", tenant, kind, "YYYY-MM")`: a month's totals that quotas check (`fuel`,
+//!   `invocations`).
+//! - `("ledger", tenant, hour, component, kind)`: the usage ledger, per hour (since the epoch)
+//!   and component: `invocations`, `fuel`, `wall_us`, `memory_kib_ms`.
+
+use foundationdb_tuple::pack;
+
+/// Kinds of the monthly totals and the ledger.
+pub const FUEL: &str = "fuel";
+pub const INVOCATIONS: &str = "invocations";
+/// Wall-clock time of invocations, in microseconds.
+pub const WALL_US: &str = "wall_us";
+/// Memory-time: the worker's peak linear memory (KiB) during an invocation × its wall time (ms).
+pub const MEMORY_KIB_MS: &str = "memory_kib_ms";
+/// The ledger's kinds, in report order.
+pub const LEDGER_KINDS: [&str; 4] = [INVOCATIONS, FUEL, WALL_US, MEMORY_KIB_MS];
+
+/// Kinds of what a tenant has.
+pub const WORKERS: &str = "workers";
+pub const COMPONENTS: &str = "components";
+pub const COMPONENT_BYTES: &str = "component_bytes";
+
+pub fn count_key(tenant: &str, kind: &str) -> Vec<u8> {
+    pack(&("tenant-usage", tenant, kind))
+}
+
+pub fn month_key(tenant: &str, kind: &str, month: &str) -> Vec<u8> {
+    pack(&("usage", tenant, kind, month))
+}
+
+pub fn ledger_key(tenant: &str, hour: u64, component: &str, kind: &str) -> Vec<u8> {
+    pack(&("ledger", tenant, hour, component, kind))
+}
+
+/// Where a tenant's ledger starts at `hour`: `[ledger_from(t, a), ledger_from(t, b))` holds
+/// hours `a` to `b - 1`.
+pub fn ledger_from(tenant: &str, hour: u64) -> Vec<u8> {
+    pack(&("ledger", tenant, hour))
+}
+
+/// The hour (since the epoch) of a moment in milliseconds.
+pub fn hour_of(unix_ms: u64) -> u64 {
+    unix_ms / 3_600_000
+}
+
+/// The civil date (year, month, day) of a day since the epoch (Howard Hinnant's algorithm).
+pub fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = u32::try_from(doy - (153 * mp + 2) / 5 + 1).unwrap_or(1);
+    let month = u32::try_from(if mp < 10 { mp + 3 } else { mp - 9 }).unwrap_or(1);
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
+/// The day since the epoch of a civil date; `None` for a date that does not exist.
+pub fn days_from_civil(year: i64, month: u32, day: u32) -> Option<i64> {
+    if !(1..=12).contains(&month) || day == 0 || day > 31 {
+        return None;
+    }
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let m = i64::from(month);
+    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + i64::from(day) - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    // Reject 2026-02-30 and the like: the date must come back as it went in.
+    (civil_from_days(days) == (year, month, day)).then_some(days)
+}
+
+/// The calendar month (UTC) of a moment in milliseconds since the epoch, as `YYYY-MM`: the
+/// period of monthly usage and quotas.
+pub fn month_of(unix_ms: u64) -> String {
+    let (year, month, _) = civil_from_days(i64::try_from(unix_ms / 86_400_000).unwrap_or(0));
+    format!("{year:04}-{month:02}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn months_are_civil() {
+        assert_eq!(month_of(0), "1970-01");
+        // 2026-11-24T07:40:00Z
+        assert_eq!(month_of(1_795_506_000_000), "2026-11");
+        // 2024-02-29T12:00:00Z and 2024-03-01T00:00:00Z
+        assert_eq!(month_of(1_709_208_000_000), "2024-02");
+        assert_eq!(month_of(1_709_251_200_000), "2024-03");
+    }
+
+    #[test]
+    fn dates_round_trip() {
+        for days in [-1_000_i64, 0, 1, 59, 60, 19_782, 20_781, 100_000] {
+            let (y, m, d) = civil_from_days(days);
+            assert_eq!(days_from_civil(y, m, d), Some(days), "{y}-{m}-{d}");
+        }
+        assert_eq!(days_from_civil(2024, 2, 29), Some(19_782));
+        assert_eq!(days_from_civil(2026, 2, 29), None);
+        assert_eq!(days_from_civil(2026, 13, 1), None);
+    }
+
+    #[test]
+    fn ledger_keys_sort_by_hour() {
+        let a = ledger_key("t", 9, "zeta", FUEL);
+        let b = ledger_key("t", 10, "alpha", FUEL);
+        assert!(a < b);
+        assert!(ledger_from("t", 9) <= a && a < ledger_from("t", 10));
+    }
+}

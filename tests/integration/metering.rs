@@ -1,0 +1,292 @@
+//! Metering: the usage ledger is written with the work it measures, reported as JSON and CSV,
+//! and exact across crashes: never billed twice, never lost.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use invicta_tests::{Api, Server, component};
+use serde_json::{Value, json};
+
+use crate::INVICTA;
+
+/// Today and tomorrow (UTC), as the report's bounds.
+fn today() -> (String, String) {
+    let days = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() / 86_400)
+        .unwrap_or(0);
+    let date = |d: u64| {
+        let (y, m, day) = invicta_model::usage::civil_from_days(i64::try_from(d).unwrap_or(0));
+        format!("{y:04}-{m:02}-{day:02}")
+    };
+    (date(days), date(days + 1))
+}
+
+#[tokio::test]
+async fn usage_reports_as_json_and_csv() -> anyhow::Result<()> {
+    let data = tempfile::tempdir()?;
+    let server = Server::start(INVICTA.as_ref(), data.path())?;
+    let operator = server.operator();
+    let a = operator.new_tenant("alpha", "pro").await?;
+    let b = operator.new_tenant("beta", "pro").await?;
+    a.upload("counter", component("counter")).await?;
+    a.upload("burner", component("burner")).await?;
+    let mut fuel = 0;
+    for i in 0..3 {
+        let reply = a.invoke("counter", "w", "add", json!([i]), None).await?;
+        fuel += reply.body["fuel_consumed"].as_u64().unwrap_or(0);
+    }
+    for _ in 0..2 {
+        let reply = a.invoke("burner", "b", "burn", json!([1000]), None).await?;
+        fuel += reply.body["fuel_consumed"].as_u64().unwrap_or(0);
+    }
+    // A failed invocation is not billed as a completed one.
+    assert_eq!(
+        a.invoke("burner", "b", "trap", json!(["x"]), None)
+            .await?
+            .status,
+        422
+    );
+
+    let (from, to) = today();
+    let report = a
+        .get(&format!("/v1/usage?from={from}&to={to}&granularity=hour"))
+        .await?;
+    assert_eq!(report.status, 200, "{report:?}");
+    assert_eq!(report.body["totals"]["invocations"], 5);
+    assert_eq!(report.body["totals"]["fuel"], fuel);
+    assert_eq!(report.body["invocations"], 5, "this month's total agrees");
+    let rows = report.body["rows"].as_array().cloned().unwrap_or_default();
+    let of = |c: &str| {
+        rows.iter()
+            .filter(|r| r["component"] == c)
+            .map(|r| r["invocations"].as_u64().unwrap_or(0))
+            .sum::<u64>()
+    };
+    assert_eq!((of("counter"), of("burner")), (3, 2), "{rows:?}");
+    assert!(
+        rows.iter()
+            .all(|r| r["period"].as_str().is_some_and(|p| p.ends_with(":00Z")))
+    );
+    assert!(
+        rows.iter()
+            .all(|r| r["wall_us"].as_u64() > Some(0) && r["memory_kib_ms"].is_u64())
+    );
+
+    let csv = a
+        .http
+        .get(format!(
+            "{}/v1/usage?from={from}&to={to}&granularity=day",
+            a.base
+        ))
+        .bearer_auth(a.key.as_deref().unwrap_or_default())
+        .header("accept", "text/csv")
+        .send()
+        .await?;
+    assert!(
+        csv.headers()["content-type"]
+            .to_str()?
+            .starts_with("text/csv")
+    );
+    let csv = csv.text().await?;
+    let lines: Vec<&str> = csv.lines().collect();
+    assert_eq!(
+        lines[0],
+        "period,component,invocations,fuel,wall_us,memory_kib_ms"
+    );
+    assert_eq!(lines.len(), 3, "{csv}");
+    let csv_fuel: u64 = lines[1..]
+        .iter()
+        .filter_map(|l| l.split(',').nth(3)?.parse::<u64>().ok())
+        .sum();
+    assert_eq!(csv_fuel, fuel);
+
+    // Each tenant sees only its own; the operator sees any; bad input is refused.
+    let other = b.get(&format!("/v1/usage?from={from}&to={to}")).await?;
+    assert_eq!(other.body["totals"]["invocations"], 0);
+    let tenant_a = a.get("/v1/usage").await?.body["tenant"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let as_operator = operator
+        .get(&format!(
+            "/v1/admin/usage?tenant={tenant_a}&from={from}&to={to}&granularity=month"
+        ))
+        .await?;
+    assert_eq!(as_operator.body["totals"]["fuel"], fuel);
+    assert_eq!(
+        operator.get("/v1/admin/usage?tenant=tnobody").await?.status,
+        404
+    );
+    assert_eq!(
+        b.get(&format!("/v1/admin/usage?tenant={tenant_a}"))
+            .await?
+            .status,
+        403
+    );
+    assert_eq!(
+        b.get(&format!("/v1/usage?tenant={tenant_a}")).await?.code(),
+        "invalid_query"
+    );
+    for bad in [
+        "from=yesterday",
+        "from=2026-02-30",
+        "granularity=week",
+        "from=2026-11-02&to=2026-11-01",
+        "colour=red",
+    ] {
+        let reply = a.get(&format!("/v1/usage?{bad}")).await?;
+        assert_eq!(
+            (reply.status, reply.code()),
+            (400, "invalid_query"),
+            "{bad}: {reply:?}"
+        );
+    }
+    Ok(())
+}
+
+/// Sends one keyed invocation until it is answered, following the server across restarts.
+async fn until_answered(
+    url: &RwLock<String>,
+    key: &str,
+    worker: &str,
+    params: Value,
+    idempotency: &str,
+) -> anyhow::Result<Value> {
+    let started = Instant::now();
+    loop {
+        let base = url.read().map_err(|_| anyhow::anyhow!("lock"))?.clone();
+        let api = Api::new(&base).with_key(key);
+        match api
+            .invoke("burner", worker, "burn", params.clone(), Some(idempotency))
+            .await
+        {
+            Ok(reply) if reply.status == 200 => return Ok(reply.body),
+            Ok(reply) if reply.status < 500 => anyhow::bail!("{idempotency}: {reply:?}"),
+            _ => {}
+        }
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(60),
+            "{idempotency} unanswered"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_ledger_is_exact_across_sigkills() -> anyhow::Result<()> {
+    const WORKERS: usize = 12;
+    const CLIENTS: usize = 4;
+    const KILLS: usize = 3;
+    let data = tempfile::tempdir()?;
+    let server = Server::start(INVICTA.as_ref(), data.path())?;
+    let api = server.operator().new_tenant("exact", "pro").await?;
+    let key = api.key.clone().unwrap_or_default();
+    api.upload("burner", component("burner")).await?;
+
+    let url = Arc::new(RwLock::new(server.url.clone()));
+    let server = Arc::new(Mutex::new(Some(server)));
+    let killing = Arc::new(AtomicBool::new(true));
+    let killer = {
+        let (url, server, killing, dir) = (
+            url.clone(),
+            server.clone(),
+            killing.clone(),
+            data.path().to_path_buf(),
+        );
+        tokio::spawn(async move {
+            for _ in 0..KILLS {
+                tokio::time::sleep(Duration::from_millis(400)).await;
+                let running = server.lock().map_err(|_| anyhow::anyhow!("lock"))?.take();
+                if let Some(running) = running {
+                    running.kill()?;
+                }
+                let dir = dir.clone();
+                let fresh =
+                    tokio::task::spawn_blocking(move || Server::start(INVICTA.as_ref(), &dir))
+                        .await??;
+                *url.write().map_err(|_| anyhow::anyhow!("lock"))? = fresh.url.clone();
+                *server.lock().map_err(|_| anyhow::anyhow!("lock"))? = Some(fresh);
+            }
+            killing.store(false, Ordering::Release);
+            Ok::<_, anyhow::Error>(())
+        })
+    };
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|client| {
+            let (url, killing, key) = (url.clone(), killing.clone(), key.clone());
+            tokio::spawn(async move {
+                let mut keys = Vec::new();
+                let mut round = 0_u64;
+                while round < 6 || killing.load(Ordering::Acquire) {
+                    for w in (0..WORKERS).filter(|w| w % CLIENTS == client) {
+                        let idempotency = format!("w{w}-{round}");
+                        // Each call burns a known amount: 26 fuel per iteration.
+                        until_answered(
+                            &url,
+                            &key,
+                            &format!("w{w}"),
+                            json!([1_000 + round]),
+                            &idempotency,
+                        )
+                        .await?;
+                        keys.push((w, idempotency));
+                    }
+                    round += 1;
+                    anyhow::ensure!(round < 10_000, "runaway client");
+                }
+                Ok::<_, anyhow::Error>(keys)
+            })
+        })
+        .collect();
+    killer.await??;
+    let mut completed = HashSet::new();
+    for client in clients {
+        completed.extend(client.await??);
+    }
+
+    let base = url.read().map_err(|_| anyhow::anyhow!("lock"))?.clone();
+    let api = Api::new(&base).with_key(&key);
+    // The fuel the oplogs recorded, completion by completion.
+    let mut oplog_fuel = 0_u64;
+    let mut oplog_completions = 0_u64;
+    for w in 0..WORKERS {
+        let mut from = 1;
+        loop {
+            let page = api
+                .get(&format!(
+                    "/v1/components/burner/workers/w{w}/oplog?from={from}&count=1000"
+                ))
+                .await?;
+            let entries = page.body["entries"].as_array().cloned().unwrap_or_default();
+            for e in entries
+                .iter()
+                .filter(|e| e["kind"] == "exported_function_completed")
+            {
+                oplog_fuel += e["fuel_consumed"].as_u64().unwrap_or(0);
+                oplog_completions += 1;
+            }
+            match page.body["next"].as_u64() {
+                Some(next) if !entries.is_empty() => from = next,
+                _ => break,
+            }
+        }
+    }
+    let (from, to) = today();
+    let report = api.get(&format!("/v1/usage?from={from}&to={to}")).await?;
+    assert_eq!(
+        oplog_completions,
+        completed.len() as u64,
+        "one completion per key"
+    );
+    assert_eq!(
+        report.body["totals"]["invocations"],
+        completed.len() as u64,
+        "ledger invocations"
+    );
+    assert_eq!(report.body["totals"]["fuel"], oplog_fuel, "ledger fuel");
+    assert_eq!(report.body["fuel"], oplog_fuel, "the month's fuel");
+    Ok(())
+}
