@@ -130,6 +130,35 @@ async fn usage_reports_as_json_and_csv() -> anyhow::Result<()> {
         b.get(&format!("/v1/usage?tenant={tenant_a}")).await?.code(),
         "invalid_query"
     );
+    // The operator's metrics count the same invocations.
+    let scraped = a
+        .anonymous()
+        .http
+        .get(format!("{}/metrics", a.base))
+        .send()
+        .await?;
+    assert!(
+        scraped.headers()["content-type"]
+            .to_str()?
+            .starts_with("application/openmetrics-text")
+    );
+    let metrics = parse_metrics(&scraped.text().await?)?;
+    let metric = |name: &str| metrics.get(name).copied().unwrap_or(-1.0);
+    assert_eq!(
+        metric("invicta_invocations_total{outcome=\"completed\"}"),
+        5.0,
+        "{metrics:?}"
+    );
+    assert_eq!(metric("invicta_invocations_total{outcome=\"trap\"}"), 1.0);
+    assert_eq!(metric("invicta_fuel_total"), fuel as f64);
+    assert_eq!(metric("invicta_invocation_seconds_count"), 6.0);
+    assert_eq!(
+        metric("invicta_active_workers"),
+        1.0,
+        "the trap dropped the burner's instance"
+    );
+    assert!(metric("invicta_commit_seconds_count") >= 6.0);
+    assert!(metric("invicta_replays_total") >= 2.0);
     for bad in [
         "from=yesterday",
         "from=2026-02-30",
@@ -145,6 +174,25 @@ async fn usage_reports_as_json_and_csv() -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// Parses the OpenMetrics text format into `name{labels}` → value, checking its shape.
+fn parse_metrics(text: &str) -> anyhow::Result<std::collections::HashMap<String, f64>> {
+    anyhow::ensure!(text.trim_end().ends_with("# EOF"), "no # EOF terminator");
+    let mut out = std::collections::HashMap::new();
+    for line in text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+    {
+        let (name, value) = line
+            .rsplit_once(' ')
+            .ok_or_else(|| anyhow::anyhow!("malformed metric line: {line}"))?;
+        let value: f64 = value
+            .parse()
+            .map_err(|_| anyhow::anyhow!("malformed value: {line}"))?;
+        out.insert(name.to_string(), value);
+    }
+    Ok(out)
 }
 
 /// Sends one keyed invocation until it is answered, following the server across restarts.

@@ -15,7 +15,10 @@ use invicta_model::oplog::OplogIndex;
 use invicta_store::Store;
 use tokio::sync::{mpsc, oneshot};
 
+use std::sync::Arc;
+
 use crate::Error;
+use crate::metrics::Metrics;
 use crate::records::oplog_key;
 
 /// Requests waiting for the committer; a full queue makes workers wait (back-pressure).
@@ -70,11 +73,11 @@ pub(crate) struct Committer {
 }
 
 impl Committer {
-    pub(crate) fn start(store: Store) -> Result<Committer, Error> {
+    pub(crate) fn start(store: Store, metrics: Arc<Metrics>) -> Result<Committer, Error> {
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
         std::thread::Builder::new()
             .name("oplog-committer".into())
-            .spawn(move || run(store, rx))
+            .spawn(move || run(store, rx, &metrics))
             .map_err(|e| Error::Engine(format!("start the committer thread: {e}")))?;
         Ok(Committer { tx })
     }
@@ -87,7 +90,7 @@ impl Committer {
     }
 }
 
-fn run(store: Store, mut rx: mpsc::Receiver<CommitRequest>) {
+fn run(store: Store, mut rx: mpsc::Receiver<CommitRequest>, metrics: &Metrics) {
     while let Some(first) = rx.blocking_recv() {
         let mut bytes = first.bytes();
         let mut batch = vec![first];
@@ -100,7 +103,7 @@ fn run(store: Store, mut rx: mpsc::Receiver<CommitRequest>) {
                 Err(_) => break,
             }
         }
-        commit_batch(&store, batch);
+        commit_batch(&store, batch, metrics);
     }
 }
 
@@ -113,7 +116,7 @@ struct Work {
     adds: Vec<(Vec<u8>, i64)>,
 }
 
-fn commit_batch(store: &Store, batch: Vec<CommitRequest>) {
+fn commit_batch(store: &Store, batch: Vec<CommitRequest>, metrics: &Metrics) {
     let started = std::time::Instant::now();
     let requests = batch.len();
     let (work, done): (Vec<Work>, Vec<_>) = batch
@@ -150,6 +153,10 @@ fn commit_batch(store: &Store, batch: Vec<CommitRequest>) {
         }
         Ok::<_, Error>(())
     });
+    metrics
+        .commit_seconds
+        .observe(started.elapsed().as_secs_f64());
+    metrics.commit_batch.observe(requests as f64);
     tracing::trace!(
         requests,
         elapsed_us = started.elapsed().as_micros() as u64,

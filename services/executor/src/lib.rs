@@ -14,6 +14,7 @@
 
 mod commit;
 mod host;
+mod metrics;
 mod records;
 mod worker;
 
@@ -217,6 +218,7 @@ pub(crate) struct Inner {
     pub engine: Engine,
     pub linker: wasmtime::component::Linker<WorkerCtx>,
     pub committer: Committer,
+    pub metrics: Arc<metrics::Metrics>,
     pub workers: Mutex<HashMap<WorkerId, WorkerHandle>>,
     /// This month's fuel per tenant, as last read: (month, fuel, read at).
     pub fuel_used: Mutex<HashMap<TenantId, (String, u64, std::time::Instant)>>,
@@ -253,9 +255,11 @@ impl Executor {
         engine: Engine,
     ) -> Result<Executor> {
         let linker = host::linker(&engine.engine).map_err(|e| Error::Engine(format!("{e:#}")))?;
+        let metrics = Arc::new(metrics::Metrics::new());
         let executor = Executor {
             inner: Arc::new(Inner {
-                committer: Committer::start(store.clone())?,
+                committer: Committer::start(store.clone(), metrics.clone())?,
+                metrics,
                 config,
                 store,
                 registry,
@@ -663,6 +667,20 @@ impl Executor {
         for handle in handles {
             let _ = handle.send(Command::Suspend).await;
         }
+    }
+
+    /// The executor's metrics in the OpenMetrics text format.
+    pub fn metrics(&self) -> String {
+        let active = self
+            .lock_workers()
+            .values()
+            .filter(|h| h.state().0 == "active")
+            .count();
+        self.inner
+            .metrics
+            .active_workers
+            .set(i64::try_from(active).unwrap_or(i64::MAX));
+        self.inner.metrics.encode()
     }
 
     /// Active workers (instances in memory).

@@ -274,6 +274,7 @@ impl Actor {
             if let Ok(Err(e)) = wait.await {
                 tracing::warn!(worker = %self.id, error = %e, "record suspension");
             }
+            self.inner.metrics.suspensions.inc();
             tracing::debug!(worker = %self.id, "worker suspended");
         }
         self.wait_for_commits().await;
@@ -505,7 +506,7 @@ impl Actor {
                     lock(&self.shared.inflight)
                         .entry(invocation.idempotency_key.clone())
                         .or_default();
-                    let wait = self.record_outcome(&invocation, ran, true).await;
+                    let wait = self.record_outcome(&invocation, ran, true, None).await;
                     let _ = wait.await;
                     if failed {
                         self.active = None;
@@ -517,6 +518,8 @@ impl Actor {
             }
         }
         host::lock(&active.durability).go_live();
+        self.inner.metrics.replays.inc();
+        self.inner.metrics.replayed_invocations.inc_by(replayed);
         tracing::debug!(worker = %self.id, replayed, "worker active");
         self.active = Some(active);
         Ok(())
@@ -686,7 +689,10 @@ impl Actor {
         self.active = Some(active);
         let start_committed = start.committed.load(Ordering::Acquire);
         // The reply goes out once the commit is durable; meanwhile the next invocation runs.
-        drop(self.record_outcome(&invocation, ran, start_committed).await);
+        drop(
+            self.record_outcome(&invocation, ran, start_committed, Some(started))
+                .await,
+        );
         tracing::trace!(worker = %self.id, elapsed_us = started.elapsed().as_micros() as u64, "invocation ran and was submitted");
         if failed {
             // The failed invocation's effects on memory must not survive it.
@@ -702,6 +708,7 @@ impl Actor {
         invocation: &Invocation,
         ran: Ran,
         clear_running: bool,
+        started: Option<std::time::Instant>,
     ) -> oneshot::Receiver<()> {
         let (notify_tx, notify_rx) = oneshot::channel();
         let Some(active) = self.active.as_ref() else {
@@ -821,6 +828,7 @@ impl Actor {
         let worker = self.id.clone();
         // Runs on the committer thread the moment the commit is durable: the waiters hear
         // back from there, with no task in between.
+        let metrics = self.inner.metrics.clone();
         let done: commit::Done = Box::new(move |result| {
             let outcome = match result {
                 Ok(()) => outcome,
@@ -830,6 +838,19 @@ impl Actor {
                     Err(e)
                 }
             };
+            match &outcome {
+                Ok(completed) => {
+                    metrics.outcome("completed");
+                    metrics.fuel.inc_by(completed.fuel_consumed);
+                }
+                Err(Error::InvocationFailed { kind, .. }) => metrics.outcome(kind.code()),
+                Err(_) => metrics.outcome("commit_failed"),
+            }
+            if let Some(started) = started {
+                metrics
+                    .invocation_seconds
+                    .observe(started.elapsed().as_secs_f64());
+            }
             finish(&shared, &key, outcome);
             shared.commits_in_flight.fetch_sub(1, Ordering::AcqRel);
             shared.commits_done.notify_waiters();

@@ -198,9 +198,21 @@ fn router(config: &Config, state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
         .merge(v1)
         .fallback(api::not_found)
         .with_state(state)
+}
+
+/// Prometheus metrics (OpenMetrics text format).
+async fn metrics(State(state): State<AppState>) -> impl axum::response::IntoResponse {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.executor.metrics(),
+    )
 }
 
 /// Liveness: the process serves HTTP.
