@@ -338,3 +338,112 @@ async fn the_ledger_is_exact_across_sigkills() -> anyhow::Result<()> {
     assert_eq!(report.body["fuel"], oplog_fuel, "the month's fuel");
     Ok(())
 }
+
+#[tokio::test]
+async fn invoices_price_the_ledger_exactly() -> anyhow::Result<()> {
+    let data = tempfile::tempdir()?;
+    let server = Server::start(INVICTA.as_ref(), data.path())?;
+    let operator = server.operator();
+    let mut plan = operator.get("/v1/admin/plans").await?.body["plans"]
+        .as_array()
+        .and_then(|plans| plans.iter().find(|p| p["name"] == "pro").cloned())
+        .ok_or_else(|| anyhow::anyhow!("the pro plan"))?;
+    plan["name"] = json!("priced");
+    plan["prices"] = json!({
+        "currency": "EUR",
+        "base_monthly": "10.50",
+        "per_billion_fuel": "100000000",
+        "per_million_invocations": "1000000",
+    });
+    assert_eq!(
+        operator
+            .put_json("/v1/admin/plans/priced", &plan)
+            .await?
+            .status,
+        200
+    );
+    let t = operator.new_tenant("payer", "priced").await?;
+    t.upload("counter", component("counter")).await?;
+    let mut fuel = 0_u64;
+    for i in 0..3 {
+        fuel += t
+            .invoke("counter", "w", "add", json!([i]), None)
+            .await?
+            .body["fuel_consumed"]
+            .as_u64()
+            .unwrap_or(0);
+    }
+    let tenant = t.get("/v1/usage").await?.body["tenant"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let invoice = operator
+        .get(&format!("/v1/admin/invoices?tenant={tenant}"))
+        .await?;
+    assert_eq!(invoice.status, 200, "{invoice:?}");
+    assert_eq!(invoice.body["currency"], "EUR");
+    let money = |v: &Value| {
+        v.as_str()
+            .and_then(|s| s.parse::<f64>().ok())
+            .unwrap_or(-1.0)
+    };
+    let lines = invoice.body["lines"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(lines.len(), 3);
+    assert_eq!(
+        (lines[0]["item"].clone(), money(&lines[0]["amount"])),
+        (json!("base fee"), 10.5)
+    );
+    assert_eq!(lines[1]["quantity"], fuel);
+    assert_eq!(
+        money(&lines[1]["amount"]),
+        fuel as f64 / 10.0,
+        "fuel × 1e8 / 1e9"
+    );
+    assert_eq!(lines[2]["quantity"], 3);
+    assert_eq!(money(&lines[2]["amount"]), 3.0);
+    assert_eq!(
+        money(&invoice.body["total"]),
+        10.5 + fuel as f64 / 10.0 + 3.0
+    );
+    // The same month prices the same; bad months and tenants are refused.
+    let again = operator
+        .get(&format!("/v1/admin/invoices?tenant={tenant}"))
+        .await?;
+    assert_eq!(again.body, invoice.body);
+    let month = invoice.body["month"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let explicit = operator
+        .get(&format!("/v1/admin/invoices?tenant={tenant}&month={month}"))
+        .await?;
+    assert_eq!(explicit.body, invoice.body);
+    let empty = operator
+        .get(&format!("/v1/admin/invoices?tenant={tenant}&month=2020-01"))
+        .await?;
+    assert_eq!(money(&empty.body["total"]), 10.5);
+    assert_eq!(
+        operator
+            .get(&format!("/v1/admin/invoices?tenant={tenant}&month=2020-13"))
+            .await?
+            .code(),
+        "invalid_query"
+    );
+    assert_eq!(
+        operator
+            .get("/v1/admin/invoices?tenant=tnobody")
+            .await?
+            .status,
+        404
+    );
+    assert_eq!(
+        t.get(&format!("/v1/admin/invoices?tenant={tenant}"))
+            .await?
+            .status,
+        403
+    );
+    Ok(())
+}

@@ -23,6 +23,7 @@ use argon2::password_hash::{PasswordHasher, PasswordVerifier};
 use invicta_model::TenantId;
 use invicta_store::Store;
 use invicta_store::keys::{pack, unpack};
+use rust_decimal::{Decimal, RoundingStrategy};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -173,6 +174,71 @@ pub struct Plan {
     pub burst: u32,
     /// Invocations of the tenant that may run at once.
     pub concurrent_invocations: u32,
+    /// What the plan costs (plans stored before prices existed cost nothing).
+    #[serde(default)]
+    pub prices: Prices,
+}
+
+/// A plan's prices, as exact decimals (sent and stored as strings: no floats for money).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Prices {
+    pub currency: String,
+    /// The monthly base fee.
+    pub base_monthly: Decimal,
+    /// Per 1,000,000,000 fuel.
+    pub per_billion_fuel: Decimal,
+    /// Per 1,000,000 invocations.
+    pub per_million_invocations: Decimal,
+}
+
+impl Default for Prices {
+    fn default() -> Self {
+        Prices {
+            currency: "USD".into(),
+            base_monthly: Decimal::ZERO,
+            per_billion_fuel: Decimal::ZERO,
+            per_million_invocations: Decimal::ZERO,
+        }
+    }
+}
+
+impl Prices {
+    fn new(
+        base_monthly: i64,
+        per_billion_fuel_cents: i64,
+        per_million_invocations_cents: i64,
+    ) -> Prices {
+        Prices {
+            currency: "USD".into(),
+            base_monthly: Decimal::new(base_monthly, 0),
+            per_billion_fuel: Decimal::new(per_billion_fuel_cents, 2),
+            per_million_invocations: Decimal::new(per_million_invocations_cents, 2),
+        }
+    }
+}
+
+/// One line of an invoice.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct InvoiceLine {
+    pub item: String,
+    /// How much was used, in the item's unit.
+    pub quantity: u64,
+    pub unit: String,
+    pub unit_price: Decimal,
+    /// quantity × unit price, rounded to cents (half away from zero).
+    pub amount: Decimal,
+}
+
+/// A month's usage priced by the tenant's plan.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Invoice {
+    pub tenant: String,
+    pub month: String,
+    pub plan: String,
+    pub currency: String,
+    pub lines: Vec<InvoiceLine>,
+    pub total: Decimal,
 }
 
 impl Plan {
@@ -208,6 +274,7 @@ impl Plan {
                 requests_per_second: 100,
                 burst: 200,
                 concurrent_invocations: 50,
+                prices: Prices::default(),
             },
             Plan {
                 name: "pro".into(),
@@ -220,6 +287,7 @@ impl Plan {
                 requests_per_second: 5_000,
                 burst: 10_000,
                 concurrent_invocations: 1_000,
+                prices: Prices::new(49, 10, 200),
             },
             Plan {
                 name: "unlimited".into(),
@@ -232,6 +300,7 @@ impl Plan {
                 requests_per_second: 1_000_000,
                 burst: 1_000_000,
                 concurrent_invocations: 100_000,
+                prices: Prices::new(999, 5, 100),
             },
         ]
     }
@@ -896,5 +965,71 @@ impl Billing {
         }
         out.sort_by(|a, b| (&a.period, &a.component).cmp(&(&b.period, &b.component)));
         Ok(out)
+    }
+}
+
+/// The hours of a month `YYYY-MM`: [first hour, first hour of the next month).
+pub fn month_hours(month: &str) -> Option<(u64, u64)> {
+    let (year, month) = month.split_once('-')?;
+    let (year, month) = (year.parse::<i64>().ok()?, month.parse::<u32>().ok()?);
+    let first = invicta_model::usage::days_from_civil(year, month, 1)?;
+    let next = if month == 12 {
+        invicta_model::usage::days_from_civil(year + 1, 1, 1)?
+    } else {
+        invicta_model::usage::days_from_civil(year, month + 1, 1)?
+    };
+    Some((
+        u64::try_from(first).ok()? * 24,
+        u64::try_from(next).ok()? * 24,
+    ))
+}
+
+fn priced(item: &str, quantity: u64, unit: &str, per: u64, price: Decimal) -> InvoiceLine {
+    let amount = (Decimal::from(quantity) * price / Decimal::from(per))
+        .round_dp_with_strategy(2, RoundingStrategy::MidpointAwayFromZero);
+    InvoiceLine {
+        item: item.into(),
+        quantity,
+        unit: unit.into(),
+        unit_price: price,
+        amount,
+    }
+}
+
+impl Billing {
+    /// Prices a month of the tenant's ledger by its current plan. A closed month's invoice is
+    /// the same every time: the ledger of past hours no longer changes.
+    pub async fn invoice(&self, tenant: &str, month: &str) -> Result<Invoice> {
+        let (from, to) = month_hours(month)
+            .ok_or_else(|| Error::InvalidName(format!("`{month}` is not a month (YYYY-MM)")))?;
+        let record = self.tenant(tenant).await?;
+        let plan = self.plan(&record.plan).await?;
+        let rows = self.report(tenant, from, to, Granularity::Month).await?;
+        let fuel = rows.iter().map(|r| r.fuel).fold(0_u64, u64::saturating_add);
+        let invocations = rows
+            .iter()
+            .map(|r| r.invocations)
+            .fold(0_u64, u64::saturating_add);
+        let prices = &plan.prices;
+        let lines = vec![
+            priced("base fee", 1, "month", 1, prices.base_monthly),
+            priced("fuel", fuel, "fuel", 1_000_000_000, prices.per_billion_fuel),
+            priced(
+                "invocations",
+                invocations,
+                "invocation",
+                1_000_000,
+                prices.per_million_invocations,
+            ),
+        ];
+        let total = lines.iter().map(|l| l.amount).sum();
+        Ok(Invoice {
+            tenant: tenant.into(),
+            month: month.into(),
+            plan: plan.name.clone(),
+            currency: prices.currency.clone(),
+            lines,
+            total,
+        })
     }
 }

@@ -349,3 +349,35 @@ pub(crate) async fn admin_usage(
     state.billing.tenant(&tenant).await?;
     report(&state, &tenant, &query, &headers, json!({})).await
 }
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct InvoiceQuery {
+    tenant: String,
+    /// `YYYY-MM`; this month by default.
+    #[serde(default)]
+    month: Option<String>,
+}
+
+/// A month's invoice for a tenant, for the operator.
+pub(crate) async fn invoice(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    query: Result<Query<InvoiceQuery>, QueryRejection>,
+) -> ApiResult<Json<serde_json::Value>> {
+    caller.operator()?;
+    let Query(query) = query.map_err(|e| {
+        crate::api::Problem::new(StatusCode::BAD_REQUEST, "invalid_query", e.body_text())
+    })?;
+    let month = query.month.unwrap_or_else(invicta_billing::this_month);
+    if invicta_billing::month_hours(&month).is_none() {
+        return Err(crate::api::Problem::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_query",
+            format!("`{month}` is not a month (YYYY-MM)"),
+        ));
+    }
+    Ok(Json(json!(
+        state.billing.invoice(&query.tenant, &month).await?
+    )))
+}

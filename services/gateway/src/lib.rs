@@ -187,6 +187,7 @@ fn router(config: &Config, state: AppState) -> Router {
         )
         .route("/v1/admin/plans", get(admin::list_plans))
         .route("/v1/admin/usage", get(admin::admin_usage))
+        .route("/v1/admin/invoices", get(admin::invoice))
         .route(
             "/v1/admin/plans/{plan}",
             put(admin::put_plan).layer(json_limit),
