@@ -867,6 +867,7 @@ pub struct UsageRow {
     pub fuel: u64,
     pub wall_us: u64,
     pub memory_kib_ms: u64,
+    pub oplog_bytes: u64,
 }
 
 /// The most ledger rows one report reads (hours × components × kinds).
@@ -950,6 +951,7 @@ impl Billing {
                         fuel: 0,
                         wall_us: 0,
                         memory_kib_ms: 0,
+                        oplog_bytes: 0,
                     });
                     out.len() - 1
                 });
@@ -959,6 +961,7 @@ impl Billing {
                 usage::FUEL => &mut row.fuel,
                 usage::WALL_US => &mut row.wall_us,
                 usage::MEMORY_KIB_MS => &mut row.memory_kib_ms,
+                usage::OPLOG_BYTES => &mut row.oplog_bytes,
                 _ => continue,
             };
             *field = field.saturating_add(value);

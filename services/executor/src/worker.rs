@@ -771,8 +771,11 @@ impl Actor {
         };
         let first_index = entries.first().map(|(i, _)| *i);
         let mut sets = Vec::new();
+        let mut oplog_bytes = 0_u64;
         for (index, entry) in entries {
-            sets.extend(records::entry_writes(&self.id, index, entry.encode()));
+            let encoded = entry.encode();
+            oplog_bytes += encoded.len() as u64;
+            sets.extend(records::entry_writes(&self.id, index, encoded));
         }
         // A key the executor made was never shown to anyone, so nobody can ask for its outcome
         // again: its record would only cost a page per commit.
@@ -818,6 +821,10 @@ impl Actor {
                     (
                         usage::ledger_key(tenant, hour, component, usage::MEMORY_KIB_MS),
                         count(memory_kib_ms),
+                    ),
+                    (
+                        usage::ledger_key(tenant, hour, component, usage::OPLOG_BYTES),
+                        count(oplog_bytes),
                     ),
                 ]
             }

@@ -249,12 +249,13 @@ fn wants_csv(headers: &HeaderMap) -> bool {
 
 /// A report's rows as CSV.
 fn csv(rows: &[UsageRow]) -> Response {
-    let mut out = String::from("period,component,invocations,fuel,wall_us,memory_kib_ms\n");
+    let mut out =
+        String::from("period,component,invocations,fuel,wall_us,memory_kib_ms,oplog_bytes\n");
     for r in rows {
         // Periods and component names never contain commas or quotes (names are validated).
         out.push_str(&format!(
-            "{},{},{},{},{},{}\n",
-            r.period, r.component, r.invocations, r.fuel, r.wall_us, r.memory_kib_ms
+            "{},{},{},{},{},{},{}\n",
+            r.period, r.component, r.invocations, r.fuel, r.wall_us, r.memory_kib_ms, r.oplog_bytes
         ));
     }
     (
@@ -288,6 +289,7 @@ async fn report(
             "fuel": total(|r| r.fuel),
             "wall_us": total(|r| r.wall_us),
             "memory_kib_ms": total(|r| r.memory_kib_ms),
+            "oplog_bytes": total(|r| r.oplog_bytes),
         },
         "rows": rows,
     });

@@ -7,7 +7,7 @@
 //! - `("usage", tenant, kind, "YYYY-MM")`: a month's totals that quotas check (`fuel`,
 //!   `invocations`).
 //! - `("ledger", tenant, hour, component, kind)`: the usage ledger, per hour (since the epoch)
-//!   and component: `invocations`, `fuel`, `wall_us`, `memory_kib_ms`.
+//!   and component: `invocations`, `fuel`, `wall_us`, `memory_kib_ms`, `oplog_bytes`.
 
 use foundationdb_tuple::pack;
 
@@ -18,8 +18,10 @@ pub const INVOCATIONS: &str = "invocations";
 pub const WALL_US: &str = "wall_us";
 /// Memory-time: the worker's peak linear memory (KiB) during an invocation × its wall time (ms).
 pub const MEMORY_KIB_MS: &str = "memory_kib_ms";
+/// Oplog bytes an invocation appended (encoded entries).
+pub const OPLOG_BYTES: &str = "oplog_bytes";
 /// The ledger's kinds, in report order.
-pub const LEDGER_KINDS: [&str; 4] = [INVOCATIONS, FUEL, WALL_US, MEMORY_KIB_MS];
+pub const LEDGER_KINDS: [&str; 5] = [INVOCATIONS, FUEL, WALL_US, MEMORY_KIB_MS, OPLOG_BYTES];
 
 /// Kinds of what a tenant has.
 pub const WORKERS: &str = "workers";
