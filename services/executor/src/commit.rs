@@ -43,6 +43,8 @@ pub(crate) struct CommitRequest {
     /// Counters to add to (usage), committed with the work they measure.
     pub adds: Vec<(Vec<u8>, i64)>,
     pub done: Done,
+    /// The span of the work being committed; the group commit follows from it.
+    pub span: tracing::Span,
 }
 
 /// A [`Done`] that sends the result to a receiver, for callers that wait for it.
@@ -119,6 +121,12 @@ struct Work {
 fn commit_batch(store: &Store, batch: Vec<CommitRequest>, metrics: &Metrics) {
     let started = std::time::Instant::now();
     let requests = batch.len();
+    // One commit serves many invocations: it follows from each of their spans.
+    let span = tracing::info_span!("group commit", requests);
+    for request in &batch {
+        span.follows_from(&request.span);
+    }
+    let _entered = span.enter();
     let (work, done): (Vec<Work>, Vec<_>) = batch
         .into_iter()
         .map(|r| {

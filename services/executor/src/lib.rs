@@ -512,6 +512,7 @@ impl Executor {
             fuel: limits
                 .fuel_per_invocation
                 .min(self.inner.config.fuel_per_invocation),
+            span: tracing::Span::current(),
             memory_bytes: limits
                 .memory_per_worker_bytes
                 .min(self.inner.engine.config.memory_bytes_max),

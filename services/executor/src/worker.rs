@@ -20,6 +20,7 @@ use invicta_engine::values::{placeholder, val_to_value, value_to_val};
 use invicta_model::oplog::{FailureKind, OplogEntry, OplogIndex};
 use invicta_model::{Value, WorkerId, usage};
 use tokio::sync::{Notify, mpsc, oneshot};
+use tracing::Instrument;
 use wasmtime::component::{Instance, InstancePre};
 
 use crate::commit::{self, CommitRequest};
@@ -47,6 +48,9 @@ pub(crate) struct Invocation {
     pub fuel: u64,
     /// The worker's memory limit, from the tenant's plan (applies from its next activation).
     pub memory_bytes: u64,
+    /// The caller's span: the worker's work on this invocation is recorded under it, across
+    /// the hand-off to the actor and to the committer.
+    pub span: tracing::Span,
 }
 
 pub(crate) enum Command {
@@ -269,6 +273,7 @@ impl Actor {
                     clears: Vec::new(),
                     adds: Vec::new(),
                     done,
+                    span: tracing::Span::current(),
                 })
                 .await;
             if let Ok(Err(e)) = wait.await {
@@ -491,6 +496,7 @@ impl Actor {
                         key_is_new: false,
                         fuel: self.inner.config.fuel_per_invocation,
                         memory_bytes: self.shared.memory_bytes.load(Ordering::Relaxed),
+                        span: tracing::info_span!("resume invocation", worker = %self.id),
                     };
                     let ran = self
                         .call(
@@ -650,6 +656,17 @@ impl Actor {
     }
 
     async fn run_live(&mut self, invocation: Invocation) {
+        let span = tracing::info_span!(
+            parent: &invocation.span,
+            "run invocation",
+            worker = %self.id,
+            function = %invocation.function,
+            invocation_id = %invocation.idempotency_key,
+        );
+        self.run_live_in(invocation).instrument(span).await;
+    }
+
+    async fn run_live_in(&mut self, invocation: Invocation) {
         let started = std::time::Instant::now();
         let Some(mut active) = self.active.take() else {
             self.finish(
@@ -870,6 +887,7 @@ impl Actor {
             clears,
             adds,
             done,
+            span: tracing::Span::current(),
         };
         self.shared.commits_in_flight.fetch_add(1, Ordering::AcqRel);
         // Submitted here, in the actor, so that the worker's appends reach the committer in
@@ -919,6 +937,7 @@ impl StartCommit {
                 clears: Vec::new(),
                 adds: Vec::new(),
                 done,
+                span: tracing::Span::current(),
             })
             .await;
     }

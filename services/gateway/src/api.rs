@@ -12,6 +12,7 @@ use invicta_executor::Error as ExecutorError;
 use invicta_model::{ComponentName, TenantId, WorkerId, WorkerName};
 use serde::Deserialize;
 use serde_json::{Value, json};
+use tracing::Instrument;
 
 use crate::AppState;
 use crate::auth::Caller;
@@ -376,9 +377,17 @@ pub(crate) async fn invoke(
         ),
         None => None,
     };
+    let span = tracing::info_span!(
+        "invoke",
+        tenant_id = %id.tenant,
+        component = %id.component,
+        worker = %id.worker,
+        function = %request.function,
+    );
     let completed = state
         .executor
         .invoke(&id, &request.function, &request.params, key, &limits)
+        .instrument(span)
         .await
         .map_err(|e| invocation_problem(e, &limits))?;
     tracing::trace!(
