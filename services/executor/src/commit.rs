@@ -121,9 +121,13 @@ struct Work {
 fn commit_batch(store: &Store, batch: Vec<CommitRequest>, metrics: &Metrics) {
     let started = std::time::Instant::now();
     let requests = batch.len();
-    // One commit serves many invocations: it follows from each of their spans.
-    let span = tracing::info_span!("group commit", requests);
-    for request in &batch {
+    // One commit serves many invocations: it is part of the first one's trace, and follows
+    // from the others' (links, in OpenTelemetry).
+    let span = match batch.first() {
+        Some(first) => tracing::info_span!(parent: &first.span, "group commit", requests),
+        None => tracing::info_span!("group commit", requests),
+    };
+    for request in batch.iter().skip(1) {
         span.follows_from(&request.span);
     }
     let _entered = span.enter();

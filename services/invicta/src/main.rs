@@ -47,13 +47,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let request = match cli.command {
         Command::Server(args) => {
-            tracing_subscriber::fmt()
-                .with_env_filter(
-                    tracing_subscriber::EnvFilter::try_from_env("INVICTA_LOG")
-                        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-                )
-                .with_writer(std::io::stderr)
-                .init();
+            let _telemetry = invicta_telemetry::init("invicta");
             return match server::main(args) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
