@@ -126,10 +126,15 @@ async fn usage_reports_as_json_and_csv() -> anyhow::Result<()> {
             .status,
         403
     );
+    let other_tenant = b.get(&format!("/v1/usage?tenant={tenant_a}")).await?;
     assert_eq!(
-        b.get(&format!("/v1/usage?tenant={tenant_a}")).await?.code(),
-        "invalid_query"
+        (other_tenant.status, other_tenant.code()),
+        (404, "tenant_not_found")
     );
+    let own = a
+        .get(&format!("/v1/usage?tenant={tenant_a}&from={from}&to={to}"))
+        .await?;
+    assert_eq!(own.body["totals"]["fuel"], fuel);
     // The operator's metrics count the same invocations.
     let scraped = a
         .anonymous()

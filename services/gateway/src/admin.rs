@@ -309,11 +309,14 @@ pub(crate) async fn usage(
 ) -> ApiResult<Response> {
     let tenant = caller.tenant(Scope::Read)?;
     let query = usage_query(query)?;
-    if query.tenant.is_some() {
+    // A tenant may name itself; any other tenant's usage is not found, as its resources are.
+    if let Some(named) = &query.tenant
+        && named != tenant.as_str()
+    {
         return Err(crate::api::Problem::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_query",
-            "`tenant` is for the operator's report (/v1/admin/usage)",
+            StatusCode::NOT_FOUND,
+            "tenant_not_found",
+            format!("tenant {named} not found"),
         ));
     }
     let plan = caller.plan()?.clone();
