@@ -163,6 +163,11 @@ async fn usage_reports_as_json_and_csv() -> anyhow::Result<()> {
         "the trap dropped the burner's instance"
     );
     assert!(metric("invicta_commit_seconds_count") >= 6.0);
+    assert_eq!(
+        metric("invicta_suspended_workers"),
+        1.0,
+        "the burner's worker, after its trap"
+    );
     assert!(metric("invicta_replays_total") >= 2.0);
     for bad in [
         "from=yesterday",

@@ -671,17 +671,42 @@ impl Executor {
     }
 
     /// The executor's metrics in the OpenMetrics text format.
-    pub fn metrics(&self) -> String {
+    pub async fn metrics(&self) -> String {
         let active = self
             .lock_workers()
             .values()
             .filter(|h| h.state().0 == "active")
             .count();
-        self.inner
-            .metrics
-            .active_workers
-            .set(i64::try_from(active).unwrap_or(i64::MAX));
-        self.inner.metrics.encode()
+        let active = i64::try_from(active).unwrap_or(i64::MAX);
+        // Every tenant's worker count, summed: bounded by the number of tenants.
+        let prefix = invicta_store::keys::pack(&("tenant-usage",));
+        let all = self
+            .inner
+            .store
+            .read(move |tx| {
+                let rows = tx.get_prefix(&prefix, Default::default())?;
+                let mut workers = 0_i64;
+                for row in rows {
+                    let kind: Option<(String, String, String)> =
+                        invicta_store::keys::unpack(&row.key).ok();
+                    if kind.is_some_and(|(_, _, kind)| kind == usage::WORKERS) {
+                        workers = workers.saturating_add(invicta_store::decode_counter(&row.value));
+                    }
+                }
+                Ok::<_, Error>(workers)
+            })
+            .await;
+        let metrics = &self.inner.metrics;
+        metrics.active_workers.set(active);
+        match all {
+            Ok(all) => {
+                metrics
+                    .suspended_workers
+                    .set(all.saturating_sub(active).max(0));
+            }
+            Err(e) => tracing::warn!(error = %e, "count workers for metrics"),
+        }
+        metrics.encode()
     }
 
     /// Active workers (instances in memory).

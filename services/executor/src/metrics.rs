@@ -28,6 +28,7 @@ pub(crate) struct Metrics {
     pub replayed_invocations: Counter,
     pub suspensions: Counter,
     pub active_workers: Gauge,
+    pub suspended_workers: Gauge,
     registry: Mutex<Registry>,
 }
 
@@ -44,6 +45,7 @@ impl Metrics {
             replayed_invocations: Counter::default(),
             suspensions: Counter::default(),
             active_workers: Gauge::default(),
+            suspended_workers: Gauge::default(),
             registry: Mutex::new(Registry::with_prefix("invicta")),
         };
         {
@@ -92,6 +94,11 @@ impl Metrics {
                 "active_workers",
                 "Workers with an instance in memory",
                 metrics.active_workers.clone(),
+            );
+            r.register(
+                "suspended_workers",
+                "Workers without an instance in memory (all tenants', on this store)",
+                metrics.suspended_workers.clone(),
             );
         }
         metrics

@@ -212,7 +212,7 @@ async fn metrics(State(state): State<AppState>) -> impl axum::response::IntoResp
             axum::http::header::CONTENT_TYPE,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
-        state.executor.metrics(),
+        state.executor.metrics().await,
     )
 }
 
