@@ -42,13 +42,23 @@ async fn usage_reports_as_json_and_csv() -> anyhow::Result<()> {
         let reply = a.invoke("burner", "b", "burn", json!([1000]), None).await?;
         fuel += reply.body["fuel_consumed"].as_u64().unwrap_or(0);
     }
-    // A failed invocation is not billed as a completed one.
+    // A failed invocation is not counted as one, but the fuel it burnt is billed: its `error`
+    // oplog entry says how much.
     assert_eq!(
         a.invoke("burner", "b", "trap", json!(["x"]), None)
             .await?
             .status,
         422
     );
+    let completed_fuel = fuel;
+    let burner_log = a.get("/v1/components/burner/workers/b/oplog").await?;
+    let trap_fuel = burner_log.body["entries"]
+        .as_array()
+        .and_then(|es| es.iter().find(|e| e["kind"] == "error"))
+        .and_then(|e| e["fuel_consumed"].as_u64())
+        .ok_or_else(|| anyhow::anyhow!("the error entry records its fuel: {burner_log:?}"))?;
+    assert!(trap_fuel > 0);
+    fuel += trap_fuel;
 
     let (from, to) = today();
     let report = a
@@ -155,7 +165,7 @@ async fn usage_reports_as_json_and_csv() -> anyhow::Result<()> {
         "{metrics:?}"
     );
     assert_eq!(metric("invicta_invocations_total{outcome=\"trap\"}"), 1.0);
-    assert_eq!(metric("invicta_fuel_total"), fuel as f64);
+    assert_eq!(metric("invicta_fuel_total"), completed_fuel as f64);
     assert_eq!(metric("invicta_invocation_seconds_count"), 6.0);
     assert_eq!(
         metric("invicta_active_workers"),
@@ -319,12 +329,14 @@ async fn the_ledger_is_exact_across_sigkills() -> anyhow::Result<()> {
                 ))
                 .await?;
             let entries = page.body["entries"].as_array().cloned().unwrap_or_default();
-            for e in entries
-                .iter()
-                .filter(|e| e["kind"] == "exported_function_completed")
-            {
-                oplog_fuel += e["fuel_consumed"].as_u64().unwrap_or(0);
-                oplog_completions += 1;
+            for e in &entries {
+                if e["kind"] == "exported_function_completed" {
+                    oplog_completions += 1;
+                }
+                // Failed invocations' fuel is billed too; their error entries record it.
+                if e["kind"] == "exported_function_completed" || e["kind"] == "error" {
+                    oplog_fuel += e["fuel_consumed"].as_u64().unwrap_or(0);
+                }
             }
             match page.body["next"].as_u64() {
                 Some(next) if !entries.is_empty() => from = next,

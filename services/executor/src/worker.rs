@@ -214,6 +214,8 @@ enum Ran {
     Failed {
         kind: FailureKind,
         message: String,
+        /// Fuel burnt before the failure: billed like any other.
+        fuel_consumed: u64,
     },
 }
 
@@ -556,7 +558,11 @@ impl Actor {
         fuel: u64,
         start_commit: Option<(Duration, &StartCommit)>,
     ) -> Ran {
-        let failed = |kind, message: String| Ran::Failed { kind, message };
+        let failed = |kind, message: String| Ran::Failed {
+            kind,
+            message,
+            fuel_consumed: 0,
+        };
         let Some(export) = self.compiled.function(function) else {
             return failed(
                 FailureKind::Divergence,
@@ -618,6 +624,12 @@ impl Actor {
         };
         let fuel_left = active.store.get_fuel().unwrap_or(0);
         let fuel_consumed = fuel.saturating_sub(fuel_left);
+        // Failures from here on burnt fuel.
+        let failed = |kind, message: String| Ran::Failed {
+            kind,
+            message,
+            fuel_consumed,
+        };
         let diverged = host::lock(&active.durability)
             .diverged()
             .map(str::to_string);
@@ -736,6 +748,7 @@ impl Actor {
             return notify_rx;
         };
         let mut call_usage = None;
+        let mut failed_fuel = 0_u64;
         let (entries, record, outcome) = {
             let mut d = host::lock(&active.durability);
             let (entry, outcome): (OplogEntry, Outcome) = match ran {
@@ -757,10 +770,18 @@ impl Actor {
                         }),
                     )
                 }
-                Ran::Failed { kind, message } => (
-                    OplogEntry::Error {
-                        kind: kind.clone(),
-                        message: message.clone(),
+                Ran::Failed {
+                    kind,
+                    message,
+                    fuel_consumed,
+                } => (
+                    {
+                        failed_fuel = fuel_consumed;
+                        OplogEntry::Error {
+                            kind: kind.clone(),
+                            message: message.clone(),
+                            fuel_consumed,
+                        }
                     },
                     Err(Error::InvocationFailed { kind, message }),
                 ),
@@ -842,6 +863,27 @@ impl Actor {
                     (
                         usage::ledger_key(tenant, hour, component, usage::OPLOG_BYTES),
                         count(oplog_bytes),
+                    ),
+                ]
+            }
+            // A failed invocation's fuel was burnt all the same: billed, not counted as one.
+            (Err(_), _) if failed_fuel > 0 => {
+                let now = now_ms();
+                let tenant = self.id.tenant.as_str();
+                let fuel = i64::try_from(failed_fuel).unwrap_or(i64::MAX);
+                vec![
+                    (
+                        usage::month_key(tenant, usage::FUEL, &records::month_of(now)),
+                        fuel,
+                    ),
+                    (
+                        usage::ledger_key(
+                            tenant,
+                            usage::hour_of(now),
+                            self.id.component.as_str(),
+                            usage::FUEL,
+                        ),
+                        fuel,
                     ),
                 ]
             }
@@ -1009,6 +1051,7 @@ fn limit_result(ran: Ran) -> Ran {
             usage,
         },
         _ => Ran::Failed {
+            fuel_consumed,
             kind: FailureKind::ResultTooLarge,
             message: format!(
                 "the result is {bytes} bytes encoded; the limit is {RESULT_BYTES_MAX}"

@@ -97,7 +97,12 @@ pub enum OplogEntry {
         fuel_consumed: u64,
     },
     /// The invocation failed; replay skips it, from its `ExportedFunctionInvoked` to here.
-    Error { kind: FailureKind, message: String },
+    Error {
+        kind: FailureKind,
+        message: String,
+        /// Fuel burnt before the failure (billed).
+        fuel_consumed: u64,
+    },
     /// The invocation was interrupted by a caller.
     Interrupted { timestamp_ms: u64 },
     /// The worker was suspended (its instance dropped) after being idle.
@@ -216,8 +221,12 @@ impl OplogEntry {
                 results,
                 fuel_consumed,
             } => json!({ "results": values(results), "fuel_consumed": fuel_consumed }),
-            OplogEntry::Error { kind, message } => {
-                json!({ "error": kind.code(), "message": message })
+            OplogEntry::Error {
+                kind,
+                message,
+                fuel_consumed,
+            } => {
+                json!({ "error": kind.code(), "message": message, "fuel_consumed": fuel_consumed })
             }
             OplogEntry::Interrupted { timestamp_ms } | OplogEntry::Suspended { timestamp_ms } => {
                 json!({ "timestamp_ms": timestamp_ms })
@@ -280,6 +289,7 @@ mod tests {
             OplogEntry::Error {
                 kind: FailureKind::OutOfFuel,
                 message: "all fuel consumed".into(),
+                fuel_consumed: 1_000,
             },
             OplogEntry::Log {
                 stream: LogStream::Stderr,
