@@ -181,18 +181,26 @@ async fn every_accepted_invocation_applies_exactly_once_across_sigkills() -> any
 
     let base = url.read().map_err(|_| anyhow::anyhow!("lock"))?.clone();
     let api = Api::new(&base).with_key(&tenant_key);
-    // Every worker's state is the exact sum of what was sent to it.
-    for worker in 0..WORKERS {
-        let expected: i64 = sent
-            .iter()
-            .filter(|s| s.worker == worker)
-            .map(|s| s.delta)
-            .sum();
-        let state = api
-            .call("counter", &format!("w{worker}"), "get", json!([]))
-            .await?;
-        assert_eq!(state, json!(expected), "worker {worker}");
-    }
+    // Every worker's state is the exact sum of what was sent to it, before and after every
+    // call is sent again.
+    let check_states = |when: &'static str| {
+        let (api, sent) = (&api, &sent);
+        async move {
+            for worker in 0..WORKERS {
+                let expected: i64 = sent
+                    .iter()
+                    .filter(|s| s.worker == worker)
+                    .map(|s| s.delta)
+                    .sum();
+                let state = api
+                    .call("counter", &format!("w{worker}"), "get", json!([]))
+                    .await?;
+                assert_eq!(state, json!(expected), "worker {worker} {when}");
+            }
+            Ok::<_, anyhow::Error>(())
+        }
+    };
+    check_states("after the kills").await?;
     // Every call sent again gets the result of its first completion, and changes nothing.
     for s in &sent {
         let again = api
@@ -206,17 +214,7 @@ async fn every_accepted_invocation_applies_exactly_once_across_sigkills() -> any
             .await?;
         assert_eq!(again.body["result"], json!(s.result), "{} replayed", s.key);
     }
-    for worker in 0..WORKERS {
-        let expected: i64 = sent
-            .iter()
-            .filter(|s| s.worker == worker)
-            .map(|s| s.delta)
-            .sum();
-        let state = api
-            .call("counter", &format!("w{worker}"), "get", json!([]))
-            .await?;
-        assert_eq!(state, json!(expected), "worker {worker} after resending");
-    }
+    check_states("after resending").await?;
     // Clock and random readings replay as first recorded.
     assert_eq!(
         api.call("clocks", "clock", "history", json!([])).await?,

@@ -80,8 +80,6 @@ pub enum Error {
         limit: u64,
         used: u64,
     },
-    #[error("the result is too large to record: {0} bytes")]
-    ResultTooLarge(usize),
     #[error("wasmtime: {0}")]
     Engine(String),
     #[error("the executor is shutting down")]
@@ -102,7 +100,6 @@ impl Error {
             Error::WorkerFailed(m) => Error::WorkerFailed(m.clone()),
             Error::QueueFull(n) => Error::QueueFull(*n),
             Error::PoolExhausted(m) => Error::PoolExhausted(m.clone()),
-            Error::ResultTooLarge(n) => Error::ResultTooLarge(*n),
             Error::QuotaExceeded { quota, limit, used } => Error::QuotaExceeded {
                 quota,
                 limit: *limit,
@@ -662,14 +659,6 @@ impl Executor {
             .collect())
     }
 
-    /// Suspends every idle worker now (as the idle timer would).
-    pub async fn suspend_all(&self) {
-        let handles: Vec<WorkerHandle> = self.lock_workers().values().cloned().collect();
-        for handle in handles {
-            let _ = handle.send(Command::Suspend).await;
-        }
-    }
-
     /// The executor's metrics in the OpenMetrics text format.
     pub async fn metrics(&self) -> String {
         let active = self
@@ -679,17 +668,14 @@ impl Executor {
             .count();
         let active = i64::try_from(active).unwrap_or(i64::MAX);
         // Every tenant's worker count, summed: bounded by the number of tenants.
-        let prefix = invicta_store::keys::pack(&("tenant-usage",));
         let all = self
             .inner
             .store
             .read(move |tx| {
-                let rows = tx.get_prefix(&prefix, Default::default())?;
+                let rows = tx.get_prefix(&usage::counts_prefix(), Default::default())?;
                 let mut workers = 0_i64;
                 for row in rows {
-                    let kind: Option<(String, String, String)> =
-                        invicta_store::keys::unpack(&row.key).ok();
-                    if kind.is_some_and(|(_, _, kind)| kind == usage::WORKERS) {
+                    if usage::count_kind(&row.key).as_deref() == Some(usage::WORKERS) {
                         workers = workers.saturating_add(invicta_store::decode_counter(&row.value));
                     }
                 }
@@ -707,11 +693,6 @@ impl Executor {
             Err(e) => tracing::warn!(error = %e, "count workers for metrics"),
         }
         metrics.encode()
-    }
-
-    /// Active workers (instances in memory).
-    pub fn active_workers(&self) -> usize {
-        self.lock_workers().len()
     }
 }
 

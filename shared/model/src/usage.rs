@@ -32,6 +32,17 @@ pub fn count_key(tenant: &str, kind: &str) -> Vec<u8> {
     pack(&("tenant-usage", tenant, kind))
 }
 
+/// The prefix of every tenant's counts.
+pub fn counts_prefix() -> Vec<u8> {
+    pack(&("tenant-usage",))
+}
+
+/// The kind a [`count_key`] counts.
+pub fn count_kind(key: &[u8]) -> Option<String> {
+    let (_, _, kind): (String, String, String) = foundationdb_tuple::unpack(key).ok()?;
+    Some(kind)
+}
+
 pub fn month_key(tenant: &str, kind: &str, month: &str) -> Vec<u8> {
     pack(&("usage", tenant, kind, month))
 }
@@ -111,6 +122,13 @@ mod tests {
         assert_eq!(days_from_civil(2024, 2, 29), Some(19_782));
         assert_eq!(days_from_civil(2026, 2, 29), None);
         assert_eq!(days_from_civil(2026, 13, 1), None);
+    }
+
+    #[test]
+    fn count_keys_say_their_kind() {
+        let key = count_key("t", WORKERS);
+        assert!(key.starts_with(&counts_prefix()));
+        assert_eq!(count_kind(&key).as_deref(), Some(WORKERS));
     }
 
     #[test]
