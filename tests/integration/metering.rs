@@ -104,7 +104,7 @@ async fn usage_reports_as_json_and_csv() -> anyhow::Result<()> {
     let lines: Vec<&str> = csv.lines().collect();
     assert_eq!(
         lines[0],
-        "period,component,invocations,fuel,wall_us,memory_kib_ms,oplog_bytes"
+        "period,component,invocations,fuel,wall_us,memory_kib_ms,oplog_bytes,storage_byte_hours"
     );
     assert_eq!(lines.len(), 3, "{csv}");
     let csv_fuel: u64 = lines[1..]
@@ -413,7 +413,7 @@ async fn invoices_price_the_ledger_exactly() -> anyhow::Result<()> {
         .as_array()
         .cloned()
         .unwrap_or_default();
-    assert_eq!(lines.len(), 3);
+    assert_eq!(lines.len(), 4);
     assert_eq!(
         (lines[0]["item"].clone(), money(&lines[0]["amount"])),
         (json!("base fee"), 10.5)
@@ -426,6 +426,12 @@ async fn invoices_price_the_ledger_exactly() -> anyhow::Result<()> {
     );
     assert_eq!(lines[2]["quantity"], 3);
     assert_eq!(money(&lines[2]["amount"]), 3.0);
+    // This plan does not price storage.
+    assert_eq!(
+        (lines[3]["item"].clone(), lines[3]["unit"].clone()),
+        (json!("storage"), json!("byte-hour"))
+    );
+    assert_eq!(money(&lines[3]["amount"]), 0.0);
     assert_eq!(
         money(&invoice.body["total"]),
         10.5 + fuel as f64 / 10.0 + 3.0
@@ -467,5 +473,82 @@ async fn invoices_price_the_ledger_exactly() -> anyhow::Result<()> {
             .status,
         403
     );
+    Ok(())
+}
+
+#[tokio::test]
+async fn storage_is_counted_exactly_and_sampled_into_the_ledger() -> anyhow::Result<()> {
+    let data = tempfile::tempdir()?;
+    let config = data.path().join("invicta.toml");
+    std::fs::write(&config, "[billing]\nstorage_sample_interval_ms = 50\n")?;
+    let dir = data.path().join("data");
+    let server = Server::start_with(
+        INVICTA.as_ref(),
+        &dir,
+        &["--config", &config.to_string_lossy()],
+    )?;
+    let t = server.operator().new_tenant("keeper", "pro").await?;
+    let wasm = component("counter");
+    t.upload("counter", wasm.clone()).await?;
+    for i in 0..5 {
+        let reply = t
+            .invoke("counter", &format!("w{}", i % 2), "add", json!([i]), None)
+            .await?;
+        assert_eq!(reply.status, 200, "{reply:?}");
+    }
+    let usage = t.get("/v1/usage").await?;
+    let tenant = usage.body["tenant"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert_eq!(
+        usage.body["stored_bytes"]["component_bytes"],
+        wasm.len() as u64
+    );
+    // The sampler charges this hour what was stored at its first sample: the component, and
+    // what of the oplogs existed then.
+    let (from, to) = today();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let byte_hours = loop {
+        let report = t.get(&format!("/v1/usage?from={from}&to={to}")).await?;
+        let n = report.body["totals"]["storage_byte_hours"]
+            .as_u64()
+            .unwrap_or(0);
+        if n > 0 || Instant::now() > deadline {
+            break n;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let oplog_bytes = usage.body["stored_bytes"]["oplog_bytes"]
+        .as_u64()
+        .unwrap_or(0);
+    assert!(
+        byte_hours >= wasm.len() as u64 && byte_hours <= wasm.len() as u64 + oplog_bytes,
+        "{byte_hours} byte-hours for {} component and {oplog_bytes} oplog bytes",
+        wasm.len()
+    );
+    assert!(server.stop()?, "clean stop");
+
+    // The stored count is exactly the bytes the oplogs take in the store.
+    let store = invicta_store::Store::open(&invicta_store::Config::embedded_in(&dir))?;
+    let (counted, actual) = store
+        .read(move |tx| {
+            let counted = tx.get_i64(&invicta_model::usage::stored_key(
+                &tenant,
+                "counter",
+                invicta_model::usage::OPLOG_BYTES,
+            ))?;
+            let mut actual = 0_i64;
+            for space in ["oplog", "oplog-chunk"] {
+                let prefix = invicta_store::keys::pack(&(space, tenant.as_str()));
+                for row in tx.get_prefix(&prefix, Default::default())? {
+                    actual += row.value.len() as i64;
+                }
+            }
+            Ok::<_, invicta_store::Error>((counted, actual))
+        })
+        .await?;
+    assert!(actual > 0);
+    assert_eq!(counted, actual, "stored oplog bytes");
     Ok(())
 }

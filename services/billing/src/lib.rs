@@ -77,6 +77,10 @@ pub struct Config {
     pub key_cache_ttl_ms: u64,
     /// The plan of tenants created without one (default `free`).
     pub default_plan: String,
+    /// How often stored bytes are sampled into the ledger, in milliseconds (default 60,000).
+    /// Each hour is accrued once, at its first sample; a shorter interval only makes that
+    /// sample come sooner after the hour begins.
+    pub storage_sample_interval_ms: u64,
 }
 
 impl Default for Config {
@@ -84,6 +88,7 @@ impl Default for Config {
         Config {
             key_cache_ttl_ms: 10_000,
             default_plan: "free".into(),
+            storage_sample_interval_ms: 60_000,
         }
     }
 }
@@ -190,6 +195,9 @@ pub struct Prices {
     pub per_billion_fuel: Decimal,
     /// Per 1,000,000 invocations.
     pub per_million_invocations: Decimal,
+    /// Per GB-hour stored (10^9 bytes for one hour): components and oplogs.
+    #[serde(default)]
+    pub per_gb_hour: Decimal,
 }
 
 impl Default for Prices {
@@ -199,6 +207,7 @@ impl Default for Prices {
             base_monthly: Decimal::ZERO,
             per_billion_fuel: Decimal::ZERO,
             per_million_invocations: Decimal::ZERO,
+            per_gb_hour: Decimal::ZERO,
         }
     }
 }
@@ -208,12 +217,14 @@ impl Prices {
         base_monthly: i64,
         per_billion_fuel_cents: i64,
         per_million_invocations_cents: i64,
+        per_gb_hour_micro: i64,
     ) -> Prices {
         Prices {
             currency: "USD".into(),
             base_monthly: Decimal::new(base_monthly, 0),
             per_billion_fuel: Decimal::new(per_billion_fuel_cents, 2),
             per_million_invocations: Decimal::new(per_million_invocations_cents, 2),
+            per_gb_hour: Decimal::new(per_gb_hour_micro, 6),
         }
     }
 }
@@ -287,7 +298,7 @@ impl Plan {
                 requests_per_second: 5_000,
                 burst: 10_000,
                 concurrent_invocations: 1_000,
-                prices: Prices::new(49, 10, 200),
+                prices: Prices::new(49, 10, 200, 140),
             },
             Plan {
                 name: "unlimited".into(),
@@ -300,7 +311,7 @@ impl Plan {
                 requests_per_second: 1_000_000,
                 burst: 1_000_000,
                 concurrent_invocations: 100_000,
-                prices: Prices::new(999, 5, 100),
+                prices: Prices::new(999, 5, 100, 100),
             },
         ]
     }
@@ -868,6 +879,8 @@ pub struct UsageRow {
     pub wall_us: u64,
     pub memory_kib_ms: u64,
     pub oplog_bytes: u64,
+    /// Bytes stored (the component's versions and its workers' oplogs) × hours.
+    pub storage_byte_hours: u64,
 }
 
 /// The most ledger rows one report reads (hours × components × kinds).
@@ -952,6 +965,7 @@ impl Billing {
                         wall_us: 0,
                         memory_kib_ms: 0,
                         oplog_bytes: 0,
+                        storage_byte_hours: 0,
                     });
                     out.len() - 1
                 });
@@ -962,6 +976,7 @@ impl Billing {
                 usage::WALL_US => &mut row.wall_us,
                 usage::MEMORY_KIB_MS => &mut row.memory_kib_ms,
                 usage::OPLOG_BYTES => &mut row.oplog_bytes,
+                usage::STORAGE_BYTE_HOURS => &mut row.storage_byte_hours,
                 _ => continue,
             };
             *field = field.saturating_add(value);
@@ -1013,6 +1028,10 @@ impl Billing {
             .iter()
             .map(|r| r.invocations)
             .fold(0_u64, u64::saturating_add);
+        let byte_hours = rows
+            .iter()
+            .map(|r| r.storage_byte_hours)
+            .fold(0_u64, u64::saturating_add);
         let prices = &plan.prices;
         let lines = vec![
             priced("base fee", 1, "month", 1, prices.base_monthly),
@@ -1024,6 +1043,13 @@ impl Billing {
                 1_000_000,
                 prices.per_million_invocations,
             ),
+            priced(
+                "storage",
+                byte_hours,
+                "byte-hour",
+                1_000_000_000,
+                prices.per_gb_hour,
+            ),
         ];
         let total = lines.iter().map(|l| l.amount).sum();
         Ok(Invoice {
@@ -1033,6 +1059,127 @@ impl Billing {
             currency: prices.currency.clone(),
             lines,
             total,
+        })
+    }
+}
+
+/// How many hours one accrual fills in at most, when sampling stopped for a while (62 days).
+pub const STORAGE_BACKFILL_HOURS: u64 = 62 * 24;
+
+impl Billing {
+    /// Accrues stored bytes into the ledger: every tenant's hours from the first one not yet
+    /// accrued up to `hour` (included) are charged the bytes stored now, per component, as
+    /// `storage_byte_hours`. Each tenant's hours are accrued in one transaction with the mark
+    /// that says they are, so an hour is billed once however many processes sample, and hours
+    /// missed while nothing sampled (at most [`STORAGE_BACKFILL_HOURS`]) are filled in later.
+    /// Returns the tenant-hours accrued.
+    pub async fn accrue_storage(&self, hour: u64) -> Result<u64> {
+        use invicta_model::usage;
+        let prefix = usage::stored_prefix();
+        let rows = self
+            .inner
+            .store
+            .read(move |tx| tx.get_prefix(&prefix, Default::default()))
+            .await?;
+        let mut tenants: Vec<String> = rows
+            .iter()
+            .filter_map(|row| usage::parse_stored_key(&row.key).map(|(tenant, _, _)| tenant))
+            .collect();
+        tenants.dedup();
+        let mut accrued = 0;
+        for tenant in tenants {
+            accrued += self.accrue_tenant_storage(tenant, hour).await?;
+        }
+        Ok(accrued)
+    }
+
+    async fn accrue_tenant_storage(&self, tenant: String, hour: u64) -> Result<u64> {
+        use invicta_model::usage;
+        self.inner
+            .store
+            .transact(move |tx| {
+                let mark = usage::storage_accrued_key(&tenant);
+                let first = match tx.get(&mark)? {
+                    Some(bytes) => decode::<u64>("storage mark", &bytes)?,
+                    None => hour,
+                }
+                .max(hour.saturating_sub(STORAGE_BACKFILL_HOURS - 1));
+                if first > hour {
+                    return Ok(0);
+                }
+                let mut per_component: Vec<(String, i64)> = Vec::new();
+                for row in tx.get_prefix(&usage::stored_prefix_of(&tenant), Default::default())? {
+                    let Some((_, component, _)) = usage::parse_stored_key(&row.key) else {
+                        continue;
+                    };
+                    let bytes = invicta_store::decode_counter(&row.value).max(0);
+                    match per_component.last_mut() {
+                        Some((c, sum)) if *c == component => *sum = sum.saturating_add(bytes),
+                        _ => per_component.push((component, bytes)),
+                    }
+                }
+                for h in first..=hour {
+                    for (component, bytes) in &per_component {
+                        if *bytes > 0 {
+                            tx.atomic_add(
+                                &usage::ledger_key(
+                                    &tenant,
+                                    h,
+                                    component,
+                                    usage::STORAGE_BYTE_HOURS,
+                                ),
+                                *bytes,
+                            )?;
+                        }
+                    }
+                }
+                tx.set(&mark, &encode(&(hour + 1)))?;
+                Ok::<_, Error>(hour + 1 - first)
+            })
+            .await
+    }
+
+    /// The bytes the tenant stores now, per kind (`component_bytes`, `oplog_bytes`), summed
+    /// over its components.
+    pub async fn stored(&self, tenant: &str) -> Result<std::collections::BTreeMap<String, u64>> {
+        use invicta_model::usage;
+        let prefix = usage::stored_prefix_of(tenant);
+        let rows = self
+            .inner
+            .store
+            .read(move |tx| tx.get_prefix(&prefix, Default::default()))
+            .await?;
+        let mut out = std::collections::BTreeMap::new();
+        for kind in [usage::COMPONENT_BYTES, usage::OPLOG_BYTES] {
+            out.insert(kind.to_string(), 0_u64);
+        }
+        for row in rows {
+            if let Some((_, _, kind)) = usage::parse_stored_key(&row.key) {
+                let bytes = u64::try_from(invicta_store::decode_counter(&row.value)).unwrap_or(0);
+                let sum = out.entry(kind).or_insert(0);
+                *sum = sum.saturating_add(bytes);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Samples stored bytes into the ledger every `storage_sample_interval_ms` until the
+    /// process ends.
+    pub fn spawn_storage_sampler(&self) -> tokio::task::JoinHandle<()> {
+        let billing = self.clone();
+        let every = Duration::from_millis(self.inner.config.storage_sample_interval_ms.max(10));
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let hour = invicta_model::usage::hour_of(now_ms());
+                match billing.accrue_storage(hour).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::debug!(tenant_hours = n, "storage accrued"),
+                    Err(e) => tracing::warn!(error = %e, "storage accrual"),
+                }
+            }
         })
     }
 }

@@ -316,7 +316,12 @@ impl Registry {
                 if latest == 0 {
                     tx.atomic_add(&components_key, 1)?;
                 }
-                tx.atomic_add(&bytes_key, i64::try_from(template.size).unwrap_or(i64::MAX))?;
+                let size = i64::try_from(template.size).unwrap_or(i64::MAX);
+                tx.atomic_add(&bytes_key, size)?;
+                tx.atomic_add(
+                    &usage::stored_key(tenant_c.as_str(), name_c.as_str(), usage::COMPONENT_BYTES),
+                    size,
+                )?;
                 let mut record = template.clone();
                 record.version = latest + 1;
                 tx.set(

@@ -356,7 +356,10 @@ impl Executor {
                     &records::worker_key(&id_c),
                     &records::encode_json(&record_c),
                 )?;
-                for (key, value) in records::entry_writes(&id_c, 1, create.encode()) {
+                let writes = records::entry_writes(&id_c, 1, create.encode());
+                let (stored_key, stored) = records::stored_add(&id_c, &writes);
+                tx.atomic_add(&stored_key, stored)?;
+                for (key, value) in writes {
                     tx.set(&key, &value)?;
                 }
                 Ok::<_, Error>((record_c.clone(), true))

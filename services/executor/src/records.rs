@@ -165,6 +165,24 @@ pub(crate) fn entry_writes(
     writes
 }
 
+/// The bytes `writes` (from [`entry_writes`]) store.
+pub(crate) fn stored_bytes(writes: &[(Vec<u8>, Vec<u8>)]) -> i64 {
+    let bytes: usize = writes.iter().map(|(_, v)| v.len()).sum();
+    i64::try_from(bytes).unwrap_or(i64::MAX)
+}
+
+/// The counter of the oplog bytes a worker's component stores, and what `writes` add to it.
+pub(crate) fn stored_add(id: &WorkerId, writes: &[(Vec<u8>, Vec<u8>)]) -> (Vec<u8>, i64) {
+    (
+        invicta_model::usage::stored_key(
+            id.tenant.as_str(),
+            id.component.as_str(),
+            invicta_model::usage::OPLOG_BYTES,
+        ),
+        stored_bytes(writes),
+    )
+}
+
 /// The index of an oplog key under `prefix`.
 fn index_of(prefix_len: usize, key: &[u8]) -> Result<OplogIndex, Error> {
     let rest = key

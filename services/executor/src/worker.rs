@@ -266,14 +266,16 @@ impl Actor {
                 timestamp_ms: now_ms(),
             };
             let (done, wait) = commit::done_channel();
+            let sets = records::entry_writes(&self.id, index, entry.encode());
+            let adds = vec![records::stored_add(&self.id, &sets)];
             self.inner
                 .committer
                 .submit(CommitRequest {
                     worker: self.id.clone(),
                     first_index: Some(index),
-                    sets: records::entry_writes(&self.id, index, entry.encode()),
+                    sets,
                     clears: Vec::new(),
-                    adds: Vec::new(),
+                    adds,
                     done,
                     span: tracing::Span::current(),
                 })
@@ -815,6 +817,7 @@ impl Actor {
             oplog_bytes += encoded.len() as u64;
             sets.extend(records::entry_writes(&self.id, index, encoded));
         }
+        let stored = records::stored_add(&self.id, &sets);
         // A key the executor made was never shown to anyone, so nobody can ask for its outcome
         // again: its record would only cost a page per commit.
         if !invocation.key_is_new {
@@ -829,7 +832,7 @@ impl Actor {
             Vec::new()
         };
         // Usage is metered in the transaction that commits the work: never twice, never lost.
-        let adds = match (&outcome, call_usage) {
+        let mut adds = match (&outcome, call_usage) {
             (Ok(completed), Some(call)) => {
                 let now = now_ms();
                 let month = records::month_of(now);
@@ -889,6 +892,9 @@ impl Actor {
             }
             _ => Vec::new(),
         };
+        if stored.1 > 0 {
+            adds.push(stored);
+        }
         let shared = self.shared.clone();
         let key = invocation.idempotency_key.clone();
         let worker = self.id.clone();
@@ -957,6 +963,7 @@ impl StartCommit {
         for (index, entry) in entries {
             sets.extend(records::entry_writes(&self.id, index, entry.encode()));
         }
+        let adds = vec![records::stored_add(&self.id, &sets)];
         sets.push((records::running_key(&self.id), Vec::new()));
         let shared = self.shared.clone();
         let worker = self.id.clone();
@@ -977,7 +984,7 @@ impl StartCommit {
                 first_index: Some(first_index),
                 sets,
                 clears: Vec::new(),
-                adds: Vec::new(),
+                adds,
                 done,
                 span: tracing::Span::current(),
             })

@@ -249,13 +249,21 @@ fn wants_csv(headers: &HeaderMap) -> bool {
 
 /// A report's rows as CSV.
 fn csv(rows: &[UsageRow]) -> Response {
-    let mut out =
-        String::from("period,component,invocations,fuel,wall_us,memory_kib_ms,oplog_bytes\n");
+    let mut out = String::from(
+        "period,component,invocations,fuel,wall_us,memory_kib_ms,oplog_bytes,storage_byte_hours\n",
+    );
     for r in rows {
         // Periods and component names never contain commas or quotes (names are validated).
         out.push_str(&format!(
-            "{},{},{},{},{},{},{}\n",
-            r.period, r.component, r.invocations, r.fuel, r.wall_us, r.memory_kib_ms, r.oplog_bytes
+            "{},{},{},{},{},{},{},{}\n",
+            r.period,
+            r.component,
+            r.invocations,
+            r.fuel,
+            r.wall_us,
+            r.memory_kib_ms,
+            r.oplog_bytes,
+            r.storage_byte_hours
         ));
     }
     (
@@ -290,6 +298,7 @@ async fn report(
             "wall_us": total(|r| r.wall_us),
             "memory_kib_ms": total(|r| r.memory_kib_ms),
             "oplog_bytes": total(|r| r.oplog_bytes),
+            "storage_byte_hours": total(|r| r.storage_byte_hours),
         },
         "rows": rows,
     });
@@ -331,6 +340,7 @@ pub(crate) async fn usage(
         "workers": billing.count(t, usage::WORKERS).await?,
         "components": billing.count(t, usage::COMPONENTS).await?,
         "component_bytes": billing.count(t, usage::COMPONENT_BYTES).await?,
+        "stored_bytes": billing.stored(t).await?,
     });
     report(&state, t, &query, &headers, summary).await
 }

@@ -123,6 +123,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         invicta_billing::Billing::start(config.billing.clone(), store.clone(), &data_dir, preset)
             .await
             .context("start billing")?;
+    billing.spawn_storage_sampler();
     if let Some(key) = fresh_operator_key {
         // Shown once; it is also in the data directory, readable by its owner only.
         println!(

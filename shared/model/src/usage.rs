@@ -7,7 +7,13 @@
 //! - `("usage", tenant, kind, "YYYY-MM")`: a month's totals that quotas check (`fuel`,
 //!   `invocations`).
 //! - `("ledger", tenant, hour, component, kind)`: the usage ledger, per hour (since the epoch)
-//!   and component: `invocations`, `fuel`, `wall_us`, `memory_kib_ms`, `oplog_bytes`.
+//!   and component: `invocations`, `fuel`, `wall_us`, `memory_kib_ms`, `oplog_bytes`,
+//!   `storage_byte_hours`.
+//! - `("stored", tenant, component, kind)`: the bytes a component's tenant stores now:
+//!   `component_bytes` (its versions' wasm) and `oplog_bytes` (its workers' oplogs). Billing
+//!   samples them once an hour into the ledger's `storage_byte_hours`.
+//! - `("storage-accrued", tenant)`: the first hour whose storage is not yet in the ledger,
+//!   written in the transaction that accrues it, so no hour is billed twice.
 
 use foundationdb_tuple::pack;
 
@@ -20,8 +26,17 @@ pub const WALL_US: &str = "wall_us";
 pub const MEMORY_KIB_MS: &str = "memory_kib_ms";
 /// Oplog bytes an invocation appended (encoded entries).
 pub const OPLOG_BYTES: &str = "oplog_bytes";
+/// Bytes stored × hours: each hour is charged the bytes stored when it was first sampled.
+pub const STORAGE_BYTE_HOURS: &str = "storage_byte_hours";
 /// The ledger's kinds, in report order.
-pub const LEDGER_KINDS: [&str; 5] = [INVOCATIONS, FUEL, WALL_US, MEMORY_KIB_MS, OPLOG_BYTES];
+pub const LEDGER_KINDS: [&str; 6] = [
+    INVOCATIONS,
+    FUEL,
+    WALL_US,
+    MEMORY_KIB_MS,
+    OPLOG_BYTES,
+    STORAGE_BYTE_HOURS,
+];
 
 /// Kinds of what a tenant has.
 pub const WORKERS: &str = "workers";
@@ -41,6 +56,33 @@ pub fn counts_prefix() -> Vec<u8> {
 pub fn count_kind(key: &[u8]) -> Option<String> {
     let (_, _, kind): (String, String, String) = foundationdb_tuple::unpack(key).ok()?;
     Some(kind)
+}
+
+/// The bytes of `kind` (`component_bytes`, `oplog_bytes`) a tenant's component stores now.
+pub fn stored_key(tenant: &str, component: &str, kind: &str) -> Vec<u8> {
+    pack(&("stored", tenant, component, kind))
+}
+
+/// The prefix of every tenant's stored bytes.
+pub fn stored_prefix() -> Vec<u8> {
+    pack(&("stored",))
+}
+
+/// The prefix of one tenant's stored bytes.
+pub fn stored_prefix_of(tenant: &str) -> Vec<u8> {
+    pack(&("stored", tenant))
+}
+
+/// The (tenant, component, kind) of a [`stored_key`].
+pub fn parse_stored_key(key: &[u8]) -> Option<(String, String, String)> {
+    let (_, tenant, component, kind): (String, String, String, String) =
+        foundationdb_tuple::unpack(key).ok()?;
+    Some((tenant, component, kind))
+}
+
+/// Where the hour up to which a tenant's storage is accrued is kept.
+pub fn storage_accrued_key(tenant: &str) -> Vec<u8> {
+    pack(&("storage-accrued", tenant))
 }
 
 pub fn month_key(tenant: &str, kind: &str, month: &str) -> Vec<u8> {
@@ -129,6 +171,18 @@ mod tests {
         let key = count_key("t", WORKERS);
         assert!(key.starts_with(&counts_prefix()));
         assert_eq!(count_kind(&key).as_deref(), Some(WORKERS));
+    }
+
+    #[test]
+    fn stored_keys_round_trip() {
+        let key = stored_key("t", "c", OPLOG_BYTES);
+        assert!(key.starts_with(&stored_prefix_of("t")));
+        assert!(key.starts_with(&stored_prefix()));
+        assert!(!key.starts_with(&stored_prefix_of("t2")));
+        assert_eq!(
+            parse_stored_key(&key),
+            Some(("t".into(), "c".into(), OPLOG_BYTES.into()))
+        );
     }
 
     #[test]
