@@ -149,10 +149,26 @@ async fn bad_uploads_are_refused_and_store_nothing() -> anyhow::Result<()> {
         ),
     ];
     for (name, content_type, bytes, status, code, mentions) in cases {
-        let reply = f
-            .api
-            .post_raw(&format!("/v1/components/{name}"), content_type, bytes)
-            .await?;
+        // A body refused for its size is not read: the server may close the connection while
+        // the client is still sending, which the client sees as a reset. Ask again then.
+        let mut attempts = 0;
+        let reply = loop {
+            attempts += 1;
+            match f
+                .api
+                .post_raw(
+                    &format!("/v1/components/{name}"),
+                    content_type,
+                    bytes.clone(),
+                )
+                .await
+            {
+                Err(e) if status == 413 && attempts < 10 => {
+                    eprintln!("{name}: {e}; again");
+                }
+                other => break other?,
+            }
+        };
         assert_eq!(reply.status, status, "{name}: {reply:?}");
         assert_eq!(reply.code(), code, "{name}: {reply:?}");
         assert_eq!(reply.content_type, "application/problem+json", "{name}");
@@ -319,7 +335,8 @@ async fn explicit_worker_creation() -> anyhow::Result<()> {
         .await?;
     assert_eq!(no_component.status, 404);
     let list = f.api.get(path).await?;
-    assert_eq!(list.body["workers"], json!(["l1"]));
+    assert_eq!(list.body["workers"][0]["name"], "l1");
+    assert_eq!(list.body["workers"].as_array().map(Vec::len), Some(1));
 
     // Output goes to the oplog as log entries.
     assert_eq!(

@@ -63,6 +63,14 @@ impl Api {
     }
 
     /// The same client, calling without a key.
+    /// The same caller, at another server (e.g. one restarted on a new port).
+    pub fn at(&self, base: &str) -> Api {
+        Api {
+            base: base.trim_end_matches('/').to_string(),
+            ..self.clone()
+        }
+    }
+
     pub fn anonymous(&self) -> Api {
         Api {
             key: None,

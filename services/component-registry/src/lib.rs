@@ -47,6 +47,14 @@ pub enum Error {
     NotFound(String),
     #[error("component {name} has no version {version}")]
     VersionNotFound { name: String, version: u64 },
+    #[error(
+        "component {name} is in use by {workers} worker(s) (e.g. `{example}`); delete them first"
+    )]
+    InUse {
+        name: String,
+        workers: usize,
+        example: String,
+    },
     #[error("store: {0}")]
     Store(#[from] invicta_store::Error),
     #[error("blob store: {0}")]
@@ -412,6 +420,89 @@ impl Registry {
                 }
             })
             .await
+    }
+
+    /// The tenant's components with their latest versions, by name.
+    pub async fn list(&self, tenant: &TenantId) -> Result<Vec<ComponentVersion>> {
+        let tenant = tenant.clone();
+        self.inner
+            .store
+            .read(move |tx| {
+                let rows =
+                    tx.get_prefix(&pack(&("component", tenant.as_str())), Default::default())?;
+                let mut out = Vec::with_capacity(rows.len());
+                for row in rows {
+                    let (_, _, name): (String, String, String) =
+                        invicta_store::keys::unpack(&row.key)
+                            .map_err(|e| Error::Corrupt(format!("component key: {e:?}")))?;
+                    let name =
+                        ComponentName::new(name).map_err(|e| Error::Corrupt(e.to_string()))?;
+                    let latest = decode::<ComponentRecord>(&row.value)?.latest_version;
+                    if let Some(bytes) = tx.get(&version_key(&tenant, &name, latest))? {
+                        out.push(decode::<ComponentVersion>(&bytes)?);
+                    }
+                }
+                Ok(out)
+            })
+            .await
+    }
+
+    /// Deletes a component with all its versions, refused while any worker uses it (checked
+    /// in the same transaction). The tenant's counts drop by what it took.
+    pub async fn delete(&self, tenant: &TenantId, name: &ComponentName) -> Result<()> {
+        let (tenant_c, name_c) = (tenant.clone(), name.clone());
+        let versions = self
+            .inner
+            .store
+            .transact(move |tx| {
+                if tx.get(&component_key(&tenant_c, &name_c))?.is_none() {
+                    return Err(Error::NotFound(name_c.to_string()));
+                }
+                let workers = tx.get_prefix(
+                    &invicta_model::layout::workers_prefix(tenant_c.as_str(), name_c.as_str()),
+                    invicta_store::RangeOptions::limit(1_000),
+                )?;
+                if let Some(first) = workers.first() {
+                    let example =
+                        invicta_store::keys::unpack::<(String, String, String, String)>(&first.key)
+                            .map(|(_, _, _, w)| w)
+                            .unwrap_or_default();
+                    return Err(Error::InUse {
+                        name: name_c.to_string(),
+                        workers: workers.len(),
+                        example,
+                    });
+                }
+                let mut bytes = 0_i64;
+                let mut versions = Vec::new();
+                for space in ["component-version", "component-hash", "component-artifact"] {
+                    let prefix = pack(&(space, tenant_c.as_str(), name_c.as_str()));
+                    let (begin, end) = invicta_store::keys::prefix_range(&prefix);
+                    if space == "component-version" {
+                        for row in tx.get_range(&begin, &end, Default::default())? {
+                            let v = decode::<ComponentVersion>(&row.value)?;
+                            bytes += i64::try_from(v.size).unwrap_or(0);
+                            versions.push(v.version);
+                        }
+                    }
+                    tx.clear_range(&begin, &end)?;
+                }
+                tx.clear(&component_key(&tenant_c, &name_c))?;
+                let t = tenant_c.as_str();
+                tx.atomic_add(&usage::count_key(t, usage::COMPONENTS), -1)?;
+                tx.atomic_add(&usage::count_key(t, usage::COMPONENT_BYTES), -bytes)?;
+                let stored = usage::stored_key(t, name_c.as_str(), usage::COMPONENT_BYTES);
+                let left = tx.get_i64(&stored)?;
+                tx.atomic_add(&stored, -left)?;
+                Ok(versions)
+            })
+            .await?;
+        let mut cache = self.lock();
+        for version in versions {
+            cache.remove(&(tenant.clone(), name.clone(), version));
+        }
+        tracing::info!(tenant = %tenant, component = %name, "component deleted");
+        Ok(())
     }
 
     /// The version numbers of a component, oldest first.

@@ -30,7 +30,7 @@ use invicta_store::Store;
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
-pub use records::{InvocationRecord, StoredOutcome, WorkerRecord};
+pub use records::{InvocationRecord, PendingRecord, StoredOutcome, WorkerRecord};
 
 use crate::commit::Committer;
 use crate::host::WorkerCtx;
@@ -42,6 +42,10 @@ pub enum Error {
     WorkerNotFound(String),
     #[error("worker {0} already exists")]
     WorkerExists(String),
+    #[error("no invocation with idempotency key `{0}` on this worker")]
+    InvocationNotFound(String),
+    #[error("the worker cannot move to that version: {0}")]
+    IncompatibleVersion(String),
     #[error("component {component} has no exported function `{function}`; it exports: {available}")]
     UnknownFunction {
         component: String,
@@ -98,6 +102,7 @@ impl Error {
                 message: message.clone(),
             },
             Error::WorkerFailed(m) => Error::WorkerFailed(m.clone()),
+            Error::WorkerNotFound(m) => Error::WorkerNotFound(m.clone()),
             Error::QueueFull(n) => Error::QueueFull(*n),
             Error::PoolExhausted(m) => Error::PoolExhausted(m.clone()),
             Error::QuotaExceeded { quota, limit, used } => Error::QuotaExceeded {
@@ -187,6 +192,46 @@ pub struct WorkerStatus {
     pub error: Option<String>,
 }
 
+/// A worker in a listing.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct WorkerSummary {
+    pub name: String,
+    /// `active`, `suspended` or `failed`.
+    pub status: String,
+    pub component_version: u64,
+    pub created_at_ms: u64,
+}
+
+/// Which workers a listing returns.
+#[derive(Debug, Clone, Default)]
+pub struct WorkerFilter {
+    /// Only names starting with this.
+    pub prefix: Option<String>,
+    /// Only workers in this status.
+    pub status: Option<String>,
+    /// Only names after this one (the previous page's `next`).
+    pub after: Option<String>,
+    /// At most this many.
+    pub limit: usize,
+}
+
+/// Where an invocation accepted by `enqueue` (or made with a key) stands.
+#[derive(Debug, Clone, PartialEq)]
+pub enum InvocationState {
+    Pending { enqueued_at_ms: u64 },
+    Completed(Completed),
+    Failed { kind: String, message: String },
+}
+
+/// A line a worker wrote to stdout or stderr, at its oplog index.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct LogLine {
+    pub index: OplogIndex,
+    pub stream: &'static str,
+    /// The bytes as text (invalid UTF-8 replaced).
+    pub text: String,
+}
+
 /// The result of a completed invocation.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Completed {
@@ -268,6 +313,7 @@ impl Executor {
             }),
         };
         executor.recover().await?;
+        executor.recover_pending().await?;
         Ok(executor)
     }
 
@@ -295,15 +341,19 @@ impl Executor {
         Ok(())
     }
 
-    /// Creates a worker of the component's latest version.
+    /// Creates a worker of the component's `version` (the latest if `None`).
     pub async fn create_worker(
         &self,
         id: &WorkerId,
         env: Vec<(String, String)>,
         args: Vec<String>,
+        version: Option<u64>,
         limits: &Limits,
     ) -> Result<WorkerRecord> {
-        match self.create(id, env, args, limits.workers_max).await? {
+        match self
+            .create(id, env, args, version, limits.workers_max)
+            .await?
+        {
             (record, true) => Ok(record),
             (_, false) => Err(Error::WorkerExists(id.to_string())),
         }
@@ -315,12 +365,13 @@ impl Executor {
         id: &WorkerId,
         env: Vec<(String, String)>,
         args: Vec<String>,
+        version: Option<u64>,
         workers_max: u64,
     ) -> Result<(WorkerRecord, bool)> {
         let component = self
             .inner
             .registry
-            .get(&id.tenant, &id.component, None)
+            .get(&id.tenant, &id.component, version)
             .await?;
         let record = WorkerRecord {
             component_version: component.version,
@@ -443,6 +494,74 @@ impl Executor {
         idempotency_key: Option<String>,
         limits: &Limits,
     ) -> Result<Completed> {
+        let invocation = self
+            .prepare(id, function, params, idempotency_key, limits)
+            .await?;
+        let completed = self.run(id, &invocation).await?;
+        self.count_fuel(&id.tenant, completed.fuel_consumed);
+        Ok(completed)
+    }
+
+    /// Parameters given as WAVE text, as JSON, by the types of the function the worker's
+    /// component version exports (the component's latest for a worker not yet created).
+    pub async fn wave_params(
+        &self,
+        id: &WorkerId,
+        function: &str,
+        texts: &[String],
+    ) -> Result<Vec<serde_json::Value>> {
+        let version = match self.worker_record(id).await? {
+            Some(record) => record.component_version,
+            None => {
+                self.inner
+                    .registry
+                    .get(&id.tenant, &id.component, None)
+                    .await?
+                    .version
+            }
+        };
+        let compiled = self
+            .inner
+            .registry
+            .compiled(&id.tenant, &id.component, version)
+            .await?;
+        let export = compiled
+            .function(function)
+            .ok_or_else(|| Error::UnknownFunction {
+                component: id.component.to_string(),
+                function: function.to_string(),
+                available: compiled
+                    .exports
+                    .iter()
+                    .map(|f| f.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            })?;
+        if texts.len() != export.params.len() {
+            return Err(Error::ParamCount {
+                function: export.name.clone(),
+                expected: export.params.len(),
+                got: texts.len(),
+            });
+        }
+        texts
+            .iter()
+            .zip(&export.params)
+            .map(|(text, (name, ty))| {
+                invicta_engine::values::wave_to_json(name, text, ty).map_err(Error::from)
+            })
+            .collect()
+    }
+
+    /// Checks an invocation against the worker's component and the caller's limits.
+    async fn prepare(
+        &self,
+        id: &WorkerId,
+        function: &str,
+        params: &[serde_json::Value],
+        idempotency_key: Option<String>,
+        limits: &Limits,
+    ) -> Result<Invocation> {
         let key = match idempotency_key {
             Some(key) => {
                 if key.is_empty()
@@ -465,7 +584,7 @@ impl Executor {
                 let record = match self.worker_record(id).await? {
                     Some(record) => record,
                     None => {
-                        self.create(id, Vec::new(), Vec::new(), limits.workers_max)
+                        self.create(id, Vec::new(), Vec::new(), None, limits.workers_max)
                             .await?
                             .0
                     }
@@ -509,6 +628,7 @@ impl Executor {
             params: values,
             idempotency_key: key,
             key_is_new: generated,
+            enqueued: false,
             fuel: limits
                 .fuel_per_invocation
                 .min(self.inner.config.fuel_per_invocation),
@@ -527,8 +647,17 @@ impl Executor {
                 });
             }
         }
-        // The actor may have suspended itself between our lookup and our send: then start it
-        // again. Bounded: a fresh actor does not suspend before taking its first message.
+        Ok(invocation)
+    }
+
+    /// Hands the invocation to the worker's actor; the receiver hears its outcome. The actor
+    /// may have stopped between our lookup and our send: then start it again (bounded: a fresh
+    /// actor does not stop before taking its first message).
+    async fn deliver(
+        &self,
+        id: &WorkerId,
+        invocation: &Invocation,
+    ) -> Result<oneshot::Receiver<Outcome>> {
         for _ in 0..3 {
             let handle = self.handle(id).await?;
             let (reply, outcome) = oneshot::channel();
@@ -536,14 +665,7 @@ impl Executor {
                 .send(Command::Invoke(invocation.clone(), reply))
                 .await
             {
-                Ok(()) => match outcome.await.unwrap_or(Err(Error::ShuttingDown)) {
-                    Err(Error::Retry) => continue,
-                    Ok(completed) => {
-                        self.count_fuel(&id.tenant, completed.fuel_consumed);
-                        return Ok(completed);
-                    }
-                    other => return other,
-                },
+                Ok(()) => return Ok(outcome),
                 Err(worker::SendError::Full(n)) => return Err(Error::QueueFull(n)),
                 Err(worker::SendError::Stopped) => {
                     self.lock_workers().remove(id);
@@ -551,6 +673,385 @@ impl Executor {
             }
         }
         Err(Error::ShuttingDown)
+    }
+
+    /// Delivers the invocation and waits for its outcome.
+    async fn run(&self, id: &WorkerId, invocation: &Invocation) -> Result<Completed> {
+        for _ in 0..3 {
+            let outcome = self.deliver(id, invocation).await?;
+            match outcome.await.unwrap_or(Err(Error::ShuttingDown)) {
+                Err(Error::Retry) => continue,
+                other => return other,
+            }
+        }
+        Err(Error::ShuttingDown)
+    }
+
+    /// Accepts an invocation durably and runs it in the background; returns its idempotency key
+    /// (made if none was given) and whether it was new (a key already accepted or completed is
+    /// not accepted twice). Accepted invocations survive a crash: recovery runs them.
+    pub async fn enqueue(
+        &self,
+        id: &WorkerId,
+        function: &str,
+        params: &[serde_json::Value],
+        idempotency_key: Option<String>,
+        limits: &Limits,
+    ) -> Result<(String, bool)> {
+        let mut invocation = self
+            .prepare(id, function, params, idempotency_key, limits)
+            .await?;
+        // Its outcome is asked for later, by key: it must be recorded.
+        invocation.key_is_new = false;
+        invocation.enqueued = true;
+        let record = PendingRecord {
+            function: invocation.function.clone(),
+            params: params.to_vec(),
+            fuel: invocation.fuel,
+            memory_bytes: invocation.memory_bytes,
+            enqueued_at_ms: now_ms(),
+        };
+        let (id_c, key) = (id.clone(), invocation.idempotency_key.clone());
+        let accepted = self
+            .inner
+            .store
+            .transact(move |tx| {
+                if tx.get(&records::invocation_key(&id_c, &key))?.is_some()
+                    || tx.get(&records::pending_key(&id_c, &key))?.is_some()
+                {
+                    return Ok(false);
+                }
+                tx.set(
+                    &records::pending_key(&id_c, &key),
+                    &records::encode_json(&record),
+                )?;
+                Ok::<_, Error>(true)
+            })
+            .await?;
+        let key = invocation.idempotency_key.clone();
+        if accepted {
+            // Delivered here, before the reply, so that one client's enqueues keep their order.
+            let first = self.deliver(id, &invocation).await;
+            tokio::spawn(self.clone().settle(id.clone(), invocation, first));
+        }
+        Ok((key, accepted))
+    }
+
+    /// Waits for an accepted invocation's outcome, delivering it again while the worker is
+    /// busy or restarting; an outcome the worker could not record is recorded here.
+    async fn settle(
+        self,
+        id: WorkerId,
+        invocation: Invocation,
+        first: Result<oneshot::Receiver<Outcome>>,
+    ) {
+        let mut outcome = match first {
+            Ok(rx) => rx.await.unwrap_or(Err(Error::ShuttingDown)),
+            Err(e) => Err(e),
+        };
+        for attempt in 1..=50_u64 {
+            match &outcome {
+                Err(Error::Retry | Error::QueueFull(_) | Error::PoolExhausted(_)) => {
+                    tokio::time::sleep(std::time::Duration::from_millis(20 * attempt.min(25)))
+                        .await;
+                    outcome = self.run(&id, &invocation).await;
+                }
+                _ => break,
+            }
+        }
+        match outcome {
+            Ok(completed) => self.count_fuel(&id.tenant, completed.fuel_consumed),
+            // The worker recorded it.
+            Err(Error::InvocationFailed { .. }) => {}
+            // The next start runs it.
+            Err(Error::ShuttingDown) => {}
+            Err(e) => {
+                let key = invocation.idempotency_key.clone();
+                tracing::warn!(worker = %id, %key, error = %e, "an enqueued invocation could not run");
+                let (kind, message) = match &e {
+                    Error::WorkerFailed(_) => ("worker_failed", e.to_string()),
+                    Error::WorkerNotFound(_) => ("worker_not_found", e.to_string()),
+                    _ => ("not_run", e.to_string()),
+                };
+                let record = records::encode_json(&InvocationRecord {
+                    outcome: StoredOutcome::Failed {
+                        kind: FailureKind::Trap,
+                        message: format!("{kind}: {message}"),
+                    },
+                    oplog_index: 0,
+                });
+                let result = self
+                    .inner
+                    .store
+                    .transact(move |tx| {
+                        if tx.get(&records::pending_key(&id, &key))?.is_none() {
+                            return Ok(());
+                        }
+                        tx.clear(&records::pending_key(&id, &key))?;
+                        tx.set(&records::invocation_key(&id, &key), &record)?;
+                        Ok::<_, Error>(())
+                    })
+                    .await;
+                if let Err(e) = result {
+                    tracing::error!(error = %e, "record an enqueued invocation's failure");
+                }
+            }
+        }
+    }
+
+    /// Runs the invocations accepted by `enqueue` and not completed before the last stop, in
+    /// the order they were accepted.
+    async fn recover_pending(&self) -> Result<()> {
+        let prefix = records::pending_prefix_all();
+        let rows = self
+            .inner
+            .store
+            .read(move |tx| tx.get_prefix(&prefix, Default::default()))
+            .await?;
+        let mut pending = Vec::new();
+        for row in rows {
+            let (Some((id, key)), Ok(record)) = (
+                records::parse_pending_key(&row.key),
+                records::decode_json::<PendingRecord>("pending invocation", &row.value),
+            ) else {
+                tracing::warn!("skipping an unreadable pending invocation");
+                continue;
+            };
+            pending.push((record.enqueued_at_ms, id, key, record));
+        }
+        pending.sort_by_key(|p| p.0);
+        for (_, id, key, record) in pending {
+            let limits = Limits {
+                fuel_per_invocation: record.fuel,
+                fuel_per_month: u64::MAX,
+                memory_per_worker_bytes: record.memory_bytes,
+                workers_max: u64::MAX,
+            };
+            let prepared = self
+                .prepare(&id, &record.function, &record.params, Some(key), &limits)
+                .await;
+            let first = match prepared {
+                Ok(mut invocation) => {
+                    invocation.key_is_new = false;
+                    invocation.enqueued = true;
+                    let first = self.deliver(&id, &invocation).await;
+                    (invocation, first)
+                }
+                Err(e) => {
+                    tracing::warn!(worker = %id, error = %e, "a pending invocation no longer fits its worker");
+                    continue;
+                }
+            };
+            tokio::spawn(self.clone().settle(id, first.0, first.1));
+        }
+        Ok(())
+    }
+
+    /// Where an invocation made with `idempotency_key` stands.
+    pub async fn invocation(
+        &self,
+        id: &WorkerId,
+        idempotency_key: &str,
+    ) -> Result<InvocationState> {
+        let (id_c, key) = (id.clone(), idempotency_key.to_string());
+        let (record, pending, worker) = self
+            .inner
+            .store
+            .read(move |tx| {
+                Ok::<_, Error>((
+                    tx.get(&records::invocation_key(&id_c, &key))?,
+                    tx.get(&records::pending_key(&id_c, &key))?,
+                    tx.get(&records::worker_key(&id_c))?,
+                ))
+            })
+            .await?;
+        if worker.is_none() {
+            return Err(Error::WorkerNotFound(id.to_string()));
+        }
+        if let Some(bytes) = record {
+            let record: InvocationRecord = records::decode_json("invocation record", &bytes)?;
+            return Ok(match record.outcome {
+                StoredOutcome::Completed {
+                    result,
+                    fuel_consumed,
+                } => InvocationState::Completed(Completed {
+                    result,
+                    fuel_consumed,
+                }),
+                StoredOutcome::Failed { kind, message } => InvocationState::Failed {
+                    kind: kind.code().to_string(),
+                    message,
+                },
+            });
+        }
+        match pending {
+            Some(bytes) => {
+                let record: PendingRecord = records::decode_json("pending invocation", &bytes)?;
+                Ok(InvocationState::Pending {
+                    enqueued_at_ms: record.enqueued_at_ms,
+                })
+            }
+            None => Err(Error::InvocationNotFound(idempotency_key.to_string())),
+        }
+    }
+
+    /// Stops the worker's running invocation (it fails with `interrupted`, leaving no trace in
+    /// the worker's state); returns whether one was running.
+    pub async fn interrupt(&self, id: &WorkerId) -> Result<bool> {
+        if self.worker_record(id).await?.is_none() {
+            return Err(Error::WorkerNotFound(id.to_string()));
+        }
+        Ok(self
+            .lock_workers()
+            .get(id)
+            .is_some_and(|handle| handle.interrupt()))
+    }
+
+    /// Activates the worker now (replaying its oplog), retrying a replay that failed before.
+    pub async fn resume(&self, id: &WorkerId) -> Result<WorkerStatus> {
+        for _ in 0..3 {
+            let handle = self.handle(id).await?;
+            handle.clear_failure();
+            let (reply, result) = oneshot::channel();
+            if handle.send(Command::Activate(reply)).await.is_err() {
+                self.lock_workers().remove(id);
+                continue;
+            }
+            match result.await.unwrap_or(Err(Error::ShuttingDown)) {
+                Ok(()) => return self.status(id).await,
+                Err(Error::Retry) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(Error::ShuttingDown)
+    }
+
+    /// Deletes the worker: its running invocation is interrupted, its queued and pending ones
+    /// are dropped, and its record, oplog and invocation records are removed.
+    pub async fn delete_worker(&self, id: &WorkerId) -> Result<()> {
+        for _ in 0..3 {
+            let handle = self.handle(id).await?;
+            handle.start_deleting();
+            let (reply, result) = oneshot::channel();
+            if handle.send(Command::Delete(reply)).await.is_err() {
+                self.lock_workers().remove(id);
+                continue;
+            }
+            match result.await.unwrap_or(Err(Error::ShuttingDown)) {
+                Err(Error::Retry) => continue,
+                other => return other,
+            }
+        }
+        Err(Error::ShuttingDown)
+    }
+
+    /// Moves the worker to another version of its component. Allowed only when its history
+    /// replays on that version: every function it was invoked with must exist there with the
+    /// same signature, and a trial replay must reproduce every recorded result; otherwise the
+    /// worker stays where it was and the reason is returned.
+    pub async fn set_version(&self, id: &WorkerId, version: u64) -> Result<WorkerRecord> {
+        let record = self
+            .worker_record(id)
+            .await?
+            .ok_or_else(|| Error::WorkerNotFound(id.to_string()))?;
+        if record.component_version == version {
+            return Ok(record);
+        }
+        let registry = &self.inner.registry;
+        let current = registry
+            .compiled(&id.tenant, &id.component, record.component_version)
+            .await?;
+        let target = registry
+            .compiled(&id.tenant, &id.component, version)
+            .await?;
+        let id_c = id.clone();
+        let entries = self
+            .inner
+            .store
+            .read(move |tx| records::read_entries(tx, &id_c, 1, usize::MAX))
+            .await?;
+        for (_, entry) in &entries {
+            if let OplogEntry::ExportedFunctionInvoked { function, .. } = entry {
+                let before = current.function(function).map(|f| f.signature());
+                let after = target.function(function).map(|f| f.signature());
+                if after.is_none() || before != after {
+                    return Err(Error::IncompatibleVersion(format!(
+                        "the worker was invoked with `{function}`, which version {version} does not export with the same signature"
+                    )));
+                }
+            }
+        }
+        self.stop_actor(id).await;
+        self.write_version(id, version).await?;
+        match self.resume(id).await {
+            Ok(_) => {
+                tracing::info!(worker = %id, from = record.component_version, to = version, "worker moved");
+                self.worker_record(id)
+                    .await?
+                    .ok_or_else(|| Error::WorkerNotFound(id.to_string()))
+            }
+            Err(Error::WorkerFailed(reason)) => {
+                self.stop_actor(id).await;
+                self.write_version(id, record.component_version).await?;
+                Err(Error::IncompatibleVersion(format!(
+                    "its history does not replay on version {version}: {reason}"
+                )))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Stops the worker's actor, if it runs, once its commits are durable.
+    async fn stop_actor(&self, id: &WorkerId) {
+        let handle = self.lock_workers().get(id).cloned();
+        if let Some(handle) = handle {
+            let (reply, done) = oneshot::channel();
+            if handle.send(Command::Stop(reply)).await.is_ok() {
+                let _ = done.await;
+            }
+            self.lock_workers().remove(id);
+        }
+    }
+
+    async fn write_version(&self, id: &WorkerId, version: u64) -> Result<()> {
+        let id_c = id.clone();
+        self.inner
+            .store
+            .transact(move |tx| {
+                let key = records::worker_key(&id_c);
+                let bytes = tx
+                    .get(&key)?
+                    .ok_or_else(|| Error::WorkerNotFound(id_c.to_string()))?;
+                let mut record: WorkerRecord = records::decode_json("worker record", &bytes)?;
+                record.component_version = version;
+                tx.set(&key, &records::encode_json(&record))?;
+                Ok(())
+            })
+            .await
+    }
+
+    /// The lines the worker wrote to stdout and stderr, among up to `scan` oplog entries from
+    /// index `from`; with the index to continue from.
+    pub async fn logs(
+        &self,
+        id: &WorkerId,
+        from: OplogIndex,
+        scan: usize,
+    ) -> Result<(Vec<LogLine>, OplogIndex)> {
+        let entries = self.oplog(id, from, scan).await?;
+        let next = entries.last().map_or(from.max(1), |(i, _)| i + 1);
+        let lines = entries
+            .into_iter()
+            .filter_map(|(index, entry)| match entry {
+                OplogEntry::Log { stream, bytes } => Some(LogLine {
+                    index,
+                    stream: stream.as_str(),
+                    text: String::from_utf8_lossy(&bytes).into_owned(),
+                }),
+                _ => None,
+            })
+            .collect();
+        Ok((lines, next))
     }
 
     /// Fuel the tenant's invocations used this month (committed ones), as read at most
@@ -640,26 +1141,94 @@ impl Executor {
             .await
     }
 
-    /// The workers of a component, by name.
+    /// The workers of a component in name order, filtered; with the name to continue after
+    /// when there may be more.
     pub async fn list_workers(
         &self,
         tenant: &TenantId,
         component: &ComponentName,
-    ) -> Result<Vec<String>> {
+        filter: &WorkerFilter,
+    ) -> Result<(Vec<WorkerSummary>, Option<String>)> {
+        const PAGE: usize = 1_000;
+        let limit = filter.limit.max(1);
         let prefix = records::workers_prefix(tenant.as_str(), component.as_str());
-        let rows = self
-            .inner
-            .store
-            .read(move |tx| tx.get_prefix(&prefix, Default::default()))
-            .await?;
-        Ok(rows
-            .iter()
-            .filter_map(|kv| {
-                let (_, _, _, name): (String, String, String, String) =
-                    invicta_store::keys::unpack(&kv.key).ok()?;
-                Some(name)
-            })
-            .collect())
+        let (prefix_begin, end) = invicta_store::keys::prefix_range(&prefix);
+        let mut begin = match (&filter.after, &filter.prefix) {
+            (Some(after), _) => {
+                let mut key = invicta_store::keys::pack(&(
+                    "worker",
+                    tenant.as_str(),
+                    component.as_str(),
+                    after.as_str(),
+                ));
+                key.push(0);
+                key
+            }
+            (None, Some(p)) => {
+                // Names sort after their prefix: start at the packed prefix without its end.
+                let mut key =
+                    invicta_store::keys::pack(&("worker", tenant.as_str(), component.as_str()));
+                key.push(0x02);
+                key.extend_from_slice(p.as_bytes());
+                key
+            }
+            (None, None) => prefix_begin,
+        };
+        let mut out = Vec::new();
+        loop {
+            let (b, e) = (begin.clone(), end.clone());
+            let rows = self
+                .inner
+                .store
+                .read(move |tx| tx.get_range(&b, &e, invicta_store::RangeOptions::limit(PAGE)))
+                .await?;
+            let full_page = rows.len() == PAGE;
+            for row in &rows {
+                let Ok((_, _, _, name)) =
+                    invicta_store::keys::unpack::<(String, String, String, String)>(&row.key)
+                else {
+                    continue;
+                };
+                if let Some(p) = &filter.prefix {
+                    if name.as_str() > p.as_str() && !name.starts_with(p.as_str()) {
+                        return Ok((out, None));
+                    }
+                    if !name.starts_with(p.as_str()) {
+                        continue;
+                    }
+                }
+                let record: WorkerRecord = records::decode_json("worker record", &row.value)?;
+                let status = match self.lock_workers().get(&WorkerId {
+                    tenant: tenant.clone(),
+                    component: component.clone(),
+                    worker: invicta_model::WorkerName::new(name.clone())
+                        .map_err(|e| Error::Corrupt(e.to_string()))?,
+                }) {
+                    Some(h) => h.state().0,
+                    None => "suspended".to_string(),
+                };
+                if filter.status.as_ref().is_some_and(|s| *s != status) {
+                    continue;
+                }
+                if out.len() == limit {
+                    let next = out.last().map(|w: &WorkerSummary| w.name.clone());
+                    return Ok((out, next));
+                }
+                out.push(WorkerSummary {
+                    name,
+                    status,
+                    component_version: record.component_version,
+                    created_at_ms: record.created_at_ms,
+                });
+            }
+            match rows.last() {
+                Some(last) if full_page => {
+                    begin = last.key.clone();
+                    begin.push(0);
+                }
+                _ => return Ok((out, None)),
+            }
+        }
     }
 
     /// The executor's metrics in the OpenMetrics text format.

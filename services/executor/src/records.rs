@@ -7,6 +7,9 @@
 //! - `("invocation", tenant, component, worker, idempotency key)` → [`InvocationRecord`]
 //! - `("running", tenant, component, worker)` → present while an invocation whose start is
 //!   durable has not completed: what recovery resumes after a crash
+//! - `("pending", tenant, component, worker, idempotency key)` → [`PendingRecord`]: an
+//!   invocation accepted by `enqueue` and not yet completed, cleared in the transaction that
+//!   records its outcome; recovery dispatches what is left, in the order it was accepted
 //! - usage counters, laid out by `invicta_model::usage`: the tenant's worker count, the month's
 //!   fuel and invocations, and the hourly ledger, added to in the transaction that commits each
 //!   invocation
@@ -65,7 +68,77 @@ pub(crate) fn worker_key(id: &WorkerId) -> Vec<u8> {
 
 /// The prefix of every worker of a component.
 pub(crate) fn workers_prefix(tenant: &str, component: &str) -> Vec<u8> {
-    pack(&("worker", tenant, component))
+    invicta_model::layout::workers_prefix(tenant, component)
+}
+
+/// The prefix of a worker's oplog chunks.
+pub(crate) fn chunks_prefix(id: &WorkerId) -> Vec<u8> {
+    pack(&(
+        "oplog-chunk",
+        id.tenant.as_str(),
+        id.component.as_str(),
+        id.worker.as_str(),
+    ))
+}
+
+/// The prefix of a worker's invocation records.
+pub(crate) fn invocations_prefix(id: &WorkerId) -> Vec<u8> {
+    pack(&(
+        "invocation",
+        id.tenant.as_str(),
+        id.component.as_str(),
+        id.worker.as_str(),
+    ))
+}
+
+pub(crate) fn pending_key(id: &WorkerId, idempotency_key: &str) -> Vec<u8> {
+    pack(&(
+        "pending",
+        id.tenant.as_str(),
+        id.component.as_str(),
+        id.worker.as_str(),
+        idempotency_key,
+    ))
+}
+
+/// The prefix of a worker's pending invocations.
+pub(crate) fn pending_prefix(id: &WorkerId) -> Vec<u8> {
+    pack(&(
+        "pending",
+        id.tenant.as_str(),
+        id.component.as_str(),
+        id.worker.as_str(),
+    ))
+}
+
+/// The prefix of every pending invocation.
+pub(crate) fn pending_prefix_all() -> Vec<u8> {
+    pack(&("pending",))
+}
+
+/// The worker and idempotency key of a [`pending_key`].
+pub(crate) fn parse_pending_key(key: &[u8]) -> Option<(WorkerId, String)> {
+    let (_, tenant, component, worker, idempotency_key): (String, String, String, String, String) =
+        unpack(key).ok()?;
+    Some((
+        WorkerId {
+            tenant: invicta_model::TenantId::new(tenant).ok()?,
+            component: invicta_model::ComponentName::new(component).ok()?,
+            worker: invicta_model::WorkerName::new(worker).ok()?,
+        },
+        idempotency_key,
+    ))
+}
+
+/// An invocation accepted by `enqueue`, until its outcome is recorded.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PendingRecord {
+    pub function: String,
+    pub params: Vec<serde_json::Value>,
+    /// The plan's limits when it was accepted.
+    pub fuel: u64,
+    pub memory_bytes: u64,
+    pub enqueued_at_ms: u64,
 }
 
 pub(crate) fn oplog_prefix(id: &WorkerId) -> Vec<u8> {

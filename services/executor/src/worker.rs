@@ -44,6 +44,8 @@ pub(crate) struct Invocation {
     pub idempotency_key: String,
     /// The key was made by the executor, so it cannot have been seen before.
     pub key_is_new: bool,
+    /// Accepted by `enqueue`: its pending record is cleared with its outcome.
+    pub enqueued: bool,
     /// The fuel budget, from the tenant's plan.
     pub fuel: u64,
     /// The worker's memory limit, from the tenant's plan (applies from its next activation).
@@ -59,6 +61,12 @@ pub(crate) enum Command {
     Resume,
     /// Suspend now if idle.
     Suspend,
+    /// Activate now and say whether replay succeeded.
+    Activate(oneshot::Sender<Result<(), Error>>),
+    /// Wait for the worker's commits and stop the actor (the worker stays in the store).
+    Stop(oneshot::Sender<()>),
+    /// Delete the worker: its record, oplog, invocation records and pending invocations.
+    Delete(oneshot::Sender<Result<(), Error>>),
 }
 
 pub(crate) enum SendError {
@@ -81,6 +89,12 @@ struct Shared {
     commits_done: Notify,
     /// A commit failed: the instance's memory is ahead of the durable oplog.
     poisoned: AtomicBool,
+    /// A live invocation is running (and may be interrupted).
+    running: AtomicBool,
+    /// Wakes the running invocation to stop it.
+    interrupt: Notify,
+    /// The worker is being deleted: queued invocations are refused.
+    deleting: AtomicBool,
 }
 
 #[derive(Clone)]
@@ -120,6 +134,26 @@ impl WorkerHandle {
         let queued = self.shared.queued.load(Ordering::Relaxed);
         let busy = !lock(&self.shared.inflight).is_empty();
         (active && queued == 0 && !busy).then(|| self.shared.last_used_ms.load(Ordering::Relaxed))
+    }
+
+    /// Stops the running live invocation, if there is one; returns whether there was.
+    pub(crate) fn interrupt(&self) -> bool {
+        let running = self.shared.running.load(Ordering::Acquire);
+        if running {
+            self.shared.interrupt.notify_waiters();
+        }
+        running
+    }
+
+    /// Refuses the invocations queued from now on and stops the running one.
+    pub(crate) fn start_deleting(&self) {
+        self.shared.deleting.store(true, Ordering::Release);
+        self.shared.interrupt.notify_waiters();
+    }
+
+    /// Forgets a failed replay, so that the next activation tries again.
+    pub(crate) fn clear_failure(&self) -> Option<String> {
+        lock(&self.shared.failed).take()
     }
 
     pub(crate) fn pending(&self) -> u64 {
@@ -175,6 +209,9 @@ pub(crate) fn spawn(
         commits_in_flight: AtomicUsize::new(0),
         commits_done: Notify::new(),
         poisoned: AtomicBool::new(false),
+        running: AtomicBool::new(false),
+        interrupt: Notify::new(),
+        deleting: AtomicBool::new(false),
     });
     let handle_compiled = compiled.clone();
     let actor = Actor {
@@ -247,6 +284,30 @@ impl Actor {
                         tracing::error!(worker = %self.id, error = %e, "resume worker");
                     }
                 }
+                Command::Activate(reply) => {
+                    let failed = lock(&self.shared.failed).clone();
+                    let result = match failed {
+                        Some(error) => Err(Error::WorkerFailed(error)),
+                        None => self.ensure_active().await,
+                    };
+                    let _ = reply.send(result);
+                }
+                Command::Stop(reply) => {
+                    self.active = None;
+                    self.shared.active.store(false, Ordering::Relaxed);
+                    self.stop().await;
+                    let _ = reply.send(());
+                    break;
+                }
+                Command::Delete(reply) => {
+                    self.active = None;
+                    self.shared.active.store(false, Ordering::Relaxed);
+                    self.wait_for_commits().await;
+                    let result = self.delete().await;
+                    self.stop().await;
+                    let _ = reply.send(result);
+                    break;
+                }
                 Command::Suspend => {
                     if self.rx.is_empty() && self.suspend().await {
                         break;
@@ -312,7 +373,87 @@ impl Actor {
         wait_for_commits(self.shared.clone()).await;
     }
 
+    /// Leaves the executor's map and refuses what is still queued (its callers start a new
+    /// actor, or hear that the worker is gone).
+    async fn stop(&mut self) {
+        self.wait_for_commits().await;
+        let mut workers = self.inner.workers.lock().unwrap_or_else(|p| p.into_inner());
+        let ours = workers
+            .get(&self.id)
+            .is_some_and(|h| Arc::ptr_eq(&h.shared, &self.shared));
+        if ours {
+            workers.remove(&self.id);
+        }
+        drop(workers);
+        self.rx.close();
+        let deleted = self.shared.deleting.load(Ordering::Acquire);
+        while let Ok(command) = self.rx.try_recv() {
+            match command {
+                Command::Invoke(_, reply) => {
+                    let _ = reply.send(Err(if deleted {
+                        Error::WorkerNotFound(self.id.to_string())
+                    } else {
+                        Error::Retry
+                    }));
+                }
+                Command::Activate(reply) => {
+                    let _ = reply.send(Err(Error::Retry));
+                }
+                Command::Delete(reply) => {
+                    let _ = reply.send(Err(Error::Retry));
+                }
+                Command::Stop(reply) => {
+                    let _ = reply.send(());
+                }
+                Command::Resume | Command::Suspend => {}
+            }
+        }
+    }
+
+    /// Removes everything the worker has in the store, with its counts, in one transaction.
+    async fn delete(&mut self) -> Result<(), Error> {
+        let id = self.id.clone();
+        self.inner
+            .store
+            .transact(move |tx| {
+                if tx.get(&records::worker_key(&id))?.is_none() {
+                    return Err(Error::WorkerNotFound(id.to_string()));
+                }
+                let mut stored = 0_i64;
+                for prefix in [records::oplog_prefix(&id), records::chunks_prefix(&id)] {
+                    let (begin, end) = invicta_store::keys::prefix_range(&prefix);
+                    for row in tx.get_range(&begin, &end, Default::default())? {
+                        stored += i64::try_from(row.value.len()).unwrap_or(0);
+                    }
+                    tx.clear_range(&begin, &end)?;
+                }
+                for prefix in [
+                    records::invocations_prefix(&id),
+                    records::pending_prefix(&id),
+                ] {
+                    let (begin, end) = invicta_store::keys::prefix_range(&prefix);
+                    tx.clear_range(&begin, &end)?;
+                }
+                tx.clear(&records::running_key(&id))?;
+                tx.clear(&records::worker_key(&id))?;
+                let tenant = id.tenant.as_str();
+                tx.atomic_add(&usage::count_key(tenant, usage::WORKERS), -1)?;
+                tx.atomic_add(
+                    &usage::stored_key(tenant, id.component.as_str(), usage::OPLOG_BYTES),
+                    -stored,
+                )?;
+                Ok(())
+            })
+            .await?;
+        tracing::info!(worker = %self.id, "worker deleted");
+        Ok(())
+    }
+
     async fn invoke(&mut self, invocation: Invocation, reply: oneshot::Sender<Outcome>) {
+        if self.shared.deleting.load(Ordering::Acquire) {
+            let _ = reply.send(Err(Error::WorkerNotFound(self.id.to_string())));
+            return;
+        }
         if let Some(error) = lock(&self.shared.failed).clone() {
             let _ = reply.send(Err(Error::WorkerFailed(error)));
             return;
@@ -498,6 +639,8 @@ impl Actor {
                         params: params.clone(),
                         idempotency_key: idempotency_key.clone(),
                         key_is_new: false,
+                        // Clearing a pending record that does not exist costs nothing here.
+                        enqueued: true,
                         fuel: self.inner.config.fuel_per_invocation,
                         memory_bytes: self.shared.memory_bytes.load(Ordering::Relaxed),
                         span: tracing::info_span!("resume invocation", worker = %self.id),
@@ -600,6 +743,10 @@ impl Actor {
         let mut results = vec![placeholder(); export.results.len()];
         let deadline = self.timeout();
         let started = std::time::Instant::now();
+        // Only live calls may be interrupted: replay re-does what is already recorded.
+        let shared = self.shared.clone();
+        let interrupted = shared.interrupt.notified();
+        tokio::pin!(interrupted);
         let outcome = {
             let call = tokio::time::timeout(
                 deadline,
@@ -607,20 +754,25 @@ impl Actor {
             );
             tokio::pin!(call);
             match start_commit {
-                None => call.await,
+                None => Some(call.await),
                 Some((delay, start)) => {
+                    interrupted.as_mut().enable();
+                    shared.running.store(true, Ordering::Release);
                     let timer = tokio::time::sleep(delay);
                     tokio::pin!(timer);
                     let mut fired = false;
-                    loop {
+                    let outcome = loop {
                         tokio::select! {
-                            outcome = &mut call => break outcome,
+                            outcome = &mut call => break Some(outcome),
+                            () = &mut interrupted => break None,
                             () = &mut timer, if !fired => {
                                 fired = true;
                                 start.commit(&active.durability).await;
                             }
                         }
-                    }
+                    };
+                    shared.running.store(false, Ordering::Release);
+                    outcome
                 }
             }
         };
@@ -638,6 +790,12 @@ impl Actor {
         if let Some(message) = diverged {
             return failed(FailureKind::Divergence, message);
         }
+        let Some(outcome) = outcome else {
+            return failed(
+                FailureKind::Interrupted,
+                "the invocation was interrupted by a request".into(),
+            );
+        };
         match outcome {
             Err(_) => failed(
                 FailureKind::Timeout,
@@ -826,11 +984,14 @@ impl Actor {
                 records::encode_json(&record),
             ));
         }
-        let clears = if clear_running {
+        let mut clears = if clear_running {
             vec![records::running_key(&self.id)]
         } else {
             Vec::new()
         };
+        if invocation.enqueued {
+            clears.push(records::pending_key(&self.id, &invocation.idempotency_key));
+        }
         // Usage is metered in the transaction that commits the work: never twice, never lost.
         let mut adds = match (&outcome, call_usage) {
             (Ok(completed), Some(call)) => {

@@ -119,8 +119,14 @@ impl From<RegistryError> for Problem {
             RegistryError::QuotaExceeded { quota, limit, used } => {
                 Problem::quota(quota, limit, used, None)
             }
-            RegistryError::NotFound(_) | RegistryError::VersionNotFound { .. } => {
+            RegistryError::NotFound(_) => {
                 Problem::new(StatusCode::NOT_FOUND, "component_not_found", e.to_string())
+            }
+            RegistryError::VersionNotFound { .. } => {
+                Problem::new(StatusCode::NOT_FOUND, "version_not_found", e.to_string())
+            }
+            RegistryError::InUse { .. } => {
+                Problem::new(StatusCode::CONFLICT, "component_in_use", e.to_string())
             }
             other => Problem::internal(other),
         }
@@ -136,6 +142,12 @@ impl From<ExecutorError> for Problem {
             }
             E::WorkerExists(_) => {
                 Problem::new(StatusCode::CONFLICT, "worker_exists", e.to_string())
+            }
+            E::InvocationNotFound(_) => {
+                Problem::new(StatusCode::NOT_FOUND, "invocation_not_found", e.to_string())
+            }
+            E::IncompatibleVersion(_) => {
+                Problem::new(StatusCode::CONFLICT, "incompatible_version", e.to_string())
             }
             E::UnknownFunction { .. } => {
                 Problem::new(StatusCode::BAD_REQUEST, "unknown_function", e.to_string())
@@ -188,7 +200,11 @@ fn component_name(name: String) -> ApiResult<ComponentName> {
         .map_err(|e| Problem::new(StatusCode::BAD_REQUEST, "invalid_name", e.to_string()))
 }
 
-fn worker_id(tenant: TenantId, component: String, worker: String) -> ApiResult<WorkerId> {
+pub(crate) fn worker_id(
+    tenant: TenantId,
+    component: String,
+    worker: String,
+) -> ApiResult<WorkerId> {
     Ok(WorkerId {
         tenant,
         component: component_name(component)?,
@@ -291,6 +307,9 @@ pub(crate) async fn get_component(
 #[serde(deny_unknown_fields)]
 pub(crate) struct CreateWorker {
     name: String,
+    /// The component version to run (the latest if absent).
+    #[serde(default)]
+    version: Option<u64>,
     #[serde(default)]
     env: std::collections::BTreeMap<String, String>,
     #[serde(default)]
@@ -314,6 +333,7 @@ pub(crate) async fn create_worker(
             &id,
             request.env.into_iter().collect(),
             request.args,
+            request.version,
             &limits,
         )
         .await?;
@@ -329,24 +349,288 @@ pub(crate) async fn create_worker(
         .into_response())
 }
 
+/// The most workers one listing returns.
+pub const WORKERS_PAGE_MAX: usize = 1_000;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct WorkersQuery {
+    status: Option<String>,
+    prefix: Option<String>,
+    cursor: Option<String>,
+    limit: Option<usize>,
+}
+
+pub(crate) fn query<T>(
+    query: Result<Query<T>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<T> {
+    query
+        .map(|Query(q)| q)
+        .map_err(|e| Problem::new(StatusCode::BAD_REQUEST, "invalid_query", e.body_text()))
+}
+
 pub(crate) async fn list_workers(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
     Path(component): Path<String>,
+    q: Result<Query<WorkersQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<Json<serde_json::Value>> {
+    let q = query(q)?;
     let tenant = caller.tenant(Scope::Read)?;
     let name = component_name(component)?;
+    if let Some(status) = &q.status
+        && !["active", "suspended", "failed"].contains(&status.as_str())
+    {
+        return Err(Problem::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_query",
+            format!("status `{status}` is none of active, suspended, failed"),
+        ));
+    }
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=WORKERS_PAGE_MAX).contains(&limit) {
+        return Err(Problem::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_query",
+            format!("limit must be 1 to {WORKERS_PAGE_MAX}"),
+        ));
+    }
     state.registry.get(&tenant, &name, None).await?;
-    let workers = state.executor.list_workers(&tenant, &name).await?;
-    Ok(Json(json!({ "workers": workers })))
+    let filter = invicta_executor::WorkerFilter {
+        prefix: q.prefix,
+        status: q.status,
+        after: q.cursor,
+        limit,
+    };
+    let (workers, next) = state.executor.list_workers(&tenant, &name, &filter).await?;
+    Ok(Json(json!({ "workers": workers, "next": next })))
+}
+
+pub(crate) async fn list_components(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let tenant = caller.tenant(Scope::Read)?;
+    let components = state.registry.list(&tenant).await?;
+    Ok(Json(
+        json!({ "components": components.iter().map(component_json).collect::<Vec<_>>() }),
+    ))
+}
+
+pub(crate) async fn delete_component(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(component): Path<String>,
+) -> ApiResult<StatusCode> {
+    let tenant = caller.tenant(Scope::Deploy)?;
+    let name = component_name(component)?;
+    state.registry.delete(&tenant, &name).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+pub(crate) async fn delete_worker(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path((component, worker)): Path<(String, String)>,
+) -> ApiResult<StatusCode> {
+    let id = worker_id(caller.tenant(Scope::Deploy)?, component, worker)?;
+    state.executor.delete_worker(&id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+pub(crate) async fn interrupt_worker(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path((component, worker)): Path<(String, String)>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let id = worker_id(caller.tenant(Scope::Invoke)?, component, worker)?;
+    let interrupted = state.executor.interrupt(&id).await?;
+    Ok(Json(json!({ "interrupted": interrupted })))
+}
+
+pub(crate) async fn resume_worker(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path((component, worker)): Path<(String, String)>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let id = worker_id(caller.tenant(Scope::Invoke)?, component, worker)?;
+    let status = state.executor.resume(&id).await?;
+    Ok(Json(json!(status)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct SetVersion {
+    version: u64,
+}
+
+pub(crate) async fn set_worker_version(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path((component, worker)): Path<(String, String)>,
+    headers: HeaderMap,
+    bytes: Result<Bytes, BytesRejection>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let id = worker_id(caller.tenant(Scope::Deploy)?, component, worker)?;
+    let request: SetVersion = json_body(&headers, &body(bytes)?)?;
+    state.executor.set_version(&id, request.version).await?;
+    let status = state.executor.status(&id).await?;
+    Ok(Json(json!(status)))
+}
+
+fn idempotency_key(headers: &HeaderMap) -> ApiResult<Option<String>> {
+    match headers.get("idempotency-key") {
+        Some(v) => Ok(Some(
+            v.to_str()
+                .map_err(|_| {
+                    Problem::new(
+                        StatusCode::BAD_REQUEST,
+                        "invalid_idempotency_key",
+                        "the Idempotency-Key header must be visible ASCII",
+                    )
+                })?
+                .to_string(),
+        )),
+        None => Ok(None),
+    }
+}
+
+pub(crate) async fn enqueue(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path((component, worker)): Path<(String, String)>,
+    headers: HeaderMap,
+    bytes: Result<Bytes, BytesRejection>,
+) -> ApiResult<Response> {
+    let tenant = caller.tenant(Scope::Invoke)?;
+    let limits = limits(caller.plan()?);
+    let id = worker_id(tenant, component, worker)?;
+    let request: Invoke = json_body(&headers, &body(bytes)?)?;
+    let key = idempotency_key(&headers)?;
+    let params = request.params(&state, &id).await?;
+    let (key, accepted) = state
+        .executor
+        .enqueue(&id, &request.function, &params, key, &limits)
+        .await
+        .map_err(|e| invocation_problem(e, &limits))?;
+    let location = format!(
+        "/v1/components/{}/workers/{}/invocations/{}",
+        id.component,
+        id.worker,
+        percent_encode(&key)
+    );
+    let mut response = (
+        StatusCode::ACCEPTED,
+        Json(json!({
+            "idempotency_key": key,
+            "accepted": accepted,
+            "location": location,
+        })),
+    )
+        .into_response();
+    if let Ok(value) = HeaderValue::from_str(&location) {
+        response.headers_mut().insert(header::LOCATION, value);
+    }
+    Ok(response)
+}
+
+/// Percent-encodes everything but unreserved characters (RFC 3986), for a path segment.
+fn percent_encode(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for b in text.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// The longest a status request waits for its invocation.
+pub const WAIT_MS_MAX: u64 = 60_000;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct InvocationQuery {
+    /// Wait up to this long for a pending invocation to finish (long polling).
+    wait_ms: Option<u64>,
+}
+
+pub(crate) async fn get_invocation(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path((component, worker, key)): Path<(String, String, String)>,
+    q: Result<Query<InvocationQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let q = query(q)?;
+    let id = worker_id(caller.tenant(Scope::Read)?, component, worker)?;
+    let wait = std::time::Duration::from_millis(q.wait_ms.unwrap_or(0).min(WAIT_MS_MAX));
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut pause = std::time::Duration::from_millis(5);
+    let state_now = loop {
+        let current = state.executor.invocation(&id, &key).await?;
+        let pending = matches!(current, invicta_executor::InvocationState::Pending { .. });
+        let now = tokio::time::Instant::now();
+        if !pending || now >= deadline {
+            break current;
+        }
+        tokio::time::sleep(pause.min(deadline - now)).await;
+        pause = (pause * 2).min(std::time::Duration::from_millis(100));
+    };
+    Ok(Json(invocation_json(&key, state_now)))
+}
+
+fn invocation_json(key: &str, state: invicta_executor::InvocationState) -> serde_json::Value {
+    use invicta_executor::InvocationState as S;
+    match state {
+        S::Pending { enqueued_at_ms } => json!({
+            "idempotency_key": key,
+            "status": "pending",
+            "enqueued_at_ms": enqueued_at_ms,
+        }),
+        S::Completed(c) => json!({
+            "idempotency_key": key,
+            "status": "completed",
+            "result": c.result,
+            "fuel_consumed": c.fuel_consumed,
+        }),
+        S::Failed { kind, message } => json!({
+            "idempotency_key": key,
+            "status": "failed",
+            "error": { "code": kind, "message": message },
+        }),
+    }
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct Invoke {
     function: String,
+    /// The parameters as JSON values.
     #[serde(default)]
     params: Vec<serde_json::Value>,
+    /// Or as WAVE text, one string per parameter.
+    #[serde(default)]
+    wave: Option<Vec<String>>,
+}
+
+impl Invoke {
+    /// The parameters as JSON, converted from WAVE if they came as WAVE.
+    async fn params(&self, state: &AppState, id: &WorkerId) -> ApiResult<Vec<serde_json::Value>> {
+        match &self.wave {
+            None => Ok(self.params.clone()),
+            Some(_) if !self.params.is_empty() => Err(Problem::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_params",
+                "give the parameters as `params` (JSON) or as `wave` (text), not both",
+            )),
+            Some(texts) => Ok(state
+                .executor
+                .wave_params(id, &self.function, texts)
+                .await?),
+        }
+    }
 }
 
 pub(crate) async fn invoke(
@@ -363,20 +647,8 @@ pub(crate) async fn invoke(
     let _slot = state.limiters.invocation_slot(tenant.as_str(), plan)?;
     let id = worker_id(tenant, component, worker)?;
     let request: Invoke = json_body(&headers, &body(bytes)?)?;
-    let key = match headers.get("idempotency-key") {
-        Some(v) => Some(
-            v.to_str()
-                .map_err(|_| {
-                    Problem::new(
-                        StatusCode::BAD_REQUEST,
-                        "invalid_idempotency_key",
-                        "the Idempotency-Key header must be visible ASCII",
-                    )
-                })?
-                .to_string(),
-        ),
-        None => None,
-    };
+    let key = idempotency_key(&headers)?;
+    let params = request.params(&state, &id).await?;
     let span = tracing::info_span!(
         "invoke",
         tenant_id = %id.tenant,
@@ -386,7 +658,7 @@ pub(crate) async fn invoke(
     );
     let completed = state
         .executor
-        .invoke(&id, &request.function, &request.params, key, &limits)
+        .invoke(&id, &request.function, &params, key, &limits)
         .instrument(span)
         .await
         .map_err(|e| invocation_problem(e, &limits))?;

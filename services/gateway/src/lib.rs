@@ -7,6 +7,7 @@
 mod admin;
 mod api;
 mod auth;
+mod logs;
 
 use std::net::SocketAddr;
 
@@ -77,6 +78,8 @@ pub(crate) struct AppState {
     executor: Executor,
     billing: Billing,
     limiters: std::sync::Arc<auth::Limiters>,
+    /// Turns true when the server stops: streams end so that shutdown does not wait for them.
+    stop: tokio::sync::watch::Receiver<bool>,
 }
 
 /// The services the gateway routes to.
@@ -92,6 +95,7 @@ pub struct Backends {
 pub struct Service {
     listener: TcpListener,
     router: Router,
+    stop: tokio::sync::watch::Sender<bool>,
 }
 
 impl Service {
@@ -103,8 +107,10 @@ impl Service {
                 addr: config.listen,
                 source,
             })?;
+        let (stop, stopped) = tokio::sync::watch::channel(false);
         Ok(Service {
             listener,
+            stop,
             router: router(
                 config,
                 AppState {
@@ -114,6 +120,7 @@ impl Service {
                     executor: backends.executor,
                     billing: backends.billing,
                     limiters: Default::default(),
+                    stop: stopped,
                 },
             ),
         })
@@ -126,8 +133,13 @@ impl Service {
 
     /// Serves until `shutdown` resolves, then finishes the requests in flight.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<()> {
+        let stop = self.stop;
+        let signal = async move {
+            shutdown.await;
+            let _ = stop.send(true);
+        };
         axum::serve(self.listener, self.router)
-            .with_graceful_shutdown(shutdown)
+            .with_graceful_shutdown(signal)
             .await
             .map_err(Error::Serve)
     }
@@ -138,11 +150,13 @@ fn router(config: &Config, state: AppState) -> Router {
         usize::try_from(state.registry.config().component_bytes_max).unwrap_or(usize::MAX);
     let json_limit = DefaultBodyLimit::max(config.json_body_bytes_max);
     let v1 = Router::new()
+        .route("/v1/components", get(api::list_components))
         .route(
             "/v1/components/{component}",
             post(api::upload_component)
                 .layer(DefaultBodyLimit::max(component_limit))
-                .get(api::get_component),
+                .get(api::get_component)
+                .delete(api::delete_component),
         )
         .route(
             "/v1/components/{component}/workers",
@@ -152,7 +166,31 @@ fn router(config: &Config, state: AppState) -> Router {
         )
         .route(
             "/v1/components/{component}/workers/{worker}",
-            get(api::worker_status),
+            get(api::worker_status).delete(api::delete_worker),
+        )
+        .route(
+            "/v1/components/{component}/workers/{worker}/interrupt",
+            post(api::interrupt_worker),
+        )
+        .route(
+            "/v1/components/{component}/workers/{worker}/resume",
+            post(api::resume_worker),
+        )
+        .route(
+            "/v1/components/{component}/workers/{worker}/version",
+            put(api::set_worker_version).layer(json_limit),
+        )
+        .route(
+            "/v1/components/{component}/workers/{worker}/enqueue",
+            post(api::enqueue).layer(json_limit),
+        )
+        .route(
+            "/v1/components/{component}/workers/{worker}/invocations/{key}",
+            get(api::get_invocation),
+        )
+        .route(
+            "/v1/components/{component}/workers/{worker}/logs",
+            get(logs::logs),
         )
         .route(
             "/v1/components/{component}/workers/{worker}/invoke",

@@ -1,6 +1,7 @@
 //! The client subcommands: components, workers, keys, usage and the operator's tenants, over
-//! the public API. Endpoint and key come from flags or `INVICTA_URL` / `INVICTA_API_KEY`;
-//! output is a human table, or the API's JSON with `--json`.
+//! the public API. Endpoint and key come from flags, else `INVICTA_URL` / `INVICTA_API_KEY`,
+//! else the profile in use (`invicta profile`); output is a human table, or the API's JSON with
+//! `--json`.
 //!
 //! Exit codes: 0 success, 2 usage error (clap's), 3 the API refused (its problem is printed),
 //! 4 the server could not be reached.
@@ -16,19 +17,20 @@ const EXIT_API: u8 = 3;
 /// The server could not be reached, or answered with something that is not the API.
 const EXIT_NETWORK: u8 = 4;
 
+/// Where the server is when nothing says otherwise.
+pub const DEFAULT_URL: &str = "http://127.0.0.1:8080";
+
 #[derive(Debug, clap::Args)]
 pub struct Connection {
-    /// The server's URL
-    #[arg(
-        long,
-        global = true,
-        env = "INVICTA_URL",
-        default_value = "http://127.0.0.1:8080"
-    )]
-    url: String,
-    /// The API key (`inv_…`)
+    /// The server's URL [default: the profile's, else http://127.0.0.1:8080]
+    #[arg(long, global = true, env = "INVICTA_URL")]
+    url: Option<String>,
+    /// The API key (`inv_…`) [default: the profile's]
     #[arg(long, global = true, env = "INVICTA_API_KEY", hide_env_values = true)]
     key: Option<String>,
+    /// The profile to use instead of the current one (see `invicta profile`)
+    #[arg(long, global = true, env = "INVICTA_PROFILE")]
+    profile: Option<String>,
     /// Print the API's JSON instead of a table
     #[arg(long, global = true)]
     json: bool,
@@ -38,16 +40,23 @@ pub struct Connection {
 pub enum ComponentCommand {
     /// Upload a component (a new version if the bytes are new)
     Add { name: String, file: PathBuf },
+    /// List your components with their latest versions
+    List,
     /// Show a component's latest version, its exports and its versions
     Show { name: String },
+    /// Delete a component and all its versions (refused while workers use it)
+    Delete { name: String },
 }
 
 #[derive(Debug, clap::Subcommand)]
 pub enum WorkerCommand {
-    /// Create a worker of the component's latest version
+    /// Create a worker (of the component's latest version, unless --version says otherwise)
     New {
         component: String,
         name: String,
+        /// The component version to run
+        #[arg(long)]
+        version: Option<u64>,
         /// Environment variables, as KEY=VALUE
         #[arg(long = "env", value_parser = parse_env)]
         env: Vec<(String, String)>,
@@ -55,11 +64,23 @@ pub enum WorkerCommand {
         #[arg(long = "arg")]
         args: Vec<String>,
     },
-    /// List a component's workers
-    List { component: String },
+    /// List a component's workers (every page, unless --limit is given)
+    List {
+        component: String,
+        /// Only workers in this status: active, suspended or failed
+        #[arg(long)]
+        status: Option<String>,
+        /// Only workers whose names start with this
+        #[arg(long)]
+        prefix: Option<String>,
+        /// At most this many (one page)
+        #[arg(long)]
+        limit: Option<usize>,
+    },
     /// Show a worker's status
     Show { component: String, name: String },
-    /// Invoke a function: each argument is one parameter, as JSON (`5`, `'"text"'`, `'{"a":1}'`)
+    /// Invoke a function and wait for its result: each argument is one parameter, as JSON
+    /// (`5`, `'"text"'`, `'{"a":1}'`) or, with --wave, as WAVE text (`5`, `'"text"'`, `'{a: 1}'`)
     Invoke {
         component: String,
         name: String,
@@ -68,7 +89,57 @@ pub enum WorkerCommand {
         /// The same key never runs twice
         #[arg(long)]
         idempotency_key: Option<String>,
+        /// The parameters are WAVE text, not JSON
+        #[arg(long)]
+        wave: bool,
     },
+    /// Accept an invocation durably and return at once with its idempotency key (see `result`)
+    Enqueue {
+        component: String,
+        name: String,
+        function: String,
+        params: Vec<String>,
+        /// The same key is accepted once
+        #[arg(long)]
+        idempotency_key: Option<String>,
+        /// The parameters are WAVE text, not JSON
+        #[arg(long)]
+        wave: bool,
+    },
+    /// Show an invocation's status and result by its idempotency key
+    Result {
+        component: String,
+        name: String,
+        key: String,
+        /// Wait up to this many milliseconds for a pending invocation to finish
+        #[arg(long, default_value_t = 0)]
+        wait_ms: u64,
+    },
+    /// Print what the worker wrote to stdout and stderr
+    Logs {
+        component: String,
+        name: String,
+        /// Keep printing new lines as they come (reconnecting if the server restarts)
+        #[arg(long, short)]
+        follow: bool,
+        /// Start at this oplog index
+        #[arg(long, default_value_t = 1)]
+        from: u64,
+    },
+    /// Stop the worker's running invocation (it fails with `interrupted`; the worker stays usable)
+    Interrupt { component: String, name: String },
+    /// Load the worker now, replaying its oplog (and retry a replay that failed)
+    Resume { component: String, name: String },
+    /// Move the worker to another version of its component (refused unless its history replays
+    /// there)
+    Update {
+        component: String,
+        name: String,
+        #[arg(long)]
+        version: u64,
+    },
+    /// Delete the worker with its oplog and its queued invocations
+    Delete { component: String, name: String },
     /// Show a worker's oplog
     Oplog {
         component: String,
@@ -125,6 +196,24 @@ pub enum TenantCommand {
     Plan { tenant: String, plan: String },
 }
 
+#[derive(Debug, clap::Subcommand)]
+pub enum ProfileCommand {
+    /// Save a profile (a server URL and an API key) and make it the current one
+    Set {
+        name: String,
+        #[arg(long)]
+        url: Option<String>,
+        #[arg(long)]
+        key: Option<String>,
+    },
+    /// Make a saved profile the current one
+    Use { name: String },
+    /// List the saved profiles
+    List,
+    /// Forget a profile
+    Delete { name: String },
+}
+
 fn parse_env(s: &str) -> Result<(String, String), String> {
     s.split_once('=')
         .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -132,27 +221,41 @@ fn parse_env(s: &str) -> Result<(String, String), String> {
 }
 
 /// What went wrong, and so which exit code.
-enum Failure {
+pub(crate) enum Failure {
     Api(u16, Value),
     Network(String),
     Usage(String),
 }
 
-struct Client {
-    base: String,
-    key: Option<String>,
-    http: reqwest::Client,
+pub(crate) struct Client {
+    pub(crate) base: String,
+    pub(crate) key: Option<String>,
+    pub(crate) http: reqwest::Client,
 }
 
 impl Client {
     fn new(connection: &Connection) -> Result<Client, Failure> {
+        let profile = crate::profile::Profiles::load()
+            .and_then(|p| p.select(connection.profile.as_deref()))
+            .map_err(Failure::Usage)?;
+        let url = connection
+            .url
+            .clone()
+            .or(profile.url)
+            .unwrap_or_else(|| DEFAULT_URL.to_string());
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
+            return Err(Failure::Usage(format!(
+                "the URL must start with http:// or https://, got `{url}`"
+            )));
+        }
+        // No overall timeout: long polls and log streams last; connecting does not.
         let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(300))
+            .connect_timeout(Duration::from_secs(10))
             .build()
             .map_err(|e| Failure::Network(e.to_string()))?;
         Ok(Client {
-            base: connection.url.trim_end_matches('/').to_string(),
-            key: connection.key.clone(),
+            base: url.trim_end_matches('/').to_string(),
+            key: connection.key.clone().or(profile.key),
             http,
         })
     }
@@ -171,6 +274,9 @@ impl Client {
             .bytes()
             .await
             .map_err(|e| Failure::Network(e.to_string()))?;
+        if status == 204 {
+            return Ok((status, Value::Null));
+        }
         let body: Value = serde_json::from_slice(&bytes).map_err(|_| {
             Failure::Network(format!(
                 "{} answered {status} with something that is not JSON",
@@ -231,6 +337,7 @@ pub enum Request {
     Key(KeyCommand),
     Usage,
     Admin(AdminCommand),
+    Profile(ProfileCommand),
 }
 
 /// Runs a client subcommand and returns the process's exit code.
@@ -272,13 +379,16 @@ pub fn main(connection: Connection, request: Request) -> ExitCode {
 }
 
 /// What a command prints: a table (header, rows), a single value, or JSON only.
-enum Output {
+pub(crate) enum Output {
     Table(Value, Vec<&'static str>, Vec<Vec<String>>),
     Text(Value, String),
+    /// Everything was printed already.
+    Nothing,
 }
 
 fn print_output(output: &Output, as_json: bool) {
     match output {
+        Output::Nothing => {}
         Output::Table(json, _, _) | Output::Text(json, _) if as_json => println!("{json}"),
         Output::Text(_, text) => println!("{text}"),
         Output::Table(_, header, rows) => {
@@ -321,18 +431,78 @@ fn text(value: &Value) -> String {
     }
 }
 
+/// Parameters as the invoke and enqueue bodies take them: JSON values, or WAVE strings.
+fn invocation_body(function: &str, params: &[String], wave: bool) -> Result<Value, Failure> {
+    if wave {
+        return Ok(json!({ "function": function, "wave": params }));
+    }
+    let params = params
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            serde_json::from_str::<Value>(p).map_err(|e| {
+                Failure::Usage(format!(
+                    "parameter {} is not JSON ({e}): {p} (use --wave for WAVE text)",
+                    i + 1
+                ))
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(json!({ "function": function, "params": params }))
+}
+
+/// Uploads `file`, showing a progress bar on a terminal for files over a megabyte.
+async fn upload(
+    client: &Client,
+    name: &str,
+    file: &std::path::Path,
+) -> Result<(u16, Value), Failure> {
+    let bytes =
+        std::fs::read(file).map_err(|e| Failure::Usage(format!("read {}: {e}", file.display())))?;
+    let total = bytes.len() as u64;
+    let bar = if total > 1024 * 1024 && std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        let bar = indicatif::ProgressBar::new(total);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "uploading {bytes}/{total_bytes} [{bar:30}] {bytes_per_sec}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .progress_chars("=> "),
+        );
+        Some(bar)
+    } else {
+        None
+    };
+    let chunks: Vec<Vec<u8>> = bytes.chunks(64 * 1024).map(<[u8]>::to_vec).collect();
+    let progress = bar.clone();
+    let stream = futures::stream::iter(chunks.into_iter().map(move |chunk| {
+        if let Some(bar) = &progress {
+            bar.inc(chunk.len() as u64);
+        }
+        Ok::<_, std::io::Error>(chunk)
+    }));
+    let request = client
+        .http
+        .post(format!("{}/v1/components/{name}", client.base))
+        .header("content-type", "application/wasm")
+        .header("content-length", total)
+        .body(reqwest::Body::wrap_stream(stream));
+    let result = client.send(request).await;
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    result
+}
+
 async fn run(connection: &Connection, request: Request) -> Result<Output, Failure> {
+    if let Request::Profile(command) = request {
+        return profile(command);
+    }
     let client = Client::new(connection)?;
     match request {
+        Request::Profile(_) => Err(Failure::Usage("unreachable".into())),
         Request::Component(ComponentCommand::Add { name, file }) => {
-            let bytes = std::fs::read(&file)
-                .map_err(|e| Failure::Usage(format!("read {}: {e}", file.display())))?;
-            let request = client
-                .http
-                .post(format!("{}/v1/components/{name}", client.base))
-                .header("content-type", "application/wasm")
-                .body(bytes);
-            let (status, body) = client.send(request).await?;
+            let (status, body) = upload(&client, &name, &file).await?;
             let verb = if status == 201 {
                 "uploaded"
             } else {
@@ -346,6 +516,33 @@ async fn run(connection: &Connection, request: Request) -> Result<Output, Failur
                 body["exports"].as_array().map_or(0, Vec::len)
             );
             Ok(Output::Text(body, text))
+        }
+        Request::Component(ComponentCommand::List) => {
+            let body = client.get("/v1/components").await?;
+            let rows = body["components"]
+                .as_array()
+                .map(|cs| {
+                    cs.iter()
+                        .map(|c| {
+                            vec![
+                                text(&c["name"]),
+                                text(&c["version"]),
+                                text(&c["size"]),
+                                c["exports"].as_array().map_or(0, Vec::len).to_string(),
+                            ]
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            Ok(Output::Table(
+                body,
+                vec!["component", "version", "bytes", "exports"],
+                rows,
+            ))
+        }
+        Request::Component(ComponentCommand::Delete { name }) => {
+            let body = client.delete(&format!("/v1/components/{name}")).await?;
+            Ok(Output::Text(body, format!("deleted component {name}")))
         }
         Request::Component(ComponentCommand::Show { name }) => {
             let body = client.get(&format!("/v1/components/{name}")).await?;
@@ -380,15 +577,20 @@ async fn run(connection: &Connection, request: Request) -> Result<Output, Failur
         Request::Worker(WorkerCommand::New {
             component,
             name,
+            version,
             env,
             args,
         }) => {
             let env: serde_json::Map<String, Value> =
                 env.into_iter().map(|(k, v)| (k, json!(v))).collect();
+            let mut request = json!({ "name": name, "env": env, "args": args });
+            if let Some(version) = version {
+                request["version"] = json!(version);
+            }
             let body = client
                 .post(
                     &format!("/v1/components/{component}/workers"),
-                    json!({ "name": name, "env": env, "args": args }),
+                    request,
                     None,
                 )
                 .await?;
@@ -398,15 +600,175 @@ async fn run(connection: &Connection, request: Request) -> Result<Output, Failur
             );
             Ok(Output::Text(body, text))
         }
-        Request::Worker(WorkerCommand::List { component }) => {
+        Request::Worker(WorkerCommand::List {
+            component,
+            status,
+            prefix,
+            limit,
+        }) => {
+            let mut query = vec![format!("limit={}", limit.unwrap_or(1_000))];
+            if let Some(status) = status {
+                query.push(format!("status={}", encode(&status)));
+            }
+            if let Some(prefix) = prefix {
+                query.push(format!("prefix={}", encode(&prefix)));
+            }
+            let mut workers = Vec::new();
+            let mut cursor: Option<String> = None;
+            let next = loop {
+                let mut q = query.clone();
+                if let Some(c) = &cursor {
+                    q.push(format!("cursor={}", encode(c)));
+                }
+                let page = client
+                    .get(&format!(
+                        "/v1/components/{component}/workers?{}",
+                        q.join("&")
+                    ))
+                    .await?;
+                workers.extend(page["workers"].as_array().cloned().unwrap_or_default());
+                cursor = page["next"].as_str().map(str::to_string);
+                if cursor.is_none() || limit.is_some() {
+                    break cursor;
+                }
+            };
+            let rows = workers
+                .iter()
+                .map(|w| {
+                    vec![
+                        text(&w["name"]),
+                        text(&w["status"]),
+                        text(&w["component_version"]),
+                    ]
+                })
+                .collect();
+            let body = json!({ "workers": workers, "next": next });
+            Ok(Output::Table(
+                body,
+                vec!["worker", "status", "version"],
+                rows,
+            ))
+        }
+        Request::Worker(WorkerCommand::Enqueue {
+            component,
+            name,
+            function,
+            params,
+            idempotency_key,
+            wave,
+        }) => {
             let body = client
-                .get(&format!("/v1/components/{component}/workers"))
+                .post(
+                    &format!("/v1/components/{component}/workers/{name}/enqueue"),
+                    invocation_body(&function, &params, wave)?,
+                    idempotency_key.as_deref(),
+                )
                 .await?;
-            let rows = body["workers"]
-                .as_array()
-                .map(|ws| ws.iter().map(|w| vec![text(w)]).collect())
-                .unwrap_or_default();
-            Ok(Output::Table(body, vec!["worker"], rows))
+            let text = format!(
+                "{} {}",
+                if body["accepted"] == true {
+                    "accepted"
+                } else {
+                    "already accepted:"
+                },
+                text(&body["idempotency_key"])
+            );
+            Ok(Output::Text(body, text))
+        }
+        Request::Worker(WorkerCommand::Result {
+            component,
+            name,
+            key,
+            wait_ms,
+        }) => {
+            let body = client
+                .get(&format!(
+                    "/v1/components/{component}/workers/{name}/invocations/{}?wait_ms={wait_ms}",
+                    encode(&key)
+                ))
+                .await?;
+            let text = match body["status"].as_str() {
+                Some("completed") => body["result"].to_string(),
+                Some("failed") => format!(
+                    "failed: {}: {}",
+                    text(&body["error"]["code"]),
+                    text(&body["error"]["message"])
+                ),
+                _ => "pending".to_string(),
+            };
+            Ok(Output::Text(body, text))
+        }
+        Request::Worker(WorkerCommand::Logs {
+            component,
+            name,
+            follow,
+            from,
+        }) => {
+            let path = format!("/v1/components/{component}/workers/{name}/logs");
+            if follow {
+                return crate::follow::follow(&client, &path, from, connection.json).await;
+            }
+            let mut lines = Vec::new();
+            let mut from = from;
+            loop {
+                let page = client.get(&format!("{path}?from={from}")).await?;
+                let got = page["lines"].as_array().cloned().unwrap_or_default();
+                let next = page["next"].as_u64().unwrap_or(from);
+                lines.extend(got);
+                if next == from {
+                    break;
+                }
+                from = next;
+            }
+            let text = lines.iter().map(|l| text(&l["text"])).collect::<String>();
+            let text = text.strip_suffix('\n').unwrap_or(&text).to_string();
+            Ok(Output::Text(json!({ "lines": lines, "next": from }), text))
+        }
+        Request::Worker(WorkerCommand::Interrupt { component, name }) => {
+            let body = client
+                .post(
+                    &format!("/v1/components/{component}/workers/{name}/interrupt"),
+                    json!({}),
+                    None,
+                )
+                .await?;
+            let text = if body["interrupted"] == true {
+                format!("interrupted the running invocation of {name}")
+            } else {
+                format!("{name} was not running an invocation")
+            };
+            Ok(Output::Text(body, text))
+        }
+        Request::Worker(WorkerCommand::Resume { component, name }) => {
+            let body = client
+                .post(
+                    &format!("/v1/components/{component}/workers/{name}/resume"),
+                    json!({}),
+                    None,
+                )
+                .await?;
+            let text = format!("{name} is {}", text(&body["status"]));
+            Ok(Output::Text(body, text))
+        }
+        Request::Worker(WorkerCommand::Update {
+            component,
+            name,
+            version,
+        }) => {
+            let body = client
+                .put(
+                    &format!("/v1/components/{component}/workers/{name}/version"),
+                    json!({ "version": version }),
+                )
+                .await?;
+            let text = format!("{name} runs version {}", text(&body["component_version"]));
+            Ok(Output::Text(body, text))
+        }
+        Request::Worker(WorkerCommand::Delete { component, name }) => {
+            let body = client
+                .delete(&format!("/v1/components/{component}/workers/{name}"))
+                .await?;
+            Ok(Output::Text(body, format!("deleted worker {name}")))
         }
         Request::Worker(WorkerCommand::Show { component, name }) => {
             let body = client
@@ -431,20 +793,12 @@ async fn run(connection: &Connection, request: Request) -> Result<Output, Failur
             function,
             params,
             idempotency_key,
+            wave,
         }) => {
-            let params = params
-                .iter()
-                .enumerate()
-                .map(|(i, p)| {
-                    serde_json::from_str::<Value>(p).map_err(|e| {
-                        Failure::Usage(format!("parameter {} is not JSON ({e}): {p}", i + 1))
-                    })
-                })
-                .collect::<Result<Vec<_>, _>>()?;
             let body = client
                 .post(
                     &format!("/v1/components/{component}/workers/{name}/invoke"),
-                    json!({ "function": function, "params": params }),
+                    invocation_body(&function, &params, wave)?,
                     idempotency_key.as_deref(),
                 )
                 .await?;
@@ -655,4 +1009,98 @@ fn key_table(body: Value) -> Output {
         vec!["id", "key", "scopes", "state", "description"],
         rows,
     )
+}
+
+/// Percent-encodes a query value or path segment (everything but unreserved characters).
+pub(crate) fn encode(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for b in text.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+fn profile(command: ProfileCommand) -> Result<Output, Failure> {
+    use crate::profile::{Profile, Profiles};
+    let mut profiles = Profiles::load().map_err(Failure::Usage)?;
+    match command {
+        ProfileCommand::Set { name, url, key } => {
+            let entry = profiles
+                .profiles
+                .entry(name.clone())
+                .or_insert_with(Profile::default);
+            if url.is_some() {
+                entry.url = url;
+            }
+            if key.is_some() {
+                entry.key = key;
+            }
+            profiles.current = Some(name.clone());
+            let path = profiles.save().map_err(Failure::Usage)?;
+            Ok(Output::Text(
+                json!({ "current": name, "path": path }),
+                format!("profile {name} saved in {} and in use", path.display()),
+            ))
+        }
+        ProfileCommand::Use { name } => {
+            if !profiles.profiles.contains_key(&name) {
+                return Err(Failure::Usage(format!(
+                    "no profile `{name}` (see `invicta profile list`)"
+                )));
+            }
+            profiles.current = Some(name.clone());
+            profiles.save().map_err(Failure::Usage)?;
+            Ok(Output::Text(
+                json!({ "current": name }),
+                format!("using profile {name}"),
+            ))
+        }
+        ProfileCommand::Delete { name } => {
+            if profiles.profiles.remove(&name).is_none() {
+                return Err(Failure::Usage(format!("no profile `{name}`")));
+            }
+            if profiles.current.as_deref() == Some(name.as_str()) {
+                profiles.current = None;
+            }
+            profiles.save().map_err(Failure::Usage)?;
+            Ok(Output::Text(
+                json!({ "deleted": name }),
+                format!("deleted profile {name}"),
+            ))
+        }
+        ProfileCommand::List => {
+            let rows = profiles
+                .profiles
+                .iter()
+                .map(|(name, p)| {
+                    vec![
+                        if profiles.current.as_deref() == Some(name.as_str()) {
+                            format!("* {name}")
+                        } else {
+                            format!("  {name}")
+                        },
+                        p.url.clone().unwrap_or_default(),
+                        // Never the secret: its public prefix is enough to tell keys apart.
+                        p.key
+                            .as_deref()
+                            .map(|k| format!("{}…", k.chars().take(16).collect::<String>()))
+                            .unwrap_or_default(),
+                    ]
+                })
+                .collect();
+            let body = json!({
+                "current": profiles.current,
+                "profiles": profiles.profiles.iter().map(|(name, p)| json!({
+                    "name": name,
+                    "url": p.url,
+                    "has_key": p.key.is_some(),
+                })).collect::<Vec<_>>(),
+            });
+            Ok(Output::Table(body, vec!["profile", "url", "key"], rows))
+        }
+    }
 }

@@ -2,6 +2,8 @@
 //! default); the client subcommands talk to a running server's public API.
 
 mod client;
+mod follow;
+mod profile;
 mod server;
 
 use std::process::ExitCode;
@@ -41,6 +43,14 @@ enum Command {
     /// The operator's commands: tenants and plans
     #[command(subcommand)]
     Admin(client::AdminCommand),
+    /// Save server URLs and keys under names, and pick the one to use
+    #[command(subcommand)]
+    Profile(client::ProfileCommand),
+    /// Print a shell completion script (e.g. `invicta completions bash > /etc/bash_completion.d/invicta`)
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
 }
 
 fn main() -> ExitCode {
@@ -61,6 +71,12 @@ fn main() -> ExitCode {
         Command::Key(c) => client::Request::Key(c),
         Command::Usage => client::Request::Usage,
         Command::Admin(c) => client::Request::Admin(c),
+        Command::Profile(c) => client::Request::Profile(c),
+        Command::Completions { shell } => {
+            let mut command = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut command, "invicta", &mut std::io::stdout());
+            return ExitCode::SUCCESS;
+        }
     };
     client::main(cli.connection, request)
 }

@@ -430,3 +430,52 @@ fn type_name_depth(ty: &Type, depth: usize) -> String {
         Type::ErrorContext => "error-context".into(),
     }
 }
+
+/// The WIT type's WAVE text (<https://github.com/bytecodealliance/wasm-tools/tree/main/crates/wasm-wave>)
+/// given for parameter `param`, as JSON in the API's mapping: `42`, `"hi"`, `[1, 2]`,
+/// `{name: "x", tags: []}`, `some(1)`, `ok("done")`, `red`, `{read, write}`.
+pub fn wave_to_json(param: &str, text: &str, ty: &Type) -> Result<Json, ValueError> {
+    let error = |got: String| ValueError {
+        param: param.to_string(),
+        path: String::new(),
+        expected: format!("WAVE text of a {}", type_name(ty)),
+        got,
+    };
+    if wave_depth(text) > VALUE_DEPTH_MAX {
+        return Err(error(format!(
+            "values nested deeper than {VALUE_DEPTH_MAX}"
+        )));
+    }
+    let val = Val::from_wave(ty, text).map_err(|e| error(format!("`{text}` ({e})")))?;
+    val_to_value(&val)
+        .map(|v| v.to_json())
+        .ok_or_else(|| error("a resource".into()))
+}
+
+/// How deeply brackets nest in WAVE text (outside quotes): parsing is recursive.
+fn wave_depth(text: &str) -> usize {
+    let (mut depth, mut max, mut quote, mut escaped) = (0_usize, 0_usize, None, false);
+    for c in text.chars() {
+        match quote {
+            Some(q) => {
+                if escaped {
+                    escaped = false;
+                } else if c == '\\' {
+                    escaped = true;
+                } else if c == q {
+                    quote = None;
+                }
+            }
+            None => match c {
+                '"' | '\'' => quote = Some(c),
+                '[' | '(' | '{' => {
+                    depth += 1;
+                    max = max.max(depth);
+                }
+                ']' | ')' | '}' => depth = depth.saturating_sub(1),
+                _ => {}
+            },
+        }
+    }
+    max
+}

@@ -3,6 +3,7 @@
 //! the oplog ([`oplog`]): its entries and their compact, versioned binary encoding.
 
 pub mod ids;
+pub mod layout;
 pub mod oplog;
 pub mod usage;
 mod value;

@@ -47,6 +47,8 @@ pub enum FailureKind {
     Divergence,
     /// The result is larger than one commit may carry.
     ResultTooLarge,
+    /// Stopped by a request (`interrupt`); the worker stays usable.
+    Interrupted,
 }
 
 impl FailureKind {
@@ -60,6 +62,7 @@ impl FailureKind {
             FailureKind::Exit => "exit",
             FailureKind::Divergence => "divergence",
             FailureKind::ResultTooLarge => "result_too_large",
+            FailureKind::Interrupted => "interrupted",
         }
     }
 }
