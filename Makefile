@@ -7,7 +7,11 @@ LISTEN ?= 127.0.0.1:8080
 DATA_DIR ?= ./.invicta
 INVICTA := $(CARGO_TARGET_DIR)/debug/invicta
 
-.PHONY: run build test check deps fmt-check clippy fdb-check unit-tests bench components
+.PHONY: run build test check deps fmt-check clippy fdb-check unit-tests api-fuzz bench components
+
+# schemathesis (from PyPI) in a virtualenv beside the target directory.
+SCHEMATHESIS_VERSION := 4.32.5
+ST_VENV ?= $(HOME)/.cache/invicta/schemathesis-$(SCHEMATHESIS_VERSION)
 
 ## run: build and start the all-in-one server on $(LISTEN), data under $(DATA_DIR)
 run: build
@@ -19,7 +23,7 @@ build:
 ## test: install what the tests need, then every check and every test
 test: deps components check
 
-check: fmt-check clippy fdb-check unit-tests
+check: fmt-check clippy fdb-check unit-tests api-fuzz
 
 deps:
 	@rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip2 || rustup target add wasm32-wasip2
@@ -47,6 +51,12 @@ unit-tests:
 	else \
 		cargo test --workspace --no-fail-fast; \
 	fi
+
+## api-fuzz: schemathesis against a running server, from the OpenAPI document it serves
+api-fuzz: build components
+	@test -x $(ST_VENV)/bin/st || { python3 -m venv $(ST_VENV) && \
+		$(ST_VENV)/bin/pip install -q 'schemathesis==$(SCHEMATHESIS_VERSION)'; }
+	python3 tests/api-fuzz/run.py $(INVICTA) $(ST_VENV)/bin/st
 
 ## bench: the benchmark scenarios of loadtests/, in release mode
 bench:

@@ -6,6 +6,7 @@ mod control;
 mod crash;
 mod divergence;
 mod metering;
+mod openapi;
 mod server;
 mod tenancy;
 mod workers;

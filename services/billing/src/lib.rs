@@ -33,6 +33,8 @@ pub enum Error {
     MissingKey,
     #[error("malformed API key: keys look like inv_<id>_<secret>")]
     MalformedKey,
+    #[error("INVICTA_OPERATOR_KEY must look like inv_000000000000_<64 hex digits>")]
+    MalformedOperatorKey,
     #[error("unknown or revoked API key")]
     InvalidKey,
     #[error("this API key lacks the `{0}` scope")]
@@ -94,7 +96,7 @@ impl Default for Config {
 }
 
 /// What a key may do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Scope {
     /// Manage the tenant's API keys.
@@ -157,7 +159,7 @@ impl Principal {
 }
 
 /// A plan: what a tenant on it may use.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Plan {
     pub name: String,
@@ -185,18 +187,22 @@ pub struct Plan {
 }
 
 /// A plan's prices, as exact decimals (sent and stored as strings: no floats for money).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Prices {
     pub currency: String,
     /// The monthly base fee.
+    #[schema(value_type = String, example = "49.00")]
     pub base_monthly: Decimal,
     /// Per 1,000,000,000 fuel.
+    #[schema(value_type = String, example = "0.10")]
     pub per_billion_fuel: Decimal,
     /// Per 1,000,000 invocations.
+    #[schema(value_type = String, example = "2.00")]
     pub per_million_invocations: Decimal,
     /// Per GB-hour stored (10^9 bytes for one hour): components and oplogs.
     #[serde(default)]
+    #[schema(value_type = String, example = "0.00014")]
     pub per_gb_hour: Decimal,
 }
 
@@ -230,25 +236,28 @@ impl Prices {
 }
 
 /// One line of an invoice.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct InvoiceLine {
     pub item: String,
     /// How much was used, in the item's unit.
     pub quantity: u64,
     pub unit: String,
+    #[schema(value_type = String)]
     pub unit_price: Decimal,
     /// quantity × unit price, rounded to cents (half away from zero).
+    #[schema(value_type = String)]
     pub amount: Decimal,
 }
 
 /// A month's usage priced by the tenant's plan.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct Invoice {
     pub tenant: String,
     pub month: String,
     pub plan: String,
     pub currency: String,
     pub lines: Vec<InvoiceLine>,
+    #[schema(value_type = String)]
     pub total: Decimal,
 }
 
@@ -317,7 +326,7 @@ impl Plan {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct Tenant {
     pub id: String,
     pub name: String,
@@ -340,7 +349,7 @@ pub struct KeyRecord {
 }
 
 /// What the API shows of a key.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct KeyInfo {
     pub id: String,
     /// The visible beginning of the key, to tell keys apart: `inv_<id>_…`.
@@ -510,7 +519,10 @@ impl Billing {
             .await?;
         let (secret, made) = match (preset, existing) {
             (Some(preset), _) => {
-                parse_key(&preset)?;
+                match parse_key(&preset) {
+                    Ok((OPERATOR_KEY_ID, _)) => {}
+                    _ => return Err(Error::MalformedOperatorKey),
+                }
                 (preset, false)
             }
             (None, Some(_)) => return Ok(None),
@@ -860,7 +872,7 @@ mod tests {
 }
 
 /// How a usage report groups the ledger's hours.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Granularity {
     Hour,
@@ -869,7 +881,7 @@ pub enum Granularity {
 }
 
 /// One period and component of a usage report: the ledger's figures, summed.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct UsageRow {
     /// `YYYY-MM-DDTHH:00Z`, `YYYY-MM-DD` or `YYYY-MM`.
     pub period: String,

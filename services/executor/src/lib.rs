@@ -181,7 +181,7 @@ impl Limits {
 }
 
 /// How a worker looks from outside.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct WorkerStatus {
     /// `active` (its instance is in memory), `suspended`, or `failed`.
     pub status: String,
@@ -193,7 +193,7 @@ pub struct WorkerStatus {
 }
 
 /// A worker in a listing.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct WorkerSummary {
     pub name: String,
     /// `active`, `suspended` or `failed`.
@@ -224,7 +224,7 @@ pub enum InvocationState {
 }
 
 /// A line a worker wrote to stdout or stderr, at its oplog index.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct LogLine {
     pub index: OplogIndex,
     pub stream: &'static str,

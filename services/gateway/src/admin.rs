@@ -16,7 +16,7 @@ use crate::AppState;
 use crate::api::{ApiResult, body, json_body};
 use crate::auth::Caller;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct NewTenant {
     name: String,
@@ -24,6 +24,8 @@ pub(crate) struct NewTenant {
     plan: Option<String>,
 }
 
+#[utoipa::path(post, path = "/v1/admin/tenants", tag = "admin", request_body = NewTenant,
+    responses((status = 201, description = "Created", body = invicta_billing::Tenant)))]
 pub(crate) async fn create_tenant(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -39,6 +41,8 @@ pub(crate) async fn create_tenant(
     Ok((StatusCode::CREATED, Json(json!(tenant))).into_response())
 }
 
+#[utoipa::path(get, path = "/v1/admin/tenants", tag = "admin",
+    responses((status = 200, description = "Every tenant", body = crate::openapi::TenantList)))]
 pub(crate) async fn list_tenants(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -47,6 +51,8 @@ pub(crate) async fn list_tenants(
     Ok(Json(json!({ "tenants": state.billing.tenants().await? })))
 }
 
+#[utoipa::path(get, path = "/v1/admin/tenants/{tenant}", tag = "admin", params(("tenant" = String, Path)),
+    responses((status = 200, description = "The tenant", body = invicta_billing::Tenant)))]
 pub(crate) async fn get_tenant(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -56,12 +62,15 @@ pub(crate) async fn get_tenant(
     Ok(Json(json!(state.billing.tenant(&tenant).await?)))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct MoveTenant {
     plan: String,
 }
 
+#[utoipa::path(put, path = "/v1/admin/tenants/{tenant}/plan", tag = "admin", params(("tenant" = String, Path)),
+    request_body = MoveTenant,
+    responses((status = 200, description = "Moved", body = invicta_billing::Tenant)))]
 pub(crate) async fn set_tenant_plan(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -76,7 +85,7 @@ pub(crate) async fn set_tenant_plan(
     )))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct NewKey {
     scopes: Vec<String>,
@@ -108,6 +117,9 @@ async fn make_key(state: &AppState, tenant: &str, request: NewKey) -> ApiResult<
 }
 
 /// The operator gives a tenant a key (its first, typically).
+#[utoipa::path(post, path = "/v1/admin/tenants/{tenant}/keys", tag = "admin", params(("tenant" = String, Path)),
+    request_body = NewKey,
+    responses((status = 201, description = "The key, shown once", body = crate::openapi::KeyCreated)))]
 pub(crate) async fn create_tenant_key(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -120,6 +132,8 @@ pub(crate) async fn create_tenant_key(
     make_key(&state, &tenant, request).await
 }
 
+#[utoipa::path(get, path = "/v1/admin/plans", tag = "admin",
+    responses((status = 200, description = "Every plan", body = crate::openapi::PlanList)))]
 pub(crate) async fn list_plans(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -128,6 +142,9 @@ pub(crate) async fn list_plans(
     Ok(Json(json!({ "plans": state.billing.plans().await? })))
 }
 
+#[utoipa::path(put, path = "/v1/admin/plans/{plan}", tag = "admin", params(("plan" = String, Path)),
+    request_body = invicta_billing::Plan,
+    responses((status = 200, description = "Created or replaced", body = invicta_billing::Plan)))]
 pub(crate) async fn put_plan(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -150,6 +167,8 @@ pub(crate) async fn put_plan(
     Ok(Json(json!(state.billing.put_plan(plan).await?)))
 }
 
+#[utoipa::path(post, path = "/v1/keys", tag = "keys", request_body = NewKey,
+    responses((status = 201, description = "The key, shown once", body = crate::openapi::KeyCreated)))]
 pub(crate) async fn create_key(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -161,6 +180,8 @@ pub(crate) async fn create_key(
     make_key(&state, tenant.as_str(), request).await
 }
 
+#[utoipa::path(get, path = "/v1/keys", tag = "keys",
+    responses((status = 200, description = "The tenant's keys (never their secrets)", body = crate::openapi::KeyList)))]
 pub(crate) async fn list_keys(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -171,6 +192,8 @@ pub(crate) async fn list_keys(
     ))
 }
 
+#[utoipa::path(delete, path = "/v1/keys/{id}", tag = "keys", params(("id" = String, Path)),
+    responses((status = 200, description = "Revoked", body = invicta_billing::KeyInfo)))]
 pub(crate) async fn revoke_key(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -182,8 +205,9 @@ pub(crate) async fn revoke_key(
     )))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct UsageQuery {
     /// First hour: `YYYY-MM-DD`, `YYYY-MM-DDTHH` (UTC) or seconds since the epoch.
     #[serde(default)]
@@ -310,6 +334,9 @@ async fn report(
 
 /// The tenant's usage: the ledger over a range (this month by default) as JSON or CSV
 /// (`Accept: text/csv`), with this month's totals, its counts and its plan.
+#[utoipa::path(get, path = "/v1/usage", tag = "usage", params(UsageQuery),
+    responses((status = 200, description = "The ledger over a range (this month by default), with this month's totals and counts",
+        content((crate::openapi::UsageReport = "application/json"), (String = "text/csv")))))]
 pub(crate) async fn usage(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -346,6 +373,9 @@ pub(crate) async fn usage(
 }
 
 /// Any tenant's ledger, for the operator.
+#[utoipa::path(get, path = "/v1/admin/usage", tag = "admin", params(UsageQuery),
+    responses((status = 200, description = "A tenant's ledger over a range",
+        content((crate::openapi::UsageReport = "application/json"), (String = "text/csv")))))]
 pub(crate) async fn admin_usage(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -365,8 +395,9 @@ pub(crate) async fn admin_usage(
     report(&state, &tenant, &query, &headers, json!({})).await
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct InvoiceQuery {
     tenant: String,
     /// `YYYY-MM`; this month by default.
@@ -375,6 +406,8 @@ pub(crate) struct InvoiceQuery {
 }
 
 /// A month's invoice for a tenant, for the operator.
+#[utoipa::path(get, path = "/v1/admin/invoices", tag = "admin", params(InvoiceQuery),
+    responses((status = 200, description = "A month's usage priced by the tenant's plan", body = invicta_billing::Invoice)))]
 pub(crate) async fn invoice(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,

@@ -252,6 +252,14 @@ fn component_json(v: &invicta_component_registry::ComponentVersion) -> serde_jso
     })
 }
 
+#[utoipa::path(post, path = "/v1/components/{component}", tag = "components",
+    params(("component" = String, Path, description = "The component's name")),
+    request_body(description = "The component's bytes",
+        content((crate::openapi::WasmBytes = "application/wasm"), (crate::openapi::WasmBytes = "application/octet-stream"))),
+    responses(
+        (status = 201, description = "A new version", body = crate::openapi::Component),
+        (status = 200, description = "These bytes are already a version", body = crate::openapi::Component),
+    ))]
 pub(crate) async fn upload_component(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -289,6 +297,9 @@ pub(crate) async fn upload_component(
     Ok((status, Json(component_json(&uploaded.version))).into_response())
 }
 
+#[utoipa::path(get, path = "/v1/components/{component}", tag = "components",
+    params(("component" = String, Path)),
+    responses((status = 200, description = "The latest version, with every version's number", body = crate::openapi::Component)))]
 pub(crate) async fn get_component(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -303,7 +314,7 @@ pub(crate) async fn get_component(
     Ok(Json(body))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct CreateWorker {
     name: String,
@@ -316,6 +327,10 @@ pub(crate) struct CreateWorker {
     args: Vec<String>,
 }
 
+#[utoipa::path(post, path = "/v1/components/{component}/workers", tag = "workers",
+    params(("component" = String, Path)),
+    request_body = CreateWorker,
+    responses((status = 201, description = "Created", body = crate::openapi::WorkerCreated)))]
 pub(crate) async fn create_worker(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -352,8 +367,9 @@ pub(crate) async fn create_worker(
 /// The most workers one listing returns.
 pub const WORKERS_PAGE_MAX: usize = 1_000;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct WorkersQuery {
     status: Option<String>,
     prefix: Option<String>,
@@ -369,6 +385,9 @@ pub(crate) fn query<T>(
         .map_err(|e| Problem::new(StatusCode::BAD_REQUEST, "invalid_query", e.body_text()))
 }
 
+#[utoipa::path(get, path = "/v1/components/{component}/workers", tag = "workers",
+    params(("component" = String, Path), WorkersQuery),
+    responses((status = 200, description = "Workers in name order, a page at a time", body = crate::openapi::WorkerList)))]
 pub(crate) async fn list_workers(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -406,6 +425,8 @@ pub(crate) async fn list_workers(
     Ok(Json(json!({ "workers": workers, "next": next })))
 }
 
+#[utoipa::path(get, path = "/v1/components", tag = "components",
+    responses((status = 200, description = "The tenant's components, latest versions", body = crate::openapi::ComponentList)))]
 pub(crate) async fn list_components(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -417,6 +438,9 @@ pub(crate) async fn list_components(
     ))
 }
 
+#[utoipa::path(delete, path = "/v1/components/{component}", tag = "components",
+    params(("component" = String, Path)),
+    responses((status = 204, description = "Deleted with all its versions; refused (409) while workers use it")))]
 pub(crate) async fn delete_component(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -428,6 +452,9 @@ pub(crate) async fn delete_component(
     Ok(StatusCode::NO_CONTENT)
 }
 
+#[utoipa::path(delete, path = "/v1/components/{component}/workers/{worker}", tag = "workers",
+    params(("component" = String, Path), ("worker" = String, Path)),
+    responses((status = 204, description = "Deleted with its oplog and queued invocations")))]
 pub(crate) async fn delete_worker(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -438,6 +465,9 @@ pub(crate) async fn delete_worker(
     Ok(StatusCode::NO_CONTENT)
 }
 
+#[utoipa::path(post, path = "/v1/components/{component}/workers/{worker}/interrupt", tag = "workers",
+    params(("component" = String, Path), ("worker" = String, Path)),
+    responses((status = 200, description = "The running invocation, if any, fails with `interrupted`", body = crate::openapi::Interrupted)))]
 pub(crate) async fn interrupt_worker(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -448,6 +478,9 @@ pub(crate) async fn interrupt_worker(
     Ok(Json(json!({ "interrupted": interrupted })))
 }
 
+#[utoipa::path(post, path = "/v1/components/{component}/workers/{worker}/resume", tag = "workers",
+    params(("component" = String, Path), ("worker" = String, Path)),
+    responses((status = 200, description = "Loaded by replaying its oplog", body = invicta_executor::WorkerStatus)))]
 pub(crate) async fn resume_worker(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -458,12 +491,16 @@ pub(crate) async fn resume_worker(
     Ok(Json(json!(status)))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct SetVersion {
     version: u64,
 }
 
+#[utoipa::path(put, path = "/v1/components/{component}/workers/{worker}/version", tag = "workers",
+    params(("component" = String, Path), ("worker" = String, Path)),
+    request_body = SetVersion,
+    responses((status = 200, description = "Moved; refused (409 `incompatible_version`) unless its history replays there", body = invicta_executor::WorkerStatus)))]
 pub(crate) async fn set_worker_version(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -495,6 +532,12 @@ fn idempotency_key(headers: &HeaderMap) -> ApiResult<Option<String>> {
     }
 }
 
+#[utoipa::path(post, path = "/v1/components/{component}/workers/{worker}/enqueue", tag = "invocations",
+    params(("component" = String, Path), ("worker" = String, Path),
+        ("Idempotency-Key" = Option<String>, Header, description = "Accepted once; made by the server if absent")),
+    request_body = Invoke,
+    responses((status = 202, description = "Accepted durably; it runs in the background",
+        headers(("Location" = String, description = "Its status")), body = crate::openapi::Enqueued)))]
 pub(crate) async fn enqueue(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -550,13 +593,17 @@ fn percent_encode(text: &str) -> String {
 /// The longest a status request waits for its invocation.
 pub const WAIT_MS_MAX: u64 = 60_000;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct InvocationQuery {
     /// Wait up to this long for a pending invocation to finish (long polling).
     wait_ms: Option<u64>,
 }
 
+#[utoipa::path(get, path = "/v1/components/{component}/workers/{worker}/invocations/{key}", tag = "invocations",
+    params(("component" = String, Path), ("worker" = String, Path), ("key" = String, Path, description = "The idempotency key"), InvocationQuery),
+    responses((status = 200, description = "Its status, and its result once completed", body = crate::openapi::InvocationStatus)))]
 pub(crate) async fn get_invocation(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -603,7 +650,7 @@ fn invocation_json(key: &str, state: invicta_executor::InvocationState) -> serde
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct Invoke {
     function: String,
@@ -633,6 +680,14 @@ impl Invoke {
     }
 }
 
+#[utoipa::path(post, path = "/v1/components/{component}/workers/{worker}/invoke", tag = "invocations",
+    params(("component" = String, Path), ("worker" = String, Path),
+        ("Idempotency-Key" = Option<String>, Header, description = "The same key never runs twice on a worker")),
+    request_body = Invoke,
+    responses(
+        (status = 200, description = "Completed and durable", body = crate::openapi::InvokeResult),
+        (status = 422, description = "The invocation failed (trap, fuel, memory, deadline, interrupted)", body = crate::openapi::Problem, content_type = "application/problem+json"),
+    ))]
 pub(crate) async fn invoke(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -672,6 +727,9 @@ pub(crate) async fn invoke(
     })))
 }
 
+#[utoipa::path(get, path = "/v1/components/{component}/workers/{worker}", tag = "workers",
+    params(("component" = String, Path), ("worker" = String, Path)),
+    responses((status = 200, description = "The worker's status", body = invicta_executor::WorkerStatus)))]
 pub(crate) async fn worker_status(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -682,8 +740,9 @@ pub(crate) async fn worker_status(
     Ok(Json(json!(status)))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct OplogQuery {
     #[serde(default)]
     from: Option<u64>,
@@ -691,6 +750,9 @@ pub(crate) struct OplogQuery {
     count: Option<usize>,
 }
 
+#[utoipa::path(get, path = "/v1/components/{component}/workers/{worker}/oplog", tag = "workers",
+    params(("component" = String, Path), ("worker" = String, Path), OplogQuery),
+    responses((status = 200, description = "A page of the oplog", body = crate::openapi::OplogPage)))]
 pub(crate) async fn oplog(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,

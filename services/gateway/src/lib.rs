@@ -8,6 +8,7 @@ mod admin;
 mod api;
 mod auth;
 mod logs;
+mod openapi;
 
 use std::net::SocketAddr;
 
@@ -238,12 +239,15 @@ fn router(config: &Config, state: AppState) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .route("/v1/openapi.json", get(openapi::openapi_json))
         .merge(v1)
         .fallback(api::not_found)
         .with_state(state)
 }
 
 /// Prometheus metrics (OpenMetrics text format).
+#[utoipa::path(get, path = "/metrics", tag = "meta",
+    responses((status = 200, description = "Prometheus metrics", content_type = "application/openmetrics-text", body = String)))]
 async fn metrics(State(state): State<AppState>) -> impl axum::response::IntoResponse {
     (
         [(
@@ -255,11 +259,18 @@ async fn metrics(State(state): State<AppState>) -> impl axum::response::IntoResp
 }
 
 /// Liveness: the process serves HTTP.
+#[utoipa::path(get, path = "/healthz", tag = "meta",
+    responses((status = 200, description = "The process serves HTTP", body = crate::openapi::Health)))]
 async fn healthz() -> Json<serde_json::Value> {
     Json(serde_json::json!({ "status": "ok" }))
 }
 
 /// Readiness: the store answers a transaction and the blob store a request.
+#[utoipa::path(get, path = "/readyz", tag = "meta",
+    responses(
+        (status = 200, description = "The store and the blob store answer", body = crate::openapi::Readiness),
+        (status = 503, description = "A part does not answer", body = crate::openapi::Readiness),
+    ))]
 async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<serde_json::Value>) {
     let store = state
         .store

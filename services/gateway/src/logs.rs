@@ -29,8 +29,9 @@ const SCAN: usize = 1_000;
 /// How often a follower looks for new lines when there were none.
 const POLL: Duration = Duration::from_millis(200);
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct LogsQuery {
     /// The oplog index to start at (1, the beginning, by default).
     from: Option<u64>,
@@ -38,6 +39,11 @@ pub(crate) struct LogsQuery {
     follow: Option<bool>,
 }
 
+#[utoipa::path(get, path = "/v1/components/{component}/workers/{worker}/logs", tag = "workers",
+    params(("component" = String, Path), ("worker" = String, Path), LogsQuery,
+        ("Last-Event-ID" = Option<String>, Header, description = "Continue after this line (a reconnecting follower)")),
+    responses((status = 200, description = "What it wrote to stdout and stderr; with `follow=true`, server-sent events (`log`, then `end`)",
+        content((crate::openapi::LogsPage = "application/json"), (crate::openapi::LogEvent = "text/event-stream")))))]
 pub(crate) async fn logs(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,

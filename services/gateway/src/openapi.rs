@@ -1,0 +1,378 @@
+//! The OpenAPI 3.1 document of the public API, generated from the handlers' annotations
+//! (utoipa) and served at `GET /v1/openapi.json`. The response shapes the handlers build as JSON
+//! are described here; schemathesis checks in CI that what the server sends matches them.
+
+use serde::Serialize;
+use utoipa::openapi::path::Operation;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::{ContentBuilder, OpenApi as Document, Ref, ResponseBuilder};
+use utoipa::{Modify, OpenApi, ToSchema};
+
+use crate::{admin, api, logs};
+
+/// Every error: an RFC 9457 problem with a stable `code`.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct Problem {
+    /// `https://invicta.dev/problems/<code>`
+    #[serde(rename = "type")]
+    kind: String,
+    title: String,
+    status: u16,
+    /// Stable, for programs: `invalid_params`, `worker_not_found`, `quota_exceeded`, …
+    code: String,
+    /// For humans.
+    detail: String,
+    /// For `quota_exceeded`: which quota, its limit and the use.
+    quota: Option<String>,
+    limit: Option<u64>,
+    used: Option<u64>,
+}
+
+/// A WebAssembly component's bytes.
+#[derive(ToSchema)]
+#[schema(value_type = String, format = Binary)]
+#[expect(dead_code, reason = "describes the body the handler reads")]
+pub(crate) struct WasmBytes(Vec<u8>);
+
+#[derive(Serialize, ToSchema)]
+pub(crate) struct Param {
+    name: String,
+    /// Its WIT type.
+    #[serde(rename = "type")]
+    ty: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub(crate) struct Function {
+    name: String,
+    params: Vec<Param>,
+    /// The WIT type of its result, if it has one.
+    result: Option<String>,
+}
+
+/// A component version.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct Component {
+    name: String,
+    version: u64,
+    /// SHA-256 of its bytes.
+    hash: String,
+    size: u64,
+    created_at_ms: u64,
+    exports: Vec<Function>,
+    /// Every version's number (when one component is shown).
+    versions: Option<Vec<u64>>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub(crate) struct ComponentList {
+    components: Vec<Component>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub(crate) struct WorkerCreated {
+    name: String,
+    component: String,
+    component_version: u64,
+    created_at_ms: u64,
+}
+
+#[derive(Serialize, ToSchema)]
+pub(crate) struct WorkerList {
+    workers: Vec<invicta_executor::WorkerSummary>,
+    /// Pass as `cursor` for the next page; `null` on the last.
+    next: Option<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub(crate) struct InvokeResult {
+    /// The function's result in the JSON mapping of WIT values (`null` for none).
+    result: serde_json::Value,
+    fuel_consumed: u64,
+}
+
+#[derive(Serialize, ToSchema)]
+pub(crate) struct Enqueued {
+    idempotency_key: String,
+    /// False when the key was accepted (or completed) before: nothing new was queued.
+    accepted: bool,
+    /// Where its status is.
+    location: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub(crate) struct InvocationError {
+    code: String,
+    message: String,
+}
+
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+#[expect(dead_code, reason = "describes the JSON the handlers build")]
+pub(crate) enum InvocationStatusKind {
+    Pending,
+    Completed,
+    Failed,
+}
+
+#[derive(Serialize, ToSchema)]
+pub(crate) struct InvocationStatus {
+    idempotency_key: String,
+    status: InvocationStatusKind,
+    /// When pending.
+    enqueued_at_ms: Option<u64>,
+    /// When completed.
+    result: Option<serde_json::Value>,
+    fuel_consumed: Option<u64>,
+    /// When failed.
+    error: Option<InvocationError>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub(crate) struct OplogPage {
+    /// Entries, each with its `index` and `kind`.
+    entries: Vec<serde_json::Map<String, serde_json::Value>>,
+    /// The index after the last entry returned; `null` when none was.
+    next: Option<u64>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub(crate) struct LogsPage {
+    lines: Vec<invicta_executor::LogLine>,
+    /// The oplog index to read on from.
+    next: u64,
+}
+
+/// One server-sent event of a followed log: `log` events carry a line (its `id` is the line's
+/// oplog index), and an `end` event says why the stream stopped.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct LogEvent {
+    /// `log` or `end`.
+    event: String,
+    /// JSON: a line (`index`, `stream`, `text`), or `{"reason": …}`.
+    data: String,
+    id: Option<String>,
+    retry: Option<u64>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub(crate) struct Interrupted {
+    /// Whether an invocation was running (and is now stopped).
+    interrupted: bool,
+}
+
+#[derive(Serialize, ToSchema)]
+pub(crate) struct KeyCreated {
+    id: String,
+    prefix: String,
+    scopes: Vec<invicta_billing::Scope>,
+    description: String,
+    created_at_ms: u64,
+    revoked: bool,
+    /// The whole key: shown this once.
+    key: String,
+    tenant: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub(crate) struct KeyList {
+    keys: Vec<invicta_billing::KeyInfo>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub(crate) struct TenantList {
+    tenants: Vec<invicta_billing::Tenant>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub(crate) struct PlanList {
+    plans: Vec<invicta_billing::Plan>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub(crate) struct UsageTotals {
+    invocations: u64,
+    fuel: u64,
+    wall_us: u64,
+    memory_kib_ms: u64,
+    oplog_bytes: u64,
+    storage_byte_hours: u64,
+}
+
+/// The ledger over a range; a tenant's own report adds this month's totals and its counts.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct UsageReport {
+    tenant: String,
+    from_hour: u64,
+    to_hour: u64,
+    granularity: invicta_billing::Granularity,
+    totals: UsageTotals,
+    rows: Vec<invicta_billing::UsageRow>,
+    month: Option<String>,
+    plan: Option<invicta_billing::Plan>,
+    fuel: Option<u64>,
+    invocations: Option<u64>,
+    workers: Option<u64>,
+    components: Option<u64>,
+    component_bytes: Option<u64>,
+    stored_bytes: Option<std::collections::BTreeMap<String, u64>>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub(crate) struct Health {
+    status: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub(crate) struct Part {
+    backend: String,
+    status: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub(crate) struct Readiness {
+    /// `ready` or `not_ready`.
+    status: String,
+    store: Part,
+    blobs: Part,
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Invicta",
+        description = "Durable WebAssembly workers, multi-tenant and serverless. Every `/v1` \
+                       route but this document takes `Authorization: Bearer <key>`.",
+    ),
+    paths(
+        crate::healthz,
+        crate::readyz,
+        crate::metrics,
+        openapi_json,
+        api::list_components,
+        api::upload_component,
+        api::get_component,
+        api::delete_component,
+        api::create_worker,
+        api::list_workers,
+        api::worker_status,
+        api::delete_worker,
+        api::interrupt_worker,
+        api::resume_worker,
+        api::set_worker_version,
+        api::invoke,
+        api::enqueue,
+        api::get_invocation,
+        api::oplog,
+        logs::logs,
+        admin::create_key,
+        admin::list_keys,
+        admin::revoke_key,
+        admin::usage,
+        admin::create_tenant,
+        admin::list_tenants,
+        admin::get_tenant,
+        admin::set_tenant_plan,
+        admin::create_tenant_key,
+        admin::list_plans,
+        admin::put_plan,
+        admin::admin_usage,
+        admin::invoice,
+    ),
+    modifiers(&Conventions),
+)]
+pub(crate) struct ApiDoc;
+
+/// The errors every authenticated route may answer with.
+const ERRORS: [(&str, &str); 9] = [
+    (
+        "400",
+        "The request is malformed: a bad name, body, parameter or query.",
+    ),
+    ("401", "No key, or a key that is not valid."),
+    ("403", "The key may not do this."),
+    (
+        "404",
+        "No such resource (another tenant's resources are not found either).",
+    ),
+    ("409", "The resource's state forbids it."),
+    ("413", "The body is too large."),
+    ("415", "The body's content type is not the one expected."),
+    (
+        "429",
+        "A rate limit or quota was reached; `Retry-After` may say when to try again.",
+    ),
+    ("503", "The server is busy or stopping; try again."),
+];
+
+/// What every route shares: the bearer scheme, and problem responses for every error.
+struct Conventions;
+
+impl Modify for Conventions {
+    fn modify(&self, doc: &mut Document) {
+        let components = doc.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("inv_<id>_<secret>")
+                    .build(),
+            ),
+        );
+        let problem = ResponseBuilder::new()
+            .content(
+                "application/problem+json",
+                ContentBuilder::new()
+                    .schema(Some(Ref::from_schema_name("Problem")))
+                    .build(),
+            )
+            .build();
+        for (path, item) in doc.paths.paths.iter_mut() {
+            let public = !path.starts_with("/v1/") || path == "/v1/openapi.json";
+            for operation in [
+                &mut item.get,
+                &mut item.post,
+                &mut item.put,
+                &mut item.delete,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                add_errors(operation, &problem, public);
+            }
+        }
+    }
+}
+
+fn add_errors(operation: &mut Operation, problem: &utoipa::openapi::Response, public: bool) {
+    let responses = &mut operation.responses.responses;
+    let errors: &[(&str, &str)] = if public { &ERRORS[..0] } else { &ERRORS };
+    for (status, description) in errors
+        .iter()
+        .chain([&("500", "An internal error; it has been logged.")])
+    {
+        responses.entry(status.to_string()).or_insert_with(|| {
+            let mut response = problem.clone();
+            response.description = description.to_string();
+            response.into()
+        });
+    }
+    if !public {
+        operation.security = Some(vec![utoipa::openapi::security::SecurityRequirement::new(
+            "bearer",
+            Vec::<String>::new(),
+        )]);
+    }
+}
+
+/// This document.
+#[utoipa::path(
+    get,
+    path = "/v1/openapi.json",
+    tag = "meta",
+    responses((status = 200, description = "The OpenAPI 3.1 document", content_type = "application/json", body = Object)),
+)]
+pub(crate) async fn openapi_json() -> axum::Json<Document> {
+    axum::Json(ApiDoc::openapi())
+}

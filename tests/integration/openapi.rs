@@ -1,0 +1,91 @@
+//! The OpenAPI document lists exactly the routes the server has, with exactly their methods.
+
+use std::collections::BTreeSet;
+
+use invicta_tests::Server;
+
+use crate::INVICTA;
+
+/// The paths the gateway's router declares, read from its source.
+fn routed_paths() -> anyhow::Result<BTreeSet<String>> {
+    let source = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../gateway/src/lib.rs"),
+    )?;
+    let mut paths = BTreeSet::new();
+    for (i, _) in source.match_indices(".route(") {
+        let rest = source[i + ".route(".len()..].trim_start();
+        let Some(rest) = rest.strip_prefix('"') else {
+            continue;
+        };
+        if let Some(end) = rest.find('"') {
+            paths.insert(rest[..end].to_string());
+        }
+    }
+    anyhow::ensure!(paths.len() > 20, "too few routes found: {paths:?}");
+    Ok(paths)
+}
+
+#[tokio::test]
+async fn the_openapi_document_lists_every_route() -> anyhow::Result<()> {
+    let data = tempfile::tempdir()?;
+    let server = Server::start(INVICTA.as_ref(), data.path())?;
+    let api = server.operator().new_tenant("doc", "pro").await?;
+    let doc = api.anonymous().get("/v1/openapi.json").await?;
+    assert_eq!(doc.status, 200, "served without a key");
+    assert!(
+        doc.body["openapi"]
+            .as_str()
+            .is_some_and(|v| v.starts_with("3.1"))
+    );
+    let documented = doc.body["paths"]
+        .as_object()
+        .ok_or_else(|| anyhow::anyhow!("no paths"))?;
+    let routed = routed_paths()?;
+    let listed: BTreeSet<String> = documented.keys().cloned().collect();
+    assert_eq!(listed, routed, "documented paths vs routed paths");
+
+    let http = reqwest::Client::new();
+    for (path, item) in documented {
+        let concrete = path
+            .split('/')
+            .map(|part| if part.starts_with('{') { "x" } else { part })
+            .collect::<Vec<_>>()
+            .join("/");
+        for method in ["get", "post", "put", "delete"] {
+            let request = http
+                .request(
+                    method.to_uppercase().parse()?,
+                    format!("{}{concrete}", server.url),
+                )
+                .bearer_auth(api.key.clone().unwrap_or_default());
+            let status = request.send().await?.status().as_u16();
+            let is_documented = item.get(method).is_some();
+            assert_eq!(
+                status != 405,
+                is_documented,
+                "{method} {path}: the server says {status}, the document {}",
+                if is_documented {
+                    "lists it"
+                } else {
+                    "does not"
+                }
+            );
+            if is_documented {
+                let operation = &item[method];
+                assert!(
+                    operation["responses"]
+                        .as_object()
+                        .is_some_and(|r| !r.is_empty()),
+                    "{method} {path} documents its responses"
+                );
+                if path.starts_with("/v1/") && path != "/v1/openapi.json" {
+                    assert!(
+                        operation["security"].is_array(),
+                        "{method} {path} names its security"
+                    );
+                }
+            }
+        }
+    }
+    Ok(())
+}
