@@ -143,6 +143,73 @@ async fn a_new_users_journey() -> anyhow::Result<()> {
     assert!(text(&url, &key, &["key", "list"])?.contains(&id));
     assert!(text(&url, &key, &["key", "revoke", &id])?.contains("revoked"));
 
+    // Accepted now, asked for later; logs; listing and deleting.
+    let accepted = text(
+        &url,
+        &key,
+        &["worker", "enqueue", "counter", "w1", "add", "3"],
+    )?;
+    let job = accepted
+        .split_whitespace()
+        .last()
+        .unwrap_or_default()
+        .to_string();
+    assert!(accepted.starts_with("accepted "), "{accepted}");
+    assert_eq!(
+        text(
+            &url,
+            &key,
+            &[
+                "worker",
+                "result",
+                "counter",
+                "w1",
+                &job,
+                "--wait-ms",
+                "10000"
+            ]
+        )?
+        .trim(),
+        "10"
+    );
+    assert_eq!(
+        text(
+            &url,
+            &key,
+            &["worker", "invoke", "counter", "w1", "add", "--wave", "-4"]
+        )?
+        .trim(),
+        "6"
+    );
+    let logger = counter.replace("counter.wasm", "logger.wasm");
+    text(&url, &key, &["component", "add", "logger", &logger])?;
+    text(
+        &url,
+        &key,
+        &["worker", "invoke", "logger", "l", "log", "\"hello\""],
+    )?;
+    let logs = text(&url, &key, &["worker", "logs", "logger", "l"])?;
+    assert!(logs.contains("hello"), "{logs}");
+    let components = text(&url, &key, &["component", "list"])?;
+    assert!(
+        components.contains("counter") && components.contains("logger"),
+        "{components}"
+    );
+    let listed = text(
+        &url,
+        &key,
+        &["worker", "list", "counter", "--status", "active"],
+    )?;
+    assert!(
+        listed.contains("w1") && listed.contains("active"),
+        "{listed}"
+    );
+    assert!(text(&url, &key, &["worker", "delete", "logger", "l"])?.contains("deleted worker l"));
+    assert!(text(&url, &key, &["component", "delete", "logger"])?.contains("deleted"));
+    let in_use = invicta(&url, &key, &["component", "delete", "counter"])?;
+    assert_eq!(in_use.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&in_use.stderr).contains("component_in_use"));
+
     // Exit codes tell usage, API and network errors apart.
     let api_error = invicta(&url, &key, &["worker", "invoke", "counter", "w1", "nope"])?;
     assert_eq!(api_error.status.code(), Some(3));
@@ -159,5 +226,87 @@ async fn a_new_users_journey() -> anyhow::Result<()> {
     assert_eq!(unreachable.status.code(), Some(4));
     let no_key = invicta(&url, "", &["usage"])?;
     assert_eq!(no_key.status.code(), Some(3));
+    Ok(())
+}
+
+#[tokio::test]
+async fn help_and_completions() -> anyhow::Result<()> {
+    for args in [
+        vec!["--help"],
+        vec!["worker", "--help"],
+        vec!["worker", "logs", "--help"],
+        vec!["component", "--help"],
+        vec!["profile", "--help"],
+        vec!["admin", "tenant", "--help"],
+    ] {
+        let out = Command::new(INVICTA).args(&args).output()?;
+        assert!(out.status.success(), "{args:?}");
+        let help = String::from_utf8_lossy(&out.stdout);
+        assert!(help.contains("Usage:"), "{args:?}: {help}");
+    }
+    let out = Command::new(INVICTA)
+        .args(["completions", "bash"])
+        .output()?;
+    assert!(out.status.success());
+    let script = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        script.contains("invicta") && script.contains("enqueue"),
+        "bash completions"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn following_logs_survives_a_server_restart() -> anyhow::Result<()> {
+    use std::io::{BufRead, BufReader};
+
+    let data = tempfile::tempdir()?;
+    let server = Server::start(INVICTA.as_ref(), data.path())?;
+    let api = server.operator().new_tenant("follower", "pro").await?;
+    api.upload("logger", invicta_tests::component("logger"))
+        .await?;
+    api.call("logger", "w", "log", serde_json::json!(["before"]))
+        .await?;
+    let mut follow = Command::new(INVICTA)
+        .args(["worker", "logs", "logger", "w", "--follow"])
+        .env("INVICTA_URL", &server.url)
+        .env("INVICTA_API_KEY", api.key.clone().unwrap_or_default())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    let stdout = follow
+        .stdout
+        .take()
+        .ok_or_else(|| anyhow::anyhow!("no stdout"))?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            let _ = tx.send(line);
+        }
+    });
+    let wait_for = |text: &str| -> anyhow::Result<()> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) if line.contains(text) => return Ok(()),
+                Ok(_) => {}
+                Err(_) => anyhow::bail!("`{text}` never came"),
+            }
+        }
+    };
+    wait_for("before")?;
+    // The server dies and comes back on the same address; the follower reconnects and
+    // prints what was logged afterwards, and nothing twice.
+    let server = server.restart_in_place()?;
+    let api = api.at(&server.url);
+    api.call("logger", "w", "log", serde_json::json!(["after"]))
+        .await?;
+    wait_for("after")?;
+    let _ = follow.kill();
+    let output = follow.wait_with_output()?;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("reconnect"), "{stderr}");
     Ok(())
 }

@@ -7,6 +7,7 @@ mod crash;
 mod divergence;
 mod metering;
 mod openapi;
+mod quickstart;
 mod server;
 mod tenancy;
 mod workers;

@@ -63,11 +63,12 @@ impl Api {
     }
 
     /// The same client, calling without a key.
-    /// The same caller, at another server (e.g. one restarted on a new port).
+    /// The same caller, at another server (e.g. one restarted): a new client, so that no
+    /// connection to the old one is reused.
     pub fn at(&self, base: &str) -> Api {
         Api {
-            base: base.trim_end_matches('/').to_string(),
-            ..self.clone()
+            key: self.key.clone(),
+            ..Api::new(base)
         }
     }
 

@@ -37,9 +37,19 @@ impl Server {
 
     /// Starts the server with extra arguments after `server`.
     pub fn start_with(binary: &Path, data_dir: &Path, extra: &[&str]) -> anyhow::Result<Server> {
+        Self::start_at(binary, data_dir, "127.0.0.1:0", extra)
+    }
+
+    /// Starts the server listening on `listen` (e.g. the address a killed server had).
+    pub fn start_at(
+        binary: &Path,
+        data_dir: &Path,
+        listen: &str,
+        extra: &[&str],
+    ) -> anyhow::Result<Server> {
         let mut child = Command::new(binary)
             .arg("server")
-            .args(["--listen", "127.0.0.1:0", "--data-dir"])
+            .args(["--listen", listen, "--data-dir"])
             .arg(data_dir)
             .args(extra)
             .env(
@@ -98,6 +108,18 @@ impl Server {
     pub fn stop(mut self) -> anyhow::Result<bool> {
         self.signal(libc::SIGTERM)?;
         Ok(self.child.wait()?.success())
+    }
+
+    /// Kills the server and starts a new one on the same data directory and address.
+    pub fn restart_in_place(self) -> anyhow::Result<Server> {
+        let (binary, data_dir) = (self.binary.clone(), self.data_dir.clone());
+        let listen = self
+            .url
+            .strip_prefix("http://")
+            .unwrap_or(&self.url)
+            .to_string();
+        self.kill()?;
+        Server::start_at(&binary, &data_dir, &listen, &[])
     }
 
     /// Starts a new server on the same data directory.

@@ -85,6 +85,7 @@ pub enum WorkerCommand {
         component: String,
         name: String,
         function: String,
+        #[arg(allow_negative_numbers = true)]
         params: Vec<String>,
         /// The same key never runs twice
         #[arg(long)]
@@ -98,6 +99,7 @@ pub enum WorkerCommand {
         component: String,
         name: String,
         function: String,
+        #[arg(allow_negative_numbers = true)]
         params: Vec<String>,
         /// The same key is accepted once
         #[arg(long)]
@@ -110,7 +112,8 @@ pub enum WorkerCommand {
     Result {
         component: String,
         name: String,
-        key: String,
+        /// What `enqueue` printed, or the key given to `invoke`
+        idempotency_key: String,
         /// Wait up to this many milliseconds for a pending invocation to finish
         #[arg(long, default_value_t = 0)]
         wait_ms: u64,
@@ -183,6 +186,9 @@ pub enum TenantCommand {
         name: String,
         #[arg(long)]
         plan: Option<String>,
+        /// Also give it a key with every scope, and print it (once)
+        #[arg(long)]
+        with_key: bool,
     },
     /// List tenants
     List,
@@ -198,14 +204,9 @@ pub enum TenantCommand {
 
 #[derive(Debug, clap::Subcommand)]
 pub enum ProfileCommand {
-    /// Save a profile (a server URL and an API key) and make it the current one
-    Set {
-        name: String,
-        #[arg(long)]
-        url: Option<String>,
-        #[arg(long)]
-        key: Option<String>,
-    },
+    /// Save a profile, the --url and --key given (or INVICTA_URL and INVICTA_API_KEY), and
+    /// make it the current one
+    Set { name: String },
     /// Make a saved profile the current one
     Use { name: String },
     /// List the saved profiles
@@ -423,6 +424,10 @@ fn print_output(output: &Output, as_json: bool) {
     }
 }
 
+fn text_of(value: &Value) -> String {
+    text(value)
+}
+
 fn text(value: &Value) -> String {
     match value {
         Value::String(s) => s.clone(),
@@ -496,7 +501,7 @@ async fn upload(
 
 async fn run(connection: &Connection, request: Request) -> Result<Output, Failure> {
     if let Request::Profile(command) = request {
-        return profile(command);
+        return profile(command, connection);
     }
     let client = Client::new(connection)?;
     match request {
@@ -678,7 +683,7 @@ async fn run(connection: &Connection, request: Request) -> Result<Output, Failur
         Request::Worker(WorkerCommand::Result {
             component,
             name,
-            key,
+            idempotency_key: key,
             wait_ms,
         }) => {
             let body = client
@@ -893,20 +898,38 @@ async fn run(connection: &Connection, request: Request) -> Result<Output, Failur
             ];
             Ok(Output::Table(body, vec!["usage", "used", "limit"], rows))
         }
-        Request::Admin(AdminCommand::Tenant(TenantCommand::Create { name, plan })) => {
-            let body = client
+        Request::Admin(AdminCommand::Tenant(TenantCommand::Create {
+            name,
+            plan,
+            with_key,
+        })) => {
+            let mut body = client
                 .post(
                     "/v1/admin/tenants",
                     json!({ "name": name, "plan": plan }),
                     None,
                 )
                 .await?;
-            let text = format!(
+            let mut text = format!(
                 "created tenant {} ({}) on plan {}",
                 text(&body["id"]),
                 name,
                 text(&body["plan"])
             );
+            if with_key {
+                let key = client
+                    .post(
+                        &format!("/v1/admin/tenants/{}/keys", text_of(&body["id"])),
+                        json!({ "scopes": ["admin", "deploy", "invoke", "read"], "description": "made with the tenant" }),
+                        None,
+                    )
+                    .await?;
+                text.push_str(&format!(
+                    "\nits key, with every scope (shown once): {}",
+                    text_of(&key["key"])
+                ));
+                body["key"] = key;
+            }
             Ok(Output::Text(body, text))
         }
         Request::Admin(AdminCommand::Tenant(TenantCommand::List)) => {
@@ -1024,11 +1047,17 @@ pub(crate) fn encode(text: &str) -> String {
     out
 }
 
-fn profile(command: ProfileCommand) -> Result<Output, Failure> {
+fn profile(command: ProfileCommand, connection: &Connection) -> Result<Output, Failure> {
     use crate::profile::{Profile, Profiles};
     let mut profiles = Profiles::load().map_err(Failure::Usage)?;
     match command {
-        ProfileCommand::Set { name, url, key } => {
+        ProfileCommand::Set { name } => {
+            let (url, key) = (connection.url.clone(), connection.key.clone());
+            if url.is_none() && key.is_none() {
+                return Err(Failure::Usage(
+                    "give the profile a --url, a --key, or both".into(),
+                ));
+            }
             let entry = profiles
                 .profiles
                 .entry(name.clone())
