@@ -65,6 +65,26 @@ async fn a_new_users_journey() -> anyhow::Result<()> {
     )?;
     let key = key["key"].as_str().unwrap_or_default().to_string();
     assert!(text(&url, OPERATOR_KEY, &["admin", "tenant", "list"])?.contains("acme"));
+    let plans = text(&url, OPERATOR_KEY, &["admin", "plan", "list"])?;
+    assert!(
+        plans.contains("free") && plans.contains("unlimited"),
+        "{plans}"
+    );
+    let mut plan = json(&url, OPERATOR_KEY, &["admin", "plan", "show", "free"])?;
+    plan["name"] = serde_json::json!("tiny");
+    plan["workers_max"] = serde_json::json!(3);
+    let plan_file = data.path().join("tiny.json");
+    std::fs::write(&plan_file, plan.to_string())?;
+    let saved = text(
+        &url,
+        OPERATOR_KEY,
+        &["admin", "plan", "put", "tiny", &plan_file.to_string_lossy()],
+    )?;
+    assert!(saved.contains("plan tiny saved"), "{saved}");
+    assert_eq!(
+        json(&url, OPERATOR_KEY, &["admin", "plan", "show", "tiny"])?["workers_max"],
+        3
+    );
 
     // The tenant uploads, invokes, and looks at what happened.
     let uploaded = text(&url, &key, &["component", "add", "counter", &counter])?;

@@ -58,8 +58,21 @@ async fn the_openapi_document_lists_every_route() -> anyhow::Result<()> {
                     format!("{}{concrete}", server.url),
                 )
                 .bearer_auth(api.key.clone().unwrap_or_default());
-            let status = request.send().await?.status().as_u16();
+            let response = request.send().await?;
+            let status = response.status().as_u16();
+            let content_type = response
+                .headers()
+                .get("content-type")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_string();
             let is_documented = item.get(method).is_some();
+            if status >= 400 {
+                assert_eq!(
+                    content_type, "application/problem+json",
+                    "{method} {path}: every error is a problem"
+                );
+            }
             assert_eq!(
                 status != 405,
                 is_documented,
@@ -87,5 +100,10 @@ async fn the_openapi_document_lists_every_route() -> anyhow::Result<()> {
             }
         }
     }
+    // Errors axum makes by itself are problems too.
+    let bad_path = api.get("/v1/components/%FF%FE/workers").await?;
+    assert_eq!(bad_path.status, 400);
+    assert_eq!(bad_path.content_type, "application/problem+json");
+    assert_eq!(bad_path.code(), "invalid_request");
     Ok(())
 }

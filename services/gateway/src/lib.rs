@@ -242,7 +242,51 @@ fn router(config: &Config, state: AppState) -> Router {
         .route("/v1/openapi.json", get(openapi::openapi_json))
         .merge(v1)
         .fallback(api::not_found)
+        .layer(axum::middleware::map_response(problems))
         .with_state(state)
+}
+
+/// Every error is a problem: what axum itself answers (405, a path that does not parse, a body
+/// over its limit) becomes `application/problem+json` too, keeping its status and headers.
+async fn problems(response: axum::response::Response) -> axum::response::Response {
+    use axum::http::header::{CONTENT_LENGTH, CONTENT_TYPE};
+    use axum::response::IntoResponse;
+    let status = response.status();
+    let is_problem = response
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/problem+json"));
+    if status.as_u16() < 400 || is_problem {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    let text = axum::body::to_bytes(body, 4096)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).trim().to_string())
+        .unwrap_or_default();
+    let code = match status.as_u16() {
+        400 => "invalid_request",
+        404 => "not_found",
+        405 => "method_not_allowed",
+        413 => "payload_too_large",
+        415 => "unsupported_media_type",
+        429 => "rate_limited",
+        _ if status.is_server_error() => "internal",
+        _ => "error",
+    };
+    let detail = if text.is_empty() {
+        status.canonical_reason().unwrap_or("error").to_string()
+    } else {
+        text
+    };
+    let mut problem = api::Problem::new(status, code, detail).into_response();
+    for (name, value) in &parts.headers {
+        if name != CONTENT_TYPE && name != CONTENT_LENGTH {
+            problem.headers_mut().insert(name.clone(), value.clone());
+        }
+    }
+    problem
 }
 
 /// Prometheus metrics (OpenMetrics text format).

@@ -175,8 +175,19 @@ pub enum AdminCommand {
     /// Tenants (operator key)
     #[command(subcommand)]
     Tenant(TenantCommand),
-    /// List the plans (operator key)
-    Plans,
+    /// Plans (operator key)
+    #[command(subcommand)]
+    Plan(PlanCommand),
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum PlanCommand {
+    /// List the plans
+    List,
+    /// Show a plan, as JSON (the form `put` takes)
+    Show { name: String },
+    /// Create or replace a plan from a JSON file (see `show` for its fields)
+    Put { name: String, file: PathBuf },
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -969,7 +980,24 @@ async fn run(connection: &Connection, request: Request) -> Result<Output, Failur
             let text = format!("tenant {tenant} is on plan {}", text(&body["plan"]));
             Ok(Output::Text(body, text))
         }
-        Request::Admin(AdminCommand::Plans) => {
+        Request::Admin(AdminCommand::Plan(PlanCommand::Show { name })) => {
+            let body = client.get("/v1/admin/plans").await?;
+            let plan = body["plans"]
+                .as_array()
+                .and_then(|plans| plans.iter().find(|p| p["name"] == name.as_str()).cloned())
+                .ok_or_else(|| Failure::Usage(format!("no plan `{name}`")))?;
+            let text = serde_json::to_string_pretty(&plan).unwrap_or_default();
+            Ok(Output::Text(plan, text))
+        }
+        Request::Admin(AdminCommand::Plan(PlanCommand::Put { name, file })) => {
+            let text = std::fs::read_to_string(&file)
+                .map_err(|e| Failure::Usage(format!("read {}: {e}", file.display())))?;
+            let plan: Value = serde_json::from_str(&text)
+                .map_err(|e| Failure::Usage(format!("{} is not JSON: {e}", file.display())))?;
+            let body = client.put(&format!("/v1/admin/plans/{name}"), plan).await?;
+            Ok(Output::Text(body, format!("plan {name} saved")))
+        }
+        Request::Admin(AdminCommand::Plan(PlanCommand::List)) => {
             let body = client.get("/v1/admin/plans").await?;
             let rows = body["plans"]
                 .as_array()
