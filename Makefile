@@ -30,7 +30,8 @@ deps:
 	@rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt
 	@rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy
 	@# bindgen in the foundationdb crate needs libclang to type-check the fdb backend.
-	@ls /usr/lib/*/libclang*.so* >/dev/null 2>&1 || ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1 || \
+	@# (libclang-cpp, which some images carry, is another library: it does not count.)
+	@ls /usr/lib/*/libclang.so* /usr/lib/*/libclang-[0-9]*.so* /usr/lib/llvm-*/lib/libclang.so* 2>/dev/null | grep -q . || \
 		{ (apt-get update -qq || sudo apt-get update -qq) && \
 		  (DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libclang1-14 || \
 		   sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libclang1-14); }
