@@ -47,8 +47,20 @@ impl Server {
         listen: &str,
         extra: &[&str],
     ) -> anyhow::Result<Server> {
+        Self::start_env(binary, data_dir, listen, extra, &[])
+    }
+
+    /// Starts the server with extra environment variables.
+    pub fn start_env(
+        binary: &Path,
+        data_dir: &Path,
+        listen: &str,
+        extra: &[&str],
+        envs: &[(&str, &str)],
+    ) -> anyhow::Result<Server> {
         let mut child = Command::new(binary)
             .arg("server")
+            .envs(envs.iter().copied())
             .args(["--listen", listen, "--data-dir"])
             .arg(data_dir)
             .args(extra)

@@ -184,6 +184,9 @@ pub struct Plan {
     /// What the plan costs (plans stored before prices existed cost nothing).
     #[serde(default)]
     pub prices: Prices,
+    /// The hosts the tenant's workers may send HTTP requests to; absent, any public host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub egress_hosts: Option<Vec<String>>,
 }
 
 /// A plan's prices, as exact decimals (sent and stored as strings: no floats for money).
@@ -295,6 +298,7 @@ impl Plan {
                 burst: 200,
                 concurrent_invocations: 50,
                 prices: Prices::default(),
+                egress_hosts: None,
             },
             Plan {
                 name: "pro".into(),
@@ -308,6 +312,7 @@ impl Plan {
                 burst: 10_000,
                 concurrent_invocations: 1_000,
                 prices: Prices::new(49, 10, 200, 140),
+                egress_hosts: None,
             },
             Plan {
                 name: "unlimited".into(),
@@ -321,6 +326,7 @@ impl Plan {
                 burst: 1_000_000,
                 concurrent_invocations: 100_000,
                 prices: Prices::new(999, 5, 100, 100),
+                egress_hosts: None,
             },
         ]
     }

@@ -32,8 +32,20 @@ pub(crate) const LOG_BYTES_MAX: usize = 1024 * 1024;
 pub(crate) struct WorkerCtx {
     wasi: WasiCtx,
     table: ResourceTable,
+    http: wasmtime_wasi_http::WasiHttpCtx,
+    hooks: crate::http::DurableHttp,
     pub limiter: Limiter,
     pub durability: Shared,
+}
+
+impl wasmtime_wasi_http::WasiHttpView for WorkerCtx {
+    fn http(&mut self) -> wasmtime_wasi_http::WasiHttpCtxView<'_> {
+        wasmtime_wasi_http::WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: &mut self.hooks,
+        }
+    }
 }
 
 impl WasiView for WorkerCtx {
@@ -51,6 +63,7 @@ impl WorkerCtx {
         args: &[String],
         memory_bytes_max: u64,
         durability: Shared,
+        hooks: crate::http::DurableHttp,
     ) -> WorkerCtx {
         let mut wasi = wasmtime_wasi::WasiCtxBuilder::new();
         wasi.envs(env)
@@ -69,6 +82,8 @@ impl WorkerCtx {
         WorkerCtx {
             wasi: wasi.build(),
             table: ResourceTable::new(),
+            http: wasmtime_wasi_http::WasiHttpCtx::new(),
+            hooks,
             limiter: Limiter {
                 inner: wasmtime::StoreLimitsBuilder::new()
                     .memory_size(usize::try_from(memory_bytes_max).unwrap_or(usize::MAX))
@@ -276,6 +291,72 @@ impl Durability {
         Ok(response)
     }
 
+    /// An outgoing request in replay: its recorded outcome (taken from wherever it was
+    /// recorded), or that it began and never ended. `None` when live: the caller records it.
+    pub(crate) fn replay_remote_write(
+        &mut self,
+        name: &str,
+    ) -> Result<Option<crate::http::Replayed>, String> {
+        use crate::http::Replayed;
+        if let Some(d) = &self.diverged {
+            return Err(d.clone());
+        }
+        let Mode::Replay { queue, then_live } = &mut self.mode else {
+            return Ok(None);
+        };
+        let (begin, key) = match queue.pop_front() {
+            Some((
+                index,
+                OplogEntry::BeginRemoteWrite {
+                    host_function,
+                    idempotency_key,
+                },
+            )) if host_function == name => (index, idempotency_key),
+            Some((index, other)) => {
+                let kind = other.kind();
+                return Err(self.diverge(format!(
+                    "replay diverged at oplog entry {index}: the worker sent an HTTP request, the oplog records {kind}"
+                )));
+            }
+            None if *then_live => {
+                self.mode = Mode::Live;
+                return Ok(None);
+            }
+            None => {
+                return Err(self.diverge(
+                    "replay diverged: the worker sent an HTTP request where the oplog records no more host calls"
+                        .into(),
+                ));
+            }
+        };
+        let end = queue
+            .iter()
+            .position(|(_, e)| matches!(e, OplogEntry::EndRemoteWrite { begin: b } if *b == begin));
+        match end {
+            Some(end) if end > 0 => {
+                let response = queue.remove(end - 1);
+                queue.remove(end - 1);
+                match response {
+                    Some((_, OplogEntry::ImportedFunctionInvoked { response, .. })) => {
+                        match crate::http::outcome_from(&response) {
+                            Some(outcome) => Ok(Some(Replayed::Outcome(outcome))),
+                            None => Err(self.diverge(format!(
+                                "the response of the request begun at oplog entry {begin} is unreadable"
+                            ))),
+                        }
+                    }
+                    _ => Err(self.diverge(format!(
+                        "the request begun at oplog entry {begin} ended without a recorded response"
+                    ))),
+                }
+            }
+            _ if *then_live => Ok(Some(Replayed::Unfinished { begin, key })),
+            _ => Err(self.diverge(format!(
+                "the request begun at oplog entry {begin} never ended, yet its invocation completed"
+            ))),
+        }
+    }
+
     /// Output to stdout or stderr: recorded as a `Log` entry, or checked against the record.
     fn log(&mut self, stream: LogStream, bytes: &[u8]) -> Result<(), StreamError> {
         if let Some(d) = &self.diverged {
@@ -370,6 +451,7 @@ fn set_result(results: &mut [Val], value: Val) -> wasmtime::Result<()> {
 pub(crate) fn linker(engine: &wasmtime::Engine) -> wasmtime::Result<Linker<WorkerCtx>> {
     let mut linker = Linker::new(engine);
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+    wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
     linker.allow_shadowing(true);
     // wasmtime-wasi defines these interfaces at 0.2.12; components importing any 0.2.x match.
     {

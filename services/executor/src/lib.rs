@@ -14,6 +14,7 @@
 
 mod commit;
 mod host;
+mod http;
 mod metrics;
 mod records;
 mod worker;
@@ -30,6 +31,7 @@ use invicta_store::Store;
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
+pub use http::HttpConfig;
 pub use records::{InvocationRecord, PendingRecord, StoredOutcome, WorkerRecord};
 
 use crate::commit::Committer;
@@ -141,6 +143,8 @@ pub struct Config {
     /// Invocations one worker may have waiting (default 1,024); more are refused with
     /// `queue_full`.
     pub queue_depth: usize,
+    /// Outgoing HTTP: timeouts, response size, private hosts allowed.
+    pub http: HttpConfig,
 }
 
 impl Default for Config {
@@ -151,6 +155,7 @@ impl Default for Config {
             idle_suspend_ms: 60_000,
             start_commit_delay_ms: 5,
             queue_depth: 1_024,
+            http: HttpConfig::default(),
         }
     }
 }
@@ -166,6 +171,8 @@ pub struct Limits {
     pub memory_per_worker_bytes: u64,
     /// Workers the tenant may have.
     pub workers_max: u64,
+    /// Hosts the tenant's workers may send requests to (`None`: any public host).
+    pub egress_hosts: Option<Vec<String>>,
 }
 
 impl Limits {
@@ -176,6 +183,7 @@ impl Limits {
             fuel_per_month: u64::MAX,
             memory_per_worker_bytes: u64::MAX,
             workers_max: u64::MAX,
+            egress_hosts: None,
         }
     }
 }
@@ -264,6 +272,7 @@ pub(crate) struct Inner {
     pub workers: Mutex<HashMap<WorkerId, WorkerHandle>>,
     /// This month's fuel per tenant, as last read: (month, fuel, read at).
     pub fuel_used: Mutex<HashMap<TenantId, (String, u64, std::time::Instant)>>,
+    pub http_config: Arc<HttpConfig>,
     pub instance_pres:
         Mutex<HashMap<(TenantId, ComponentName, u64), wasmtime::component::InstancePre<WorkerCtx>>>,
 }
@@ -302,6 +311,7 @@ impl Executor {
             inner: Arc::new(Inner {
                 committer: Committer::start(store.clone(), metrics.clone())?,
                 metrics,
+                http_config: Arc::new(config.http.clone()),
                 config,
                 store,
                 registry,
@@ -629,6 +639,7 @@ impl Executor {
             idempotency_key: key,
             key_is_new: generated,
             enqueued: false,
+            egress_hosts: limits.egress_hosts.clone(),
             fuel: limits
                 .fuel_per_invocation
                 .min(self.inner.config.fuel_per_invocation),
@@ -709,6 +720,7 @@ impl Executor {
             params: params.to_vec(),
             fuel: invocation.fuel,
             memory_bytes: invocation.memory_bytes,
+            egress_hosts: invocation.egress_hosts.clone(),
             enqueued_at_ms: now_ms(),
         };
         let (id_c, key) = (id.clone(), invocation.idempotency_key.clone());
@@ -826,6 +838,7 @@ impl Executor {
                 fuel_per_month: u64::MAX,
                 memory_per_worker_bytes: record.memory_bytes,
                 workers_max: u64::MAX,
+                egress_hosts: record.egress_hosts.clone(),
             };
             let prepared = self
                 .prepare(&id, &record.function, &record.params, Some(key), &limits)

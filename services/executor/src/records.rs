@@ -138,6 +138,8 @@ pub struct PendingRecord {
     /// The plan's limits when it was accepted.
     pub fuel: u64,
     pub memory_bytes: u64,
+    #[serde(default)]
+    pub egress_hosts: Option<Vec<String>>,
     pub enqueued_at_ms: u64,
 }
 

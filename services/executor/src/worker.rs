@@ -53,6 +53,8 @@ pub(crate) struct Invocation {
     /// The caller's span: the worker's work on this invocation is recorded under it, across
     /// the hand-off to the actor and to the committer.
     pub span: tracing::Span,
+    /// The hosts the tenant's plan lets the worker reach (`None`: any public host).
+    pub egress_hosts: Option<Vec<String>>,
 }
 
 pub(crate) enum Command {
@@ -95,6 +97,8 @@ struct Shared {
     interrupt: Notify,
     /// The worker is being deleted: queued invocations are refused.
     deleting: AtomicBool,
+    /// Where its outgoing requests may go, as of its latest invocation.
+    egress: Arc<Mutex<crate::http::Egress>>,
 }
 
 #[derive(Clone)]
@@ -188,6 +192,9 @@ struct Actor {
     shared: Arc<Shared>,
     active: Option<Active>,
     rx: mpsc::Receiver<Command>,
+    /// Requests, from the worker's outgoing HTTP, to make its pending entries durable now.
+    checkpoint_tx: crate::http::Checkpoints,
+    checkpoint_rx: mpsc::UnboundedReceiver<oneshot::Sender<bool>>,
 }
 
 pub(crate) fn spawn(
@@ -212,7 +219,12 @@ pub(crate) fn spawn(
         running: AtomicBool::new(false),
         interrupt: Notify::new(),
         deleting: AtomicBool::new(false),
+        egress: Arc::new(Mutex::new(crate::http::Egress {
+            config: inner.http_config.clone(),
+            hosts: None,
+        })),
     });
+    let (checkpoint_tx, checkpoint_rx) = mpsc::unbounded_channel();
     let handle_compiled = compiled.clone();
     let actor = Actor {
         inner,
@@ -223,6 +235,8 @@ pub(crate) fn spawn(
         shared: shared.clone(),
         active: None,
         rx,
+        checkpoint_tx,
+        checkpoint_rx,
     };
     tokio::spawn(actor.run());
     WorkerHandle {
@@ -277,6 +291,7 @@ impl Actor {
                     self.shared
                         .memory_bytes
                         .store(invocation.memory_bytes, Ordering::Relaxed);
+                    lock(&self.shared.egress).hosts = invocation.egress_hosts.clone();
                     self.invoke(invocation, reply).await;
                 }
                 Command::Resume => {
@@ -551,6 +566,12 @@ impl Actor {
             &self.record.args,
             self.shared.memory_bytes.load(Ordering::Relaxed),
             durability.clone(),
+            crate::http::DurableHttp {
+                durability: durability.clone(),
+                checkpoints: self.checkpoint_tx.clone(),
+                egress: self.shared.egress.clone(),
+                worker: self.id.to_string(),
+            },
         );
         let mut store = wasmtime::Store::new(&self.inner.engine.engine, ctx);
         store.limiter(|ctx| &mut ctx.limiter);
@@ -644,6 +665,15 @@ impl Actor {
                         fuel: self.inner.config.fuel_per_invocation,
                         memory_bytes: self.shared.memory_bytes.load(Ordering::Relaxed),
                         span: tracing::info_span!("resume invocation", worker = %self.id),
+                        egress_hosts: lock(&self.shared.egress).hosts.clone(),
+                    };
+                    // Its start is durable already; this serves the checkpoints its outgoing
+                    // requests ask for.
+                    let start = StartCommit {
+                        inner: self.inner.clone(),
+                        id: self.id.clone(),
+                        shared: self.shared.clone(),
+                        committed: AtomicBool::new(true),
                     };
                     let ran = self
                         .call(
@@ -651,7 +681,10 @@ impl Actor {
                             function,
                             params,
                             self.inner.config.fuel_per_invocation,
-                            None,
+                            Some((
+                                Duration::from_millis(self.inner.config.start_commit_delay_ms),
+                                &start,
+                            )),
                         )
                         .await;
                     let failed = matches!(ran, Ran::Failed { .. });
@@ -767,7 +800,10 @@ impl Actor {
                             () = &mut interrupted => break None,
                             () = &mut timer, if !fired => {
                                 fired = true;
-                                start.commit(&active.durability).await;
+                                start.commit(&active.durability, None).await;
+                            }
+                            Some(reply) = self.checkpoint_rx.recv() => {
+                                start.commit(&active.durability, Some(reply)).await;
                             }
                         }
                     };
@@ -1115,9 +1151,14 @@ struct StartCommit {
 }
 
 impl StartCommit {
-    async fn commit(&self, durability: &host::Shared) {
+    /// Commits the pending entries (with the running mark); `notify` hears once they are
+    /// durable.
+    async fn commit(&self, durability: &host::Shared, notify: Option<oneshot::Sender<bool>>) {
         let entries = host::lock(durability).take_pending();
         let Some(first_index) = entries.first().map(|(i, _)| *i) else {
+            if let Some(notify) = notify {
+                let _ = notify.send(true);
+            }
             return;
         };
         let mut sets = Vec::new();
@@ -1129,6 +1170,9 @@ impl StartCommit {
         let shared = self.shared.clone();
         let worker = self.id.clone();
         let done: commit::Done = Box::new(move |result| {
+            if let Some(notify) = notify {
+                let _ = notify.send(result.is_ok());
+            }
             if let Err(e) = result {
                 tracing::warn!(%worker, error = %e, "commit of an invocation's start failed");
                 shared.poisoned.store(true, Ordering::Release);
@@ -1246,7 +1290,10 @@ fn side_entries(
     let mut side = Vec::new();
     while let Some((index, entry)) = entries.get(*pos) {
         match entry {
-            OplogEntry::ImportedFunctionInvoked { .. } | OplogEntry::Log { .. } => {
+            OplogEntry::ImportedFunctionInvoked { .. }
+            | OplogEntry::Log { .. }
+            | OplogEntry::BeginRemoteWrite { .. }
+            | OplogEntry::EndRemoteWrite { .. } => {
                 side.push((*index, entry.clone()));
             }
             OplogEntry::Suspended { .. } | OplogEntry::Interrupted { .. } => {}

@@ -779,6 +779,7 @@ fn limits(plan: &invicta_billing::Plan) -> Limits {
         fuel_per_month: plan.fuel_per_month,
         memory_per_worker_bytes: plan.memory_per_worker_bytes,
         workers_max: plan.workers_max,
+        egress_hosts: plan.egress_hosts.clone(),
     }
 }
 

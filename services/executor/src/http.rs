@@ -1,0 +1,520 @@
+//! Durable outgoing HTTP: `wasi:http/outgoing-handler`, so that any component using a standard
+//! HTTP client works, with every request a remote write.
+//!
+//! Live, a request first appends `BeginRemoteWrite` (with an idempotency key derived from the
+//! worker and that entry's oplog index) and waits until it is durable; only then does the request
+//! leave, carrying the key as its `Idempotency-Key` header. The outcome — a response (status,
+//! headers, body) or an error, including timeouts and refusals — is appended as an
+//! `ImportedFunctionInvoked` entry followed by `EndRemoteWrite`. Replay returns the recorded
+//! outcome and sends nothing. A request that began but never ended (the process died in
+//! between) is sent again with the same key: at least once, and once in effect at any server that
+//! honours the header.
+//!
+//! Egress: private, loopback, link-local and other non-public addresses are refused unless the
+//! executor's configuration allows the host, and a tenant's plan may restrict hosts to a list.
+
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use invicta_model::Value;
+use invicta_model::oplog::{OplogEntry, OplogIndex};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot};
+use wasmtime_wasi_http::{Error as HttpError, RequestOptions, WasiBody, WasiHttpHooks};
+
+use crate::host::{self, Shared};
+
+/// The host function name outgoing requests are recorded under.
+pub(crate) const HOST_FUNCTION: &str = "wasi:http/outgoing-handler.handle";
+
+/// The executor's outgoing-HTTP settings.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Hosts (names or addresses) that may be reached although they are private, loopback or
+    /// link-local. Empty by default: such addresses are refused (SSRF).
+    pub allow_private_hosts: Vec<String>,
+    /// The longest an outgoing request may take, connection to last byte (default 30,000 ms).
+    pub timeout_ms: u64,
+    /// The largest response body recorded (default 1 MiB); a larger one fails the request.
+    pub response_bytes_max: usize,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            allow_private_hosts: Vec::new(),
+            timeout_ms: 30_000,
+            response_bytes_max: 1024 * 1024,
+        }
+    }
+}
+
+/// Where a worker's requests may go: the executor's settings and the tenant's allow-list.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Egress {
+    pub config: Arc<HttpConfig>,
+    /// The tenant's plan's hosts; `None` allows any public host.
+    pub hosts: Option<Vec<String>>,
+}
+
+/// Asks the worker's actor to make every pending entry durable; the answer says whether it is.
+pub(crate) type Checkpoints = mpsc::UnboundedSender<oneshot::Sender<bool>>;
+
+/// The worker's `wasi:http` hooks.
+pub(crate) struct DurableHttp {
+    pub durability: Shared,
+    pub checkpoints: Checkpoints,
+    pub egress: Arc<Mutex<Egress>>,
+    /// The worker, for idempotency keys.
+    pub worker: String,
+}
+
+type SendFuture = Box<
+    dyn Future<
+            Output = Result<
+                (
+                    http::Response<WasiBody>,
+                    Box<dyn Future<Output = Result<(), HttpError>> + Send>,
+                ),
+                HttpError,
+            >,
+        > + Send,
+>;
+
+/// An outcome as the oplog keeps it.
+fn outcome_value(outcome: &Result<Recorded, String>) -> Value {
+    match outcome {
+        Ok(r) => Value::Result(Ok(Some(Box::new(Value::Record(vec![
+            ("status".into(), Value::U16(r.status)),
+            (
+                "headers".into(),
+                Value::List(
+                    r.headers
+                        .iter()
+                        .map(|(k, v)| {
+                            Value::Tuple(vec![
+                                Value::String(k.clone()),
+                                Value::List(v.iter().copied().map(Value::U8).collect()),
+                            ])
+                        })
+                        .collect(),
+                ),
+            ),
+            (
+                "body".into(),
+                Value::List(r.body.iter().copied().map(Value::U8).collect()),
+            ),
+        ]))))),
+        Err(e) => Value::Result(Err(Some(Box::new(Value::String(e.clone()))))),
+    }
+}
+
+fn bytes_of(value: &Value) -> Option<Vec<u8>> {
+    match value {
+        Value::List(items) => items
+            .iter()
+            .map(|v| match v {
+                Value::U8(b) => Some(*b),
+                _ => None,
+            })
+            .collect(),
+        _ => None,
+    }
+}
+
+pub(crate) fn outcome_from(value: &Value) -> Option<Result<Recorded, String>> {
+    match value {
+        Value::Result(Ok(Some(record))) => {
+            let Value::Record(fields) = record.as_ref() else {
+                return None;
+            };
+            let field = |name: &str| fields.iter().find(|(n, _)| n == name).map(|(_, v)| v);
+            let status = match field("status")? {
+                Value::U16(s) => *s,
+                _ => return None,
+            };
+            let headers = match field("headers")? {
+                Value::List(items) => items
+                    .iter()
+                    .map(|h| match h {
+                        Value::Tuple(kv) => match kv.as_slice() {
+                            [Value::String(k), v] => Some((k.clone(), bytes_of(v)?)),
+                            _ => None,
+                        },
+                        _ => None,
+                    })
+                    .collect::<Option<Vec<_>>>()?,
+                _ => return None,
+            };
+            Some(Ok(Recorded {
+                status,
+                headers,
+                body: bytes_of(field("body")?)?,
+            }))
+        }
+        Value::Result(Err(Some(e))) => match e.as_ref() {
+            Value::String(s) => Some(Err(s.clone())),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// A response as recorded: whole.
+#[derive(Debug, Clone)]
+pub(crate) struct Recorded {
+    status: u16,
+    headers: Vec<(String, Vec<u8>)>,
+    body: Vec<u8>,
+}
+
+type Sent = (
+    http::Response<WasiBody>,
+    Box<dyn Future<Output = Result<(), HttpError>> + Send>,
+);
+
+/// The guest's view of an outcome.
+fn response_of(outcome: Result<Recorded, String>) -> Result<Sent, HttpError> {
+    let r = outcome.map_err(|message| error_from(&message))?;
+    let mut builder = http::Response::builder().status(r.status);
+    for (name, value) in &r.headers {
+        builder = builder.header(name.as_str(), value.as_slice());
+    }
+    let body = Full::new(Bytes::from(r.body))
+        .map_err(|never| match never {})
+        .boxed_unsync();
+    let response = builder
+        .body(body)
+        .map_err(|e| HttpError::InternalError(Some(e.to_string())))?;
+    Ok((
+        response,
+        Box::new(async { Ok(()) }) as Box<dyn Future<Output = _> + Send>,
+    ))
+}
+
+fn respond(outcome: Result<Recorded, String>) -> SendFuture {
+    Box::new(async move { response_of(outcome) })
+}
+
+/// The guest-facing error of a recorded failure.
+fn error_from(message: &str) -> HttpError {
+    match message.split(':').next().unwrap_or_default() {
+        "denied" => HttpError::HttpRequestDenied,
+        "timeout" => HttpError::ConnectionTimeout,
+        "refused" => HttpError::ConnectionRefused,
+        "dns" => HttpError::DestinationNotFound,
+        "too_large" => HttpError::HttpResponseBodySize(None),
+        "tls" => HttpError::TlsProtocolError,
+        _ => HttpError::InternalError(Some(message.to_string())),
+    }
+}
+
+/// Where a replayed request stands in the oplog.
+pub(crate) enum Replayed {
+    /// Its outcome is recorded.
+    Outcome(Result<Recorded, String>),
+    /// It began (with this key and entry) but never ended: send it again.
+    Unfinished { begin: OplogIndex, key: String },
+}
+
+impl WasiHttpHooks for DurableHttp {
+    fn send_request(
+        &mut self,
+        request: http::Request<WasiBody>,
+        options: Option<RequestOptions>,
+        fut: Box<dyn Future<Output = Result<(), HttpError>> + Send>,
+    ) -> SendFuture {
+        drop(fut);
+        let mut d = host::lock(&self.durability);
+        let (begin, key, fresh) = match d.replay_remote_write(HOST_FUNCTION) {
+            Err(message) => {
+                return Box::new(async move { Err(HttpError::InternalError(Some(message))) });
+            }
+            Ok(Some(Replayed::Outcome(outcome))) => {
+                // The guest may still be writing the body: take it, as sending would, and drop it.
+                tokio::spawn(async move {
+                    let _ = request.into_body().collect().await;
+                });
+                return respond(outcome);
+            }
+            Ok(Some(Replayed::Unfinished { begin, key })) => (begin, key, false),
+            Ok(None) => {
+                let index = d.next_index();
+                let key = format!("{}-{index}", self.worker);
+                let begin = d.append(OplogEntry::BeginRemoteWrite {
+                    host_function: HOST_FUNCTION.into(),
+                    idempotency_key: key.clone(),
+                });
+                (begin, key, true)
+            }
+        };
+        drop(d);
+        let durability = self.durability.clone();
+        let checkpoints = self.checkpoints.clone();
+        let egress = self
+            .egress
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        Box::new(async move {
+            if fresh {
+                // Nothing leaves before the oplog says it began.
+                let (tx, rx) = oneshot::channel();
+                let durable = checkpoints.send(tx).is_ok() && rx.await.unwrap_or(false);
+                if !durable {
+                    return Err(HttpError::InternalError(Some(
+                        "the request's start could not be made durable".into(),
+                    )));
+                }
+            }
+            let outcome = send(request, options, &key, &egress).await;
+            failpoint();
+            {
+                let mut d = host::lock(&durability);
+                d.append(OplogEntry::ImportedFunctionInvoked {
+                    host_function: HOST_FUNCTION.into(),
+                    request: None,
+                    response: outcome_value(&outcome),
+                });
+                d.append(OplogEntry::EndRemoteWrite { begin });
+            }
+            response_of(outcome)
+        })
+    }
+}
+
+/// Dies here (SIGKILL) once, if `INVICTA_FAILPOINT_HTTP_SENT` names a file that exists: for
+/// the test of a crash between a request leaving and its response being recorded.
+fn failpoint() {
+    let Some(path) = std::env::var_os("INVICTA_FAILPOINT_HTTP_SENT") else {
+        return;
+    };
+    if std::fs::remove_file(&path).is_ok() {
+        tracing::warn!("failpoint: dying after an outgoing request was sent");
+        #[allow(unsafe_code)]
+        // SAFETY: kill(2) on this very process, as a crash would.
+        unsafe {
+            libc::kill(libc::getpid(), libc::SIGKILL);
+        }
+    }
+}
+
+/// Whether an address is one the public internet cannot reach (or should not be reached from).
+fn is_private(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => {
+            v4.is_private()
+                || v4.is_loopback()
+                || v4.is_link_local()
+                || v4.is_unspecified()
+                || v4.is_broadcast()
+                || v4.is_multicast()
+                || v4.octets()[0] == 0
+                || (v4.octets()[0] == 100 && (v4.octets()[1] & 0xC0) == 64)
+        }
+        IpAddr::V6(v6) => {
+            v6.is_loopback()
+                || v6.is_unspecified()
+                || v6.is_multicast()
+                || (v6.segments()[0] & 0xfe00) == 0xfc00
+                || (v6.segments()[0] & 0xffc0) == 0xfe80
+                || v6
+                    .to_ipv4_mapped()
+                    .is_some_and(|v4| is_private(IpAddr::V4(v4)))
+        }
+    }
+}
+
+/// Checks the request against the egress policy; `Err` says why not.
+async fn admit(host: &str, port: u16, egress: &Egress) -> Result<(), String> {
+    if let Some(hosts) = &egress.hosts
+        && !hosts.iter().any(|h| h.eq_ignore_ascii_case(host))
+    {
+        return Err(format!(
+            "denied: {host} is not in the tenant's allowed hosts"
+        ));
+    }
+    if egress
+        .config
+        .allow_private_hosts
+        .iter()
+        .any(|h| h.eq_ignore_ascii_case(host))
+    {
+        return Ok(());
+    }
+    let addresses: Vec<IpAddr> = match host.trim_matches(['[', ']']).parse::<IpAddr>() {
+        Ok(ip) => vec![ip],
+        Err(_) => tokio::net::lookup_host((host, port))
+            .await
+            .map_err(|e| format!("dns: {host}: {e}"))?
+            .map(|a| a.ip())
+            .collect(),
+    };
+    if let Some(ip) = addresses.iter().find(|ip| is_private(**ip)) {
+        return Err(format!(
+            "denied: {host} resolves to {ip}, a private address"
+        ));
+    }
+    Ok(())
+}
+
+async fn send(
+    mut request: http::Request<WasiBody>,
+    options: Option<RequestOptions>,
+    key: &str,
+    egress: &Egress,
+) -> Result<Recorded, String> {
+    let uri = request.uri().clone();
+    let host = uri.host().unwrap_or_default().to_string();
+    let port = uri
+        .port_u16()
+        .unwrap_or(if uri.scheme_str() == Some("https") {
+            443
+        } else {
+            80
+        });
+    admit(&host, port, egress).await?;
+    if let Ok(value) = http::HeaderValue::from_str(key) {
+        request.headers_mut().insert("idempotency-key", value);
+    }
+    let config = &egress.config;
+    let limit = Duration::from_millis(config.timeout_ms.max(1));
+    let exchange = async {
+        let (response, io) = wasmtime_wasi_http::default_send_request(request, options)
+            .await
+            .map_err(|e| describe(&e))?;
+        // The connection's driver must run while the body is read.
+        let driver = tokio::spawn(io);
+        let (parts, body) = response.into_parts();
+        let limited = http_body_util::Limited::new(body, config.response_bytes_max);
+        let body = limited.collect().await.map_err(|e| {
+            if e.is::<http_body_util::LengthLimitError>() {
+                format!(
+                    "too_large: the response body exceeds {} bytes",
+                    config.response_bytes_max
+                )
+            } else {
+                format!("error: {e}")
+            }
+        })?;
+        driver.abort();
+        Ok(Recorded {
+            status: parts.status.as_u16(),
+            headers: parts
+                .headers
+                .iter()
+                .map(|(k, v)| (k.as_str().to_string(), v.as_bytes().to_vec()))
+                .collect(),
+            body: body.to_bytes().to_vec(),
+        })
+    };
+    match tokio::time::timeout(limit, exchange).await {
+        Ok(outcome) => outcome,
+        Err(_) => Err(format!(
+            "timeout: no response within {} ms",
+            limit.as_millis()
+        )),
+    }
+}
+
+fn describe(e: &HttpError) -> String {
+    match e {
+        HttpError::ConnectionTimeout | HttpError::ConnectionReadTimeout => {
+            format!("timeout: {e:?}")
+        }
+        HttpError::ConnectionRefused | HttpError::Connect(_) => format!("refused: {e:?}"),
+        HttpError::DnsError { .. } | HttpError::DestinationNotFound => format!("dns: {e:?}"),
+        HttpError::Tls(_) | HttpError::TlsProtocolError | HttpError::TlsCertificateError => {
+            format!("tls: {e:?}")
+        }
+        other => format!("error: {other:?}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn private_addresses_are_recognised() {
+        for private in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.1.1",
+            "169.254.169.254",
+            "0.0.0.0",
+            "100.64.0.1",
+            "::1",
+            "fe80::1",
+            "fd00::1",
+            "::ffff:127.0.0.1",
+        ] {
+            assert!(
+                is_private(private.parse().unwrap_or(IpAddr::from([1, 1, 1, 1]))),
+                "{private}"
+            );
+        }
+        for public in ["1.1.1.1", "8.8.8.8", "2606:4700::1111"] {
+            assert!(
+                !is_private(public.parse().unwrap_or(IpAddr::from([10, 0, 0, 1]))),
+                "{public}"
+            );
+        }
+    }
+
+    #[test]
+    fn outcomes_round_trip_through_values() {
+        let recorded = Recorded {
+            status: 201,
+            headers: vec![("x-a".into(), b"1".to_vec())],
+            body: b"hello".to_vec(),
+        };
+        let back = outcome_from(&outcome_value(&Ok(recorded.clone())));
+        match back {
+            Some(Ok(r)) => {
+                assert_eq!(
+                    (r.status, r.headers, r.body),
+                    (201, recorded.headers, recorded.body)
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            outcome_from(&outcome_value(&Err("denied: x".into()))),
+            Some(Err(m)) if m == "denied: x"
+        ));
+    }
+
+    #[tokio::test]
+    async fn private_hosts_are_refused_unless_allowed() {
+        let egress = Egress::default();
+        assert!(
+            admit("127.0.0.1", 80, &egress)
+                .await
+                .is_err_and(|e| e.starts_with("denied"))
+        );
+        assert!(admit("169.254.169.254", 80, &egress).await.is_err());
+        let allowed = Egress {
+            config: Arc::new(HttpConfig {
+                allow_private_hosts: vec!["127.0.0.1".into()],
+                ..Default::default()
+            }),
+            hosts: None,
+        };
+        assert!(admit("127.0.0.1", 80, &allowed).await.is_ok());
+        let listed = Egress {
+            hosts: Some(vec!["example.com".into()]),
+            ..allowed
+        };
+        assert!(
+            admit("127.0.0.1", 80, &listed)
+                .await
+                .is_err_and(|e| e.contains("allowed hosts"))
+        );
+    }
+}

@@ -1,0 +1,199 @@
+//! Durable outgoing HTTP with a real server on loopback that counts requests per
+//! `Idempotency-Key`: replay sends nothing, a crash between a request leaving and its response
+//! being recorded sends it again with the same key (one effect), and egress policy refuses
+//! private addresses with a typed error.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use axum::extract::State;
+use axum::http::HeaderMap;
+use invicta_tests::{Server, component};
+use serde_json::json;
+
+use crate::INVICTA;
+
+/// Requests seen, per idempotency key (`""` for none).
+#[derive(Clone, Default)]
+struct Seen(Arc<Mutex<HashMap<String, u32>>>);
+
+impl Seen {
+    fn total(&self) -> u32 {
+        self.0.lock().map(|m| m.values().sum()).unwrap_or(0)
+    }
+
+    fn keys(&self) -> HashMap<String, u32> {
+        self.0.lock().map(|m| m.clone()).unwrap_or_default()
+    }
+}
+
+async fn effect(State(seen): State<Seen>, headers: HeaderMap) -> String {
+    let key = headers
+        .get("idempotency-key")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    let n = {
+        let Ok(mut map) = seen.0.lock() else {
+            return "poisoned".into();
+        };
+        let n = map.entry(key.clone()).or_insert(0);
+        *n += 1;
+        *n
+    };
+    format!("key={key} seen={n}")
+}
+
+/// A loopback server counting requests; its URL.
+async fn remote() -> anyhow::Result<(String, Seen)> {
+    let seen = Seen::default();
+    let app = axum::Router::new()
+        .route("/effect", axum::routing::get(effect).post(effect))
+        .with_state(seen.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}/effect", listener.local_addr()?);
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    Ok((url, seen))
+}
+
+fn config(dir: &std::path::Path) -> anyhow::Result<String> {
+    let path = dir.join("invicta.toml");
+    std::fs::write(
+        &path,
+        "[executor.http]\nallow_private_hosts = [\"127.0.0.1\"]\ntimeout_ms = 5000\n",
+    )?;
+    Ok(path.to_string_lossy().into_owned())
+}
+
+#[tokio::test]
+async fn replay_sends_nothing_and_private_hosts_are_refused() -> anyhow::Result<()> {
+    let (url, seen) = remote().await?;
+    let data = tempfile::tempdir()?;
+    let config = config(data.path())?;
+    let dir = data.path().join("data");
+    let server = Server::start_with(INVICTA.as_ref(), &dir, &["--config", &config])?;
+    let api = server.operator().new_tenant("caller", "pro").await?;
+    api.upload("fetcher", component("fetcher")).await?;
+    let first = api.call("fetcher", "w", "fetch", json!([url])).await?;
+    let body = first["ok"].as_str().unwrap_or_default().to_string();
+    assert!(
+        body.starts_with("200 key=") && body.ends_with("seen=1"),
+        "{first}"
+    );
+    assert_eq!(seen.total(), 1);
+
+    // After a crash the worker replays its first call from the oplog: nothing is sent again.
+    server.kill()?;
+    let server = Server::start_with(INVICTA.as_ref(), &dir, &["--config", &config])?;
+    let api = api.at(&server.url);
+    let second = api.call("fetcher", "w", "post", json!([url, "x"])).await?;
+    assert!(
+        second["ok"].as_str().is_some_and(|b| b.ends_with("seen=1")),
+        "{second}"
+    );
+    assert_eq!(
+        seen.total(),
+        2,
+        "the replayed request was not sent: {:?}",
+        seen.keys()
+    );
+    assert_eq!(seen.keys().len(), 2, "each request has its own key");
+    let oplog = api.get("/v1/components/fetcher/workers/w/oplog").await?;
+    let kinds: Vec<String> = oplog.body["entries"]
+        .as_array()
+        .map(|es| {
+            es.iter()
+                .filter_map(|e| e["kind"].as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default();
+    assert_eq!(
+        kinds.iter().filter(|k| *k == "begin_remote_write").count(),
+        2,
+        "{kinds:?}"
+    );
+    assert_eq!(kinds.iter().filter(|k| *k == "end_remote_write").count(), 2);
+
+    // Private addresses are refused unless allowed: the guest sees a denial, durably.
+    let port = url
+        .split(':')
+        .nth(2)
+        .and_then(|p| p.split('/').next())
+        .unwrap_or("80");
+    for denied in [
+        "http://10.1.2.3/".to_string(),
+        "http://169.254.169.254/latest/meta-data".to_string(),
+        format!("http://localhost:{port}/effect"),
+    ] {
+        let reply = api.call("fetcher", "w", "fetch", json!([denied])).await?;
+        assert!(
+            reply["err"]
+                .as_str()
+                .is_some_and(|e| e.contains("HttpRequestDenied")),
+            "{denied}: {reply}"
+        );
+    }
+    assert_eq!(seen.total(), 2, "nothing denied was sent");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_crash_after_sending_resends_with_the_same_key() -> anyhow::Result<()> {
+    let (url, seen) = remote().await?;
+    let data = tempfile::tempdir()?;
+    let config = config(data.path())?;
+    let dir = data.path().join("data");
+    let failpoint = data.path().join("die-after-send");
+    std::fs::write(&failpoint, b"once")?;
+    let failpoint_env = failpoint.to_string_lossy().into_owned();
+    let server = Server::start_env(
+        INVICTA.as_ref(),
+        &dir,
+        "127.0.0.1:0",
+        &["--config", &config],
+        &[("INVICTA_FAILPOINT_HTTP_SENT", &failpoint_env)],
+    )?;
+    let api = server.operator().new_tenant("crasher", "pro").await?;
+    api.upload("fetcher", component("fetcher")).await?;
+    // The server dies after the request left and before its response is recorded.
+    let cut = api
+        .post_json(
+            "/v1/components/fetcher/workers/w/invoke",
+            &json!({ "function": "post", "params": [url, "pay 10"] }),
+            Some("payment"),
+        )
+        .await;
+    assert!(cut.is_err(), "the server died mid-invocation: {cut:?}");
+    assert!(!failpoint.exists(), "the failpoint fired");
+    assert_eq!(seen.total(), 1);
+
+    // Restarted, it finishes the invocation: the request goes again, with the same key.
+    server.kill()?;
+    let server = Server::start_with(INVICTA.as_ref(), &dir, &["--config", &config])?;
+    let api = api.at(&server.url);
+    let done = api
+        .post_json(
+            "/v1/components/fetcher/workers/w/invoke",
+            &json!({ "function": "post", "params": [url, "pay 10"] }),
+            Some("payment"),
+        )
+        .await?;
+    assert_eq!(done.status, 200, "{done:?}");
+    assert!(
+        done.body["result"]["ok"]
+            .as_str()
+            .is_some_and(|b| b.ends_with("seen=2")),
+        "{done:?}"
+    );
+    let keys = seen.keys();
+    assert_eq!(keys.len(), 1, "one key, so one effect: {keys:?}");
+    assert_eq!(keys.values().sum::<u32>(), 2, "sent twice: {keys:?}");
+    // And it is recorded now: a replay sends nothing more.
+    server.kill()?;
+    let server = Server::start_with(INVICTA.as_ref(), &dir, &["--config", &config])?;
+    let api = api.at(&server.url);
+    api.call("fetcher", "w", "fetch", json!(["http://10.0.0.1/"]))
+        .await?;
+    assert_eq!(seen.total(), 2);
+    Ok(())
+}
