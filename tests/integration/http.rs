@@ -134,6 +134,31 @@ async fn replay_sends_nothing_and_private_hosts_are_refused() -> anyhow::Result<
         );
     }
     assert_eq!(seen.total(), 2, "nothing denied was sent");
+    // Metered as sent: the replayed request and the denied ones are not.
+    let usage = api.get("/v1/usage").await?;
+    assert_eq!(usage.body["totals"]["http_requests"], 2, "{usage:?}");
+    assert!(usage.body["totals"]["http_response_bytes"].as_u64() > Some(0));
+
+    // A plan may list the hosts its tenants reach: others are denied, private or not.
+    let operator = server.operator();
+    let mut plan = operator.get("/v1/admin/plans").await?.body["plans"]
+        .as_array()
+        .and_then(|plans| plans.iter().find(|p| p["name"] == "pro").cloned())
+        .ok_or_else(|| anyhow::anyhow!("the pro plan"))?;
+    plan["name"] = json!("listed");
+    plan["egress_hosts"] = json!(["api.example.com"]);
+    let put = operator.put_json("/v1/admin/plans/listed", &plan).await?;
+    assert_eq!(put.status, 200, "{put:?}");
+    let listed = operator.new_tenant("listed", "listed").await?;
+    listed.upload("fetcher", component("fetcher")).await?;
+    let reply = listed.call("fetcher", "w", "fetch", json!([url])).await?;
+    assert!(
+        reply["err"]
+            .as_str()
+            .is_some_and(|e| e.contains("HttpRequestDenied")),
+        "{reply}"
+    );
+    assert_eq!(seen.total(), 2);
     Ok(())
 }
 

@@ -899,6 +899,9 @@ pub struct UsageRow {
     pub oplog_bytes: u64,
     /// Bytes stored (the component's versions and its workers' oplogs) × hours.
     pub storage_byte_hours: u64,
+    /// Outgoing HTTP requests its workers sent, and the bytes of their responses.
+    pub http_requests: u64,
+    pub http_response_bytes: u64,
 }
 
 /// The most ledger rows one report reads (hours × components × kinds).
@@ -984,6 +987,8 @@ impl Billing {
                         memory_kib_ms: 0,
                         oplog_bytes: 0,
                         storage_byte_hours: 0,
+                        http_requests: 0,
+                        http_response_bytes: 0,
                     });
                     out.len() - 1
                 });
@@ -995,6 +1000,8 @@ impl Billing {
                 usage::MEMORY_KIB_MS => &mut row.memory_kib_ms,
                 usage::OPLOG_BYTES => &mut row.oplog_bytes,
                 usage::STORAGE_BYTE_HOURS => &mut row.storage_byte_hours,
+                usage::HTTP_REQUESTS => &mut row.http_requests,
+                usage::HTTP_RESPONSE_BYTES => &mut row.http_response_bytes,
                 _ => continue,
             };
             *field = field.saturating_add(value);

@@ -179,6 +179,10 @@ pub(crate) struct Durability {
     /// and restarts.
     monotonic_last: u64,
     log_bytes: usize,
+    /// Outgoing requests sent live since the last invocation was recorded, and the bytes of
+    /// their responses: metered with it.
+    pub http_requests: u64,
+    pub http_response_bytes: u64,
 }
 
 impl Durability {
@@ -190,6 +194,8 @@ impl Durability {
             diverged: None,
             monotonic_last: 0,
             log_bytes: 0,
+            http_requests: 0,
+            http_response_bytes: 0,
         }
     }
 

@@ -271,10 +271,14 @@ impl WasiHttpHooks for DurableHttp {
                     )));
                 }
             }
-            let outcome = send(request, options, &key, &egress).await;
+            let (outcome, received) = send(request, options, &key, &egress).await;
             failpoint();
             {
                 let mut d = host::lock(&durability);
+                if let Some(received) = received {
+                    d.http_requests += 1;
+                    d.http_response_bytes += received;
+                }
                 d.append(OplogEntry::ImportedFunctionInvoked {
                     host_function: HOST_FUNCTION.into(),
                     request: None,
@@ -362,12 +366,14 @@ async fn admit(host: &str, port: u16, egress: &Egress) -> Result<(), String> {
     Ok(())
 }
 
+/// Sends the request, unless policy refuses it: the outcome, and the response bytes received if
+/// the request went out.
 async fn send(
-    mut request: http::Request<WasiBody>,
+    request: http::Request<WasiBody>,
     options: Option<RequestOptions>,
     key: &str,
     egress: &Egress,
-) -> Result<Recorded, String> {
+) -> (Result<Recorded, String>, Option<u64>) {
     let uri = request.uri().clone();
     let host = uri.host().unwrap_or_default().to_string();
     let port = uri
@@ -377,7 +383,20 @@ async fn send(
         } else {
             80
         });
-    admit(&host, port, egress).await?;
+    if let Err(refused) = admit(&host, port, egress).await {
+        return (Err(refused), None);
+    }
+    let outcome = exchange(request, options, key, egress).await;
+    let received = outcome.as_ref().map_or(0, |r| r.body.len() as u64);
+    (outcome, Some(received))
+}
+
+async fn exchange(
+    mut request: http::Request<WasiBody>,
+    options: Option<RequestOptions>,
+    key: &str,
+    egress: &Egress,
+) -> Result<Recorded, String> {
     if let Ok(value) = http::HeaderValue::from_str(key) {
         request.headers_mut().insert("idempotency-key", value);
     }

@@ -945,8 +945,13 @@ impl Actor {
         };
         let mut call_usage = None;
         let mut failed_fuel = 0_u64;
+        let http_usage;
         let (entries, record, outcome) = {
             let mut d = host::lock(&active.durability);
+            http_usage = (
+                std::mem::take(&mut d.http_requests),
+                std::mem::take(&mut d.http_response_bytes),
+            );
             let (entry, outcome): (OplogEntry, Outcome) = match ran {
                 Ran::Completed {
                     results,
@@ -1091,6 +1096,19 @@ impl Actor {
         };
         if stored.1 > 0 {
             adds.push(stored);
+        }
+        if http_usage.0 > 0 {
+            let (tenant, component) = (self.id.tenant.as_str(), self.id.component.as_str());
+            let hour = usage::hour_of(now_ms());
+            let count = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+            adds.push((
+                usage::ledger_key(tenant, hour, component, usage::HTTP_REQUESTS),
+                count(http_usage.0),
+            ));
+            adds.push((
+                usage::ledger_key(tenant, hour, component, usage::HTTP_RESPONSE_BYTES),
+                count(http_usage.1),
+            ));
         }
         let shared = self.shared.clone();
         let key = invocation.idempotency_key.clone();

@@ -274,12 +274,12 @@ fn wants_csv(headers: &HeaderMap) -> bool {
 /// A report's rows as CSV.
 fn csv(rows: &[UsageRow]) -> Response {
     let mut out = String::from(
-        "period,component,invocations,fuel,wall_us,memory_kib_ms,oplog_bytes,storage_byte_hours\n",
+        "period,component,invocations,fuel,wall_us,memory_kib_ms,oplog_bytes,storage_byte_hours,http_requests,http_response_bytes\n",
     );
     for r in rows {
         // Periods and component names never contain commas or quotes (names are validated).
         out.push_str(&format!(
-            "{},{},{},{},{},{},{},{}\n",
+            "{},{},{},{},{},{},{},{},{},{}\n",
             r.period,
             r.component,
             r.invocations,
@@ -287,7 +287,9 @@ fn csv(rows: &[UsageRow]) -> Response {
             r.wall_us,
             r.memory_kib_ms,
             r.oplog_bytes,
-            r.storage_byte_hours
+            r.storage_byte_hours,
+            r.http_requests,
+            r.http_response_bytes
         ));
     }
     (
@@ -323,6 +325,8 @@ async fn report(
             "memory_kib_ms": total(|r| r.memory_kib_ms),
             "oplog_bytes": total(|r| r.oplog_bytes),
             "storage_byte_hours": total(|r| r.storage_byte_hours),
+            "http_requests": total(|r| r.http_requests),
+            "http_response_bytes": total(|r| r.http_response_bytes),
         },
         "rows": rows,
     });

@@ -197,6 +197,8 @@ pub(crate) struct UsageTotals {
     memory_kib_ms: u64,
     oplog_bytes: u64,
     storage_byte_hours: u64,
+    http_requests: u64,
+    http_response_bytes: u64,
 }
 
 /// The ledger over a range; a tenant's own report adds this month's totals and its counts.

@@ -28,14 +28,20 @@ pub const MEMORY_KIB_MS: &str = "memory_kib_ms";
 pub const OPLOG_BYTES: &str = "oplog_bytes";
 /// Bytes stored × hours: each hour is charged the bytes stored when it was first sampled.
 pub const STORAGE_BYTE_HOURS: &str = "storage_byte_hours";
+/// Outgoing HTTP requests sent (replays send none, so count none).
+pub const HTTP_REQUESTS: &str = "http_requests";
+/// Bytes of the responses to outgoing HTTP requests.
+pub const HTTP_RESPONSE_BYTES: &str = "http_response_bytes";
 /// The ledger's kinds, in report order.
-pub const LEDGER_KINDS: [&str; 6] = [
+pub const LEDGER_KINDS: [&str; 8] = [
     INVOCATIONS,
     FUEL,
     WALL_US,
     MEMORY_KIB_MS,
     OPLOG_BYTES,
     STORAGE_BYTE_HOURS,
+    HTTP_REQUESTS,
+    HTTP_RESPONSE_BYTES,
 ];
 
 /// Kinds of what a tenant has.
