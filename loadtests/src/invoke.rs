@@ -54,6 +54,8 @@ struct Counts {
     history: usize,
     replay_invocations: usize,
     burns: usize,
+    /// Outgoing HTTP calls, durable and not.
+    http: usize,
 }
 
 impl Counts {
@@ -69,6 +71,7 @@ impl Counts {
                 history: 100,
                 replay_invocations: 5_000,
                 burns: 5,
+                http: 50,
             }
         } else {
             Counts {
@@ -81,6 +84,7 @@ impl Counts {
                 history: 100,
                 replay_invocations: 50_000,
                 burns: 30,
+                http: 500,
             }
         }
     }
@@ -146,6 +150,10 @@ struct Figures {
     api_burn: Summary,
     burn_fuel: u64,
     in_process: Vec<InProcess>,
+    /// A GET to the loopback server from here: the call without durability.
+    raw_get: Summary,
+    /// The same GET made by a worker through `wasi:http`, durably.
+    fetch: Summary,
     notes: Vec<String>,
 }
 
@@ -182,7 +190,7 @@ async fn run_async(args: &Args) -> anyhow::Result<()> {
             )
         })
     };
-    let (counter, burner) = (read("counter")?, read("burner")?);
+    let (counter, burner, fetcher) = (read("counter")?, read("burner")?, read("fetcher")?);
     let root = match &args.dir {
         Some(d) => tempfile::tempdir_in(d)?,
         None => tempfile::tempdir_in(".")?,
@@ -199,14 +207,24 @@ async fn run_async(args: &Args) -> anyhow::Result<()> {
     progress("server 1: raw fdatasync, sequential invocations, cold starts, burner");
     let data = root.path().join("s1");
     std::fs::create_dir(&data)?;
-    let server = Server::start(&binary, &data)?;
+    // The loopback server the durable HTTP calls reach, allowed by the executor's config.
+    let config = data.join("invicta.toml");
+    std::fs::write(
+        &config,
+        "[executor.http]\nallow_private_hosts = [\"127.0.0.1\"]\n",
+    )?;
+    let server = Server::start_with(&binary, &data, &["--config", &config.to_string_lossy()])?;
     let api = Api::new_tenant(&server, &http).await?;
     api.upload("counter", &counter).await?;
     api.upload("burner", &burner).await?;
+    api.upload("fetcher", &fetcher).await?;
+    let remote = loopback_server().await?;
     let raw = crate::store::raw_append_fdatasync(&data.join("raw-fsync.log"), counts.fsyncs)?;
     let healthz_sequential = healthz(&api, 1, counts.sequential, WARM_TIME_MAX).await?;
     let sequential = sequential(&api, counts.sequential).await?;
     let cold = cold_starts(&api, counts.cold).await?;
+    let raw_get = raw_gets(&http, &remote, counts.http).await?;
+    let fetch = fetches(&api, &remote, counts.http).await?;
     let (api_burn, burn_fuel, burn_result) =
         api_burns(&api, args.burn_iterations, counts.burns).await?;
     server.kill()?;
@@ -431,6 +449,8 @@ async fn run_async(args: &Args) -> anyhow::Result<()> {
         api_burn,
         burn_fuel,
         in_process,
+        raw_get,
+        fetch,
         notes,
     };
     print(&figures, &counts, args, &binary)?;
@@ -577,6 +597,76 @@ async fn sequential(api: &Api, n: usize) -> anyhow::Result<Summary> {
                 "add(1) returned {} where {expected} was expected",
                 reply["result"]
             );
+        }
+    }
+    Ok(Summary::of(&mut samples, start.elapsed()))
+}
+
+/// A loopback HTTP server answering `GET /echo` with a short body; its URL.
+async fn loopback_server() -> anyhow::Result<String> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}/echo", listener.local_addr()?);
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let mut buffer = vec![0_u8; 8192];
+                let mut seen = Vec::new();
+                loop {
+                    let Ok(n) = stream.read(&mut buffer).await else {
+                        return;
+                    };
+                    if n == 0 {
+                        return;
+                    }
+                    seen.extend_from_slice(&buffer[..n]);
+                    // One response per request head (bodies are empty: GETs).
+                    while let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
+                        seen.drain(..end + 4);
+                        let reply =
+                            b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\ncontent-type: text/plain\r\n\r\nhello";
+                        if stream.write_all(reply).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    Ok(url)
+}
+
+/// `n` GETs of `url` from the load generator, one after the other.
+async fn raw_gets(http: &reqwest::Client, url: &str, n: usize) -> anyhow::Result<Summary> {
+    let mut samples = Vec::with_capacity(n);
+    let start = Instant::now();
+    for _ in 0..n {
+        let t = Instant::now();
+        let body = http.get(url).send().await?.text().await?;
+        samples.push(t.elapsed());
+        if body != "hello" {
+            bail!("the loopback server answered {body:?}");
+        }
+    }
+    Ok(Summary::of(&mut samples, start.elapsed()))
+}
+
+/// `n` invocations of the fetcher's `fetch(url)` on one warm worker, one after the other.
+async fn fetches(api: &Api, url: &str, n: usize) -> anyhow::Result<Summary> {
+    let invoke = api.invoke_url("fetcher", "f");
+    let body = serde_json::json!({ "function": "fetch", "params": [url] }).to_string();
+    api.post(&invoke, body.clone()).await?;
+    let mut samples = Vec::with_capacity(n);
+    let start = Instant::now();
+    for _ in 0..n {
+        let t = Instant::now();
+        let reply = api.post(&invoke, body.clone()).await?;
+        samples.push(t.elapsed());
+        if reply["result"]["ok"] != "200 hello" {
+            bail!("fetch returned {}", reply["result"]);
         }
     }
     Ok(Summary::of(&mut samples, start.elapsed()))
@@ -926,6 +1016,22 @@ fn print(f: &Figures, counts: &Counts, args: &Args, binary: &Path) -> anyhow::Re
         ..latency_row(
             format!("burn({iterations}) via API, fuel (n={})", counts.burns),
             &f.api_burn,
+        )
+    });
+    rows.push(Row {
+        limit: "(no durability)".into(),
+        ..latency_row(
+            format!("GET loopback from the client (n={})", counts.http),
+            &f.raw_get,
+        )
+    });
+    let plain = f.sequential.median + f.raw_get.median;
+    rows.push(Row {
+        limit: format!("add p50 + GET p50 {}", duration(plain)),
+        ratio: format!("{:.2}×", ratio(f.fetch.median, plain)),
+        ..latency_row(
+            format!("invoke fetch(loopback), durable HTTP (n={})", counts.http),
+            &f.fetch,
         )
     });
     for b in &f.in_process {
