@@ -9,6 +9,7 @@ mod http;
 mod metering;
 mod openapi;
 mod quickstart;
+mod schedules;
 mod server;
 mod tenancy;
 mod workers;

@@ -17,6 +17,7 @@ mod host;
 mod http;
 mod metrics;
 mod records;
+mod schedules;
 mod worker;
 
 use std::collections::HashMap;
@@ -33,6 +34,7 @@ use tokio::sync::oneshot;
 
 pub use http::HttpConfig;
 pub use records::{InvocationRecord, PendingRecord, StoredOutcome, WorkerRecord};
+pub use schedules::Schedule;
 
 use crate::commit::Committer;
 use crate::host::WorkerCtx;
@@ -48,6 +50,10 @@ pub enum Error {
     InvocationNotFound(String),
     #[error("the worker cannot move to that version: {0}")]
     IncompatibleVersion(String),
+    #[error("invalid schedule: {0}")]
+    InvalidSchedule(String),
+    #[error("schedule {0} not found")]
+    ScheduleNotFound(String),
     #[error("component {component} has no exported function `{function}`; it exports: {available}")]
     UnknownFunction {
         component: String,
@@ -226,9 +232,16 @@ pub struct WorkerFilter {
 /// Where an invocation accepted by `enqueue` (or made with a key) stands.
 #[derive(Debug, Clone, PartialEq)]
 pub enum InvocationState {
-    Pending { enqueued_at_ms: u64 },
+    Pending {
+        enqueued_at_ms: u64,
+        /// When it runs, if it was scheduled for later.
+        due_at_ms: Option<u64>,
+    },
     Completed(Completed),
-    Failed { kind: String, message: String },
+    Failed {
+        kind: String,
+        message: String,
+    },
 }
 
 /// A line a worker wrote to stdout or stderr, at its oplog index.
@@ -252,6 +265,9 @@ pub(crate) type Outcome = std::result::Result<Completed, Error>;
 /// How old the monthly fuel figure checked before each invocation may be, in milliseconds:
 /// reading it for every invocation would cost a store read on the hot path.
 pub const FUEL_USAGE_STALE_MS: u64 = 1_000;
+
+/// How often the scheduler looks for due ticks, in milliseconds.
+pub const SCHEDULER_TICK_MS: u64 = 100;
 
 /// The longest idempotency key accepted.
 pub const IDEMPOTENCY_KEY_BYTES_MAX: usize = 256;
@@ -324,6 +340,7 @@ impl Executor {
         };
         executor.recover().await?;
         executor.recover_pending().await?;
+        executor.spawn_scheduler();
         Ok(executor)
     }
 
@@ -707,11 +724,13 @@ impl Executor {
         function: &str,
         params: &[serde_json::Value],
         idempotency_key: Option<String>,
+        schedule_at_ms: Option<u64>,
         limits: &Limits,
     ) -> Result<(String, bool)> {
         let mut invocation = self
             .prepare(id, function, params, idempotency_key, limits)
             .await?;
+        let due_at_ms = schedule_at_ms.filter(|at| *at > now_ms());
         // Its outcome is asked for later, by key: it must be recorded.
         invocation.key_is_new = false;
         invocation.enqueued = true;
@@ -722,6 +741,7 @@ impl Executor {
             memory_bytes: invocation.memory_bytes,
             egress_hosts: invocation.egress_hosts.clone(),
             enqueued_at_ms: now_ms(),
+            due_at_ms,
         };
         let (id_c, key) = (id.clone(), invocation.idempotency_key.clone());
         let accepted = self
@@ -742,11 +762,226 @@ impl Executor {
             .await?;
         let key = invocation.idempotency_key.clone();
         if accepted {
-            // Delivered here, before the reply, so that one client's enqueues keep their order.
-            let first = self.deliver(id, &invocation).await;
-            tokio::spawn(self.clone().settle(id.clone(), invocation, first));
+            self.dispatch(id, invocation, due_at_ms).await;
         }
         Ok((key, accepted))
+    }
+
+    /// Runs an accepted invocation: now, delivered before returning so that one client's
+    /// enqueues keep their order, or at `due_at_ms`.
+    async fn dispatch(&self, id: &WorkerId, invocation: Invocation, due_at_ms: Option<u64>) {
+        match due_at_ms.map(|at| at.saturating_sub(now_ms())) {
+            Some(wait) if wait > 0 => {
+                let (executor, id) = (self.clone(), id.clone());
+                tokio::spawn(async move {
+                    tokio::time::sleep(std::time::Duration::from_millis(wait)).await;
+                    let first = executor.deliver(&id, &invocation).await;
+                    executor.settle(id, invocation, first).await;
+                });
+            }
+            _ => {
+                let first = self.deliver(id, &invocation).await;
+                tokio::spawn(self.clone().settle(id.clone(), invocation, first));
+            }
+        }
+    }
+
+    /// Creates a recurring invocation of `function` on the worker (created if it does not
+    /// exist), by a six-field cron expression in UTC.
+    pub async fn create_schedule(
+        &self,
+        id: &WorkerId,
+        cron: &str,
+        function: &str,
+        params: &[serde_json::Value],
+        limits: &Limits,
+    ) -> Result<Schedule> {
+        schedules::parse(cron)?;
+        let invocation = self
+            .prepare(id, function, params, Some("schedule-check".into()), limits)
+            .await?;
+        let now = now_ms();
+        let bytes: [u8; 6] = rand::random();
+        let schedule = Schedule {
+            id: bytes.iter().map(|b| format!("{b:02x}")).collect(),
+            cron: cron.to_string(),
+            function: invocation.function.clone(),
+            params: params.to_vec(),
+            paused: false,
+            created_at_ms: now,
+            next_at_ms: schedules::next_after(cron, now),
+            fired: 0,
+            limits: schedules::ScheduleLimits {
+                fuel: invocation.fuel,
+                memory_bytes: invocation.memory_bytes,
+                egress_hosts: invocation.egress_hosts.clone(),
+            },
+        };
+        let (id_c, stored) = (id.clone(), schedule.clone());
+        self.inner
+            .store
+            .transact(move |tx| {
+                if tx.get(&records::worker_key(&id_c))?.is_none() {
+                    return Err(Error::WorkerNotFound(id_c.to_string()));
+                }
+                schedules::write(tx, &id_c, &stored, None)
+            })
+            .await?;
+        Ok(schedule)
+    }
+
+    /// The worker's schedules.
+    pub async fn schedules(&self, id: &WorkerId) -> Result<Vec<Schedule>> {
+        let id_c = id.clone();
+        self.inner
+            .store
+            .read(move |tx| {
+                if tx.get(&records::worker_key(&id_c))?.is_none() {
+                    return Err(Error::WorkerNotFound(id_c.to_string()));
+                }
+                let mut out = Vec::new();
+                for row in tx.get_prefix(&schedules::prefix(&id_c), Default::default())? {
+                    if let Some(s) = schedules::read(tx, &row.key)? {
+                        out.push(s);
+                    }
+                }
+                Ok(out)
+            })
+            .await
+    }
+
+    /// Pauses or resumes a schedule; a resumed one continues from its next tick after now.
+    pub async fn set_schedule_paused(
+        &self,
+        id: &WorkerId,
+        schedule: &str,
+        paused: bool,
+    ) -> Result<Schedule> {
+        let (id_c, sid) = (id.clone(), schedule.to_string());
+        self.inner
+            .store
+            .transact(move |tx| {
+                let mut s = schedules::read(tx, &schedules::key(&id_c, &sid))?
+                    .ok_or_else(|| Error::ScheduleNotFound(sid.clone()))?;
+                let old = if s.paused { None } else { s.next_at_ms };
+                s.paused = paused;
+                s.next_at_ms = if paused {
+                    None
+                } else {
+                    schedules::next_after(&s.cron, now_ms())
+                };
+                schedules::write(tx, &id_c, &s, old)?;
+                Ok(s)
+            })
+            .await
+    }
+
+    /// Deletes a schedule; its ticks already accepted still run.
+    pub async fn delete_schedule(&self, id: &WorkerId, schedule: &str) -> Result<()> {
+        let (id_c, sid) = (id.clone(), schedule.to_string());
+        self.inner
+            .store
+            .transact(move |tx| {
+                let key = schedules::key(&id_c, &sid);
+                let s = schedules::read(tx, &key)?
+                    .ok_or_else(|| Error::ScheduleNotFound(sid.clone()))?;
+                if let Some(next) = s.next_at_ms.filter(|_| !s.paused) {
+                    tx.clear(&schedules::due_key(next, &id_c, &sid))?;
+                }
+                tx.clear(&key)?;
+                Ok(())
+            })
+            .await
+    }
+
+    /// Fires every schedule whose tick has come, then sleeps a little; until the process ends.
+    fn spawn_scheduler(&self) {
+        let executor = self.clone();
+        tokio::spawn(async move {
+            loop {
+                if let Err(e) = executor.fire_due().await {
+                    tracing::warn!(error = %e, "fire schedules");
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(SCHEDULER_TICK_MS)).await;
+            }
+        });
+    }
+
+    async fn fire_due(&self) -> Result<()> {
+        let (begin, end) = schedules::due_range(now_ms());
+        let due = self
+            .inner
+            .store
+            .read(move |tx| tx.get_range(&begin, &end, invicta_store::RangeOptions::limit(256)))
+            .await?;
+        for row in due {
+            let Some((at, id, sid)) = schedules::parse_due(&row.key) else {
+                continue;
+            };
+            if let Err(e) = self.fire(&id, &sid, at).await {
+                tracing::warn!(worker = %id, schedule = %sid, error = %e, "fire a schedule");
+            }
+        }
+        Ok(())
+    }
+
+    /// Fires one tick: accepts its invocation and moves the schedule on, in one transaction.
+    async fn fire(&self, id: &WorkerId, sid: &str, at: u64) -> Result<()> {
+        let (id_c, sid_c) = (id.clone(), sid.to_string());
+        let fired = self
+            .inner
+            .store
+            .transact(move |tx| {
+                let Some(mut s) = schedules::read(tx, &schedules::key(&id_c, &sid_c))? else {
+                    tx.clear(&schedules::due_key(at, &id_c, &sid_c))?;
+                    return Ok(None);
+                };
+                if s.paused || s.next_at_ms != Some(at) {
+                    tx.clear(&schedules::due_key(at, &id_c, &sid_c))?;
+                    return Ok(None);
+                }
+                let key = schedules::tick_key(&sid_c, at);
+                let fresh = tx.get(&records::invocation_key(&id_c, &key))?.is_none()
+                    && tx.get(&records::pending_key(&id_c, &key))?.is_none();
+                if fresh {
+                    let pending = PendingRecord {
+                        function: s.function.clone(),
+                        params: s.params.clone(),
+                        fuel: s.limits.fuel,
+                        memory_bytes: s.limits.memory_bytes,
+                        egress_hosts: s.limits.egress_hosts.clone(),
+                        enqueued_at_ms: now_ms(),
+                        due_at_ms: None,
+                    };
+                    tx.set(
+                        &records::pending_key(&id_c, &key),
+                        &records::encode_json(&pending),
+                    )?;
+                    s.fired += 1;
+                }
+                // Missed ticks collapse into this one.
+                s.next_at_ms = schedules::next_after(&s.cron, at.max(now_ms()));
+                schedules::write(tx, &id_c, &s, Some(at))?;
+                Ok::<_, Error>(fresh.then_some((key, s)))
+            })
+            .await?;
+        let Some((key, s)) = fired else {
+            return Ok(());
+        };
+        let limits = Limits {
+            fuel_per_invocation: s.limits.fuel,
+            fuel_per_month: u64::MAX,
+            memory_per_worker_bytes: s.limits.memory_bytes,
+            workers_max: u64::MAX,
+            egress_hosts: s.limits.egress_hosts.clone(),
+        };
+        let mut invocation = self
+            .prepare(id, &s.function, &s.params, Some(key), &limits)
+            .await?;
+        invocation.key_is_new = false;
+        invocation.enqueued = true;
+        self.dispatch(id, invocation, None).await;
+        Ok(())
     }
 
     /// Waits for an accepted invocation's outcome, delivering it again while the worker is
@@ -843,19 +1078,16 @@ impl Executor {
             let prepared = self
                 .prepare(&id, &record.function, &record.params, Some(key), &limits)
                 .await;
-            let first = match prepared {
+            match prepared {
                 Ok(mut invocation) => {
                     invocation.key_is_new = false;
                     invocation.enqueued = true;
-                    let first = self.deliver(&id, &invocation).await;
-                    (invocation, first)
+                    self.dispatch(&id, invocation, record.due_at_ms).await;
                 }
                 Err(e) => {
                     tracing::warn!(worker = %id, error = %e, "a pending invocation no longer fits its worker");
-                    continue;
                 }
-            };
-            tokio::spawn(self.clone().settle(id, first.0, first.1));
+            }
         }
         Ok(())
     }
@@ -902,6 +1134,7 @@ impl Executor {
                 let record: PendingRecord = records::decode_json("pending invocation", &bytes)?;
                 Ok(InvocationState::Pending {
                     enqueued_at_ms: record.enqueued_at_ms,
+                    due_at_ms: record.due_at_ms,
                 })
             }
             None => Err(Error::InvocationNotFound(idempotency_key.to_string())),

@@ -141,6 +141,9 @@ pub struct PendingRecord {
     #[serde(default)]
     pub egress_hosts: Option<Vec<String>>,
     pub enqueued_at_ms: u64,
+    /// Not before this (ms since the epoch), if it was scheduled for later.
+    #[serde(default)]
+    pub due_at_ms: Option<u64>,
 }
 
 pub(crate) fn oplog_prefix(id: &WorkerId) -> Vec<u8> {

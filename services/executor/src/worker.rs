@@ -451,6 +451,7 @@ impl Actor {
                 }
                 tx.clear(&records::running_key(&id))?;
                 tx.clear(&records::worker_key(&id))?;
+                crate::schedules::clear_worker(tx, &id)?;
                 let tenant = id.tenant.as_str();
                 tx.atomic_add(&usage::count_key(tenant, usage::WORKERS), -1)?;
                 tx.atomic_add(

@@ -10,7 +10,7 @@ use axum::response::{IntoResponse, Response};
 use invicta_component_registry::Error as RegistryError;
 use invicta_executor::Error as ExecutorError;
 use invicta_model::{ComponentName, TenantId, WorkerId, WorkerName};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tracing::Instrument;
 
@@ -148,6 +148,12 @@ impl From<ExecutorError> for Problem {
             }
             E::IncompatibleVersion(_) => {
                 Problem::new(StatusCode::CONFLICT, "incompatible_version", e.to_string())
+            }
+            E::InvalidSchedule(_) => {
+                Problem::new(StatusCode::BAD_REQUEST, "invalid_schedule", e.to_string())
+            }
+            E::ScheduleNotFound(_) => {
+                Problem::new(StatusCode::NOT_FOUND, "schedule_not_found", e.to_string())
             }
             E::UnknownFunction { .. } => {
                 Problem::new(StatusCode::BAD_REQUEST, "unknown_function", e.to_string())
@@ -553,7 +559,14 @@ pub(crate) async fn enqueue(
     let params = request.params(&state, &id).await?;
     let (key, accepted) = state
         .executor
-        .enqueue(&id, &request.function, &params, key, &limits)
+        .enqueue(
+            &id,
+            &request.function,
+            &params,
+            key,
+            request.schedule_at,
+            &limits,
+        )
         .await
         .map_err(|e| invocation_problem(e, &limits))?;
     let location = format!(
@@ -631,10 +644,14 @@ pub(crate) async fn get_invocation(
 fn invocation_json(key: &str, state: invicta_executor::InvocationState) -> serde_json::Value {
     use invicta_executor::InvocationState as S;
     match state {
-        S::Pending { enqueued_at_ms } => json!({
+        S::Pending {
+            enqueued_at_ms,
+            due_at_ms,
+        } => json!({
             "idempotency_key": key,
             "status": "pending",
             "enqueued_at_ms": enqueued_at_ms,
+            "due_at_ms": due_at_ms,
         }),
         S::Completed(c) => json!({
             "idempotency_key": key,
@@ -660,6 +677,9 @@ pub(crate) struct Invoke {
     /// Or as WAVE text, one string per parameter.
     #[serde(default)]
     wave: Option<Vec<String>>,
+    /// For `enqueue`: run it at this time (milliseconds since the epoch), not at once.
+    #[serde(default)]
+    schedule_at: Option<u64>,
 }
 
 impl Invoke {
@@ -703,6 +723,13 @@ pub(crate) async fn invoke(
     let id = worker_id(tenant, component, worker)?;
     let request: Invoke = json_body(&headers, &body(bytes)?)?;
     let key = idempotency_key(&headers)?;
+    if request.schedule_at.is_some() {
+        return Err(Problem::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "`schedule_at` is for enqueue: invoke runs now and waits",
+        ));
+    }
     let params = request.params(&state, &id).await?;
     let span = tracing::info_span!(
         "invoke",
@@ -805,4 +832,111 @@ fn invocation_problem(e: ExecutorError, limits: &Limits) -> Problem {
 
 pub(crate) async fn not_found() -> Problem {
     Problem::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct NewSchedule {
+    /// Six fields, seconds first, in UTC: `*/10 * * * * *` is every ten seconds.
+    cron: String,
+    function: String,
+    #[serde(default)]
+    params: Vec<serde_json::Value>,
+    #[serde(default)]
+    wave: Option<Vec<String>>,
+}
+
+#[utoipa::path(post, path = "/v1/components/{component}/workers/{worker}/schedules", tag = "invocations",
+    params(("component" = String, Path), ("worker" = String, Path)),
+    request_body = NewSchedule,
+    responses((status = 201, description = "Created; each tick's invocation is accepted like enqueue's, once", body = invicta_executor::Schedule)))]
+pub(crate) async fn create_schedule(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path((component, worker)): Path<(String, String)>,
+    headers: HeaderMap,
+    bytes: Result<Bytes, BytesRejection>,
+) -> ApiResult<Response> {
+    let tenant = caller.tenant(Scope::Invoke)?;
+    let limits = limits(caller.plan()?);
+    let id = worker_id(tenant, component, worker)?;
+    let request: NewSchedule = json_body(&headers, &body(bytes)?)?;
+    let params = Invoke {
+        function: request.function.clone(),
+        params: request.params,
+        wave: request.wave,
+        schedule_at: None,
+    }
+    .params(&state, &id)
+    .await?;
+    let schedule = state
+        .executor
+        .create_schedule(&id, &request.cron, &request.function, &params, &limits)
+        .await?;
+    Ok((StatusCode::CREATED, Json(json!(schedule))).into_response())
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct ScheduleList {
+    schedules: Vec<invicta_executor::Schedule>,
+}
+
+#[utoipa::path(get, path = "/v1/components/{component}/workers/{worker}/schedules", tag = "invocations",
+    params(("component" = String, Path), ("worker" = String, Path)),
+    responses((status = 200, description = "The worker's schedules", body = ScheduleList)))]
+pub(crate) async fn list_schedules(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path((component, worker)): Path<(String, String)>,
+) -> ApiResult<Json<ScheduleList>> {
+    let id = worker_id(caller.tenant(Scope::Read)?, component, worker)?;
+    let schedules = state.executor.schedules(&id).await?;
+    Ok(Json(ScheduleList { schedules }))
+}
+
+#[utoipa::path(post, path = "/v1/components/{component}/workers/{worker}/schedules/{schedule}/pause", tag = "invocations",
+    params(("component" = String, Path), ("worker" = String, Path), ("schedule" = String, Path)),
+    responses((status = 200, description = "Paused: no tick fires until it is resumed", body = invicta_executor::Schedule)))]
+pub(crate) async fn pause_schedule(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path((component, worker, schedule)): Path<(String, String, String)>,
+) -> ApiResult<Json<invicta_executor::Schedule>> {
+    let id = worker_id(caller.tenant(Scope::Invoke)?, component, worker)?;
+    Ok(Json(
+        state
+            .executor
+            .set_schedule_paused(&id, &schedule, true)
+            .await?,
+    ))
+}
+
+#[utoipa::path(post, path = "/v1/components/{component}/workers/{worker}/schedules/{schedule}/resume", tag = "invocations",
+    params(("component" = String, Path), ("worker" = String, Path), ("schedule" = String, Path)),
+    responses((status = 200, description = "Resumed from its next tick after now", body = invicta_executor::Schedule)))]
+pub(crate) async fn resume_schedule(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path((component, worker, schedule)): Path<(String, String, String)>,
+) -> ApiResult<Json<invicta_executor::Schedule>> {
+    let id = worker_id(caller.tenant(Scope::Invoke)?, component, worker)?;
+    Ok(Json(
+        state
+            .executor
+            .set_schedule_paused(&id, &schedule, false)
+            .await?,
+    ))
+}
+
+#[utoipa::path(delete, path = "/v1/components/{component}/workers/{worker}/schedules/{schedule}", tag = "invocations",
+    params(("component" = String, Path), ("worker" = String, Path), ("schedule" = String, Path)),
+    responses((status = 204, description = "Deleted")))]
+pub(crate) async fn delete_schedule(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path((component, worker, schedule)): Path<(String, String, String)>,
+) -> ApiResult<StatusCode> {
+    let id = worker_id(caller.tenant(Scope::Invoke)?, component, worker)?;
+    state.executor.delete_schedule(&id, &schedule).await?;
+    Ok(StatusCode::NO_CONTENT)
 }

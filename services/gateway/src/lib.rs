@@ -194,6 +194,24 @@ fn router(config: &Config, state: AppState) -> Router {
             get(logs::logs),
         )
         .route(
+            "/v1/components/{component}/workers/{worker}/schedules",
+            post(api::create_schedule)
+                .layer(json_limit)
+                .get(api::list_schedules),
+        )
+        .route(
+            "/v1/components/{component}/workers/{worker}/schedules/{schedule}",
+            delete(api::delete_schedule),
+        )
+        .route(
+            "/v1/components/{component}/workers/{worker}/schedules/{schedule}/pause",
+            post(api::pause_schedule),
+        )
+        .route(
+            "/v1/components/{component}/workers/{worker}/schedules/{schedule}/resume",
+            post(api::resume_schedule),
+        )
+        .route(
             "/v1/components/{component}/workers/{worker}/invoke",
             post(api::invoke).layer(json_limit),
         )

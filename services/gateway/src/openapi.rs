@@ -121,6 +121,8 @@ pub(crate) struct InvocationStatus {
     status: InvocationStatusKind,
     /// When pending.
     enqueued_at_ms: Option<u64>,
+    /// When pending and scheduled for later.
+    due_at_ms: Option<u64>,
     /// When completed.
     result: Option<serde_json::Value>,
     fuel_consumed: Option<u64>,
@@ -267,6 +269,11 @@ pub(crate) struct Readiness {
         api::get_invocation,
         api::oplog,
         logs::logs,
+        api::create_schedule,
+        api::list_schedules,
+        api::pause_schedule,
+        api::resume_schedule,
+        api::delete_schedule,
         admin::create_key,
         admin::list_keys,
         admin::revoke_key,
