@@ -201,6 +201,72 @@ async fn a_new_users_journey() -> anyhow::Result<()> {
         .trim(),
         "6"
     );
+    let added = json(
+        &url,
+        &key,
+        &[
+            "worker",
+            "schedule",
+            "add",
+            "counter",
+            "w1",
+            "--cron",
+            "0 0 3 * * *",
+            "add",
+            "1",
+        ],
+    )?;
+    let schedule = added["id"].as_str().unwrap_or_default().to_string();
+    let listed = text(&url, &key, &["worker", "schedule", "list", "counter", "w1"])?;
+    assert!(
+        listed.contains(&schedule) && listed.contains("2099"),
+        "{listed}"
+    );
+    assert!(
+        text(
+            &url,
+            &key,
+            &["worker", "schedule", "pause", "counter", "w1", &schedule]
+        )?
+        .contains("paused")
+    );
+    assert!(
+        text(
+            &url,
+            &key,
+            &["worker", "schedule", "delete", "counter", "w1", &schedule]
+        )?
+        .contains("deleted")
+    );
+    let later = text(
+        &url,
+        &key,
+        &[
+            "worker", "enqueue", "counter", "w1", "add", "0", "--in-ms", "200",
+        ],
+    )?;
+    let later = later
+        .split_whitespace()
+        .last()
+        .unwrap_or_default()
+        .to_string();
+    assert_eq!(
+        text(
+            &url,
+            &key,
+            &[
+                "worker",
+                "result",
+                "counter",
+                "w1",
+                &later,
+                "--wait-ms",
+                "10000"
+            ]
+        )?
+        .trim(),
+        "6"
+    );
     let logger = counter.replace("counter.wasm", "logger.wasm");
     text(&url, &key, &["component", "add", "logger", &logger])?;
     text(

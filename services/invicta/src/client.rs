@@ -107,7 +107,13 @@ pub enum WorkerCommand {
         /// The parameters are WAVE text, not JSON
         #[arg(long)]
         wave: bool,
+        /// Run it this many milliseconds from now, not at once
+        #[arg(long)]
+        in_ms: Option<u64>,
     },
+    /// Recurring invocations on a worker, by cron expression
+    #[command(subcommand)]
+    Schedule(ScheduleCommand),
     /// Show an invocation's status and result by its idempotency key
     Result {
         component: String,
@@ -151,6 +157,41 @@ pub enum WorkerCommand {
         from: u64,
         #[arg(long, default_value_t = 100)]
         count: u64,
+    },
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum ScheduleCommand {
+    /// Invoke FUNCTION with PARAMS (JSON) at every tick of CRON: six fields, seconds first, UTC
+    Add {
+        component: String,
+        name: String,
+        /// e.g. `*/10 * * * * *` (every ten seconds) or `0 0 3 * * *` (03:00 every day)
+        #[arg(long)]
+        cron: String,
+        function: String,
+        #[arg(allow_negative_numbers = true)]
+        params: Vec<String>,
+    },
+    /// List the worker's schedules
+    List { component: String, name: String },
+    /// Stop firing until resumed
+    Pause {
+        component: String,
+        name: String,
+        id: String,
+    },
+    /// Fire again, from the next tick after now
+    Resume {
+        component: String,
+        name: String,
+        id: String,
+    },
+    /// Delete a schedule
+    Delete {
+        component: String,
+        name: String,
+        id: String,
     },
 }
 
@@ -672,11 +713,20 @@ async fn run(connection: &Connection, request: Request) -> Result<Output, Failur
             params,
             idempotency_key,
             wave,
+            in_ms,
         }) => {
+            let mut request = invocation_body(&function, &params, wave)?;
+            if let Some(delay) = in_ms {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_millis() as u64)
+                    .unwrap_or(0);
+                request["schedule_at"] = json!(now + delay);
+            }
             let body = client
                 .post(
                     &format!("/v1/components/{component}/workers/{name}/enqueue"),
-                    invocation_body(&function, &params, wave)?,
+                    request,
                     idempotency_key.as_deref(),
                 )
                 .await?;
@@ -740,6 +790,7 @@ async fn run(connection: &Connection, request: Request) -> Result<Output, Failur
             let text = text.strip_suffix('\n').unwrap_or(&text).to_string();
             Ok(Output::Text(json!({ "lines": lines, "next": from }), text))
         }
+        Request::Worker(WorkerCommand::Schedule(command)) => schedule(&client, command).await,
         Request::Worker(WorkerCommand::Interrupt { component, name }) => {
             let body = client
                 .post(
@@ -1158,6 +1209,97 @@ fn profile(command: ProfileCommand, connection: &Connection) -> Result<Output, F
                 })).collect::<Vec<_>>(),
             });
             Ok(Output::Table(body, vec!["profile", "url", "key"], rows))
+        }
+    }
+}
+
+fn schedule_table(body: Value, schedules: &[Value]) -> Output {
+    let rows = schedules
+        .iter()
+        .map(|s| {
+            vec![
+                text(&s["id"]),
+                text(&s["cron"]),
+                text(&s["function"]),
+                if s["paused"] == true {
+                    "paused".into()
+                } else {
+                    "active".into()
+                },
+                text(&s["fired"]),
+                text(&s["next_at_ms"]),
+            ]
+        })
+        .collect();
+    Output::Table(
+        body,
+        vec!["id", "cron", "function", "state", "fired", "next (ms)"],
+        rows,
+    )
+}
+
+async fn schedule(client: &Client, command: ScheduleCommand) -> Result<Output, Failure> {
+    let base = |component: &str, name: &str| {
+        format!("/v1/components/{component}/workers/{name}/schedules")
+    };
+    match command {
+        ScheduleCommand::Add {
+            component,
+            name,
+            cron,
+            function,
+            params,
+        } => {
+            let mut request = invocation_body(&function, &params, false)?;
+            request["cron"] = json!(cron);
+            let body = client.post(&base(&component, &name), request, None).await?;
+            let rows = [body.clone()];
+            Ok(schedule_table(body, &rows))
+        }
+        ScheduleCommand::List { component, name } => {
+            let body = client.get(&base(&component, &name)).await?;
+            let rows = body["schedules"].as_array().cloned().unwrap_or_default();
+            Ok(schedule_table(body, &rows))
+        }
+        ScheduleCommand::Pause {
+            component,
+            name,
+            id,
+        } => {
+            let body = client
+                .post(
+                    &format!("{}/{id}/pause", base(&component, &name)),
+                    json!({}),
+                    None,
+                )
+                .await?;
+            let rows = [body.clone()];
+            Ok(schedule_table(body, &rows))
+        }
+        ScheduleCommand::Resume {
+            component,
+            name,
+            id,
+        } => {
+            let body = client
+                .post(
+                    &format!("{}/{id}/resume", base(&component, &name)),
+                    json!({}),
+                    None,
+                )
+                .await?;
+            let rows = [body.clone()];
+            Ok(schedule_table(body, &rows))
+        }
+        ScheduleCommand::Delete {
+            component,
+            name,
+            id,
+        } => {
+            let body = client
+                .delete(&format!("{}/{id}", base(&component, &name)))
+                .await?;
+            Ok(Output::Text(body, format!("deleted schedule {id}")))
         }
     }
 }
