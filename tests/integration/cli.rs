@@ -211,7 +211,7 @@ async fn a_new_users_journey() -> anyhow::Result<()> {
             "counter",
             "w1",
             "--cron",
-            "0 0 3 * * *",
+            "0 0 0 1 1 * 2099",
             "add",
             "1",
         ],
