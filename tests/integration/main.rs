@@ -5,6 +5,7 @@ mod cli;
 mod control;
 mod crash;
 mod divergence;
+mod hostapi;
 mod http;
 mod metering;
 mod openapi;

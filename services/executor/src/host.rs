@@ -30,6 +30,8 @@ pub(crate) const LOG_BYTES_MAX: usize = 1024 * 1024;
 
 /// The data of a worker's wasmtime store.
 pub(crate) struct WorkerCtx {
+    /// The executor and the worker, for the Invicta host interface.
+    pub host: Option<crate::hostapi::HostApi>,
     wasi: WasiCtx,
     table: ResourceTable,
     http: wasmtime_wasi_http::WasiHttpCtx,
@@ -80,6 +82,7 @@ impl WorkerCtx {
             .allow_udp(false)
             .allow_ip_name_lookup(false);
         WorkerCtx {
+            host: None,
             wasi: wasi.build(),
             table: ResourceTable::new(),
             http: wasmtime_wasi_http::WasiHttpCtx::new(),
@@ -295,6 +298,49 @@ impl Durability {
             response: response.clone(),
         });
         Ok(response)
+    }
+
+    /// A host call whose live work is asynchronous: its recorded response in replay, or `None`
+    /// when live (the caller then does the work and records it with [`Self::record`]).
+    pub(crate) fn replayed(&mut self, name: &str) -> Result<Option<Value>, String> {
+        if let Some(d) = &self.diverged {
+            return Err(d.clone());
+        }
+        let Mode::Replay { queue, then_live } = &mut self.mode else {
+            return Ok(None);
+        };
+        match queue.pop_front() {
+            Some((
+                _,
+                OplogEntry::ImportedFunctionInvoked {
+                    host_function,
+                    response,
+                    ..
+                },
+            )) if host_function == name => Ok(Some(response)),
+            Some((index, other)) => {
+                let recorded = other.kind();
+                Err(self.diverge(format!(
+                    "replay diverged at oplog entry {index}: the worker called {name}, the oplog records {recorded}"
+                )))
+            }
+            None if *then_live => {
+                self.mode = Mode::Live;
+                Ok(None)
+            }
+            None => Err(self.diverge(format!(
+                "replay diverged: the worker called {name} where the oplog records no more host calls"
+            ))),
+        }
+    }
+
+    /// Records a live host call's response.
+    pub(crate) fn record(&mut self, name: &str, response: Value) {
+        self.append(OplogEntry::ImportedFunctionInvoked {
+            host_function: name.to_string(),
+            request: None,
+            response,
+        });
     }
 
     /// An outgoing request in replay: its recorded outcome (taken from wherever it was
@@ -542,6 +588,7 @@ pub(crate) fn linker(engine: &wasmtime::Engine) -> wasmtime::Result<Linker<Worke
         })?;
     }
     linker.allow_shadowing(false);
+    crate::hostapi::add_to_linker(&mut linker)?;
     Ok(linker)
 }
 

@@ -70,7 +70,7 @@ pub(crate) struct DurableHttp {
     pub checkpoints: Checkpoints,
     pub egress: Arc<Mutex<Egress>>,
     /// The worker, for idempotency keys.
-    pub worker: String,
+    pub worker: invicta_model::WorkerId,
 }
 
 type SendFuture = Box<
@@ -244,7 +244,7 @@ impl WasiHttpHooks for DurableHttp {
             Ok(Some(Replayed::Unfinished { begin, key })) => (begin, key, false),
             Ok(None) => {
                 let index = d.next_index();
-                let key = format!("{}-{index}", self.worker);
+                let key = crate::call_key(&self.worker, index);
                 let begin = d.append(OplogEntry::BeginRemoteWrite {
                     host_function: HOST_FUNCTION.into(),
                     idempotency_key: key.clone(),
@@ -272,7 +272,7 @@ impl WasiHttpHooks for DurableHttp {
                 }
             }
             let (outcome, received) = send(request, options, &key, &egress).await;
-            failpoint();
+            crate::failpoint("INVICTA_FAILPOINT_HTTP_SENT");
             {
                 let mut d = host::lock(&durability);
                 if let Some(received) = received {
@@ -288,22 +288,6 @@ impl WasiHttpHooks for DurableHttp {
             }
             response_of(outcome)
         })
-    }
-}
-
-/// Dies here (SIGKILL) once, if `INVICTA_FAILPOINT_HTTP_SENT` names a file that exists: for
-/// the test of a crash between a request leaving and its response being recorded.
-fn failpoint() {
-    let Some(path) = std::env::var_os("INVICTA_FAILPOINT_HTTP_SENT") else {
-        return;
-    };
-    if std::fs::remove_file(&path).is_ok() {
-        tracing::warn!("failpoint: dying after an outgoing request was sent");
-        #[allow(unsafe_code)]
-        // SAFETY: kill(2) on this very process, as a crash would.
-        unsafe {
-            libc::kill(libc::getpid(), libc::SIGKILL);
-        }
     }
 }
 

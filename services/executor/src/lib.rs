@@ -14,6 +14,7 @@
 
 mod commit;
 mod host;
+mod hostapi;
 mod http;
 mod metrics;
 mod records;
@@ -293,7 +294,32 @@ pub(crate) struct Inner {
         Mutex<HashMap<(TenantId, ComponentName, u64), wasmtime::component::InstancePre<WorkerCtx>>>,
 }
 
-fn now_ms() -> u64 {
+/// Dies here (SIGKILL) once, if the variable `var` names a file that exists (the file is
+/// removed first): for the crash tests that must hit a narrow window, e.g. between a request
+/// leaving and its response being recorded.
+pub(crate) fn failpoint(var: &str) {
+    let Some(path) = std::env::var_os(var) else {
+        return;
+    };
+    if std::fs::remove_file(&path).is_ok() {
+        tracing::warn!(failpoint = var, "failpoint: dying here");
+        #[allow(unsafe_code)]
+        // SAFETY: kill(2) on this very process, as a crash would.
+        unsafe {
+            libc::kill(libc::getpid(), libc::SIGKILL);
+        }
+    }
+}
+
+/// The idempotency key of a worker's outgoing call at `index` in its oplog: the same for every
+/// re-execution of that call, different for every other, and opaque (it may leave the system).
+pub(crate) fn call_key(worker: &WorkerId, index: OplogIndex) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(format!("{worker}#{index}").as_bytes());
+    digest[..16].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+pub(crate) fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
@@ -657,6 +683,7 @@ impl Executor {
             key_is_new: generated,
             enqueued: false,
             egress_hosts: limits.egress_hosts.clone(),
+            workers_max: limits.workers_max,
             fuel: limits
                 .fuel_per_invocation
                 .min(self.inner.config.fuel_per_invocation),

@@ -55,6 +55,8 @@ pub(crate) struct Invocation {
     pub span: tracing::Span,
     /// The hosts the tenant's plan lets the worker reach (`None`: any public host).
     pub egress_hosts: Option<Vec<String>>,
+    /// The tenant's worker quota, for the invocations this one makes.
+    pub workers_max: u64,
 }
 
 pub(crate) enum Command {
@@ -99,6 +101,8 @@ struct Shared {
     deleting: AtomicBool,
     /// Where its outgoing requests may go, as of its latest invocation.
     egress: Arc<Mutex<crate::http::Egress>>,
+    /// Its latest invocation's limits, for the invocations it makes through the host interface.
+    limits: Arc<Mutex<crate::Limits>>,
 }
 
 #[derive(Clone)]
@@ -223,6 +227,13 @@ pub(crate) fn spawn(
             config: inner.http_config.clone(),
             hosts: None,
         })),
+        limits: Arc::new(Mutex::new(crate::Limits {
+            fuel_per_invocation: inner.config.fuel_per_invocation,
+            fuel_per_month: u64::MAX,
+            memory_per_worker_bytes: inner.engine.config.memory_bytes_max,
+            workers_max: u64::MAX,
+            egress_hosts: None,
+        })),
     });
     let (checkpoint_tx, checkpoint_rx) = mpsc::unbounded_channel();
     let handle_compiled = compiled.clone();
@@ -292,6 +303,13 @@ impl Actor {
                         .memory_bytes
                         .store(invocation.memory_bytes, Ordering::Relaxed);
                     lock(&self.shared.egress).hosts = invocation.egress_hosts.clone();
+                    *lock(&self.shared.limits) = crate::Limits {
+                        fuel_per_invocation: invocation.fuel,
+                        fuel_per_month: u64::MAX,
+                        memory_per_worker_bytes: invocation.memory_bytes,
+                        workers_max: invocation.workers_max,
+                        egress_hosts: invocation.egress_hosts.clone(),
+                    };
                     self.invoke(invocation, reply).await;
                 }
                 Command::Resume => {
@@ -571,9 +589,15 @@ impl Actor {
                 durability: durability.clone(),
                 checkpoints: self.checkpoint_tx.clone(),
                 egress: self.shared.egress.clone(),
-                worker: self.id.to_string(),
+                worker: self.id.clone(),
             },
         );
+        let mut ctx = ctx;
+        ctx.host = Some(crate::hostapi::HostApi {
+            inner: Arc::downgrade(&self.inner),
+            worker: self.id.clone(),
+            limits: self.shared.limits.clone(),
+        });
         let mut store = wasmtime::Store::new(&self.inner.engine.engine, ctx);
         store.limiter(|ctx| &mut ctx.limiter);
         let engine_error = |e: wasmtime::Error| Error::Engine(format!("{e:#}"));
@@ -667,6 +691,7 @@ impl Actor {
                         memory_bytes: self.shared.memory_bytes.load(Ordering::Relaxed),
                         span: tracing::info_span!("resume invocation", worker = %self.id),
                         egress_hosts: lock(&self.shared.egress).hosts.clone(),
+                        workers_max: lock(&self.shared.limits).workers_max,
                     };
                     // Its start is durable already; this serves the checkpoints its outgoing
                     // requests ask for.

@@ -1,0 +1,124 @@
+//! The Invicta host interface (`shared/wit/host.wit`, `invicta:host/api@0.1.0`): durable
+//! idempotency keys, and invocations of other workers accepted exactly once.
+
+use std::sync::Weak;
+
+use invicta_model::{ComponentName, Value, WorkerId, WorkerName};
+use wasmtime::component::Linker;
+
+use crate::host::{WorkerCtx, lock};
+use crate::{Executor, Inner, Limits};
+
+const GENERATE_KEY: &str = "invicta:host/api.generate-idempotency-key";
+const ENQUEUE: &str = "invicta:host/api.enqueue";
+
+/// What a worker's host calls need of the executor.
+#[derive(Clone)]
+pub(crate) struct HostApi {
+    pub inner: Weak<Inner>,
+    pub worker: WorkerId,
+    /// The limits of the worker's current invocation, for the invocations it makes.
+    pub limits: std::sync::Arc<std::sync::Mutex<Limits>>,
+}
+
+pub(crate) fn add_to_linker(linker: &mut Linker<WorkerCtx>) -> wasmtime::Result<()> {
+    let mut api = linker.instance("invicta:host/api@0.1.0")?;
+    api.func_wrap("generate-idempotency-key", |store, (): ()| {
+        let data = store.data();
+        let mut d = lock(&data.durability);
+        if let Some(recorded) = d.replayed(GENERATE_KEY).map_err(wasmtime::Error::msg)? {
+            return match recorded {
+                Value::String(key) => Ok((key,)),
+                _ => Err(wasmtime::Error::msg("a recorded key is not a string")),
+            };
+        }
+        let bytes: [u8; 16] = rand::random();
+        let key: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        d.record(GENERATE_KEY, Value::String(key.clone()));
+        Ok((key,))
+    })?;
+    api.func_wrap_async(
+        "enqueue",
+        |store,
+         (component, worker, function, params, delay_ms): (String, String, String, String, u64)| {
+            let data = store.data();
+            let durability = data.durability.clone();
+            let host = data.host.clone();
+            Box::new(async move {
+                let replayed = lock(&durability)
+                    .replayed(ENQUEUE)
+                    .map_err(wasmtime::Error::msg)?;
+                let response = match replayed {
+                    Some(recorded) => recorded,
+                    None => {
+                        // The key comes from this call's place in the oplog: a re-execution
+                        // after a crash makes the same one, which is accepted once.
+                        let index = lock(&durability).next_index();
+                        let outcome = match &host {
+                            Some(host) => {
+                                enqueue(host, index, &component, &worker, &function, &params, delay_ms)
+                                    .await
+                            }
+                            None => Err("the Invicta host interface is not available here".into()),
+                        };
+                        let response = match outcome {
+                            Ok(key) => Value::Result(Ok(Some(Box::new(Value::String(key))))),
+                            Err(e) => Value::Result(Err(Some(Box::new(Value::String(e))))),
+                        };
+                        lock(&durability).record(ENQUEUE, response.clone());
+                        response
+                    }
+                };
+                match response {
+                    Value::Result(Ok(Some(key))) => match *key {
+                        Value::String(key) => Ok((Ok(key),)),
+                        _ => Err(wasmtime::Error::msg("a recorded key is not a string")),
+                    },
+                    Value::Result(Err(Some(e))) => match *e {
+                        Value::String(e) => Ok((Err(e),)),
+                        _ => Err(wasmtime::Error::msg("a recorded error is not a string")),
+                    },
+                    _ => Err(wasmtime::Error::msg("an unreadable recorded enqueue")),
+                }
+            })
+        },
+    )?;
+    Ok(())
+}
+
+async fn enqueue(
+    host: &HostApi,
+    index: u64,
+    component: &str,
+    worker: &str,
+    function: &str,
+    params: &str,
+    delay_ms: u64,
+) -> Result<String, String> {
+    let inner = host
+        .inner
+        .upgrade()
+        .ok_or_else(|| "the executor is stopping".to_string())?;
+    let executor = Executor { inner };
+    let target = WorkerId {
+        tenant: host.worker.tenant.clone(),
+        component: ComponentName::new(component.to_string()).map_err(|e| e.to_string())?,
+        worker: WorkerName::new(worker.to_string()).map_err(|e| e.to_string())?,
+    };
+    let params: Vec<serde_json::Value> = serde_json::from_str(params)
+        .map_err(|e| format!("params-json is not a JSON array: {e}"))?;
+    let key = crate::call_key(&host.worker, index);
+    let limits = host
+        .limits
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    let at = (delay_ms > 0).then(|| crate::now_ms().saturating_add(delay_ms));
+    let accepted = executor
+        .enqueue(&target, function, &params, Some(key), at, &limits)
+        .await
+        .map(|(key, _)| key)
+        .map_err(|e| e.to_string());
+    crate::failpoint("INVICTA_FAILPOINT_HOST_ENQUEUED");
+    accepted
+}
