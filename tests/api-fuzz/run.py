@@ -78,9 +78,13 @@ def main():
         ]:
             print(f"== schemathesis as the {who}", flush=True)
             run_env = dict(os.environ, INVICTA_URL=url, INVICTA_API_KEY=secret)
+            # A fixed seed by default, so that CI is reproducible; INVICTA_FUZZ_SEED=random
+            # (or a number) explores further.
+            seed = os.environ.get("INVICTA_FUZZ_SEED", "20261202")
+            seeded = [] if seed == "random" else ["--seed", seed]
             result = subprocess.run(
                 [st, "--config-file", config, "run", f"{url}/v1/openapi.json",
-                 "--phases", "examples,coverage,fuzzing", *extra],
+                 "--phases", "examples,coverage,fuzzing", *seeded, *extra],
                 env=run_env,
             )
             failed |= result.returncode != 0
