@@ -154,6 +154,8 @@ struct Figures {
     raw_get: Summary,
     /// The same GET made by a worker through `wasi:http`, durably.
     fetch: Summary,
+    /// An invocation whose worker calls `add(1)` on another worker of the same executor.
+    worker_call: Summary,
     notes: Vec<String>,
 }
 
@@ -190,7 +192,12 @@ async fn run_async(args: &Args) -> anyhow::Result<()> {
             )
         })
     };
-    let (counter, burner, fetcher) = (read("counter")?, read("burner")?, read("fetcher")?);
+    let (counter, burner, fetcher, caller) = (
+        read("counter")?,
+        read("burner")?,
+        read("fetcher")?,
+        read("caller")?,
+    );
     let root = match &args.dir {
         Some(d) => tempfile::tempdir_in(d)?,
         None => tempfile::tempdir_in(".")?,
@@ -218,6 +225,7 @@ async fn run_async(args: &Args) -> anyhow::Result<()> {
     api.upload("counter", &counter).await?;
     api.upload("burner", &burner).await?;
     api.upload("fetcher", &fetcher).await?;
+    api.upload("caller", &caller).await?;
     let remote = loopback_server().await?;
     let raw = crate::store::raw_append_fdatasync(&data.join("raw-fsync.log"), counts.fsyncs)?;
     let healthz_sequential = healthz(&api, 1, counts.sequential, WARM_TIME_MAX).await?;
@@ -225,6 +233,7 @@ async fn run_async(args: &Args) -> anyhow::Result<()> {
     let cold = cold_starts(&api, counts.cold).await?;
     let raw_get = raw_gets(&http, &remote, counts.http).await?;
     let fetch = fetches(&api, &remote, counts.http).await?;
+    let worker_call = worker_calls(&api, counts.http).await?;
     let (api_burn, burn_fuel, burn_result) =
         api_burns(&api, args.burn_iterations, counts.burns).await?;
     server.kill()?;
@@ -451,6 +460,7 @@ async fn run_async(args: &Args) -> anyhow::Result<()> {
         in_process,
         raw_get,
         fetch,
+        worker_call,
         notes,
     };
     print(&figures, &counts, args, &binary)?;
@@ -667,6 +677,25 @@ async fn fetches(api: &Api, url: &str, n: usize) -> anyhow::Result<Summary> {
         samples.push(t.elapsed());
         if reply["result"]["ok"] != "200 hello" {
             bail!("fetch returned {}", reply["result"]);
+        }
+    }
+    Ok(Summary::of(&mut samples, start.elapsed()))
+}
+
+/// `n` invocations of the caller's `call-add`, each calling `add(1)` on another worker.
+async fn worker_calls(api: &Api, n: usize) -> anyhow::Result<Summary> {
+    let invoke = api.invoke_url("caller", "c");
+    let body = serde_json::json!({ "function": "call-add", "params": ["callee", 1] }).to_string();
+    api.post(&invoke, body.clone()).await?;
+    let mut samples = Vec::with_capacity(n);
+    let start = Instant::now();
+    for i in 0..n {
+        let t = Instant::now();
+        let reply = api.post(&invoke, body.clone()).await?;
+        samples.push(t.elapsed());
+        let expected = (i + 2).to_string();
+        if reply["result"]["ok"] != expected.as_str() {
+            bail!("call-add returned {}", reply["result"]);
         }
     }
     Ok(Summary::of(&mut samples, start.elapsed()))
@@ -1033,6 +1062,22 @@ fn print(f: &Figures, counts: &Counts, args: &Args, binary: &Path) -> anyhow::Re
             format!("invoke fetch(loopback), durable HTTP (n={})", counts.http),
             &f.fetch,
         )
+    });
+    let call_cost = f.worker_call.median.saturating_sub(f.sequential.median);
+    rows.push(Row {
+        limit: format!("add p50 {}", duration(f.sequential.median)),
+        ratio: format!("{:.2}×", ratio(f.worker_call.median, f.sequential.median)),
+        ..latency_row(
+            format!("invoke calling another worker (n={})", counts.http),
+            &f.worker_call,
+        )
+    });
+    rows.push(Row {
+        name: "worker-to-worker call, one executor".into(),
+        limit: "(call p50 − add p50)".into(),
+        target: verdict("< 1 ms", call_cost < Duration::from_millis(1)),
+        p50: duration(call_cost),
+        ..Row::default()
     });
     for b in &f.in_process {
         let name = if b.spawned {

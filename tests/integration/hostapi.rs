@@ -128,3 +128,57 @@ async fn a_crash_after_accepting_accepts_nothing_twice() -> anyhow::Result<()> {
     settle(&api, "t", 3).await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn a_worker_calls_another_and_a_crash_does_not_run_it_twice() -> anyhow::Result<()> {
+    let data = tempfile::tempdir()?;
+    let dir = data.path().join("data");
+    let failpoint = data.path().join("die-after-call");
+    let env = failpoint.to_string_lossy().into_owned();
+    let server = Server::start_env(
+        INVICTA.as_ref(),
+        &dir,
+        "127.0.0.1:0",
+        &[],
+        &[("INVICTA_FAILPOINT_HOST_INVOKED", &env)],
+    )?;
+    let api = server.operator().new_tenant("rpc", "pro").await?;
+    api.upload("counter", component("counter")).await?;
+    api.upload("caller", component("caller")).await?;
+    assert_eq!(
+        api.call("caller", "c", "call-add", json!(["t", 5])).await?,
+        json!({ "ok": "5" })
+    );
+    assert_eq!(
+        api.call("caller", "c", "call-add", json!(["t", 2])).await?,
+        json!({ "ok": "7" })
+    );
+    let refused = api
+        .call("caller", "c", "call-add", json!(["no such worker!", 1]))
+        .await?;
+    assert!(refused["err"].is_string(), "{refused}");
+
+    // The server dies after the callee completed and before the caller recorded it.
+    std::fs::write(&failpoint, b"once")?;
+    let cut = api
+        .post_json(
+            "/v1/components/caller/workers/c/invoke",
+            &json!({ "function": "call-add", "params": ["t", 10] }),
+            Some("ten"),
+        )
+        .await;
+    assert!(cut.is_err(), "the server died mid-invocation: {cut:?}");
+    assert!(!failpoint.exists(), "the failpoint fired");
+    let server = server.restart()?;
+    let api = api.at(&server.url);
+    let done = api
+        .post_json(
+            "/v1/components/caller/workers/c/invoke",
+            &json!({ "function": "call-add", "params": ["t", 10] }),
+            Some("ten"),
+        )
+        .await?;
+    assert_eq!(done.body["result"], json!({ "ok": "17" }), "{done:?}");
+    assert_eq!(counter_value(&api, "t").await?, json!(17), "added once");
+    Ok(())
+}

@@ -11,6 +11,7 @@ use crate::{Executor, Inner, Limits};
 
 const GENERATE_KEY: &str = "invicta:host/api.generate-idempotency-key";
 const ENQUEUE: &str = "invicta:host/api.enqueue";
+const INVOKE: &str = "invicta:host/api.invoke";
 
 /// What a worker's host calls need of the executor.
 #[derive(Clone)]
@@ -83,7 +84,92 @@ pub(crate) fn add_to_linker(linker: &mut Linker<WorkerCtx>) -> wasmtime::Result<
             })
         },
     )?;
+    api.func_wrap_async(
+        "invoke",
+        |store, (component, worker, function, params): (String, String, String, String)| {
+            let data = store.data();
+            let durability = data.durability.clone();
+            let host = data.host.clone();
+            Box::new(async move {
+                let replayed = lock(&durability)
+                    .replayed(INVOKE)
+                    .map_err(wasmtime::Error::msg)?;
+                let response = match replayed {
+                    Some(recorded) => recorded,
+                    None => {
+                        let index = lock(&durability).next_index();
+                        let outcome = match &host {
+                            Some(host) => {
+                                invoke(host, index, &component, &worker, &function, &params).await
+                            }
+                            None => Err("the Invicta host interface is not available here".into()),
+                        };
+                        let response = match outcome {
+                            Ok(result) => Value::Result(Ok(Some(Box::new(Value::String(result))))),
+                            Err(e) => Value::Result(Err(Some(Box::new(Value::String(e))))),
+                        };
+                        lock(&durability).record(INVOKE, response.clone());
+                        response
+                    }
+                };
+                match response {
+                    Value::Result(Ok(Some(result))) => match *result {
+                        Value::String(result) => Ok((Ok(result),)),
+                        _ => Err(wasmtime::Error::msg("a recorded result is not a string")),
+                    },
+                    Value::Result(Err(Some(e))) => match *e {
+                        Value::String(e) => Ok((Err(e),)),
+                        _ => Err(wasmtime::Error::msg("a recorded error is not a string")),
+                    },
+                    _ => Err(wasmtime::Error::msg("an unreadable recorded invoke")),
+                }
+            })
+        },
+    )?;
     Ok(())
+}
+
+/// The worker a call names, in the caller's tenant.
+fn target(host: &HostApi, component: &str, worker: &str) -> Result<WorkerId, String> {
+    Ok(WorkerId {
+        tenant: host.worker.tenant.clone(),
+        component: ComponentName::new(component.to_string()).map_err(|e| e.to_string())?,
+        worker: WorkerName::new(worker.to_string()).map_err(|e| e.to_string())?,
+    })
+}
+
+async fn invoke(
+    host: &HostApi,
+    index: u64,
+    component: &str,
+    worker: &str,
+    function: &str,
+    params: &str,
+) -> Result<String, String> {
+    let inner = host
+        .inner
+        .upgrade()
+        .ok_or_else(|| "the executor is stopping".to_string())?;
+    let executor = Executor { inner };
+    let target = target(host, component, worker)?;
+    if target == host.worker {
+        return Err("a worker cannot invoke itself: it runs one invocation at a time".into());
+    }
+    let params: Vec<serde_json::Value> = serde_json::from_str(params)
+        .map_err(|e| format!("params-json is not a JSON array: {e}"))?;
+    let limits = host
+        .limits
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    // The same key after a crash finds the callee's recorded outcome: it never runs twice.
+    let key = crate::call_key(&host.worker, index);
+    let completed = executor
+        .invoke(&target, function, &params, Some(key), &limits)
+        .await
+        .map_err(|e| e.to_string())?;
+    crate::failpoint("INVICTA_FAILPOINT_HOST_INVOKED");
+    Ok(completed.result.to_string())
 }
 
 async fn enqueue(
@@ -100,11 +186,7 @@ async fn enqueue(
         .upgrade()
         .ok_or_else(|| "the executor is stopping".to_string())?;
     let executor = Executor { inner };
-    let target = WorkerId {
-        tenant: host.worker.tenant.clone(),
-        component: ComponentName::new(component.to_string()).map_err(|e| e.to_string())?,
-        worker: WorkerName::new(worker.to_string()).map_err(|e| e.to_string())?,
-    };
+    let target = target(host, component, worker)?;
     let params: Vec<serde_json::Value> = serde_json::from_str(params)
         .map_err(|e| format!("params-json is not a JSON array: {e}"))?;
     let key = crate::call_key(&host.worker, index);

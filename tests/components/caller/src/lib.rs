@@ -19,6 +19,10 @@ impl Guest for Component {
     fn new_key() -> String {
         api::generate_idempotency_key()
     }
+
+    fn call_add(target: String, delta: i64) -> Result<String, String> {
+        api::invoke("counter", &target, "add", &format!("[{delta}]"))
+    }
 }
 
 export!(Component);
