@@ -43,90 +43,65 @@ pub(crate) fn add_to_linker(linker: &mut Linker<WorkerCtx>) -> wasmtime::Result<
         |store,
          (component, worker, function, params, delay_ms): (String, String, String, String, u64)| {
             let data = store.data();
-            let durability = data.durability.clone();
-            let host = data.host.clone();
-            Box::new(async move {
-                let replayed = lock(&durability)
-                    .replayed(ENQUEUE)
-                    .map_err(wasmtime::Error::msg)?;
-                let response = match replayed {
-                    Some(recorded) => recorded,
-                    None => {
-                        // The key comes from this call's place in the oplog: a re-execution
-                        // after a crash makes the same one, which is accepted once.
-                        let index = lock(&durability).next_index();
-                        let outcome = match &host {
-                            Some(host) => {
-                                enqueue(host, index, &component, &worker, &function, &params, delay_ms)
-                                    .await
-                            }
-                            None => Err("the Invicta host interface is not available here".into()),
-                        };
-                        let response = match outcome {
-                            Ok(key) => Value::Result(Ok(Some(Box::new(Value::String(key))))),
-                            Err(e) => Value::Result(Err(Some(Box::new(Value::String(e))))),
-                        };
-                        lock(&durability).record(ENQUEUE, response.clone());
-                        response
-                    }
-                };
-                match response {
-                    Value::Result(Ok(Some(key))) => match *key {
-                        Value::String(key) => Ok((Ok(key),)),
-                        _ => Err(wasmtime::Error::msg("a recorded key is not a string")),
-                    },
-                    Value::Result(Err(Some(e))) => match *e {
-                        Value::String(e) => Ok((Err(e),)),
-                        _ => Err(wasmtime::Error::msg("a recorded error is not a string")),
-                    },
-                    _ => Err(wasmtime::Error::msg("an unreadable recorded enqueue")),
-                }
-            })
+            let (durability, host) = (data.durability.clone(), data.host.clone());
+            Box::new(durable_call(durability, ENQUEUE, async move |index| {
+                let host = host.ok_or(UNAVAILABLE)?;
+                enqueue(&host, index, &component, &worker, &function, &params, delay_ms).await
+            }))
         },
     )?;
     api.func_wrap_async(
         "invoke",
         |store, (component, worker, function, params): (String, String, String, String)| {
             let data = store.data();
-            let durability = data.durability.clone();
-            let host = data.host.clone();
-            Box::new(async move {
-                let replayed = lock(&durability)
-                    .replayed(INVOKE)
-                    .map_err(wasmtime::Error::msg)?;
-                let response = match replayed {
-                    Some(recorded) => recorded,
-                    None => {
-                        let index = lock(&durability).next_index();
-                        let outcome = match &host {
-                            Some(host) => {
-                                invoke(host, index, &component, &worker, &function, &params).await
-                            }
-                            None => Err("the Invicta host interface is not available here".into()),
-                        };
-                        let response = match outcome {
-                            Ok(result) => Value::Result(Ok(Some(Box::new(Value::String(result))))),
-                            Err(e) => Value::Result(Err(Some(Box::new(Value::String(e))))),
-                        };
-                        lock(&durability).record(INVOKE, response.clone());
-                        response
-                    }
-                };
-                match response {
-                    Value::Result(Ok(Some(result))) => match *result {
-                        Value::String(result) => Ok((Ok(result),)),
-                        _ => Err(wasmtime::Error::msg("a recorded result is not a string")),
-                    },
-                    Value::Result(Err(Some(e))) => match *e {
-                        Value::String(e) => Ok((Err(e),)),
-                        _ => Err(wasmtime::Error::msg("a recorded error is not a string")),
-                    },
-                    _ => Err(wasmtime::Error::msg("an unreadable recorded invoke")),
-                }
-            })
+            let (durability, host) = (data.durability.clone(), data.host.clone());
+            Box::new(durable_call(durability, INVOKE, async move |index| {
+                let host = host.ok_or(UNAVAILABLE)?;
+                invoke(&host, index, &component, &worker, &function, &params).await
+            }))
         },
     )?;
     Ok(())
+}
+
+const UNAVAILABLE: &str = "the Invicta host interface is not available here";
+
+/// A host call whose live work is asynchronous and returns `result<string, string>`: the
+/// recorded outcome in replay; live, `work` runs with the call's oplog index (for its key; the
+/// guest waits, so nothing else is recorded meanwhile) and its outcome is recorded.
+async fn durable_call(
+    durability: crate::host::Shared,
+    name: &'static str,
+    work: impl AsyncFnOnce(u64) -> Result<String, String>,
+) -> wasmtime::Result<(Result<String, String>,)> {
+    let replayed = lock(&durability)
+        .replayed(name)
+        .map_err(wasmtime::Error::msg)?;
+    let response = match replayed {
+        Some(recorded) => recorded,
+        None => {
+            let index = lock(&durability).next_index();
+            let response = match work(index).await {
+                Ok(s) => Value::Result(Ok(Some(Box::new(Value::String(s))))),
+                Err(e) => Value::Result(Err(Some(Box::new(Value::String(e))))),
+            };
+            lock(&durability).record(name, response.clone());
+            response
+        }
+    };
+    let text = |v: Box<Value>| match *v {
+        Value::String(s) => Ok(s),
+        _ => Err(wasmtime::Error::msg(format!(
+            "a recorded {name} is not a string"
+        ))),
+    };
+    match response {
+        Value::Result(Ok(Some(ok))) => Ok((Ok(text(ok)?),)),
+        Value::Result(Err(Some(err))) => Ok((Err(text(err)?),)),
+        _ => Err(wasmtime::Error::msg(format!(
+            "an unreadable recorded {name}"
+        ))),
+    }
 }
 
 /// The worker a call names, in the caller's tenant.

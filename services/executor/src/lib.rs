@@ -267,6 +267,35 @@ pub(crate) type Outcome = std::result::Result<Completed, Error>;
 /// reading it for every invocation would cost a store read on the hot path.
 pub const FUEL_USAGE_STALE_MS: u64 = 1_000;
 
+/// The exported function `function` of the worker's component, called with `given` parameters.
+fn export_of<'a>(
+    compiled: &'a Compiled,
+    id: &WorkerId,
+    function: &str,
+    given: usize,
+) -> Result<&'a invicta_engine::exports::ExportedFunction> {
+    let export = compiled
+        .function(function)
+        .ok_or_else(|| Error::UnknownFunction {
+            component: id.component.to_string(),
+            function: function.to_string(),
+            available: compiled
+                .exports
+                .iter()
+                .map(|f| f.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+        })?;
+    if given != export.params.len() {
+        return Err(Error::ParamCount {
+            function: export.name.clone(),
+            expected: export.params.len(),
+            got: given,
+        });
+    }
+    Ok(export)
+}
+
 /// How often the scheduler looks for due ticks, in milliseconds.
 pub const SCHEDULER_TICK_MS: u64 = 100;
 
@@ -578,25 +607,7 @@ impl Executor {
             .registry
             .compiled(&id.tenant, &id.component, version)
             .await?;
-        let export = compiled
-            .function(function)
-            .ok_or_else(|| Error::UnknownFunction {
-                component: id.component.to_string(),
-                function: function.to_string(),
-                available: compiled
-                    .exports
-                    .iter()
-                    .map(|f| f.name.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", "),
-            })?;
-        if texts.len() != export.params.len() {
-            return Err(Error::ParamCount {
-                function: export.name.clone(),
-                expected: export.params.len(),
-                got: texts.len(),
-            });
-        }
+        let export = export_of(&compiled, id, function, texts.len())?;
         texts
             .iter()
             .zip(&export.params)
@@ -648,25 +659,7 @@ impl Executor {
                     .await?
             }
         };
-        let export = compiled
-            .function(function)
-            .ok_or_else(|| Error::UnknownFunction {
-                component: id.component.to_string(),
-                function: function.to_string(),
-                available: compiled
-                    .exports
-                    .iter()
-                    .map(|f| f.name.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", "),
-            })?;
-        if params.len() != export.params.len() {
-            return Err(Error::ParamCount {
-                function: export.name.clone(),
-                expected: export.params.len(),
-                got: params.len(),
-            });
-        }
+        let export = export_of(&compiled, id, function, params.len())?;
         let values = params
             .iter()
             .zip(&export.params)

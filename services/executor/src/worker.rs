@@ -381,24 +381,11 @@ impl Actor {
             tracing::debug!(worker = %self.id, "worker suspended");
         }
         self.wait_for_commits().await;
-        let mut workers = self.inner.workers.lock().unwrap_or_else(|p| p.into_inner());
         if !self.rx.is_empty() {
             return false;
         }
-        let ours = workers
-            .get(&self.id)
-            .is_some_and(|h| Arc::ptr_eq(&h.shared, &self.shared));
-        if ours {
-            workers.remove(&self.id);
-        }
-        drop(workers);
-        self.rx.close();
-        // Whatever slipped in meanwhile goes back to its caller, who starts a new actor.
-        while let Ok(command) = self.rx.try_recv() {
-            if let Command::Invoke(_, reply) = command {
-                let _ = reply.send(Err(Error::Retry));
-            }
-        }
+        // Whatever slips in meanwhile goes back to its caller, who starts a new actor.
+        self.leave();
         true
     }
 
@@ -410,6 +397,11 @@ impl Actor {
     /// actor, or hear that the worker is gone).
     async fn stop(&mut self) {
         self.wait_for_commits().await;
+        self.leave();
+    }
+
+    /// Leaves the executor's map, closes the queue and answers what is left in it.
+    fn leave(&mut self) {
         let mut workers = self.inner.workers.lock().unwrap_or_else(|p| p.into_inner());
         let ours = workers
             .get(&self.id)
