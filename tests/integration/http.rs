@@ -138,6 +138,8 @@ async fn replay_sends_nothing_and_private_hosts_are_refused() -> anyhow::Result<
     let usage = api.get("/v1/usage").await?;
     assert_eq!(usage.body["totals"]["http_requests"], 2, "{usage:?}");
     assert!(usage.body["totals"]["http_response_bytes"].as_u64() > Some(0));
+    // The replayed fetch sent no body, the post sent "x".
+    assert_eq!(usage.body["totals"]["http_request_bytes"], 1, "{usage:?}");
 
     // A plan may list the hosts its tenants reach: others are denied, private or not.
     let operator = server.operator();

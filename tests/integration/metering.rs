@@ -104,7 +104,7 @@ async fn usage_reports_as_json_and_csv() -> anyhow::Result<()> {
     let lines: Vec<&str> = csv.lines().collect();
     assert_eq!(
         lines[0],
-        "period,component,invocations,fuel,wall_us,memory_kib_ms,oplog_bytes,storage_byte_hours,http_requests,http_response_bytes"
+        "period,component,invocations,fuel,wall_us,memory_kib_ms,oplog_bytes,storage_byte_hours,http_requests,http_request_bytes,http_response_bytes"
     );
     assert_eq!(lines.len(), 3, "{csv}");
     let csv_fuel: u64 = lines[1..]

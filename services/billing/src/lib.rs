@@ -901,6 +901,7 @@ pub struct UsageRow {
     pub storage_byte_hours: u64,
     /// Outgoing HTTP requests its workers sent, and the bytes of their responses.
     pub http_requests: u64,
+    pub http_request_bytes: u64,
     pub http_response_bytes: u64,
 }
 
@@ -988,6 +989,7 @@ impl Billing {
                         oplog_bytes: 0,
                         storage_byte_hours: 0,
                         http_requests: 0,
+                        http_request_bytes: 0,
                         http_response_bytes: 0,
                     });
                     out.len() - 1
@@ -1001,6 +1003,7 @@ impl Billing {
                 usage::OPLOG_BYTES => &mut row.oplog_bytes,
                 usage::STORAGE_BYTE_HOURS => &mut row.storage_byte_hours,
                 usage::HTTP_REQUESTS => &mut row.http_requests,
+                usage::HTTP_REQUEST_BYTES => &mut row.http_request_bytes,
                 usage::HTTP_RESPONSE_BYTES => &mut row.http_response_bytes,
                 _ => continue,
             };

@@ -185,6 +185,7 @@ pub(crate) struct Durability {
     /// Outgoing requests sent live since the last invocation was recorded, and the bytes of
     /// their responses: metered with it.
     pub http_requests: u64,
+    pub http_request_bytes: u64,
     pub http_response_bytes: u64,
 }
 
@@ -198,6 +199,7 @@ impl Durability {
             monotonic_last: 0,
             log_bytes: 0,
             http_requests: 0,
+            http_request_bytes: 0,
             http_response_bytes: 0,
         }
     }

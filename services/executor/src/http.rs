@@ -275,8 +275,9 @@ impl WasiHttpHooks for DurableHttp {
             crate::failpoint("INVICTA_FAILPOINT_HTTP_SENT");
             {
                 let mut d = host::lock(&durability);
-                if let Some(received) = received {
+                if let Some((sent, received)) = received {
                     d.http_requests += 1;
+                    d.http_request_bytes += sent;
                     d.http_response_bytes += received;
                 }
                 d.append(OplogEntry::ImportedFunctionInvoked {
@@ -350,14 +351,14 @@ async fn admit(host: &str, port: u16, egress: &Egress) -> Result<(), String> {
     Ok(())
 }
 
-/// Sends the request, unless policy refuses it: the outcome, and the response bytes received if
-/// the request went out.
+/// Sends the request, unless policy refuses it: the outcome, and the body bytes sent and
+/// received if the request went out.
 async fn send(
     request: http::Request<WasiBody>,
     options: Option<RequestOptions>,
     key: &str,
     egress: &Egress,
-) -> (Result<Recorded, String>, Option<u64>) {
+) -> (Result<Recorded, String>, Option<(u64, u64)>) {
     let uri = request.uri().clone();
     let host = uri.host().unwrap_or_default().to_string();
     let port = uri
@@ -370,9 +371,22 @@ async fn send(
     if let Err(refused) = admit(&host, port, egress).await {
         return (Err(refused), None);
     }
+    // The body streams from the guest as it is sent: counted on its way out.
+    let sent = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counter = sent.clone();
+    let request = request.map(move |body| {
+        body.map_frame(move |frame| {
+            if let Some(data) = frame.data_ref() {
+                counter.fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            }
+            frame
+        })
+        .boxed_unsync()
+    });
     let outcome = exchange(request, options, key, egress).await;
     let received = outcome.as_ref().map_or(0, |r| r.body.len() as u64);
-    (outcome, Some(received))
+    let sent = sent.load(std::sync::atomic::Ordering::Relaxed);
+    (outcome, Some((sent, received)))
 }
 
 async fn exchange(

@@ -968,6 +968,7 @@ impl Actor {
             let mut d = host::lock(&active.durability);
             http_usage = (
                 std::mem::take(&mut d.http_requests),
+                std::mem::take(&mut d.http_request_bytes),
                 std::mem::take(&mut d.http_response_bytes),
             );
             let (entry, outcome): (OplogEntry, Outcome) = match ran {
@@ -1124,8 +1125,12 @@ impl Actor {
                 count(http_usage.0),
             ));
             adds.push((
-                usage::ledger_key(tenant, hour, component, usage::HTTP_RESPONSE_BYTES),
+                usage::ledger_key(tenant, hour, component, usage::HTTP_REQUEST_BYTES),
                 count(http_usage.1),
+            ));
+            adds.push((
+                usage::ledger_key(tenant, hour, component, usage::HTTP_RESPONSE_BYTES),
+                count(http_usage.2),
             ));
         }
         let shared = self.shared.clone();

@@ -274,12 +274,12 @@ fn wants_csv(headers: &HeaderMap) -> bool {
 /// A report's rows as CSV.
 fn csv(rows: &[UsageRow]) -> Response {
     let mut out = String::from(
-        "period,component,invocations,fuel,wall_us,memory_kib_ms,oplog_bytes,storage_byte_hours,http_requests,http_response_bytes\n",
+        "period,component,invocations,fuel,wall_us,memory_kib_ms,oplog_bytes,storage_byte_hours,http_requests,http_request_bytes,http_response_bytes\n",
     );
     for r in rows {
         // Periods and component names never contain commas or quotes (names are validated).
         out.push_str(&format!(
-            "{},{},{},{},{},{},{},{},{},{}\n",
+            "{},{},{},{},{},{},{},{},{},{},{}\n",
             r.period,
             r.component,
             r.invocations,
@@ -289,6 +289,7 @@ fn csv(rows: &[UsageRow]) -> Response {
             r.oplog_bytes,
             r.storage_byte_hours,
             r.http_requests,
+            r.http_request_bytes,
             r.http_response_bytes
         ));
     }
@@ -326,6 +327,7 @@ async fn report(
             "oplog_bytes": total(|r| r.oplog_bytes),
             "storage_byte_hours": total(|r| r.storage_byte_hours),
             "http_requests": total(|r| r.http_requests),
+            "http_request_bytes": total(|r| r.http_request_bytes),
             "http_response_bytes": total(|r| r.http_response_bytes),
         },
         "rows": rows,

@@ -200,6 +200,7 @@ pub(crate) struct UsageTotals {
     oplog_bytes: u64,
     storage_byte_hours: u64,
     http_requests: u64,
+    http_request_bytes: u64,
     http_response_bytes: u64,
 }
 

@@ -30,10 +30,12 @@ pub const OPLOG_BYTES: &str = "oplog_bytes";
 pub const STORAGE_BYTE_HOURS: &str = "storage_byte_hours";
 /// Outgoing HTTP requests sent (replays send none, so count none).
 pub const HTTP_REQUESTS: &str = "http_requests";
+/// Body bytes of outgoing HTTP requests sent.
+pub const HTTP_REQUEST_BYTES: &str = "http_request_bytes";
 /// Bytes of the responses to outgoing HTTP requests.
 pub const HTTP_RESPONSE_BYTES: &str = "http_response_bytes";
 /// The ledger's kinds, in report order.
-pub const LEDGER_KINDS: [&str; 8] = [
+pub const LEDGER_KINDS: [&str; 9] = [
     INVOCATIONS,
     FUEL,
     WALL_US,
@@ -41,6 +43,7 @@ pub const LEDGER_KINDS: [&str; 8] = [
     OPLOG_BYTES,
     STORAGE_BYTE_HOURS,
     HTTP_REQUESTS,
+    HTTP_REQUEST_BYTES,
     HTTP_RESPONSE_BYTES,
 ];
 
