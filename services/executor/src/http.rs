@@ -318,8 +318,9 @@ fn is_private(ip: IpAddr) -> bool {
     }
 }
 
-/// Checks the request against the egress policy; `Err` says why not.
-async fn admit(host: &str, port: u16, egress: &Egress) -> Result<(), String> {
+/// Checks the request against the egress policy; `Err` says why not. `Ok(Some(ip))` is the
+/// public address the check resolved the host to, which the connection must then use.
+async fn admit(host: &str, port: u16, egress: &Egress) -> Result<Option<IpAddr>, String> {
     if let Some(hosts) = &egress.hosts
         && !hosts.iter().any(|h| h.eq_ignore_ascii_case(host))
     {
@@ -333,7 +334,7 @@ async fn admit(host: &str, port: u16, egress: &Egress) -> Result<(), String> {
         .iter()
         .any(|h| h.eq_ignore_ascii_case(host))
     {
-        return Ok(());
+        return Ok(None);
     }
     let addresses: Vec<IpAddr> = match host.trim_matches(['[', ']']).parse::<IpAddr>() {
         Ok(ip) => vec![ip],
@@ -348,7 +349,27 @@ async fn admit(host: &str, port: u16, egress: &Egress) -> Result<(), String> {
             "denied: {host} resolves to {ip}, a private address"
         ));
     }
-    Ok(())
+    Ok(addresses.first().copied())
+}
+
+/// A plain-HTTP request sent to the address the egress check approved rather than to its host
+/// name, so that a DNS answer changing in between cannot redirect it (the `Host` header keeps
+/// the name). HTTPS keeps the name: its certificate is checked against it.
+fn pinned(request: &mut http::Request<WasiBody>, ip: IpAddr, port: u16) {
+    if request.uri().scheme_str() != Some("http") {
+        return;
+    }
+    let authority = match ip {
+        IpAddr::V4(v4) => format!("{v4}:{port}"),
+        IpAddr::V6(v6) => format!("[{v6}]:{port}"),
+    };
+    let mut parts = request.uri().clone().into_parts();
+    if let Ok(authority) = authority.parse() {
+        parts.authority = Some(authority);
+        if let Ok(uri) = http::Uri::from_parts(parts) {
+            *request.uri_mut() = uri;
+        }
+    }
 }
 
 /// Sends the request, unless policy refuses it: the outcome, and the body bytes sent and
@@ -368,8 +389,11 @@ async fn send(
         } else {
             80
         });
-    if let Err(refused) = admit(&host, port, egress).await {
-        return (Err(refused), None);
+    let mut request = request;
+    match admit(&host, port, egress).await {
+        Err(refused) => return (Err(refused), None),
+        Ok(Some(ip)) => pinned(&mut request, ip, port),
+        Ok(None) => {}
     }
     // The body streams from the guest as it is sent: counted on its way out.
     let sent = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
@@ -523,7 +547,21 @@ mod tests {
             }),
             hosts: None,
         };
-        assert!(admit("127.0.0.1", 80, &allowed).await.is_ok());
+        assert!(matches!(admit("127.0.0.1", 80, &allowed).await, Ok(None)));
+        // A public literal is approved as itself, and a plain-HTTP request is pinned to it.
+        assert_eq!(
+            admit("1.1.1.1", 80, &Egress::default()).await,
+            Ok(Some(IpAddr::from([1, 1, 1, 1])))
+        );
+        let mut request = http::Request::get("http://example.com/x?y")
+            .body(
+                Full::new(Bytes::new())
+                    .map_err(|never| match never {})
+                    .boxed_unsync(),
+            )
+            .unwrap_or_default();
+        pinned(&mut request, IpAddr::from([93, 184, 215, 14]), 80);
+        assert_eq!(request.uri().to_string(), "http://93.184.215.14:80/x?y");
         let listed = Egress {
             hosts: Some(vec!["example.com".into()]),
             ..allowed
