@@ -104,6 +104,43 @@ async fn durable_call(
     }
 }
 
+/// What a call to another worker needs: the executor, the callee, the parameters, the limits
+/// of the caller's invocation, and the call's key (from its place in the caller's oplog).
+struct Call {
+    executor: Executor,
+    target: WorkerId,
+    params: Vec<serde_json::Value>,
+    limits: Limits,
+    key: String,
+}
+
+impl Call {
+    fn new(
+        host: &HostApi,
+        index: u64,
+        component: &str,
+        worker: &str,
+        params: &str,
+    ) -> Result<Call, String> {
+        let inner = host
+            .inner
+            .upgrade()
+            .ok_or_else(|| "the executor is stopping".to_string())?;
+        Ok(Call {
+            executor: Executor { inner },
+            target: target(host, component, worker)?,
+            params: serde_json::from_str(params)
+                .map_err(|e| format!("params-json is not a JSON array: {e}"))?,
+            limits: host
+                .limits
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
+            key: crate::call_key(&host.worker, index),
+        })
+    }
+}
+
 /// The worker a call names, in the caller's tenant.
 fn target(host: &HostApi, component: &str, worker: &str) -> Result<WorkerId, String> {
     Ok(WorkerId {
@@ -121,26 +158,20 @@ async fn invoke(
     function: &str,
     params: &str,
 ) -> Result<String, String> {
-    let inner = host
-        .inner
-        .upgrade()
-        .ok_or_else(|| "the executor is stopping".to_string())?;
-    let executor = Executor { inner };
-    let target = target(host, component, worker)?;
-    if target == host.worker {
+    let call = Call::new(host, index, component, worker, params)?;
+    if call.target == host.worker {
         return Err("a worker cannot invoke itself: it runs one invocation at a time".into());
     }
-    let params: Vec<serde_json::Value> = serde_json::from_str(params)
-        .map_err(|e| format!("params-json is not a JSON array: {e}"))?;
-    let limits = host
-        .limits
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .clone();
     // The same key after a crash finds the callee's recorded outcome: it never runs twice.
-    let key = crate::call_key(&host.worker, index);
-    let completed = executor
-        .invoke(&target, function, &params, Some(key), &limits)
+    let completed = call
+        .executor
+        .invoke(
+            &call.target,
+            function,
+            &call.params,
+            Some(call.key),
+            &call.limits,
+        )
         .await
         .map_err(|e| e.to_string())?;
     crate::failpoint("INVICTA_FAILPOINT_HOST_INVOKED");
@@ -156,23 +187,18 @@ async fn enqueue(
     params: &str,
     delay_ms: u64,
 ) -> Result<String, String> {
-    let inner = host
-        .inner
-        .upgrade()
-        .ok_or_else(|| "the executor is stopping".to_string())?;
-    let executor = Executor { inner };
-    let target = target(host, component, worker)?;
-    let params: Vec<serde_json::Value> = serde_json::from_str(params)
-        .map_err(|e| format!("params-json is not a JSON array: {e}"))?;
-    let key = crate::call_key(&host.worker, index);
-    let limits = host
-        .limits
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .clone();
+    let call = Call::new(host, index, component, worker, params)?;
     let at = (delay_ms > 0).then(|| crate::now_ms().saturating_add(delay_ms));
-    let accepted = executor
-        .enqueue(&target, function, &params, Some(key), at, &limits)
+    let accepted = call
+        .executor
+        .enqueue(
+            &call.target,
+            function,
+            &call.params,
+            Some(call.key),
+            at,
+            &call.limits,
+        )
         .await
         .map(|(key, _)| key)
         .map_err(|e| e.to_string());

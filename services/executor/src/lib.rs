@@ -1175,31 +1175,24 @@ impl Executor {
 
     /// Activates the worker now (replaying its oplog), retrying a replay that failed before.
     pub async fn resume(&self, id: &WorkerId) -> Result<WorkerStatus> {
-        for _ in 0..3 {
-            let handle = self.handle(id).await?;
-            handle.clear_failure();
-            let (reply, result) = oneshot::channel();
-            if handle.send(Command::Activate(reply)).await.is_err() {
-                self.lock_workers().remove(id);
-                continue;
-            }
-            match result.await.unwrap_or(Err(Error::ShuttingDown)) {
-                Ok(()) => return self.status(id).await,
-                Err(Error::Retry) => continue,
-                Err(e) => return Err(e),
-            }
-        }
-        Err(Error::ShuttingDown)
+        self.ask(id, WorkerHandle::clear_failure, Command::Activate)
+            .await?;
+        self.status(id).await
     }
 
-    /// Deletes the worker: its running invocation is interrupted, its queued and pending ones
-    /// are dropped, and its record, oplog and invocation records are removed.
-    pub async fn delete_worker(&self, id: &WorkerId) -> Result<()> {
+    /// Sends the worker's actor a command and waits for its answer, starting the actor again
+    /// if it stopped meanwhile (bounded). `prepare` runs on the handle first.
+    async fn ask<P>(
+        &self,
+        id: &WorkerId,
+        prepare: impl Fn(&WorkerHandle) -> P,
+        command: impl Fn(oneshot::Sender<Result<()>>) -> Command,
+    ) -> Result<()> {
         for _ in 0..3 {
             let handle = self.handle(id).await?;
-            handle.start_deleting();
+            prepare(&handle);
             let (reply, result) = oneshot::channel();
-            if handle.send(Command::Delete(reply)).await.is_err() {
+            if handle.send(command(reply)).await.is_err() {
                 self.lock_workers().remove(id);
                 continue;
             }
@@ -1209,6 +1202,13 @@ impl Executor {
             }
         }
         Err(Error::ShuttingDown)
+    }
+
+    /// Deletes the worker: its running invocation is interrupted, its queued and pending ones
+    /// are dropped, and its record, oplog and invocation records are removed.
+    pub async fn delete_worker(&self, id: &WorkerId) -> Result<()> {
+        self.ask(id, WorkerHandle::start_deleting, Command::Delete)
+            .await
     }
 
     /// Moves the worker to another version of its component. Allowed only when its history

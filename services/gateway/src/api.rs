@@ -573,7 +573,7 @@ pub(crate) async fn enqueue(
         "/v1/components/{}/workers/{}/invocations/{}",
         id.component,
         id.worker,
-        percent_encode(&key)
+        percent_encoding::utf8_percent_encode(&key, percent_encoding::NON_ALPHANUMERIC)
     );
     let mut response = (
         StatusCode::ACCEPTED,
@@ -588,19 +588,6 @@ pub(crate) async fn enqueue(
         response.headers_mut().insert(header::LOCATION, value);
     }
     Ok(response)
-}
-
-/// Percent-encodes everything but unreserved characters (RFC 3986), for a path segment.
-fn percent_encode(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for b in text.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
 }
 
 /// The longest a status request waits for its invocation.
@@ -902,11 +889,22 @@ pub(crate) async fn pause_schedule(
     Extension(caller): Extension<Caller>,
     Path((component, worker, schedule)): Path<(String, String, String)>,
 ) -> ApiResult<Json<invicta_executor::Schedule>> {
+    set_paused(&state, &caller, component, worker, &schedule, true).await
+}
+
+async fn set_paused(
+    state: &AppState,
+    caller: &Caller,
+    component: String,
+    worker: String,
+    schedule: &str,
+    paused: bool,
+) -> ApiResult<Json<invicta_executor::Schedule>> {
     let id = worker_id(caller.tenant(Scope::Invoke)?, component, worker)?;
     Ok(Json(
         state
             .executor
-            .set_schedule_paused(&id, &schedule, true)
+            .set_schedule_paused(&id, schedule, paused)
             .await?,
     ))
 }
@@ -919,13 +917,7 @@ pub(crate) async fn resume_schedule(
     Extension(caller): Extension<Caller>,
     Path((component, worker, schedule)): Path<(String, String, String)>,
 ) -> ApiResult<Json<invicta_executor::Schedule>> {
-    let id = worker_id(caller.tenant(Scope::Invoke)?, component, worker)?;
-    Ok(Json(
-        state
-            .executor
-            .set_schedule_paused(&id, &schedule, false)
-            .await?,
-    ))
+    set_paused(&state, &caller, component, worker, &schedule, false).await
 }
 
 #[utoipa::path(delete, path = "/v1/components/{component}/workers/{worker}/schedules/{schedule}", tag = "invocations",

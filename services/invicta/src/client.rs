@@ -1113,17 +1113,9 @@ fn key_table(body: Value) -> Output {
     )
 }
 
-/// Percent-encodes a query value or path segment (everything but unreserved characters).
+/// Percent-encodes a query value or path segment.
 pub(crate) fn encode(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for b in text.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
+    percent_encoding::utf8_percent_encode(text, percent_encoding::NON_ALPHANUMERIC).to_string()
 }
 
 fn profile(command: ProfileCommand, connection: &Connection) -> Result<Output, Failure> {
@@ -1238,6 +1230,15 @@ fn schedule_table(body: Value, schedules: &[Value]) -> Output {
     )
 }
 
+/// Pauses or resumes (`verb`) a schedule under `base`.
+async fn set_paused(client: &Client, base: &str, id: &str, verb: &str) -> Result<Output, Failure> {
+    let body = client
+        .post(&format!("{base}/{id}/{verb}"), json!({}), None)
+        .await?;
+    let rows = [body.clone()];
+    Ok(schedule_table(body, &rows))
+}
+
 async fn schedule(client: &Client, command: ScheduleCommand) -> Result<Output, Failure> {
     let base = |component: &str, name: &str| {
         format!("/v1/components/{component}/workers/{name}/schedules")
@@ -1265,32 +1266,12 @@ async fn schedule(client: &Client, command: ScheduleCommand) -> Result<Output, F
             component,
             name,
             id,
-        } => {
-            let body = client
-                .post(
-                    &format!("{}/{id}/pause", base(&component, &name)),
-                    json!({}),
-                    None,
-                )
-                .await?;
-            let rows = [body.clone()];
-            Ok(schedule_table(body, &rows))
-        }
+        } => set_paused(client, &base(&component, &name), &id, "pause").await,
         ScheduleCommand::Resume {
             component,
             name,
             id,
-        } => {
-            let body = client
-                .post(
-                    &format!("{}/{id}/resume", base(&component, &name)),
-                    json!({}),
-                    None,
-                )
-                .await?;
-            let rows = [body.clone()];
-            Ok(schedule_table(body, &rows))
-        }
+        } => set_paused(client, &base(&component, &name), &id, "resume").await,
         ScheduleCommand::Delete {
             component,
             name,
