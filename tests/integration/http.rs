@@ -224,3 +224,69 @@ async fn a_crash_after_sending_resends_with_the_same_key() -> anyhow::Result<()>
     assert_eq!(seen.total(), 2);
     Ok(())
 }
+
+#[tokio::test]
+async fn an_atomic_region_cut_off_by_a_crash_runs_again_whole() -> anyhow::Result<()> {
+    let (url, seen) = remote().await?;
+    let data = tempfile::tempdir()?;
+    let config = config(data.path())?;
+    let dir = data.path().join("data");
+    let failpoint = data.path().join("die-at-region-end");
+    std::fs::write(&failpoint, b"once")?;
+    let env = failpoint.to_string_lossy().into_owned();
+    let server = Server::start_env(
+        INVICTA.as_ref(),
+        &dir,
+        "127.0.0.1:0",
+        &["--config", &config],
+        &[("INVICTA_FAILPOINT_ATOMIC_END", &env)],
+    )?;
+    let api = server.operator().new_tenant("regions", "pro").await?;
+    api.upload("waiter", component("waiter")).await?;
+    // The region sends its request, then the process dies before the region ends.
+    let cut = api
+        .post_json(
+            "/v1/components/waiter/workers/r/invoke",
+            &json!({ "function": "region-fetch", "params": [url] }),
+            Some("region"),
+        )
+        .await;
+    assert!(cut.is_err(), "the server died inside the region: {cut:?}");
+    assert!(!failpoint.exists(), "the failpoint fired");
+    assert_eq!(seen.total(), 1);
+
+    // Recovery runs the whole region again: a new request, not the old one resent.
+    server.kill()?;
+    let server = Server::start_with(INVICTA.as_ref(), &dir, &["--config", &config])?;
+    let api = api.at(&server.url);
+    let done = api
+        .get("/v1/components/waiter/workers/r/invocations/region?wait_ms=20000")
+        .await?;
+    assert_eq!(done.body["status"], "completed", "{done:?}");
+    let body = done.body["result"]["ok"].as_str().unwrap_or_default();
+    assert!(
+        body.starts_with("200 key=") && body.ends_with("seen=1"),
+        "{body}"
+    );
+    let keys = seen.keys();
+    assert_eq!(
+        keys.len(),
+        2,
+        "two requests, each with its own key: {keys:?}"
+    );
+    assert!(keys.values().all(|n| *n == 1), "{keys:?}");
+    let oplog = api.get("/v1/components/waiter/workers/r/oplog").await?;
+    let jumps: Vec<&serde_json::Value> = oplog.body["entries"]
+        .as_array()
+        .map(|es| es.iter().filter(|e| e["kind"] == "jump").collect())
+        .unwrap_or_default();
+    assert_eq!(jumps.len(), 1, "{oplog:?}");
+
+    // The worker's history, with the region skipped once, replays after another restart.
+    server.kill()?;
+    let server = Server::start_with(INVICTA.as_ref(), &dir, &["--config", &config])?;
+    let api = api.at(&server.url);
+    assert_eq!(api.call("waiter", "r", "bump", json!([])).await?, json!(1));
+    assert_eq!(seen.total(), 2, "replay sent nothing");
+    Ok(())
+}

@@ -13,6 +13,7 @@ mod quickstart;
 mod schedules;
 mod server;
 mod tenancy;
+mod waits;
 mod workers;
 
 /// The server binary cargo built for these tests.

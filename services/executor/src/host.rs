@@ -38,6 +38,8 @@ pub(crate) struct WorkerCtx {
     hooks: crate::http::DurableHttp,
     pub limiter: Limiter,
     pub durability: Shared,
+    /// Where its long waits ask to suspend it.
+    pub waits: crate::suspend::Waits,
 }
 
 impl wasmtime_wasi_http::WasiHttpView for WorkerCtx {
@@ -66,6 +68,7 @@ impl WorkerCtx {
         memory_bytes_max: u64,
         durability: Shared,
         hooks: crate::http::DurableHttp,
+        waits: crate::suspend::Waits,
     ) -> WorkerCtx {
         let mut wasi = wasmtime_wasi::WasiCtxBuilder::new();
         wasi.envs(env)
@@ -95,7 +98,12 @@ impl WorkerCtx {
                 memory_peak: 0,
             },
             durability,
+            waits,
         }
+    }
+
+    pub(crate) fn table(&mut self) -> &mut ResourceTable {
+        &mut self.table
     }
 }
 
@@ -182,6 +190,9 @@ pub(crate) struct Durability {
     /// and restarts.
     monotonic_last: u64,
     log_bytes: usize,
+    /// Outgoing requests begun live and not yet answered: a worker waiting for one is not
+    /// suspended.
+    pub open_requests: usize,
     /// Outgoing requests sent live since the last invocation was recorded, and the bytes of
     /// their responses: metered with it.
     pub http_requests: u64,
@@ -198,6 +209,7 @@ impl Durability {
             diverged: None,
             monotonic_last: 0,
             log_bytes: 0,
+            open_requests: 0,
             http_requests: 0,
             http_request_bytes: 0,
             http_response_bytes: 0,
@@ -221,6 +233,21 @@ impl Durability {
 
     pub(crate) fn is_live(&self) -> bool {
         matches!(self.mode, Mode::Live)
+    }
+
+    /// Whether the worker is where the oplog ends: live, or replaying with nothing left to
+    /// replay before it goes live.
+    pub(crate) fn at_frontier(&self) -> bool {
+        match &self.mode {
+            Mode::Live => true,
+            Mode::Replay { queue, then_live } => *then_live && queue.is_empty(),
+        }
+    }
+
+    /// A live reading of the monotonic clock (ns): never behind an earlier one.
+    pub(crate) fn monotonic_now(&mut self) -> u64 {
+        self.monotonic_last = self.monotonic_last.max(crate::suspend::clock_ns());
+        self.monotonic_last
     }
 
     /// Recorded entries the replay has not consumed.
@@ -256,7 +283,7 @@ impl Durability {
     }
 
     /// A non-deterministic host call: runs `live` and records its response, or replays it.
-    fn host_call(
+    pub(crate) fn host_call(
         &mut self,
         name: &str,
         live: impl FnOnce(&mut Self) -> Value,
@@ -334,6 +361,34 @@ impl Durability {
                 "replay diverged: the worker called {name} where the oplog records no more host calls"
             ))),
         }
+    }
+
+    /// A marker entry the guest makes (an atomic region's bounds): the recorded one in replay,
+    /// which must be the same, or appended live. Returns its index.
+    pub(crate) fn marker(&mut self, entry: OplogEntry) -> Result<OplogIndex, String> {
+        if let Some(d) = &self.diverged {
+            return Err(d.clone());
+        }
+        if let Mode::Replay { queue, then_live } = &mut self.mode {
+            match queue.pop_front() {
+                Some((index, recorded)) if recorded == entry => return Ok(index),
+                Some((index, other)) => {
+                    return Err(self.diverge(format!(
+                        "replay diverged at oplog entry {index}: the worker made {}, the oplog records {}",
+                        entry.kind(),
+                        other.kind()
+                    )));
+                }
+                None if *then_live => self.mode = Mode::Live,
+                None => {
+                    return Err(self.diverge(format!(
+                        "replay diverged: the worker made {} where the oplog records no more",
+                        entry.kind()
+                    )));
+                }
+            }
+        }
+        Ok(self.append(entry))
     }
 
     /// Records a live host call's response.
@@ -525,12 +580,7 @@ pub(crate) fn linker(engine: &wasmtime::Engine) -> wasmtime::Result<Linker<Worke
         let mut clock = linker.instance("wasi:clocks/monotonic-clock@0.2.12")?;
         clock.func_new("now", |mut store, _, _, results| {
             let value = durable(&mut store, "wasi:clocks/monotonic-clock.now", |d| {
-                let (seconds, nanos) = wall_now();
-                let now = seconds
-                    .saturating_mul(1_000_000_000)
-                    .saturating_add(u64::from(nanos));
-                d.monotonic_last = d.monotonic_last.max(now);
-                Value::U64(d.monotonic_last)
+                Value::U64(d.monotonic_now())
             })?;
             if let Val::U64(n) = value {
                 let mut d = lock(&store.data().durability);
@@ -539,6 +589,7 @@ pub(crate) fn linker(engine: &wasmtime::Engine) -> wasmtime::Result<Linker<Worke
             set_result(results, value)
         })?;
     }
+    crate::suspend::add_to_linker(&mut linker)?;
     {
         let mut random = linker.instance("wasi:random/random@0.2.12")?;
         random.func_new("get-random-bytes", |mut store, _, params, results| {

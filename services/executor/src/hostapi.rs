@@ -3,15 +3,19 @@
 
 use std::sync::Weak;
 
+use invicta_model::oplog::OplogEntry;
 use invicta_model::{ComponentName, Value, WorkerId, WorkerName};
 use wasmtime::component::Linker;
 
 use crate::host::{WorkerCtx, lock};
+use crate::suspend::{PromiseRecord, Wake, promise_key};
 use crate::{Executor, Inner, Limits};
 
 const GENERATE_KEY: &str = "invicta:host/api.generate-idempotency-key";
 const ENQUEUE: &str = "invicta:host/api.enqueue";
 const INVOKE: &str = "invicta:host/api.invoke";
+const CREATE_PROMISE: &str = "invicta:host/api.create-promise";
+const AWAIT_PROMISE: &str = "invicta:host/api.await-promise";
 
 /// What a worker's host calls need of the executor.
 #[derive(Clone)]
@@ -61,6 +65,68 @@ pub(crate) fn add_to_linker(linker: &mut Linker<WorkerCtx>) -> wasmtime::Result<
             }))
         },
     )?;
+    api.func_wrap_async("create-promise", |store, (): ()| {
+        let data = store.data();
+        let (durability, host) = (data.durability.clone(), data.host.clone());
+        Box::new(async move {
+            let replayed = lock(&durability)
+                .replayed(CREATE_PROMISE)
+                .map_err(wasmtime::Error::msg)?;
+            if let Some(recorded) = replayed {
+                return match recorded {
+                    Value::String(id) => Ok((id,)),
+                    _ => Err(wasmtime::Error::msg(
+                        "a recorded promise id is not a string",
+                    )),
+                };
+            }
+            let host = host.ok_or_else(|| wasmtime::Error::msg(UNAVAILABLE))?;
+            // The id comes from the call's place in the oplog: a re-execution after a crash
+            // makes the same promise, not a second one.
+            let index = lock(&durability).next_index();
+            let id = crate::call_key(&host.worker, index);
+            create_promise(&host, &id)
+                .await
+                .map_err(|e| wasmtime::Error::msg(format!("create a promise: {e}")))?;
+            lock(&durability).record(CREATE_PROMISE, Value::String(id.clone()));
+            Ok((id,))
+        })
+    })?;
+    api.func_wrap_async("await-promise", |store, (id,): (String,)| {
+        let data = store.data();
+        let (durability, host, waits) = (
+            data.durability.clone(),
+            data.host.clone(),
+            data.waits.clone(),
+        );
+        Box::new(durable_call(durability, AWAIT_PROMISE, async move |_| {
+            let host = host.ok_or(UNAVAILABLE)?;
+            loop {
+                match read_promise(&host, &id).await? {
+                    None => return Err(format!("this worker has no promise `{id}`")),
+                    Some(PromiseRecord {
+                        completed: Some(data),
+                        ..
+                    }) => return Ok(data.to_string()),
+                    // The worker is suspended here and rebuilt once the promise is completed.
+                    Some(_) => waits.suspend(Wake::Promise(id.clone())).await,
+                }
+            }
+        }))
+    })?;
+    api.func_wrap("begin-atomic-region", |store, (): ()| {
+        let index = lock(&store.data().durability)
+            .marker(OplogEntry::BeginAtomicRegion)
+            .map_err(wasmtime::Error::msg)?;
+        Ok((index,))
+    })?;
+    api.func_wrap("end-atomic-region", |store, (begin,): (u64,)| {
+        crate::failpoint("INVICTA_FAILPOINT_ATOMIC_END");
+        lock(&store.data().durability)
+            .marker(OplogEntry::EndAtomicRegion { begin })
+            .map_err(wasmtime::Error::msg)?;
+        Ok(())
+    })?;
     Ok(())
 }
 
@@ -204,4 +270,45 @@ async fn enqueue(
         .map_err(|e| e.to_string());
     crate::failpoint("INVICTA_FAILPOINT_HOST_ENQUEUED");
     accepted
+}
+
+/// Makes the promise `id` of the worker, unless it exists (a re-execution makes it again).
+async fn create_promise(host: &HostApi, id: &str) -> Result<(), String> {
+    let inner = host
+        .inner
+        .upgrade()
+        .ok_or_else(|| "the executor is stopping".to_string())?;
+    let key = promise_key(&host.worker, id);
+    let record = crate::records::encode_json(&PromiseRecord {
+        created_at_ms: crate::now_ms(),
+        completed: None,
+        completed_at_ms: None,
+    });
+    inner
+        .store
+        .transact(move |tx| {
+            if tx.get(&key)?.is_none() {
+                tx.set(&key, &record)?;
+            }
+            Ok::<_, crate::Error>(())
+        })
+        .await
+        .map_err(|e| e.to_string())
+}
+
+async fn read_promise(host: &HostApi, id: &str) -> Result<Option<PromiseRecord>, String> {
+    let inner = host
+        .inner
+        .upgrade()
+        .ok_or_else(|| "the executor is stopping".to_string())?;
+    let key = promise_key(&host.worker, id);
+    let bytes = inner
+        .store
+        .read(move |tx| tx.get(&key))
+        .await
+        .map_err(|e| e.to_string())?;
+    bytes
+        .map(|b| crate::records::decode_json::<PromiseRecord>("promise", &b))
+        .transpose()
+        .map_err(|e| e.to_string())
 }

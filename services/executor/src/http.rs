@@ -252,7 +252,9 @@ impl WasiHttpHooks for DurableHttp {
                 (begin, key, true)
             }
         };
+        d.open_requests += 1;
         drop(d);
+        let open = OpenRequest(self.durability.clone());
         let durability = self.durability.clone();
         let checkpoints = self.checkpoints.clone();
         let egress = self
@@ -261,6 +263,7 @@ impl WasiHttpHooks for DurableHttp {
             .unwrap_or_else(|p| p.into_inner())
             .clone();
         Box::new(async move {
+            let _open = open;
             if fresh {
                 // Nothing leaves before the oplog says it began.
                 let (tx, rx) = oneshot::channel();
@@ -289,6 +292,16 @@ impl WasiHttpHooks for DurableHttp {
             }
             response_of(outcome)
         })
+    }
+}
+
+/// An outgoing request in flight, counted while it lives.
+struct OpenRequest(host::Shared);
+
+impl Drop for OpenRequest {
+    fn drop(&mut self) {
+        let mut d = host::lock(&self.0);
+        d.open_requests = d.open_requests.saturating_sub(1);
     }
 }
 

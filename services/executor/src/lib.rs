@@ -19,6 +19,7 @@ mod http;
 mod metrics;
 mod records;
 mod schedules;
+mod suspend;
 mod worker;
 
 use std::collections::HashMap;
@@ -36,6 +37,7 @@ use tokio::sync::oneshot;
 pub use http::HttpConfig;
 pub use records::{InvocationRecord, PendingRecord, StoredOutcome, WorkerRecord};
 pub use schedules::Schedule;
+pub use suspend::{PROMISE_BYTES_MAX, PromiseRecord};
 
 use crate::commit::Committer;
 use crate::host::WorkerCtx;
@@ -55,6 +57,12 @@ pub enum Error {
     InvalidSchedule(String),
     #[error("schedule {0} not found")]
     ScheduleNotFound(String),
+    #[error("promise {0} not found")]
+    PromiseNotFound(String),
+    #[error("promise {0} is already completed, with other data")]
+    PromiseCompleted(String),
+    #[error("the promise's data is {size} bytes as JSON; the limit is {limit}")]
+    PromiseTooLarge { size: usize, limit: usize },
     #[error("component {component} has no exported function `{function}`; it exports: {available}")]
     UnknownFunction {
         component: String,
@@ -150,6 +158,10 @@ pub struct Config {
     /// Invocations one worker may have waiting (default 1,024); more are refused with
     /// `queue_full`.
     pub queue_depth: usize,
+    /// A worker that waits longer than this (on a `wasi:clocks` deadline, in milliseconds;
+    /// default 1,000) is suspended until the deadline: its instance is dropped, and replay
+    /// rebuilds it when the time comes. A worker awaiting a promise is always suspended.
+    pub suspend_wait_ms: u64,
     /// Outgoing HTTP: timeouts, response size, private hosts allowed.
     pub http: HttpConfig,
 }
@@ -162,6 +174,7 @@ impl Default for Config {
             idle_suspend_ms: 60_000,
             start_commit_delay_ms: 5,
             queue_depth: 1_024,
+            suspend_wait_ms: 1_000,
             http: HttpConfig::default(),
         }
     }
@@ -402,16 +415,33 @@ impl Executor {
     /// Resumes the workers whose last invocation started durably but never completed.
     async fn recover(&self) -> Result<()> {
         let prefix = records::running_prefix();
-        let rows = self
+        let wakes = suspend::wake_prefix();
+        let (rows, wakes) = self
             .inner
             .store
-            .read(move |tx| tx.get_prefix(&prefix, Default::default()))
+            .read(move |tx| {
+                Ok::<_, Error>((
+                    tx.get_prefix(&prefix, Default::default())?,
+                    tx.get_prefix(&wakes, Default::default())?,
+                ))
+            })
             .await?;
+        // Workers asleep until later are left to the scheduler, which wakes them when due.
+        let now = now_ms();
+        let asleep: std::collections::HashSet<WorkerId> = wakes
+            .iter()
+            .filter_map(|row| suspend::parse_wake(&row.key))
+            .filter(|(at, _)| *at > now)
+            .map(|(_, id)| id)
+            .collect();
         for row in rows {
             let Some(id) = records::parse_running_key(&row.key) else {
                 tracing::warn!("skipping an unreadable running-worker key");
                 continue;
             };
+            if asleep.contains(&id) {
+                continue;
+            }
             tracing::info!(worker = %id, "resuming a worker cut off mid-invocation");
             match self.handle(&id).await {
                 Ok(handle) => {
@@ -922,9 +952,112 @@ impl Executor {
                 if let Err(e) = executor.fire_due().await {
                     tracing::warn!(error = %e, "fire schedules");
                 }
+                if let Err(e) = executor.wake_due().await {
+                    tracing::warn!(error = %e, "wake sleeping workers");
+                }
                 tokio::time::sleep(std::time::Duration::from_millis(SCHEDULER_TICK_MS)).await;
             }
         });
+    }
+
+    /// Wakes the workers whose sleep is over and that are not waiting in this process (after a
+    /// restart, or evicted): their wake-up key goes, and a crash before they go on leaves
+    /// their `running` mark, which the next start resumes.
+    async fn wake_due(&self) -> Result<()> {
+        let (begin, end) = suspend::wake_range(now_ms());
+        let due = self
+            .inner
+            .store
+            .read(move |tx| tx.get_range(&begin, &end, invicta_store::RangeOptions::limit(256)))
+            .await?;
+        for row in due {
+            let Some((at, id)) = suspend::parse_wake(&row.key) else {
+                continue;
+            };
+            if let Err(e) = self.wake(&id).await {
+                tracing::warn!(worker = %id, error = %e, "wake a sleeping worker");
+            }
+            let key = row.key.clone();
+            self.inner
+                .store
+                .transact(move |tx| tx.clear(&key).map_err(Error::from))
+                .await?;
+            tracing::debug!(worker = %id, at, "woke a sleeping worker");
+        }
+        Ok(())
+    }
+
+    /// Tells the worker that what it waits for may have come.
+    async fn wake(&self, id: &WorkerId) -> Result<()> {
+        match self.handle(id).await {
+            Ok(handle) => {
+                let _ = handle.send(Command::Resume).await;
+                Ok(())
+            }
+            Err(Error::WorkerNotFound(_)) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Completes the worker's promise `promise` with `data`, and wakes the worker if it awaits
+    /// it. Completing it again with the same data changes nothing; with other data it is
+    /// refused.
+    pub async fn complete_promise(
+        &self,
+        id: &WorkerId,
+        promise: &str,
+        data: serde_json::Value,
+    ) -> Result<PromiseRecord> {
+        let size = data.to_string().len();
+        if size > PROMISE_BYTES_MAX {
+            return Err(Error::PromiseTooLarge {
+                size,
+                limit: PROMISE_BYTES_MAX,
+            });
+        }
+        let (id_c, promise_c) = (id.clone(), promise.to_string());
+        let record = self
+            .inner
+            .store
+            .transact(move |tx| {
+                if tx.get(&records::worker_key(&id_c))?.is_none() {
+                    return Err(Error::WorkerNotFound(id_c.to_string()));
+                }
+                let key = suspend::promise_key(&id_c, &promise_c);
+                let mut record: PromiseRecord = match tx.get(&key)? {
+                    Some(bytes) => records::decode_json("promise", &bytes)?,
+                    None => return Err(Error::PromiseNotFound(promise_c.clone())),
+                };
+                match &record.completed {
+                    Some(existing) if *existing == data => return Ok(record),
+                    Some(_) => return Err(Error::PromiseCompleted(promise_c.clone())),
+                    None => {}
+                }
+                record.completed = Some(data.clone());
+                record.completed_at_ms = Some(now_ms());
+                tx.set(&key, &records::encode_json(&record))?;
+                Ok(record)
+            })
+            .await?;
+        self.wake(id).await?;
+        Ok(record)
+    }
+
+    /// The worker's promise `promise`.
+    pub async fn promise(&self, id: &WorkerId, promise: &str) -> Result<PromiseRecord> {
+        let (id_c, promise_c) = (id.clone(), promise.to_string());
+        self.inner
+            .store
+            .read(move |tx| {
+                if tx.get(&records::worker_key(&id_c))?.is_none() {
+                    return Err(Error::WorkerNotFound(id_c.to_string()));
+                }
+                match tx.get(&suspend::promise_key(&id_c, &promise_c))? {
+                    Some(bytes) => records::decode_json("promise", &bytes),
+                    None => Err(Error::PromiseNotFound(promise_c.clone())),
+                }
+            })
+            .await
     }
 
     async fn fire_due(&self) -> Result<()> {

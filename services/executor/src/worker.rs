@@ -10,7 +10,7 @@
 //! A failed invocation (trap, fuel, memory, deadline) drops the instance: the next invocation
 //! rebuilds it by replaying the successful invocations, so the failure leaves no trace in state.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -26,6 +26,7 @@ use wasmtime::component::{Instance, InstancePre};
 use crate::commit::{self, CommitRequest};
 use crate::host::{self, Durability, WorkerCtx};
 use crate::records::{self, InvocationRecord, StoredOutcome, WorkerRecord};
+use crate::suspend::{Waits, Wake};
 use crate::{Completed, Error, Inner, Outcome, now_ms};
 
 /// How many times activation evicts idle workers to find a free instance slot.
@@ -199,6 +200,21 @@ struct Actor {
     /// Requests, from the worker's outgoing HTTP, to make its pending entries durable now.
     checkpoint_tx: crate::http::Checkpoints,
     checkpoint_rx: mpsc::UnboundedReceiver<oneshot::Sender<bool>>,
+    /// Requests, from the worker's long waits, to suspend it.
+    waits: Waits,
+    suspend_rx: mpsc::UnboundedReceiver<Wake>,
+    /// The invocation that is suspended in a wait, and what it waits for.
+    parked: Option<Parked>,
+    /// Invocations that arrived while one was suspended in a wait: they run after it.
+    deferred: VecDeque<(Invocation, oneshot::Sender<Outcome>)>,
+    /// The wake-up key this worker has in the store (its deadline, ms).
+    wake_set: Option<u64>,
+}
+
+/// An invocation suspended in a wait.
+struct Parked {
+    key: String,
+    wake: Wake,
 }
 
 pub(crate) fn spawn(
@@ -236,6 +252,11 @@ pub(crate) fn spawn(
         })),
     });
     let (checkpoint_tx, checkpoint_rx) = mpsc::unbounded_channel();
+    let (suspend_tx, suspend_rx) = mpsc::unbounded_channel();
+    let waits = Waits {
+        requests: suspend_tx,
+        threshold: Duration::from_millis(inner.config.suspend_wait_ms),
+    };
     let handle_compiled = compiled.clone();
     let actor = Actor {
         inner,
@@ -248,6 +269,11 @@ pub(crate) fn spawn(
         rx,
         checkpoint_tx,
         checkpoint_rx,
+        waits,
+        suspend_rx,
+        parked: None,
+        deferred: VecDeque::new(),
+        wake_set: None,
     };
     tokio::spawn(actor.run());
     WorkerHandle {
@@ -279,15 +305,35 @@ enum Ran {
         /// Fuel burnt before the failure: billed like any other.
         fuel_consumed: u64,
     },
+    /// It waits (on a deadline or a promise) and asked to be suspended meanwhile.
+    Suspended { wake: Wake, fuel_consumed: u64 },
 }
 
 impl Actor {
     async fn run(mut self) {
         let idle = Duration::from_millis(self.inner.config.idle_suspend_ms.max(1));
         loop {
-            let command = match tokio::time::timeout(idle, self.rx.recv()).await {
+            if self.parked.is_none()
+                && let Some((invocation, reply)) = self.deferred.pop_front()
+            {
+                self.invoke(invocation, reply).await;
+                continue;
+            }
+            let wait = match &self.parked {
+                Some(Parked {
+                    wake: Wake::At(at), ..
+                }) => Duration::from_millis(at.saturating_sub(now_ms())),
+                // A promise: woken by its completion.
+                Some(_) => Duration::from_secs(24 * 3600),
+                None => idle,
+            };
+            let command = match tokio::time::timeout(wait, self.rx.recv()).await {
                 Ok(Some(command)) => command,
                 Ok(None) => break,
+                Err(_) if self.parked.is_some() => {
+                    self.unpark(false).await;
+                    continue;
+                }
                 Err(_) => {
                     if self.suspend().await {
                         break;
@@ -296,6 +342,22 @@ impl Actor {
                 }
             };
             match command {
+                Command::Invoke(invocation, reply) if self.parked.is_some() => {
+                    self.shared.queued.fetch_sub(1, Ordering::Relaxed);
+                    let mut inflight = lock(&self.shared.inflight);
+                    match inflight.get_mut(&invocation.idempotency_key) {
+                        Some(waiters) => waiters.push(reply),
+                        None => {
+                            drop(inflight);
+                            self.deferred.push_back((invocation, reply));
+                        }
+                    }
+                }
+                Command::Resume if self.parked.is_some() => self.unpark(false).await,
+                Command::Activate(reply) if self.parked.is_some() => {
+                    let _ = reply.send(Ok(()));
+                }
+                Command::Suspend if self.parked.is_some() => {}
                 Command::Invoke(invocation, reply) => {
                     self.shared.queued.fetch_sub(1, Ordering::Relaxed);
                     self.shared.last_used_ms.store(now_ms(), Ordering::Relaxed);
@@ -328,6 +390,7 @@ impl Actor {
                 Command::Stop(reply) => {
                     self.active = None;
                     self.shared.active.store(false, Ordering::Relaxed);
+                    self.refuse_deferred(false);
                     self.stop().await;
                     let _ = reply.send(());
                     break;
@@ -337,6 +400,15 @@ impl Actor {
                     self.shared.active.store(false, Ordering::Relaxed);
                     self.wait_for_commits().await;
                     let result = self.delete().await;
+                    if result.is_ok() {
+                        self.refuse_deferred(true);
+                        if let Some(parked) = self.parked.take() {
+                            self.finish(
+                                &parked.key,
+                                Err(Error::WorkerNotFound(self.id.to_string())),
+                            );
+                        }
+                    }
                     self.stop().await;
                     let _ = reply.send(result);
                     break;
@@ -393,6 +465,125 @@ impl Actor {
         wait_for_commits(self.shared.clone()).await;
     }
 
+    /// Wakes the invocation suspended in a wait, if what it waits for has come (`timer`: its
+    /// deadline has). Replay brings it back to its wait, over now, and it goes on live — or
+    /// suspends again.
+    async fn unpark(&mut self, timer: bool) {
+        let due = match &self.parked {
+            None => return,
+            Some(Parked {
+                wake: Wake::At(at), ..
+            }) => timer || now_ms() >= *at,
+            Some(_) => true,
+        };
+        if !due {
+            return;
+        }
+        let Some(parked) = self.parked.take() else {
+            return;
+        };
+        tracing::debug!(worker = %self.id, wake = ?parked.wake, "waking a suspended invocation");
+        if let Err(e) = self.ensure_active().await {
+            // Its waiters hear it; the invocation stays in the oplog for the next activation.
+            self.finish(&parked.key, Err(e));
+        }
+    }
+
+    /// Answers the invocations that waited behind a suspended one: the worker is gone, or
+    /// the actor stops (its callers try again on a new one).
+    fn refuse_deferred(&mut self, deleted: bool) {
+        for (_, reply) in self.deferred.drain(..) {
+            let _ = reply.send(Err(if deleted {
+                Error::WorkerNotFound(self.id.to_string())
+            } else {
+                Error::Retry
+            }));
+        }
+    }
+
+    /// Suspends an invocation in its wait: commits what it recorded so far, with the `running`
+    /// mark (a restart resumes it) and its wake-up key, drops the instance and parks.
+    async fn park(&mut self, key: &str, active: Active, wake: Wake, fuel_consumed: u64) {
+        let entries = {
+            let mut d = host::lock(&active.durability);
+            d.append(OplogEntry::Suspended {
+                timestamp_ms: now_ms(),
+            });
+            d.take_pending()
+        };
+        drop(active);
+        self.active = None;
+        self.shared.active.store(false, Ordering::Relaxed);
+        let first_index = entries.first().map(|(i, _)| *i);
+        let mut sets = Vec::new();
+        for (index, entry) in entries {
+            sets.extend(records::entry_writes(&self.id, index, entry.encode()));
+        }
+        let mut adds = vec![records::stored_add(&self.id, &sets)];
+        if fuel_consumed > 0 {
+            // The fuel it burnt before the wait is billed now; the rest with its completion.
+            let now = now_ms();
+            let tenant = self.id.tenant.as_str();
+            let fuel = i64::try_from(fuel_consumed).unwrap_or(i64::MAX);
+            adds.push((
+                usage::month_key(tenant, usage::FUEL, &records::month_of(now)),
+                fuel,
+            ));
+            adds.push((
+                usage::ledger_key(
+                    tenant,
+                    usage::hour_of(now),
+                    self.id.component.as_str(),
+                    usage::FUEL,
+                ),
+                fuel,
+            ));
+        }
+        sets.push((records::running_key(&self.id), Vec::new()));
+        let mut clears = Vec::new();
+        let wake_at = match &wake {
+            Wake::At(at) => Some(*at),
+            Wake::Promise(_) => None,
+        };
+        if let Some(previous) = self.wake_set.take()
+            && Some(previous) != wake_at
+        {
+            clears.push(crate::suspend::wake_key(previous, &self.id));
+        }
+        if let Some(at) = wake_at {
+            sets.push((crate::suspend::wake_key(at, &self.id), Vec::new()));
+        }
+        let (done, wait) = commit::done_channel();
+        self.inner
+            .committer
+            .submit(CommitRequest {
+                worker: self.id.clone(),
+                first_index,
+                sets,
+                clears,
+                adds,
+                done,
+                span: tracing::Span::current(),
+            })
+            .await;
+        match wait.await {
+            Ok(Ok(())) => {
+                self.wake_set = wake_at;
+                self.inner.metrics.suspensions.inc();
+                tracing::debug!(worker = %self.id, ?wake, "invocation suspended in a wait");
+                self.parked = Some(Parked {
+                    key: key.to_string(),
+                    wake,
+                });
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(worker = %self.id, error = %e, "record a suspension");
+                self.finish(key, Err(e));
+            }
+            Err(_) => self.finish(key, Err(Error::ShuttingDown)),
+        }
+    }
+
     /// Leaves the executor's map and refuses what is still queued (its callers start a new
     /// actor, or hear that the worker is gone).
     async fn stop(&mut self) {
@@ -438,6 +629,7 @@ impl Actor {
     /// Removes everything the worker has in the store, with its counts, in one transaction.
     async fn delete(&mut self) -> Result<(), Error> {
         let id = self.id.clone();
+        let wake_set = self.wake_set;
         self.inner
             .store
             .transact(move |tx| {
@@ -461,6 +653,12 @@ impl Actor {
                 }
                 tx.clear(&records::running_key(&id))?;
                 tx.clear(&records::worker_key(&id))?;
+                let (begin, end) =
+                    invicta_store::keys::prefix_range(&crate::suspend::promises_prefix(&id));
+                tx.clear_range(&begin, &end)?;
+                if let Some(at) = wake_set {
+                    tx.clear(&crate::suspend::wake_key(at, &id))?;
+                }
                 crate::schedules::clear_worker(tx, &id)?;
                 let tenant = id.tenant.as_str();
                 tx.atomic_add(&usage::count_key(tenant, usage::WORKERS), -1)?;
@@ -518,6 +716,14 @@ impl Actor {
             self.finish(&key, Err(e));
             return;
         }
+        if self.parked.is_some() {
+            // An invocation cut off earlier resumed and waits again: this one runs after it.
+            let waiters = lock(&self.shared.inflight).remove(&key).unwrap_or_default();
+            for reply in waiters {
+                self.deferred.push_back((invocation.clone(), reply));
+            }
+            return;
+        }
         self.run_live(invocation).await;
     }
 
@@ -548,7 +754,10 @@ impl Actor {
         };
         match result {
             Ok(()) => {
-                self.shared.active.store(true, Ordering::Relaxed);
+                // A resumed invocation may have suspended again, without an instance.
+                self.shared
+                    .active
+                    .store(self.active.is_some(), Ordering::Relaxed);
                 Ok(())
             }
             Err(Error::WorkerFailed(message)) => {
@@ -583,6 +792,7 @@ impl Actor {
                 egress: self.shared.egress.clone(),
                 worker: self.id.clone(),
             },
+            self.waits.clone(),
         );
         let mut ctx = ctx;
         ctx.host = Some(crate::hostapi::HostApi {
@@ -658,6 +868,11 @@ impl Actor {
                                 "replay of the invocation at oplog entry {index} failed: {message}"
                             )));
                         }
+                        Ran::Suspended { .. } => {
+                            return Err(Error::WorkerFailed(format!(
+                                "replay of the invocation at oplog entry {index} waited where it had gone on"
+                            )));
+                        }
                     }
                     check_consumed(&active.durability, "an invocation")?;
                     replayed += 1;
@@ -669,8 +884,18 @@ impl Actor {
                     )));
                 }
                 None => {
-                    // Cut off by a crash: replay what it recorded, then let it finish live.
-                    tracing::info!(worker = %self.id, index, "finishing an invocation cut off by a crash");
+                    // Cut off by a crash or suspended in a wait: replay what it recorded, then
+                    // let it go on live. An atomic region it had not finished runs again whole:
+                    // what it recorded is skipped from now on.
+                    tracing::info!(worker = %self.id, index, "resuming an invocation cut off mid-way");
+                    let mut side = side;
+                    if let Some(from) = unfinished_region(&side) {
+                        side.retain(|(i, _)| *i < from);
+                        let mut d = host::lock(&active.durability);
+                        let to = d.next_index() - 1;
+                        d.append(OplogEntry::Jump { from, to });
+                        tracing::info!(worker = %self.id, from, to, "running an unfinished atomic region again");
+                    }
                     host::lock(&active.durability).replay(side, true);
                     let invocation = Invocation {
                         function: function.clone(),
@@ -705,6 +930,15 @@ impl Actor {
                             )),
                         )
                         .await;
+                    if let Ran::Suspended {
+                        wake,
+                        fuel_consumed,
+                    } = ran
+                    {
+                        self.park(&invocation.idempotency_key, active, wake, fuel_consumed)
+                            .await;
+                        return Ok(());
+                    }
                     let failed = matches!(ran, Ran::Failed { .. });
                     self.active = Some(active);
                     lock(&self.shared.inflight)
@@ -739,10 +973,12 @@ impl Actor {
     /// The worker's whole oplog.
     async fn read_oplog(&mut self) -> Result<Vec<(OplogIndex, OplogEntry)>, Error> {
         let id = self.id.clone();
-        self.inner
+        let entries = self
+            .inner
             .store
             .read(move |tx| records::read_entries(tx, &id, 1, usize::MAX))
-            .await
+            .await?;
+        Ok(apply_jumps(entries))
     }
 
     /// Calls `function` on the active instance.
@@ -798,6 +1034,9 @@ impl Actor {
         let shared = self.shared.clone();
         let interrupted = shared.interrupt.notified();
         tokio::pin!(interrupted);
+        // Requests left by an earlier call's instance are void.
+        while self.suspend_rx.try_recv().is_ok() {}
+        let mut suspended = None;
         let outcome = {
             let call = tokio::time::timeout(
                 deadline,
@@ -823,6 +1062,10 @@ impl Actor {
                             Some(reply) = self.checkpoint_rx.recv() => {
                                 start.commit(&active.durability, Some(reply)).await;
                             }
+                            Some(wake) = self.suspend_rx.recv() => {
+                                suspended = Some(wake);
+                                break None;
+                            }
                         }
                     };
                     shared.running.store(false, Ordering::Release);
@@ -843,6 +1086,12 @@ impl Actor {
             .map(str::to_string);
         if let Some(message) = diverged {
             return failed(FailureKind::Divergence, message);
+        }
+        if let Some(wake) = suspended {
+            return Ran::Suspended {
+                wake,
+                fuel_consumed,
+            };
         }
         let Some(outcome) = outcome else {
             return failed(
@@ -927,6 +1176,15 @@ impl Actor {
                 Some((delay, &start)),
             )
             .await;
+        if let Ran::Suspended {
+            wake,
+            fuel_consumed,
+        } = ran
+        {
+            self.park(&invocation.idempotency_key, active, wake, fuel_consumed)
+                .await;
+            return;
+        }
         let ran = limit_result(ran);
         let failed = matches!(ran, Ran::Failed { .. });
         self.active = Some(active);
@@ -971,7 +1229,17 @@ impl Actor {
                 std::mem::take(&mut d.http_request_bytes),
                 std::mem::take(&mut d.http_response_bytes),
             );
+            let ran = match ran {
+                // Suspensions are parked, never recorded as outcomes.
+                Ran::Suspended { fuel_consumed, .. } => Ran::Failed {
+                    kind: FailureKind::Trap,
+                    message: "the invocation suspended where it could not".into(),
+                    fuel_consumed,
+                },
+                other => other,
+            };
             let (entry, outcome): (OplogEntry, Outcome) = match ran {
+                Ran::Suspended { .. } => return notify_rx,
                 Ran::Completed {
                     results,
                     fuel_consumed,
@@ -1051,6 +1319,9 @@ impl Actor {
         };
         if invocation.enqueued {
             clears.push(records::pending_key(&self.id, &invocation.idempotency_key));
+        }
+        if let Some(at) = self.wake_set.take() {
+            clears.push(crate::suspend::wake_key(at, &self.id));
         }
         // Usage is metered in the transaction that commits the work: never twice, never lost.
         let mut adds = match (&outcome, call_usage) {
@@ -1334,15 +1605,53 @@ fn side_entries(
             OplogEntry::ImportedFunctionInvoked { .. }
             | OplogEntry::Log { .. }
             | OplogEntry::BeginRemoteWrite { .. }
-            | OplogEntry::EndRemoteWrite { .. } => {
+            | OplogEntry::EndRemoteWrite { .. }
+            | OplogEntry::BeginAtomicRegion
+            | OplogEntry::EndAtomicRegion { .. } => {
                 side.push((*index, entry.clone()));
             }
-            OplogEntry::Suspended { .. } | OplogEntry::Interrupted { .. } => {}
+            OplogEntry::Suspended { .. }
+            | OplogEntry::Interrupted { .. }
+            | OplogEntry::Jump { .. } => {}
             _ => break,
         }
         *pos += 1;
     }
     side
+}
+
+/// The oplog as replay sees it: without the entries a `Jump` skips (and the jumps).
+fn apply_jumps(entries: Vec<(OplogIndex, OplogEntry)>) -> Vec<(OplogIndex, OplogEntry)> {
+    let jumps: Vec<(OplogIndex, OplogIndex)> = entries
+        .iter()
+        .filter_map(|(_, e)| match e {
+            OplogEntry::Jump { from, to } => Some((*from, *to)),
+            _ => None,
+        })
+        .collect();
+    if jumps.is_empty() {
+        return entries;
+    }
+    entries
+        .into_iter()
+        .filter(|(i, e)| {
+            !matches!(e, OplogEntry::Jump { .. })
+                && !jumps.iter().any(|(from, to)| (*from..=*to).contains(i))
+        })
+        .collect()
+}
+
+/// Where the outermost atomic region that began among `side` and did not end begins.
+fn unfinished_region(side: &[(OplogIndex, OplogEntry)]) -> Option<OplogIndex> {
+    let mut open: Vec<OplogIndex> = Vec::new();
+    for (index, entry) in side {
+        match entry {
+            OplogEntry::BeginAtomicRegion => open.push(*index),
+            OplogEntry::EndAtomicRegion { begin } => open.retain(|b| b != begin),
+            _ => {}
+        }
+    }
+    open.first().copied()
 }
 
 fn check_consumed(durability: &host::Shared, what: &str) -> Result<(), Error> {

@@ -155,6 +155,17 @@ impl From<ExecutorError> for Problem {
             E::ScheduleNotFound(_) => {
                 Problem::new(StatusCode::NOT_FOUND, "schedule_not_found", e.to_string())
             }
+            E::PromiseNotFound(_) => {
+                Problem::new(StatusCode::NOT_FOUND, "promise_not_found", e.to_string())
+            }
+            E::PromiseCompleted(_) => {
+                Problem::new(StatusCode::CONFLICT, "promise_completed", e.to_string())
+            }
+            E::PromiseTooLarge { .. } => Problem::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "promise_too_large",
+                e.to_string(),
+            ),
             E::UnknownFunction { .. } => {
                 Problem::new(StatusCode::BAD_REQUEST, "unknown_function", e.to_string())
             }
@@ -931,4 +942,46 @@ pub(crate) async fn delete_schedule(
     let id = worker_id(caller.tenant(Scope::Invoke)?, component, worker)?;
     state.executor.delete_schedule(&id, &schedule).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct CompletePromise {
+    /// What the worker's `await-promise` returns, as JSON (`null` if absent).
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    data: serde_json::Value,
+}
+
+#[utoipa::path(post, path = "/v1/components/{component}/workers/{worker}/promises/{promise}/complete", tag = "invocations",
+    params(("component" = String, Path), ("worker" = String, Path), ("promise" = String, Path)),
+    request_body = CompletePromise,
+    responses((status = 200, description = "Completed (again with the same data: unchanged); a worker awaiting it goes on", body = invicta_executor::PromiseRecord)))]
+pub(crate) async fn complete_promise(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path((component, worker, promise)): Path<(String, String, String)>,
+    headers: HeaderMap,
+    bytes: Result<Bytes, BytesRejection>,
+) -> ApiResult<Json<invicta_executor::PromiseRecord>> {
+    let id = worker_id(caller.tenant(Scope::Invoke)?, component, worker)?;
+    let request: CompletePromise = json_body(&headers, &body(bytes)?)?;
+    Ok(Json(
+        state
+            .executor
+            .complete_promise(&id, &promise, request.data)
+            .await?,
+    ))
+}
+
+#[utoipa::path(get, path = "/v1/components/{component}/workers/{worker}/promises/{promise}", tag = "invocations",
+    params(("component" = String, Path), ("worker" = String, Path), ("promise" = String, Path)),
+    responses((status = 200, description = "The promise: when it was made, and its data once completed", body = invicta_executor::PromiseRecord)))]
+pub(crate) async fn get_promise(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path((component, worker, promise)): Path<(String, String, String)>,
+) -> ApiResult<Json<invicta_executor::PromiseRecord>> {
+    let id = worker_id(caller.tenant(Scope::Read)?, component, worker)?;
+    Ok(Json(state.executor.promise(&id, &promise).await?))
 }

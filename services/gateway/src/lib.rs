@@ -212,6 +212,14 @@ fn router(config: &Config, state: AppState) -> Router {
             post(api::resume_schedule),
         )
         .route(
+            "/v1/components/{component}/workers/{worker}/promises/{promise}",
+            get(api::get_promise),
+        )
+        .route(
+            "/v1/components/{component}/workers/{worker}/promises/{promise}/complete",
+            post(api::complete_promise).layer(json_limit),
+        )
+        .route(
             "/v1/components/{component}/workers/{worker}/invoke",
             post(api::invoke).layer(json_limit),
         )

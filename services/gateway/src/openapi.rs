@@ -275,6 +275,8 @@ pub(crate) struct Readiness {
         api::pause_schedule,
         api::resume_schedule,
         api::delete_schedule,
+        api::get_promise,
+        api::complete_promise,
         admin::create_key,
         admin::list_keys,
         admin::revoke_key,

@@ -127,6 +127,11 @@ pub enum OplogEntry {
     },
     /// Replay skips the entries from `from` to `to`, both included.
     Jump { from: OplogIndex, to: OplogIndex },
+    /// The guest began an atomic region: if the worker stops inside it, recovery discards
+    /// what the region recorded and runs all of it again.
+    BeginAtomicRegion,
+    /// The atomic region that began at `begin` ended.
+    EndAtomicRegion { begin: OplogIndex },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -174,6 +179,8 @@ impl OplogEntry {
             OplogEntry::EndRemoteWrite { .. } => "end_remote_write",
             OplogEntry::Snapshot { .. } => "snapshot",
             OplogEntry::Jump { .. } => "jump",
+            OplogEntry::BeginAtomicRegion => "begin_atomic_region",
+            OplogEntry::EndAtomicRegion { .. } => "end_atomic_region",
         }
     }
 
@@ -249,6 +256,8 @@ impl OplogEntry {
                 sha256,
             } => json!({ "blob_key": blob_key, "size": size, "sha256": sha256 }),
             OplogEntry::Jump { from, to } => json!({ "from": from, "to": to }),
+            OplogEntry::BeginAtomicRegion => json!({}),
+            OplogEntry::EndAtomicRegion { begin } => json!({ "begin": begin }),
         };
         if let Some(map) = body.as_object_mut() {
             map.insert("index".into(), json!(index));
@@ -299,6 +308,8 @@ mod tests {
                 bytes: b"hello\n".to_vec(),
             },
             OplogEntry::Jump { from: 4, to: 9 },
+            OplogEntry::BeginAtomicRegion,
+            OplogEntry::EndAtomicRegion { begin: 3 },
         ]
     }
 

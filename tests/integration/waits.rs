@@ -1,0 +1,233 @@
+//! Durable waits: a long sleep and an awaited promise suspend the worker (its instance
+//! dropped) and survive a SIGKILL; an atomic region cut off by a crash runs again whole.
+
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use invicta_tests::{Api, Server, component};
+use serde_json::{Value, json};
+
+use crate::INVICTA;
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// A config with waits over 200 ms suspending the worker, and loopback reachable.
+fn config(dir: &std::path::Path) -> anyhow::Result<String> {
+    let path = dir.join("invicta.toml");
+    std::fs::write(
+        &path,
+        "[executor]\nsuspend_wait_ms = 200\n\n[executor.http]\nallow_private_hosts = [\"127.0.0.1\"]\n",
+    )?;
+    Ok(path.to_string_lossy().into_owned())
+}
+
+async fn oplog_kinds(api: &Api, worker: &str) -> anyhow::Result<Vec<String>> {
+    let oplog = api
+        .get(&format!("/v1/components/waiter/workers/{worker}/oplog"))
+        .await?;
+    anyhow::ensure!(oplog.status == 200, "{oplog:?}");
+    Ok(oplog.body["entries"]
+        .as_array()
+        .map(|es| {
+            es.iter()
+                .filter_map(|e| e["kind"].as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default())
+}
+
+async fn enqueue(
+    api: &Api,
+    worker: &str,
+    function: &str,
+    params: Value,
+    key: &str,
+) -> anyhow::Result<()> {
+    let accepted = api
+        .post_json(
+            &format!("/v1/components/waiter/workers/{worker}/enqueue"),
+            &json!({ "function": function, "params": params }),
+            Some(key),
+        )
+        .await?;
+    anyhow::ensure!(accepted.status == 202, "{accepted:?}");
+    Ok(())
+}
+
+async fn outcome(api: &Api, worker: &str, key: &str) -> anyhow::Result<Value> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let status = api
+            .get(&format!(
+                "/v1/components/waiter/workers/{worker}/invocations/{key}?wait_ms=5000"
+            ))
+            .await?;
+        if status.body["status"] == "completed" || status.body["status"] == "failed" {
+            return Ok(status.body);
+        }
+        anyhow::ensure!(Instant::now() < deadline, "{key} never ended: {status:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn status_of(api: &Api, worker: &str, key: &str) -> anyhow::Result<Value> {
+    Ok(api
+        .get(&format!(
+            "/v1/components/waiter/workers/{worker}/invocations/{key}"
+        ))
+        .await?
+        .body)
+}
+
+#[tokio::test]
+async fn a_long_sleep_suspends_the_worker_and_outlives_a_crash() -> anyhow::Result<()> {
+    let data = tempfile::tempdir()?;
+    let config = config(data.path())?;
+    let dir = data.path().join("data");
+    let server = Server::start_with(INVICTA.as_ref(), &dir, &["--config", &config])?;
+    let api = server.operator().new_tenant("sleepers", "pro").await?;
+    api.upload("waiter", component("waiter")).await?;
+
+    // A short wait just waits.
+    let short = api.call("waiter", "w", "nap", json!([50])).await?;
+    assert!(short.as_u64().is_some_and(|ms| ms >= 50), "{short}");
+    assert!(
+        !oplog_kinds(&api, "w")
+            .await?
+            .contains(&"suspended".to_string())
+    );
+
+    // A long one suspends the worker; what comes after it waits its turn.
+    let started = now_ms();
+    enqueue(&api, "w", "nap", json!([2_500]), "long-nap").await?;
+    enqueue(&api, "w", "bump", json!([]), "after-nap").await?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !oplog_kinds(&api, "w")
+        .await?
+        .contains(&"suspended".to_string())
+    {
+        anyhow::ensure!(Instant::now() < deadline, "the worker never suspended");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let worker = api.get("/v1/components/waiter/workers/w").await?;
+    assert_eq!(worker.body["status"], "suspended", "{worker:?}");
+    assert_eq!(status_of(&api, "w", "long-nap").await?["status"], "pending");
+    assert_eq!(
+        status_of(&api, "w", "after-nap").await?["status"],
+        "pending"
+    );
+
+    // SIGKILL while it sleeps: the scheduler of the new process wakes it when due.
+    server.kill()?;
+    let server = Server::start_with(INVICTA.as_ref(), &dir, &["--config", &config])?;
+    let api = api.at(&server.url);
+    let nap = outcome(&api, "w", "long-nap").await?;
+    let woke = now_ms();
+    assert_eq!(nap["status"], "completed", "{nap}");
+    let slept = nap["result"].as_u64().unwrap_or_default();
+    assert!(slept >= 2_500, "the guest slept {slept} ms");
+    assert!(woke >= started + 2_500, "it ended before its deadline");
+    let bump = outcome(&api, "w", "after-nap").await?;
+    assert_eq!(bump["result"], json!(1), "{bump}");
+    // And the worker's history replays: the nap's deadline is in the past now.
+    let server = {
+        server.kill()?;
+        Server::start_with(INVICTA.as_ref(), &dir, &["--config", &config])?
+    };
+    let api = api.at(&server.url);
+    assert_eq!(api.call("waiter", "w", "bump", json!([])).await?, json!(2));
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_awaited_promise_suspends_the_worker_until_completed() -> anyhow::Result<()> {
+    let data = tempfile::tempdir()?;
+    let config = config(data.path())?;
+    let dir = data.path().join("data");
+    let server = Server::start_with(INVICTA.as_ref(), &dir, &["--config", &config])?;
+    let api = server.operator().new_tenant("promisers", "pro").await?;
+    api.upload("waiter", component("waiter")).await?;
+
+    let id = api.call("waiter", "p", "make-promise", json!([])).await?;
+    let id = id.as_str().unwrap_or_default().to_string();
+    assert!(!id.is_empty());
+    let path = format!("/v1/components/waiter/workers/p/promises/{id}");
+    let promise = api.get(&path).await?;
+    assert_eq!(promise.status, 200, "{promise:?}");
+    assert_eq!(promise.body["completed"], Value::Null);
+
+    enqueue(&api, "p", "wait-for", json!([id]), "awaiting").await?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !oplog_kinds(&api, "p")
+        .await?
+        .contains(&"suspended".to_string())
+    {
+        anyhow::ensure!(Instant::now() < deadline, "the worker never suspended");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(status_of(&api, "p", "awaiting").await?["status"], "pending");
+
+    // A crash while it waits, then the completion.
+    server.kill()?;
+    let server = Server::start_with(INVICTA.as_ref(), &dir, &["--config", &config])?;
+    let api = api.at(&server.url);
+    assert_eq!(status_of(&api, "p", "awaiting").await?["status"], "pending");
+    let data = json!({ "approved": true, "by": "ops" });
+    let completed = api
+        .post_json(&format!("{path}/complete"), &json!({ "data": data }), None)
+        .await?;
+    assert_eq!(completed.status, 200, "{completed:?}");
+    let awaited = outcome(&api, "p", "awaiting").await?;
+    assert_eq!(awaited["status"], "completed", "{awaited}");
+    let text = awaited["result"]["ok"].as_str().unwrap_or_default();
+    assert_eq!(serde_json::from_str::<Value>(text)?, data);
+
+    // Completing again: the same data changes nothing, other data is refused.
+    let again = api
+        .post_json(&format!("{path}/complete"), &json!({ "data": data }), None)
+        .await?;
+    assert_eq!(again.status, 200, "{again:?}");
+    let other = api
+        .post_json(&format!("{path}/complete"), &json!({ "data": 1 }), None)
+        .await?;
+    assert_eq!(
+        (other.status, other.code()),
+        (409, "promise_completed"),
+        "{other:?}"
+    );
+    let unknown = api
+        .post_json(
+            "/v1/components/waiter/workers/p/promises/nope/complete",
+            &json!({ "data": 1 }),
+            None,
+        )
+        .await?;
+    assert_eq!((unknown.status, unknown.code()), (404, "promise_not_found"));
+    let bad = api
+        .post_json(
+            &format!("{path}/complete"),
+            &json!({ "data": 1, "extra": 2 }),
+            None,
+        )
+        .await?;
+    assert_eq!(bad.status, 400, "{bad:?}");
+    // Awaiting a promise the worker does not have is the guest's error, not a hang.
+    let missing = api.call("waiter", "p", "wait-for", json!(["nope"])).await?;
+    assert!(
+        missing["err"]
+            .as_str()
+            .is_some_and(|e| e.contains("no promise")),
+        "{missing}"
+    );
+    // Another tenant cannot complete it.
+    let other_tenant = server.operator().new_tenant("strangers", "pro").await?;
+    let foreign = other_tenant
+        .post_json(&format!("{path}/complete"), &json!({ "data": 2 }), None)
+        .await?;
+    assert_eq!(foreign.status, 404, "{foreign:?}");
+    Ok(())
+}
