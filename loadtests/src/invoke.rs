@@ -56,6 +56,8 @@ struct Counts {
     burns: usize,
     /// Outgoing HTTP calls, durable and not.
     http: usize,
+    /// Workers asleep at once.
+    sleepers: usize,
 }
 
 impl Counts {
@@ -72,6 +74,7 @@ impl Counts {
                 replay_invocations: 5_000,
                 burns: 5,
                 http: 50,
+                sleepers: 100,
             }
         } else {
             Counts {
@@ -85,6 +88,7 @@ impl Counts {
                 replay_invocations: 50_000,
                 burns: 30,
                 http: 500,
+                sleepers: 1_000,
             }
         }
     }
@@ -156,7 +160,17 @@ struct Figures {
     fetch: Summary,
     /// An invocation whose worker calls `add(1)` on another worker of the same executor.
     worker_call: Summary,
+    sleep: Sleep,
     notes: Vec<String>,
+}
+
+/// Workers that sleep at once, suspended until their deadline.
+struct Sleep {
+    /// How late each woke, past its deadline (by the guest's durable wall clock).
+    lateness: Summary,
+    worst: Duration,
+    /// Workers holding an instance, sampled while all slept.
+    active_while_asleep: Option<u64>,
 }
 
 /// The burner timed in process.
@@ -192,11 +206,12 @@ async fn run_async(args: &Args) -> anyhow::Result<()> {
             )
         })
     };
-    let (counter, burner, fetcher, caller) = (
+    let (counter, burner, fetcher, caller, waiter) = (
         read("counter")?,
         read("burner")?,
         read("fetcher")?,
         read("caller")?,
+        read("waiter")?,
     );
     let root = match &args.dir {
         Some(d) => tempfile::tempdir_in(d)?,
@@ -368,6 +383,14 @@ async fn run_async(args: &Args) -> anyhow::Result<()> {
             counts.resumed
         ));
     }
+    // Sleepers: every worker waits past the suspension threshold at once.
+    progress(&format!(
+        "server 4: {} workers sleeping {} s at once",
+        counts.sleepers,
+        NAP.as_secs()
+    ));
+    api.upload("waiter", &waiter).await?;
+    let sleep = sleepers(&api, counts.sleepers, NAP).await?;
     server.kill()?;
 
     // No server runs now: the burner in process, without and with metering.
@@ -461,6 +484,7 @@ async fn run_async(args: &Args) -> anyhow::Result<()> {
         raw_get,
         fetch,
         worker_call,
+        sleep,
         notes,
     };
     print(&figures, &counts, args, &binary)?;
@@ -699,6 +723,85 @@ async fn worker_calls(api: &Api, n: usize) -> anyhow::Result<Summary> {
         }
     }
     Ok(Summary::of(&mut samples, start.elapsed()))
+}
+
+/// How long each sleeper sleeps: longer than it takes to put them all to sleep.
+const NAP: Duration = Duration::from_secs(5);
+
+/// `n` workers each sleep `nap` in one enqueued invocation, all at once; how late each woke.
+async fn sleepers(api: &Api, n: usize, nap: Duration) -> anyhow::Result<Sleep> {
+    let nap_ms = u64::try_from(nap.as_millis())?;
+    let body = json!({ "function": "nap", "params": [nap_ms] }).to_string();
+    let started = Instant::now();
+    for i in 0..n {
+        let response = api
+            .http
+            .post(format!(
+                "{}/v1/components/waiter/workers/sleeper-{i}/enqueue",
+                api.base
+            ))
+            .bearer_auth(&api.key)
+            .header(CONTENT_TYPE, "application/json")
+            .header("Idempotency-Key", "nap")
+            .body(body.clone())
+            .send()
+            .await?;
+        expect(response, &[202]).await?;
+    }
+    // Halfway through the nap of the last one, every worker should be asleep without an instance.
+    let asleep_at = started.elapsed() + nap / 2;
+    let mut active_while_asleep = None;
+    if asleep_at < nap {
+        tokio::time::sleep(nap / 2).await;
+        let metrics = api
+            .http
+            .get(format!("{}/metrics", api.base))
+            .send()
+            .await?
+            .text()
+            .await?;
+        active_while_asleep = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("invicta_active_workers "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .map(|v| v as u64);
+    }
+    let mut tasks = tokio::task::JoinSet::new();
+    let gate = Arc::new(tokio::sync::Semaphore::new(32));
+    for i in 0..n {
+        let (api, gate) = (api.clone(), gate.clone());
+        tasks.spawn(async move {
+            let _permit = gate.acquire_owned().await?;
+            let url = format!(
+                "{}/v1/components/waiter/workers/sleeper-{i}/invocations/nap?wait_ms=20000",
+                api.base
+            );
+            let deadline = Instant::now() + FIRST_CALL_MAX;
+            loop {
+                let response = api.http.get(&url).bearer_auth(&api.key).send().await?;
+                let status = expect(response, &[200]).await?;
+                match status["status"].as_str() {
+                    Some("completed") => {
+                        let slept = status["result"].as_u64().context("nap's result")?;
+                        return anyhow::Ok(Duration::from_millis(slept.saturating_sub(nap_ms)));
+                    }
+                    Some("pending") if Instant::now() < deadline => {}
+                    _ => bail!("sleeper-{i}: {status}"),
+                }
+            }
+        });
+    }
+    let mut samples = Vec::with_capacity(n);
+    while let Some(late) = tasks.join_next().await {
+        samples.push(late??);
+    }
+    let worst = samples.iter().max().copied().unwrap_or_default();
+    let total = started.elapsed();
+    Ok(Sleep {
+        lateness: Summary::of(&mut samples, total),
+        worst,
+        active_while_asleep,
+    })
 }
 
 /// `n` new workers, each created and invoked once, one after the other.
@@ -1079,6 +1182,14 @@ fn print(f: &Figures, counts: &Counts, args: &Args, binary: &Path) -> anyhow::Re
         p50: duration(call_cost),
         ..Row::default()
     });
+    rows.push(Row {
+        limit: format!("deadline, nap {} s", NAP.as_secs()),
+        rate: String::new(),
+        ..latency_row(
+            format!("sleep wake lateness, {} sleepers", counts.sleepers),
+            &f.sleep.lateness,
+        )
+    });
     for b in &f.in_process {
         let name = if b.spawned {
             format!("burn in process, {}", b.metering.label())
@@ -1150,6 +1261,16 @@ fn print(f: &Figures, counts: &Counts, args: &Args, binary: &Path) -> anyhow::Re
         f.burn_fuel as f64 / iterations.max(1) as f64,
         f.suspended,
         counts.resumed
+    )?;
+    writeln!(
+        out,
+        "{} sleepers: latest wake {} past its deadline; workers holding an instance while all slept: {}",
+        counts.sleepers,
+        duration(f.sleep.worst),
+        f.sleep.active_while_asleep.map_or(
+            "not sampled (putting them to sleep took over half the nap)".into(),
+            |n| n.to_string()
+        )
     )?;
     writeln!(
         out,

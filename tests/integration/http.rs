@@ -44,11 +44,18 @@ async fn effect(State(seen): State<Seen>, headers: HeaderMap) -> String {
     format!("key={key} seen={n}")
 }
 
+/// A large body: 200,000 bytes of `x`, then what `effect` says.
+async fn big(state: State<Seen>, headers: HeaderMap) -> String {
+    let tail = effect(state, headers).await;
+    format!("{}{tail}", "x".repeat(200_000))
+}
+
 /// A loopback server counting requests; its URL.
 async fn remote() -> anyhow::Result<(String, Seen)> {
     let seen = Seen::default();
     let app = axum::Router::new()
         .route("/effect", axum::routing::get(effect).post(effect))
+        .route("/big", axum::routing::get(big))
         .with_state(seen.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let url = format!("http://{}/effect", listener.local_addr()?);
@@ -288,5 +295,57 @@ async fn an_atomic_region_cut_off_by_a_crash_runs_again_whole() -> anyhow::Resul
     let api = api.at(&server.url);
     assert_eq!(api.call("waiter", "r", "bump", json!([])).await?, json!(1));
     assert_eq!(seen.total(), 2, "replay sent nothing");
+    Ok(())
+}
+
+#[tokio::test]
+async fn large_response_bodies_are_kept_in_the_blob_store_and_replayed_from_it()
+-> anyhow::Result<()> {
+    let (url, seen) = remote().await?;
+    let big_url = url.replace("/effect", "/big");
+    let data = tempfile::tempdir()?;
+    let config = config(data.path())?;
+    let dir = data.path().join("data");
+    let server = Server::start_with(INVICTA.as_ref(), &dir, &["--config", &config])?;
+    let api = server.operator().new_tenant("bulky", "pro").await?;
+    api.upload("fetcher", component("fetcher")).await?;
+    let first = api.call("fetcher", "b", "fetch", json!([big_url])).await?;
+    let body = first["ok"].as_str().unwrap_or_default().to_string();
+    assert!(
+        body.starts_with("200 xxxx") && body.ends_with("seen=1"),
+        "{}",
+        &body[..40.min(body.len())]
+    );
+    assert!(body.len() > 200_000);
+
+    // The oplog holds a reference, not the body; the body is a blob.
+    let oplog = api.get("/v1/components/fetcher/workers/b/oplog").await?;
+    let responses: Vec<&serde_json::Value> = oplog.body["entries"]
+        .as_array()
+        .map(|es| {
+            es.iter()
+                .filter(|e| {
+                    e["kind"] == "imported_function_invoked"
+                        && e["host_function"] == "wasi:http/outgoing-handler.handle"
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    assert_eq!(responses.len(), 1, "{oplog:?}");
+    let blob = &responses[0]["response"]["ok"]["body_blob"];
+    let size = blob["size"].as_u64().unwrap_or_default();
+    assert!(size > 200_000, "{blob}");
+    assert!(responses[0]["response"]["ok"].get("body").is_none());
+    let key = blob["key"].as_str().unwrap_or_default();
+    assert!(key.starts_with("http-bodies/"), "{key}");
+    let stored = std::fs::metadata(dir.join("blobs").join(key))?;
+    assert_eq!(stored.len(), size);
+
+    // After a crash the worker replays the response from the blob store, sending nothing.
+    server.kill()?;
+    let server = Server::start_with(INVICTA.as_ref(), &dir, &["--config", &config])?;
+    let api = api.at(&server.url);
+    let second = api.call("fetcher", "b", "fetch", json!([url])).await?;
+    assert_eq!(seen.total(), 2, "one request each, none replayed: {second}");
     Ok(())
 }

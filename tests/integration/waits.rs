@@ -223,6 +223,29 @@ async fn an_awaited_promise_suspends_the_worker_until_completed() -> anyhow::Res
             .is_some_and(|e| e.contains("no promise")),
         "{missing}"
     );
+    // A wait that will never end can be interrupted; the worker goes on.
+    let second = api.call("waiter", "p", "make-promise", json!([])).await?;
+    enqueue(&api, "p", "wait-for", json!([second]), "forever").await?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let interrupted = api
+            .post_json(
+                "/v1/components/waiter/workers/p/interrupt",
+                &json!({}),
+                None,
+            )
+            .await?;
+        if interrupted.body["interrupted"] == json!(true) {
+            break;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "never waiting: {interrupted:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let stopped = outcome(&api, "p", "forever").await?;
+    assert_eq!(stopped["status"], "failed", "{stopped}");
+    assert_eq!(stopped["error"]["code"], "interrupted", "{stopped}");
+    assert_eq!(api.call("waiter", "p", "bump", json!([])).await?, json!(1));
+
     // Another tenant cannot complete it.
     let other_tenant = server.operator().new_tenant("strangers", "pro").await?;
     let foreign = other_tenant

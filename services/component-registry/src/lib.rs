@@ -226,6 +226,11 @@ impl Registry {
         }
     }
 
+    /// The blob store it keeps components in, which the executors share.
+    pub fn blobs(&self) -> &BlobStore {
+        &self.inner.blobs
+    }
+
     pub fn config(&self) -> &Config {
         &self.inner.config
     }

@@ -41,6 +41,9 @@ pub struct HttpConfig {
     pub timeout_ms: u64,
     /// The largest response body recorded (default 1 MiB); a larger one fails the request.
     pub response_bytes_max: usize,
+    /// Response bodies larger than this (default 64 KiB) are kept in the blob store, and the
+    /// oplog records their reference.
+    pub inline_body_bytes_max: usize,
 }
 
 impl Default for HttpConfig {
@@ -49,6 +52,7 @@ impl Default for HttpConfig {
             allow_private_hosts: Vec::new(),
             timeout_ms: 30_000,
             response_bytes_max: 1024 * 1024,
+            inline_body_bytes_max: 64 * 1024,
         }
     }
 }
@@ -71,6 +75,16 @@ pub(crate) struct DurableHttp {
     pub egress: Arc<Mutex<Egress>>,
     /// The worker, for idempotency keys.
     pub worker: invicta_model::WorkerId,
+    /// Where large response bodies are kept.
+    pub blobs: invicta_blob::BlobStore,
+}
+
+/// Where the worker's large response bodies are kept in the blob store: one prefix per worker
+/// (named by a hash, as worker names may hold characters blob keys may not).
+pub(crate) fn bodies_prefix(worker: &invicta_model::WorkerId) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(worker.to_string().as_bytes());
+    format!("http-bodies/{}", hex::encode(&digest[..16]))
 }
 
 type SendFuture = Box<
@@ -104,10 +118,20 @@ fn outcome_value(outcome: &Result<Recorded, String>) -> Value {
                         .collect(),
                 ),
             ),
-            (
-                "body".into(),
-                Value::List(r.body.iter().copied().map(Value::U8).collect()),
-            ),
+            match &r.blob {
+                None => (
+                    "body".into(),
+                    Value::List(r.body.iter().copied().map(Value::U8).collect()),
+                ),
+                Some(blob) => (
+                    "body_blob".into(),
+                    Value::Record(vec![
+                        ("key".into(), Value::String(blob.key.clone())),
+                        ("size".into(), Value::U64(blob.size)),
+                        ("sha256".into(), Value::String(blob.sha256.clone())),
+                    ]),
+                ),
+            },
         ]))))),
         Err(e) => Value::Result(Err(Some(Box::new(Value::String(e.clone()))))),
     }
@@ -150,10 +174,29 @@ pub(crate) fn outcome_from(value: &Value) -> Option<Result<Recorded, String>> {
                     .collect::<Option<Vec<_>>>()?,
                 _ => return None,
             };
+            if let Some(Value::Record(blob)) = field("body_blob") {
+                let part = |name: &str| blob.iter().find(|(n, _)| n == name).map(|(_, v)| v);
+                let (Some(Value::String(key)), Some(Value::U64(size)), Some(Value::String(sha256))) =
+                    (part("key"), part("size"), part("sha256"))
+                else {
+                    return None;
+                };
+                return Some(Ok(Recorded {
+                    status,
+                    headers,
+                    body: Vec::new(),
+                    blob: Some(invicta_blob::BlobRef {
+                        key: key.clone(),
+                        size: *size,
+                        sha256: sha256.clone(),
+                    }),
+                }));
+            }
             Some(Ok(Recorded {
                 status,
                 headers,
                 body: bytes_of(field("body")?)?,
+                blob: None,
             }))
         }
         Value::Result(Err(Some(e))) => match e.as_ref() {
@@ -164,12 +207,46 @@ pub(crate) fn outcome_from(value: &Value) -> Option<Result<Recorded, String>> {
     }
 }
 
-/// A response as recorded: whole.
+/// A response as recorded: whole, its body inline or in the blob store.
 #[derive(Debug, Clone)]
 pub(crate) struct Recorded {
     status: u16,
     headers: Vec<(String, Vec<u8>)>,
+    /// The body, unless it is in the blob store.
     body: Vec<u8>,
+    blob: Option<invicta_blob::BlobRef>,
+}
+
+impl Recorded {
+    /// Moves a large body to the blob store; the record keeps its reference.
+    async fn keep_body(
+        &mut self,
+        blobs: &invicta_blob::BlobStore,
+        prefix: &str,
+        inline_max: usize,
+    ) -> Result<(), String> {
+        if self.body.len() <= inline_max {
+            return Ok(());
+        }
+        let blob = blobs
+            .put_bytes(prefix, &self.body)
+            .await
+            .map_err(|e| format!("the response body could not be stored: {e}"))?;
+        self.blob = Some(blob);
+        Ok(())
+    }
+
+    /// Brings a body kept in the blob store back.
+    async fn load_body(mut self, blobs: &invicta_blob::BlobStore) -> Result<Recorded, String> {
+        if let Some(blob) = self.blob.take() {
+            self.body = blobs
+                .get_verified(&blob)
+                .await
+                .map_err(|e| format!("the recorded response body is unreadable: {e}"))?
+                .to_vec();
+        }
+        Ok(self)
+    }
 }
 
 type Sent = (
@@ -196,8 +273,23 @@ fn response_of(outcome: Result<Recorded, String>) -> Result<Sent, HttpError> {
     ))
 }
 
-fn respond(outcome: Result<Recorded, String>) -> SendFuture {
-    Box::new(async move { response_of(outcome) })
+fn respond(
+    outcome: Result<Recorded, String>,
+    blobs: invicta_blob::BlobStore,
+    durability: Shared,
+) -> SendFuture {
+    Box::new(async move {
+        match outcome {
+            Ok(recorded) => match recorded.load_body(&blobs).await {
+                Ok(recorded) => response_of(Ok(recorded)),
+                // A recorded body that is gone cannot be replayed faithfully: the worker fails.
+                Err(message) => Err(HttpError::InternalError(Some(
+                    host::lock(&durability).diverge(message),
+                ))),
+            },
+            Err(e) => response_of(Err(e)),
+        }
+    })
 }
 
 /// The guest-facing error of a recorded failure.
@@ -239,7 +331,7 @@ impl WasiHttpHooks for DurableHttp {
                 tokio::spawn(async move {
                     let _ = request.into_body().collect().await;
                 });
-                return respond(outcome);
+                return respond(outcome, self.blobs.clone(), self.durability.clone());
             }
             Ok(Some(Replayed::Unfinished { begin, key })) => (begin, key, false),
             Ok(None) => {
@@ -256,6 +348,8 @@ impl WasiHttpHooks for DurableHttp {
         drop(d);
         let open = OpenRequest(self.durability.clone());
         let durability = self.durability.clone();
+        let blobs = self.blobs.clone();
+        let prefix = bodies_prefix(&self.worker);
         let checkpoints = self.checkpoints.clone();
         let egress = self
             .egress
@@ -274,7 +368,14 @@ impl WasiHttpHooks for DurableHttp {
                     )));
                 }
             }
-            let (outcome, received) = send(request, options, &key, &egress).await;
+            let (mut outcome, received) = send(request, options, &key, &egress).await;
+            if let Ok(recorded) = &mut outcome
+                && let Err(e) = recorded
+                    .keep_body(&blobs, &prefix, egress.config.inline_body_bytes_max)
+                    .await
+            {
+                outcome = Err(e);
+            }
             crate::failpoint("INVICTA_FAILPOINT_HTTP_SENT");
             {
                 let mut d = host::lock(&durability);
@@ -464,6 +565,7 @@ async fn exchange(
                 .map(|(k, v)| (k.as_str().to_string(), v.as_bytes().to_vec()))
                 .collect(),
             body: body.to_bytes().to_vec(),
+            blob: None,
         })
     };
     match tokio::time::timeout(limit, exchange).await {
@@ -527,15 +629,29 @@ mod tests {
             status: 201,
             headers: vec![("x-a".into(), b"1".to_vec())],
             body: b"hello".to_vec(),
+            blob: None,
         };
         let back = outcome_from(&outcome_value(&Ok(recorded.clone())));
         match back {
             Some(Ok(r)) => {
                 assert_eq!(
                     (r.status, r.headers, r.body),
-                    (201, recorded.headers, recorded.body)
+                    (201, recorded.headers.clone(), recorded.body.clone())
                 );
             }
+            other => panic!("{other:?}"),
+        }
+        let kept = Recorded {
+            body: Vec::new(),
+            blob: Some(invicta_blob::BlobRef {
+                key: "http-bodies/ab/cd".into(),
+                size: 70_000,
+                sha256: "ef".into(),
+            }),
+            ..recorded
+        };
+        match outcome_from(&outcome_value(&Ok(kept.clone()))) {
+            Some(Ok(r)) => assert_eq!((r.body, r.blob), (Vec::new(), kept.blob)),
             other => panic!("{other:?}"),
         }
         assert!(matches!(

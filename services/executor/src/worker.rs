@@ -98,6 +98,10 @@ struct Shared {
     running: AtomicBool,
     /// Wakes the running invocation to stop it.
     interrupt: Notify,
+    /// An invocation is suspended in a wait.
+    parked: AtomicBool,
+    /// A request to stop the invocation suspended in a wait.
+    interrupt_parked: AtomicBool,
     /// The worker is being deleted: queued invocations are refused.
     deleting: AtomicBool,
     /// Where its outgoing requests may go, as of its latest invocation.
@@ -150,8 +154,15 @@ impl WorkerHandle {
         let running = self.shared.running.load(Ordering::Acquire);
         if running {
             self.shared.interrupt.notify_waiters();
+            return true;
         }
-        running
+        // One suspended in a wait is stopped by its actor.
+        if self.shared.parked.load(Ordering::Acquire) {
+            self.shared.interrupt_parked.store(true, Ordering::Release);
+            let _ = self.tx.try_send(Command::Resume);
+            return true;
+        }
+        false
     }
 
     /// Refuses the invocations queued from now on and stops the running one.
@@ -238,6 +249,8 @@ pub(crate) fn spawn(
         poisoned: AtomicBool::new(false),
         running: AtomicBool::new(false),
         interrupt: Notify::new(),
+        parked: AtomicBool::new(false),
+        interrupt_parked: AtomicBool::new(false),
         deleting: AtomicBool::new(false),
         egress: Arc::new(Mutex::new(crate::http::Egress {
             config: inner.http_config.clone(),
@@ -353,7 +366,13 @@ impl Actor {
                         }
                     }
                 }
-                Command::Resume if self.parked.is_some() => self.unpark(false).await,
+                Command::Resume if self.parked.is_some() => {
+                    if self.shared.interrupt_parked.swap(false, Ordering::AcqRel) {
+                        self.interrupt_parked().await;
+                    } else {
+                        self.unpark(false).await;
+                    }
+                }
                 Command::Activate(reply) if self.parked.is_some() => {
                     let _ = reply.send(Ok(()));
                 }
@@ -403,6 +422,7 @@ impl Actor {
                     if result.is_ok() {
                         self.refuse_deferred(true);
                         if let Some(parked) = self.parked.take() {
+                            self.shared.parked.store(false, Ordering::Release);
                             self.finish(
                                 &parked.key,
                                 Err(Error::WorkerNotFound(self.id.to_string())),
@@ -482,11 +502,84 @@ impl Actor {
         let Some(parked) = self.parked.take() else {
             return;
         };
+        self.shared.parked.store(false, Ordering::Release);
         tracing::debug!(worker = %self.id, wake = ?parked.wake, "waking a suspended invocation");
         if let Err(e) = self.ensure_active().await {
             // Its waiters hear it; the invocation stays in the oplog for the next activation.
             self.finish(&parked.key, Err(e));
         }
+    }
+
+    /// Fails the invocation suspended in a wait with `interrupted`: its `Error` entry makes
+    /// replay skip it, as it skips any failed invocation.
+    async fn interrupt_parked(&mut self) {
+        let Some(parked) = self.parked.take() else {
+            return;
+        };
+        self.shared.parked.store(false, Ordering::Release);
+        let id = self.id.clone();
+        let last = match self
+            .inner
+            .store
+            .read(move |tx| records::last_index(tx, &id))
+            .await
+        {
+            Ok(last) => last,
+            Err(e) => {
+                tracing::warn!(worker = %self.id, error = %e, "interrupt a waiting invocation");
+                self.parked = Some(parked);
+                self.shared.parked.store(true, Ordering::Release);
+                return;
+            }
+        };
+        let index = last + 1;
+        let message = "the invocation was interrupted by a request while it waited".to_string();
+        let entry = OplogEntry::Error {
+            kind: FailureKind::Interrupted,
+            message: message.clone(),
+            fuel_consumed: 0,
+        };
+        let mut sets = records::entry_writes(&self.id, index, entry.encode());
+        let adds = vec![records::stored_add(&self.id, &sets)];
+        sets.push((
+            records::invocation_key(&self.id, &parked.key),
+            records::encode_json(&InvocationRecord {
+                outcome: StoredOutcome::Failed {
+                    kind: FailureKind::Interrupted,
+                    message: message.clone(),
+                },
+                oplog_index: index,
+            }),
+        ));
+        let mut clears = vec![
+            records::running_key(&self.id),
+            records::pending_key(&self.id, &parked.key),
+        ];
+        if let Some(at) = self.wake_set.take() {
+            clears.push(crate::suspend::wake_key(at, &self.id));
+        }
+        let (done, wait) = commit::done_channel();
+        self.inner
+            .committer
+            .submit(CommitRequest {
+                worker: self.id.clone(),
+                first_index: Some(index),
+                sets,
+                clears,
+                adds,
+                done,
+                span: tracing::Span::current(),
+            })
+            .await;
+        let outcome = match wait.await {
+            Ok(Ok(())) => Err(Error::InvocationFailed {
+                kind: FailureKind::Interrupted,
+                message,
+            }),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(Error::ShuttingDown),
+        };
+        self.finish(&parked.key, outcome);
     }
 
     /// Answers the invocations that waited behind a suspended one: the worker is gone, or
@@ -575,6 +668,7 @@ impl Actor {
                     key: key.to_string(),
                     wake,
                 });
+                self.shared.parked.store(true, Ordering::Release);
             }
             Ok(Err(e)) => {
                 tracing::warn!(worker = %self.id, error = %e, "record a suspension");
@@ -669,6 +763,15 @@ impl Actor {
                 Ok(())
             })
             .await?;
+        // Its large response bodies go too; one left behind costs space, not correctness.
+        let blobs = self.inner.registry.blobs();
+        if let Ok(kept) = blobs.list(&crate::http::bodies_prefix(&self.id)).await {
+            for blob in kept {
+                if let Err(e) = blobs.delete(&blob.key).await {
+                    tracing::warn!(worker = %self.id, key = %blob.key, error = %e, "delete a response body");
+                }
+            }
+        }
         tracing::info!(worker = %self.id, "worker deleted");
         Ok(())
     }
@@ -791,6 +894,7 @@ impl Actor {
                 checkpoints: self.checkpoint_tx.clone(),
                 egress: self.shared.egress.clone(),
                 worker: self.id.clone(),
+                blobs: self.inner.registry.blobs().clone(),
             },
             self.waits.clone(),
         );
