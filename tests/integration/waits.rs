@@ -100,6 +100,10 @@ async fn a_long_sleep_suspends_the_worker_and_outlives_a_crash() -> anyhow::Resu
             .await?
             .contains(&"suspended".to_string())
     );
+    // Of two deadlines polled at once, the first was ready; a replay, long after both, must
+    // see the same (checked after the restarts below).
+    let race = api.call("waiter", "w", "race", json!([20, 400])).await?;
+    assert_eq!(race, json!([0]));
 
     // A long one suspends the worker; what comes after it waits its turn.
     let started = now_ms();

@@ -11,6 +11,9 @@
 //! brings the invocation back to the same wait, now over, and it goes on live. Shorter waits
 //! just wait.
 
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use invicta_model::{Value, WorkerId};
@@ -23,6 +26,8 @@ use wasmtime_wasi::p2::{DynPollable, Pollable, subscribe};
 use crate::host::{self, WorkerCtx};
 
 const SUBSCRIBE_DURATION: &str = "wasi:clocks/monotonic-clock.subscribe-duration";
+const POLL: &str = "wasi:io/poll.poll";
+const READY: &str = "wasi:io/poll.pollable.ready";
 
 /// What a suspended worker waits for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,9 +44,59 @@ pub(crate) struct Waits {
     pub requests: mpsc::UnboundedSender<Wake>,
     /// Waits longer than this suspend the worker.
     pub threshold: Duration,
+    /// The deadlines being waited on now, by a token of their wait: of several polled at once,
+    /// the earliest decides.
+    awaited: Arc<Mutex<HashMap<u64, u64>>>,
+    tokens: Arc<AtomicU64>,
+}
+
+/// A deadline being waited on, until the wait ends or is dropped.
+struct Awaiting {
+    awaited: Arc<Mutex<HashMap<u64, u64>>>,
+    token: u64,
+}
+
+impl Drop for Awaiting {
+    fn drop(&mut self) {
+        self.awaited
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.token);
+    }
 }
 
 impl Waits {
+    pub(crate) fn new(requests: mpsc::UnboundedSender<Wake>, threshold: Duration) -> Waits {
+        Waits {
+            requests,
+            threshold,
+            awaited: Arc::default(),
+            tokens: Arc::default(),
+        }
+    }
+
+    fn awaiting(&self, at_ns: u64) -> Awaiting {
+        let token = self.tokens.fetch_add(1, Ordering::Relaxed);
+        self.awaited
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(token, at_ns);
+        Awaiting {
+            awaited: self.awaited.clone(),
+            token,
+        }
+    }
+
+    /// The earliest deadline being waited on.
+    fn earliest(&self) -> Option<u64> {
+        self.awaited
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .min()
+            .copied()
+    }
+
     /// Asks the actor to suspend the worker, then never returns: the actor drops the call.
     pub(crate) async fn suspend(&self, wake: Wake) {
         let _ = self.requests.send(wake);
@@ -79,15 +134,23 @@ impl Pollable for Deadline {
         if past {
             return;
         }
+        // Every deadline waited on is registered: of several polled at once, the earliest
+        // decides whether the worker is suspended.
+        let _awaiting = self.waits.awaiting(self.at_ns);
         let remaining = Duration::from_nanos(self.at_ns - now);
         if remaining > self.waits.threshold && !requests_open {
-            // A `ready` check polls once and must not suspend: only a wait gets this far.
+            // A `ready` check polls once and must not suspend: only a wait gets past this
+            // yield, and by then every deadline polled with this one is registered too.
             tokio::task::yield_now().await;
-            self.waits
-                .suspend(Wake::At(self.at_ns / 1_000_000 + 1))
-                .await;
+            let earliest = self.waits.earliest().unwrap_or(self.at_ns);
+            let left = Duration::from_nanos(earliest.saturating_sub(clock_ns()));
+            if earliest == self.at_ns && left > self.waits.threshold {
+                self.waits
+                    .suspend(Wake::At(self.at_ns / 1_000_000 + 1))
+                    .await;
+            }
         }
-        tokio::time::sleep(remaining).await;
+        tokio::time::sleep(Duration::from_nanos(self.at_ns.saturating_sub(clock_ns()))).await;
     }
 }
 
@@ -101,8 +164,75 @@ fn deadline(store: &mut WorkerCtx, at_ns: u64) -> wasmtime::Result<Resource<DynP
     subscribe(store.table(), resource)
 }
 
-/// Replaces the monotonic clock's `subscribe-*` with durable deadlines.
+/// The indices a recorded `poll` returned, checked against the pollables given this time.
+fn recorded_indices(value: &Value, given: usize) -> Option<Vec<u32>> {
+    let Value::List(items) = value else {
+        return None;
+    };
+    items
+        .iter()
+        .map(|v| match v {
+            Value::U32(i) if (*i as usize) < given => Some(*i),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Replaces the monotonic clock's `subscribe-*` with durable deadlines, and records which
+/// pollables `poll` and `ready` found ready: which of several things happened first is as
+/// non-deterministic as a clock, and a replay must see the same.
 pub(crate) fn add_to_linker(linker: &mut Linker<WorkerCtx>) -> wasmtime::Result<()> {
+    use wasmtime_wasi::p2::bindings::io::poll::{Host, HostPollable};
+    let mut io = linker.instance("wasi:io/poll@0.2.12")?;
+    io.func_wrap_async(
+        "poll",
+        |mut store, (pollables,): (Vec<Resource<DynPollable>>,)| {
+            Box::new(async move {
+                let durability = store.data().durability.clone();
+                let replayed = host::lock(&durability)
+                    .replayed(POLL)
+                    .map_err(wasmtime::Error::msg)?;
+                if let Some(recorded) = replayed {
+                    return match recorded_indices(&recorded, pollables.len()) {
+                        Some(ready) => Ok((ready,)),
+                        None => Err(wasmtime::Error::msg(host::lock(&durability).diverge(
+                            format!(
+                                "replay diverged: the oplog records another poll than the worker's {} pollables",
+                                pollables.len()
+                            ),
+                        ))),
+                    };
+                }
+                let ready = Host::poll(store.data_mut().table(), pollables).await?;
+                host::lock(&durability).record(
+                    POLL,
+                    Value::List(ready.iter().map(|i| Value::U32(*i)).collect()),
+                );
+                Ok((ready,))
+            })
+        },
+    )?;
+    io.func_wrap_async(
+        "[method]pollable.ready",
+        |mut store, (pollable,): (Resource<DynPollable>,)| {
+            Box::new(async move {
+                let durability = store.data().durability.clone();
+                let replayed = host::lock(&durability)
+                    .replayed(READY)
+                    .map_err(wasmtime::Error::msg)?;
+                if let Some(recorded) = replayed {
+                    return match recorded {
+                        Value::Bool(ready) => Ok((ready,)),
+                        _ => Err(wasmtime::Error::msg("a recorded readiness is not a bool")),
+                    };
+                }
+                let ready = HostPollable::ready(store.data_mut().table(), pollable).await?;
+                host::lock(&durability).record(READY, Value::Bool(ready));
+                Ok((ready,))
+            })
+        },
+    )?;
+
     let mut clock = linker.instance("wasi:clocks/monotonic-clock@0.2.12")?;
     clock.func_wrap("subscribe-instant", |mut store, (when,): (u64,)| {
         // The instant comes from the durable clock, so it is the same in a replay.

@@ -153,6 +153,8 @@ impl WorkerHandle {
     pub(crate) fn interrupt(&self) -> bool {
         let running = self.shared.running.load(Ordering::Acquire);
         if running {
+            // Also kept, for a call that suspends as the interrupt arrives.
+            self.shared.interrupt_parked.store(true, Ordering::Release);
             self.shared.interrupt.notify_waiters();
             return true;
         }
@@ -266,10 +268,10 @@ pub(crate) fn spawn(
     });
     let (checkpoint_tx, checkpoint_rx) = mpsc::unbounded_channel();
     let (suspend_tx, suspend_rx) = mpsc::unbounded_channel();
-    let waits = Waits {
-        requests: suspend_tx,
-        threshold: Duration::from_millis(inner.config.suspend_wait_ms),
-    };
+    let waits = Waits::new(
+        suspend_tx,
+        Duration::from_millis(inner.config.suspend_wait_ms),
+    );
     let handle_compiled = compiled.clone();
     let actor = Actor {
         inner,
@@ -669,6 +671,10 @@ impl Actor {
                     wake,
                 });
                 self.shared.parked.store(true, Ordering::Release);
+                // An interrupt that came as the call suspended stops it now.
+                if self.shared.interrupt_parked.swap(false, Ordering::AcqRel) {
+                    Box::pin(self.interrupt_parked()).await;
+                }
             }
             Ok(Err(e)) => {
                 tracing::warn!(worker = %self.id, error = %e, "record a suspension");
@@ -1151,6 +1157,7 @@ impl Actor {
                 None => Some(call.await),
                 Some((delay, start)) => {
                     interrupted.as_mut().enable();
+                    shared.interrupt_parked.store(false, Ordering::Release);
                     shared.running.store(true, Ordering::Release);
                     let timer = tokio::time::sleep(delay);
                     tokio::pin!(timer);

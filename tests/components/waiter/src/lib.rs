@@ -38,6 +38,13 @@ impl Guest for Component {
         api::await_promise(&id)
     }
 
+    fn race(first_ms: u64, second_ms: u64) -> Vec<u32> {
+        use wasi::clocks::monotonic_clock::subscribe_duration;
+        let first = subscribe_duration(first_ms * 1_000_000);
+        let second = subscribe_duration(second_ms * 1_000_000);
+        wasi::io::poll::poll(&[&first, &second])
+    }
+
     fn region_fetch(url: String) -> Result<String, String> {
         let region = api::begin_atomic_region();
         let response = waki::Client::new()
