@@ -125,7 +125,28 @@ async fn a_long_sleep_suspends_the_worker_and_outlives_a_crash() -> anyhow::Resu
         "pending"
     );
 
-    // SIGKILL while it sleeps: the scheduler of the new process wakes it when due.
+    // A key made before a sleep is the same key after the crash below.
+    enqueue(&api, "k", "keyed-nap", json!([1_500]), "keyed").await?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !oplog_kinds(&api, "k")
+        .await?
+        .contains(&"suspended".to_string())
+    {
+        anyhow::ensure!(Instant::now() < deadline, "the keyed nap never suspended");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let oplog = api.get("/v1/components/waiter/workers/k/oplog").await?;
+    let made = oplog.body["entries"]
+        .as_array()
+        .and_then(|es| {
+            es.iter()
+                .find(|e| e["host_function"] == "invicta:host/api.generate-idempotency-key")
+        })
+        .map(|e| e["response"].clone())
+        .unwrap_or_default();
+    assert!(made.as_str().is_some_and(|k| k.len() == 32), "{oplog:?}");
+
+    // SIGKILL while they sleep: the scheduler of the new process wakes them when due.
     server.kill()?;
     let server = Server::start_with(INVICTA.as_ref(), &dir, &["--config", &config])?;
     let api = api.at(&server.url);
@@ -137,6 +158,8 @@ async fn a_long_sleep_suspends_the_worker_and_outlives_a_crash() -> anyhow::Resu
     assert!(woke >= started + 2_500, "it ended before its deadline");
     let bump = outcome(&api, "w", "after-nap").await?;
     assert_eq!(bump["result"], json!(1), "{bump}");
+    let keyed = outcome(&api, "k", "keyed").await?;
+    assert_eq!(keyed["result"], made, "{keyed}");
     // And the worker's history replays: the nap's deadline is in the past now.
     let server = {
         server.kill()?;

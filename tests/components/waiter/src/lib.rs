@@ -26,6 +26,12 @@ impl Guest for Component {
         wall_ms().saturating_sub(before)
     }
 
+    fn keyed_nap(ms: u64) -> String {
+        let key = api::generate_idempotency_key();
+        std::thread::sleep(Duration::from_millis(ms));
+        key
+    }
+
     fn bump() -> u64 {
         BUMPS.fetch_add(1, Ordering::Relaxed) + 1
     }
