@@ -5,11 +5,24 @@ use std::time::Duration;
 use anyhow::Context;
 use serde_json::{Value, json};
 
+/// Where `make components` puts the guest components: found from the working directory (cargo
+/// runs tests in their package's directory, inside the checkout being tested), else where this
+/// crate was compiled — a shared target directory may hold a build from another checkout.
+fn components_dir() -> std::path::PathBuf {
+    if let Ok(cwd) = std::env::current_dir() {
+        for dir in cwd.ancestors() {
+            let candidate = dir.join("tests/components/wasm");
+            if candidate.is_dir() {
+                return candidate;
+            }
+        }
+    }
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("components/wasm")
+}
+
 /// The bytes of a guest component built by `make components`.
 pub fn component(name: &str) -> Vec<u8> {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("components/wasm")
-        .join(format!("{name}.wasm"));
+    let path = components_dir().join(format!("{name}.wasm"));
     match std::fs::read(&path) {
         Ok(bytes) => bytes,
         Err(e) => panic!(

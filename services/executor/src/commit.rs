@@ -19,6 +19,7 @@ use std::sync::Arc;
 
 use crate::Error;
 use crate::metrics::Metrics;
+use crate::placement::Fencing;
 use crate::records::oplog_key;
 
 /// Requests waiting for the committer; a full queue makes workers wait (back-pressure).
@@ -75,11 +76,15 @@ pub(crate) struct Committer {
 }
 
 impl Committer {
-    pub(crate) fn start(store: Store, metrics: Arc<Metrics>) -> Result<Committer, Error> {
+    pub(crate) fn start(
+        store: Store,
+        metrics: Arc<Metrics>,
+        fencing: Arc<Fencing>,
+    ) -> Result<Committer, Error> {
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
         std::thread::Builder::new()
             .name("oplog-committer".into())
-            .spawn(move || run(store, rx, &metrics))
+            .spawn(move || run(store, rx, &metrics, &fencing))
             .map_err(|e| Error::Engine(format!("start the committer thread: {e}")))?;
         Ok(Committer { tx })
     }
@@ -92,7 +97,12 @@ impl Committer {
     }
 }
 
-fn run(store: Store, mut rx: mpsc::Receiver<CommitRequest>, metrics: &Metrics) {
+fn run(
+    store: Store,
+    mut rx: mpsc::Receiver<CommitRequest>,
+    metrics: &Metrics,
+    fencing: &Arc<Fencing>,
+) {
     while let Some(first) = rx.blocking_recv() {
         let mut bytes = first.bytes();
         let mut batch = vec![first];
@@ -105,7 +115,7 @@ fn run(store: Store, mut rx: mpsc::Receiver<CommitRequest>, metrics: &Metrics) {
                 Err(_) => break,
             }
         }
-        commit_batch(&store, batch, metrics);
+        commit_batch(&store, batch, metrics, fencing);
     }
 }
 
@@ -118,7 +128,12 @@ struct Work {
     adds: Vec<(Vec<u8>, i64)>,
 }
 
-fn commit_batch(store: &Store, batch: Vec<CommitRequest>, metrics: &Metrics) {
+fn commit_batch(
+    store: &Store,
+    batch: Vec<CommitRequest>,
+    metrics: &Metrics,
+    fencing: &Arc<Fencing>,
+) {
     let started = std::time::Instant::now();
     let requests = batch.len();
     // One commit serves many invocations: it is part of the first one's trace, and follows
@@ -156,9 +171,11 @@ fn commit_batch(store: &Store, batch: Vec<CommitRequest>, metrics: &Metrics) {
             *sum = sum.saturating_add(*delta);
         }
     }
+    let fence = fencing.clone();
     let result = store.transact_blocking(move |tx| {
+        let mut checked = std::collections::HashMap::new();
         for w in all.iter() {
-            apply(tx, w, false)?;
+            apply(tx, w, false, &fence, &mut checked)?;
         }
         for (key, delta) in &merged {
             tx.atomic_add(key, *delta)?;
@@ -185,7 +202,9 @@ fn commit_batch(store: &Store, batch: Vec<CommitRequest>, metrics: &Metrics) {
             // One request's failure (a gap, a limit) must not fail the others: commit them one
             // by one to find out whose it was.
             for (i, d) in done.into_iter().enumerate() {
-                d(store.transact_blocking(|tx| apply(tx, &work[i], true)));
+                d(store.transact_blocking(|tx| {
+                    apply(tx, &work[i], true, fencing, &mut Default::default())
+                }));
             }
         }
         Err(e) => {
@@ -196,7 +215,15 @@ fn commit_batch(store: &Store, batch: Vec<CommitRequest>, metrics: &Metrics) {
     }
 }
 
-fn apply(tx: &mut invicta_store::Transaction<'_>, w: &Work, with_adds: bool) -> Result<(), Error> {
+fn apply(
+    tx: &mut invicta_store::Transaction<'_>,
+    w: &Work,
+    with_adds: bool,
+    fencing: &Fencing,
+    checked: &mut std::collections::HashMap<u32, bool>,
+) -> Result<(), Error> {
+    // The fence: only the executor holding the worker's shard, at its epoch, writes for it.
+    fencing.check(tx, &w.worker, checked)?;
     if let Some(first) = w.first_index {
         let previous_present = first == 1 || tx.get(&oplog_key(&w.worker, first - 1))?.is_some();
         let slot_free = tx.get(&oplog_key(&w.worker, first))?.is_none();

@@ -17,6 +17,7 @@ mod host;
 mod hostapi;
 mod http;
 mod metrics;
+mod placement;
 mod records;
 mod schedules;
 mod suspend;
@@ -105,6 +106,12 @@ pub enum Error {
     Engine(String),
     #[error("the executor is shutting down")]
     ShuttingDown,
+    /// The commit's executor no longer holds the worker's shard: another executor runs it now.
+    #[error("worker {worker} moved: this executor no longer holds shard {shard}")]
+    Fenced { worker: String, shard: u32 },
+    /// This executor does not own the worker's shard.
+    #[error("worker {worker} is in shard {shard}, which this executor does not own")]
+    NotOwner { worker: String, shard: u32 },
     /// The worker's actor stopped as the invocation reached it; the caller sends it again.
     #[error("the worker was suspending; try again")]
     Retry,
@@ -128,6 +135,10 @@ impl Error {
                 used: *used,
             },
             Error::ShuttingDown => Error::ShuttingDown,
+            Error::Fenced { worker, shard } => Error::Fenced {
+                worker: worker.clone(),
+                shard: *shard,
+            },
             Error::Retry => Error::Retry,
             Error::OplogGap { worker, index } => Error::OplogGap {
                 worker: worker.clone(),
@@ -162,8 +173,26 @@ pub struct Config {
     /// default 1,000) is suspended until the deadline: its instance is dropped, and replay
     /// rebuilds it when the time comes. A worker awaiting a promise is always suspended.
     pub suspend_wait_ms: u64,
+    /// Who decides which shards of workers this executor runs: `all` (the default, for a
+    /// single executor: it takes every shard when it starts) or `scheduler` (the worker
+    /// scheduler grants them).
+    pub placement: Placement,
+    /// How long a shard lease lasts unless renewed (default 10,000 ms); a dead executor's
+    /// workers move after it.
+    pub lease_ms: u64,
     /// Outgoing HTTP: timeouts, response size, private hosts allowed.
     pub http: HttpConfig,
+}
+
+/// Who decides which shards an executor runs.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Placement {
+    /// The executor takes every shard: one executor per store.
+    #[default]
+    All,
+    /// The worker scheduler grants shards.
+    Scheduler,
 }
 
 impl Default for Config {
@@ -175,6 +204,8 @@ impl Default for Config {
             start_commit_delay_ms: 5,
             queue_depth: 1_024,
             suspend_wait_ms: 1_000,
+            placement: Placement::All,
+            lease_ms: 10_000,
             http: HttpConfig::default(),
         }
     }
@@ -334,6 +365,8 @@ pub(crate) struct Inner {
     pub http_config: Arc<HttpConfig>,
     pub instance_pres:
         Mutex<HashMap<(TenantId, ComponentName, u64), wasmtime::component::InstancePre<WorkerCtx>>>,
+    /// The shards this executor owns, checked by every commit.
+    pub fencing: Arc<placement::Fencing>,
 }
 
 /// Dies here (SIGKILL) once, if the variable `var` names a file that exists (the file is
@@ -391,9 +424,20 @@ impl Executor {
     ) -> Result<Executor> {
         let linker = host::linker(&engine.engine).map_err(|e| Error::Engine(format!("{e:#}")))?;
         let metrics = Arc::new(metrics::Metrics::new());
+        let fencing = Arc::new(placement::Fencing::new(placement::new_id()));
+        if config.placement == Placement::All {
+            let (owner, lease_ms) = (fencing.id.clone(), config.lease_ms);
+            let granted = store
+                .transact(move |tx| placement::take_all(tx, &owner, now_ms(), lease_ms))
+                .await?;
+            for (shard, epoch) in granted {
+                fencing.set(shard, Some(epoch));
+            }
+        }
         let executor = Executor {
             inner: Arc::new(Inner {
-                committer: Committer::start(store.clone(), metrics.clone())?,
+                committer: Committer::start(store.clone(), metrics.clone(), fencing.clone())?,
+                fencing,
                 metrics,
                 http_config: Arc::new(config.http.clone()),
                 config,
@@ -409,7 +453,94 @@ impl Executor {
         executor.recover().await?;
         executor.recover_pending().await?;
         executor.spawn_scheduler();
+        if executor.inner.config.placement == Placement::All {
+            executor.spawn_lease_renewal();
+        }
         Ok(executor)
+    }
+
+    /// This executor's id, as leases name it.
+    pub fn id(&self) -> &str {
+        &self.inner.fencing.id
+    }
+
+    /// The shards this executor owns, with their epochs.
+    pub fn shards(&self) -> Vec<(u32, u64)> {
+        self.inner.fencing.owned()
+    }
+
+    /// Renews the leases of the shards this executor took, until the process ends; a shard
+    /// someone else took meanwhile is given up.
+    fn spawn_lease_renewal(&self) {
+        let executor = self.clone();
+        let every = std::time::Duration::from_millis((self.inner.config.lease_ms / 3).max(1));
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                let held = executor.inner.fencing.owned();
+                let (owner, lease_ms) = (
+                    executor.inner.fencing.id.clone(),
+                    executor.inner.config.lease_ms,
+                );
+                let renewed = executor
+                    .inner
+                    .store
+                    .transact(move |tx| placement::renew(tx, &owner, &held, now_ms(), lease_ms))
+                    .await;
+                match renewed {
+                    Ok(lost) => {
+                        for shard in lost {
+                            executor.give_up(shard).await;
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "renew shard leases"),
+                }
+            }
+        });
+    }
+
+    /// Applies the shards the scheduler granted: the ones no longer listed are given up, new
+    /// ones taken over (their workers cut off mid-invocation resume, their pending
+    /// invocations run).
+    pub async fn set_shards(&self, granted: &[(u32, u64)]) -> Result<()> {
+        let before = self.inner.fencing.owned();
+        let now: HashMap<u32, u64> = granted.iter().copied().collect();
+        for (shard, epoch) in &before {
+            if now.get(shard) != Some(epoch) {
+                self.give_up(*shard).await;
+            }
+        }
+        let mut gained = false;
+        for (shard, epoch) in granted {
+            if !before.contains(&(*shard, *epoch)) {
+                self.inner.fencing.set(*shard, Some(*epoch));
+                tracing::info!(shard, epoch, "took over a shard");
+                gained = true;
+            }
+        }
+        if gained {
+            self.recover().await?;
+            self.recover_pending().await?;
+        }
+        Ok(())
+    }
+
+    /// Stops running the shard's workers: their commits would be refused from now on.
+    async fn give_up(&self, shard: u32) {
+        self.inner.fencing.set(shard, None);
+        tracing::warn!(shard, "gave up a shard");
+        let handles: Vec<WorkerHandle> = self
+            .lock_workers()
+            .iter()
+            .filter(|(id, _)| invicta_model::shards::shard_of(id) == shard)
+            .map(|(_, h)| h.clone())
+            .collect();
+        for handle in handles {
+            let (reply, done) = oneshot::channel();
+            if handle.send(Command::Stop(reply)).await.is_ok() {
+                let _ = done.await;
+            }
+        }
     }
 
     /// Resumes the workers whose last invocation started durably but never completed.
@@ -439,7 +570,7 @@ impl Executor {
                 tracing::warn!("skipping an unreadable running-worker key");
                 continue;
             };
-            if asleep.contains(&id) {
+            if asleep.contains(&id) || !self.inner.fencing.owns(&id) {
                 continue;
             }
             tracing::info!(worker = %id, "resuming a worker cut off mid-invocation");
@@ -498,12 +629,15 @@ impl Executor {
             args: record.args.clone(),
         };
         let (id_c, record_c) = (id.clone(), record.clone());
+        let fencing = self.inner.fencing.clone();
         self.inner
             .store
             .transact(move |tx| {
                 if let Some(existing) = tx.get(&records::worker_key(&id_c))? {
                     return Ok((records::decode_json("worker record", &existing)?, false));
                 }
+                // Its first oplog entry is fenced like every other.
+                fencing.check(tx, &id_c, &mut HashMap::new())?;
                 // Counted in the same transaction as the worker it counts: exact under races.
                 let count_key = usage::count_key(id_c.tenant.as_str(), usage::WORKERS);
                 let workers = u64::try_from(tx.get_i64(&count_key)?).unwrap_or(0);
@@ -540,6 +674,12 @@ impl Executor {
 
     /// The actor of a worker, started if it is not running.
     async fn handle(&self, id: &WorkerId) -> Result<WorkerHandle> {
+        if !self.inner.fencing.owns(id) {
+            return Err(Error::NotOwner {
+                worker: id.to_string(),
+                shard: invicta_model::shards::shard_of(id),
+            });
+        }
         if let Some(handle) = self.lock_workers().get(id) {
             return Ok(handle.clone());
         }
@@ -974,6 +1114,9 @@ impl Executor {
             let Some((at, id)) = suspend::parse_wake(&row.key) else {
                 continue;
             };
+            if !self.inner.fencing.owns(&id) {
+                continue;
+            }
             if let Err(e) = self.wake(&id).await {
                 tracing::warn!(worker = %id, error = %e, "wake a sleeping worker");
             }
@@ -1071,6 +1214,9 @@ impl Executor {
             let Some((at, id, sid)) = schedules::parse_due(&row.key) else {
                 continue;
             };
+            if !self.inner.fencing.owns(&id) {
+                continue;
+            }
             if let Err(e) = self.fire(&id, &sid, at).await {
                 tracing::warn!(worker = %id, schedule = %sid, error = %e, "fire a schedule");
             }
@@ -1217,7 +1363,9 @@ impl Executor {
                 tracing::warn!("skipping an unreadable pending invocation");
                 continue;
             };
-            pending.push((record.enqueued_at_ms, id, key, record));
+            if self.inner.fencing.owns(&id) {
+                pending.push((record.enqueued_at_ms, id, key, record));
+            }
         }
         pending.sort_by_key(|p| p.0);
         for (_, id, key, record) in pending {

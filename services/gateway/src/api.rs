@@ -196,6 +196,14 @@ impl From<ExecutorError> for Problem {
                     e.to_string(),
                 )
             },
+            E::Fenced { .. } | E::NotOwner { .. } => Problem {
+                retry_after_s: Some(1),
+                ..Problem::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "worker_moved",
+                    e.to_string(),
+                )
+            },
             E::ShuttingDown | E::Retry => Problem {
                 retry_after_s: Some(1),
                 ..Problem::new(
