@@ -1,1 +1,262 @@
-//! placeholder
+//! The worker scheduler: which executor runs which shard of workers.
+//!
+//! Executors register and heartbeat; each heartbeat renews the executor's membership and the
+//! leases of the shards it holds, and answers with those shards and their epochs. The
+//! scheduler's assignment pass gives every shard whose owner is gone — its membership expired,
+//! or its lease did — to the live executor holding the fewest, at the next epoch. The old owner,
+//! if it was only paused, finds out at its next heartbeat; until then its commits are refused by
+//! the fence every oplog commit passes (see `invicta-executor`'s `placement`).
+//!
+//! All of it lives in the store: schedulers hold no state of their own, so several may run, and
+//! a restarted one carries on.
+//!
+//! **Invariant:** a shard has at most one owner at a time, and every grant raises its epoch.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use invicta_model::WorkerId;
+use invicta_model::shards::{
+    ExecutorRecord, SHARDS, ShardLease, executor_key, executors_prefix, lease_key,
+    parse_executor_key, shard_of,
+};
+use invicta_store::{Store, Transaction};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("store: {0}")]
+    Store(#[from] invicta_store::Error),
+    #[error("stored placement data is corrupt: {0}")]
+    Corrupt(String),
+    #[error("executor {0} is not registered (or its membership expired): register again")]
+    UnknownExecutor(String),
+    #[error("shard {0} has no live executor")]
+    Unplaced(u32),
+    #[error("invalid executor id or address: {0}")]
+    Invalid(String),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Where a worker runs now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Placement {
+    pub shard: u32,
+    pub epoch: u64,
+    pub executor_id: String,
+    pub address: String,
+}
+
+/// The scheduler over the shared store.
+#[derive(Clone)]
+pub struct Scheduler {
+    store: Store,
+    lease: Duration,
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+fn decode<T: serde::de::DeserializeOwned>(what: &str, bytes: &[u8]) -> Result<T> {
+    serde_json::from_slice(bytes).map_err(|e| Error::Corrupt(format!("{what}: {e}")))
+}
+
+fn encode<T: serde::Serialize>(value: &T) -> Vec<u8> {
+    // Plain records: serializing them to JSON cannot fail.
+    serde_json::to_vec(value).unwrap_or_default()
+}
+
+/// Every shard's lease (`None`: never granted).
+fn leases(tx: &mut Transaction<'_>) -> Result<Vec<Option<ShardLease>>> {
+    (0..SHARDS)
+        .map(|shard| {
+            tx.get(&lease_key(shard))?
+                .map(|b| decode("shard lease", &b))
+                .transpose()
+        })
+        .collect()
+}
+
+/// The executors whose membership has not expired at `now`.
+fn live_executors(tx: &mut Transaction<'_>, now: u64) -> Result<HashMap<String, ExecutorRecord>> {
+    let mut live = HashMap::new();
+    for row in tx.get_prefix(&executors_prefix(), Default::default())? {
+        let Some(id) = parse_executor_key(&row.key) else {
+            continue;
+        };
+        let record: ExecutorRecord = decode("executor record", &row.value)?;
+        if record.expires_ms > now {
+            live.insert(id, record);
+        }
+    }
+    Ok(live)
+}
+
+impl Scheduler {
+    /// A scheduler granting leases of `lease` length.
+    pub fn new(store: Store, lease: Duration) -> Scheduler {
+        Scheduler { store, lease }
+    }
+
+    fn lease_ms(&self) -> u64 {
+        u64::try_from(self.lease.as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Adds an executor (or renews one that restarted under the same id); returns the lease
+    /// length it must heartbeat within.
+    pub async fn register(&self, id: &str, address: &str) -> Result<Duration> {
+        if id.is_empty() || id.len() > 128 || address.len() > 256 {
+            return Err(Error::Invalid(format!("{id:?} at {address:?}")));
+        }
+        let record = ExecutorRecord {
+            address: address.to_string(),
+            expires_ms: now_ms().saturating_add(self.lease_ms()),
+        };
+        let key = executor_key(id);
+        self.store
+            .transact(move |tx| {
+                tx.set(&key, &encode(&record))?;
+                Ok::<_, Error>(())
+            })
+            .await?;
+        tracing::info!(executor = id, address, "executor registered");
+        Ok(self.lease)
+    }
+
+    /// Renews the executor's membership and the leases of the shards it holds; returns those
+    /// shards with their epochs. An executor whose membership expired must register again.
+    pub async fn heartbeat(&self, id: &str) -> Result<Vec<(u32, u64)>> {
+        let (id_c, lease_ms) = (id.to_string(), self.lease_ms());
+        self.store
+            .transact(move |tx| {
+                let now = now_ms();
+                let key = executor_key(&id_c);
+                let mut record: ExecutorRecord = match tx.get(&key)? {
+                    Some(bytes) => decode("executor record", &bytes)?,
+                    None => return Err(Error::UnknownExecutor(id_c.clone())),
+                };
+                if record.expires_ms <= now {
+                    return Err(Error::UnknownExecutor(id_c.clone()));
+                }
+                record.expires_ms = now.saturating_add(lease_ms);
+                tx.set(&key, &encode(&record))?;
+                let mut held = Vec::new();
+                for (shard, lease) in leases(tx)?.into_iter().enumerate() {
+                    let Some(mut lease) = lease else { continue };
+                    if lease.owner != id_c || lease.expires_ms <= now {
+                        continue;
+                    }
+                    lease.expires_ms = now.saturating_add(lease_ms);
+                    let shard = u32::try_from(shard).unwrap_or(u32::MAX);
+                    tx.set(&lease_key(shard), &encode(&lease))?;
+                    held.push((shard, lease.epoch));
+                }
+                Ok(held)
+            })
+            .await
+    }
+
+    /// Gives every shard without a live owner to the live executor holding the fewest, at the
+    /// next epoch. Returns the shards moved.
+    pub async fn assign(&self) -> Result<Vec<(u32, String)>> {
+        let lease_ms = self.lease_ms();
+        self.store
+            .transact(move |tx| {
+                let now = now_ms();
+                let live = live_executors(tx, now)?;
+                if live.is_empty() {
+                    return Ok(Vec::new());
+                }
+                let leases = leases(tx)?;
+                let mut load: HashMap<&str, usize> =
+                    live.keys().map(|id| (id.as_str(), 0)).collect();
+                for lease in leases.iter().flatten() {
+                    if lease.expires_ms > now
+                        && let Some(n) = load.get_mut(lease.owner.as_str())
+                    {
+                        *n += 1;
+                    }
+                }
+                let mut moved = Vec::new();
+                for (shard, lease) in leases.iter().enumerate() {
+                    let orphaned = match lease {
+                        None => true,
+                        Some(l) => l.expires_ms <= now || !live.contains_key(&l.owner),
+                    };
+                    if !orphaned {
+                        continue;
+                    }
+                    // The least loaded, ties broken by id so that every scheduler agrees.
+                    let Some(owner) = load
+                        .iter()
+                        .min_by(|a, b| a.1.cmp(b.1).then(a.0.cmp(b.0)))
+                        .map(|(id, _)| id.to_string())
+                    else {
+                        continue;
+                    };
+                    let granted = ShardLease {
+                        owner: owner.clone(),
+                        epoch: lease.as_ref().map_or(1, |l| l.epoch + 1),
+                        expires_ms: now.saturating_add(lease_ms),
+                    };
+                    let shard = u32::try_from(shard).unwrap_or(u32::MAX);
+                    tx.set(&lease_key(shard), &encode(&granted))?;
+                    if let Some(n) = load.get_mut(owner.as_str()) {
+                        *n += 1;
+                    }
+                    moved.push((shard, owner));
+                }
+                Ok::<_, Error>(moved)
+            })
+            .await
+    }
+
+    /// Which executor runs `worker` now.
+    pub async fn locate(&self, worker: &WorkerId) -> Result<Placement> {
+        let shard = shard_of(worker);
+        self.store
+            .read(move |tx| {
+                let now = now_ms();
+                let lease: ShardLease = match tx.get(&lease_key(shard))? {
+                    Some(bytes) => decode("shard lease", &bytes)?,
+                    None => return Err(Error::Unplaced(shard)),
+                };
+                if lease.expires_ms <= now {
+                    return Err(Error::Unplaced(shard));
+                }
+                let record: ExecutorRecord = match tx.get(&executor_key(&lease.owner))? {
+                    Some(bytes) => decode("executor record", &bytes)?,
+                    None => return Err(Error::Unplaced(shard)),
+                };
+                Ok(Placement {
+                    shard,
+                    epoch: lease.epoch,
+                    executor_id: lease.owner,
+                    address: record.address,
+                })
+            })
+            .await
+    }
+
+    /// Runs the assignment pass every quarter lease until the process ends.
+    pub fn spawn(&self) {
+        let scheduler = self.clone();
+        let every = (self.lease / 4).max(Duration::from_millis(10));
+        tokio::spawn(async move {
+            loop {
+                match scheduler.assign().await {
+                    Ok(moved) if !moved.is_empty() => {
+                        tracing::info!(shards = moved.len(), "shards assigned");
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "assign shards"),
+                }
+                tokio::time::sleep(every).await;
+            }
+        });
+    }
+}
