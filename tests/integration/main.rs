@@ -5,6 +5,7 @@ mod cli;
 mod control;
 mod crash;
 mod divergence;
+mod failover;
 mod hostapi;
 mod http;
 mod metering;

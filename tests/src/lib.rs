@@ -116,6 +116,17 @@ impl Server {
         Ok(())
     }
 
+    /// Freezes the server with SIGSTOP, as a long pause (a VM migration, a GC, a swap storm)
+    /// would: it neither runs nor dies.
+    pub fn pause(&mut self) -> anyhow::Result<()> {
+        self.signal(libc::SIGSTOP)
+    }
+
+    /// Lets a paused server run again (SIGCONT).
+    pub fn unpause(&mut self) -> anyhow::Result<()> {
+        self.signal(libc::SIGCONT)
+    }
+
     /// Stops the server with SIGTERM and returns whether it exited cleanly.
     pub fn stop(mut self) -> anyhow::Result<bool> {
         self.signal(libc::SIGTERM)?;

@@ -13,6 +13,7 @@
 //! **Boundary:** only this crate runs guest code.
 
 mod commit;
+pub mod grpc;
 mod host;
 mod hostapi;
 mod http;
@@ -118,6 +119,35 @@ pub enum Error {
 }
 
 impl Error {
+    /// The stable code the API reports for this error.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Error::WorkerNotFound(_) => "worker_not_found",
+            Error::WorkerExists(_) => "worker_exists",
+            Error::InvocationNotFound(_) => "invocation_not_found",
+            Error::IncompatibleVersion(_) => "incompatible_version",
+            Error::InvalidSchedule(_) => "invalid_schedule",
+            Error::ScheduleNotFound(_) => "schedule_not_found",
+            Error::PromiseNotFound(_) => "promise_not_found",
+            Error::PromiseCompleted(_) => "promise_completed",
+            Error::PromiseTooLarge { .. } => "promise_too_large",
+            Error::UnknownFunction { .. } => "unknown_function",
+            Error::ParamCount { .. } | Error::InvalidParam(_) => "invalid_params",
+            Error::InvalidIdempotencyKey(_) => "invalid_idempotency_key",
+            Error::InvocationFailed { kind, .. } => kind.code(),
+            Error::WorkerFailed(_) => "worker_failed",
+            Error::QueueFull(_) => "queue_full",
+            Error::PoolExhausted(_) => "capacity_exhausted",
+            Error::QuotaExceeded { .. } => "quota_exceeded",
+            Error::Fenced { .. } | Error::NotOwner { .. } => "worker_moved",
+            Error::ShuttingDown | Error::Retry => "unavailable",
+            Error::Component(_) => "component_error",
+            Error::Store(_) | Error::OplogGap { .. } | Error::Corrupt(_) | Error::Engine(_) => {
+                "internal"
+            }
+        }
+    }
+
     /// A copy for every waiter of a shared outcome.
     pub(crate) fn duplicate(&self) -> Error {
         match self {
@@ -535,11 +565,15 @@ impl Executor {
             .filter(|(id, _)| invicta_model::shards::shard_of(id) == shard)
             .map(|(_, h)| h.clone())
             .collect();
+        // Each actor stops once its running invocation ends; nobody waits for that here (a
+        // heartbeat must not).
         for handle in handles {
-            let (reply, done) = oneshot::channel();
-            if handle.send(Command::Stop(reply)).await.is_ok() {
-                let _ = done.await;
-            }
+            tokio::spawn(async move {
+                let (reply, done) = oneshot::channel();
+                if handle.send(Command::Stop(reply)).await.is_ok() {
+                    let _ = done.await;
+                }
+            });
         }
     }
 

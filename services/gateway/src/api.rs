@@ -136,84 +136,44 @@ impl From<RegistryError> for Problem {
 impl From<ExecutorError> for Problem {
     fn from(e: ExecutorError) -> Problem {
         use ExecutorError as E;
-        match e {
-            E::WorkerNotFound(_) => {
-                Problem::new(StatusCode::NOT_FOUND, "worker_not_found", e.to_string())
+        let status = match &e {
+            E::WorkerNotFound(_)
+            | E::InvocationNotFound(_)
+            | E::ScheduleNotFound(_)
+            | E::PromiseNotFound(_) => StatusCode::NOT_FOUND,
+            E::WorkerExists(_)
+            | E::IncompatibleVersion(_)
+            | E::PromiseCompleted(_)
+            | E::WorkerFailed(_) => StatusCode::CONFLICT,
+            E::InvalidSchedule(_)
+            | E::UnknownFunction { .. }
+            | E::ParamCount { .. }
+            | E::InvalidParam(_)
+            | E::InvalidIdempotencyKey(_) => StatusCode::BAD_REQUEST,
+            E::PromiseTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            E::InvocationFailed { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            E::QueueFull(_) => StatusCode::TOO_MANY_REQUESTS,
+            E::PoolExhausted(_)
+            | E::Fenced { .. }
+            | E::NotOwner { .. }
+            | E::ShuttingDown
+            | E::Retry => StatusCode::SERVICE_UNAVAILABLE,
+            E::QuotaExceeded { quota, limit, used } => {
+                return Problem::quota(quota, *limit, *used, None);
             }
-            E::WorkerExists(_) => {
-                Problem::new(StatusCode::CONFLICT, "worker_exists", e.to_string())
-            }
-            E::InvocationNotFound(_) => {
-                Problem::new(StatusCode::NOT_FOUND, "invocation_not_found", e.to_string())
-            }
-            E::IncompatibleVersion(_) => {
-                Problem::new(StatusCode::CONFLICT, "incompatible_version", e.to_string())
-            }
-            E::InvalidSchedule(_) => {
-                Problem::new(StatusCode::BAD_REQUEST, "invalid_schedule", e.to_string())
-            }
-            E::ScheduleNotFound(_) => {
-                Problem::new(StatusCode::NOT_FOUND, "schedule_not_found", e.to_string())
-            }
-            E::PromiseNotFound(_) => {
-                Problem::new(StatusCode::NOT_FOUND, "promise_not_found", e.to_string())
-            }
-            E::PromiseCompleted(_) => {
-                Problem::new(StatusCode::CONFLICT, "promise_completed", e.to_string())
-            }
-            E::PromiseTooLarge { .. } => Problem::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "promise_too_large",
-                e.to_string(),
-            ),
-            E::UnknownFunction { .. } => {
-                Problem::new(StatusCode::BAD_REQUEST, "unknown_function", e.to_string())
-            }
-            E::ParamCount { .. } | E::InvalidParam(_) => {
-                Problem::new(StatusCode::BAD_REQUEST, "invalid_params", e.to_string())
-            }
-            E::InvalidIdempotencyKey(_) => Problem::new(
-                StatusCode::BAD_REQUEST,
-                "invalid_idempotency_key",
-                e.to_string(),
-            ),
-            E::InvocationFailed { ref kind, .. } => {
-                Problem::new(StatusCode::UNPROCESSABLE_ENTITY, kind.code(), e.to_string())
-            }
-            E::WorkerFailed(_) => {
-                Problem::new(StatusCode::CONFLICT, "worker_failed", e.to_string())
-            }
-            E::QuotaExceeded { quota, limit, used } => Problem::quota(quota, limit, used, None),
-            E::QueueFull(_) => Problem {
-                retry_after_s: Some(1),
-                ..Problem::new(StatusCode::TOO_MANY_REQUESTS, "queue_full", e.to_string())
+            E::Component(_) => match e {
+                E::Component(inner) => return inner.into(),
+                _ => StatusCode::INTERNAL_SERVER_ERROR,
             },
-            E::PoolExhausted(_) => Problem {
-                retry_after_s: Some(1),
-                ..Problem::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "capacity_exhausted",
-                    e.to_string(),
-                )
-            },
-            E::Fenced { .. } | E::NotOwner { .. } => Problem {
-                retry_after_s: Some(1),
-                ..Problem::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "worker_moved",
-                    e.to_string(),
-                )
-            },
-            E::ShuttingDown | E::Retry => Problem {
-                retry_after_s: Some(1),
-                ..Problem::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "unavailable",
-                    e.to_string(),
-                )
-            },
-            E::Component(inner) => inner.into(),
-            other => Problem::internal(other),
+            E::Store(_) | E::OplogGap { .. } | E::Corrupt(_) | E::Engine(_) => {
+                return Problem::internal(e);
+            }
+        };
+        let retry =
+            status == StatusCode::TOO_MANY_REQUESTS || status == StatusCode::SERVICE_UNAVAILABLE;
+        Problem {
+            retry_after_s: retry.then_some(1),
+            ..Problem::new(status, e.code(), e.to_string())
         }
     }
 }

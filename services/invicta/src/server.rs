@@ -18,6 +18,27 @@ pub struct Args {
     /// A TOML configuration file; flags and INVICTA_* variables override it
     #[arg(long, env = "INVICTA_CONFIG")]
     config: Option<PathBuf>,
+    /// What this process runs: `all` (every service, one process), or `scheduler` and/or
+    /// `executor`, which find each other over gRPC and share the store
+    #[arg(
+        long,
+        env = "INVICTA_ROLE",
+        value_delimiter = ',',
+        default_value = "all"
+    )]
+    role: Vec<Role>,
+}
+
+/// A part of Invicta a process may run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Role {
+    /// Every service in this process: the gateway with the registry, billing and one executor
+    /// that owns every shard.
+    All,
+    /// The worker scheduler: executor membership, shard leases, failover (gRPC).
+    Scheduler,
+    /// An executor: runs the workers of the shards the scheduler grants it (gRPC).
+    Executor,
 }
 
 /// The whole server's configuration, one section per service.
@@ -43,6 +64,49 @@ pub struct Config {
     pub executor: invicta_executor::Config,
     #[serde(default)]
     pub billing: invicta_billing::Config,
+    /// The scheduler role: where its gRPC service listens, and how long leases last.
+    #[serde(default)]
+    pub scheduler: SchedulerSection,
+    /// Where roles serve gRPC and find each other.
+    #[serde(default)]
+    pub grpc: GrpcSection,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SchedulerSection {
+    /// Where the scheduler's gRPC service listens (default 127.0.0.1:7100).
+    pub listen: SocketAddr,
+    /// How long an executor's membership and shard leases last without a heartbeat (default
+    /// 10,000 ms): a dead executor's workers move after it.
+    pub lease_ms: u64,
+}
+
+impl Default for SchedulerSection {
+    fn default() -> Self {
+        SchedulerSection {
+            listen: SocketAddr::from(([127, 0, 0, 1], 7100)),
+            lease_ms: 10_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GrpcSection {
+    /// Where an executor's gRPC service listens (default 127.0.0.1:7200).
+    pub executor_listen: SocketAddr,
+    /// The scheduler's gRPC address (default http://127.0.0.1:7100).
+    pub scheduler: String,
+}
+
+impl Default for GrpcSection {
+    fn default() -> Self {
+        GrpcSection {
+            executor_listen: SocketAddr::from(([127, 0, 0, 1], 7200)),
+            scheduler: "http://127.0.0.1:7100".into(),
+        }
+    }
 }
 
 impl Config {
@@ -79,7 +143,151 @@ pub fn main(args: Args) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("start the async runtime")?;
-    runtime.block_on(run(config))
+    if args.role.contains(&Role::All) {
+        anyhow::ensure!(
+            args.role.len() == 1,
+            "--role all runs every service; it cannot be combined with other roles"
+        );
+        return runtime.block_on(run(config));
+    }
+    runtime.block_on(run_roles(config, &args.role))
+}
+
+/// The scheduler and/or an executor, in one process, reaching the others over gRPC.
+async fn run_roles(config: Config, roles: &[Role]) -> anyhow::Result<()> {
+    let data_dir = config.data_dir();
+    std::fs::create_dir_all(&data_dir)
+        .with_context(|| format!("create data directory {}", data_dir.display()))?;
+    let store_config = config
+        .store
+        .clone()
+        .unwrap_or_else(|| invicta_store::Config::embedded_in(&data_dir));
+    let store = invicta_store::Store::open(&store_config).context("open the store")?;
+    let mut servers = tokio::task::JoinSet::new();
+    if roles.contains(&Role::Scheduler) {
+        let lease = std::time::Duration::from_millis(config.scheduler.lease_ms.max(1));
+        let scheduler = invicta_worker_scheduler::Scheduler::new(store.clone(), lease);
+        scheduler.spawn();
+        let listener = tokio::net::TcpListener::bind(config.scheduler.listen)
+            .await
+            .with_context(|| format!("listen on {}", config.scheduler.listen))?;
+        let addr = listener.local_addr()?;
+        let service = invicta_worker_scheduler::grpc::SchedulerService::new(scheduler);
+        servers.spawn(async move {
+            tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming_shutdown(tokio_stream_of(listener), shutdown_signal())
+                .await
+                .context("serve the scheduler")
+        });
+        println!("invicta listening on http://{addr} (role: scheduler)");
+    }
+    if roles.contains(&Role::Executor) {
+        let blob_config = config
+            .blobs
+            .clone()
+            .unwrap_or_else(|| invicta_blob::Config::local_in(&data_dir));
+        let blobs = invicta_blob::BlobStore::open(&blob_config)
+            .await
+            .context("open the blob store")?;
+        let engine = invicta_engine::Engine::new(&config.engine).context("configure the engine")?;
+        let import_check =
+            invicta_executor::Executor::import_check(&engine).context("link WASI")?;
+        // The registry's data is read from the shared store and blobs: the executor compiles
+        // what it runs.
+        let registry = invicta_component_registry::Registry::new(
+            config.registry.clone(),
+            store.clone(),
+            blobs,
+            engine.clone(),
+            import_check,
+        );
+        let executor = invicta_executor::Executor::start(
+            invicta_executor::Config {
+                placement: invicta_executor::Placement::Scheduler,
+                ..config.executor.clone()
+            },
+            store.clone(),
+            registry,
+            engine,
+        )
+        .await
+        .context("start the executor")?;
+        let listener = tokio::net::TcpListener::bind(config.grpc.executor_listen)
+            .await
+            .with_context(|| format!("listen on {}", config.grpc.executor_listen))?;
+        let addr = listener.local_addr()?;
+        let service = invicta_executor::grpc::ExecutorService::new(executor.clone());
+        servers.spawn(async move {
+            tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming_shutdown(tokio_stream_of(listener), shutdown_signal())
+                .await
+                .context("serve the executor")
+        });
+        let scheduler =
+            invicta_worker_scheduler::grpc::SchedulerClient::new(&config.grpc.scheduler)
+                .with_context(|| format!("the scheduler address {}", config.grpc.scheduler))?;
+        tokio::spawn(heartbeats(executor, scheduler, format!("http://{addr}")));
+        println!("invicta listening on http://{addr} (role: executor)");
+    }
+    while let Some(done) = servers.join_next().await {
+        done.context("a role's server task")??;
+    }
+    Ok(())
+}
+
+/// Accepted connections of a bound listener, for tonic.
+fn tokio_stream_of(
+    listener: tokio::net::TcpListener,
+) -> impl futures::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    futures::stream::unfold(listener, |listener| async move {
+        let accepted = listener.accept().await.map(|(stream, _)| stream);
+        Some((accepted, listener))
+    })
+}
+
+/// Registers the executor with the scheduler and heartbeats a third of a lease apart, applying
+/// the shards each heartbeat grants; until the process ends.
+async fn heartbeats(
+    executor: invicta_executor::Executor,
+    scheduler: invicta_worker_scheduler::grpc::SchedulerClient,
+    address: String,
+) {
+    let id = executor.id().to_string();
+    let mut every = std::time::Duration::from_secs(1);
+    let mut registered = false;
+    loop {
+        if !registered {
+            match scheduler.register(&id, &address).await {
+                Ok(lease) => {
+                    every = (lease / 3).max(std::time::Duration::from_millis(10));
+                    registered = true;
+                    tracing::info!(executor = %id, "registered with the scheduler");
+                }
+                Err(e) => tracing::warn!(error = %e, "register with the scheduler"),
+            }
+        }
+        if registered {
+            match scheduler.heartbeat(&id).await {
+                Ok(shards) => {
+                    if let Err(e) = executor.set_shards(&shards).await {
+                        tracing::warn!(error = %e, "apply shard grants");
+                    }
+                }
+                Err(status) if status.code() == tonic::Code::NotFound => {
+                    // The membership expired (a long pause): whatever it held is gone.
+                    if let Err(e) = executor.set_shards(&[]).await {
+                        tracing::warn!(error = %e, "give up shards");
+                    }
+                    registered = false;
+                    continue;
+                }
+                Err(e) => tracing::warn!(error = %e, "heartbeat"),
+            }
+        }
+        tokio::time::sleep(every).await;
+    }
 }
 
 async fn run(config: Config) -> anyhow::Result<()> {

@@ -12,6 +12,8 @@
 //!
 //! **Invariant:** a shard has at most one owner at a time, and every grant raises its epoch.
 
+pub mod grpc;
+
 use std::collections::HashMap;
 use std::time::Duration;
 

@@ -1,0 +1,190 @@
+//! The executor's gRPC service (`proto/executor.proto`): how other processes — the gateway,
+//! tests — reach the workers of the shards this executor owns. Each call goes to the same
+//! [`Executor`] methods an in-process caller uses; errors travel as a `Problem` with the
+//! error's stable code.
+
+use std::collections::HashMap;
+
+use invicta_model::{ComponentName, TenantId, WorkerId, WorkerName};
+use invicta_proto::common;
+use invicta_proto::executor::{
+    self as pb, executor_server::Executor as ExecutorRpc, invoke_response::Outcome,
+};
+use tonic::{Request, Response, Status};
+
+use crate::{Error, Executor, Limits, WorkerStatus};
+
+/// The gRPC face of an [`Executor`].
+pub struct ExecutorService {
+    executor: Executor,
+}
+
+impl ExecutorService {
+    pub fn new(executor: Executor) -> pb::executor_server::ExecutorServer<ExecutorService> {
+        pb::executor_server::ExecutorServer::new(ExecutorService { executor })
+    }
+}
+
+fn worker_id(worker: Option<common::WorkerId>) -> Result<WorkerId, Status> {
+    let w = worker.ok_or_else(|| Status::invalid_argument("`worker` is required"))?;
+    let bad = |e: invicta_model::ids::InvalidName| Status::invalid_argument(e.to_string());
+    Ok(WorkerId {
+        tenant: TenantId::new(w.tenant).map_err(bad)?,
+        component: ComponentName::new(w.component).map_err(bad)?,
+        worker: WorkerName::new(w.worker).map_err(bad)?,
+    })
+}
+
+/// The plan's limits a request carries (none given: the executor's own limits only).
+pub fn limits_from(limits: Option<pb::Limits>) -> Limits {
+    match limits {
+        None => Limits::unlimited(),
+        Some(l) => Limits {
+            fuel_per_invocation: l.fuel_per_invocation,
+            fuel_per_month: l.fuel_per_month,
+            memory_per_worker_bytes: l.memory_per_worker_bytes,
+            workers_max: l.workers_max,
+            egress_hosts: l.egress_restricted.then_some(l.egress_hosts),
+        },
+    }
+}
+
+/// The wire form of [`Limits`].
+pub fn limits_to(limits: &Limits) -> pb::Limits {
+    pb::Limits {
+        fuel_per_invocation: limits.fuel_per_invocation,
+        fuel_per_month: limits.fuel_per_month,
+        memory_per_worker_bytes: limits.memory_per_worker_bytes,
+        workers_max: limits.workers_max,
+        egress_hosts: limits.egress_hosts.clone().unwrap_or_default(),
+        egress_restricted: limits.egress_hosts.is_some(),
+    }
+}
+
+fn problem(e: &Error) -> common::Problem {
+    common::Problem {
+        code: e.code().to_string(),
+        message: e.to_string(),
+    }
+}
+
+/// An error that is the caller's or the worker's, not the transport's, as a gRPC status.
+fn status_of(e: &Error) -> Status {
+    let code = match e {
+        Error::WorkerNotFound(_) | Error::InvocationNotFound(_) => tonic::Code::NotFound,
+        Error::Fenced { .. } | Error::NotOwner { .. } | Error::ShuttingDown | Error::Retry => {
+            tonic::Code::Unavailable
+        }
+        _ => tonic::Code::FailedPrecondition,
+    };
+    Status::new(code, format!("{}: {e}", e.code()))
+}
+
+fn status_message(id: &WorkerId, s: WorkerStatus) -> pb::WorkerStatus {
+    pb::WorkerStatus {
+        worker: Some(common::WorkerId {
+            tenant: id.tenant.to_string(),
+            component: id.component.to_string(),
+            worker: id.worker.to_string(),
+        }),
+        status: s.status,
+        component_version: s.component_version,
+        oplog_length: s.oplog_length,
+        pending_invocations: s.pending_invocations,
+    }
+}
+
+#[tonic::async_trait]
+impl ExecutorRpc for ExecutorService {
+    async fn create_worker(
+        &self,
+        request: Request<pb::CreateWorkerRequest>,
+    ) -> Result<Response<pb::WorkerStatus>, Status> {
+        let r = request.into_inner();
+        let id = worker_id(r.worker)?;
+        let mut env: Vec<(String, String)> = r
+            .env
+            .into_iter()
+            .collect::<HashMap<_, _>>()
+            .into_iter()
+            .collect();
+        env.sort();
+        let limits = limits_from(r.limits);
+        self.executor
+            .create_worker(&id, env, r.args, r.version, &limits)
+            .await
+            .map_err(|e| status_of(&e))?;
+        let status = self.executor.status(&id).await.map_err(|e| status_of(&e))?;
+        Ok(Response::new(status_message(&id, status)))
+    }
+
+    async fn invoke(
+        &self,
+        request: Request<pb::InvokeRequest>,
+    ) -> Result<Response<pb::InvokeResponse>, Status> {
+        let r = request.into_inner();
+        let id = worker_id(r.worker)?;
+        let params: Vec<serde_json::Value> = serde_json::from_str(&r.params_json).map_err(|e| {
+            Status::invalid_argument(format!("params_json is not a JSON array: {e}"))
+        })?;
+        let key = (!r.idempotency_key.is_empty()).then_some(r.idempotency_key);
+        let limits = limits_from(r.limits);
+        let response = match self
+            .executor
+            .invoke(&id, &r.function, &params, key, &limits)
+            .await
+        {
+            Ok(done) => pb::InvokeResponse {
+                outcome: Some(Outcome::ResultJson(done.result.to_string())),
+                fuel_consumed: done.fuel_consumed,
+            },
+            Err(e) => pb::InvokeResponse {
+                outcome: Some(Outcome::Problem(problem(&e))),
+                fuel_consumed: 0,
+            },
+        };
+        Ok(Response::new(response))
+    }
+
+    async fn get_worker(
+        &self,
+        request: Request<pb::GetWorkerRequest>,
+    ) -> Result<Response<pb::WorkerStatus>, Status> {
+        let id = worker_id(request.into_inner().worker)?;
+        let status = self.executor.status(&id).await.map_err(|e| status_of(&e))?;
+        Ok(Response::new(status_message(&id, status)))
+    }
+
+    async fn read_oplog(
+        &self,
+        request: Request<pb::ReadOplogRequest>,
+    ) -> Result<Response<pb::ReadOplogResponse>, Status> {
+        let r = request.into_inner();
+        let id = worker_id(r.worker)?;
+        let count = usize::try_from(r.count.clamp(1, 1_000)).unwrap_or(1_000);
+        let entries = self
+            .executor
+            .oplog(&id, r.from.max(1), count)
+            .await
+            .map_err(|e| status_of(&e))?;
+        Ok(Response::new(pb::ReadOplogResponse {
+            entries_json: entries
+                .iter()
+                .map(|(i, e)| e.to_json(*i).to_string())
+                .collect(),
+        }))
+    }
+
+    async fn interrupt(
+        &self,
+        request: Request<pb::GetWorkerRequest>,
+    ) -> Result<Response<pb::WorkerStatus>, Status> {
+        let id = worker_id(request.into_inner().worker)?;
+        self.executor
+            .interrupt(&id)
+            .await
+            .map_err(|e| status_of(&e))?;
+        let status = self.executor.status(&id).await.map_err(|e| status_of(&e))?;
+        Ok(Response::new(status_message(&id, status)))
+    }
+}

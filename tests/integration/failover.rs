@@ -1,0 +1,233 @@
+//! Separate processes: a scheduler and two executors sharing the store. The owner of a worker
+//! is frozen with SIGSTOP mid-invocation past its lease; the other executor takes its shards
+//! over and finishes the invocation; when the first wakes up its late commit is refused.
+//! Nothing is lost, nothing applied twice, and the failover time is printed.
+
+use std::time::{Duration, Instant};
+
+use invicta_component_registry::{Quota, Registry};
+use invicta_proto::common;
+use invicta_proto::executor::{
+    InvokeRequest, ReadOplogRequest, executor_client::ExecutorClient, invoke_response::Outcome,
+};
+use invicta_tests::{Server, component};
+use invicta_worker_scheduler::grpc::SchedulerClient;
+use serde_json::{Value, json};
+
+use crate::INVICTA;
+
+const LEASE_MS: u64 = 1_000;
+
+fn write(dir: &std::path::Path, name: &str, text: &str) -> anyhow::Result<String> {
+    let path = dir.join(name);
+    std::fs::write(&path, text)?;
+    Ok(path.to_string_lossy().into_owned())
+}
+
+fn worker(name: &str) -> common::WorkerId {
+    common::WorkerId {
+        tenant: "t1".into(),
+        component: "waiter".into(),
+        worker: name.into(),
+    }
+}
+
+/// Invokes `function` on `w` at the executor at `address`: the result, or the problem's code.
+async fn invoke(
+    address: &str,
+    w: &str,
+    function: &str,
+    params: Value,
+    key: &str,
+) -> anyhow::Result<Result<Value, String>> {
+    let mut client = ExecutorClient::connect(address.to_string()).await?;
+    let reply = client
+        .invoke(InvokeRequest {
+            worker: Some(worker(w)),
+            function: function.into(),
+            params_json: params.to_string(),
+            idempotency_key: key.into(),
+            limits: None,
+        })
+        .await?
+        .into_inner();
+    Ok(match reply.outcome {
+        Some(Outcome::ResultJson(json)) => Ok(serde_json::from_str(&json)?),
+        Some(Outcome::Problem(p)) => Err(p.code),
+        None => Err("no outcome".into()),
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_executors_late_commits_are_refused_after_failover() -> anyhow::Result<()> {
+    let data = tempfile::tempdir()?;
+    let dir = data.path().join("data");
+    std::fs::create_dir_all(&dir)?;
+    let scheduler_config = write(
+        data.path(),
+        "scheduler.toml",
+        &format!("[scheduler]\nlisten = \"127.0.0.1:0\"\nlease_ms = {LEASE_MS}\n"),
+    )?;
+    let scheduler = Server::start_with(
+        INVICTA.as_ref(),
+        &dir,
+        &["--role", "scheduler", "--config", &scheduler_config],
+    )?;
+    let executor_config = write(
+        data.path(),
+        "executor.toml",
+        &format!(
+            "[grpc]\nexecutor_listen = \"127.0.0.1:0\"\nscheduler = \"{}\"\n",
+            scheduler.url
+        ),
+    )?;
+    let start_executor = || {
+        Server::start_with(
+            INVICTA.as_ref(),
+            &dir,
+            &["--role", "executor", "--config", &executor_config],
+        )
+    };
+    let first = start_executor()?;
+    let second = start_executor()?;
+
+    // The component goes into the shared store and blobs, as the registry role would put it.
+    {
+        let store = invicta_store::Store::open(&invicta_store::Config::embedded_in(&dir))?;
+        let blobs = invicta_blob::BlobStore::open(&invicta_blob::Config::local_in(&dir)).await?;
+        let engine = invicta_engine::Engine::new(&Default::default())?;
+        let registry = Registry::new(
+            Default::default(),
+            store,
+            blobs,
+            engine.clone(),
+            invicta_executor::Executor::import_check(&engine)?,
+        );
+        registry
+            .upload(
+                &"t1".to_string().try_into()?,
+                &"waiter".to_string().try_into()?,
+                component("waiter"),
+                Quota::unlimited(),
+            )
+            .await?;
+    }
+
+    let locator = SchedulerClient::new(&scheduler.url)?;
+    let id = invicta_model::WorkerId {
+        tenant: "t1".to_string().try_into()?,
+        component: "waiter".to_string().try_into()?,
+        worker: "w".to_string().try_into()?,
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let placed = loop {
+        if let Ok(placed) = locator.locate(&id).await {
+            break placed;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "the worker was never placed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let (mut owner, other) = if placed.address == first.url {
+        (first, second)
+    } else {
+        anyhow::ensure!(placed.address == second.url, "{placed:?}");
+        (second, first)
+    };
+    assert_eq!(
+        invoke(&owner.url, "w", "bump", json!([]), "b1")
+            .await?
+            .map_err(anyhow::Error::msg)?,
+        json!(1)
+    );
+    assert_eq!(
+        invoke(&owner.url, "w", "bump", json!([]), "b2")
+            .await?
+            .map_err(anyhow::Error::msg)?,
+        json!(2)
+    );
+
+    // A nap of 900 ms (below the suspension threshold: the instance waits in memory), frozen
+    // a fifth of the way in, past the lease.
+    let owner_url = owner.url.clone();
+    let late =
+        tokio::spawn(async move { invoke(&owner_url, "w", "nap", json!([900]), "late").await });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    owner.pause()?;
+    let frozen = Instant::now();
+
+    // The other executor takes the shard over and finishes the cut-off nap from its oplog.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(placed) = locator.locate(&id).await
+            && placed.address == other.url
+            && let Ok(Ok(value)) = invoke(&other.url, "w", "bump", json!([]), "b3").await
+        {
+            assert_eq!(value, json!(3), "the nap's worker kept its state");
+            break;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "the worker never moved");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let failover = frozen.elapsed();
+    println!(
+        "failover: the worker served again {} ms after its executor froze (lease {LEASE_MS} ms)",
+        failover.as_millis()
+    );
+    assert!(
+        failover < Duration::from_millis(LEASE_MS * 5),
+        "failover took {failover:?}"
+    );
+
+    // The frozen executor wakes up and finishes its copy of the nap: the commit is fenced.
+    owner.unpause()?;
+    let late = late.await??;
+    assert_eq!(
+        late,
+        Err("worker_moved".to_string()),
+        "the late commit is refused"
+    );
+
+    // Exactly once: one start and one completion of `late`, and the next bump follows on.
+    let mut client = ExecutorClient::connect(other.url.clone()).await?;
+    let entries: Vec<Value> = client
+        .read_oplog(ReadOplogRequest {
+            worker: Some(worker("w")),
+            from: 1,
+            count: 1_000,
+        })
+        .await?
+        .into_inner()
+        .entries_json
+        .iter()
+        .map(|e| serde_json::from_str(e))
+        .collect::<Result<_, _>>()?;
+    let started = entries
+        .iter()
+        .filter(|e| e["kind"] == "exported_function_invoked" && e["idempotency_key"] == "late")
+        .count();
+    assert_eq!(started, 1, "{entries:?}");
+    let invoked = entries
+        .iter()
+        .filter(|e| e["kind"] == "exported_function_invoked")
+        .count();
+    let completed = entries
+        .iter()
+        .filter(|e| e["kind"] == "exported_function_completed")
+        .count();
+    assert_eq!(
+        invoked, completed,
+        "every start has one completion: {entries:?}"
+    );
+    assert_eq!(
+        invoke(&other.url, "w", "bump", json!([]), "b4")
+            .await?
+            .map_err(anyhow::Error::msg)?,
+        json!(4)
+    );
+    // The nap's key is answered from its record, once.
+    let again = invoke(&other.url, "w", "nap", json!([900]), "late")
+        .await?
+        .map_err(anyhow::Error::msg)?;
+    assert!(again.as_u64().is_some_and(|ms| ms >= 900), "{again}");
+    Ok(())
+}
