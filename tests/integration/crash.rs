@@ -32,7 +32,7 @@ struct Sent {
 }
 
 /// Sends one keyed invocation until it is answered, following the server across restarts.
-async fn call_until_answered(
+pub(crate) async fn call_until_answered(
     url: &RwLock<String>,
     tenant_key: &str,
     worker: usize,

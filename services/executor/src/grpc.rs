@@ -91,6 +91,7 @@ fn status_message(id: &WorkerId, s: WorkerStatus) -> pb::WorkerStatus {
         component_version: s.component_version,
         oplog_length: s.oplog_length,
         pending_invocations: s.pending_invocations,
+        interrupted: false,
     }
 }
 

@@ -20,6 +20,7 @@ mod http;
 mod metrics;
 mod placement;
 mod records;
+mod remote;
 mod schedules;
 mod suspend;
 mod worker;
@@ -113,6 +114,9 @@ pub enum Error {
     /// This executor does not own the worker's shard.
     #[error("worker {worker} is in shard {shard}, which this executor does not own")]
     NotOwner { worker: String, shard: u32 },
+    /// The executor that owns the worker refused, with its error's code.
+    #[error("{message}")]
+    Remote { code: String, message: String },
     /// The worker's actor stopped as the invocation reached it; the caller sends it again.
     #[error("the worker was suspending; try again")]
     Retry,
@@ -120,7 +124,7 @@ pub enum Error {
 
 impl Error {
     /// The stable code the API reports for this error.
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> &str {
         match self {
             Error::WorkerNotFound(_) => "worker_not_found",
             Error::WorkerExists(_) => "worker_exists",
@@ -142,6 +146,7 @@ impl Error {
             Error::Fenced { .. } | Error::NotOwner { .. } => "worker_moved",
             Error::ShuttingDown | Error::Retry => "unavailable",
             Error::Component(_) => "component_error",
+            Error::Remote { code, .. } => code,
             Error::Store(_) | Error::OplogGap { .. } | Error::Corrupt(_) | Error::Engine(_) => {
                 "internal"
             }
@@ -168,6 +173,10 @@ impl Error {
             Error::Fenced { worker, shard } => Error::Fenced {
                 worker: worker.clone(),
                 shard: *shard,
+            },
+            Error::Remote { code, message } => Error::Remote {
+                code: code.clone(),
+                message: message.clone(),
             },
             Error::Retry => Error::Retry,
             Error::OplogGap { worker, index } => Error::OplogGap {
@@ -397,6 +406,8 @@ pub(crate) struct Inner {
         Mutex<HashMap<(TenantId, ComponentName, u64), wasmtime::component::InstancePre<WorkerCtx>>>,
     /// The shards this executor owns, checked by every commit.
     pub fencing: Arc<placement::Fencing>,
+    /// Where calls for workers of other executors' shards go, when there are others.
+    pub router: std::sync::OnceLock<remote::Router>,
 }
 
 /// Dies here (SIGKILL) once, if the variable `var` names a file that exists (the file is
@@ -468,6 +479,7 @@ impl Executor {
             inner: Arc::new(Inner {
                 committer: Committer::start(store.clone(), metrics.clone(), fencing.clone())?,
                 fencing,
+                router: std::sync::OnceLock::new(),
                 metrics,
                 http_config: Arc::new(config.http.clone()),
                 config,
@@ -487,6 +499,20 @@ impl Executor {
             executor.spawn_lease_renewal();
         }
         Ok(executor)
+    }
+
+    /// Sends calls for workers this executor does not own to their owners, found through the
+    /// scheduler (a gateway without shards, or an executor calling another's worker).
+    pub fn route_through(&self, scheduler: invicta_worker_scheduler::grpc::SchedulerClient) {
+        let _ = self.inner.router.set(remote::Router::new(scheduler));
+    }
+
+    /// The router for `id`, if another executor runs it.
+    fn elsewhere(&self, id: &WorkerId) -> Option<&remote::Router> {
+        if self.inner.fencing.owns(id) {
+            return None;
+        }
+        self.inner.router.get()
     }
 
     /// This executor's id, as leases name it.
@@ -627,6 +653,15 @@ impl Executor {
         version: Option<u64>,
         limits: &Limits,
     ) -> Result<WorkerRecord> {
+        if let Some(router) = self.elsewhere(id) {
+            router
+                .create_worker(id, &env, &args, version, limits)
+                .await?;
+            return self
+                .worker_record(id)
+                .await?
+                .ok_or_else(|| Error::WorkerNotFound(id.to_string()));
+        }
         match self
             .create(id, env, args, version, limits.workers_max)
             .await?
@@ -780,6 +815,11 @@ impl Executor {
         idempotency_key: Option<String>,
         limits: &Limits,
     ) -> Result<Completed> {
+        if let Some(router) = self.elsewhere(id) {
+            return router
+                .invoke(id, function, params, idempotency_key, limits)
+                .await;
+        }
         let invocation = self
             .prepare(id, function, params, idempotency_key, limits)
             .await?;
@@ -1481,6 +1521,9 @@ impl Executor {
     pub async fn interrupt(&self, id: &WorkerId) -> Result<bool> {
         if self.worker_record(id).await?.is_none() {
             return Err(Error::WorkerNotFound(id.to_string()));
+        }
+        if let Some(router) = self.elsewhere(id) {
+            return router.interrupt(id).await;
         }
         Ok(self
             .lock_workers()

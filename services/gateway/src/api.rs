@@ -133,47 +133,66 @@ impl From<RegistryError> for Problem {
     }
 }
 
+/// Every code an executor error may carry, with its HTTP status: one table for errors raised
+/// here and for those another process's executor sent back.
+const EXECUTOR_CODES: &[(&str, StatusCode)] = &[
+    ("worker_not_found", StatusCode::NOT_FOUND),
+    ("invocation_not_found", StatusCode::NOT_FOUND),
+    ("schedule_not_found", StatusCode::NOT_FOUND),
+    ("promise_not_found", StatusCode::NOT_FOUND),
+    ("component_not_found", StatusCode::NOT_FOUND),
+    ("version_not_found", StatusCode::NOT_FOUND),
+    ("worker_exists", StatusCode::CONFLICT),
+    ("incompatible_version", StatusCode::CONFLICT),
+    ("promise_completed", StatusCode::CONFLICT),
+    ("worker_failed", StatusCode::CONFLICT),
+    ("invalid_schedule", StatusCode::BAD_REQUEST),
+    ("unknown_function", StatusCode::BAD_REQUEST),
+    ("invalid_params", StatusCode::BAD_REQUEST),
+    ("invalid_idempotency_key", StatusCode::BAD_REQUEST),
+    ("invalid_name", StatusCode::BAD_REQUEST),
+    ("promise_too_large", StatusCode::PAYLOAD_TOO_LARGE),
+    ("queue_full", StatusCode::TOO_MANY_REQUESTS),
+    ("quota_exceeded", StatusCode::TOO_MANY_REQUESTS),
+    ("capacity_exhausted", StatusCode::SERVICE_UNAVAILABLE),
+    ("worker_moved", StatusCode::SERVICE_UNAVAILABLE),
+    ("unavailable", StatusCode::SERVICE_UNAVAILABLE),
+    // An invocation's failure: its kind.
+    ("trap", StatusCode::UNPROCESSABLE_ENTITY),
+    ("out_of_fuel", StatusCode::UNPROCESSABLE_ENTITY),
+    ("out_of_memory", StatusCode::UNPROCESSABLE_ENTITY),
+    ("timeout", StatusCode::UNPROCESSABLE_ENTITY),
+    ("exit", StatusCode::UNPROCESSABLE_ENTITY),
+    ("divergence", StatusCode::UNPROCESSABLE_ENTITY),
+    ("result_too_large", StatusCode::UNPROCESSABLE_ENTITY),
+    ("interrupted", StatusCode::UNPROCESSABLE_ENTITY),
+];
+
 impl From<ExecutorError> for Problem {
     fn from(e: ExecutorError) -> Problem {
         use ExecutorError as E;
-        let status = match &e {
-            E::WorkerNotFound(_)
-            | E::InvocationNotFound(_)
-            | E::ScheduleNotFound(_)
-            | E::PromiseNotFound(_) => StatusCode::NOT_FOUND,
-            E::WorkerExists(_)
-            | E::IncompatibleVersion(_)
-            | E::PromiseCompleted(_)
-            | E::WorkerFailed(_) => StatusCode::CONFLICT,
-            E::InvalidSchedule(_)
-            | E::UnknownFunction { .. }
-            | E::ParamCount { .. }
-            | E::InvalidParam(_)
-            | E::InvalidIdempotencyKey(_) => StatusCode::BAD_REQUEST,
-            E::PromiseTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            E::InvocationFailed { .. } => StatusCode::UNPROCESSABLE_ENTITY,
-            E::QueueFull(_) => StatusCode::TOO_MANY_REQUESTS,
-            E::PoolExhausted(_)
-            | E::Fenced { .. }
-            | E::NotOwner { .. }
-            | E::ShuttingDown
-            | E::Retry => StatusCode::SERVICE_UNAVAILABLE,
+        match e {
             E::QuotaExceeded { quota, limit, used } => {
-                return Problem::quota(quota, *limit, *used, None);
+                return Problem::quota(quota, limit, used, None);
             }
-            E::Component(_) => match e {
-                E::Component(inner) => return inner.into(),
-                _ => StatusCode::INTERNAL_SERVER_ERROR,
-            },
+            E::Component(inner) => return inner.into(),
             E::Store(_) | E::OplogGap { .. } | E::Corrupt(_) | E::Engine(_) => {
                 return Problem::internal(e);
             }
+            _ => {}
+        }
+        let Some((code, status)) = EXECUTOR_CODES
+            .iter()
+            .find(|(code, _)| *code == e.code())
+            .copied()
+        else {
+            return Problem::internal(e);
         };
         let retry =
             status == StatusCode::TOO_MANY_REQUESTS || status == StatusCode::SERVICE_UNAVAILABLE;
         Problem {
             retry_after_s: retry.then_some(1),
-            ..Problem::new(status, e.code(), e.to_string())
+            ..Problem::new(status, code, e.to_string())
         }
     }
 }

@@ -35,6 +35,9 @@ pub enum Role {
     /// Every service in this process: the gateway with the registry, billing and one executor
     /// that owns every shard.
     All,
+    /// The public HTTP API, with the registry and billing (libraries over the shared store);
+    /// worker calls go to the executor that owns the worker, found through the scheduler.
+    Gateway,
     /// The worker scheduler: executor membership, shard leases, failover (gRPC).
     Scheduler,
     /// An executor: runs the workers of the shards the scheduler grants it (gRPC).
@@ -182,37 +185,42 @@ async fn run_roles(config: Config, roles: &[Role]) -> anyhow::Result<()> {
         });
         println!("invicta listening on http://{addr} (role: scheduler)");
     }
-    if roles.contains(&Role::Executor) {
-        let blob_config = config
-            .blobs
-            .clone()
-            .unwrap_or_else(|| invicta_blob::Config::local_in(&data_dir));
-        let blobs = invicta_blob::BlobStore::open(&blob_config)
-            .await
-            .context("open the blob store")?;
-        let engine = invicta_engine::Engine::new(&config.engine).context("configure the engine")?;
-        let import_check =
-            invicta_executor::Executor::import_check(&engine).context("link WASI")?;
-        // The registry's data is read from the shared store and blobs: the executor compiles
-        // what it runs.
-        let registry = invicta_component_registry::Registry::new(
-            config.registry.clone(),
-            store.clone(),
-            blobs,
-            engine.clone(),
-            import_check,
-        );
-        let executor = invicta_executor::Executor::start(
-            invicta_executor::Config {
-                placement: invicta_executor::Placement::Scheduler,
-                ..config.executor.clone()
-            },
-            store.clone(),
-            registry,
-            engine,
-        )
+    if !roles.contains(&Role::Executor) && !roles.contains(&Role::Gateway) {
+        return serve_until_done(servers).await;
+    }
+    let blob_config = config
+        .blobs
+        .clone()
+        .unwrap_or_else(|| invicta_blob::Config::local_in(&data_dir));
+    let blobs = invicta_blob::BlobStore::open(&blob_config)
         .await
-        .context("start the executor")?;
+        .context("open the blob store")?;
+    let engine = invicta_engine::Engine::new(&config.engine).context("configure the engine")?;
+    let import_check = invicta_executor::Executor::import_check(&engine).context("link WASI")?;
+    // The registry's data is in the shared store and blobs: an executor compiles what it runs.
+    let registry = invicta_component_registry::Registry::new(
+        config.registry.clone(),
+        store.clone(),
+        blobs.clone(),
+        engine.clone(),
+        import_check,
+    );
+    // Without the executor role it owns no shard: every worker call is routed to its owner.
+    let executor = invicta_executor::Executor::start(
+        invicta_executor::Config {
+            placement: invicta_executor::Placement::Scheduler,
+            ..config.executor.clone()
+        },
+        store.clone(),
+        registry.clone(),
+        engine,
+    )
+    .await
+    .context("start the executor")?;
+    let scheduler = invicta_worker_scheduler::grpc::SchedulerClient::new(&config.grpc.scheduler)
+        .with_context(|| format!("the scheduler address {}", config.grpc.scheduler))?;
+    executor.route_through(scheduler.clone());
+    if roles.contains(&Role::Executor) {
         let listener = tokio::net::TcpListener::bind(config.grpc.executor_listen)
             .await
             .with_context(|| format!("listen on {}", config.grpc.executor_listen))?;
@@ -225,12 +233,53 @@ async fn run_roles(config: Config, roles: &[Role]) -> anyhow::Result<()> {
                 .await
                 .context("serve the executor")
         });
-        let scheduler =
-            invicta_worker_scheduler::grpc::SchedulerClient::new(&config.grpc.scheduler)
-                .with_context(|| format!("the scheduler address {}", config.grpc.scheduler))?;
-        tokio::spawn(heartbeats(executor, scheduler, format!("http://{addr}")));
+        tokio::spawn(heartbeats(
+            executor.clone(),
+            scheduler.clone(),
+            format!("http://{addr}"),
+        ));
         println!("invicta listening on http://{addr} (role: executor)");
     }
+    if roles.contains(&Role::Gateway) {
+        let preset = std::env::var("INVICTA_OPERATOR_KEY")
+            .ok()
+            .filter(|k| !k.is_empty());
+        let (billing, fresh_operator_key) = invicta_billing::Billing::start(
+            config.billing.clone(),
+            store.clone(),
+            &data_dir,
+            preset,
+        )
+        .await
+        .context("start billing")?;
+        billing.spawn_storage_sampler();
+        if let Some(key) = fresh_operator_key {
+            println!(
+                "operator key (shown once; also in {}): {key}",
+                data_dir.join(invicta_billing::OPERATOR_KEY_FILE).display()
+            );
+        }
+        let gateway = invicta_gateway::Service::bind(
+            &config.gateway,
+            invicta_gateway::Backends {
+                store,
+                blobs,
+                registry,
+                executor,
+                billing,
+            },
+        )
+        .await?;
+        let addr = gateway.local_addr()?;
+        servers.spawn(async move { Ok(gateway.run(shutdown_signal()).await?) });
+        println!("invicta listening on http://{addr} (role: gateway)");
+    }
+    serve_until_done(servers).await
+}
+
+async fn serve_until_done(
+    mut servers: tokio::task::JoinSet<anyhow::Result<()>>,
+) -> anyhow::Result<()> {
     while let Some(done) = servers.join_next().await {
         done.context("a role's server task")??;
     }

@@ -1,0 +1,226 @@
+//! Routing to the executor that owns a worker, for a process that runs the gateway without the
+//! worker's shard: the scheduler says where the worker runs, and the call goes there over gRPC.
+//! A call that finds the worker moved (its executor died or lost the lease) asks again and
+//! retries on the new owner; every forwarded invocation carries an idempotency key, so a retry
+//! never runs it twice.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use invicta_model::WorkerId;
+use invicta_model::shards::shard_of;
+use invicta_proto::common;
+use invicta_proto::executor::{self as pb, executor_client::ExecutorClient, invoke_response};
+use invicta_worker_scheduler::grpc::SchedulerClient;
+use tonic::transport::Channel;
+
+use crate::{Completed, Error, Limits, Result};
+
+/// How long a call keeps looking for the worker's executor (a failover takes about a lease).
+const ROUTE_BUDGET: Duration = Duration::from_secs(30);
+
+pub(crate) struct Router {
+    scheduler: SchedulerClient,
+    /// Where each shard's worker ran last, until a call finds it moved.
+    placements: Mutex<HashMap<u32, String>>,
+    clients: Mutex<HashMap<String, ExecutorClient<Channel>>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn wire(id: &WorkerId) -> common::WorkerId {
+    common::WorkerId {
+        tenant: id.tenant.to_string(),
+        component: id.component.to_string(),
+        worker: id.worker.to_string(),
+    }
+}
+
+/// A refusal worth retrying elsewhere: the worker moved, or its executor is going away.
+fn moved(code: &str) -> bool {
+    matches!(code, "worker_moved" | "unavailable")
+}
+
+/// An error of the remote executor, as this one's.
+fn remote(code: String, message: String) -> Error {
+    Error::Remote { code, message }
+}
+
+impl Router {
+    pub(crate) fn new(scheduler: SchedulerClient) -> Router {
+        Router {
+            scheduler,
+            placements: Mutex::new(HashMap::new()),
+            clients: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// A client of the executor running `id` now.
+    async fn client(&self, id: &WorkerId) -> Result<ExecutorClient<Channel>> {
+        let shard = shard_of(id);
+        let cached = lock(&self.placements).get(&shard).cloned();
+        let address = match cached {
+            Some(address) => address,
+            None => {
+                let placed = self
+                    .scheduler
+                    .locate(id)
+                    .await
+                    .map_err(|s| remote("worker_moved".into(), s.message().to_string()))?;
+                lock(&self.placements).insert(shard, placed.address.clone());
+                placed.address
+            }
+        };
+        if let Some(client) = lock(&self.clients).get(&address) {
+            return Ok(client.clone());
+        }
+        let channel = tonic::transport::Endpoint::from_shared(address.clone())
+            .map_err(|e| Error::Engine(format!("executor address {address}: {e}")))?
+            .connect_timeout(Duration::from_secs(1))
+            .connect_lazy();
+        let client = ExecutorClient::new(channel);
+        lock(&self.clients).insert(address, client.clone());
+        Ok(client)
+    }
+
+    fn forget(&self, id: &WorkerId) {
+        lock(&self.placements).remove(&shard_of(id));
+    }
+
+    /// Runs `attempt` against the worker's executor until it answers, following moves.
+    async fn routed<T, F, Fut>(&self, id: &WorkerId, attempt: F) -> Result<T>
+    where
+        F: Fn(ExecutorClient<Channel>) -> Fut,
+        Fut: Future<Output = Result<T>>,
+    {
+        let started = Instant::now();
+        let mut pause = Duration::from_millis(20);
+        loop {
+            let outcome = match self.client(id).await {
+                Ok(client) => attempt(client).await,
+                Err(e) => Err(e),
+            };
+            match outcome {
+                Err(Error::Remote { code, message })
+                    if moved(&code) && started.elapsed() < ROUTE_BUDGET =>
+                {
+                    tracing::debug!(worker = %id, %code, %message, "worker moved; asking where it is");
+                    self.forget(id);
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_millis(250));
+                }
+                other => return other,
+            }
+        }
+    }
+
+    pub(crate) async fn invoke(
+        &self,
+        id: &WorkerId,
+        function: &str,
+        params: &[serde_json::Value],
+        idempotency_key: Option<String>,
+        limits: &Limits,
+    ) -> Result<Completed> {
+        // A key of our own, so that a retry after a lost answer cannot run it twice.
+        let key = idempotency_key.unwrap_or_else(|| {
+            let bytes: [u8; 16] = rand::random();
+            format!("gw-{}", hex::encode(bytes))
+        });
+        let request = pb::InvokeRequest {
+            worker: Some(wire(id)),
+            function: function.to_string(),
+            params_json: serde_json::Value::Array(params.to_vec()).to_string(),
+            idempotency_key: key,
+            limits: Some(crate::grpc::limits_to(limits)),
+        };
+        self.routed(id, |mut client| {
+            let request = request.clone();
+            async move {
+                let reply = client
+                    .invoke(request)
+                    .await
+                    .map_err(|s| status_error(&s))?
+                    .into_inner();
+                match reply.outcome {
+                    Some(invoke_response::Outcome::ResultJson(json)) => Ok(Completed {
+                        result: serde_json::from_str(&json)
+                            .map_err(|e| Error::Corrupt(format!("a remote result: {e}")))?,
+                        fuel_consumed: reply.fuel_consumed,
+                    }),
+                    Some(invoke_response::Outcome::Problem(p)) => Err(remote(p.code, p.message)),
+                    None => Err(Error::Corrupt(
+                        "a remote invocation without an outcome".into(),
+                    )),
+                }
+            }
+        })
+        .await
+    }
+
+    pub(crate) async fn create_worker(
+        &self,
+        id: &WorkerId,
+        env: &[(String, String)],
+        args: &[String],
+        version: Option<u64>,
+        limits: &Limits,
+    ) -> Result<()> {
+        let request = pb::CreateWorkerRequest {
+            worker: Some(wire(id)),
+            env: env.iter().cloned().collect(),
+            args: args.to_vec(),
+            limits: Some(crate::grpc::limits_to(limits)),
+            version,
+        };
+        self.routed(id, |mut client| {
+            let request = request.clone();
+            async move {
+                client
+                    .create_worker(request)
+                    .await
+                    .map_err(|s| status_error(&s))?;
+                Ok(())
+            }
+        })
+        .await
+    }
+
+    pub(crate) async fn interrupt(&self, id: &WorkerId) -> Result<bool> {
+        let request = pb::GetWorkerRequest {
+            worker: Some(wire(id)),
+        };
+        self.routed(id, |mut client| {
+            let request = request.clone();
+            async move {
+                let status = client
+                    .interrupt(request)
+                    .await
+                    .map_err(|s| status_error(&s))?
+                    .into_inner();
+                Ok(status.interrupted)
+            }
+        })
+        .await
+    }
+}
+
+/// A gRPC status as an error: the executor's own code when it sent one (`code: message`), a
+/// move when the executor cannot be reached.
+fn status_error(status: &tonic::Status) -> Error {
+    match status.code() {
+        tonic::Code::Unavailable
+        | tonic::Code::Cancelled
+        | tonic::Code::DeadlineExceeded
+        | tonic::Code::Unknown => remote("worker_moved".into(), status.message().to_string()),
+        _ => match status.message().split_once(": ") {
+            Some((code, message)) if !code.contains(' ') => {
+                remote(code.to_string(), message.to_string())
+            }
+            _ => remote("internal".into(), status.message().to_string()),
+        },
+    }
+}

@@ -1,0 +1,182 @@
+//! Separate processes on loopback sharing the embedded store: a gateway (with the registry and
+//! billing), a scheduler and three executors. Clients invoke through the gateway while the
+//! executors are killed with SIGKILL and restarted, one at a time, several times. Every
+//! accepted invocation is applied exactly once, and the time from an executor's death to its
+//! workers serving again is printed, bounded by the lease plus replay.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use invicta_tests::{Api, Server, component};
+use serde_json::json;
+
+use crate::INVICTA;
+use crate::crash::call_until_answered;
+
+const LEASE_MS: u64 = 1_000;
+const EXECUTORS: usize = 3;
+const WORKERS: usize = 24;
+const CLIENTS: usize = 4;
+const KILLS: usize = 4;
+
+fn write(dir: &std::path::Path, name: &str, text: &str) -> anyhow::Result<String> {
+    let path = dir.join(name);
+    std::fs::write(&path, text)?;
+    Ok(path.to_string_lossy().into_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn executors_die_and_every_invocation_applies_exactly_once() -> anyhow::Result<()> {
+    let data = tempfile::tempdir()?;
+    let dir = data.path().join("data");
+    std::fs::create_dir_all(&dir)?;
+    let scheduler_config = write(
+        data.path(),
+        "scheduler.toml",
+        &format!("[scheduler]\nlisten = \"127.0.0.1:0\"\nlease_ms = {LEASE_MS}\n"),
+    )?;
+    let scheduler = Server::start_with(
+        INVICTA.as_ref(),
+        &dir,
+        &["--role", "scheduler", "--config", &scheduler_config],
+    )?;
+    let peers = write(
+        data.path(),
+        "peers.toml",
+        &format!(
+            "[grpc]\nexecutor_listen = \"127.0.0.1:0\"\nscheduler = \"{}\"\n",
+            scheduler.url
+        ),
+    )?;
+    let start_executor = {
+        let (dir, peers) = (dir.clone(), peers.clone());
+        move || {
+            Server::start_with(
+                INVICTA.as_ref(),
+                &dir,
+                &["--role", "executor", "--config", &peers],
+            )
+        }
+    };
+    let mut executors = Vec::new();
+    for _ in 0..EXECUTORS {
+        executors.push(start_executor()?);
+    }
+    let gateway = Server::start_with(
+        INVICTA.as_ref(),
+        &dir,
+        &["--role", "gateway", "--config", &peers],
+    )?;
+    let api = gateway.operator().new_tenant("cluster", "pro").await?;
+    let tenant_key = api.key.clone().unwrap_or_default();
+    assert_eq!(
+        api.upload("counter", component("counter")).await?.status,
+        201
+    );
+    // Every worker answers once before the kills begin.
+    for worker in 0..WORKERS {
+        let reply = api
+            .invoke(
+                "counter",
+                &format!("w{worker}"),
+                "add",
+                json!([0]),
+                Some(&format!("w{worker}-init")),
+            )
+            .await?;
+        anyhow::ensure!(reply.status == 200, "{reply:?}");
+    }
+
+    let url = Arc::new(RwLock::new(gateway.url.clone()));
+    let killing = Arc::new(AtomicBool::new(true));
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|client| {
+            let (url, killing, tenant_key) = (url.clone(), killing.clone(), tenant_key.clone());
+            tokio::spawn(async move {
+                let mine: Vec<usize> = (0..WORKERS).filter(|w| w % CLIENTS == client).collect();
+                let mut totals: HashMap<usize, i64> = HashMap::new();
+                let mut sent = 0_usize;
+                let mut round = 0;
+                while round < 3 || killing.load(Ordering::Acquire) {
+                    for &worker in &mine {
+                        let delta = (round % 7 + 1) as i64;
+                        let key = format!("w{worker}-{round}");
+                        let (result, attempts) =
+                            call_until_answered(&url, &tenant_key, worker, &key, delta).await?;
+                        let total = totals.entry(worker).or_insert(0);
+                        *total += delta;
+                        anyhow::ensure!(
+                            result == *total,
+                            "worker {worker} call {key}: got {result}, expected {total} (attempts {attempts})"
+                        );
+                        sent += 1;
+                    }
+                    round += 1;
+                    anyhow::ensure!(round < 10_000, "runaway client loop");
+                }
+                Ok::<_, anyhow::Error>((sent, totals))
+            })
+        })
+        .collect();
+
+    // Kill the executors one at a time. After each kill every worker is called at once: the
+    // slowest answer is the failover time of the dead executor's workers.
+    let probe_api = Api::new(&gateway.url).with_key(&tenant_key);
+    let mut failovers = Vec::new();
+    for round in 0..KILLS {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let victim = round % EXECUTORS;
+        let dead = executors.remove(victim);
+        dead.kill()?;
+        let killed = Instant::now();
+        executors.insert(victim, start_executor()?);
+        let mut probes = tokio::task::JoinSet::new();
+        for worker in 0..WORKERS {
+            let api = probe_api.clone();
+            probes.spawn(async move {
+                api.invoke("counter", &format!("w{worker}"), "get", json!([]), None)
+                    .await
+            });
+        }
+        while let Some(reply) = probes.join_next().await {
+            let reply = reply??;
+            anyhow::ensure!(reply.status == 200, "a probe failed: {reply:?}");
+        }
+        failovers.push(killed.elapsed());
+        eprintln!("cluster test: kill {} of executor {victim} done", round + 1);
+    }
+    killing.store(false, Ordering::Release);
+    let mut sent = 0;
+    let mut expected: HashMap<usize, i64> = HashMap::new();
+    for client in clients {
+        let (n, totals) = client.await??;
+        sent += n;
+        expected.extend(totals);
+    }
+    let worst = failovers.iter().max().copied().unwrap_or_default();
+    println!(
+        "cluster failover: {} kills, worker served again after {:?} (worst {} ms; lease {LEASE_MS} ms); {sent} invocations",
+        failovers.len(),
+        failovers.iter().map(|d| d.as_millis()).collect::<Vec<_>>(),
+        worst.as_millis()
+    );
+    assert!(!failovers.is_empty(), "no kill hit a worker's executor");
+    assert!(
+        worst < Duration::from_millis(LEASE_MS * 6),
+        "failover took {worst:?}"
+    );
+    // Every worker's state is the exact sum of what was sent to it.
+    for worker in 0..WORKERS {
+        let state = probe_api
+            .call("counter", &format!("w{worker}"), "get", json!([]))
+            .await?;
+        assert_eq!(
+            state,
+            json!(expected.get(&worker).copied().unwrap_or(0)),
+            "worker {worker}"
+        );
+    }
+    Ok(())
+}
