@@ -7,11 +7,15 @@ LISTEN ?= 127.0.0.1:8080
 DATA_DIR ?= ./.invicta
 INVICTA := $(CARGO_TARGET_DIR)/debug/invicta
 
-.PHONY: run build test check deps fmt-check clippy fdb-check unit-tests api-fuzz bench components
+.PHONY: run build test check deps fmt-check clippy fdb-check unit-tests api-fuzz infra-check bench components
 
 # schemathesis (from PyPI) in a virtualenv beside the target directory.
 SCHEMATHESIS_VERSION := 4.32.5
 ST_VENV ?= $(HOME)/.cache/invicta/schemathesis-$(SCHEMATHESIS_VERSION)
+
+# kubernetes-validate (from PyPI, with the Kubernetes schemas it bundles) for infra/k8s.
+KV_VERSION := 1.37.0
+KV_VENV ?= $(HOME)/.cache/invicta/kubernetes-validate-$(KV_VERSION)
 
 ## run: build and start the all-in-one server on $(LISTEN), data under $(DATA_DIR)
 run: build
@@ -23,7 +27,7 @@ build:
 ## test: install what the tests need, then every check and every test
 test: deps components check
 
-check: fmt-check clippy fdb-check unit-tests api-fuzz
+check: fmt-check clippy fdb-check infra-check unit-tests api-fuzz
 
 deps:
 	@rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip2 || rustup target add wasm32-wasip2
@@ -52,6 +56,12 @@ unit-tests:
 	else \
 		cargo test --workspace --no-fail-fast; \
 	fi
+
+## infra-check: the Kubernetes manifests in infra/k8s against the API's schemas, strictly
+infra-check:
+	@test -x $(KV_VENV)/bin/kubernetes-validate || { python3 -m venv $(KV_VENV) && \
+		$(KV_VENV)/bin/pip install -q 'kubernetes-validate==$(KV_VERSION)'; }
+	$(KV_VENV)/bin/kubernetes-validate --strict --quiet infra/k8s/*.yaml
 
 ## api-fuzz: schemathesis against a running server, from the OpenAPI document it serves
 api-fuzz: build components

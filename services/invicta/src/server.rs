@@ -18,8 +18,8 @@ pub struct Args {
     /// A TOML configuration file; flags and INVICTA_* variables override it
     #[arg(long, env = "INVICTA_CONFIG")]
     config: Option<PathBuf>,
-    /// What this process runs: `all` (every service, one process), or `scheduler` and/or
-    /// `executor`, which find each other over gRPC and share the store
+    /// What this process runs: `all` (every service, one process), or any of `gateway`,
+    /// `scheduler` and `executor`, which find each other over gRPC and share the store
     #[arg(
         long,
         env = "INVICTA_ROLE",
@@ -27,6 +27,10 @@ pub struct Args {
         default_value = "all"
     )]
     role: Vec<Role>,
+    /// The address other processes reach this executor's gRPC service at (e.g.
+    /// `http://10.1.2.3:7200` in a pod) [default: http:// and the address it listens on]
+    #[arg(long, env = "INVICTA_ADVERTISE")]
+    advertise: Option<String>,
 }
 
 /// A part of Invicta a process may run.
@@ -101,6 +105,9 @@ pub struct GrpcSection {
     pub executor_listen: SocketAddr,
     /// The scheduler's gRPC address (default http://127.0.0.1:7100).
     pub scheduler: String,
+    /// The address an executor registers, when other processes reach it by another address
+    /// than the one it listens on (default: `http://` and that address).
+    pub advertise: Option<String>,
 }
 
 impl Default for GrpcSection {
@@ -108,6 +115,7 @@ impl Default for GrpcSection {
         GrpcSection {
             executor_listen: SocketAddr::from(([127, 0, 0, 1], 7200)),
             scheduler: "http://127.0.0.1:7100".into(),
+            advertise: None,
         }
     }
 }
@@ -123,6 +131,9 @@ impl Config {
         }
         if let Some(dir) = &args.data_dir {
             config.data_dir = Some(dir.clone());
+        }
+        if let Some(advertise) = &args.advertise {
+            config.grpc.advertise = Some(advertise.clone());
         }
         Ok(config)
     }
@@ -233,11 +244,12 @@ async fn run_roles(config: Config, roles: &[Role]) -> anyhow::Result<()> {
                 .await
                 .context("serve the executor")
         });
-        tokio::spawn(heartbeats(
-            executor.clone(),
-            scheduler.clone(),
-            format!("http://{addr}"),
-        ));
+        let advertised = config
+            .grpc
+            .advertise
+            .clone()
+            .unwrap_or_else(|| format!("http://{addr}"));
+        tokio::spawn(heartbeats(executor.clone(), scheduler.clone(), advertised));
         println!("invicta listening on http://{addr} (role: executor)");
     }
     if roles.contains(&Role::Gateway) {
@@ -432,4 +444,41 @@ async fn shutdown_signal() {
     }
     #[cfg(not(unix))]
     let _ = interrupt.await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every configuration in `infra/` is one the server reads (unknown keys are refused),
+    /// including the one inside the Kubernetes manifests.
+    #[test]
+    fn the_infra_configurations_parse() -> anyhow::Result<()> {
+        let infra = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../infra");
+        let mut files = Vec::new();
+        for dir in [infra.clone(), infra.join("processes")] {
+            for entry in std::fs::read_dir(&dir)? {
+                let path = entry?.path();
+                if path.extension().is_some_and(|e| e == "toml") {
+                    files.push(path);
+                }
+            }
+        }
+        assert!(files.len() >= 5, "{files:?}");
+        for path in &files {
+            read_config(path)?;
+        }
+        // The ConfigMap's `invicta.toml: |` block, indented by four spaces.
+        let manifest = std::fs::read_to_string(infra.join("k8s/config.yaml"))?;
+        let embedded: String = manifest
+            .lines()
+            .skip_while(|l| !l.trim_start().starts_with("invicta.toml: |"))
+            .skip(1)
+            .take_while(|l| l.is_empty() || l.starts_with("    "))
+            .map(|l| format!("{}\n", l.strip_prefix("    ").unwrap_or(l)))
+            .collect();
+        let config: Config = toml::from_str(&embedded)?;
+        assert_eq!(config.grpc.scheduler, "http://invicta-scheduler:7100");
+        Ok(())
+    }
 }
