@@ -11,6 +11,7 @@ use invicta_proto::executor::{
     self as pb, executor_server::Executor as ExecutorRpc, invoke_response::Outcome,
 };
 use tonic::{Request, Response, Status};
+use tracing::Instrument;
 
 use crate::{Error, Executor, Limits, WorkerStatus};
 
@@ -95,6 +96,35 @@ fn status_message(id: &WorkerId, s: WorkerStatus) -> pb::WorkerStatus {
     }
 }
 
+impl ExecutorService {
+    async fn invoke_in(
+        &self,
+        r: pb::InvokeRequest,
+    ) -> Result<Response<pb::InvokeResponse>, Status> {
+        let id = worker_id(r.worker)?;
+        let params: Vec<serde_json::Value> = serde_json::from_str(&r.params_json).map_err(|e| {
+            Status::invalid_argument(format!("params_json is not a JSON array: {e}"))
+        })?;
+        let key = (!r.idempotency_key.is_empty()).then_some(r.idempotency_key);
+        let limits = limits_from(r.limits);
+        let response = match self
+            .executor
+            .invoke(&id, &r.function, &params, key, &limits)
+            .await
+        {
+            Ok(done) => pb::InvokeResponse {
+                outcome: Some(Outcome::ResultJson(done.result.to_string())),
+                fuel_consumed: done.fuel_consumed,
+            },
+            Err(e) => pb::InvokeResponse {
+                outcome: Some(Outcome::Problem(problem(&e))),
+                fuel_consumed: 0,
+            },
+        };
+        Ok(Response::new(response))
+    }
+}
+
 #[tonic::async_trait]
 impl ExecutorRpc for ExecutorService {
     async fn create_worker(
@@ -123,28 +153,10 @@ impl ExecutorRpc for ExecutorService {
         &self,
         request: Request<pb::InvokeRequest>,
     ) -> Result<Response<pb::InvokeResponse>, Status> {
-        let r = request.into_inner();
-        let id = worker_id(r.worker)?;
-        let params: Vec<serde_json::Value> = serde_json::from_str(&r.params_json).map_err(|e| {
-            Status::invalid_argument(format!("params_json is not a JSON array: {e}"))
-        })?;
-        let key = (!r.idempotency_key.is_empty()).then_some(r.idempotency_key);
-        let limits = limits_from(r.limits);
-        let response = match self
-            .executor
-            .invoke(&id, &r.function, &params, key, &limits)
-            .await
-        {
-            Ok(done) => pb::InvokeResponse {
-                outcome: Some(Outcome::ResultJson(done.result.to_string())),
-                fuel_consumed: done.fuel_consumed,
-            },
-            Err(e) => pb::InvokeResponse {
-                outcome: Some(Outcome::Problem(problem(&e))),
-                fuel_consumed: 0,
-            },
-        };
-        Ok(Response::new(response))
+        // The caller's trace goes on here: the invocation's spans are children of this one.
+        let span = tracing::info_span!("executor invoke");
+        invicta_telemetry::propagation::adopt(&span, request.metadata());
+        self.invoke_in(request.into_inner()).instrument(span).await
     }
 
     async fn get_worker(

@@ -141,7 +141,7 @@ impl Router {
             let request = request.clone();
             async move {
                 let reply = client
-                    .invoke(request)
+                    .invoke(invicta_telemetry::propagation::request(request))
                     .await
                     .map_err(|s| status_error(&s))?
                     .into_inner();
@@ -180,7 +180,7 @@ impl Router {
             let request = request.clone();
             async move {
                 client
-                    .create_worker(request)
+                    .create_worker(invicta_telemetry::propagation::request(request))
                     .await
                     .map_err(|s| status_error(&s))?;
                 Ok(())
@@ -197,7 +197,7 @@ impl Router {
             let request = request.clone();
             async move {
                 let status = client
-                    .interrupt(request)
+                    .interrupt(invicta_telemetry::propagation::request(request))
                     .await
                     .map_err(|s| status_error(&s))?
                     .into_inner();

@@ -7,6 +7,7 @@ use invicta_model::{ComponentName, TenantId, WorkerId, WorkerName};
 use invicta_proto::common;
 use invicta_proto::scheduler::{self as pb, scheduler_server::Scheduler as SchedulerRpc};
 use tonic::{Request, Response, Status};
+use tracing::Instrument;
 
 use crate::{Error, Placement, Scheduler};
 
@@ -74,8 +75,18 @@ impl SchedulerRpc for SchedulerService {
         &self,
         request: Request<pb::LocateRequest>,
     ) -> Result<Response<pb::Placement>, Status> {
+        let span = tracing::info_span!("scheduler locate");
+        invicta_telemetry::propagation::adopt(&span, request.metadata());
+        self.locate_in(request.into_inner()).instrument(span).await
+    }
+}
+
+impl SchedulerService {
+    async fn locate_in(
+        &self,
+        request: pb::LocateRequest,
+    ) -> Result<Response<pb::Placement>, Status> {
         let w = request
-            .into_inner()
             .worker
             .ok_or_else(|| Status::invalid_argument("`worker` is required"))?;
         let bad = |e: invicta_model::ids::InvalidName| Status::invalid_argument(e.to_string());
@@ -149,13 +160,13 @@ impl SchedulerClient {
         let reply = self
             .client
             .clone()
-            .locate(pb::LocateRequest {
+            .locate(invicta_telemetry::propagation::request(pb::LocateRequest {
                 worker: Some(common::WorkerId {
                     tenant: worker.tenant.to_string(),
                     component: worker.component.to_string(),
                     worker: worker.worker.to_string(),
                 }),
-            })
+            }))
             .await?
             .into_inner();
         Ok(Placement {

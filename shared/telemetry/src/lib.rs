@@ -72,3 +72,65 @@ where
         .with_simple_exporter(exporter)
         .build()
 }
+
+/// W3C trace context across gRPC calls: a client puts the current span's context in a
+/// request's metadata, and the server's span for the request continues that trace, so one
+/// trace follows an invocation from the gateway through the scheduler to the executor.
+pub mod propagation {
+    use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
+    use opentelemetry_sdk::propagation::TraceContextPropagator;
+    use tonic::metadata::{KeyRef, MetadataKey, MetadataMap, MetadataValue};
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+    struct Inject<'a>(&'a mut MetadataMap);
+
+    impl Injector for Inject<'_> {
+        fn set(&mut self, key: &str, value: String) {
+            if let (Ok(key), Ok(value)) = (
+                MetadataKey::from_bytes(key.as_bytes()),
+                MetadataValue::try_from(value.as_str()),
+            ) {
+                self.0.insert(key, value);
+            }
+        }
+    }
+
+    struct Extract<'a>(&'a MetadataMap);
+
+    impl Extractor for Extract<'_> {
+        fn get(&self, key: &str) -> Option<&str> {
+            self.0.get(key).and_then(|v| v.to_str().ok())
+        }
+
+        fn keys(&self) -> Vec<&str> {
+            self.0
+                .keys()
+                .filter_map(|k| match k {
+                    KeyRef::Ascii(k) => Some(k.as_str()),
+                    KeyRef::Binary(_) => None,
+                })
+                .collect()
+        }
+    }
+
+    /// `message` as a request carrying the current span's trace context.
+    pub fn request<T>(message: T) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
+        let cx = tracing::Span::current().context();
+        TraceContextPropagator::new().inject_context(&cx, &mut Inject(request.metadata_mut()));
+        request
+    }
+
+    /// Makes `span` (a server's span for a request) a child of the span the request's
+    /// metadata names, if it names one.
+    pub fn adopt(span: &tracing::Span, metadata: &MetadataMap) {
+        let cx = TraceContextPropagator::new().extract(&Extract(metadata));
+        if opentelemetry::trace::TraceContextExt::span(&cx)
+            .span_context()
+            .is_valid()
+        {
+            // A span that is already closed or not exported cannot take a parent; nothing to do.
+            let _ = span.set_parent(cx);
+        }
+    }
+}

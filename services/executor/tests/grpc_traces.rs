@@ -1,0 +1,156 @@
+//! One trace across gRPC: an executor that does not own a worker routes its invocation to the
+//! owner over loopback gRPC, asking the scheduler where the worker runs; the trace context
+//! travels in the requests' metadata, so the scheduler's and the owner's spans continue the
+//! caller's trace.
+
+use invicta_blob::BlobStore;
+use invicta_component_registry::{Quota, Registry};
+use invicta_engine::Engine;
+use invicta_executor::{Config as ExecutorConfig, Executor, Limits, Placement};
+use invicta_model::{ComponentName, TenantId, WorkerId, WorkerName};
+use invicta_store::{Config, Store};
+use invicta_worker_scheduler::Scheduler;
+use invicta_worker_scheduler::grpc::{SchedulerClient, SchedulerService};
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_sdk::trace::InMemorySpanExporter;
+use tracing::Instrument;
+use tracing_subscriber::layer::SubscriberExt;
+
+/// Serves `service` on a loopback port; its `http://` address.
+async fn serve<S>(service: S) -> anyhow::Result<String>
+where
+    S: tonic::codegen::Service<
+            http::Request<tonic::body::Body>,
+            Response = http::Response<tonic::body::Body>,
+            Error = std::convert::Infallible,
+        > + tonic::server::NamedService
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let address = format!("http://{}", listener.local_addr()?);
+    let incoming = futures::stream::unfold(listener, |l| async move {
+        let accepted = l.accept().await.map(|(s, _)| s);
+        Some((accepted, l))
+    });
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(service)
+            .serve_with_incoming(incoming),
+    );
+    Ok(address)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_routed_invocation_is_one_trace_across_grpc() -> anyhow::Result<()> {
+    let exporter = InMemorySpanExporter::default();
+    let provider = invicta_telemetry::provider_with(exporter.clone());
+    let subscriber = tracing_subscriber::registry()
+        .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
+    tracing::subscriber::set_global_default(subscriber)?;
+
+    let dir = tempfile::tempdir()?;
+    let store = Store::open(&Config::embedded_in(dir.path()))?;
+    let blobs = BlobStore::open(&invicta_blob::Config::local_in(dir.path())).await?;
+    let engine = Engine::new(&invicta_engine::Config {
+        pool_instances: 8,
+        ..Default::default()
+    })?;
+    let registry = Registry::new(
+        Default::default(),
+        store.clone(),
+        blobs,
+        engine.clone(),
+        Executor::import_check(&engine)?,
+    );
+    // The owner takes every shard; the router owns none.
+    let owner = Executor::start(
+        Default::default(),
+        store.clone(),
+        registry.clone(),
+        engine.clone(),
+    )
+    .await?;
+    let router = Executor::start(
+        ExecutorConfig {
+            placement: Placement::Scheduler,
+            ..Default::default()
+        },
+        store.clone(),
+        registry.clone(),
+        engine,
+    )
+    .await?;
+    let scheduler = Scheduler::new(store, std::time::Duration::from_secs(30));
+    let scheduler_address = serve(SchedulerService::new(scheduler.clone())).await?;
+    let owner_address = serve(invicta_executor::grpc::ExecutorService::new(owner.clone())).await?;
+    scheduler.register(owner.id(), &owner_address).await?;
+    router.route_through(SchedulerClient::new(&scheduler_address)?);
+
+    let tenant = TenantId::new("t1")?;
+    let component = ComponentName::new("counter")?;
+    let wasm = std::fs::read(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../tests/components/wasm/counter.wasm"),
+    )?;
+    registry
+        .upload(&tenant, &component, wasm, Quota::unlimited())
+        .await?;
+    let id = WorkerId {
+        tenant,
+        component,
+        worker: WorkerName::new("w")?,
+    };
+    let done = router
+        .invoke(
+            &id,
+            "add",
+            &[serde_json::json!(3)],
+            None,
+            &Limits::unlimited(),
+        )
+        .instrument(tracing::info_span!("request"))
+        .await?;
+    assert_eq!(done.result, serde_json::json!(3));
+
+    let mut spans = Vec::new();
+    for _ in 0..200 {
+        provider.force_flush()?;
+        spans = exporter.get_finished_spans()?;
+        if ["request", "group commit"]
+            .iter()
+            .all(|n| spans.iter().any(|s| s.name == *n))
+        {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let find = |name: &str| {
+        spans.iter().find(|s| s.name == name).ok_or_else(|| {
+            anyhow::anyhow!(
+                "no `{name}` span among {:?}",
+                spans.iter().map(|s| &s.name).collect::<Vec<_>>()
+            )
+        })
+    };
+    let request = find("request")?;
+    let locate = find("scheduler locate")?;
+    let served = find("executor invoke")?;
+    let run = find("run invocation")?;
+    let trace = request.span_context.trace_id();
+    for span in [locate, served, run] {
+        assert_eq!(
+            span.span_context.trace_id(),
+            trace,
+            "{} is in the trace",
+            span.name
+        );
+    }
+    assert_eq!(locate.parent_span_id, request.span_context.span_id());
+    assert_eq!(served.parent_span_id, request.span_context.span_id());
+    assert_eq!(run.parent_span_id, served.span_context.span_id());
+    Ok(())
+}
