@@ -167,6 +167,63 @@ async fn executors_die_and_every_invocation_applies_exactly_once() -> anyhow::Re
         worst < Duration::from_millis(LEASE_MS * 6),
         "failover took {worst:?}"
     );
+    // Through the gateway, enqueue and promises reach the worker's executor too.
+    let accepted = probe_api
+        .post_json(
+            "/v1/components/counter/workers/w0/enqueue",
+            &json!({ "function": "add", "params": [0] }),
+            Some("cluster-enqueue"),
+        )
+        .await?;
+    assert_eq!(accepted.status, 202, "{accepted:?}");
+    let done = probe_api
+        .get("/v1/components/counter/workers/w0/invocations/cluster-enqueue?wait_ms=20000")
+        .await?;
+    assert_eq!(done.body["status"], "completed", "{done:?}");
+    assert_eq!(api.upload("waiter", component("waiter")).await?.status, 201);
+    let promise = probe_api
+        .call("waiter", "p", "make-promise", json!([]))
+        .await?;
+    let accepted = probe_api
+        .post_json(
+            "/v1/components/waiter/workers/p/enqueue",
+            &json!({ "function": "wait-for", "params": [promise] }),
+            Some("cluster-await"),
+        )
+        .await?;
+    assert_eq!(accepted.status, 202, "{accepted:?}");
+    let waiting = probe_api
+        .get("/v1/components/waiter/workers/p/invocations/cluster-await?wait_ms=300")
+        .await?;
+    assert_eq!(waiting.body["status"], "pending", "{waiting:?}");
+    let path = format!(
+        "/v1/components/waiter/workers/p/promises/{}/complete",
+        promise.as_str().unwrap_or_default()
+    );
+    let completed = probe_api
+        .post_json(&path, &json!({ "data": "go" }), None)
+        .await?;
+    assert_eq!(completed.status, 200, "{completed:?}");
+    let done = probe_api
+        .get("/v1/components/waiter/workers/p/invocations/cluster-await?wait_ms=20000")
+        .await?;
+    assert_eq!(done.body["result"], json!({ "ok": "\"go\"" }), "{done:?}");
+
+    // Control reaches the owner too: resume, then delete.
+    let resumed = probe_api
+        .post_json("/v1/components/counter/workers/w1/resume", &json!({}), None)
+        .await?;
+    assert_eq!(resumed.status, 200, "{resumed:?}");
+    assert_eq!(
+        probe_api
+            .delete("/v1/components/waiter/workers/p")
+            .await?
+            .status,
+        204
+    );
+    let gone = probe_api.get("/v1/components/waiter/workers/p").await?;
+    assert_eq!(gone.status, 404, "{gone:?}");
+
     // Every worker's state is the exact sum of what was sent to it.
     for worker in 0..WORKERS {
         let state = probe_api

@@ -188,6 +188,84 @@ impl ExecutorRpc for ExecutorService {
         }))
     }
 
+    async fn enqueue(
+        &self,
+        request: Request<pb::EnqueueRequest>,
+    ) -> Result<Response<pb::EnqueueResponse>, Status> {
+        let span = tracing::info_span!("executor enqueue");
+        invicta_telemetry::propagation::adopt(&span, request.metadata());
+        let r = request.into_inner();
+        let id = worker_id(r.worker)?;
+        let params: Vec<serde_json::Value> = serde_json::from_str(&r.params_json).map_err(|e| {
+            Status::invalid_argument(format!("params_json is not a JSON array: {e}"))
+        })?;
+        let key = (!r.idempotency_key.is_empty()).then_some(r.idempotency_key);
+        let limits = limits_from(r.limits);
+        let accepted = self
+            .executor
+            .enqueue(&id, &r.function, &params, key, r.schedule_at_ms, &limits)
+            .instrument(span)
+            .await;
+        Ok(Response::new(match accepted {
+            Ok((key, fresh)) => pb::EnqueueResponse {
+                outcome: Some(pb::enqueue_response::Outcome::IdempotencyKey(key)),
+                fresh,
+            },
+            Err(e) => pb::EnqueueResponse {
+                outcome: Some(pb::enqueue_response::Outcome::Problem(problem(&e))),
+                fresh: false,
+            },
+        }))
+    }
+
+    async fn wake(
+        &self,
+        request: Request<pb::GetWorkerRequest>,
+    ) -> Result<Response<pb::WorkerStatus>, Status> {
+        let id = worker_id(request.into_inner().worker)?;
+        self.executor.wake(&id).await.map_err(|e| status_of(&e))?;
+        let status = self.executor.status(&id).await.map_err(|e| status_of(&e))?;
+        Ok(Response::new(status_message(&id, status)))
+    }
+
+    async fn resume(
+        &self,
+        request: Request<pb::GetWorkerRequest>,
+    ) -> Result<Response<pb::WorkerStatus>, Status> {
+        let id = worker_id(request.into_inner().worker)?;
+        let status = self.executor.resume(&id).await.map_err(|e| status_of(&e))?;
+        Ok(Response::new(status_message(&id, status)))
+    }
+
+    async fn delete_worker(
+        &self,
+        request: Request<pb::GetWorkerRequest>,
+    ) -> Result<Response<pb::WorkerStatus>, Status> {
+        let id = worker_id(request.into_inner().worker)?;
+        self.executor
+            .delete_worker(&id)
+            .await
+            .map_err(|e| status_of(&e))?;
+        Ok(Response::new(pb::WorkerStatus {
+            status: "deleted".into(),
+            ..Default::default()
+        }))
+    }
+
+    async fn set_version(
+        &self,
+        request: Request<pb::SetVersionRequest>,
+    ) -> Result<Response<pb::WorkerStatus>, Status> {
+        let r = request.into_inner();
+        let id = worker_id(r.worker)?;
+        self.executor
+            .set_version(&id, r.version)
+            .await
+            .map_err(|e| status_of(&e))?;
+        let status = self.executor.status(&id).await.map_err(|e| status_of(&e))?;
+        Ok(Response::new(status_message(&id, status)))
+    }
+
     async fn interrupt(
         &self,
         request: Request<pb::GetWorkerRequest>,

@@ -991,6 +991,18 @@ impl Executor {
         schedule_at_ms: Option<u64>,
         limits: &Limits,
     ) -> Result<(String, bool)> {
+        if let Some(router) = self.elsewhere(id) {
+            return router
+                .enqueue(
+                    id,
+                    function,
+                    params,
+                    idempotency_key,
+                    schedule_at_ms,
+                    limits,
+                )
+                .await;
+        }
         let mut invocation = self
             .prepare(id, function, params, idempotency_key, limits)
             .await?;
@@ -1205,7 +1217,10 @@ impl Executor {
     }
 
     /// Tells the worker that what it waits for may have come.
-    async fn wake(&self, id: &WorkerId) -> Result<()> {
+    pub(crate) async fn wake(&self, id: &WorkerId) -> Result<()> {
+        if let Some(router) = self.elsewhere(id) {
+            return router.wake(id).await;
+        }
         match self.handle(id).await {
             Ok(handle) => {
                 let _ = handle.send(Command::Resume).await;
@@ -1533,6 +1548,10 @@ impl Executor {
 
     /// Activates the worker now (replaying its oplog), retrying a replay that failed before.
     pub async fn resume(&self, id: &WorkerId) -> Result<WorkerStatus> {
+        if let Some(router) = self.elsewhere(id) {
+            router.control(id, remote::Control::Resume).await?;
+            return self.status(id).await;
+        }
         self.ask(id, WorkerHandle::clear_failure, Command::Activate)
             .await?;
         self.status(id).await
@@ -1565,6 +1584,9 @@ impl Executor {
     /// Deletes the worker: its running invocation is interrupted, its queued and pending ones
     /// are dropped, and its record, oplog and invocation records are removed.
     pub async fn delete_worker(&self, id: &WorkerId) -> Result<()> {
+        if let Some(router) = self.elsewhere(id) {
+            return router.control(id, remote::Control::Delete).await;
+        }
         self.ask(id, WorkerHandle::start_deleting, Command::Delete)
             .await
     }
@@ -1574,6 +1596,15 @@ impl Executor {
     /// same signature, and a trial replay must reproduce every recorded result; otherwise the
     /// worker stays where it was and the reason is returned.
     pub async fn set_version(&self, id: &WorkerId, version: u64) -> Result<WorkerRecord> {
+        if let Some(router) = self.elsewhere(id) {
+            router
+                .control(id, remote::Control::SetVersion(version))
+                .await?;
+            return self
+                .worker_record(id)
+                .await?
+                .ok_or_else(|| Error::WorkerNotFound(id.to_string()));
+        }
         let record = self
             .worker_record(id)
             .await?

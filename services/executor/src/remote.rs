@@ -20,6 +20,14 @@ use crate::{Completed, Error, Limits, Result};
 /// How long a call keeps looking for the worker's executor (a failover takes about a lease).
 const ROUTE_BUDGET: Duration = Duration::from_secs(30);
 
+/// What [`Router::control`] asks of a worker's executor.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Control {
+    Resume,
+    Delete,
+    SetVersion(u64),
+}
+
 pub(crate) struct Router {
     scheduler: SchedulerClient,
     /// Where each shard's worker ran last, until a call finds it moved.
@@ -184,6 +192,101 @@ impl Router {
                     .await
                     .map_err(|s| status_error(&s))?;
                 Ok(())
+            }
+        })
+        .await
+    }
+
+    pub(crate) async fn enqueue(
+        &self,
+        id: &WorkerId,
+        function: &str,
+        params: &[serde_json::Value],
+        idempotency_key: Option<String>,
+        schedule_at_ms: Option<u64>,
+        limits: &Limits,
+    ) -> Result<(String, bool)> {
+        // As for invoke: a retry must find the first acceptance, not make a second.
+        let key = idempotency_key.unwrap_or_else(|| {
+            let bytes: [u8; 16] = rand::random();
+            format!("gw-{}", hex::encode(bytes))
+        });
+        let request = pb::EnqueueRequest {
+            worker: Some(wire(id)),
+            function: function.to_string(),
+            params_json: serde_json::Value::Array(params.to_vec()).to_string(),
+            idempotency_key: key,
+            schedule_at_ms,
+            limits: Some(crate::grpc::limits_to(limits)),
+        };
+        self.routed(id, |mut client| {
+            let request = request.clone();
+            async move {
+                let reply = client
+                    .enqueue(invicta_telemetry::propagation::request(request))
+                    .await
+                    .map_err(|s| status_error(&s))?
+                    .into_inner();
+                match reply.outcome {
+                    Some(pb::enqueue_response::Outcome::IdempotencyKey(key)) => {
+                        Ok((key, reply.fresh))
+                    }
+                    Some(pb::enqueue_response::Outcome::Problem(p)) => {
+                        Err(remote(p.code, p.message))
+                    }
+                    None => Err(Error::Corrupt("a remote enqueue without an outcome".into())),
+                }
+            }
+        })
+        .await
+    }
+
+    pub(crate) async fn wake(&self, id: &WorkerId) -> Result<()> {
+        let request = pb::GetWorkerRequest {
+            worker: Some(wire(id)),
+        };
+        self.routed(id, |mut client| {
+            let request = request.clone();
+            async move {
+                client
+                    .wake(invicta_telemetry::propagation::request(request))
+                    .await
+                    .map_err(|s| status_error(&s))?;
+                Ok(())
+            }
+        })
+        .await
+    }
+
+    /// Resume, delete or move a worker at its executor.
+    pub(crate) async fn control(&self, id: &WorkerId, action: Control) -> Result<()> {
+        let worker = Some(wire(id));
+        self.routed(id, |mut client| {
+            let worker = worker.clone();
+            async move {
+                let get = || pb::GetWorkerRequest {
+                    worker: worker.clone(),
+                };
+                let sent = match action {
+                    Control::Resume => client
+                        .resume(invicta_telemetry::propagation::request(get()))
+                        .await
+                        .map(drop),
+                    Control::Delete => client
+                        .delete_worker(invicta_telemetry::propagation::request(get()))
+                        .await
+                        .map(drop),
+                    Control::SetVersion(version) => client
+                        .set_version(invicta_telemetry::propagation::request(
+                            pb::SetVersionRequest {
+                                worker: worker.clone(),
+                                version,
+                            },
+                        ))
+                        .await
+                        .map(drop),
+                };
+                sent.map_err(|s| status_error(&s))
             }
         })
         .await
