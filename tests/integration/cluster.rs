@@ -1,5 +1,5 @@
-//! Separate processes on loopback sharing the embedded store: a gateway (with the registry and
-//! billing), a scheduler and three executors. Clients invoke through the gateway while the
+//! Separate processes on loopback sharing the embedded store: a gateway (with billing), a
+//! registry, a scheduler and three executors. Clients invoke through the gateway while the
 //! executors are killed with SIGKILL and restarted, one at a time, several times. Every
 //! accepted invocation is applied exactly once, and the time from an executor's death to its
 //! workers serving again is printed, bounded by the lease plus replay.
@@ -42,12 +42,22 @@ async fn executors_die_and_every_invocation_applies_exactly_once() -> anyhow::Re
         &dir,
         &["--role", "scheduler", "--config", &scheduler_config],
     )?;
+    let registry_config = write(
+        data.path(),
+        "registry.toml",
+        "[grpc]\nregistry_listen = \"127.0.0.1:0\"\n",
+    )?;
+    let registry = Server::start_with(
+        INVICTA.as_ref(),
+        &dir,
+        &["--role", "registry", "--config", &registry_config],
+    )?;
     let peers = write(
         data.path(),
         "peers.toml",
         &format!(
-            "[grpc]\nexecutor_listen = \"127.0.0.1:0\"\nscheduler = \"{}\"\n",
-            scheduler.url
+            "[grpc]\nexecutor_listen = \"127.0.0.1:0\"\nscheduler = \"{}\"\nregistry = \"{}\"\n",
+            scheduler.url, registry.url
         ),
     )?;
     let start_executor = {
@@ -74,6 +84,20 @@ async fn executors_die_and_every_invocation_applies_exactly_once() -> anyhow::Re
     assert_eq!(
         api.upload("counter", component("counter")).await?.status,
         201
+    );
+    // The registry's answers come back through the gateway as they would in one process.
+    let bad = api.upload("bad", b"not a component".to_vec()).await?;
+    assert_eq!(
+        (bad.status, bad.code()),
+        (400, "invalid_component"),
+        "{bad:?}"
+    );
+    let listed = api.get("/v1/components/counter").await?;
+    assert_eq!(listed.body["versions"], json!([1]), "{listed:?}");
+    let missing = api.get("/v1/components/nope").await?;
+    assert_eq!(
+        (missing.status, missing.code()),
+        (404, "component_not_found")
     );
     // Every worker answers once before the kills begin.
     for worker in 0..WORKERS {

@@ -17,6 +17,8 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+pub mod grpc;
+
 use invicta_blob::{BlobRef, BlobStore};
 use invicta_engine::Engine;
 use invicta_engine::exports::{ExportedFunction, FunctionSignature, exported_functions};
@@ -63,6 +65,26 @@ pub enum Error {
     Corrupt(String),
     #[error("compile the component: {0}")]
     Compile(String),
+    /// The registry in another process refused, with its error's code.
+    #[error("{message}")]
+    Remote { code: String, message: String },
+}
+
+impl Error {
+    /// The stable code the API reports for this error.
+    pub fn code(&self) -> &str {
+        match self {
+            Error::NotAComponent(_) | Error::Invalid(_) => "invalid_component",
+            Error::UnsupportedImports(_) => "unsupported_imports",
+            Error::TooLarge { .. } => "payload_too_large",
+            Error::QuotaExceeded { .. } => "quota_exceeded",
+            Error::NotFound(_) => "component_not_found",
+            Error::VersionNotFound { .. } => "version_not_found",
+            Error::InUse { .. } => "component_in_use",
+            Error::Remote { code, .. } => code,
+            Error::Store(_) | Error::Blob(_) | Error::Corrupt(_) | Error::Compile(_) => "internal",
+        }
+    }
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -176,6 +198,8 @@ struct Inner {
     engine: Engine,
     import_check: ImportCheck,
     compiled: Mutex<HashMap<(TenantId, ComponentName, u64), Arc<Compiled>>>,
+    /// The registry role's process, when it is not this one.
+    remote: std::sync::OnceLock<grpc::RegistryClient>,
 }
 
 fn now_ms() -> u64 {
@@ -222,8 +246,17 @@ impl Registry {
                 engine,
                 import_check,
                 compiled: Mutex::new(HashMap::new()),
+                remote: std::sync::OnceLock::new(),
             }),
         }
+    }
+
+    /// Sends uploads, reads and deletions to the registry role at `address`; this process
+    /// then only compiles what its executor runs, from the shared store and blobs.
+    pub fn route_through(&self, address: &str) -> Result<()> {
+        let client = grpc::RegistryClient::new(address)?;
+        let _ = self.inner.remote.set(client);
+        Ok(())
     }
 
     /// The blob store it keeps components in, which the executors share.
@@ -243,6 +276,9 @@ impl Registry {
         bytes: Vec<u8>,
         quota: Quota,
     ) -> Result<Uploaded> {
+        if let Some(remote) = self.inner.remote.get() {
+            return remote.upload(tenant, name, bytes, quota).await;
+        }
         let inner = &self.inner;
         if bytes.len() as u64 > inner.config.component_bytes_max {
             return Err(Error::TooLarge {
@@ -404,6 +440,9 @@ impl Registry {
         name: &ComponentName,
         version: Option<u64>,
     ) -> Result<ComponentVersion> {
+        if let Some(remote) = self.inner.remote.get() {
+            return Ok(remote.get(tenant, name, version).await?.0);
+        }
         let (tenant, name) = (tenant.clone(), name.clone());
         self.inner
             .store
@@ -429,6 +468,9 @@ impl Registry {
 
     /// The tenant's components with their latest versions, by name.
     pub async fn list(&self, tenant: &TenantId) -> Result<Vec<ComponentVersion>> {
+        if let Some(remote) = self.inner.remote.get() {
+            return remote.list(tenant).await;
+        }
         let tenant = tenant.clone();
         self.inner
             .store
@@ -455,6 +497,13 @@ impl Registry {
     /// Deletes a component with all its versions, refused while any worker uses it (checked
     /// in the same transaction). The tenant's counts drop by what it took.
     pub async fn delete(&self, tenant: &TenantId, name: &ComponentName) -> Result<()> {
+        if let Some(remote) = self.inner.remote.get() {
+            remote.delete(tenant, name).await?;
+            // What this process compiled of it goes too.
+            self.lock()
+                .retain(|(t, n, _), _| !(t == tenant && n == name));
+            return Ok(());
+        }
         let (tenant_c, name_c) = (tenant.clone(), name.clone());
         let versions = self
             .inner
@@ -512,6 +561,9 @@ impl Registry {
 
     /// The version numbers of a component, oldest first.
     pub async fn versions(&self, tenant: &TenantId, name: &ComponentName) -> Result<Vec<u64>> {
+        if let Some(remote) = self.inner.remote.get() {
+            return Ok(remote.get(tenant, name, None).await?.1);
+        }
         let prefix = pack(&("component-version", tenant.as_str(), name.as_str()));
         let rows = self
             .inner

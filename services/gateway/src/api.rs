@@ -128,14 +128,21 @@ impl From<RegistryError> for Problem {
             RegistryError::InUse { .. } => {
                 Problem::new(StatusCode::CONFLICT, "component_in_use", e.to_string())
             }
+            RegistryError::Remote { ref code, .. } => {
+                coded(code, e.to_string()).unwrap_or_else(|| Problem::internal(e))
+            }
             other => Problem::internal(other),
         }
     }
 }
 
-/// Every code an executor error may carry, with its HTTP status: one table for errors raised
-/// here and for those another process's executor sent back.
-const EXECUTOR_CODES: &[(&str, StatusCode)] = &[
+/// Every code an executor or registry error may carry, with its HTTP status: one table for
+/// errors raised here and for those another process sent back.
+const CODES: &[(&str, StatusCode)] = &[
+    ("invalid_component", StatusCode::BAD_REQUEST),
+    ("unsupported_imports", StatusCode::BAD_REQUEST),
+    ("payload_too_large", StatusCode::PAYLOAD_TOO_LARGE),
+    ("component_in_use", StatusCode::CONFLICT),
     ("worker_not_found", StatusCode::NOT_FOUND),
     ("invocation_not_found", StatusCode::NOT_FOUND),
     ("schedule_not_found", StatusCode::NOT_FOUND),
@@ -181,20 +188,19 @@ impl From<ExecutorError> for Problem {
             }
             _ => {}
         }
-        let Some((code, status)) = EXECUTOR_CODES
-            .iter()
-            .find(|(code, _)| *code == e.code())
-            .copied()
-        else {
-            return Problem::internal(e);
-        };
-        let retry =
-            status == StatusCode::TOO_MANY_REQUESTS || status == StatusCode::SERVICE_UNAVAILABLE;
-        Problem {
-            retry_after_s: retry.then_some(1),
-            ..Problem::new(status, code, e.to_string())
-        }
+        coded(e.code(), e.to_string()).unwrap_or_else(|| Problem::internal(e))
     }
+}
+
+/// The problem for an error's code, if the code is one of [`CODES`].
+fn coded(code: &str, detail: String) -> Option<Problem> {
+    let (code, status) = CODES.iter().find(|(c, _)| *c == code).copied()?;
+    let retry =
+        status == StatusCode::TOO_MANY_REQUESTS || status == StatusCode::SERVICE_UNAVAILABLE;
+    Some(Problem {
+        retry_after_s: retry.then_some(1),
+        ..Problem::new(status, code, detail)
+    })
 }
 
 pub(crate) type ApiResult<T> = Result<T, Problem>;

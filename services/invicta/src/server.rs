@@ -39,9 +39,12 @@ pub enum Role {
     /// Every service in this process: the gateway with the registry, billing and one executor
     /// that owns every shard.
     All,
-    /// The public HTTP API, with the registry and billing (libraries over the shared store);
-    /// worker calls go to the executor that owns the worker, found through the scheduler.
+    /// The public HTTP API, with billing (a library over the shared store); worker calls go to
+    /// the executor that owns the worker, found through the scheduler, and component calls to
+    /// the registry role when `[grpc] registry` names one.
     Gateway,
+    /// The component registry: validates, precompiles and stores components (gRPC).
+    Registry,
     /// The worker scheduler: executor membership, shard leases, failover (gRPC).
     Scheduler,
     /// An executor: runs the workers of the shards the scheduler grants it (gRPC).
@@ -108,6 +111,11 @@ pub struct GrpcSection {
     /// The address an executor registers, when other processes reach it by another address
     /// than the one it listens on (default: `http://` and that address).
     pub advertise: Option<String>,
+    /// Where the registry role's gRPC service listens (default 127.0.0.1:7300).
+    pub registry_listen: SocketAddr,
+    /// The registry role's gRPC address, for the processes that do not run it (default: none,
+    /// each process uses the registry as a library over the shared store).
+    pub registry: Option<String>,
 }
 
 impl Default for GrpcSection {
@@ -116,6 +124,8 @@ impl Default for GrpcSection {
             executor_listen: SocketAddr::from(([127, 0, 0, 1], 7200)),
             scheduler: "http://127.0.0.1:7100".into(),
             advertise: None,
+            registry_listen: SocketAddr::from(([127, 0, 0, 1], 7300)),
+            registry: None,
         }
     }
 }
@@ -196,7 +206,10 @@ async fn run_roles(config: Config, roles: &[Role]) -> anyhow::Result<()> {
         });
         println!("invicta listening on http://{addr} (role: scheduler)");
     }
-    if !roles.contains(&Role::Executor) && !roles.contains(&Role::Gateway) {
+    if !roles
+        .iter()
+        .any(|r| matches!(r, Role::Executor | Role::Gateway | Role::Registry))
+    {
         return serve_until_done(servers).await;
     }
     let blob_config = config
@@ -216,6 +229,28 @@ async fn run_roles(config: Config, roles: &[Role]) -> anyhow::Result<()> {
         engine.clone(),
         import_check,
     );
+    if roles.contains(&Role::Registry) {
+        let listener = tokio::net::TcpListener::bind(config.grpc.registry_listen)
+            .await
+            .with_context(|| format!("listen on {}", config.grpc.registry_listen))?;
+        let addr = listener.local_addr()?;
+        let service = invicta_component_registry::grpc::RegistryService::new(registry.clone());
+        servers.spawn(async move {
+            tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming_shutdown(tokio_stream_of(listener), shutdown_signal())
+                .await
+                .context("serve the registry")
+        });
+        println!("invicta listening on http://{addr} (role: registry)");
+    } else if let Some(address) = &config.grpc.registry {
+        registry
+            .route_through(address)
+            .with_context(|| format!("the registry address {address}"))?;
+    }
+    if !roles.contains(&Role::Executor) && !roles.contains(&Role::Gateway) {
+        return serve_until_done(servers).await;
+    }
     // Without the executor role it owns no shard: every worker call is routed to its owner.
     let executor = invicta_executor::Executor::start(
         invicta_executor::Config {
