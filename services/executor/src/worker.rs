@@ -825,6 +825,11 @@ impl Actor {
             self.finish(&key, Err(e));
             return;
         }
+        // The activation may have finished this very invocation: cut off by a crash (or by a
+        // move to this executor), it resumed from the oplog and its waiters have their answer.
+        if !lock(&self.shared.inflight).contains_key(&key) {
+            return;
+        }
         if self.parked.is_some() {
             // An invocation cut off earlier resumed and waits again: this one runs after it.
             let waiters = lock(&self.shared.inflight).remove(&key).unwrap_or_default();

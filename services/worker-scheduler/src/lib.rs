@@ -163,7 +163,8 @@ impl Scheduler {
     }
 
     /// Gives every shard without a live owner to the live executor holding the fewest, at the
-    /// next epoch. Returns the shards moved.
+    /// next epoch. Returns the shards moved. Live owners keep their shards: a newcomer takes
+    /// only what is orphaned.
     pub async fn assign(&self) -> Result<Vec<(u32, String)>> {
         let lease_ms = self.lease_ms();
         self.store
