@@ -62,6 +62,15 @@ pub fn limits_to(limits: &Limits) -> pb::Limits {
     }
 }
 
+/// A call for a worker this executor does not run is refused, not passed on: the caller asks
+/// the scheduler again (two executors with stale views would otherwise pass it back and forth).
+fn not_here(executor: &Executor, id: &WorkerId) -> Option<Error> {
+    (!executor.owns(id)).then(|| Error::NotOwner {
+        worker: id.to_string(),
+        shard: invicta_model::shards::shard_of(id),
+    })
+}
+
 fn problem(e: &Error) -> common::Problem {
     common::Problem {
         code: e.code().to_string(),
@@ -102,6 +111,12 @@ impl ExecutorService {
         r: pb::InvokeRequest,
     ) -> Result<Response<pb::InvokeResponse>, Status> {
         let id = worker_id(r.worker)?;
+        if let Some(e) = not_here(&self.executor, &id) {
+            return Ok(Response::new(pb::InvokeResponse {
+                outcome: Some(Outcome::Problem(problem(&e))),
+                fuel_consumed: 0,
+            }));
+        }
         let params: Vec<serde_json::Value> = serde_json::from_str(&r.params_json).map_err(|e| {
             Status::invalid_argument(format!("params_json is not a JSON array: {e}"))
         })?;
@@ -133,6 +148,9 @@ impl ExecutorRpc for ExecutorService {
     ) -> Result<Response<pb::WorkerStatus>, Status> {
         let r = request.into_inner();
         let id = worker_id(r.worker)?;
+        if let Some(e) = not_here(&self.executor, &id) {
+            return Err(status_of(&e));
+        }
         let mut env: Vec<(String, String)> = r
             .env
             .into_iter()
@@ -196,6 +214,12 @@ impl ExecutorRpc for ExecutorService {
         invicta_telemetry::propagation::adopt(&span, request.metadata());
         let r = request.into_inner();
         let id = worker_id(r.worker)?;
+        if let Some(e) = not_here(&self.executor, &id) {
+            return Ok(Response::new(pb::EnqueueResponse {
+                outcome: Some(pb::enqueue_response::Outcome::Problem(problem(&e))),
+                fresh: false,
+            }));
+        }
         let params: Vec<serde_json::Value> = serde_json::from_str(&r.params_json).map_err(|e| {
             Status::invalid_argument(format!("params_json is not a JSON array: {e}"))
         })?;
@@ -223,6 +247,9 @@ impl ExecutorRpc for ExecutorService {
         request: Request<pb::GetWorkerRequest>,
     ) -> Result<Response<pb::WorkerStatus>, Status> {
         let id = worker_id(request.into_inner().worker)?;
+        if let Some(e) = not_here(&self.executor, &id) {
+            return Err(status_of(&e));
+        }
         self.executor.wake(&id).await.map_err(|e| status_of(&e))?;
         let status = self.executor.status(&id).await.map_err(|e| status_of(&e))?;
         Ok(Response::new(status_message(&id, status)))
@@ -233,6 +260,9 @@ impl ExecutorRpc for ExecutorService {
         request: Request<pb::GetWorkerRequest>,
     ) -> Result<Response<pb::WorkerStatus>, Status> {
         let id = worker_id(request.into_inner().worker)?;
+        if let Some(e) = not_here(&self.executor, &id) {
+            return Err(status_of(&e));
+        }
         let status = self.executor.resume(&id).await.map_err(|e| status_of(&e))?;
         Ok(Response::new(status_message(&id, status)))
     }
@@ -242,6 +272,9 @@ impl ExecutorRpc for ExecutorService {
         request: Request<pb::GetWorkerRequest>,
     ) -> Result<Response<pb::WorkerStatus>, Status> {
         let id = worker_id(request.into_inner().worker)?;
+        if let Some(e) = not_here(&self.executor, &id) {
+            return Err(status_of(&e));
+        }
         self.executor
             .delete_worker(&id)
             .await
@@ -258,6 +291,9 @@ impl ExecutorRpc for ExecutorService {
     ) -> Result<Response<pb::WorkerStatus>, Status> {
         let r = request.into_inner();
         let id = worker_id(r.worker)?;
+        if let Some(e) = not_here(&self.executor, &id) {
+            return Err(status_of(&e));
+        }
         self.executor
             .set_version(&id, r.version)
             .await
@@ -271,6 +307,9 @@ impl ExecutorRpc for ExecutorService {
         request: Request<pb::GetWorkerRequest>,
     ) -> Result<Response<pb::WorkerStatus>, Status> {
         let id = worker_id(request.into_inner().worker)?;
+        if let Some(e) = not_here(&self.executor, &id) {
+            return Err(status_of(&e));
+        }
         self.executor
             .interrupt(&id)
             .await

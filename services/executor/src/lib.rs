@@ -507,6 +507,11 @@ impl Executor {
         let _ = self.inner.router.set(remote::Router::new(scheduler));
     }
 
+    /// Whether this executor runs `id` now (holds its shard).
+    pub fn owns(&self, id: &WorkerId) -> bool {
+        self.inner.fencing.owns(id)
+    }
+
     /// The router for `id`, if another executor runs it.
     fn elsewhere(&self, id: &WorkerId) -> Option<&remote::Router> {
         if self.inner.fencing.owns(id) {

@@ -3,7 +3,8 @@
 //! Executors register and heartbeat; each heartbeat renews the executor's membership and the
 //! leases of the shards it holds, and answers with those shards and their epochs. The
 //! scheduler's assignment pass gives every shard whose owner is gone — its membership expired,
-//! or its lease did — to the live executor holding the fewest, at the next epoch. The old owner,
+//! or its lease did — to the live executor holding the fewest, at the next epoch, and evens out
+//! the live executors' shares (a newcomer takes shards over from the busiest). The old owner,
 //! if it was only paused, finds out at its next heartbeat; until then its commits are refused by
 //! the fence every oplog commit passes (see `invicta-executor`'s `placement`).
 //!
@@ -163,8 +164,8 @@ impl Scheduler {
     }
 
     /// Gives every shard without a live owner to the live executor holding the fewest, at the
-    /// next epoch. Returns the shards moved. Live owners keep their shards: a newcomer takes
-    /// only what is orphaned.
+    /// next epoch; when none is orphaned, moves shards from the busiest live executors to the
+    /// idlest until no two differ by more than one. Returns the shards moved.
     pub async fn assign(&self) -> Result<Vec<(u32, String)>> {
         let lease_ms = self.lease_ms();
         self.store
@@ -212,6 +213,57 @@ impl Scheduler {
                         *n += 1;
                     }
                     moved.push((shard, owner));
+                }
+                // Then, if nothing was orphaned, shards from the busiest live executors to the
+                // idlest until no two differ by more than one: a newcomer gets its share. The
+                // old owner's late commits for a moved shard are fenced; its callers retry on
+                // the new one.
+                if moved.is_empty() {
+                    let mut owned: HashMap<String, Vec<(usize, u64)>> = HashMap::new();
+                    for (shard, lease) in leases.iter().enumerate() {
+                        if let Some(l) = lease
+                            && l.expires_ms > now
+                            && live.contains_key(&l.owner)
+                        {
+                            owned
+                                .entry(l.owner.clone())
+                                .or_default()
+                                .push((shard, l.epoch));
+                        }
+                    }
+                    loop {
+                        let busiest = load
+                            .iter()
+                            .max_by(|a, b| a.1.cmp(b.1).then(b.0.cmp(a.0)))
+                            .map(|(id, n)| (id.to_string(), *n));
+                        let idlest = load
+                            .iter()
+                            .min_by(|a, b| a.1.cmp(b.1).then(a.0.cmp(b.0)))
+                            .map(|(id, n)| (id.to_string(), *n));
+                        let (Some((from, most)), Some((to, least))) = (busiest, idlest) else {
+                            break;
+                        };
+                        if most <= least + 1 {
+                            break;
+                        }
+                        let Some((shard, epoch)) = owned.get_mut(&from).and_then(Vec::pop) else {
+                            break;
+                        };
+                        let granted = ShardLease {
+                            owner: to.clone(),
+                            epoch: epoch + 1,
+                            expires_ms: now.saturating_add(lease_ms),
+                        };
+                        let shard = u32::try_from(shard).unwrap_or(u32::MAX);
+                        tx.set(&lease_key(shard), &encode(&granted))?;
+                        if let Some(n) = load.get_mut(from.as_str()) {
+                            *n -= 1;
+                        }
+                        if let Some(n) = load.get_mut(to.as_str()) {
+                            *n += 1;
+                        }
+                        moved.push((shard, to));
+                    }
                 }
                 Ok::<_, Error>(moved)
             })

@@ -69,10 +69,21 @@ async fn a_silent_executors_shards_move_to_the_live_ones() -> anyhow::Result<()>
         ("a", "127.0.0.1:7001")
     );
 
-    // Back again, `b` is a member but takes nothing from a live executor.
+    // Back again, `b` is a member and takes half the shards over from `a` in one pass; each
+    // move raises the shard's epoch.
     scheduler.register("b", "127.0.0.1:7002").await?;
-    assert!(scheduler.assign().await?.is_empty());
-    assert!(scheduler.heartbeat("b").await?.is_empty());
+    let before = scheduler.heartbeat("a").await?;
+    assert_eq!(scheduler.assign().await?.len(), 32);
+    assert!(scheduler.assign().await?.is_empty(), "balanced");
+    let a = scheduler.heartbeat("a").await?;
+    let b = scheduler.heartbeat("b").await?;
+    assert_eq!((a.len(), b.len()), (32, 32));
+    for (shard, epoch) in &b {
+        assert!(
+            before.contains(&(*shard, epoch - 1)),
+            "shard {shard} moved at the next epoch"
+        );
+    }
     assert!(matches!(
         scheduler.register("", "x").await,
         Err(Error::Invalid(_))
