@@ -71,3 +71,21 @@ async fn reports_a_taken_port() -> anyhow::Result<()> {
     assert!(stderr.contains(&addr), "{stderr}");
     Ok(())
 }
+
+#[tokio::test]
+async fn refuses_unknown_or_clashing_roles_clearly() -> anyhow::Result<()> {
+    let data = tempfile::tempdir()?;
+    for (roles, expected) in [
+        ("all,executor", "cannot be combined"),
+        ("billing-ish", "invalid value 'billing-ish'"),
+    ] {
+        let output = std::process::Command::new(INVICTA)
+            .args(["server", "--role", roles, "--data-dir"])
+            .arg(data.path())
+            .output()?;
+        assert!(!output.status.success(), "--role {roles} was accepted");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains(expected), "--role {roles}: {stderr}");
+    }
+    Ok(())
+}
