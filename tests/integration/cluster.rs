@@ -21,64 +21,36 @@ const WORKERS: usize = 24;
 const CLIENTS: usize = 4;
 const KILLS: usize = 4;
 
-fn write(dir: &std::path::Path, name: &str, text: &str) -> anyhow::Result<String> {
-    let path = dir.join(name);
-    std::fs::write(&path, text)?;
-    Ok(path.to_string_lossy().into_owned())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn executors_die_and_every_invocation_applies_exactly_once() -> anyhow::Result<()> {
     let data = tempfile::tempdir()?;
     let dir = data.path().join("data");
     std::fs::create_dir_all(&dir)?;
-    let scheduler_config = write(
-        data.path(),
-        "scheduler.toml",
+    let scheduler = Server::start_role(
+        INVICTA.as_ref(),
+        &dir,
+        "scheduler",
         &format!("[scheduler]\nlisten = \"127.0.0.1:0\"\nlease_ms = {LEASE_MS}\n"),
     )?;
-    let scheduler = Server::start_with(
+    let registry = Server::start_role(
         INVICTA.as_ref(),
         &dir,
-        &["--role", "scheduler", "--config", &scheduler_config],
-    )?;
-    let registry_config = write(
-        data.path(),
-        "registry.toml",
+        "registry",
         "[grpc]\nregistry_listen = \"127.0.0.1:0\"\n",
     )?;
-    let registry = Server::start_with(
-        INVICTA.as_ref(),
-        &dir,
-        &["--role", "registry", "--config", &registry_config],
-    )?;
-    let peers = write(
-        data.path(),
-        "peers.toml",
-        &format!(
-            "[grpc]\nexecutor_listen = \"127.0.0.1:0\"\nscheduler = \"{}\"\nregistry = \"{}\"\n",
-            scheduler.url, registry.url
-        ),
-    )?;
+    let peers = format!(
+        "[grpc]\nexecutor_listen = \"127.0.0.1:0\"\nscheduler = \"{}\"\nregistry = \"{}\"\n",
+        scheduler.url, registry.url
+    );
     let start_executor = {
         let (dir, peers) = (dir.clone(), peers.clone());
-        move || {
-            Server::start_with(
-                INVICTA.as_ref(),
-                &dir,
-                &["--role", "executor", "--config", &peers],
-            )
-        }
+        move || Server::start_role(INVICTA.as_ref(), &dir, "executor", &peers)
     };
     let mut executors = Vec::new();
     for _ in 0..EXECUTORS {
         executors.push(start_executor()?);
     }
-    let gateway = Server::start_with(
-        INVICTA.as_ref(),
-        &dir,
-        &["--role", "gateway", "--config", &peers],
-    )?;
+    let gateway = Server::start_role(INVICTA.as_ref(), &dir, "gateway", &peers)?;
     let api = gateway.operator().new_tenant("cluster", "pro").await?;
     let tenant_key = api.key.clone().unwrap_or_default();
     assert_eq!(

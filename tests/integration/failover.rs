@@ -18,12 +18,6 @@ use crate::INVICTA;
 
 const LEASE_MS: u64 = 1_000;
 
-fn write(dir: &std::path::Path, name: &str, text: &str) -> anyhow::Result<String> {
-    let path = dir.join(name);
-    std::fs::write(&path, text)?;
-    Ok(path.to_string_lossy().into_owned())
-}
-
 fn worker(name: &str) -> common::WorkerId {
     common::WorkerId {
         tenant: "t1".into(),
@@ -96,31 +90,17 @@ async fn a_frozen_executors_late_commits_are_refused_after_failover() -> anyhow:
     let data = tempfile::tempdir()?;
     let dir = data.path().join("data");
     std::fs::create_dir_all(&dir)?;
-    let scheduler_config = write(
-        data.path(),
-        "scheduler.toml",
-        &format!("[scheduler]\nlisten = \"127.0.0.1:0\"\nlease_ms = {LEASE_MS}\n"),
-    )?;
-    let scheduler = Server::start_with(
+    let scheduler = Server::start_role(
         INVICTA.as_ref(),
         &dir,
-        &["--role", "scheduler", "--config", &scheduler_config],
+        "scheduler",
+        &format!("[scheduler]\nlisten = \"127.0.0.1:0\"\nlease_ms = {LEASE_MS}\n"),
     )?;
-    let executor_config = write(
-        data.path(),
-        "executor.toml",
-        &format!(
-            "[grpc]\nexecutor_listen = \"127.0.0.1:0\"\nscheduler = \"{}\"\n",
-            scheduler.url
-        ),
-    )?;
-    let start_executor = || {
-        Server::start_with(
-            INVICTA.as_ref(),
-            &dir,
-            &["--role", "executor", "--config", &executor_config],
-        )
-    };
+    let peers = format!(
+        "[grpc]\nexecutor_listen = \"127.0.0.1:0\"\nscheduler = \"{}\"\n",
+        scheduler.url
+    );
+    let start_executor = || Server::start_role(INVICTA.as_ref(), &dir, "executor", &peers);
     let first = start_executor()?;
     let second = start_executor()?;
 

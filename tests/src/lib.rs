@@ -50,6 +50,20 @@ impl Server {
         Self::start_env(binary, data_dir, listen, extra, &[])
     }
 
+    /// Starts `server --role ROLE` on `data_dir` with `config` (TOML), which is written beside
+    /// the data directory (several processes of one role share it).
+    pub fn start_role(
+        binary: &Path,
+        data_dir: &Path,
+        role: &str,
+        config: &str,
+    ) -> anyhow::Result<Server> {
+        let file = data_dir.with_file_name(format!("{role}.toml"));
+        std::fs::write(&file, config).with_context(|| format!("write {}", file.display()))?;
+        let file = file.to_string_lossy().into_owned();
+        Self::start_with(binary, data_dir, &["--role", role, "--config", &file])
+    }
+
     /// Starts the server with extra environment variables.
     pub fn start_env(
         binary: &Path,

@@ -2,29 +2,17 @@
 //! scheduler does once the first's leases expire), the first can no longer commit for any
 //! worker — its late work is refused whole, and the worker goes on at the second, exactly once.
 
-use invicta_blob::BlobStore;
-use invicta_component_registry::{Quota, Registry};
-use invicta_engine::Engine;
+mod common;
+
 use invicta_executor::{Error, Executor, Limits};
-use invicta_model::{ComponentName, TenantId, WorkerId, WorkerName};
-use invicta_store::{Config, Store};
+use invicta_model::{WorkerId, WorkerName};
 use serde_json::json;
 
-async fn executor(dir: &std::path::Path) -> anyhow::Result<(Executor, Registry)> {
+async fn executor(
+    dir: &std::path::Path,
+) -> anyhow::Result<(Executor, invicta_component_registry::Registry)> {
     // Each executor opens the store file itself, as a separate process would.
-    let store = Store::open(&Config::embedded_in(dir))?;
-    let blobs = BlobStore::open(&invicta_blob::Config::local_in(dir)).await?;
-    let engine = Engine::new(&invicta_engine::Config {
-        pool_instances: 8,
-        ..Default::default()
-    })?;
-    let registry = Registry::new(
-        Default::default(),
-        store.clone(),
-        blobs,
-        engine.clone(),
-        Executor::import_check(&engine)?,
-    );
+    let (store, registry, engine) = common::parts(dir).await?;
     let executor = Executor::start(Default::default(), store, registry.clone(), engine).await?;
     Ok((executor, registry))
 }
@@ -33,20 +21,7 @@ async fn executor(dir: &std::path::Path) -> anyhow::Result<(Executor, Registry)>
 async fn an_executor_that_lost_its_shards_commits_nothing() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let (first, registry) = executor(dir.path()).await?;
-    let tenant = TenantId::new("t1")?;
-    let component = ComponentName::new("counter")?;
-    let wasm = std::fs::read(
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../../tests/components/wasm/counter.wasm"),
-    )?;
-    registry
-        .upload(&tenant, &component, wasm, Quota::unlimited())
-        .await?;
-    let id = WorkerId {
-        tenant,
-        component,
-        worker: WorkerName::new("w")?,
-    };
+    let id = common::counter(&registry, "w").await?;
     let limits = Limits::unlimited();
     let add = |n: i64| vec![json!(n)];
     assert_eq!(

@@ -3,12 +3,9 @@
 //! travels in the requests' metadata, so the scheduler's and the owner's spans continue the
 //! caller's trace.
 
-use invicta_blob::BlobStore;
-use invicta_component_registry::{Quota, Registry};
-use invicta_engine::Engine;
+mod common;
+
 use invicta_executor::{Config as ExecutorConfig, Executor, Limits, Placement};
-use invicta_model::{ComponentName, TenantId, WorkerId, WorkerName};
-use invicta_store::{Config, Store};
 use invicta_worker_scheduler::Scheduler;
 use invicta_worker_scheduler::grpc::{SchedulerClient, SchedulerService};
 use opentelemetry::trace::TracerProvider as _;
@@ -53,19 +50,7 @@ async fn a_routed_invocation_is_one_trace_across_grpc() -> anyhow::Result<()> {
     tracing::subscriber::set_global_default(subscriber)?;
 
     let dir = tempfile::tempdir()?;
-    let store = Store::open(&Config::embedded_in(dir.path()))?;
-    let blobs = BlobStore::open(&invicta_blob::Config::local_in(dir.path())).await?;
-    let engine = Engine::new(&invicta_engine::Config {
-        pool_instances: 8,
-        ..Default::default()
-    })?;
-    let registry = Registry::new(
-        Default::default(),
-        store.clone(),
-        blobs,
-        engine.clone(),
-        Executor::import_check(&engine)?,
-    );
+    let (store, registry, engine) = common::parts(dir.path()).await?;
     // The owner takes every shard; the router owns none.
     let owner = Executor::start(
         Default::default(),
@@ -90,20 +75,7 @@ async fn a_routed_invocation_is_one_trace_across_grpc() -> anyhow::Result<()> {
     scheduler.register(owner.id(), &owner_address).await?;
     router.route_through(SchedulerClient::new(&scheduler_address)?);
 
-    let tenant = TenantId::new("t1")?;
-    let component = ComponentName::new("counter")?;
-    let wasm = std::fs::read(
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../../tests/components/wasm/counter.wasm"),
-    )?;
-    registry
-        .upload(&tenant, &component, wasm, Quota::unlimited())
-        .await?;
-    let id = WorkerId {
-        tenant,
-        component,
-        worker: WorkerName::new("w")?,
-    };
+    let id = common::counter(&registry, "w").await?;
     let done = router
         .invoke(
             &id,

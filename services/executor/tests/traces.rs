@@ -1,12 +1,9 @@
 //! One trace per invocation: the caller's span, the worker's run under it, and the group commit
 //! that made it durable, checked with an in-process OpenTelemetry exporter.
 
-use invicta_blob::BlobStore;
-use invicta_component_registry::{Quota, Registry};
-use invicta_engine::Engine;
+mod common;
+
 use invicta_executor::{Executor, Limits};
-use invicta_model::{ComponentName, TenantId, WorkerId, WorkerName};
-use invicta_store::{Config, Store};
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::trace::InMemorySpanExporter;
 use tracing::Instrument;
@@ -21,34 +18,9 @@ async fn an_invocation_is_one_trace_down_to_its_commit() -> anyhow::Result<()> {
     tracing::subscriber::set_global_default(subscriber)?;
 
     let dir = tempfile::tempdir()?;
-    let store = Store::open(&Config::embedded_in(dir.path()))?;
-    let blobs = BlobStore::open(&invicta_blob::Config::local_in(dir.path())).await?;
-    let engine = Engine::new(&invicta_engine::Config {
-        pool_instances: 8,
-        ..Default::default()
-    })?;
-    let registry = Registry::new(
-        Default::default(),
-        store.clone(),
-        blobs,
-        engine.clone(),
-        Executor::import_check(&engine)?,
-    );
+    let (store, registry, engine) = common::parts(dir.path()).await?;
     let executor = Executor::start(Default::default(), store, registry.clone(), engine).await?;
-    let tenant = TenantId::new("t1")?;
-    let component = ComponentName::new("counter")?;
-    let wasm = std::fs::read(
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../../tests/components/wasm/counter.wasm"),
-    )?;
-    registry
-        .upload(&tenant, &component, wasm, Quota::unlimited())
-        .await?;
-    let id = WorkerId {
-        tenant,
-        component,
-        worker: WorkerName::new("w")?,
-    };
+    let id = common::counter(&registry, "w").await?;
     let limits = Limits::unlimited();
     let request = tracing::info_span!("request");
     let done = executor

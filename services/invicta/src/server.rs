@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
+use tonic::service::Routes;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -192,19 +193,14 @@ async fn run_roles(config: Config, roles: &[Role]) -> anyhow::Result<()> {
         let lease = std::time::Duration::from_millis(config.scheduler.lease_ms.max(1));
         let scheduler = invicta_worker_scheduler::Scheduler::new(store.clone(), lease);
         scheduler.spawn();
-        let listener = tokio::net::TcpListener::bind(config.scheduler.listen)
-            .await
-            .with_context(|| format!("listen on {}", config.scheduler.listen))?;
-        let addr = listener.local_addr()?;
         let service = invicta_worker_scheduler::grpc::SchedulerService::new(scheduler);
-        servers.spawn(async move {
-            tonic::transport::Server::builder()
-                .add_service(service)
-                .serve_with_incoming_shutdown(tokio_stream_of(listener), shutdown_signal())
-                .await
-                .context("serve the scheduler")
-        });
-        println!("invicta listening on http://{addr} (role: scheduler)");
+        serve_grpc(
+            &mut servers,
+            config.scheduler.listen,
+            Routes::new(service),
+            "scheduler",
+        )
+        .await?;
     }
     if !roles
         .iter()
@@ -230,19 +226,14 @@ async fn run_roles(config: Config, roles: &[Role]) -> anyhow::Result<()> {
         import_check,
     );
     if roles.contains(&Role::Registry) {
-        let listener = tokio::net::TcpListener::bind(config.grpc.registry_listen)
-            .await
-            .with_context(|| format!("listen on {}", config.grpc.registry_listen))?;
-        let addr = listener.local_addr()?;
         let service = invicta_component_registry::grpc::RegistryService::new(registry.clone());
-        servers.spawn(async move {
-            tonic::transport::Server::builder()
-                .add_service(service)
-                .serve_with_incoming_shutdown(tokio_stream_of(listener), shutdown_signal())
-                .await
-                .context("serve the registry")
-        });
-        println!("invicta listening on http://{addr} (role: registry)");
+        serve_grpc(
+            &mut servers,
+            config.grpc.registry_listen,
+            Routes::new(service),
+            "registry",
+        )
+        .await?;
     } else if let Some(address) = &config.grpc.registry {
         registry
             .route_through(address)
@@ -267,25 +258,20 @@ async fn run_roles(config: Config, roles: &[Role]) -> anyhow::Result<()> {
         .with_context(|| format!("the scheduler address {}", config.grpc.scheduler))?;
     executor.route_through(scheduler.clone());
     if roles.contains(&Role::Executor) {
-        let listener = tokio::net::TcpListener::bind(config.grpc.executor_listen)
-            .await
-            .with_context(|| format!("listen on {}", config.grpc.executor_listen))?;
-        let addr = listener.local_addr()?;
         let service = invicta_executor::grpc::ExecutorService::new(executor.clone());
-        servers.spawn(async move {
-            tonic::transport::Server::builder()
-                .add_service(service)
-                .serve_with_incoming_shutdown(tokio_stream_of(listener), shutdown_signal())
-                .await
-                .context("serve the executor")
-        });
+        let addr = serve_grpc(
+            &mut servers,
+            config.grpc.executor_listen,
+            Routes::new(service),
+            "executor",
+        )
+        .await?;
         let advertised = config
             .grpc
             .advertise
             .clone()
             .unwrap_or_else(|| format!("http://{addr}"));
         tokio::spawn(heartbeats(executor.clone(), scheduler.clone(), advertised));
-        println!("invicta listening on http://{addr} (role: executor)");
     }
     if roles.contains(&Role::Gateway) {
         let preset = std::env::var("INVICTA_OPERATOR_KEY")
@@ -331,6 +317,29 @@ async fn serve_until_done(
         done.context("a role's server task")??;
     }
     Ok(())
+}
+
+/// Serves a role's gRPC service on `listen` until shutdown, and says where, as the all-in-one
+/// server does; returns the address bound.
+async fn serve_grpc(
+    servers: &mut tokio::task::JoinSet<anyhow::Result<()>>,
+    listen: SocketAddr,
+    routes: Routes,
+    role: &'static str,
+) -> anyhow::Result<SocketAddr> {
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("listen on {listen}"))?;
+    let addr = listener.local_addr()?;
+    servers.spawn(async move {
+        tonic::transport::Server::builder()
+            .add_routes(routes)
+            .serve_with_incoming_shutdown(tokio_stream_of(listener), shutdown_signal())
+            .await
+            .with_context(|| format!("serve the {role}"))
+    });
+    println!("invicta listening on http://{addr} (role: {role})");
+    Ok(addr)
 }
 
 /// Accepted connections of a bound listener, for tonic.
