@@ -205,6 +205,21 @@ async fn executors_die_and_every_invocation_applies_exactly_once() -> anyhow::Re
         .await?;
     assert_eq!(done.body["result"], json!({ "ok": "\"go\"" }), "{done:?}");
 
+    // The gateway reports a worker's status as its executor knows it: active in memory there.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        probe_api.call("counter", "w0", "get", json!([])).await?;
+        let status = probe_api.get("/v1/components/counter/workers/w0").await?;
+        if status.body["status"] == "active" {
+            break;
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "w0 never reported active: {status:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
     // Control reaches the owner too: resume, then delete.
     let resumed = probe_api
         .post_json("/v1/components/counter/workers/w1/resume", &json!({}), None)

@@ -102,6 +102,7 @@ fn status_message(id: &WorkerId, s: WorkerStatus) -> pb::WorkerStatus {
         oplog_length: s.oplog_length,
         pending_invocations: s.pending_invocations,
         interrupted: false,
+        error: s.error,
     }
 }
 
@@ -182,6 +183,9 @@ impl ExecutorRpc for ExecutorService {
         request: Request<pb::GetWorkerRequest>,
     ) -> Result<Response<pb::WorkerStatus>, Status> {
         let id = worker_id(request.into_inner().worker)?;
+        if let Some(e) = not_here(&self.executor, &id) {
+            return Err(status_of(&e));
+        }
         let status = self.executor.status(&id).await.map_err(|e| status_of(&e))?;
         Ok(Response::new(status_message(&id, status)))
     }

@@ -1757,6 +1757,13 @@ impl Executor {
 
     /// A worker's status.
     pub async fn status(&self, id: &WorkerId) -> Result<WorkerStatus> {
+        // Whether it is in memory only its executor knows; if that one cannot say now (moving,
+        // restarting), the store's view follows.
+        if let Some(router) = self.elsewhere(id)
+            && let Ok(status) = router.status(id).await
+        {
+            return Ok(status);
+        }
         let record = self
             .worker_record(id)
             .await?

@@ -292,6 +292,30 @@ impl Router {
         .await
     }
 
+    /// The worker's status as its executor knows it (in memory or not): one attempt, no retry.
+    pub(crate) async fn status(&self, id: &WorkerId) -> Result<crate::WorkerStatus> {
+        let mut client = self.client(id).await?;
+        let status = client
+            .get_worker(invicta_telemetry::propagation::request(
+                pb::GetWorkerRequest {
+                    worker: Some(wire(id)),
+                },
+            ))
+            .await
+            .map_err(|s| {
+                self.forget(id);
+                status_error(&s)
+            })?
+            .into_inner();
+        Ok(crate::WorkerStatus {
+            status: status.status,
+            component_version: status.component_version,
+            oplog_length: status.oplog_length,
+            pending_invocations: status.pending_invocations,
+            error: status.error,
+        })
+    }
+
     pub(crate) async fn interrupt(&self, id: &WorkerId) -> Result<bool> {
         let request = pb::GetWorkerRequest {
             worker: Some(wire(id)),
