@@ -21,6 +21,21 @@ pub struct ExecutorService {
 }
 
 impl ExecutorService {
+    /// The worker a request names, if this executor runs it; else the refusal.
+    fn owned(&self, worker: Option<common::WorkerId>) -> Result<WorkerId, Status> {
+        let id = worker_id(worker)?;
+        match not_here(&self.executor, &id) {
+            Some(e) => Err(status_of(&e)),
+            None => Ok(id),
+        }
+    }
+
+    /// The worker's status now, as the reply to a call about it.
+    async fn status_reply(&self, id: &WorkerId) -> Result<Response<pb::WorkerStatus>, Status> {
+        let status = self.executor.status(id).await.map_err(|e| status_of(&e))?;
+        Ok(Response::new(status_message(id, status)))
+    }
+
     pub fn new(executor: Executor) -> pb::executor_server::ExecutorServer<ExecutorService> {
         pb::executor_server::ExecutorServer::new(ExecutorService { executor })
     }
@@ -148,10 +163,7 @@ impl ExecutorRpc for ExecutorService {
         request: Request<pb::CreateWorkerRequest>,
     ) -> Result<Response<pb::WorkerStatus>, Status> {
         let r = request.into_inner();
-        let id = worker_id(r.worker)?;
-        if let Some(e) = not_here(&self.executor, &id) {
-            return Err(status_of(&e));
-        }
+        let id = self.owned(r.worker)?;
         let mut env: Vec<(String, String)> = r
             .env
             .into_iter()
@@ -164,8 +176,7 @@ impl ExecutorRpc for ExecutorService {
             .create_worker(&id, env, r.args, r.version, &limits)
             .await
             .map_err(|e| status_of(&e))?;
-        let status = self.executor.status(&id).await.map_err(|e| status_of(&e))?;
-        Ok(Response::new(status_message(&id, status)))
+        self.status_reply(&id).await
     }
 
     async fn invoke(
@@ -182,12 +193,8 @@ impl ExecutorRpc for ExecutorService {
         &self,
         request: Request<pb::GetWorkerRequest>,
     ) -> Result<Response<pb::WorkerStatus>, Status> {
-        let id = worker_id(request.into_inner().worker)?;
-        if let Some(e) = not_here(&self.executor, &id) {
-            return Err(status_of(&e));
-        }
-        let status = self.executor.status(&id).await.map_err(|e| status_of(&e))?;
-        Ok(Response::new(status_message(&id, status)))
+        let id = self.owned(request.into_inner().worker)?;
+        self.status_reply(&id).await
     }
 
     async fn read_oplog(
@@ -250,23 +257,16 @@ impl ExecutorRpc for ExecutorService {
         &self,
         request: Request<pb::GetWorkerRequest>,
     ) -> Result<Response<pb::WorkerStatus>, Status> {
-        let id = worker_id(request.into_inner().worker)?;
-        if let Some(e) = not_here(&self.executor, &id) {
-            return Err(status_of(&e));
-        }
+        let id = self.owned(request.into_inner().worker)?;
         self.executor.wake(&id).await.map_err(|e| status_of(&e))?;
-        let status = self.executor.status(&id).await.map_err(|e| status_of(&e))?;
-        Ok(Response::new(status_message(&id, status)))
+        self.status_reply(&id).await
     }
 
     async fn resume(
         &self,
         request: Request<pb::GetWorkerRequest>,
     ) -> Result<Response<pb::WorkerStatus>, Status> {
-        let id = worker_id(request.into_inner().worker)?;
-        if let Some(e) = not_here(&self.executor, &id) {
-            return Err(status_of(&e));
-        }
+        let id = self.owned(request.into_inner().worker)?;
         let status = self.executor.resume(&id).await.map_err(|e| status_of(&e))?;
         Ok(Response::new(status_message(&id, status)))
     }
@@ -275,10 +275,7 @@ impl ExecutorRpc for ExecutorService {
         &self,
         request: Request<pb::GetWorkerRequest>,
     ) -> Result<Response<pb::WorkerStatus>, Status> {
-        let id = worker_id(request.into_inner().worker)?;
-        if let Some(e) = not_here(&self.executor, &id) {
-            return Err(status_of(&e));
-        }
+        let id = self.owned(request.into_inner().worker)?;
         self.executor
             .delete_worker(&id)
             .await
@@ -294,31 +291,23 @@ impl ExecutorRpc for ExecutorService {
         request: Request<pb::SetVersionRequest>,
     ) -> Result<Response<pb::WorkerStatus>, Status> {
         let r = request.into_inner();
-        let id = worker_id(r.worker)?;
-        if let Some(e) = not_here(&self.executor, &id) {
-            return Err(status_of(&e));
-        }
+        let id = self.owned(r.worker)?;
         self.executor
             .set_version(&id, r.version)
             .await
             .map_err(|e| status_of(&e))?;
-        let status = self.executor.status(&id).await.map_err(|e| status_of(&e))?;
-        Ok(Response::new(status_message(&id, status)))
+        self.status_reply(&id).await
     }
 
     async fn interrupt(
         &self,
         request: Request<pb::GetWorkerRequest>,
     ) -> Result<Response<pb::WorkerStatus>, Status> {
-        let id = worker_id(request.into_inner().worker)?;
-        if let Some(e) = not_here(&self.executor, &id) {
-            return Err(status_of(&e));
-        }
+        let id = self.owned(request.into_inner().worker)?;
         self.executor
             .interrupt(&id)
             .await
             .map_err(|e| status_of(&e))?;
-        let status = self.executor.status(&id).await.map_err(|e| status_of(&e))?;
-        Ok(Response::new(status_message(&id, status)))
+        self.status_reply(&id).await
     }
 }

@@ -4,14 +4,13 @@
 //! caller's trace.
 
 mod common;
+#[path = "common/spans.rs"]
+mod spans;
 
 use invicta_executor::{Config as ExecutorConfig, Executor, Limits, Placement};
 use invicta_worker_scheduler::Scheduler;
 use invicta_worker_scheduler::grpc::{SchedulerClient, SchedulerService};
-use opentelemetry::trace::TracerProvider as _;
-use opentelemetry_sdk::trace::InMemorySpanExporter;
 use tracing::Instrument;
-use tracing_subscriber::layer::SubscriberExt;
 
 /// Serves `service` on a loopback port; its `http://` address.
 async fn serve<S>(service: S) -> anyhow::Result<String>
@@ -43,11 +42,7 @@ where
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_routed_invocation_is_one_trace_across_grpc() -> anyhow::Result<()> {
-    let exporter = InMemorySpanExporter::default();
-    let provider = invicta_telemetry::provider_with(exporter.clone());
-    let subscriber = tracing_subscriber::registry()
-        .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
-    tracing::subscriber::set_global_default(subscriber)?;
+    let traces = spans::Spans::install()?;
 
     let dir = tempfile::tempdir()?;
     let (store, registry, engine) = common::parts(dir.path()).await?;
@@ -88,26 +83,8 @@ async fn a_routed_invocation_is_one_trace_across_grpc() -> anyhow::Result<()> {
         .await?;
     assert_eq!(done.result, serde_json::json!(3));
 
-    let mut spans = Vec::new();
-    for _ in 0..200 {
-        provider.force_flush()?;
-        spans = exporter.get_finished_spans()?;
-        if ["request", "group commit"]
-            .iter()
-            .all(|n| spans.iter().any(|s| s.name == *n))
-        {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
-    let find = |name: &str| {
-        spans.iter().find(|s| s.name == name).ok_or_else(|| {
-            anyhow::anyhow!(
-                "no `{name}` span among {:?}",
-                spans.iter().map(|s| &s.name).collect::<Vec<_>>()
-            )
-        })
-    };
+    let spans = traces.finished(&["request", "group commit"]).await?;
+    let find = |name: &str| spans::find(&spans, name);
     let request = find("request")?;
     let locate = find("scheduler locate")?;
     let served = find("executor invoke")?;

@@ -183,11 +183,7 @@ async fn run_roles(config: Config, roles: &[Role]) -> anyhow::Result<()> {
     let data_dir = config.data_dir();
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("create data directory {}", data_dir.display()))?;
-    let store_config = config
-        .store
-        .clone()
-        .unwrap_or_else(|| invicta_store::Config::embedded_in(&data_dir));
-    let store = invicta_store::Store::open(&store_config).context("open the store")?;
+    let store = open_store(&config, &data_dir)?;
     let mut servers = tokio::task::JoinSet::new();
     if roles.contains(&Role::Scheduler) {
         let lease = std::time::Duration::from_millis(config.scheduler.lease_ms.max(1));
@@ -208,13 +204,7 @@ async fn run_roles(config: Config, roles: &[Role]) -> anyhow::Result<()> {
     {
         return serve_until_done(servers).await;
     }
-    let blob_config = config
-        .blobs
-        .clone()
-        .unwrap_or_else(|| invicta_blob::Config::local_in(&data_dir));
-    let blobs = invicta_blob::BlobStore::open(&blob_config)
-        .await
-        .context("open the blob store")?;
+    let blobs = open_blobs(&config, &data_dir).await?;
     let engine = invicta_engine::Engine::new(&config.engine).context("configure the engine")?;
     let import_check = invicta_executor::Executor::import_check(&engine).context("link WASI")?;
     // The registry's data is in the shared store and blobs: an executor compiles what it runs.
@@ -274,35 +264,7 @@ async fn run_roles(config: Config, roles: &[Role]) -> anyhow::Result<()> {
         tokio::spawn(heartbeats(executor.clone(), scheduler.clone(), advertised));
     }
     if roles.contains(&Role::Gateway) {
-        let preset = std::env::var("INVICTA_OPERATOR_KEY")
-            .ok()
-            .filter(|k| !k.is_empty());
-        let (billing, fresh_operator_key) = invicta_billing::Billing::start(
-            config.billing.clone(),
-            store.clone(),
-            &data_dir,
-            preset,
-        )
-        .await
-        .context("start billing")?;
-        billing.spawn_storage_sampler();
-        if let Some(key) = fresh_operator_key {
-            println!(
-                "operator key (shown once; also in {}): {key}",
-                data_dir.join(invicta_billing::OPERATOR_KEY_FILE).display()
-            );
-        }
-        let gateway = invicta_gateway::Service::bind(
-            &config.gateway,
-            invicta_gateway::Backends {
-                store,
-                blobs,
-                registry,
-                executor,
-                billing,
-            },
-        )
-        .await?;
+        let gateway = bind_gateway(&config, &data_dir, store, blobs, registry, executor).await?;
         let addr = gateway.local_addr()?;
         servers.spawn(async move { Ok(gateway.run(shutdown_signal()).await?) });
         println!("invicta listening on http://{addr} (role: gateway)");
@@ -399,18 +361,8 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let data_dir = config.data_dir();
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("create data directory {}", data_dir.display()))?;
-    let store_config = config
-        .store
-        .clone()
-        .unwrap_or_else(|| invicta_store::Config::embedded_in(&data_dir));
-    let store = invicta_store::Store::open(&store_config).context("open the store")?;
-    let blob_config = config
-        .blobs
-        .clone()
-        .unwrap_or_else(|| invicta_blob::Config::local_in(&data_dir));
-    let blobs = invicta_blob::BlobStore::open(&blob_config)
-        .await
-        .context("open the blob store")?;
+    let store = open_store(&config, &data_dir)?;
+    let blobs = open_blobs(&config, &data_dir).await?;
 
     let engine = invicta_engine::Engine::new(&config.engine).context("configure the engine")?;
     let import_check = invicta_executor::Executor::import_check(&engine).context("link WASI")?;
@@ -429,32 +381,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
     )
     .await
     .context("start the executor")?;
-    let preset = std::env::var("INVICTA_OPERATOR_KEY")
-        .ok()
-        .filter(|k| !k.is_empty());
-    let (billing, fresh_operator_key) =
-        invicta_billing::Billing::start(config.billing.clone(), store.clone(), &data_dir, preset)
-            .await
-            .context("start billing")?;
-    billing.spawn_storage_sampler();
-    if let Some(key) = fresh_operator_key {
-        // Shown once; it is also in the data directory, readable by its owner only.
-        println!(
-            "operator key (shown once; also in {}): {key}",
-            data_dir.join(invicta_billing::OPERATOR_KEY_FILE).display()
-        );
-    }
-    let gateway = invicta_gateway::Service::bind(
-        &config.gateway,
-        invicta_gateway::Backends {
-            store,
-            blobs,
-            registry,
-            executor,
-            billing,
-        },
-    )
-    .await?;
+    let gateway = bind_gateway(&config, &data_dir, store, blobs, registry, executor).await?;
     let addr = gateway.local_addr()?;
     tracing::info!(%addr, data_dir = %data_dir.display(), "invicta server started");
     // The one line a user running `make run` looks for; scripts read it to find the port.
@@ -465,6 +392,61 @@ async fn run(config: Config) -> anyhow::Result<()> {
     gateway.run(shutdown_signal()).await?;
     tracing::info!("invicta server stopped");
     Ok(())
+}
+
+fn open_store(config: &Config, data_dir: &Path) -> anyhow::Result<invicta_store::Store> {
+    let store_config = config
+        .store
+        .clone()
+        .unwrap_or_else(|| invicta_store::Config::embedded_in(data_dir));
+    invicta_store::Store::open(&store_config).context("open the store")
+}
+
+async fn open_blobs(config: &Config, data_dir: &Path) -> anyhow::Result<invicta_blob::BlobStore> {
+    let blob_config = config
+        .blobs
+        .clone()
+        .unwrap_or_else(|| invicta_blob::Config::local_in(data_dir));
+    invicta_blob::BlobStore::open(&blob_config)
+        .await
+        .context("open the blob store")
+}
+
+/// Starts billing (printing the operator key if it made one) and binds the public API.
+async fn bind_gateway(
+    config: &Config,
+    data_dir: &Path,
+    store: invicta_store::Store,
+    blobs: invicta_blob::BlobStore,
+    registry: invicta_component_registry::Registry,
+    executor: invicta_executor::Executor,
+) -> anyhow::Result<invicta_gateway::Service> {
+    let preset = std::env::var("INVICTA_OPERATOR_KEY")
+        .ok()
+        .filter(|k| !k.is_empty());
+    let (billing, fresh_operator_key) =
+        invicta_billing::Billing::start(config.billing.clone(), store.clone(), data_dir, preset)
+            .await
+            .context("start billing")?;
+    billing.spawn_storage_sampler();
+    if let Some(key) = fresh_operator_key {
+        // Shown once; it is also in the data directory, readable by its owner only.
+        println!(
+            "operator key (shown once; also in {}): {key}",
+            data_dir.join(invicta_billing::OPERATOR_KEY_FILE).display()
+        );
+    }
+    Ok(invicta_gateway::Service::bind(
+        &config.gateway,
+        invicta_gateway::Backends {
+            store,
+            blobs,
+            registry,
+            executor,
+            billing,
+        },
+    )
+    .await?)
 }
 
 /// Resolves on SIGINT or SIGTERM.
