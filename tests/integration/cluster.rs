@@ -1,8 +1,8 @@
-//! Separate processes on loopback sharing the embedded store: a gateway (with billing), a
-//! registry, a scheduler and three executors. Clients invoke through the gateway while the
-//! executors are killed with SIGKILL and restarted, one at a time, several times. Every
-//! accepted invocation is applied exactly once, and the time from an executor's death to its
-//! workers serving again is printed, bounded by the lease plus replay.
+//! Separate processes on loopback sharing the embedded store: a gateway, a registry, billing, a
+//! scheduler and three executors. Clients invoke through the gateway while the executors are
+//! killed with SIGKILL and restarted, one at a time, several times. Every accepted invocation
+//! is applied exactly once and metered exactly once, and the time from an executor's death to
+//! its workers serving again is printed, bounded by the lease plus replay.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -14,6 +14,7 @@ use serde_json::json;
 
 use crate::INVICTA;
 use crate::crash::call_until_answered;
+use crate::metering::today;
 
 const LEASE_MS: u64 = 1_000;
 const EXECUTORS: usize = 3;
@@ -38,9 +39,15 @@ async fn executors_die_and_every_invocation_applies_exactly_once() -> anyhow::Re
         "registry",
         "[grpc]\nregistry_listen = \"127.0.0.1:0\"\n",
     )?;
+    let billing = Server::start_role(
+        INVICTA.as_ref(),
+        &dir,
+        "billing",
+        "[grpc]\nbilling_listen = \"127.0.0.1:0\"\n",
+    )?;
     let peers = format!(
-        "[grpc]\nexecutor_listen = \"127.0.0.1:0\"\nscheduler = \"{}\"\nregistry = \"{}\"\n",
-        scheduler.url, registry.url
+        "[grpc]\nexecutor_listen = \"127.0.0.1:0\"\nscheduler = \"{}\"\nregistry = \"{}\"\nbilling = \"{}\"\n",
+        scheduler.url, registry.url, billing.url
     );
     let start_executor = {
         let (dir, peers) = (dir.clone(), peers.clone());
@@ -64,6 +71,29 @@ async fn executors_die_and_every_invocation_applies_exactly_once() -> anyhow::Re
         (400, "invalid_component"),
         "{bad:?}"
     );
+    // So do billing's: tenants, keys and their refusals come from the billing process.
+    let taken = gateway
+        .operator()
+        .post_json("/v1/admin/tenants", &json!({ "name": "cluster" }), None)
+        .await?;
+    assert_eq!(
+        (taken.status, taken.code()),
+        (409, "tenant_exists"),
+        "{taken:?}"
+    );
+    let spare = api
+        .post_json("/v1/keys", &json!({ "scopes": ["read"] }), None)
+        .await?;
+    assert_eq!(spare.status, 201, "{spare:?}");
+    let spare_api = api.with_key(spare.body["key"].as_str().unwrap_or_default());
+    assert_eq!(spare_api.get("/v1/components").await?.status, 200);
+    let spare_id = spare.body["id"].as_str().unwrap_or_default().to_string();
+    assert_eq!(
+        api.delete(&format!("/v1/keys/{spare_id}")).await?.status,
+        200
+    );
+    let revoked = spare_api.get("/v1/components").await?;
+    assert_eq!((revoked.status, revoked.code()), (401, "unauthorized"));
     let listed = api.get("/v1/components/counter").await?;
     assert_eq!(listed.body["versions"], json!([1]), "{listed:?}");
     let missing = api.get("/v1/components/nope").await?;
@@ -207,8 +237,10 @@ async fn executors_die_and_every_invocation_applies_exactly_once() -> anyhow::Re
 
     // The gateway reports a worker's status as its executor knows it: active in memory there.
     let deadline = Instant::now() + Duration::from_secs(10);
+    let mut status_gets = 0;
     loop {
         probe_api.call("counter", "w0", "get", json!([])).await?;
+        status_gets += 1;
         let status = probe_api.get("/v1/components/counter/workers/w0").await?;
         if status.body["status"] == "active" {
             break;
@@ -246,5 +278,63 @@ async fn executors_die_and_every_invocation_applies_exactly_once() -> anyhow::Re
             "worker {worker}"
         );
     }
+
+    // Metered exactly once too: the ledger, written by the executors with each completion and
+    // read through the billing process, counts every invocation once.
+    let mut completions = 0_u64;
+    for worker in 0..WORKERS {
+        let mut from = 1;
+        loop {
+            let page = probe_api
+                .get(&format!(
+                    "/v1/components/counter/workers/w{worker}/oplog?from={from}&count=1000"
+                ))
+                .await?;
+            anyhow::ensure!(page.status == 200, "{page:?}");
+            let entries = page.body["entries"].as_array().cloned().unwrap_or_default();
+            completions += entries
+                .iter()
+                .filter(|e| e["kind"] == "exported_function_completed")
+                .count() as u64;
+            match page.body["next"].as_u64() {
+                Some(next) if !entries.is_empty() => from = next,
+                _ => break,
+            }
+        }
+    }
+    // Initial calls, the clients' calls, the probes after each kill, one enqueued call, the
+    // status checks and the final reads.
+    let answered = (WORKERS + sent + WORKERS * KILLS + 1 + status_gets + WORKERS) as u64;
+    assert_eq!(completions, answered, "one completion per answered call");
+    let (from, to) = today();
+    let report = probe_api
+        .get(&format!("/v1/usage?from={from}&to={to}&granularity=month"))
+        .await?;
+    assert_eq!(report.status, 200, "{report:?}");
+    let metered = report.body["rows"]
+        .as_array()
+        .and_then(|rows| rows.iter().find(|r| r["component"] == "counter"))
+        .and_then(|r| r["invocations"].as_u64());
+    assert_eq!(metered, Some(answered), "{report:?}");
+    let tenant = report.body["tenant"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let invoice = gateway
+        .operator()
+        .get(&format!("/v1/admin/invoices?tenant={tenant}"))
+        .await?;
+    assert_eq!(invoice.status, 200, "{invoice:?}");
+    let invoiced = invoice.body["lines"]
+        .as_array()
+        .and_then(|lines| lines.iter().find(|l| l["item"] == "invocations"))
+        .and_then(|l| l["quantity"].as_u64())
+        .unwrap_or_default();
+    assert!(invoiced >= answered, "{invoice:?}");
+
+    // Without its billing process the gateway says so, and serves nothing it cannot check.
+    billing.kill()?;
+    let down = gateway.operator().get("/v1/admin/tenants").await?;
+    assert_eq!((down.status, down.code()), (503, "unavailable"), "{down:?}");
     Ok(())
 }

@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use crate::INVICTA;
 
 /// Today and tomorrow (UTC), as the report's bounds.
-fn today() -> (String, String) {
+pub(crate) fn today() -> (String, String) {
     let days = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs() / 86_400)

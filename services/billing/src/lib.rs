@@ -27,6 +27,8 @@ use rust_decimal::{Decimal, RoundingStrategy};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+pub mod grpc;
+
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("missing API key: send `Authorization: Bearer <key>`")]
@@ -67,6 +69,32 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// The billing role in another process refused, with its error's code.
+    #[error("{message}")]
+    Remote { code: String, message: String },
+}
+
+impl Error {
+    /// The stable code the API reports for this error.
+    pub fn code(&self) -> &str {
+        match self {
+            Error::MissingKey | Error::MalformedKey | Error::InvalidKey => "unauthorized",
+            Error::MissingScope(_) | Error::OperatorOnly => "forbidden",
+            Error::TenantNotFound(_) => "tenant_not_found",
+            Error::PlanNotFound(_) => "plan_not_found",
+            Error::KeyNotFound(_) => "key_not_found",
+            Error::TenantExists(_) => "tenant_exists",
+            Error::UnknownScope(_) | Error::InvalidPlan(_) | Error::InvalidName(_) => {
+                "invalid_request"
+            }
+            Error::Remote { code, .. } => code,
+            Error::MalformedOperatorKey
+            | Error::Store(_)
+            | Error::Corrupt(_)
+            | Error::Hash(_)
+            | Error::OperatorKeyFile { .. } => "internal",
+        }
+    }
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -460,7 +488,7 @@ pub struct Billing {
 
 struct Inner {
     config: Config,
-    store: Store,
+    backend: Backend,
     /// Verified keys by the SHA-256 of the whole key: (principal, verified at).
     verified: Mutex<HashMap<[u8; 32], (Principal, Instant)>>,
     /// Plans by tenant, briefly, so that the invocation path does not read the store.
@@ -472,6 +500,25 @@ const PLAN_CACHE_TTL: Duration = Duration::from_secs(5);
 
 /// Entries the key cache holds before it is swept of expired ones.
 const KEY_CACHE_SWEEP_AT: usize = 10_000;
+
+/// Where billing's data is.
+enum Backend {
+    /// In the store, which this process reads and writes.
+    Local(Store),
+    /// Behind the billing role in another process.
+    Remote(grpc::BillingClient),
+}
+
+/// The store, when billing's data is local; otherwise returns what the billing role answers
+/// to `$call`, made on the client `$remote`.
+macro_rules! local_or {
+    ($self:ident, $remote:ident => $call:expr) => {
+        match &$self.inner.backend {
+            Backend::Local(store) => store,
+            Backend::Remote($remote) => return $call.await,
+        }
+    };
+}
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -488,18 +535,9 @@ impl Billing {
         data_dir: &Path,
         preset: Option<String>,
     ) -> Result<(Billing, Option<String>)> {
-        let billing = Billing {
-            inner: Arc::new(Inner {
-                config,
-                store,
-                verified: Mutex::new(HashMap::new()),
-                plans: Mutex::new(HashMap::new()),
-            }),
-        };
+        let billing = Billing::with(config, Backend::Local(store.clone()));
         let plans = Plan::defaults();
-        billing
-            .inner
-            .store
+        store
             .transact(move |tx| {
                 for plan in &plans {
                     if tx.get(&plan_key(&plan.name))?.is_none() {
@@ -513,16 +551,31 @@ impl Billing {
         Ok((billing, fresh))
     }
 
+    /// Billing whose data is behind the billing role at `address` (`http://host:port`): every
+    /// call goes there, and verified keys and plans are cached here as they are there.
+    pub fn connect(config: Config, address: &str) -> Result<Billing> {
+        let client = grpc::BillingClient::new(address)?;
+        Ok(Billing::with(config, Backend::Remote(client)))
+    }
+
+    fn with(config: Config, backend: Backend) -> Billing {
+        Billing {
+            inner: Arc::new(Inner {
+                config,
+                backend,
+                verified: Mutex::new(HashMap::new()),
+                plans: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
     async fn ensure_operator_key(
         &self,
         data_dir: &Path,
         preset: Option<String>,
     ) -> Result<Option<String>> {
-        let existing = self
-            .inner
-            .store
-            .read(|tx| tx.get(&operator_key_key()))
-            .await?;
+        let store = local_or!(self, _remote => std::future::ready(Ok(None)));
+        let existing = store.read(|tx| tx.get(&operator_key_key())).await?;
         let (secret, made) = match (preset, existing) {
             (Some(preset), _) => {
                 match parse_key(&preset) {
@@ -544,8 +597,7 @@ impl Billing {
             revoked_at_ms: None,
             hash,
         };
-        self.inner
-            .store
+        store
             .transact(move |tx| tx.set(&operator_key_key(), &encode(&record)))
             .await?;
         if made {
@@ -569,43 +621,9 @@ impl Billing {
         {
             return Ok(principal.clone());
         }
-        let storage_key = if id == OPERATOR_KEY_ID {
-            operator_key_key()
-        } else {
-            api_key_key(id)
-        };
-        let record = self
-            .inner
-            .store
-            .read(move |tx| tx.get(&storage_key))
-            .await?
-            .ok_or(Error::InvalidKey)?;
-        let record: KeyRecord = decode("api key", &record)?;
-        if record.revoked_at_ms.is_some() {
-            return Err(Error::InvalidKey);
-        }
-        let secret = bearer.to_string();
-        let hash = record.hash.clone();
-        let ok = tokio::task::spawn_blocking(move || {
-            Argon2::default()
-                .verify_password(secret.as_bytes(), hash.as_str())
-                .is_ok()
-        })
-        .await
-        .map_err(|e| Error::Hash(e.to_string()))?;
-        if !ok {
-            return Err(Error::InvalidKey);
-        }
-        let principal = Principal {
-            tenant: match &record.tenant {
-                Some(t) => {
-                    Some(TenantId::new(t.clone()).map_err(|e| Error::Corrupt(e.to_string()))?)
-                }
-                None => None,
-            },
-            key_id: record.id.clone(),
-            scopes: record.scopes.clone(),
-            operator: record.tenant.is_none(),
+        let principal = match &self.inner.backend {
+            Backend::Local(store) => verify(store, id, bearer).await?,
+            Backend::Remote(remote) => remote.authenticate(bearer).await?,
         };
         let mut cache = lock(&self.inner.verified);
         if cache.len() >= KEY_CACHE_SWEEP_AT {
@@ -618,18 +636,18 @@ impl Billing {
     // ---- plans ----
 
     pub async fn plans(&self) -> Result<Vec<Plan>> {
+        let store = local_or!(self, remote => remote.plans());
         let prefix = pack(&("plan",));
-        let rows = self
-            .inner
-            .store
+        let rows = store
             .read(move |tx| tx.get_prefix(&prefix, Default::default()))
             .await?;
         rows.iter().map(|kv| decode("plan", &kv.value)).collect()
     }
 
     pub async fn plan(&self, name: &str) -> Result<Plan> {
+        let store = local_or!(self, remote => remote.plan(name));
         let key = plan_key(name);
-        let bytes = self.inner.store.read(move |tx| tx.get(&key)).await?;
+        let bytes = store.read(move |tx| tx.get(&key)).await?;
         match bytes {
             Some(b) => decode("plan", &b),
             None => Err(Error::PlanNotFound(name.chars().take(128).collect())),
@@ -639,11 +657,16 @@ impl Billing {
     /// Creates or replaces a plan. Tenants on it get the new limits within a few seconds.
     pub async fn put_plan(&self, plan: Plan) -> Result<Plan> {
         plan.validate()?;
-        let stored = plan.clone();
-        self.inner
-            .store
-            .transact(move |tx| tx.set(&plan_key(&stored.name), &encode(&stored)))
-            .await?;
+        let plan = match &self.inner.backend {
+            Backend::Remote(remote) => remote.put_plan(plan).await?,
+            Backend::Local(store) => {
+                let stored = plan.clone();
+                store
+                    .transact(move |tx| tx.set(&plan_key(&stored.name), &encode(&stored)))
+                    .await?;
+                plan
+            }
+        };
         lock(&self.inner.plans).clear();
         Ok(plan)
     }
@@ -655,8 +678,13 @@ impl Billing {
         {
             return Ok(plan.clone());
         }
-        let tenant_record = self.tenant(tenant.as_str()).await?;
-        let plan = self.plan(&tenant_record.plan).await?;
+        let plan = match &self.inner.backend {
+            Backend::Remote(remote) => remote.plan_of(tenant).await?,
+            Backend::Local(_) => {
+                let tenant_record = self.tenant(tenant.as_str()).await?;
+                self.plan(&tenant_record.plan).await?
+            }
+        };
         lock(&self.inner.plans).insert(tenant.clone(), (plan.clone(), Instant::now()));
         Ok(plan)
     }
@@ -664,6 +692,7 @@ impl Billing {
     // ---- tenants ----
 
     pub async fn create_tenant(&self, name: &str, plan: Option<&str>) -> Result<Tenant> {
+        let store = local_or!(self, remote => remote.create_tenant(name, plan));
         invicta_model::ComponentName::new(name.to_string())
             .map_err(|e| Error::InvalidName(e.to_string()))?;
         let plan = plan.unwrap_or(&self.inner.config.default_plan).to_string();
@@ -675,8 +704,7 @@ impl Billing {
             created_at_ms: now_ms(),
         };
         let stored = tenant.clone();
-        self.inner
-            .store
+        store
             .transact(move |tx| {
                 if tx.get(&tenant_name_key(&stored.name))?.is_some() {
                     return Err(Error::TenantExists(stored.name.clone()));
@@ -691,8 +719,9 @@ impl Billing {
     }
 
     pub async fn tenant(&self, id: &str) -> Result<Tenant> {
+        let store = local_or!(self, remote => remote.tenant(id));
         let key = tenant_key(id);
-        let bytes = self.inner.store.read(move |tx| tx.get(&key)).await?;
+        let bytes = store.read(move |tx| tx.get(&key)).await?;
         match bytes {
             Some(b) => decode("tenant", &b),
             None => Err(Error::TenantNotFound(id.chars().take(128).collect())),
@@ -700,21 +729,26 @@ impl Billing {
     }
 
     pub async fn tenants(&self) -> Result<Vec<Tenant>> {
+        let store = local_or!(self, remote => remote.tenants());
         let prefix = pack(&("tenant",));
-        let rows = self
-            .inner
-            .store
+        let rows = store
             .read(move |tx| tx.get_prefix(&prefix, Default::default()))
             .await?;
         rows.iter().map(|kv| decode("tenant", &kv.value)).collect()
     }
 
     pub async fn set_plan(&self, tenant: &str, plan: &str) -> Result<Tenant> {
+        let store = match &self.inner.backend {
+            Backend::Local(store) => store,
+            Backend::Remote(remote) => {
+                let updated = remote.set_plan(tenant, plan).await?;
+                lock(&self.inner.plans).clear();
+                return Ok(updated);
+            }
+        };
         self.plan(plan).await?;
         let (id, plan_name) = (tenant.to_string(), plan.to_string());
-        let updated = self
-            .inner
-            .store
+        let updated = store
             .transact(move |tx| {
                 let mut t: Tenant = match tx.get(&tenant_key(&id))? {
                     Some(b) => decode("tenant", &b)?,
@@ -738,6 +772,7 @@ impl Billing {
         scopes: Vec<Scope>,
         description: String,
     ) -> Result<(KeyInfo, String)> {
+        let store = local_or!(self, remote => remote.create_key(tenant, &scopes, &description));
         self.tenant(tenant).await?;
         let id = random_hex(6);
         let secret = format!("inv_{id}_{}", random_hex(32));
@@ -754,8 +789,7 @@ impl Billing {
             hash: hash_secret(&secret).await?,
         };
         let stored = record.clone();
-        self.inner
-            .store
+        store
             .transact(move |tx| {
                 tx.set(&api_key_key(&stored.id), &encode(&stored))?;
                 let tenant = stored.tenant.as_deref().unwrap_or_default();
@@ -766,10 +800,9 @@ impl Billing {
     }
 
     pub async fn keys(&self, tenant: &str) -> Result<Vec<KeyInfo>> {
+        let store = local_or!(self, remote => remote.keys(tenant));
         let prefix = tenant_keys_prefix(tenant);
-        let records = self
-            .inner
-            .store
+        let records = store
             .read(move |tx| {
                 let rows = tx.get_prefix(&prefix, Default::default())?;
                 let mut out = Vec::new();
@@ -788,10 +821,16 @@ impl Billing {
 
     /// Revokes a key of `tenant`: at once here, within the key cache's lifetime elsewhere.
     pub async fn revoke_key(&self, tenant: &str, id: &str) -> Result<KeyInfo> {
+        let store = match &self.inner.backend {
+            Backend::Local(store) => store,
+            Backend::Remote(remote) => {
+                let info = remote.revoke_key(tenant, id).await?;
+                lock(&self.inner.verified).retain(|_, (p, _)| p.key_id != info.id);
+                return Ok(info);
+            }
+        };
         let (tenant_c, id_c) = (tenant.to_string(), id.to_string());
-        let record = self
-            .inner
-            .store
+        let record = store
             .transact(move |tx| {
                 let mut record: KeyRecord = match tx.get(&api_key_key(&id_c))? {
                     Some(b) => decode("api key", &b)?,
@@ -816,17 +855,58 @@ impl Billing {
 
     /// A per-tenant count of what it has (`workers`, `components`, `component_bytes`).
     pub async fn count(&self, tenant: &str, kind: &str) -> Result<u64> {
+        let store = local_or!(self, remote => remote.count(tenant, kind));
         let key = invicta_model::usage::count_key(tenant, kind);
-        let n = self.inner.store.read(move |tx| tx.get_i64(&key)).await?;
+        let n = store.read(move |tx| tx.get_i64(&key)).await?;
         Ok(u64::try_from(n).unwrap_or(0))
     }
 
     /// A usage counter's value.
     pub async fn usage(&self, tenant: &str, kind: &str, period: &str) -> Result<u64> {
+        let store = local_or!(self, remote => remote.usage(tenant, kind, period));
         let key = invicta_model::usage::month_key(tenant, kind, period);
-        let n = self.inner.store.read(move |tx| tx.get_i64(&key)).await?;
+        let n = store.read(move |tx| tx.get_i64(&key)).await?;
         Ok(u64::try_from(n).unwrap_or(0))
     }
+}
+
+/// Verifies `bearer` (whose id is `id`) against its stored hash.
+async fn verify(store: &Store, id: &str, bearer: &str) -> Result<Principal> {
+    let storage_key = if id == OPERATOR_KEY_ID {
+        operator_key_key()
+    } else {
+        api_key_key(id)
+    };
+    let record = store
+        .read(move |tx| tx.get(&storage_key))
+        .await?
+        .ok_or(Error::InvalidKey)?;
+    let record: KeyRecord = decode("api key", &record)?;
+    if record.revoked_at_ms.is_some() {
+        return Err(Error::InvalidKey);
+    }
+    let secret = bearer.to_string();
+    let hash = record.hash.clone();
+    let ok = tokio::task::spawn_blocking(move || {
+        Argon2::default()
+            .verify_password(secret.as_bytes(), hash.as_str())
+            .is_ok()
+    })
+    .await
+    .map_err(|e| Error::Hash(e.to_string()))?;
+    if !ok {
+        return Err(Error::InvalidKey);
+    }
+    let principal = Principal {
+        tenant: match &record.tenant {
+            Some(t) => Some(TenantId::new(t.clone()).map_err(|e| Error::Corrupt(e.to_string()))?),
+            None => None,
+        },
+        key_id: record.id.clone(),
+        scopes: record.scopes.clone(),
+        operator: record.tenant.is_none(),
+    };
+    Ok(principal)
 }
 
 async fn hash_secret(secret: &str) -> Result<String> {
@@ -954,13 +1034,12 @@ impl Billing {
         granularity: Granularity,
     ) -> Result<Vec<UsageRow>> {
         use invicta_model::usage;
+        let store = local_or!(self, remote => remote.report(tenant, from, to, granularity));
         let (begin, end) = (
             usage::ledger_from(tenant, from),
             usage::ledger_from(tenant, to.max(from)),
         );
-        let rows = self
-            .inner
-            .store
+        let rows = store
             .read(move |tx| {
                 tx.get_range(
                     &begin,
@@ -1046,6 +1125,9 @@ impl Billing {
     /// Prices a month of the tenant's ledger by its current plan. A closed month's invoice is
     /// the same every time: the ledger of past hours no longer changes.
     pub async fn invoice(&self, tenant: &str, month: &str) -> Result<Invoice> {
+        if let Backend::Remote(remote) = &self.inner.backend {
+            return remote.invoice(tenant, month).await;
+        }
         let (from, to) = month_hours(month)
             .ok_or_else(|| Error::InvalidName(format!("`{month}` is not a month (YYYY-MM)")))?;
         let record = self.tenant(tenant).await?;
@@ -1100,13 +1182,13 @@ impl Billing {
     /// `storage_byte_hours`. Each tenant's hours are accrued in one transaction with the mark
     /// that says they are, so an hour is billed once however many processes sample, and hours
     /// missed while nothing sampled (at most [`STORAGE_BACKFILL_HOURS`]) are filled in later.
-    /// Returns the tenant-hours accrued.
+    /// Returns the tenant-hours accrued. Billing that calls the billing role elsewhere accrues
+    /// nothing: that role does.
     pub async fn accrue_storage(&self, hour: u64) -> Result<u64> {
         use invicta_model::usage;
+        let store = local_or!(self, _remote => std::future::ready(Ok(0)));
         let prefix = usage::stored_prefix();
-        let rows = self
-            .inner
-            .store
+        let rows = store
             .read(move |tx| tx.get_prefix(&prefix, Default::default()))
             .await?;
         let mut tenants: Vec<String> = rows
@@ -1116,65 +1198,60 @@ impl Billing {
         tenants.dedup();
         let mut accrued = 0;
         for tenant in tenants {
-            accrued += self.accrue_tenant_storage(tenant, hour).await?;
+            accrued += accrue_tenant_storage(store, tenant, hour).await?;
         }
         Ok(accrued)
     }
+}
 
-    async fn accrue_tenant_storage(&self, tenant: String, hour: u64) -> Result<u64> {
-        use invicta_model::usage;
-        self.inner
-            .store
-            .transact(move |tx| {
-                let mark = usage::storage_accrued_key(&tenant);
-                let first = match tx.get(&mark)? {
-                    Some(bytes) => decode::<u64>("storage mark", &bytes)?,
-                    None => hour,
+async fn accrue_tenant_storage(store: &Store, tenant: String, hour: u64) -> Result<u64> {
+    use invicta_model::usage;
+    store
+        .transact(move |tx| {
+            let mark = usage::storage_accrued_key(&tenant);
+            let first = match tx.get(&mark)? {
+                Some(bytes) => decode::<u64>("storage mark", &bytes)?,
+                None => hour,
+            }
+            .max(hour.saturating_sub(STORAGE_BACKFILL_HOURS - 1));
+            if first > hour {
+                return Ok(0);
+            }
+            let mut per_component: Vec<(String, i64)> = Vec::new();
+            for row in tx.get_prefix(&usage::stored_prefix_of(&tenant), Default::default())? {
+                let Some((_, component, _)) = usage::parse_stored_key(&row.key) else {
+                    continue;
+                };
+                let bytes = invicta_store::decode_counter(&row.value).max(0);
+                match per_component.last_mut() {
+                    Some((c, sum)) if *c == component => *sum = sum.saturating_add(bytes),
+                    _ => per_component.push((component, bytes)),
                 }
-                .max(hour.saturating_sub(STORAGE_BACKFILL_HOURS - 1));
-                if first > hour {
-                    return Ok(0);
-                }
-                let mut per_component: Vec<(String, i64)> = Vec::new();
-                for row in tx.get_prefix(&usage::stored_prefix_of(&tenant), Default::default())? {
-                    let Some((_, component, _)) = usage::parse_stored_key(&row.key) else {
-                        continue;
-                    };
-                    let bytes = invicta_store::decode_counter(&row.value).max(0);
-                    match per_component.last_mut() {
-                        Some((c, sum)) if *c == component => *sum = sum.saturating_add(bytes),
-                        _ => per_component.push((component, bytes)),
+            }
+            for h in first..=hour {
+                for (component, bytes) in &per_component {
+                    if *bytes > 0 {
+                        tx.atomic_add(
+                            &usage::ledger_key(&tenant, h, component, usage::STORAGE_BYTE_HOURS),
+                            *bytes,
+                        )?;
                     }
                 }
-                for h in first..=hour {
-                    for (component, bytes) in &per_component {
-                        if *bytes > 0 {
-                            tx.atomic_add(
-                                &usage::ledger_key(
-                                    &tenant,
-                                    h,
-                                    component,
-                                    usage::STORAGE_BYTE_HOURS,
-                                ),
-                                *bytes,
-                            )?;
-                        }
-                    }
-                }
-                tx.set(&mark, &encode(&(hour + 1)))?;
-                Ok::<_, Error>(hour + 1 - first)
-            })
-            .await
-    }
+            }
+            tx.set(&mark, &encode(&(hour + 1)))?;
+            Ok::<_, Error>(hour + 1 - first)
+        })
+        .await
+}
 
+impl Billing {
     /// The bytes the tenant stores now, per kind (`component_bytes`, `oplog_bytes`), summed
     /// over its components.
     pub async fn stored(&self, tenant: &str) -> Result<std::collections::BTreeMap<String, u64>> {
         use invicta_model::usage;
+        let store = local_or!(self, remote => remote.stored(tenant));
         let prefix = usage::stored_prefix_of(tenant);
-        let rows = self
-            .inner
-            .store
+        let rows = store
             .read(move |tx| tx.get_prefix(&prefix, Default::default()))
             .await?;
         let mut out = std::collections::BTreeMap::new();
@@ -1192,7 +1269,7 @@ impl Billing {
     }
 
     /// Samples stored bytes into the ledger every `storage_sample_interval_ms` until the
-    /// process ends.
+    /// process ends (the billing role's job: elsewhere it samples nothing).
     pub fn spawn_storage_sampler(&self) -> tokio::task::JoinHandle<()> {
         let billing = self.clone();
         let every = Duration::from_millis(self.inner.config.storage_sample_interval_ms.max(10));

@@ -17,6 +17,7 @@ use tracing::Instrument;
 use crate::AppState;
 use crate::auth::Caller;
 use axum::Extension;
+use invicta_billing::Error as BillingError;
 use invicta_billing::Scope;
 use invicta_component_registry::Quota;
 use invicta_executor::Limits;
@@ -136,9 +137,16 @@ impl From<RegistryError> for Problem {
     }
 }
 
-/// Every code an executor or registry error may carry, with its HTTP status: one table for
-/// errors raised here and for those another process sent back.
+/// Every code an executor, registry or billing error may carry, with its HTTP status: one
+/// table for errors raised here and for those another process sent back.
 const CODES: &[(&str, StatusCode)] = &[
+    ("unauthorized", StatusCode::UNAUTHORIZED),
+    ("forbidden", StatusCode::FORBIDDEN),
+    ("tenant_not_found", StatusCode::NOT_FOUND),
+    ("plan_not_found", StatusCode::NOT_FOUND),
+    ("key_not_found", StatusCode::NOT_FOUND),
+    ("tenant_exists", StatusCode::CONFLICT),
+    ("invalid_request", StatusCode::BAD_REQUEST),
     ("invalid_component", StatusCode::BAD_REQUEST),
     ("unsupported_imports", StatusCode::BAD_REQUEST),
     ("payload_too_large", StatusCode::PAYLOAD_TOO_LARGE),
@@ -174,6 +182,12 @@ const CODES: &[(&str, StatusCode)] = &[
     ("result_too_large", StatusCode::UNPROCESSABLE_ENTITY),
     ("interrupted", StatusCode::UNPROCESSABLE_ENTITY),
 ];
+
+impl From<BillingError> for Problem {
+    fn from(e: BillingError) -> Problem {
+        coded(e.code(), e.to_string()).unwrap_or_else(|| Problem::internal(e))
+    }
+}
 
 impl From<ExecutorError> for Problem {
     fn from(e: ExecutorError) -> Problem {

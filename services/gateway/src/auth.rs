@@ -50,36 +50,6 @@ impl Caller {
     }
 }
 
-impl From<BillingError> for Problem {
-    fn from(e: BillingError) -> Problem {
-        use BillingError as E;
-        match e {
-            E::MissingKey | E::MalformedKey | E::InvalidKey => {
-                Problem::new(StatusCode::UNAUTHORIZED, "unauthorized", e.to_string())
-            }
-            E::MissingScope(_) | E::OperatorOnly => {
-                Problem::new(StatusCode::FORBIDDEN, "forbidden", e.to_string())
-            }
-            E::TenantNotFound(_) => {
-                Problem::new(StatusCode::NOT_FOUND, "tenant_not_found", e.to_string())
-            }
-            E::PlanNotFound(_) => {
-                Problem::new(StatusCode::NOT_FOUND, "plan_not_found", e.to_string())
-            }
-            E::KeyNotFound(_) => {
-                Problem::new(StatusCode::NOT_FOUND, "key_not_found", e.to_string())
-            }
-            E::TenantExists(_) => {
-                Problem::new(StatusCode::CONFLICT, "tenant_exists", e.to_string())
-            }
-            E::UnknownScope(_) | E::InvalidPlan(_) | E::InvalidName(_) => {
-                Problem::new(StatusCode::BAD_REQUEST, "invalid_request", e.to_string())
-            }
-            other => Problem::internal(other),
-        }
-    }
-}
-
 /// Rate limiters by tenant or key id, with the (rate, burst) each was made for.
 type LimiterMap = Mutex<HashMap<String, (Arc<DefaultDirectRateLimiter>, u32, u32)>>;
 

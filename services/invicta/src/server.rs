@@ -20,7 +20,8 @@ pub struct Args {
     #[arg(long, env = "INVICTA_CONFIG")]
     config: Option<PathBuf>,
     /// What this process runs: `all` (every service, one process), or any of `gateway`,
-    /// `scheduler` and `executor`, which find each other over gRPC and share the store
+    /// `registry`, `billing`, `scheduler` and `executor`, which find each other over gRPC and
+    /// share the store
     #[arg(
         long,
         env = "INVICTA_ROLE",
@@ -40,12 +41,15 @@ pub enum Role {
     /// Every service in this process: the gateway with the registry, billing and one executor
     /// that owns every shard.
     All,
-    /// The public HTTP API, with billing (a library over the shared store); worker calls go to
-    /// the executor that owns the worker, found through the scheduler, and component calls to
-    /// the registry role when `[grpc] registry` names one.
+    /// The public HTTP API. Worker calls go to the executor that owns the worker, found
+    /// through the scheduler; component calls go to the registry role when `[grpc] registry`
+    /// names one, and billing calls to the billing role when `[grpc] billing` does.
     Gateway,
     /// The component registry: validates, precompiles and stores components (gRPC).
     Registry,
+    /// Billing: tenants, plans, API keys, usage and invoices (gRPC); it makes the operator key
+    /// and samples stored bytes into the ledger.
+    Billing,
     /// The worker scheduler: executor membership, shard leases, failover (gRPC).
     Scheduler,
     /// An executor: runs the workers of the shards the scheduler grants it (gRPC).
@@ -117,6 +121,11 @@ pub struct GrpcSection {
     /// The registry role's gRPC address, for the processes that do not run it (default: none,
     /// each process uses the registry as a library over the shared store).
     pub registry: Option<String>,
+    /// Where the billing role's gRPC service listens (default 127.0.0.1:7400).
+    pub billing_listen: SocketAddr,
+    /// The billing role's gRPC address, for a gateway that does not run it (default: none, the
+    /// gateway uses billing as a library over the shared store).
+    pub billing: Option<String>,
 }
 
 impl Default for GrpcSection {
@@ -127,6 +136,8 @@ impl Default for GrpcSection {
             advertise: None,
             registry_listen: SocketAddr::from(([127, 0, 0, 1], 7300)),
             registry: None,
+            billing_listen: SocketAddr::from(([127, 0, 0, 1], 7400)),
+            billing: None,
         }
     }
 }
@@ -178,7 +189,7 @@ pub fn main(args: Args) -> anyhow::Result<()> {
     runtime.block_on(run_roles(config, &args.role))
 }
 
-/// The scheduler and/or an executor, in one process, reaching the others over gRPC.
+/// Some of the roles, in one process, reaching the others over gRPC.
 async fn run_roles(config: Config, roles: &[Role]) -> anyhow::Result<()> {
     let data_dir = config.data_dir();
     std::fs::create_dir_all(&data_dir)
@@ -197,6 +208,19 @@ async fn run_roles(config: Config, roles: &[Role]) -> anyhow::Result<()> {
             "scheduler",
         )
         .await?;
+    }
+    let mut billing = None;
+    if roles.contains(&Role::Billing) {
+        let local = start_billing(&config, &data_dir, store.clone()).await?;
+        let service = invicta_billing::grpc::BillingService::new(local.clone());
+        serve_grpc(
+            &mut servers,
+            config.grpc.billing_listen,
+            Routes::new(service),
+            "billing",
+        )
+        .await?;
+        billing = Some(local);
     }
     if !roles
         .iter()
@@ -264,7 +288,15 @@ async fn run_roles(config: Config, roles: &[Role]) -> anyhow::Result<()> {
         tokio::spawn(heartbeats(executor.clone(), scheduler.clone(), advertised));
     }
     if roles.contains(&Role::Gateway) {
-        let gateway = bind_gateway(&config, &data_dir, store, blobs, registry, executor).await?;
+        let billing = match (billing, &config.grpc.billing) {
+            (Some(local), _) => local,
+            (None, Some(address)) => {
+                invicta_billing::Billing::connect(config.billing.clone(), address)
+                    .with_context(|| format!("the billing address {address}"))?
+            }
+            (None, None) => start_billing(&config, &data_dir, store.clone()).await?,
+        };
+        let gateway = bind_gateway(&config, store, blobs, registry, executor, billing).await?;
         let addr = gateway.local_addr()?;
         servers.spawn(async move { Ok(gateway.run(shutdown_signal()).await?) });
         println!("invicta listening on http://{addr} (role: gateway)");
@@ -381,7 +413,8 @@ async fn run(config: Config) -> anyhow::Result<()> {
     )
     .await
     .context("start the executor")?;
-    let gateway = bind_gateway(&config, &data_dir, store, blobs, registry, executor).await?;
+    let billing = start_billing(&config, &data_dir, store.clone()).await?;
+    let gateway = bind_gateway(&config, store, blobs, registry, executor, billing).await?;
     let addr = gateway.local_addr()?;
     tracing::info!(%addr, data_dir = %data_dir.display(), "invicta server started");
     // The one line a user running `make run` looks for; scripts read it to find the port.
@@ -412,20 +445,18 @@ async fn open_blobs(config: &Config, data_dir: &Path) -> anyhow::Result<invicta_
         .context("open the blob store")
 }
 
-/// Starts billing (printing the operator key if it made one) and binds the public API.
-async fn bind_gateway(
+/// Starts billing over the store, printing the operator key if it made one, and its sampler
+/// of stored bytes.
+async fn start_billing(
     config: &Config,
     data_dir: &Path,
     store: invicta_store::Store,
-    blobs: invicta_blob::BlobStore,
-    registry: invicta_component_registry::Registry,
-    executor: invicta_executor::Executor,
-) -> anyhow::Result<invicta_gateway::Service> {
+) -> anyhow::Result<invicta_billing::Billing> {
     let preset = std::env::var("INVICTA_OPERATOR_KEY")
         .ok()
         .filter(|k| !k.is_empty());
     let (billing, fresh_operator_key) =
-        invicta_billing::Billing::start(config.billing.clone(), store.clone(), data_dir, preset)
+        invicta_billing::Billing::start(config.billing.clone(), store, data_dir, preset)
             .await
             .context("start billing")?;
     billing.spawn_storage_sampler();
@@ -436,6 +467,18 @@ async fn bind_gateway(
             data_dir.join(invicta_billing::OPERATOR_KEY_FILE).display()
         );
     }
+    Ok(billing)
+}
+
+/// Binds the public API.
+async fn bind_gateway(
+    config: &Config,
+    store: invicta_store::Store,
+    blobs: invicta_blob::BlobStore,
+    registry: invicta_component_registry::Registry,
+    executor: invicta_executor::Executor,
+    billing: invicta_billing::Billing,
+) -> anyhow::Result<invicta_gateway::Service> {
     Ok(invicta_gateway::Service::bind(
         &config.gateway,
         invicta_gateway::Backends {
