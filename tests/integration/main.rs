@@ -15,6 +15,7 @@ mod quickstart;
 mod schedules;
 mod server;
 mod tenancy;
+mod traces;
 mod waits;
 mod workers;
 

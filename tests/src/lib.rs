@@ -58,10 +58,27 @@ impl Server {
         role: &str,
         config: &str,
     ) -> anyhow::Result<Server> {
+        Self::start_role_env(binary, data_dir, role, config, &[])
+    }
+
+    /// [`Server::start_role`] with extra environment variables.
+    pub fn start_role_env(
+        binary: &Path,
+        data_dir: &Path,
+        role: &str,
+        config: &str,
+        envs: &[(&str, &str)],
+    ) -> anyhow::Result<Server> {
         let file = data_dir.with_file_name(format!("{role}.toml"));
         std::fs::write(&file, config).with_context(|| format!("write {}", file.display()))?;
         let file = file.to_string_lossy().into_owned();
-        Self::start_with(binary, data_dir, &["--role", role, "--config", &file])
+        Self::start_env(
+            binary,
+            data_dir,
+            "127.0.0.1:0",
+            &["--role", role, "--config", &file],
+            envs,
+        )
     }
 
     /// Starts the server with extra environment variables.
@@ -74,7 +91,6 @@ impl Server {
     ) -> anyhow::Result<Server> {
         let mut child = Command::new(binary)
             .arg("server")
-            .envs(envs.iter().copied())
             .args(["--listen", listen, "--data-dir"])
             .arg(data_dir)
             .args(extra)
@@ -83,6 +99,7 @@ impl Server {
                 std::env::var("INVICTA_LOG").unwrap_or_else(|_| "warn".into()),
             )
             .env("INVICTA_OPERATOR_KEY", OPERATOR_KEY)
+            .envs(envs.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()

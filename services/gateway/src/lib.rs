@@ -260,7 +260,8 @@ fn router(config: &Config, state: AppState) -> Router {
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::authenticate,
-        ));
+        ))
+        .route_layer(axum::middleware::from_fn(request_span));
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -270,6 +271,28 @@ fn router(config: &Config, state: AppState) -> Router {
         .fallback(api::not_found)
         .layer(axum::middleware::map_response(problems))
         .with_state(state)
+}
+
+/// Runs an API request in a span named by its method and route (`POST
+/// /v1/components/{component}/workers/{worker}/invoke`), so that its trace holds its
+/// authentication (which may ask billing) as well as its work.
+async fn request_span(
+    matched: Option<axum::extract::MatchedPath>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use tracing::Instrument;
+    let route = matched.as_ref().map_or("", |m| m.as_str());
+    let span = tracing::info_span!(
+        "request",
+        otel.name = %format!("{} {route}", request.method()),
+        http.request.method = %request.method(),
+        http.route = route,
+        http.response.status_code = tracing::field::Empty,
+    );
+    let response = next.run(request).instrument(span.clone()).await;
+    span.record("http.response.status_code", response.status().as_u16());
+    response
 }
 
 /// Every error is a problem: what axum itself answers (405, a path that does not parse, a body

@@ -57,7 +57,6 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let request = match cli.command {
         Command::Server(args) => {
-            let _telemetry = invicta_telemetry::init("invicta");
             return match server::main(args) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {

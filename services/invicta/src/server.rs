@@ -35,6 +35,23 @@ pub struct Args {
     advertise: Option<String>,
 }
 
+impl Args {
+    /// The process's name in traces: `invicta`, or `invicta-` and its roles
+    /// (`invicta-gateway`, `invicta-scheduler+executor`).
+    pub fn service_name(&self) -> String {
+        if self.role.contains(&Role::All) {
+            return "invicta".into();
+        }
+        let roles: Vec<String> = self
+            .role
+            .iter()
+            .filter_map(clap::ValueEnum::to_possible_value)
+            .map(|v| v.get_name().to_string())
+            .collect();
+        format!("invicta-{}", roles.join("+"))
+    }
+}
+
 /// A part of Invicta a process may run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Role {
@@ -179,6 +196,9 @@ pub fn main(args: Args) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("start the async runtime")?;
+    // The OTLP exporter's gRPC channel is made on the runtime; dropped before it, it flushes.
+    let _runtime = runtime.enter();
+    let _telemetry = invicta_telemetry::init(args.service_name());
     if args.role.contains(&Role::All) {
         anyhow::ensure!(
             args.role.len() == 1,

@@ -27,8 +27,9 @@ fn filter() -> tracing_subscriber::EnvFilter {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"))
 }
 
-/// Installs the process's subscriber. `service` names the process in traces.
-pub fn init(service: &'static str) -> Telemetry {
+/// Installs the process's subscriber. `service` names the process in traces
+/// (`service.name`).
+pub fn init(service: String) -> Telemetry {
     let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
     let provider = std::env::var_os("OTEL_EXPORTER_OTLP_ENDPOINT").and_then(|_| {
         match opentelemetry_otlp::SpanExporter::builder()
@@ -40,7 +41,7 @@ pub fn init(service: &'static str) -> Telemetry {
                     .with_batch_exporter(exporter)
                     .with_resource(
                         opentelemetry_sdk::Resource::builder()
-                            .with_service_name(service)
+                            .with_service_name(service.clone())
                             .build(),
                     )
                     .build(),
