@@ -1,9 +1,18 @@
-//! Separate processes: a scheduler and two executors sharing the store. The owner of a worker
-//! is frozen with SIGSTOP mid-invocation past its lease; the other executor takes its shards
-//! over and finishes the invocation; when the first wakes up its late commit is refused.
-//! Nothing is lost, nothing applied twice, and the failover time is printed.
+//! Separate processes: a scheduler and executors sharing the store.
+//!
+//! - Failover: the owner of a worker is frozen with SIGSTOP mid-invocation past its lease; the
+//!   other executor takes its shards over and finishes the invocation; when the first wakes up
+//!   its late commit is refused. Nothing is lost, nothing applied twice, and the failover time
+//!   is printed.
+//! - Hand-off: an executor joins while a worker's invocation waits on an outgoing request; the
+//!   worker's shard moves to the newcomer only once that invocation has finished and committed
+//!   where it started, so its request goes out once and its caller gets its answer there.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
+
+use tokio::sync::Notify;
 
 use invicta_component_registry::{Quota, Registry};
 use invicta_proto::common;
@@ -19,11 +28,39 @@ use crate::INVICTA;
 const LEASE_MS: u64 = 1_000;
 
 fn worker(name: &str) -> common::WorkerId {
+    worker_of("waiter", name)
+}
+
+fn worker_of(component: &str, name: &str) -> common::WorkerId {
     common::WorkerId {
         tenant: "t1".into(),
-        component: "waiter".into(),
+        component: component.into(),
         worker: name.into(),
     }
+}
+
+/// Puts a component of tenant `t1` into the shared store and blobs under `dir`, as the
+/// registry role would.
+async fn upload(dir: &std::path::Path, name: &str) -> anyhow::Result<()> {
+    let store = invicta_store::Store::open(&invicta_store::Config::embedded_in(dir))?;
+    let blobs = invicta_blob::BlobStore::open(&invicta_blob::Config::local_in(dir)).await?;
+    let engine = invicta_engine::Engine::new(&Default::default())?;
+    let registry = Registry::new(
+        Default::default(),
+        store,
+        blobs,
+        engine.clone(),
+        invicta_executor::Executor::import_check(&engine)?,
+    );
+    registry
+        .upload(
+            &"t1".to_string().try_into()?,
+            &name.to_string().try_into()?,
+            component(name),
+            Quota::unlimited(),
+        )
+        .await?;
+    Ok(())
 }
 
 /// Invokes `function` on `w` at the executor at `address`: the result, or the problem's code.
@@ -34,10 +71,20 @@ async fn invoke(
     params: Value,
     key: &str,
 ) -> anyhow::Result<Result<Value, String>> {
+    invoke_on(address, worker(w), function, params, key).await
+}
+
+async fn invoke_on(
+    address: &str,
+    worker: common::WorkerId,
+    function: &str,
+    params: Value,
+    key: &str,
+) -> anyhow::Result<Result<Value, String>> {
     let mut client = ExecutorClient::connect(address.to_string()).await?;
     let reply = client
         .invoke(InvokeRequest {
-            worker: Some(worker(w)),
+            worker: Some(worker),
             function: function.into(),
             params_json: params.to_string(),
             idempotency_key: key.into(),
@@ -47,7 +94,10 @@ async fn invoke(
         .into_inner();
     Ok(match reply.outcome {
         Some(Outcome::ResultJson(json)) => Ok(serde_json::from_str(&json)?),
-        Some(Outcome::Problem(p)) => Err(p.code),
+        Some(Outcome::Problem(p)) if p.code == "worker_moved" || p.code == "unavailable" => {
+            Err(p.code)
+        }
+        Some(Outcome::Problem(p)) => Err(format!("{}: {}", p.code, p.message)),
         None => Err("no outcome".into()),
     })
 }
@@ -64,9 +114,9 @@ async fn invoke_routed(
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         if let Ok(placed) = locator.locate(id).await {
-            match invoke(
+            match invoke_on(
                 &placed.address,
-                id.worker.as_str(),
+                worker_of(id.component.as_str(), id.worker.as_str()),
                 function,
                 params.clone(),
                 key,
@@ -104,27 +154,7 @@ async fn a_frozen_executors_late_commits_are_refused_after_failover() -> anyhow:
     let first = start_executor()?;
     let second = start_executor()?;
 
-    // The component goes into the shared store and blobs, as the registry role would put it.
-    {
-        let store = invicta_store::Store::open(&invicta_store::Config::embedded_in(&dir))?;
-        let blobs = invicta_blob::BlobStore::open(&invicta_blob::Config::local_in(&dir)).await?;
-        let engine = invicta_engine::Engine::new(&Default::default())?;
-        let registry = Registry::new(
-            Default::default(),
-            store,
-            blobs,
-            engine.clone(),
-            invicta_executor::Executor::import_check(&engine)?,
-        );
-        registry
-            .upload(
-                &"t1".to_string().try_into()?,
-                &"waiter".to_string().try_into()?,
-                component("waiter"),
-                Quota::unlimited(),
-            )
-            .await?;
-    }
+    upload(&dir, "waiter").await?;
 
     let locator = SchedulerClient::new(&scheduler.url)?;
     let id = invicta_model::WorkerId {
@@ -245,5 +275,231 @@ async fn a_frozen_executors_late_commits_are_refused_after_failover() -> anyhow:
     // The nap's key is answered from its record, once.
     let again = invoke_routed(&locator, &id, "nap", json!([900]), "late").await?;
     assert!(again.as_u64().is_some_and(|ms| ms >= 900), "{again}");
+    Ok(())
+}
+
+/// A loopback endpoint that counts its requests and answers each once `release` is notified.
+async fn held_endpoint() -> anyhow::Result<(String, Arc<AtomicU32>, Arc<Notify>)> {
+    let (seen, release) = (Arc::new(AtomicU32::new(0)), Arc::new(Notify::new()));
+    let app = axum::Router::new().route(
+        "/held",
+        axum::routing::get({
+            let (seen, release) = (seen.clone(), release.clone());
+            move || async move {
+                let n = seen.fetch_add(1, Ordering::SeqCst) + 1;
+                release.notified().await;
+                format!("request {n}")
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}/held", listener.local_addr()?);
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    Ok((url, seen, release))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_planned_move_lets_the_running_invocation_finish_where_it_started() -> anyhow::Result<()>
+{
+    use invicta_model::shards::{SHARDS, ShardLease, lease_key, shard_of};
+    // Long enough that the drain below (a heartbeat to learn of it, the held request, a
+    // release) is never forced on a busy machine.
+    const LEASE_MS: u64 = 2_000;
+
+    let data = tempfile::tempdir()?;
+    let dir = data.path().join("data");
+    std::fs::create_dir_all(&dir)?;
+    let scheduler = Server::start_role(
+        INVICTA.as_ref(),
+        &dir,
+        "scheduler",
+        &format!("[scheduler]\nlisten = \"127.0.0.1:0\"\nlease_ms = {LEASE_MS}\n"),
+    )?;
+    let config = format!(
+        "[grpc]\nexecutor_listen = \"127.0.0.1:0\"\nscheduler = \"{}\"\n\n\
+         [executor.http]\nallow_private_hosts = [\"127.0.0.1\"]\ntimeout_ms = 20000\n",
+        scheduler.url
+    );
+    let start_executor = || Server::start_role(INVICTA.as_ref(), &dir, "executor", &config);
+    let first = start_executor()?;
+    upload(&dir, "fetcher").await?;
+    let (url, seen, release) = held_endpoint().await?;
+
+    // A worker of the last shard: the first the lone executor hands to a newcomer.
+    let id = |name: &str| -> anyhow::Result<invicta_model::WorkerId> {
+        Ok(invicta_model::WorkerId {
+            tenant: "t1".to_string().try_into()?,
+            component: "fetcher".to_string().try_into()?,
+            worker: name.to_string().try_into()?,
+        })
+    };
+    let name = (0..10_000)
+        .map(|i| format!("w{i}"))
+        .find(|n| id(n).is_ok_and(|w| shard_of(&w) == SHARDS - 1))
+        .ok_or_else(|| anyhow::anyhow!("no worker name in the last shard"))?;
+    let worker_id = id(&name)?;
+    let locator = SchedulerClient::new(&scheduler.url)?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !locator
+        .locate(&worker_id)
+        .await
+        .is_ok_and(|p| p.address == first.url)
+    {
+        anyhow::ensure!(Instant::now() < deadline, "the worker was never placed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // The invocation's request is out, and held there.
+    let running = {
+        let (address, worker, url) = (first.url.clone(), worker_of("fetcher", &name), url.clone());
+        tokio::spawn(
+            async move { invoke_on(&address, worker, "fetch", json!([url]), "held").await },
+        )
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while seen.load(Ordering::SeqCst) == 0 {
+        anyhow::ensure!(Instant::now() < deadline, "the request never went out");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    // A second executor joins; the scheduler plans the hand-off of the worker's shard.
+    let second = start_executor()?;
+    let joined = Instant::now();
+    let store = invicta_store::Store::open(&invicta_store::Config::embedded_in(&dir))?;
+    let shard = shard_of(&worker_id);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let bytes = store.read(move |tx| tx.get(&lease_key(shard))).await?;
+        let lease: Option<ShardLease> = bytes.map(|b| serde_json::from_slice(&b)).transpose()?;
+        if lease.is_some_and(|l| l.handoff.is_some()) {
+            break;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "no hand-off was planned");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Once the first executor has heard of it (its heartbeat comes every third of a lease),
+    // the shard drains: nothing new starts on it there.
+    tokio::time::sleep(Duration::from_millis(LEASE_MS / 3 + 300)).await;
+    let refused = invoke_on(
+        &first.url,
+        worker_of("fetcher", &name),
+        "fetch",
+        json!([url]),
+        "refused",
+    )
+    .await?;
+    assert_eq!(refused, Err("worker_moved".to_string()));
+
+    // The request is answered: the invocation finishes and commits where it started, and its
+    // caller gets the answer from there.
+    release.notify_waiters();
+    let released = Instant::now();
+    let answered = running.await??;
+    assert_eq!(
+        answered,
+        Ok(json!({ "ok": "200 request 1" })),
+        "the running invocation was not cut off"
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !locator
+        .locate(&worker_id)
+        .await
+        .is_ok_and(|p| p.address == second.url)
+    {
+        anyhow::ensure!(Instant::now() < deadline, "the shard never moved");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    println!(
+        "hand-off: the shard moved {} ms after its running invocation's request was answered ({} ms after the second executor joined; lease {LEASE_MS} ms)",
+        released.elapsed().as_millis(),
+        joined.elapsed().as_millis()
+    );
+
+    // At the new owner: the answer by its key, and the request never went out again.
+    let again = invoke_routed(&locator, &worker_id, "fetch", json!([url]), "held").await?;
+    assert_eq!(again, json!({ "ok": "200 request 1" }));
+    assert_eq!(seen.load(Ordering::SeqCst), 1, "the request went out once");
+    let mut client = ExecutorClient::connect(second.url.clone()).await?;
+    let entries: Vec<Value> = client
+        .read_oplog(ReadOplogRequest {
+            worker: Some(worker_of("fetcher", &name)),
+            from: 1,
+            count: 1_000,
+        })
+        .await?
+        .into_inner()
+        .entries_json
+        .iter()
+        .map(|e| serde_json::from_str(e))
+        .collect::<Result<_, _>>()?;
+    let kinds: Vec<&str> = entries.iter().filter_map(|e| e["kind"].as_str()).collect();
+    assert_eq!(
+        kinds
+            .iter()
+            .filter(|k| **k == "exported_function_invoked")
+            .count(),
+        1,
+        "{kinds:?}"
+    );
+    assert_eq!(
+        kinds
+            .iter()
+            .filter(|k| **k == "exported_function_completed")
+            .count(),
+        1,
+        "{kinds:?}"
+    );
+
+    // Scaling down: the second executor is asked to stop (SIGTERM) while another invocation
+    // waits on a request. It hands its shards back, finishes that invocation first, and exits
+    // cleanly; the request went out once.
+    let running = {
+        let (address, worker, url) = (second.url.clone(), worker_of("fetcher", &name), url.clone());
+        tokio::spawn(
+            async move { invoke_on(&address, worker, "fetch", json!([url]), "second").await },
+        )
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while seen.load(Ordering::SeqCst) < 2 {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the second request never went out"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let stopping = Instant::now();
+    let stopped = tokio::task::spawn_blocking(move || second.stop());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let bytes = store.read(move |tx| tx.get(&lease_key(shard))).await?;
+        let lease: Option<ShardLease> = bytes.map(|b| serde_json::from_slice(&b)).transpose()?;
+        if lease.is_some_and(|l| l.handoff.is_some()) {
+            break;
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the leaving executor handed nothing off"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    release.notify_waiters();
+    assert_eq!(
+        running.await??,
+        Ok(json!({ "ok": "200 request 2" })),
+        "the leaving executor finished its running invocation"
+    );
+    assert!(stopped.await??, "the executor exited cleanly");
+    println!(
+        "leave: the second executor handed its shards off and exited {} ms after SIGTERM",
+        stopping.elapsed().as_millis()
+    );
+    let placed = locator.locate(&worker_id).await?;
+    assert_eq!(
+        placed.address, first.url,
+        "the shard is back at the first executor"
+    );
+    let again = invoke_routed(&locator, &worker_id, "fetch", json!([url]), "second").await?;
+    assert_eq!(again, json!({ "ok": "200 request 2" }));
+    assert_eq!(seen.load(Ordering::SeqCst), 2, "each request went out once");
     Ok(())
 }

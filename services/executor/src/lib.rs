@@ -32,6 +32,7 @@ use invicta_component_registry::{Compiled, ImportCheck, Registry};
 use invicta_engine::Engine;
 use invicta_engine::values::{ValueError, json_to_value};
 use invicta_model::oplog::{FailureKind, OplogEntry, OplogIndex};
+use invicta_model::shards::ShardGrant;
 use invicta_model::{ComponentName, TenantId, WorkerId, usage};
 use invicta_store::Store;
 use serde::{Deserialize, Serialize};
@@ -408,6 +409,10 @@ pub(crate) struct Inner {
     pub fencing: Arc<placement::Fencing>,
     /// Where calls for workers of other executors' shards go, when there are others.
     pub router: std::sync::OnceLock<remote::Router>,
+    /// Shards drained for a hand-off (every worker stopped), to be released to the scheduler.
+    pub released: Mutex<std::collections::BTreeSet<u32>>,
+    /// Told when a shard joins `released`.
+    pub release_ready: tokio::sync::Notify,
 }
 
 /// Dies here (SIGKILL) once, if the variable `var` names a file that exists (the file is
@@ -433,6 +438,10 @@ pub(crate) fn call_key(worker: &WorkerId, index: OplogIndex) -> String {
     use sha2::Digest;
     let digest = sha2::Sha256::digest(format!("{worker}#{index}").as_bytes());
     digest[..16].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 pub(crate) fn now_ms() -> u64 {
@@ -480,6 +489,8 @@ impl Executor {
                 committer: Committer::start(store.clone(), metrics.clone(), fencing.clone())?,
                 fencing,
                 router: std::sync::OnceLock::new(),
+                released: Mutex::new(std::collections::BTreeSet::new()),
+                release_ready: tokio::sync::Notify::new(),
                 metrics,
                 http_config: Arc::new(config.http.clone()),
                 config,
@@ -560,22 +571,36 @@ impl Executor {
         });
     }
 
-    /// Applies the shards the scheduler granted: the ones no longer listed are given up, new
-    /// ones taken over (their workers cut off mid-invocation resume, their pending
-    /// invocations run).
-    pub async fn set_shards(&self, granted: &[(u32, u64)]) -> Result<()> {
+    /// Applies what the scheduler's heartbeat says this executor holds: shards no longer
+    /// granted (or granted at another epoch) are given up at once, their workers stopped; new
+    /// ones are taken, their cut-off, asleep and pending workers recovered; shards to drain
+    /// stop taking work, let what runs finish and commit, and are then released
+    /// ([`Executor::released`]).
+    pub async fn set_shards(&self, granted: &[ShardGrant]) -> Result<()> {
         let before = self.inner.fencing.owned();
-        let now: HashMap<u32, u64> = granted.iter().copied().collect();
+        let now: HashMap<u32, u64> = granted.iter().map(|g| (g.shard, g.epoch)).collect();
         for (shard, epoch) in &before {
             if now.get(shard) != Some(epoch) {
                 self.give_up(*shard).await;
             }
         }
+        lock(&self.inner.released).retain(|shard| now.contains_key(shard));
         let mut gained = false;
-        for (shard, epoch) in granted {
-            if !before.contains(&(*shard, *epoch)) {
-                self.inner.fencing.set(*shard, Some(*epoch));
-                tracing::info!(shard, epoch, "took over a shard");
+        for grant in granted {
+            let shard = grant.shard;
+            if !before.contains(&(shard, grant.epoch)) {
+                self.inner.fencing.set(shard, Some(grant.epoch));
+                tracing::info!(shard, epoch = grant.epoch, "took over a shard");
+                gained = true;
+            }
+            let draining = self.inner.fencing.draining(shard);
+            if grant.draining && !draining {
+                self.drain(shard);
+            } else if !grant.draining && draining {
+                // The move was called off (its target died): the shard is ours again.
+                self.inner.fencing.set_draining(shard, false);
+                lock(&self.inner.released).remove(&shard);
+                tracing::info!(shard, "hand-off called off");
                 gained = true;
             }
         }
@@ -586,9 +611,61 @@ impl Executor {
         Ok(())
     }
 
+    /// The shards drained for a hand-off, which the next heartbeat releases.
+    pub fn released(&self) -> Vec<u32> {
+        lock(&self.inner.released).iter().copied().collect()
+    }
+
+    /// Resolves when a shard has been drained (to heartbeat at once rather than wait).
+    pub async fn release_ready(&self) {
+        self.inner.release_ready.notified().await;
+    }
+
+    /// Starts handing `shard` off: new work for its workers is refused (callers retry at the
+    /// new owner), each worker's actor finishes what it runs and what is queued before it,
+    /// commits, and stops; then the shard is released. A forced move meanwhile (the scheduler
+    /// gives up waiting after a lease) fences whatever is still running, as a failover would.
+    fn drain(&self, shard: u32) {
+        self.inner.fencing.set_draining(shard, true);
+        tracing::info!(shard, "draining a shard for a hand-off");
+        let executor = self.clone();
+        tokio::spawn(async move {
+            loop {
+                let handles: Vec<WorkerHandle> = executor
+                    .lock_workers()
+                    .iter()
+                    .filter(|(id, _)| invicta_model::shards::shard_of(id) == shard)
+                    .map(|(_, h)| h.clone())
+                    .collect();
+                if handles.is_empty() {
+                    break;
+                }
+                let stops: Vec<_> = handles
+                    .into_iter()
+                    .map(|handle| async move {
+                        let (reply, done) = oneshot::channel();
+                        if handle.send(Command::Stop(reply)).await.is_ok() {
+                            let _ = done.await;
+                        }
+                    })
+                    .collect();
+                futures::future::join_all(stops).await;
+                if !executor.inner.fencing.draining(shard) {
+                    return;
+                }
+            }
+            if executor.inner.fencing.draining(shard) {
+                lock(&executor.inner.released).insert(shard);
+                executor.inner.release_ready.notify_one();
+                tracing::info!(shard, "shard drained");
+            }
+        });
+    }
+
     /// Stops running the shard's workers: their commits would be refused from now on.
     async fn give_up(&self, shard: u32) {
         self.inner.fencing.set(shard, None);
+        lock(&self.inner.released).remove(&shard);
         tracing::warn!(shard, "gave up a shard");
         let handles: Vec<WorkerHandle> = self
             .lock_workers()

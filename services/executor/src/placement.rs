@@ -8,7 +8,7 @@
 //! from its heartbeats ([`crate::Executor::set_shards`]).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use invicta_model::WorkerId;
 use invicta_model::shards::{SHARDS, ShardLease, lease_key, shard_of};
@@ -17,10 +17,12 @@ use invicta_store::Transaction;
 use crate::Error;
 use crate::records::{decode_json, encode_json};
 
-/// This executor's id and the epoch of every shard it owns (0: not owned).
+/// This executor's id, the epoch of every shard it owns (0: not owned), and which of them it
+/// is draining for a hand-off.
 pub(crate) struct Fencing {
     pub id: String,
     epochs: Vec<AtomicU64>,
+    draining: Vec<AtomicBool>,
 }
 
 impl Fencing {
@@ -28,6 +30,21 @@ impl Fencing {
         Fencing {
             id,
             epochs: (0..SHARDS).map(|_| AtomicU64::new(0)).collect(),
+            draining: (0..SHARDS).map(|_| AtomicBool::new(false)).collect(),
+        }
+    }
+
+    /// Whether `shard` is being handed off: its workers finish what runs and commit (the lease
+    /// is still held), but nothing new starts here.
+    pub(crate) fn draining(&self, shard: u32) -> bool {
+        self.draining
+            .get(shard as usize)
+            .is_some_and(|d| d.load(Ordering::Acquire))
+    }
+
+    pub(crate) fn set_draining(&self, shard: u32, draining: bool) {
+        if let Some(slot) = self.draining.get(shard as usize) {
+            slot.store(draining, Ordering::Release);
         }
     }
 
@@ -37,13 +54,18 @@ impl Fencing {
         (epoch > 0).then_some(epoch)
     }
 
+    /// Whether new work for `worker` may start here: its shard is held and not draining.
     pub(crate) fn owns(&self, worker: &WorkerId) -> bool {
-        self.epoch(shard_of(worker)).is_some()
+        let shard = shard_of(worker);
+        self.epoch(shard).is_some() && !self.draining(shard)
     }
 
     pub(crate) fn set(&self, shard: u32, epoch: Option<u64>) {
         if let Some(slot) = self.epochs.get(shard as usize) {
             slot.store(epoch.unwrap_or(0), Ordering::Release);
+        }
+        if epoch.is_none() {
+            self.set_draining(shard, false);
         }
     }
 
@@ -107,6 +129,7 @@ pub(crate) fn take_all(
             owner: owner.to_string(),
             epoch,
             expires_ms: now_ms.saturating_add(lease_ms),
+            handoff: None,
         };
         tx.set(&key, &encode_json(&lease))?;
         granted.push((shard, epoch));

@@ -3,6 +3,8 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
@@ -293,11 +295,21 @@ async fn run_roles(config: Config, roles: &[Role]) -> anyhow::Result<()> {
     executor.route_through(scheduler.clone());
     if roles.contains(&Role::Executor) {
         let service = invicta_executor::grpc::ExecutorService::new(executor.clone());
-        let addr = serve_grpc(
+        let membership = Arc::new(Membership::default());
+        // On SIGTERM the executor hands its shards off and keeps serving until they are gone.
+        let shutdown = {
+            let (executor, membership) = (executor.clone(), membership.clone());
+            async move {
+                shutdown_signal().await;
+                leave(&executor, &membership).await;
+            }
+        };
+        let addr = serve_grpc_until(
             &mut servers,
             config.grpc.executor_listen,
             Routes::new(service),
             "executor",
+            shutdown,
         )
         .await?;
         let advertised = config
@@ -305,7 +317,12 @@ async fn run_roles(config: Config, roles: &[Role]) -> anyhow::Result<()> {
             .advertise
             .clone()
             .unwrap_or_else(|| format!("http://{addr}"));
-        tokio::spawn(heartbeats(executor.clone(), scheduler.clone(), advertised));
+        tokio::spawn(heartbeats(
+            executor.clone(),
+            scheduler.clone(),
+            advertised,
+            membership,
+        ));
     }
     if roles.contains(&Role::Gateway) {
         let billing = match (billing, &config.grpc.billing) {
@@ -341,6 +358,17 @@ async fn serve_grpc(
     routes: Routes,
     role: &'static str,
 ) -> anyhow::Result<SocketAddr> {
+    serve_grpc_until(servers, listen, routes, role, shutdown_signal()).await
+}
+
+/// [`serve_grpc`] until `shutdown` resolves.
+async fn serve_grpc_until(
+    servers: &mut tokio::task::JoinSet<anyhow::Result<()>>,
+    listen: SocketAddr,
+    routes: Routes,
+    role: &'static str,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<SocketAddr> {
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("listen on {listen}"))?;
@@ -348,7 +376,7 @@ async fn serve_grpc(
     servers.spawn(async move {
         tonic::transport::Server::builder()
             .add_routes(routes)
-            .serve_with_incoming_shutdown(tokio_stream_of(listener), shutdown_signal())
+            .serve_with_incoming_shutdown(tokio_stream_of(listener), shutdown)
             .await
             .with_context(|| format!("serve the {role}"))
     });
@@ -366,12 +394,55 @@ fn tokio_stream_of(
     })
 }
 
-/// Registers the executor with the scheduler and heartbeats a third of a lease apart, applying
-/// the shards each heartbeat grants; until the process ends.
+/// What an executor's heartbeat loop shares with its shutdown.
+#[derive(Default)]
+struct Membership {
+    /// Shutting down: the heartbeats say so, and the scheduler hands every shard off.
+    leaving: AtomicBool,
+    /// The lease the scheduler gave at registration, in milliseconds (0 before).
+    lease_ms: AtomicU64,
+    /// Heartbeat now.
+    wake: tokio::sync::Notify,
+}
+
+/// Leaves the cluster gracefully: asks for every shard to be handed off and waits until the
+/// executor holds none (each drained: what ran finished and committed here). Gives up when
+/// nothing was taken after a lease (no other executor to take them) or after three leases; the
+/// shards left then move when their leases run out.
+async fn leave(executor: &invicta_executor::Executor, membership: &Membership) {
+    membership.leaving.store(true, Ordering::Release);
+    membership.wake.notify_one();
+    let lease =
+        std::time::Duration::from_millis(membership.lease_ms.load(Ordering::Acquire).max(1_000));
+    let started = std::time::Instant::now();
+    let held = executor.shards().len();
+    tracing::info!(shards = held, "leaving: handing every shard off");
+    loop {
+        let left = executor.shards().len();
+        if left == 0 {
+            tracing::info!("every shard handed off");
+            return;
+        }
+        let untouched = left == held && executor.released().is_empty();
+        if (untouched && started.elapsed() > lease) || started.elapsed() > lease * 3 {
+            tracing::warn!(
+                shards = left,
+                "leaving with shards not handed off: they move when their leases run out"
+            );
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+/// Registers the executor with the scheduler and heartbeats a third of a lease apart (and at
+/// once when a shard is drained or the executor starts leaving), applying the shards each
+/// heartbeat grants; until the process ends.
 async fn heartbeats(
     executor: invicta_executor::Executor,
     scheduler: invicta_worker_scheduler::grpc::SchedulerClient,
     address: String,
+    membership: Arc<Membership>,
 ) {
     let id = executor.id().to_string();
     let mut every = std::time::Duration::from_secs(1);
@@ -380,6 +451,8 @@ async fn heartbeats(
         if !registered {
             match scheduler.register(&id, &address).await {
                 Ok(lease) => {
+                    let lease_ms = u64::try_from(lease.as_millis()).unwrap_or(u64::MAX);
+                    membership.lease_ms.store(lease_ms, Ordering::Release);
                     every = (lease / 3).max(std::time::Duration::from_millis(10));
                     registered = true;
                     tracing::info!(executor = %id, "registered with the scheduler");
@@ -388,7 +461,11 @@ async fn heartbeats(
             }
         }
         if registered {
-            match scheduler.heartbeat(&id).await {
+            let leaving = membership.leaving.load(Ordering::Acquire);
+            match scheduler
+                .heartbeat(&id, &executor.released(), leaving)
+                .await
+            {
                 Ok(shards) => {
                     if let Err(e) = executor.set_shards(&shards).await {
                         tracing::warn!(error = %e, "apply shard grants");
@@ -405,7 +482,12 @@ async fn heartbeats(
                 Err(e) => tracing::warn!(error = %e, "heartbeat"),
             }
         }
-        tokio::time::sleep(every).await;
+        // A drained shard is released at once: its new owner is waiting for it.
+        tokio::select! {
+            () = tokio::time::sleep(every) => {}
+            () = executor.release_ready() => {}
+            () = membership.wake.notified() => {}
+        }
     }
 }
 

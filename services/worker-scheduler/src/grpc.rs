@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use invicta_model::shards::ShardGrant;
 use invicta_model::{ComponentName, TenantId, WorkerId, WorkerName};
 use invicta_proto::common;
 use invicta_proto::scheduler::{self as pb, scheduler_server::Scheduler as SchedulerRpc};
@@ -59,13 +60,17 @@ impl SchedulerRpc for SchedulerService {
         let r = request.into_inner();
         let held = self
             .scheduler
-            .heartbeat(&r.executor_id)
+            .heartbeat(&r.executor_id, &r.released, r.leaving)
             .await
             .map_err(|e| status_of(&e))?;
         Ok(Response::new(pb::HeartbeatResponse {
             shards: held
                 .into_iter()
-                .map(|(shard, epoch)| pb::ShardLease { shard, epoch })
+                .map(|g| pb::ShardLease {
+                    shard: g.shard,
+                    epoch: g.epoch,
+                    draining: g.draining,
+                })
                 .collect(),
             lease_ms: millis(self.scheduler.lease),
         }))
@@ -139,20 +144,32 @@ impl SchedulerClient {
         Ok(Duration::from_millis(reply.into_inner().lease_ms))
     }
 
-    /// The shards the executor holds now, with their epochs.
-    pub async fn heartbeat(&self, executor_id: &str) -> Result<Vec<(u32, u64)>, Status> {
+    /// Releases the shards the executor drained, and says whether it is shutting down;
+    /// returns the shards it holds now, with their epochs and whether to drain them.
+    pub async fn heartbeat(
+        &self,
+        executor_id: &str,
+        released: &[u32],
+        leaving: bool,
+    ) -> Result<Vec<ShardGrant>, Status> {
         let reply = self
             .client
             .clone()
             .heartbeat(pb::HeartbeatRequest {
                 executor_id: executor_id.to_string(),
+                released: released.to_vec(),
+                leaving,
             })
             .await?;
         Ok(reply
             .into_inner()
             .shards
             .into_iter()
-            .map(|s| (s.shard, s.epoch))
+            .map(|s| ShardGrant {
+                shard: s.shard,
+                epoch: s.epoch,
+                draining: s.draining,
+            })
             .collect())
     }
 

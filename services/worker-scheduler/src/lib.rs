@@ -3,10 +3,19 @@
 //! Executors register and heartbeat; each heartbeat renews the executor's membership and the
 //! leases of the shards it holds, and answers with those shards and their epochs. The
 //! scheduler's assignment pass gives every shard whose owner is gone — its membership expired,
-//! or its lease did — to the live executor holding the fewest, at the next epoch, and evens out
-//! the live executors' shares (a newcomer takes shards over from the busiest). The old owner,
-//! if it was only paused, finds out at its next heartbeat; until then its commits are refused by
-//! the fence every oplog commit passes (see `invicta-executor`'s `placement`).
+//! or its lease did — to the live executor holding the fewest, at the next epoch. The old
+//! owner, if it was only paused, finds out at its next heartbeat; until then its commits are
+//! refused by the fence every oplog commit passes (see `invicta-executor`'s `placement`).
+//!
+//! The pass also evens out the live executors' shares (a newcomer takes shards over from the
+//! busiest), and those moves are planned hand-offs rather than failovers: the lease records
+//! the target, the owner's heartbeat tells it to drain the shard, the owner lets the shard's
+//! running invocations finish and commit and stops its workers, and its next heartbeat releases
+//! the shard, which then goes to the target at the next epoch. Nothing in flight is cut off. A
+//! hand-off whose target dies is called off; one the owner has not released within a lease is
+//! forced (the shard moves at the next epoch and the fence does the rest). An executor shutting
+//! down says so in its heartbeats: every shard it holds is handed off the same way, and it gets
+//! none.
 //!
 //! All of it lives in the store: schedulers hold no state of their own, so several may run, and
 //! a restarted one carries on.
@@ -20,8 +29,8 @@ use std::time::Duration;
 
 use invicta_model::WorkerId;
 use invicta_model::shards::{
-    ExecutorRecord, SHARDS, ShardLease, executor_key, executors_prefix, lease_key,
-    parse_executor_key, shard_of,
+    ExecutorRecord, Handoff, SHARDS, ShardGrant, ShardLease, executor_key, executors_prefix,
+    lease_key, parse_executor_key, shard_of,
 };
 use invicta_store::{Store, Transaction};
 
@@ -118,6 +127,7 @@ impl Scheduler {
         let record = ExecutorRecord {
             address: address.to_string(),
             expires_ms: now_ms().saturating_add(self.lease_ms()),
+            leaving: false,
         };
         let key = executor_key(id);
         self.store
@@ -130,10 +140,19 @@ impl Scheduler {
         Ok(self.lease)
     }
 
-    /// Renews the executor's membership and the leases of the shards it holds; returns those
-    /// shards with their epochs. An executor whose membership expired must register again.
-    pub async fn heartbeat(&self, id: &str) -> Result<Vec<(u32, u64)>> {
+    /// Renews the executor's membership and the leases of the shards it holds, after giving
+    /// the shards it `released` (drained for a hand-off) to their targets; returns the shards
+    /// it holds, with their epochs and whether to drain them. `leaving` says the executor is
+    /// shutting down (for good: it stays so until it registers again). An executor whose
+    /// membership expired must register again.
+    pub async fn heartbeat(
+        &self,
+        id: &str,
+        released: &[u32],
+        leaving: bool,
+    ) -> Result<Vec<ShardGrant>> {
         let (id_c, lease_ms) = (id.to_string(), self.lease_ms());
+        let released = released.to_vec();
         self.store
             .transact(move |tx| {
                 let now = now_ms();
@@ -146,7 +165,41 @@ impl Scheduler {
                     return Err(Error::UnknownExecutor(id_c.clone()));
                 }
                 record.expires_ms = now.saturating_add(lease_ms);
+                if leaving && !record.leaving {
+                    record.leaving = true;
+                    tracing::info!(executor = %id_c, "executor leaving: handing its shards off");
+                }
                 tx.set(&key, &encode(&record))?;
+                let live = live_executors(tx, now)?;
+                for shard in released.iter().copied().filter(|s| *s < SHARDS) {
+                    let Some(bytes) = tx.get(&lease_key(shard))? else {
+                        continue;
+                    };
+                    let lease: ShardLease = decode("shard lease", &bytes)?;
+                    // Only a hand-off still planned is completed: a release that crossed its
+                    // cancellation leaves the shard where it is.
+                    let Some(handoff) = lease.handoff.as_ref().filter(|_| lease.owner == id_c)
+                    else {
+                        continue;
+                    };
+                    let granted = if live.get(&handoff.to).is_some_and(|e| !e.leaving) {
+                        ShardLease {
+                            owner: handoff.to.clone(),
+                            epoch: lease.epoch + 1,
+                            expires_ms: now.saturating_add(lease_ms),
+                            handoff: None,
+                        }
+                    } else {
+                        // The target died: orphaned, for the next pass to place.
+                        ShardLease {
+                            expires_ms: 0,
+                            handoff: None,
+                            ..lease.clone()
+                        }
+                    };
+                    tracing::info!(shard, from = %id_c, to = %granted.owner, epoch = granted.epoch, "shard handed off");
+                    tx.set(&lease_key(shard), &encode(&granted))?;
+                }
                 let mut held = Vec::new();
                 for (shard, lease) in leases(tx)?.into_iter().enumerate() {
                     let Some(mut lease) = lease else { continue };
@@ -156,7 +209,11 @@ impl Scheduler {
                     lease.expires_ms = now.saturating_add(lease_ms);
                     let shard = u32::try_from(shard).unwrap_or(u32::MAX);
                     tx.set(&lease_key(shard), &encode(&lease))?;
-                    held.push((shard, lease.epoch));
+                    held.push(ShardGrant {
+                        shard,
+                        epoch: lease.epoch,
+                        draining: lease.handoff.is_some(),
+                    });
                 }
                 Ok(held)
             })
@@ -164,28 +221,64 @@ impl Scheduler {
     }
 
     /// Gives every shard without a live owner to the live executor holding the fewest, at the
-    /// next epoch; when none is orphaned, moves shards from the busiest live executors to the
-    /// idlest until no two differ by more than one. Returns the shards moved.
+    /// next epoch; calls off hand-offs whose target died and forces those not released within
+    /// a lease; when nothing else changed, plans hand-offs from the busiest live executors to
+    /// the idlest until no two differ by more than one. Returns the shards granted or planned
+    /// to move, with their new owners.
     pub async fn assign(&self) -> Result<Vec<(u32, String)>> {
         let lease_ms = self.lease_ms();
         self.store
             .transact(move |tx| {
                 let now = now_ms();
                 let live = live_executors(tx, now)?;
-                if live.is_empty() {
+                // Who may get shards: the live executors that are not leaving.
+                let takers: HashMap<&str, &ExecutorRecord> = live
+                    .iter()
+                    .filter(|(_, e)| !e.leaving)
+                    .map(|(id, e)| (id.as_str(), e))
+                    .collect();
+                if takers.is_empty() {
                     return Ok(Vec::new());
                 }
-                let leases = leases(tx)?;
-                let mut load: HashMap<&str, usize> =
-                    live.keys().map(|id| (id.as_str(), 0)).collect();
+                let mut leases = leases(tx)?;
+                let mut moved = Vec::new();
+                let mut pending = false;
+                for (shard, slot) in leases.iter_mut().enumerate() {
+                    let Some(lease) = slot else { continue };
+                    let Some(handoff) = lease.handoff.clone() else {
+                        continue;
+                    };
+                    let shard = u32::try_from(shard).unwrap_or(u32::MAX);
+                    if !takers.contains_key(handoff.to.as_str()) {
+                        lease.handoff = None;
+                        tracing::info!(shard, to = %handoff.to, "hand-off called off: its target is gone or leaving");
+                    } else if now.saturating_sub(handoff.since_ms) >= lease_ms
+                        && lease.expires_ms > now
+                    {
+                        tracing::warn!(shard, from = %lease.owner, to = %handoff.to, "hand-off forced: not released within a lease");
+                        *lease = ShardLease {
+                            owner: handoff.to.clone(),
+                            epoch: lease.epoch + 1,
+                            expires_ms: now.saturating_add(lease_ms),
+                            handoff: None,
+                        };
+                        moved.push((shard, handoff.to));
+                    } else {
+                        pending = true;
+                        continue;
+                    }
+                    tx.set(&lease_key(shard), &encode(&*lease))?;
+                }
+                let mut load: HashMap<&str, usize> = takers.keys().map(|id| (*id, 0)).collect();
+                // A shard on its way somewhere counts for where it goes.
                 for lease in leases.iter().flatten() {
+                    let holder = lease.handoff.as_ref().map_or(&lease.owner, |h| &h.to);
                     if lease.expires_ms > now
-                        && let Some(n) = load.get_mut(lease.owner.as_str())
+                        && let Some(n) = load.get_mut(holder.as_str())
                     {
                         *n += 1;
                     }
                 }
-                let mut moved = Vec::new();
                 for (shard, lease) in leases.iter().enumerate() {
                     let orphaned = match lease {
                         None => true,
@@ -206,6 +299,7 @@ impl Scheduler {
                         owner: owner.clone(),
                         epoch: lease.as_ref().map_or(1, |l| l.epoch + 1),
                         expires_ms: now.saturating_add(lease_ms),
+                        handoff: None,
                     };
                     let shard = u32::try_from(shard).unwrap_or(u32::MAX);
                     tx.set(&lease_key(shard), &encode(&granted))?;
@@ -214,16 +308,44 @@ impl Scheduler {
                     }
                     moved.push((shard, owner));
                 }
-                // Then, if nothing was orphaned, shards from the busiest live executors to the
-                // idlest until no two differ by more than one: a newcomer gets its share. The
-                // old owner's late commits for a moved shard are fenced; its callers retry on
-                // the new one.
-                if moved.is_empty() {
+                // The shards of executors shutting down are handed to the least loaded others.
+                for (shard, lease) in leases.iter().enumerate() {
+                    let Some(lease) = lease else { continue };
+                    let leaving = live.get(&lease.owner).is_some_and(|e| e.leaving);
+                    if !leaving || lease.expires_ms <= now || lease.handoff.is_some() {
+                        continue;
+                    }
+                    let Some(to) = load
+                        .iter()
+                        .min_by(|a, b| a.1.cmp(b.1).then(a.0.cmp(b.0)))
+                        .map(|(id, _)| id.to_string())
+                    else {
+                        continue;
+                    };
+                    let planned = ShardLease {
+                        handoff: Some(Handoff {
+                            to: to.clone(),
+                            since_ms: now,
+                        }),
+                        ..lease.clone()
+                    };
+                    let shard = u32::try_from(shard).unwrap_or(u32::MAX);
+                    tx.set(&lease_key(shard), &encode(&planned))?;
+                    if let Some(n) = load.get_mut(to.as_str()) {
+                        *n += 1;
+                    }
+                    moved.push((shard, to));
+                    pending = true;
+                }
+                // Then, if nothing changed and no hand-off is under way, shards from the
+                // busiest live executors to the idlest until no two differ by more than one: a
+                // newcomer gets its share, each shard handed off by its owner.
+                if moved.is_empty() && !pending {
                     let mut owned: HashMap<String, Vec<(usize, u64)>> = HashMap::new();
                     for (shard, lease) in leases.iter().enumerate() {
                         if let Some(l) = lease
                             && l.expires_ms > now
-                            && live.contains_key(&l.owner)
+                            && takers.contains_key(l.owner.as_str())
                         {
                             owned
                                 .entry(l.owner.clone())
@@ -246,16 +368,21 @@ impl Scheduler {
                         if most <= least + 1 {
                             break;
                         }
-                        let Some((shard, epoch)) = owned.get_mut(&from).and_then(Vec::pop) else {
+                        let Some((shard, _)) = owned.get_mut(&from).and_then(Vec::pop) else {
                             break;
                         };
-                        let granted = ShardLease {
-                            owner: to.clone(),
-                            epoch: epoch + 1,
-                            expires_ms: now.saturating_add(lease_ms),
+                        let Some(Some(lease)) = leases.get(shard) else {
+                            break;
+                        };
+                        let planned = ShardLease {
+                            handoff: Some(Handoff {
+                                to: to.clone(),
+                                since_ms: now,
+                            }),
+                            ..lease.clone()
                         };
                         let shard = u32::try_from(shard).unwrap_or(u32::MAX);
-                        tx.set(&lease_key(shard), &encode(&granted))?;
+                        tx.set(&lease_key(shard), &encode(&planned))?;
                         if let Some(n) = load.get_mut(from.as_str()) {
                             *n -= 1;
                         }

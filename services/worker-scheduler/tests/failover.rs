@@ -10,6 +10,16 @@ use invicta_worker_scheduler::{Error, Scheduler};
 
 const LEASE: Duration = Duration::from_millis(400);
 
+/// A heartbeat releasing nothing: the shards held, with their epochs.
+async fn held(scheduler: &Scheduler, id: &str) -> Result<Vec<(u32, u64)>, Error> {
+    Ok(scheduler
+        .heartbeat(id, &[], false)
+        .await?
+        .into_iter()
+        .map(|g| (g.shard, g.epoch))
+        .collect())
+}
+
 #[tokio::test]
 async fn a_silent_executors_shards_move_to_the_live_ones() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
@@ -24,8 +34,8 @@ async fn a_silent_executors_shards_move_to_the_live_ones() -> anyhow::Result<()>
     scheduler.register("b", "127.0.0.1:7002").await?;
     let moved = scheduler.assign().await?;
     assert_eq!(moved.len(), SHARDS as usize);
-    let a = scheduler.heartbeat("a").await?;
-    let b = scheduler.heartbeat("b").await?;
+    let a = held(&scheduler, "a").await?;
+    let b = held(&scheduler, "b").await?;
     assert_eq!((a.len(), b.len()), (32, 32), "spread evenly");
     assert!(a.iter().chain(&b).all(|(_, epoch)| *epoch == 1));
     assert!(scheduler.assign().await?.is_empty(), "nothing orphaned");
@@ -45,13 +55,13 @@ async fn a_silent_executors_shards_move_to_the_live_ones() -> anyhow::Result<()>
     // `b` falls silent; `a` keeps heartbeating past b's lease.
     let deadline = tokio::time::Instant::now() + LEASE * 2;
     while tokio::time::Instant::now() < deadline {
-        scheduler.heartbeat("a").await?;
+        held(&scheduler, "a").await?;
         tokio::time::sleep(LEASE / 8).await;
     }
     let moved = scheduler.assign().await?;
     assert_eq!(moved.len(), 32, "b's shards move");
     assert!(moved.iter().all(|(_, owner)| owner == "a"));
-    let a_now = scheduler.heartbeat("a").await?;
+    let a_now = held(&scheduler, "a").await?;
     assert_eq!(a_now.len(), SHARDS as usize);
     for (shard, epoch) in &b {
         assert!(
@@ -60,7 +70,7 @@ async fn a_silent_executors_shards_move_to_the_live_ones() -> anyhow::Result<()>
         );
     }
     assert!(matches!(
-        scheduler.heartbeat("b").await,
+        held(&scheduler, "b").await,
         Err(Error::UnknownExecutor(_))
     ));
     let placed = scheduler.locate(&worker).await?;
@@ -69,14 +79,41 @@ async fn a_silent_executors_shards_move_to_the_live_ones() -> anyhow::Result<()>
         ("a", "127.0.0.1:7001")
     );
 
-    // Back again, `b` is a member and takes half the shards over from `a` in one pass; each
-    // move raises the shard's epoch.
+    // Back again, `b` is a member and gets half the shards from `a` by hand-off: `a` is told
+    // to drain them, keeps them (at their epochs) until it releases them, and they then go to
+    // `b` at the next epoch.
     scheduler.register("b", "127.0.0.1:7002").await?;
-    let before = scheduler.heartbeat("a").await?;
-    assert_eq!(scheduler.assign().await?.len(), 32);
+    let before = held(&scheduler, "a").await?;
+    assert_eq!(scheduler.assign().await?.len(), 32, "hand-offs planned");
+    assert!(
+        scheduler.assign().await?.is_empty(),
+        "nothing more while they are under way"
+    );
+    let grants = scheduler.heartbeat("a", &[], false).await?;
+    assert_eq!(
+        grants.len(),
+        SHARDS as usize,
+        "a holds them until it releases them"
+    );
+    let draining: Vec<u32> = grants
+        .iter()
+        .filter(|g| g.draining)
+        .map(|g| g.shard)
+        .collect();
+    assert_eq!(draining.len(), 32);
+    assert!(held(&scheduler, "b").await?.is_empty());
+    assert!(
+        before
+            .iter()
+            .all(|(s, e)| grants.iter().any(|g| (g.shard, g.epoch) == (*s, *e))),
+        "draining keeps the epochs: a's commits still pass the fence"
+    );
+    let a = scheduler.heartbeat("a", &draining, false).await?;
+    assert_eq!(a.len(), 32);
+    assert!(a.iter().all(|g| !g.draining));
     assert!(scheduler.assign().await?.is_empty(), "balanced");
-    let a = scheduler.heartbeat("a").await?;
-    let b = scheduler.heartbeat("b").await?;
+    let a = held(&scheduler, "a").await?;
+    let b = held(&scheduler, "b").await?;
     assert_eq!((a.len(), b.len()), (32, 32));
     for (shard, epoch) in &b {
         assert!(
@@ -88,5 +125,99 @@ async fn a_silent_executors_shards_move_to_the_live_ones() -> anyhow::Result<()>
         scheduler.register("", "x").await,
         Err(Error::Invalid(_))
     ));
+    Ok(())
+}
+
+#[tokio::test]
+async fn hand_offs_are_called_off_when_their_target_dies_and_forced_when_never_released()
+-> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let store = Store::open(&Config::embedded_in(dir.path()))?;
+    let scheduler = Scheduler::new(store, LEASE);
+    scheduler.register("a", "127.0.0.1:7001").await?;
+    assert_eq!(scheduler.assign().await?.len(), SHARDS as usize);
+    let epochs = held(&scheduler, "a").await?;
+
+    // `c` joins, hand-offs to it are planned, and it dies before `a` releases anything: the
+    // hand-offs are called off and `a` keeps every shard, undrained, at the same epochs.
+    scheduler.register("c", "127.0.0.1:7003").await?;
+    assert_eq!(scheduler.assign().await?.len(), 32);
+    let deadline = tokio::time::Instant::now() + LEASE + LEASE / 4;
+    while tokio::time::Instant::now() < deadline {
+        held(&scheduler, "a").await?;
+        tokio::time::sleep(LEASE / 8).await;
+    }
+    assert!(scheduler.assign().await?.is_empty());
+    let grants = scheduler.heartbeat("a", &[], false).await?;
+    assert!(grants.iter().all(|g| !g.draining), "called off");
+    assert_eq!(held(&scheduler, "a").await?, epochs);
+    // A release that crosses the cancellation changes nothing.
+    let late = scheduler.heartbeat("a", &[0, 1, 2, 999], false).await?;
+    assert_eq!(late.len(), SHARDS as usize);
+
+    // `b` joins; `a` never releases. After a lease the moves are forced, at the next epoch.
+    scheduler.register("b", "127.0.0.1:7002").await?;
+    assert_eq!(scheduler.assign().await?.len(), 32);
+    let planned_at = tokio::time::Instant::now();
+    let mut forced = Vec::new();
+    while forced.is_empty() {
+        held(&scheduler, "a").await?;
+        held(&scheduler, "b").await?;
+        forced = scheduler.assign().await?;
+        anyhow::ensure!(planned_at.elapsed() < LEASE * 4, "never forced");
+        tokio::time::sleep(LEASE / 8).await;
+    }
+    assert!(planned_at.elapsed() >= LEASE, "not before a lease");
+    assert_eq!(forced.len(), 32);
+    assert!(forced.iter().all(|(_, to)| to == "b"));
+    let b = held(&scheduler, "b").await?;
+    assert_eq!(b.len(), 32);
+    for (shard, epoch) in &b {
+        assert!(
+            epochs.contains(&(*shard, epoch - 1)),
+            "shard {shard} forced at the next epoch"
+        );
+    }
+    assert_eq!(held(&scheduler, "a").await?.len(), 32);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_leaving_executor_hands_every_shard_off_and_gets_none() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let store = Store::open(&Config::embedded_in(dir.path()))?;
+    let scheduler = Scheduler::new(store, LEASE);
+    scheduler.register("a", "127.0.0.1:7001").await?;
+    scheduler.register("b", "127.0.0.1:7002").await?;
+    scheduler.register("c", "127.0.0.1:7003").await?;
+    scheduler.assign().await?;
+    let a = held(&scheduler, "a").await?;
+    assert!(!a.is_empty());
+
+    // `a` says it is leaving: each of its shards is handed to the least loaded of the others.
+    let grants = scheduler.heartbeat("a", &[], true).await?;
+    assert!(
+        grants.iter().all(|g| !g.draining),
+        "planned by the next pass"
+    );
+    let planned = scheduler.assign().await?;
+    assert_eq!(planned.len(), a.len());
+    assert!(planned.iter().all(|(_, to)| to != "a"));
+    let (to_b, to_c) = (
+        planned.iter().filter(|(_, to)| to == "b").count(),
+        planned.iter().filter(|(_, to)| to == "c").count(),
+    );
+    assert!(to_b.abs_diff(to_c) <= 1, "spread: {to_b} and {to_c}");
+    let grants = scheduler.heartbeat("a", &[], true).await?;
+    assert!(grants.iter().all(|g| g.draining));
+    let all: Vec<u32> = grants.iter().map(|g| g.shard).collect();
+    assert!(scheduler.heartbeat("a", &all, true).await?.is_empty());
+    assert_eq!(
+        held(&scheduler, "b").await?.len() + held(&scheduler, "c").await?.len(),
+        SHARDS as usize
+    );
+    // Balanced without it, and it gets nothing back while it stays a member.
+    assert!(scheduler.assign().await?.is_empty());
+    assert!(scheduler.heartbeat("a", &[], true).await?.is_empty());
     Ok(())
 }

@@ -38,6 +38,29 @@ pub struct ShardLease {
     pub epoch: u64,
     /// The lease ends then (ms since the epoch) unless its owner renews it.
     pub expires_ms: u64,
+    /// A planned move to another executor: the owner finishes what runs, stops the shard's
+    /// workers and releases it, and the scheduler then grants it to `to`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handoff: Option<Handoff>,
+}
+
+/// A shard on its way to another executor.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Handoff {
+    /// The executor that gets the shard.
+    pub to: String,
+    /// When the move was planned (ms since the epoch): past a lease, it is forced.
+    pub since_ms: u64,
+}
+
+/// A shard an executor holds, as its heartbeat tells it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShardGrant {
+    pub shard: u32,
+    pub epoch: u64,
+    /// The shard is being handed to another executor: finish what runs, start nothing new,
+    /// then release it.
+    pub draining: bool,
 }
 
 /// `("shard-lease", shard)`.
@@ -52,6 +75,9 @@ pub struct ExecutorRecord {
     pub address: String,
     /// It is considered dead after this (ms since the epoch) unless it heartbeats.
     pub expires_ms: u64,
+    /// It is shutting down: its shards are handed to the others, and it gets none.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub leaving: bool,
 }
 
 /// `("executor", id)`.
