@@ -349,3 +349,117 @@ async fn large_response_bodies_are_kept_in_the_blob_store_and_replayed_from_it()
     assert_eq!(seen.total(), 2, "one request each, none replayed: {second}");
     Ok(())
 }
+
+/// An HTTPS server on loopback with the certificate of `tests/fixtures/localhost.pem` (issued
+/// by the test CA `ca.pem` for `localhost`), counting requests; its port.
+async fn tls_server() -> anyhow::Result<(u16, Arc<std::sync::atomic::AtomicU32>)> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures");
+    let chain = CertificateDer::pem_file_iter(fixtures.join("localhost.pem"))?
+        .collect::<Result<Vec<_>, _>>()?;
+    let key = PrivateKeyDer::from_pem_file(fixtures.join("localhost.key"))?;
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_no_client_auth()
+    .with_single_cert(chain, key)?;
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let port = listener.local_addr()?.port();
+    let seen = Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let counter = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let (acceptor, counter) = (acceptor.clone(), counter.clone());
+            tokio::spawn(async move {
+                // A client that refuses the certificate ends here.
+                let Ok(stream) = acceptor.accept(stream).await else {
+                    return;
+                };
+                let service = hyper::service::service_fn(move |_request| {
+                    let n = counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+                    async move {
+                        Ok::<_, std::convert::Infallible>(hyper::Response::new(
+                            http_body_util::Full::new(bytes::Bytes::from(format!("secure {n}"))),
+                        ))
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    Ok((port, seen))
+}
+
+#[tokio::test]
+async fn https_requests_check_the_certificate_and_replay_like_any_other() -> anyhow::Result<()> {
+    let (port, seen) = tls_server().await?;
+    let data = tempfile::tempdir()?;
+    let ca = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/ca.pem");
+    let path = data.path().join("invicta.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[executor.http]\nallow_private_hosts = [\"localhost\", \"127.0.0.1\"]\n\
+             timeout_ms = 5000\nextra_root_certificates = [{:?}]\n",
+            ca.display().to_string()
+        ),
+    )?;
+    let config = path.to_string_lossy().into_owned();
+    let dir = data.path().join("data");
+    let server = Server::start_with(INVICTA.as_ref(), &dir, &["--config", &config])?;
+    let api = server.operator().new_tenant("secure", "pro").await?;
+    api.upload("fetcher", component("fetcher")).await?;
+    let url = format!("https://localhost:{port}/x");
+    let first = api.call("fetcher", "w", "fetch", json!([url])).await?;
+    assert_eq!(first, json!({ "ok": "200 secure 1" }));
+
+    // A certificate that does not name the host is refused, before anything is sent.
+    let wrong = api
+        .call(
+            "fetcher",
+            "w",
+            "fetch",
+            json!([format!("https://127.0.0.1:{port}/x")]),
+        )
+        .await?;
+    assert!(
+        wrong["err"].as_str().is_some_and(|e| e.contains("Tls")),
+        "{wrong}"
+    );
+    assert_eq!(seen.load(std::sync::atomic::Ordering::SeqCst), 1);
+
+    // Replayed after a crash from the oplog: nothing is sent again.
+    server.kill()?;
+    let server = Server::start_with(INVICTA.as_ref(), &dir, &["--config", &config])?;
+    let api = api.at(&server.url);
+    let second = api.call("fetcher", "w", "fetch", json!([url])).await?;
+    assert_eq!(second, json!({ "ok": "200 secure 2" }));
+    assert_eq!(seen.load(std::sync::atomic::Ordering::SeqCst), 2);
+
+    // Without the test CA the same server is not trusted.
+    server.kill()?;
+    let path = data.path().join("untrusting.toml");
+    std::fs::write(
+        &path,
+        "[executor.http]\nallow_private_hosts = [\"localhost\"]\ntimeout_ms = 5000\n",
+    )?;
+    let server = Server::start_with(
+        INVICTA.as_ref(),
+        &data.path().join("other"),
+        &["--config", &path.to_string_lossy()],
+    )?;
+    let api = server.operator().new_tenant("untrusting", "pro").await?;
+    api.upload("fetcher", component("fetcher")).await?;
+    let untrusted = api.call("fetcher", "w", "fetch", json!([url])).await?;
+    assert!(
+        untrusted["err"].as_str().is_some_and(|e| e.contains("Tls")),
+        "{untrusted}"
+    );
+    assert_eq!(seen.load(std::sync::atomic::Ordering::SeqCst), 2);
+    Ok(())
+}

@@ -12,8 +12,12 @@
 //!
 //! Egress: private, loopback, link-local and other non-public addresses are refused unless the
 //! executor's configuration allows the host, and a tenant's plan may restrict hosts to a list.
+//! A request connects to the very address the check approved (a DNS answer changing in between
+//! cannot redirect it); HTTPS checks the certificate against the host name, trusting the public
+//! web's authorities (`webpki-roots`) and any listed in `extra_root_certificates`.
 
 use std::net::IpAddr;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -44,6 +48,9 @@ pub struct HttpConfig {
     /// Response bodies larger than this (default 64 KiB) are kept in the blob store, and the
     /// oplog records their reference.
     pub inline_body_bytes_max: usize,
+    /// PEM files of certificate authorities trusted for HTTPS besides the public web's (a
+    /// private CA, say). Empty by default.
+    pub extra_root_certificates: Vec<PathBuf>,
 }
 
 impl Default for HttpConfig {
@@ -53,16 +60,53 @@ impl Default for HttpConfig {
             timeout_ms: 30_000,
             response_bytes_max: 1024 * 1024,
             inline_body_bytes_max: 64 * 1024,
+            extra_root_certificates: Vec::new(),
         }
     }
 }
 
 /// Where a worker's requests may go: the executor's settings and the tenant's allow-list.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub(crate) struct Egress {
     pub config: Arc<HttpConfig>,
     /// The tenant's plan's hosts; `None` allows any public host.
     pub hosts: Option<Vec<String>>,
+    /// How HTTPS requests are made: the trusted authorities.
+    pub tls: Arc<rustls::ClientConfig>,
+}
+
+/// The TLS client configuration of outgoing requests: the public web's authorities and the
+/// configured extra ones, with the aws-lc-rs provider.
+pub(crate) fn tls_config(config: &HttpConfig) -> Result<Arc<rustls::ClientConfig>, String> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore {
+        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+    };
+    for path in &config.extra_root_certificates {
+        let shown = path.display();
+        let certificates = CertificateDer::pem_file_iter(path)
+            .map_err(|e| format!("extra_root_certificates: {shown}: {e}"))?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| format!("extra_root_certificates: {shown}: {e}"))?;
+        if certificates.is_empty() {
+            return Err(format!(
+                "extra_root_certificates: {shown} holds no PEM certificate"
+            ));
+        }
+        for certificate in certificates {
+            roots
+                .add(certificate)
+                .map_err(|e| format!("extra_root_certificates: {shown}: {e}"))?;
+        }
+    }
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("tls: {e}"))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
 }
 
 /// Asks the worker's actor to make every pending entry durable; the answer says whether it is.
@@ -466,22 +510,144 @@ async fn admit(host: &str, port: u16, egress: &Egress) -> Result<Option<IpAddr>,
     Ok(addresses.first().copied())
 }
 
-/// A plain-HTTP request sent to the address the egress check approved rather than to its host
-/// name, so that a DNS answer changing in between cannot redirect it (the `Host` header keeps
-/// the name). HTTPS keeps the name: its certificate is checked against it.
-fn pinned(request: &mut http::Request<WasiBody>, ip: IpAddr, port: u16) {
-    if request.uri().scheme_str() != Some("http") {
-        return;
-    }
-    let authority = match ip {
-        IpAddr::V4(v4) => format!("{v4}:{port}"),
-        IpAddr::V6(v6) => format!("[{v6}]:{port}"),
+/// Where a request connects, and the name its certificate must carry.
+#[derive(Debug, PartialEq, Eq)]
+struct Target {
+    /// `host:port`, or `address:port` when pinned.
+    connect: String,
+    /// For `https`: the name the server's certificate is checked against, always the URI's
+    /// host (never the pinned address).
+    tls_name: Option<rustls::pki_types::ServerName<'static>>,
+}
+
+/// The target of a request to `uri`: the address the egress check approved when it resolved
+/// one, so that a DNS answer changing in between cannot redirect the request (to a private
+/// address, say); the host itself otherwise (an allowed private host).
+fn target(uri: &http::Uri, approved: Option<IpAddr>) -> Result<Target, String> {
+    use rustls::pki_types::ServerName;
+    let host = uri
+        .host()
+        .ok_or_else(|| "error: the request has no host".to_string())?;
+    let https = uri.scheme_str() == Some("https");
+    let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
+    let bare = host.trim_matches(['[', ']']);
+    let connect = match approved {
+        Some(IpAddr::V4(ip)) => format!("{ip}:{port}"),
+        Some(IpAddr::V6(ip)) => format!("[{ip}]:{port}"),
+        None if bare.contains(':') => format!("[{bare}]:{port}"),
+        None => format!("{bare}:{port}"),
     };
-    let mut parts = request.uri().clone().into_parts();
-    if let Ok(authority) = authority.parse() {
-        parts.authority = Some(authority);
-        if let Ok(uri) = http::Uri::from_parts(parts) {
-            *request.uri_mut() = uri;
+    let tls_name = if https {
+        Some(match bare.parse::<IpAddr>() {
+            Ok(ip) => ServerName::from(ip),
+            Err(_) => ServerName::try_from(bare.to_string())
+                .map_err(|e| format!("tls: `{host}` is not a valid server name: {e}"))?,
+        })
+    } else {
+        None
+    };
+    Ok(Target { connect, tls_name })
+}
+
+/// Connects to the target (with TLS for `https`) and sends the request over HTTP/1.1: the
+/// response, and the connection's driver, which runs until the body has been read.
+async fn connect_and_send(
+    mut request: http::Request<WasiBody>,
+    target: &Target,
+    tls: &Arc<rustls::ClientConfig>,
+    connect_timeout: Duration,
+) -> Result<
+    (
+        http::Response<hyper::body::Incoming>,
+        tokio::task::JoinHandle<()>,
+    ),
+    String,
+> {
+    let stream = tokio::time::timeout(
+        connect_timeout,
+        tokio::net::TcpStream::connect(&target.connect),
+    )
+    .await
+    .map_err(|_| format!("timeout: connecting to {}", target.connect))?
+    .map_err(|e| match e.kind() {
+        std::io::ErrorKind::TimedOut => format!("timeout: connect to {}: {e}", target.connect),
+        std::io::ErrorKind::ConnectionRefused => {
+            format!("refused: connect to {}: {e}", target.connect)
+        }
+        _ if e.to_string().contains("lookup") => format!("dns: {}: {e}", target.connect),
+        _ => format!("refused: connect to {}: {e}", target.connect),
+    })?;
+    // HTTP/1.1 wants the host; the request line carries only the path (no proxy here).
+    if !request.headers().contains_key(http::header::HOST)
+        && let Some(authority) = request.uri().authority()
+        && let Ok(value) = http::HeaderValue::from_str(authority.as_str())
+    {
+        request.headers_mut().insert(http::header::HOST, value);
+    }
+    let path = request
+        .uri()
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .parse::<http::Uri>()
+        .map_err(|e| format!("error: the request's path: {e}"))?;
+    *request.uri_mut() = path;
+    match &target.tls_name {
+        Some(name) => {
+            let stream = tokio_rustls::TlsConnector::from(tls.clone())
+                .connect(name.clone(), stream)
+                .await
+                .map_err(|e| format!("tls: {}: {e}", target.connect))?;
+            send_over(
+                hyper_util::rt::TokioIo::new(stream),
+                request,
+                connect_timeout,
+            )
+            .await
+        }
+        None => {
+            send_over(
+                hyper_util::rt::TokioIo::new(stream),
+                request,
+                connect_timeout,
+            )
+            .await
+        }
+    }
+}
+
+async fn send_over<I>(
+    io: I,
+    request: http::Request<WasiBody>,
+    connect_timeout: Duration,
+) -> Result<
+    (
+        http::Response<hyper::body::Incoming>,
+        tokio::task::JoinHandle<()>,
+    ),
+    String,
+>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let (mut sender, connection) =
+        tokio::time::timeout(connect_timeout, hyper::client::conn::http1::handshake(io))
+            .await
+            .map_err(|_| "timeout: the HTTP handshake".to_string())?
+            .map_err(|e| format!("error: the HTTP handshake: {e}"))?;
+    let driver = tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::debug!(error = %e, "outgoing HTTP connection");
+        }
+    });
+    match sender.send_request(request).await {
+        Ok(response) => Ok((response, driver)),
+        Err(e) => {
+            driver.abort();
+            Err(if e.is_timeout() {
+                format!("timeout: {e}")
+            } else {
+                format!("error: {e}")
+            })
         }
     }
 }
@@ -503,12 +669,13 @@ async fn send(
         } else {
             80
         });
-    let mut request = request;
-    match admit(&host, port, egress).await {
+    let target = match admit(&host, port, egress)
+        .await
+        .and_then(|ip| target(&uri, ip))
+    {
+        Ok(target) => target,
         Err(refused) => return (Err(refused), None),
-        Ok(Some(ip)) => pinned(&mut request, ip, port),
-        Ok(None) => {}
-    }
+    };
     // The body streams from the guest as it is sent: counted on its way out.
     let sent = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     let counter = sent.clone();
@@ -521,7 +688,7 @@ async fn send(
         })
         .boxed_unsync()
     });
-    let outcome = exchange(request, options, key, egress).await;
+    let outcome = exchange(request, &target, options, key, egress).await;
     let received = outcome.as_ref().map_or(0, |r| r.body.len() as u64);
     let sent = sent.load(std::sync::atomic::Ordering::Relaxed);
     (outcome, Some((sent, received)))
@@ -529,6 +696,7 @@ async fn send(
 
 async fn exchange(
     mut request: http::Request<WasiBody>,
+    target: &Target,
     options: Option<RequestOptions>,
     key: &str,
     egress: &Egress,
@@ -539,11 +707,12 @@ async fn exchange(
     let config = &egress.config;
     let limit = Duration::from_millis(config.timeout_ms.max(1));
     let exchange = async {
-        let (response, io) = wasmtime_wasi_http::default_send_request(request, options)
-            .await
-            .map_err(|e| describe(&e))?;
-        // The connection's driver must run while the body is read.
-        let driver = tokio::spawn(io);
+        let connect_timeout = options
+            .and_then(|o| o.connect_timeout)
+            .unwrap_or(limit)
+            .min(limit);
+        let (response, driver) =
+            connect_and_send(request, target, &egress.tls, connect_timeout).await?;
         let (parts, body) = response.into_parts();
         let limited = http_body_util::Limited::new(body, config.response_bytes_max);
         let body = limited.collect().await.map_err(|e| {
@@ -574,20 +743,6 @@ async fn exchange(
             "timeout: no response within {} ms",
             limit.as_millis()
         )),
-    }
-}
-
-fn describe(e: &HttpError) -> String {
-    match e {
-        HttpError::ConnectionTimeout | HttpError::ConnectionReadTimeout => {
-            format!("timeout: {e:?}")
-        }
-        HttpError::ConnectionRefused | HttpError::Connect(_) => format!("refused: {e:?}"),
-        HttpError::DnsError { .. } | HttpError::DestinationNotFound => format!("dns: {e:?}"),
-        HttpError::Tls(_) | HttpError::TlsProtocolError | HttpError::TlsCertificateError => {
-            format!("tls: {e:?}")
-        }
-        other => format!("error: {other:?}"),
     }
 }
 
@@ -661,8 +816,12 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn private_hosts_are_refused_unless_allowed() {
-        let egress = Egress::default();
+    async fn private_hosts_are_refused_unless_allowed() -> Result<(), String> {
+        let egress = Egress {
+            config: Arc::default(),
+            hosts: None,
+            tls: tls_config(&HttpConfig::default())?,
+        };
         assert!(
             admit("127.0.0.1", 80, &egress)
                 .await
@@ -674,23 +833,14 @@ mod tests {
                 allow_private_hosts: vec!["127.0.0.1".into()],
                 ..Default::default()
             }),
-            hosts: None,
+            ..egress.clone()
         };
         assert!(matches!(admit("127.0.0.1", 80, &allowed).await, Ok(None)));
-        // A public literal is approved as itself, and a plain-HTTP request is pinned to it.
+        // A public literal is approved as itself.
         assert_eq!(
-            admit("1.1.1.1", 80, &Egress::default()).await,
+            admit("1.1.1.1", 80, &egress).await,
             Ok(Some(IpAddr::from([1, 1, 1, 1])))
         );
-        let mut request = http::Request::get("http://example.com/x?y")
-            .body(
-                Full::new(Bytes::new())
-                    .map_err(|never| match never {})
-                    .boxed_unsync(),
-            )
-            .unwrap_or_default();
-        pinned(&mut request, IpAddr::from([93, 184, 215, 14]), 80);
-        assert_eq!(request.uri().to_string(), "http://93.184.215.14:80/x?y");
         let listed = Egress {
             hosts: Some(vec!["example.com".into()]),
             ..allowed
@@ -700,5 +850,62 @@ mod tests {
                 .await
                 .is_err_and(|e| e.contains("allowed hosts"))
         );
+        Ok(())
+    }
+
+    /// A request connects to the address the egress check approved, HTTPS included, and the
+    /// certificate is checked against the host's name, never the address.
+    #[test]
+    fn requests_connect_to_the_approved_address() -> Result<(), String> {
+        use rustls::pki_types::ServerName;
+        let uri = |u: &str| u.parse::<http::Uri>().map_err(|e| e.to_string());
+        let approved = Some(IpAddr::from([93, 184, 215, 14]));
+        assert_eq!(
+            target(&uri("http://example.com/x?y")?, approved)?,
+            Target {
+                connect: "93.184.215.14:80".into(),
+                tls_name: None
+            }
+        );
+        assert_eq!(
+            target(&uri("https://example.com/x")?, approved)?,
+            Target {
+                connect: "93.184.215.14:443".into(),
+                tls_name: Some(ServerName::try_from("example.com").map_err(|e| e.to_string())?)
+            }
+        );
+        let v6: IpAddr = "2606:4700::1111".parse().map_err(|e| format!("{e}"))?;
+        assert_eq!(
+            target(&uri("https://[2606:4700::1111]:8443/")?, Some(v6))?,
+            Target {
+                connect: "[2606:4700::1111]:8443".into(),
+                tls_name: Some(ServerName::from(v6))
+            }
+        );
+        // An allowed private host is not resolved beforehand: it connects by name.
+        assert_eq!(
+            target(&uri("https://localhost:9/")?, None)?.connect,
+            "localhost:9"
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn extra_root_certificates_must_be_readable_pem() -> Result<(), String> {
+        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let empty = dir.path().join("empty.pem");
+        std::fs::write(&empty, "not a certificate").map_err(|e| e.to_string())?;
+        for (path, says) in [
+            (dir.path().join("missing.pem"), "missing.pem"),
+            (empty, "holds no PEM certificate"),
+        ] {
+            let config = HttpConfig {
+                extra_root_certificates: vec![path],
+                ..Default::default()
+            };
+            let refused = tls_config(&config).err().unwrap_or_default();
+            assert!(refused.contains(says), "{refused}");
+        }
+        Ok(())
     }
 }

@@ -403,6 +403,8 @@ pub(crate) struct Inner {
     /// This month's fuel per tenant, as last read: (month, fuel, read at).
     pub fuel_used: Mutex<HashMap<TenantId, (String, u64, std::time::Instant)>>,
     pub http_config: Arc<HttpConfig>,
+    /// How outgoing HTTPS requests are made (the trusted authorities).
+    pub http_tls: Arc<rustls::ClientConfig>,
     pub instance_pres:
         Mutex<HashMap<(TenantId, ComponentName, u64), wasmtime::component::InstancePre<WorkerCtx>>>,
     /// The shards this executor owns, checked by every commit.
@@ -473,6 +475,8 @@ impl Executor {
         engine: Engine,
     ) -> Result<Executor> {
         let linker = host::linker(&engine.engine).map_err(|e| Error::Engine(format!("{e:#}")))?;
+        let http_tls = http::tls_config(&config.http)
+            .map_err(|e| Error::Engine(format!("[executor.http] {e}")))?;
         let metrics = Arc::new(metrics::Metrics::new());
         let fencing = Arc::new(placement::Fencing::new(placement::new_id()));
         if config.placement == Placement::All {
@@ -493,6 +497,7 @@ impl Executor {
                 release_ready: tokio::sync::Notify::new(),
                 metrics,
                 http_config: Arc::new(config.http.clone()),
+                http_tls,
                 config,
                 store,
                 registry,

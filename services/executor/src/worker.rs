@@ -257,6 +257,7 @@ pub(crate) fn spawn(
         egress: Arc::new(Mutex::new(crate::http::Egress {
             config: inner.http_config.clone(),
             hosts: None,
+            tls: inner.http_tls.clone(),
         })),
         limits: Arc::new(Mutex::new(crate::Limits {
             fuel_per_invocation: inner.config.fuel_per_invocation,
