@@ -28,22 +28,44 @@ const READERS_KEPT_MAX: usize = 8;
 /// checkpoint themselves (`wal_autocheckpoint = 0`), so a commit's latency is its own fsync.
 const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(100);
 
+/// WAL frames (pages) past which the checkpointer, right after its passive pass, restarts the
+/// log. Under constant load a passive checkpoint never finishes before the next commit, so
+/// SQLite never starts the WAL over: it grows without bound (tens of MB a second), and every
+/// commit appends, which makes its fsync also sync the file's new size. A restart checkpoint
+/// copies the few frames the passive pass left, then makes the next commit write from the
+/// start of the file again, over blocks that already exist.
+const RESTART_FRAMES: i64 = 2048;
+
+/// The size the WAL file is cut back to when it starts over: what one burst of writing leaves
+/// behind is not kept on disk for good.
+const WAL_SIZE_KEPT: i64 = 32 * 1024 * 1024;
+
+/// The most a restart checkpoint waits for a writer to finish or a reader to let go of the
+/// WAL before it gives up until the next round. Writers wait for it meanwhile.
+const RESTART_WAIT: Duration = Duration::from_millis(20);
+
 pub(crate) struct Embedded {
     path: PathBuf,
-    writer: Mutex<Connection>,
+    writer: std::sync::Arc<Mutex<Connection>>,
     readers: Mutex<Vec<Connection>>,
     _checkpointer: Option<Checkpointer>,
 }
 
-/// A thread with its own connection running passive checkpoints, which never block writers.
+/// A thread with its own connection running passive checkpoints, which never block writers, and
+/// restarting the WAL once it is long. A restart needs a moment with no write transaction, which
+/// a writer committing back to back never leaves: it holds this process's writer connection
+/// meanwhile, so that such a moment comes (writers of other processes it waits for, briefly).
 struct Checkpointer {
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Checkpointer {
-    fn start(path: &Path) -> Option<Checkpointer> {
-        let conn = match connect(path) {
+    fn start(path: &Path, writer: std::sync::Arc<Mutex<Connection>>) -> Option<Checkpointer> {
+        let conn = match connect(path).and_then(|conn| {
+            conn.busy_timeout(RESTART_WAIT)?;
+            Ok(conn)
+        }) {
             Ok(conn) => conn,
             Err(e) => {
                 tracing::warn!(error = %e, "no background checkpointer; SQLite checkpoints on commit");
@@ -55,11 +77,22 @@ impl Checkpointer {
         let thread = std::thread::Builder::new()
             .name("store-checkpoint".into())
             .spawn(move || {
+                let frames = |mode: &str| {
+                    conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |row| {
+                        row.get::<_, i64>(1)
+                    })
+                };
                 while !flag.load(std::sync::atomic::Ordering::Relaxed) {
                     std::thread::sleep(CHECKPOINT_INTERVAL);
-                    if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
-                    {
-                        tracing::debug!(error = %e, "passive checkpoint");
+                    match frames("PASSIVE") {
+                        Ok(log) if log >= RESTART_FRAMES => {
+                            let _writing = lock(&writer);
+                            if let Err(e) = frames("RESTART") {
+                                tracing::debug!(error = %e, "restart checkpoint");
+                            }
+                        }
+                        Ok(_) => {}
+                        Err(e) => tracing::debug!(error = %e, "passive checkpoint"),
                     }
                 }
             })
@@ -95,15 +128,20 @@ impl Embedded {
                 "CREATE TABLE IF NOT EXISTS kv (key BLOB PRIMARY KEY NOT NULL, value BLOB NOT NULL) WITHOUT ROWID",
             )
             .map_err(|e| open_error(e.into()))?;
-        let checkpointer = Checkpointer::start(path);
+        let writer = std::sync::Arc::new(Mutex::new(writer));
+        let checkpointer = Checkpointer::start(path, writer.clone());
         if checkpointer.is_some() {
+            let writer = lock(&writer);
             writer
                 .pragma_update(None, "wal_autocheckpoint", 0)
+                .map_err(|e| open_error(e.into()))?;
+            writer
+                .pragma_update(None, "journal_size_limit", WAL_SIZE_KEPT)
                 .map_err(|e| open_error(e.into()))?;
         }
         Ok(Embedded {
             path: path.to_path_buf(),
-            writer: Mutex::new(writer),
+            writer,
             readers: Mutex::new(Vec::new()),
             _checkpointer: checkpointer,
         })
