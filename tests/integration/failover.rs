@@ -503,3 +503,141 @@ async fn a_planned_move_lets_the_running_invocation_finish_where_it_started() ->
     assert_eq!(seen.load(Ordering::SeqCst), 2, "each request went out once");
     Ok(())
 }
+
+/// A draining shard still runs the calls its own workers make of each other: a worker that
+/// calls another of its shard after the hand-off began finishes where it started, rather than
+/// waiting (refused, retried) until the move is forced and its work is cut off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_draining_shard_runs_calls_between_its_own_workers() -> anyhow::Result<()> {
+    use invicta_model::shards::{SHARDS, ShardLease, lease_key, shard_of};
+    const LEASE_MS: u64 = 2_000;
+
+    let data = tempfile::tempdir()?;
+    let dir = data.path().join("data");
+    std::fs::create_dir_all(&dir)?;
+    let scheduler = Server::start_role(
+        INVICTA.as_ref(),
+        &dir,
+        "scheduler",
+        &format!("[scheduler]\nlisten = \"127.0.0.1:0\"\nlease_ms = {LEASE_MS}\n"),
+    )?;
+    let config = format!(
+        "[grpc]\nexecutor_listen = \"127.0.0.1:0\"\nscheduler = \"{}\"\n\n\
+         [executor.http]\nallow_private_hosts = [\"127.0.0.1\"]\ntimeout_ms = 20000\n",
+        scheduler.url
+    );
+    let start_executor = || Server::start_role(INVICTA.as_ref(), &dir, "executor", &config);
+    let first = start_executor()?;
+    upload(&dir, "caller").await?;
+    upload(&dir, "counter").await?;
+    let (url, seen, release) = held_endpoint().await?;
+
+    // A caller and a counter, both of the last shard: the first the lone executor hands off.
+    let id = |component: &str, name: &str| -> anyhow::Result<invicta_model::WorkerId> {
+        Ok(invicta_model::WorkerId {
+            tenant: "t1".to_string().try_into()?,
+            component: component.to_string().try_into()?,
+            worker: name.to_string().try_into()?,
+        })
+    };
+    let last = |component: &str| {
+        (0..10_000)
+            .map(|i| format!("w{i}"))
+            .find(|n| id(component, n).is_ok_and(|w| shard_of(&w) == SHARDS - 1))
+            .ok_or_else(|| anyhow::anyhow!("no {component} worker in the last shard"))
+    };
+    let (caller, target) = (last("caller")?, last("counter")?);
+    let locator = SchedulerClient::new(&scheduler.url)?;
+    let caller_id = id("caller", &caller)?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !locator
+        .locate(&caller_id)
+        .await
+        .is_ok_and(|p| p.address == first.url)
+    {
+        anyhow::ensure!(Instant::now() < deadline, "the workers were never placed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // The caller waits on its request, then will call the counter.
+    let running = {
+        let (address, worker, url, target) = (
+            first.url.clone(),
+            worker_of("caller", &caller),
+            url.clone(),
+            target.clone(),
+        );
+        tokio::spawn(async move {
+            invoke_on(
+                &address,
+                worker,
+                "fetch-then-add",
+                json!([url, target, 5]),
+                "nested",
+            )
+            .await
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while seen.load(Ordering::SeqCst) == 0 {
+        anyhow::ensure!(Instant::now() < deadline, "the request never went out");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    // A second executor joins; once the first has begun draining the shard, the request is
+    // answered and the caller calls the counter, of the same draining shard.
+    let second = start_executor()?;
+    let store = invicta_store::Store::open(&invicta_store::Config::embedded_in(&dir))?;
+    let shard = shard_of(&caller_id);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let bytes = store.read(move |tx| tx.get(&lease_key(shard))).await?;
+        let lease: Option<ShardLease> = bytes.map(|b| serde_json::from_slice(&b)).transpose()?;
+        if lease.is_some_and(|l| l.handoff.is_some()) {
+            break;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "no hand-off was planned");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(LEASE_MS / 3 + 300)).await;
+    let refused = invoke_on(
+        &first.url,
+        worker_of("counter", &target),
+        "add",
+        json!([1]),
+        "outside",
+    )
+    .await?;
+    assert_eq!(refused, Err("worker_moved".to_string()), "draining by now");
+    let released = Instant::now();
+    release.notify_waiters();
+    let answered = running.await??;
+    assert_eq!(answered, Ok(json!({ "ok": "5" })), "the nested call ran");
+    assert!(
+        released.elapsed() < Duration::from_millis(LEASE_MS / 2),
+        "answered {:?} after the request was: not held up until the move was forced",
+        released.elapsed()
+    );
+
+    // Both move to the second executor; the counter kept the one addition.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !locator
+        .locate(&caller_id)
+        .await
+        .is_ok_and(|p| p.address == second.url)
+    {
+        anyhow::ensure!(Instant::now() < deadline, "the shard never moved");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let total = invoke_routed(
+        &locator,
+        &id("counter", &target)?,
+        "get",
+        json!([]),
+        "after",
+    )
+    .await?;
+    assert_eq!(total, json!(5));
+    assert_eq!(seen.load(Ordering::SeqCst), 1, "the request went out once");
+    Ok(())
+}

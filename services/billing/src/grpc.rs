@@ -60,18 +60,47 @@ fn status_of(e: &Error) -> Status {
     Status::new(code, format!("{}: {e}", e.code()))
 }
 
-/// A status as billing's error: the billing role's own code when it sent one.
+/// The codes billing's errors carry ([`Error::code`]).
+const CODES: &[&str] = &[
+    "unauthorized",
+    "forbidden",
+    "tenant_not_found",
+    "plan_not_found",
+    "key_not_found",
+    "tenant_exists",
+    "invalid_request",
+    "unavailable",
+    "internal",
+];
+
+/// A status as billing's error: the billing role's own code when it sent one; otherwise (a
+/// proxy, the transport) `unavailable` or `internal` by the status's gRPC code.
 fn status_error(status: &Status) -> Error {
-    let (code, message) = match status.message().split_once(": ") {
-        Some((code, message)) if !code.is_empty() && !code.contains(' ') => {
-            (code.to_string(), message.to_string())
-        }
-        _ => (
-            "unavailable".to_string(),
-            format!("the billing role: {}", status.message()),
-        ),
+    if let Some((code, message)) = status.message().split_once(": ")
+        && CODES.contains(&code)
+    {
+        return Error::Remote {
+            code: code.to_string(),
+            message: message.to_string(),
+        };
+    }
+    let code = match status.code() {
+        tonic::Code::Unavailable
+        | tonic::Code::DeadlineExceeded
+        | tonic::Code::Cancelled
+        | tonic::Code::Unknown
+        | tonic::Code::ResourceExhausted => "unavailable",
+        _ => "internal",
     };
-    Error::Remote { code, message }
+    Error::Remote {
+        code: code.to_string(),
+        message: format!("the billing role: {}", status.message()),
+    }
+}
+
+/// A reply that does not decode: the billing role speaks another version, or is broken.
+fn garbled(e: Error) -> Error {
+    Error::Corrupt(format!("a reply of the billing role: {e}"))
 }
 
 fn invalid(message: String) -> Error {
@@ -554,32 +583,38 @@ impl BillingClient {
             api_key: bearer.to_string(),
         }));
         Ok(Principal {
-            tenant: p.tenant.map(tenant_id).transpose()?,
+            tenant: p.tenant.map(tenant_id).transpose().map_err(garbled)?,
             key_id: p.key_id,
-            scopes: scopes_from(&p.scopes)?,
+            scopes: scopes_from(&p.scopes).map_err(garbled)?,
             operator: p.operator,
         })
     }
 
     pub(crate) async fn plans(&self) -> Result<Vec<Plan>> {
         let reply = call!(self.list_plans(pb::ListPlansRequest {}));
-        reply.plans.into_iter().map(plan_from).collect()
+        reply
+            .plans
+            .into_iter()
+            .map(|p| plan_from(p).map_err(garbled))
+            .collect()
     }
 
     pub(crate) async fn plan(&self, name: &str) -> Result<Plan> {
         plan_from(call!(self.get_plan(pb::GetPlanRequest {
             name: name.to_string(),
         })))
+        .map_err(garbled)
     }
 
     pub(crate) async fn put_plan(&self, plan: Plan) -> Result<Plan> {
-        plan_from(call!(self.put_plan(plan_to(&plan))))
+        plan_from(call!(self.put_plan(plan_to(&plan)))).map_err(garbled)
     }
 
     pub(crate) async fn plan_of(&self, tenant: &TenantId) -> Result<Plan> {
         plan_from(call!(self.plan_of(pb::TenantRef {
             tenant: tenant.to_string(),
         })))
+        .map_err(garbled)
     }
 
     pub(crate) async fn create_tenant(&self, name: &str, plan: Option<&str>) -> Result<Tenant> {
@@ -623,14 +658,18 @@ impl BillingClient {
         let info = reply
             .info
             .ok_or_else(|| Error::Corrupt("a created key without its description".into()))?;
-        Ok((key_from(info)?, reply.secret))
+        Ok((key_from(info).map_err(garbled)?, reply.secret))
     }
 
     pub(crate) async fn keys(&self, tenant: &str) -> Result<Vec<KeyInfo>> {
         let reply = call!(self.list_keys(pb::TenantRef {
             tenant: tenant.to_string(),
         }));
-        reply.keys.into_iter().map(key_from).collect()
+        reply
+            .keys
+            .into_iter()
+            .map(|k| key_from(k).map_err(garbled))
+            .collect()
     }
 
     pub(crate) async fn revoke_key(&self, tenant: &str, id: &str) -> Result<KeyInfo> {
@@ -638,6 +677,7 @@ impl BillingClient {
             tenant: tenant.to_string(),
             id: id.to_string(),
         })))
+        .map_err(garbled)
     }
 
     pub(crate) async fn count(&self, tenant: &str, kind: &str) -> Result<u64> {
@@ -679,6 +719,7 @@ impl BillingClient {
             tenant: tenant.to_string(),
             month: month.to_string(),
         })))
+        .map_err(garbled)
     }
 
     pub(crate) async fn stored(

@@ -476,9 +476,9 @@ fn is_private(ip: IpAddr) -> bool {
     }
 }
 
-/// Checks the request against the egress policy; `Err` says why not. `Ok(Some(ip))` is the
-/// public address the check resolved the host to, which the connection must then use.
-async fn admit(host: &str, port: u16, egress: &Egress) -> Result<Option<IpAddr>, String> {
+/// Checks the request against the egress policy; `Err` says why not. `Ok(Some(ips))` are the
+/// public addresses the check resolved the host to, which the connection must then use.
+async fn admit(host: &str, port: u16, egress: &Egress) -> Result<Option<Vec<IpAddr>>, String> {
     if let Some(hosts) = &egress.hosts
         && !hosts.iter().any(|h| h.eq_ignore_ascii_case(host))
     {
@@ -507,23 +507,26 @@ async fn admit(host: &str, port: u16, egress: &Egress) -> Result<Option<IpAddr>,
             "denied: {host} resolves to {ip}, a private address"
         ));
     }
-    Ok(addresses.first().copied())
+    if addresses.is_empty() {
+        return Err(format!("dns: {host} has no address"));
+    }
+    Ok(Some(addresses))
 }
 
 /// Where a request connects, and the name its certificate must carry.
 #[derive(Debug, PartialEq, Eq)]
 struct Target {
-    /// `host:port`, or `address:port` when pinned.
-    connect: String,
+    /// `host:port`, or the approved `address:port`s, tried in order.
+    connect: Vec<String>,
     /// For `https`: the name the server's certificate is checked against, always the URI's
     /// host (never the pinned address).
     tls_name: Option<rustls::pki_types::ServerName<'static>>,
 }
 
-/// The target of a request to `uri`: the address the egress check approved when it resolved
-/// one, so that a DNS answer changing in between cannot redirect the request (to a private
-/// address, say); the host itself otherwise (an allowed private host).
-fn target(uri: &http::Uri, approved: Option<IpAddr>) -> Result<Target, String> {
+/// The target of a request to `uri`: the addresses the egress check approved when it resolved
+/// the host, so that a DNS answer changing in between cannot redirect the request (to a
+/// private address, say); the host itself otherwise (an allowed private host).
+fn target(uri: &http::Uri, approved: Option<Vec<IpAddr>>) -> Result<Target, String> {
     use rustls::pki_types::ServerName;
     let host = uri
         .host()
@@ -532,10 +535,15 @@ fn target(uri: &http::Uri, approved: Option<IpAddr>) -> Result<Target, String> {
     let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
     let bare = host.trim_matches(['[', ']']);
     let connect = match approved {
-        Some(IpAddr::V4(ip)) => format!("{ip}:{port}"),
-        Some(IpAddr::V6(ip)) => format!("[{ip}]:{port}"),
-        None if bare.contains(':') => format!("[{bare}]:{port}"),
-        None => format!("{bare}:{port}"),
+        Some(ips) => ips
+            .iter()
+            .map(|ip| match ip {
+                IpAddr::V4(ip) => format!("{ip}:{port}"),
+                IpAddr::V6(ip) => format!("[{ip}]:{port}"),
+            })
+            .collect(),
+        None if bare.contains(':') => vec![format!("[{bare}]:{port}")],
+        None => vec![format!("{bare}:{port}")],
     };
     let tls_name = if https {
         Some(match bare.parse::<IpAddr>() {
@@ -556,6 +564,7 @@ async fn connect_and_send(
     target: &Target,
     tls: &Arc<rustls::ClientConfig>,
     connect_timeout: Duration,
+    first_byte_timeout: Duration,
 ) -> Result<
     (
         http::Response<hyper::body::Incoming>,
@@ -563,20 +572,28 @@ async fn connect_and_send(
     ),
     String,
 > {
-    let stream = tokio::time::timeout(
-        connect_timeout,
-        tokio::net::TcpStream::connect(&target.connect),
-    )
-    .await
-    .map_err(|_| format!("timeout: connecting to {}", target.connect))?
-    .map_err(|e| match e.kind() {
-        std::io::ErrorKind::TimedOut => format!("timeout: connect to {}: {e}", target.connect),
-        std::io::ErrorKind::ConnectionRefused => {
-            format!("refused: connect to {}: {e}", target.connect)
+    let mut failed = "error: no address to connect to".to_string();
+    let mut connected = None;
+    for address in &target.connect {
+        match tokio::time::timeout(connect_timeout, tokio::net::TcpStream::connect(address)).await {
+            Ok(Ok(stream)) => {
+                connected = Some(stream);
+                break;
+            }
+            Ok(Err(e)) => {
+                failed = match e.kind() {
+                    std::io::ErrorKind::TimedOut => format!("timeout: connect to {address}: {e}"),
+                    std::io::ErrorKind::ConnectionRefused => {
+                        format!("refused: connect to {address}: {e}")
+                    }
+                    _ if e.to_string().contains("lookup") => format!("dns: {address}: {e}"),
+                    _ => format!("refused: connect to {address}: {e}"),
+                };
+            }
+            Err(_) => failed = format!("timeout: connecting to {address}"),
         }
-        _ if e.to_string().contains("lookup") => format!("dns: {}: {e}", target.connect),
-        _ => format!("refused: connect to {}: {e}", target.connect),
-    })?;
+    }
+    let stream = connected.ok_or(failed)?;
     // HTTP/1.1 wants the host; the request line carries only the path (no proxy here).
     if !request.headers().contains_key(http::header::HOST)
         && let Some(authority) = request.uri().authority()
@@ -596,11 +613,12 @@ async fn connect_and_send(
             let stream = tokio_rustls::TlsConnector::from(tls.clone())
                 .connect(name.clone(), stream)
                 .await
-                .map_err(|e| format!("tls: {}: {e}", target.connect))?;
+                .map_err(|e| format!("tls: {e}"))?;
             send_over(
                 hyper_util::rt::TokioIo::new(stream),
                 request,
                 connect_timeout,
+                first_byte_timeout,
             )
             .await
         }
@@ -609,6 +627,7 @@ async fn connect_and_send(
                 hyper_util::rt::TokioIo::new(stream),
                 request,
                 connect_timeout,
+                first_byte_timeout,
             )
             .await
         }
@@ -619,6 +638,7 @@ async fn send_over<I>(
     io: I,
     request: http::Request<WasiBody>,
     connect_timeout: Duration,
+    first_byte_timeout: Duration,
 ) -> Result<
     (
         http::Response<hyper::body::Incoming>,
@@ -639,15 +659,22 @@ where
             tracing::debug!(error = %e, "outgoing HTTP connection");
         }
     });
-    match sender.send_request(request).await {
-        Ok(response) => Ok((response, driver)),
-        Err(e) => {
+    match tokio::time::timeout(first_byte_timeout, sender.send_request(request)).await {
+        Ok(Ok(response)) => Ok((response, driver)),
+        Ok(Err(e)) => {
             driver.abort();
             Err(if e.is_timeout() {
                 format!("timeout: {e}")
             } else {
                 format!("error: {e}")
             })
+        }
+        Err(_) => {
+            driver.abort();
+            Err(format!(
+                "timeout: no response within {} ms",
+                first_byte_timeout.as_millis()
+            ))
         }
     }
 }
@@ -707,12 +734,23 @@ async fn exchange(
     let config = &egress.config;
     let limit = Duration::from_millis(config.timeout_ms.max(1));
     let exchange = async {
+        // The guest's own timeouts, within the executor's limit for the whole exchange.
         let connect_timeout = options
             .and_then(|o| o.connect_timeout)
             .unwrap_or(limit)
             .min(limit);
-        let (response, driver) =
-            connect_and_send(request, target, &egress.tls, connect_timeout).await?;
+        let first_byte_timeout = options
+            .and_then(|o| o.first_byte_timeout)
+            .unwrap_or(limit)
+            .min(limit);
+        let (response, driver) = connect_and_send(
+            request,
+            target,
+            &egress.tls,
+            connect_timeout,
+            first_byte_timeout,
+        )
+        .await?;
         let (parts, body) = response.into_parts();
         let limited = http_body_util::Limited::new(body, config.response_bytes_max);
         let body = limited.collect().await.map_err(|e| {
@@ -839,7 +877,7 @@ mod tests {
         // A public literal is approved as itself.
         assert_eq!(
             admit("1.1.1.1", 80, &egress).await,
-            Ok(Some(IpAddr::from([1, 1, 1, 1])))
+            Ok(Some(vec![IpAddr::from([1, 1, 1, 1])]))
         );
         let listed = Egress {
             hosts: Some(vec!["example.com".into()]),
@@ -859,33 +897,33 @@ mod tests {
     fn requests_connect_to_the_approved_address() -> Result<(), String> {
         use rustls::pki_types::ServerName;
         let uri = |u: &str| u.parse::<http::Uri>().map_err(|e| e.to_string());
-        let approved = Some(IpAddr::from([93, 184, 215, 14]));
+        let v6: IpAddr = "2606:4700::1111".parse().map_err(|e| format!("{e}"))?;
+        let approved = || Some(vec![IpAddr::from([93, 184, 215, 14]), v6]);
         assert_eq!(
-            target(&uri("http://example.com/x?y")?, approved)?,
+            target(&uri("http://example.com/x?y")?, approved())?,
             Target {
-                connect: "93.184.215.14:80".into(),
+                connect: vec!["93.184.215.14:80".into(), "[2606:4700::1111]:80".into()],
                 tls_name: None
             }
         );
         assert_eq!(
-            target(&uri("https://example.com/x")?, approved)?,
+            target(&uri("https://example.com/x")?, approved())?,
             Target {
-                connect: "93.184.215.14:443".into(),
+                connect: vec!["93.184.215.14:443".into(), "[2606:4700::1111]:443".into()],
                 tls_name: Some(ServerName::try_from("example.com").map_err(|e| e.to_string())?)
             }
         );
-        let v6: IpAddr = "2606:4700::1111".parse().map_err(|e| format!("{e}"))?;
         assert_eq!(
-            target(&uri("https://[2606:4700::1111]:8443/")?, Some(v6))?,
+            target(&uri("https://[2606:4700::1111]:8443/")?, Some(vec![v6]))?,
             Target {
-                connect: "[2606:4700::1111]:8443".into(),
+                connect: vec!["[2606:4700::1111]:8443".into()],
                 tls_name: Some(ServerName::from(v6))
             }
         );
         // An allowed private host is not resolved beforehand: it connects by name.
         assert_eq!(
             target(&uri("https://localhost:9/")?, None)?.connect,
-            "localhost:9"
+            vec!["localhost:9".to_string()]
         );
         Ok(())
     }

@@ -528,9 +528,12 @@ impl Executor {
         self.inner.fencing.owns(id)
     }
 
-    /// The router for `id`, if another executor runs it.
+    /// The router for `id`, if another executor runs it. A shard being drained is still run
+    /// here: calls from outside were refused at this executor's gRPC service already, and the
+    /// calls its own workers make of each other must go on, or a worker waiting on another of
+    /// the same shard would hold the hand-off up.
     fn elsewhere(&self, id: &WorkerId) -> Option<&remote::Router> {
-        if self.inner.fencing.owns(id) {
+        if self.inner.fencing.holds(id) {
             return None;
         }
         self.inner.router.get()
@@ -602,9 +605,12 @@ impl Executor {
             if grant.draining && !draining {
                 self.drain(shard);
             } else if !grant.draining && draining {
-                // The move was called off (its target died): the shard is ours again.
+                // The move was called off (its target died): the shard is ours again. Under the
+                // lock the drain task releases under, so that it cannot release it after this.
+                let mut released = lock(&self.inner.released);
                 self.inner.fencing.set_draining(shard, false);
-                lock(&self.inner.released).remove(&shard);
+                released.remove(&shard);
+                drop(released);
                 tracing::info!(shard, "hand-off called off");
                 gained = true;
             }
@@ -631,26 +637,36 @@ impl Executor {
     /// commits, and stops; then the shard is released. A forced move meanwhile (the scheduler
     /// gives up waiting after a lease) fences whatever is still running, as a failover would.
     fn drain(&self, shard: u32) {
-        self.inner.fencing.set_draining(shard, true);
+        {
+            let mut released = lock(&self.inner.released);
+            self.inner.fencing.set_draining(shard, true);
+            released.remove(&shard);
+        }
         tracing::info!(shard, "draining a shard for a hand-off");
         let executor = self.clone();
         tokio::spawn(async move {
             loop {
-                let handles: Vec<WorkerHandle> = executor
+                let handles: Vec<(WorkerId, WorkerHandle)> = executor
                     .lock_workers()
                     .iter()
                     .filter(|(id, _)| invicta_model::shards::shard_of(id) == shard)
-                    .map(|(_, h)| h.clone())
+                    .map(|(id, h)| (id.clone(), h.clone()))
                     .collect();
                 if handles.is_empty() {
                     break;
                 }
                 let stops: Vec<_> = handles
                     .into_iter()
-                    .map(|handle| async move {
-                        let (reply, done) = oneshot::channel();
-                        if handle.send(Command::Stop(reply)).await.is_ok() {
-                            let _ = done.await;
+                    .map(|(id, handle)| {
+                        let executor = executor.clone();
+                        async move {
+                            let (reply, done) = oneshot::channel();
+                            if handle.send(Command::Stop(reply)).await.is_ok() {
+                                let _ = done.await;
+                            } else {
+                                // An actor already gone, its handle left behind.
+                                executor.forget_worker(&id, &handle);
+                            }
                         }
                     })
                     .collect();
@@ -658,13 +674,33 @@ impl Executor {
                 if !executor.inner.fencing.draining(shard) {
                     return;
                 }
+                // Workers its own workers called meanwhile: stopped in the next round.
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
             }
+            let mut released = lock(&executor.inner.released);
             if executor.inner.fencing.draining(shard) {
-                lock(&executor.inner.released).insert(shard);
+                released.insert(shard);
+                drop(released);
                 executor.inner.release_ready.notify_one();
                 tracing::info!(shard, "shard drained");
             }
         });
+    }
+
+    /// Removes `handle` from the map of running workers, if it is still the one there.
+    fn forget_worker(&self, id: &WorkerId, handle: &WorkerHandle) {
+        let mut workers = self.lock_workers();
+        if workers.get(id).is_some_and(|h| h.same_actor(handle)) {
+            workers.remove(id);
+        }
+    }
+
+    /// The shards being drained for a hand-off and not yet released.
+    pub fn draining(&self) -> Vec<u32> {
+        let released = lock(&self.inner.released);
+        (0..invicta_model::shards::SHARDS)
+            .filter(|s| self.inner.fencing.draining(*s) && !released.contains(s))
+            .collect()
     }
 
     /// Stops running the shard's workers: their commits would be refused from now on.
@@ -830,11 +866,12 @@ impl Executor {
 
     /// The actor of a worker, started if it is not running.
     async fn handle(&self, id: &WorkerId) -> Result<WorkerHandle> {
-        if !self.inner.fencing.owns(id) {
-            return Err(Error::NotOwner {
-                worker: id.to_string(),
-                shard: invicta_model::shards::shard_of(id),
-            });
+        let not_owner = || Error::NotOwner {
+            worker: id.to_string(),
+            shard: invicta_model::shards::shard_of(id),
+        };
+        if !self.inner.fencing.holds(id) {
+            return Err(not_owner());
         }
         if let Some(handle) = self.lock_workers().get(id) {
             return Ok(handle.clone());
@@ -852,6 +889,10 @@ impl Executor {
         let mut workers = self.lock_workers();
         if let Some(handle) = workers.get(id) {
             return Ok(handle.clone());
+        }
+        // The shard may have been given up while the component loaded.
+        if !self.inner.fencing.holds(id) {
+            return Err(not_owner());
         }
         let handle = worker::spawn(self.inner.clone(), id.clone(), record, compiled, pre);
         workers.insert(id.clone(), handle.clone());

@@ -54,10 +54,17 @@ impl Fencing {
         (epoch > 0).then_some(epoch)
     }
 
-    /// Whether new work for `worker` may start here: its shard is held and not draining.
+    /// Whether new work from outside for `worker` may start here: its shard is held and not
+    /// draining.
     pub(crate) fn owns(&self, worker: &WorkerId) -> bool {
         let shard = shard_of(worker);
         self.epoch(shard).is_some() && !self.draining(shard)
+    }
+
+    /// Whether this executor holds `worker`'s shard, draining or not: where the calls its own
+    /// workers make of each other run (a worker of a draining shard may be waiting on one).
+    pub(crate) fn holds(&self, worker: &WorkerId) -> bool {
+        self.epoch(shard_of(worker)).is_some()
     }
 
     pub(crate) fn set(&self, shard: u32, epoch: Option<u64>) {

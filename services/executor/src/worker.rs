@@ -120,6 +120,11 @@ pub(crate) struct WorkerHandle {
 }
 
 impl WorkerHandle {
+    /// Whether both handles reach the same actor.
+    pub(crate) fn same_actor(&self, other: &WorkerHandle) -> bool {
+        Arc::ptr_eq(&self.shared, &other.shared)
+    }
+
     pub(crate) async fn send(&self, command: Command) -> Result<(), SendError> {
         let is_invoke = matches!(command, Command::Invoke(..));
         if is_invoke {

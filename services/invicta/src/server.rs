@@ -423,7 +423,8 @@ async fn leave(executor: &invicta_executor::Executor, membership: &Membership) {
             tracing::info!("every shard handed off");
             return;
         }
-        let untouched = left == held && executor.released().is_empty();
+        let untouched =
+            left == held && executor.released().is_empty() && executor.draining().is_empty();
         if (untouched && started.elapsed() > lease) || started.elapsed() > lease * 3 {
             tracing::warn!(
                 shards = left,

@@ -82,13 +82,17 @@ impl Checkpointer {
                         row.get::<_, i64>(1)
                     })
                 };
+                // The WAL's length at the last restart: it reads the same until the next commit
+                // starts the WAL over, and an idle store needs no restart again.
+                let mut restarted_at = None;
                 while !flag.load(std::sync::atomic::Ordering::Relaxed) {
                     std::thread::sleep(CHECKPOINT_INTERVAL);
                     match frames("PASSIVE") {
-                        Ok(log) if log >= RESTART_FRAMES => {
+                        Ok(log) if log >= RESTART_FRAMES && restarted_at != Some(log) => {
                             let _writing = lock(&writer);
-                            if let Err(e) = frames("RESTART") {
-                                tracing::debug!(error = %e, "restart checkpoint");
+                            match frames("RESTART") {
+                                Ok(log) => restarted_at = Some(log),
+                                Err(e) => tracing::debug!(error = %e, "restart checkpoint"),
                             }
                         }
                         Ok(_) => {}

@@ -23,6 +23,14 @@ impl Guest for Component {
     fn call_add(target: String, delta: i64) -> Result<String, String> {
         api::invoke("counter", &target, "add", &format!("[{delta}]"))
     }
+
+    fn fetch_then_add(url: String, target: String, delta: i64) -> Result<String, String> {
+        waki::Client::new()
+            .get(&url)
+            .send()
+            .map_err(|e| format!("{e:?}"))?;
+        api::invoke("counter", &target, "add", &format!("[{delta}]"))
+    }
 }
 
 export!(Component);
