@@ -298,56 +298,120 @@ async fn held_endpoint() -> anyhow::Result<(String, Arc<AtomicU32>, Arc<Notify>)
     Ok((url, seen, release))
 }
 
+/// The lease of the hand-off tests: long enough that a drain (a heartbeat to learn of it, a
+/// held request, a release) is never forced on a busy machine.
+const HANDOFF_LEASE_MS: u64 = 2_000;
+
+/// A scheduler, and the configuration of executors that may reach loopback over HTTP.
+struct HandoffCluster {
+    _data: tempfile::TempDir,
+    dir: std::path::PathBuf,
+    scheduler: Server,
+    locator: SchedulerClient,
+    config: String,
+}
+
+impl HandoffCluster {
+    fn start() -> anyhow::Result<HandoffCluster> {
+        let data = tempfile::tempdir()?;
+        let dir = data.path().join("data");
+        std::fs::create_dir_all(&dir)?;
+        let scheduler = Server::start_role(
+            INVICTA.as_ref(),
+            &dir,
+            "scheduler",
+            &format!("[scheduler]\nlisten = \"127.0.0.1:0\"\nlease_ms = {HANDOFF_LEASE_MS}\n"),
+        )?;
+        let config = format!(
+            "[grpc]\nexecutor_listen = \"127.0.0.1:0\"\nscheduler = \"{}\"\n\n\
+             [executor.http]\nallow_private_hosts = [\"127.0.0.1\"]\ntimeout_ms = 20000\n",
+            scheduler.url
+        );
+        let locator = SchedulerClient::new(&scheduler.url)?;
+        Ok(HandoffCluster {
+            _data: data,
+            dir,
+            scheduler,
+            locator,
+            config,
+        })
+    }
+
+    fn executor(&self) -> anyhow::Result<Server> {
+        Server::start_role(INVICTA.as_ref(), &self.dir, "executor", &self.config)
+    }
+
+    /// Waits until the scheduler places `id` at the executor at `address`.
+    async fn placed_at(&self, id: &invicta_model::WorkerId, address: &str) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !self
+            .locator
+            .locate(id)
+            .await
+            .is_ok_and(|p| p.address == address)
+        {
+            anyhow::ensure!(Instant::now() < deadline, "{id} never went to {address}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        Ok(())
+    }
+
+    /// Waits until a hand-off of `id`'s shard is planned in its lease.
+    async fn handoff_planned(&self, id: &invicta_model::WorkerId) -> anyhow::Result<()> {
+        use invicta_model::shards::{ShardLease, lease_key, shard_of};
+        let store = invicta_store::Store::open(&invicta_store::Config::embedded_in(&self.dir))?;
+        let shard = shard_of(id);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let bytes = store.read(move |tx| tx.get(&lease_key(shard))).await?;
+            let lease: Option<ShardLease> =
+                bytes.map(|b| serde_json::from_slice(&b)).transpose()?;
+            if lease.is_some_and(|l| l.handoff.is_some()) {
+                return Ok(());
+            }
+            anyhow::ensure!(Instant::now() < deadline, "no hand-off was planned");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// A worker of `component` (tenant `t1`) in the last shard: the first a lone executor hands to
+/// a newcomer. Its name and id.
+fn in_last_shard(component: &str) -> anyhow::Result<(String, invicta_model::WorkerId)> {
+    use invicta_model::shards::{SHARDS, shard_of};
+    for i in 0..10_000 {
+        let name = format!("w{i}");
+        let id = invicta_model::WorkerId {
+            tenant: "t1".to_string().try_into()?,
+            component: component.to_string().try_into()?,
+            worker: name.clone().try_into()?,
+        };
+        if shard_of(&id) == SHARDS - 1 {
+            return Ok((name, id));
+        }
+    }
+    anyhow::bail!("no {component} worker in the last shard")
+}
+
+/// Waits until the held endpoint has seen `n` requests.
+async fn requests_seen(seen: &AtomicU32, n: u32) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while seen.load(Ordering::SeqCst) < n {
+        anyhow::ensure!(Instant::now() < deadline, "request {n} never went out");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_planned_move_lets_the_running_invocation_finish_where_it_started() -> anyhow::Result<()>
 {
-    use invicta_model::shards::{SHARDS, ShardLease, lease_key, shard_of};
-    // Long enough that the drain below (a heartbeat to learn of it, the held request, a
-    // release) is never forced on a busy machine.
-    const LEASE_MS: u64 = 2_000;
-
-    let data = tempfile::tempdir()?;
-    let dir = data.path().join("data");
-    std::fs::create_dir_all(&dir)?;
-    let scheduler = Server::start_role(
-        INVICTA.as_ref(),
-        &dir,
-        "scheduler",
-        &format!("[scheduler]\nlisten = \"127.0.0.1:0\"\nlease_ms = {LEASE_MS}\n"),
-    )?;
-    let config = format!(
-        "[grpc]\nexecutor_listen = \"127.0.0.1:0\"\nscheduler = \"{}\"\n\n\
-         [executor.http]\nallow_private_hosts = [\"127.0.0.1\"]\ntimeout_ms = 20000\n",
-        scheduler.url
-    );
-    let start_executor = || Server::start_role(INVICTA.as_ref(), &dir, "executor", &config);
-    let first = start_executor()?;
-    upload(&dir, "fetcher").await?;
+    let cluster = HandoffCluster::start()?;
+    let first = cluster.executor()?;
+    upload(&cluster.dir, "fetcher").await?;
     let (url, seen, release) = held_endpoint().await?;
-
-    // A worker of the last shard: the first the lone executor hands to a newcomer.
-    let id = |name: &str| -> anyhow::Result<invicta_model::WorkerId> {
-        Ok(invicta_model::WorkerId {
-            tenant: "t1".to_string().try_into()?,
-            component: "fetcher".to_string().try_into()?,
-            worker: name.to_string().try_into()?,
-        })
-    };
-    let name = (0..10_000)
-        .map(|i| format!("w{i}"))
-        .find(|n| id(n).is_ok_and(|w| shard_of(&w) == SHARDS - 1))
-        .ok_or_else(|| anyhow::anyhow!("no worker name in the last shard"))?;
-    let worker_id = id(&name)?;
-    let locator = SchedulerClient::new(&scheduler.url)?;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !locator
-        .locate(&worker_id)
-        .await
-        .is_ok_and(|p| p.address == first.url)
-    {
-        anyhow::ensure!(Instant::now() < deadline, "the worker was never placed");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let (name, worker_id) = in_last_shard("fetcher")?;
+    cluster.placed_at(&worker_id, &first.url).await?;
 
     // The invocation's request is out, and held there.
     let running = {
@@ -356,30 +420,15 @@ async fn a_planned_move_lets_the_running_invocation_finish_where_it_started() ->
             async move { invoke_on(&address, worker, "fetch", json!([url]), "held").await },
         )
     };
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while seen.load(Ordering::SeqCst) == 0 {
-        anyhow::ensure!(Instant::now() < deadline, "the request never went out");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    requests_seen(&seen, 1).await?;
 
     // A second executor joins; the scheduler plans the hand-off of the worker's shard.
-    let second = start_executor()?;
+    let second = cluster.executor()?;
     let joined = Instant::now();
-    let store = invicta_store::Store::open(&invicta_store::Config::embedded_in(&dir))?;
-    let shard = shard_of(&worker_id);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let bytes = store.read(move |tx| tx.get(&lease_key(shard))).await?;
-        let lease: Option<ShardLease> = bytes.map(|b| serde_json::from_slice(&b)).transpose()?;
-        if lease.is_some_and(|l| l.handoff.is_some()) {
-            break;
-        }
-        anyhow::ensure!(Instant::now() < deadline, "no hand-off was planned");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    cluster.handoff_planned(&worker_id).await?;
     // Once the first executor has heard of it (its heartbeat comes every third of a lease),
     // the shard drains: nothing new starts on it there.
-    tokio::time::sleep(Duration::from_millis(LEASE_MS / 3 + 300)).await;
+    tokio::time::sleep(Duration::from_millis(HANDOFF_LEASE_MS / 3 + 300)).await;
     let refused = invoke_on(
         &first.url,
         worker_of("fetcher", &name),
@@ -400,23 +449,16 @@ async fn a_planned_move_lets_the_running_invocation_finish_where_it_started() ->
         Ok(json!({ "ok": "200 request 1" })),
         "the running invocation was not cut off"
     );
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !locator
-        .locate(&worker_id)
-        .await
-        .is_ok_and(|p| p.address == second.url)
-    {
-        anyhow::ensure!(Instant::now() < deadline, "the shard never moved");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    cluster.placed_at(&worker_id, &second.url).await?;
     println!(
-        "hand-off: the shard moved {} ms after its running invocation's request was answered ({} ms after the second executor joined; lease {LEASE_MS} ms)",
+        "hand-off: the shard moved {} ms after its running invocation's request was answered ({} ms after the second executor joined; lease {HANDOFF_LEASE_MS} ms)",
         released.elapsed().as_millis(),
         joined.elapsed().as_millis()
     );
 
     // At the new owner: the answer by its key, and the request never went out again.
-    let again = invoke_routed(&locator, &worker_id, "fetch", json!([url]), "held").await?;
+    let locator = &cluster.locator;
+    let again = invoke_routed(locator, &worker_id, "fetch", json!([url]), "held").await?;
     assert_eq!(again, json!({ "ok": "200 request 1" }));
     assert_eq!(seen.load(Ordering::SeqCst), 1, "the request went out once");
     let mut client = ExecutorClient::connect(second.url.clone()).await?;
@@ -459,29 +501,10 @@ async fn a_planned_move_lets_the_running_invocation_finish_where_it_started() ->
             async move { invoke_on(&address, worker, "fetch", json!([url]), "second").await },
         )
     };
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while seen.load(Ordering::SeqCst) < 2 {
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "the second request never went out"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    requests_seen(&seen, 2).await?;
     let stopping = Instant::now();
     let stopped = tokio::task::spawn_blocking(move || second.stop());
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let bytes = store.read(move |tx| tx.get(&lease_key(shard))).await?;
-        let lease: Option<ShardLease> = bytes.map(|b| serde_json::from_slice(&b)).transpose()?;
-        if lease.is_some_and(|l| l.handoff.is_some()) {
-            break;
-        }
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "the leaving executor handed nothing off"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    cluster.handoff_planned(&worker_id).await?;
     release.notify_waiters();
     assert_eq!(
         running.await??,
@@ -498,7 +521,7 @@ async fn a_planned_move_lets_the_running_invocation_finish_where_it_started() ->
         placed.address, first.url,
         "the shard is back at the first executor"
     );
-    let again = invoke_routed(&locator, &worker_id, "fetch", json!([url]), "second").await?;
+    let again = invoke_routed(locator, &worker_id, "fetch", json!([url]), "second").await?;
     assert_eq!(again, json!({ "ok": "200 request 2" }));
     assert_eq!(seen.load(Ordering::SeqCst), 2, "each request went out once");
     Ok(())
@@ -509,55 +532,15 @@ async fn a_planned_move_lets_the_running_invocation_finish_where_it_started() ->
 /// waiting (refused, retried) until the move is forced and its work is cut off.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_draining_shard_runs_calls_between_its_own_workers() -> anyhow::Result<()> {
-    use invicta_model::shards::{SHARDS, ShardLease, lease_key, shard_of};
-    const LEASE_MS: u64 = 2_000;
-
-    let data = tempfile::tempdir()?;
-    let dir = data.path().join("data");
-    std::fs::create_dir_all(&dir)?;
-    let scheduler = Server::start_role(
-        INVICTA.as_ref(),
-        &dir,
-        "scheduler",
-        &format!("[scheduler]\nlisten = \"127.0.0.1:0\"\nlease_ms = {LEASE_MS}\n"),
-    )?;
-    let config = format!(
-        "[grpc]\nexecutor_listen = \"127.0.0.1:0\"\nscheduler = \"{}\"\n\n\
-         [executor.http]\nallow_private_hosts = [\"127.0.0.1\"]\ntimeout_ms = 20000\n",
-        scheduler.url
-    );
-    let start_executor = || Server::start_role(INVICTA.as_ref(), &dir, "executor", &config);
-    let first = start_executor()?;
-    upload(&dir, "caller").await?;
-    upload(&dir, "counter").await?;
+    let cluster = HandoffCluster::start()?;
+    let first = cluster.executor()?;
+    upload(&cluster.dir, "caller").await?;
+    upload(&cluster.dir, "counter").await?;
     let (url, seen, release) = held_endpoint().await?;
-
-    // A caller and a counter, both of the last shard: the first the lone executor hands off.
-    let id = |component: &str, name: &str| -> anyhow::Result<invicta_model::WorkerId> {
-        Ok(invicta_model::WorkerId {
-            tenant: "t1".to_string().try_into()?,
-            component: component.to_string().try_into()?,
-            worker: name.to_string().try_into()?,
-        })
-    };
-    let last = |component: &str| {
-        (0..10_000)
-            .map(|i| format!("w{i}"))
-            .find(|n| id(component, n).is_ok_and(|w| shard_of(&w) == SHARDS - 1))
-            .ok_or_else(|| anyhow::anyhow!("no {component} worker in the last shard"))
-    };
-    let (caller, target) = (last("caller")?, last("counter")?);
-    let locator = SchedulerClient::new(&scheduler.url)?;
-    let caller_id = id("caller", &caller)?;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !locator
-        .locate(&caller_id)
-        .await
-        .is_ok_and(|p| p.address == first.url)
-    {
-        anyhow::ensure!(Instant::now() < deadline, "the workers were never placed");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    // A caller and a counter, both of the last shard.
+    let (caller, caller_id) = in_last_shard("caller")?;
+    let (target, target_id) = in_last_shard("counter")?;
+    cluster.placed_at(&caller_id, &first.url).await?;
 
     // The caller waits on its request, then will call the counter.
     let running = {
@@ -578,28 +561,13 @@ async fn a_draining_shard_runs_calls_between_its_own_workers() -> anyhow::Result
             .await
         })
     };
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while seen.load(Ordering::SeqCst) == 0 {
-        anyhow::ensure!(Instant::now() < deadline, "the request never went out");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    requests_seen(&seen, 1).await?;
 
     // A second executor joins; once the first has begun draining the shard, the request is
     // answered and the caller calls the counter, of the same draining shard.
-    let second = start_executor()?;
-    let store = invicta_store::Store::open(&invicta_store::Config::embedded_in(&dir))?;
-    let shard = shard_of(&caller_id);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let bytes = store.read(move |tx| tx.get(&lease_key(shard))).await?;
-        let lease: Option<ShardLease> = bytes.map(|b| serde_json::from_slice(&b)).transpose()?;
-        if lease.is_some_and(|l| l.handoff.is_some()) {
-            break;
-        }
-        anyhow::ensure!(Instant::now() < deadline, "no hand-off was planned");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    tokio::time::sleep(Duration::from_millis(LEASE_MS / 3 + 300)).await;
+    let second = cluster.executor()?;
+    cluster.handoff_planned(&caller_id).await?;
+    tokio::time::sleep(Duration::from_millis(HANDOFF_LEASE_MS / 3 + 300)).await;
     let refused = invoke_on(
         &first.url,
         worker_of("counter", &target),
@@ -614,30 +582,16 @@ async fn a_draining_shard_runs_calls_between_its_own_workers() -> anyhow::Result
     let answered = running.await??;
     assert_eq!(answered, Ok(json!({ "ok": "5" })), "the nested call ran");
     assert!(
-        released.elapsed() < Duration::from_millis(LEASE_MS / 2),
+        released.elapsed() < Duration::from_millis(HANDOFF_LEASE_MS / 2),
         "answered {:?} after the request was: not held up until the move was forced",
         released.elapsed()
     );
 
     // Both move to the second executor; the counter kept the one addition.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !locator
-        .locate(&caller_id)
-        .await
-        .is_ok_and(|p| p.address == second.url)
-    {
-        anyhow::ensure!(Instant::now() < deadline, "the shard never moved");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    let total = invoke_routed(
-        &locator,
-        &id("counter", &target)?,
-        "get",
-        json!([]),
-        "after",
-    )
-    .await?;
+    cluster.placed_at(&caller_id, &second.url).await?;
+    let total = invoke_routed(&cluster.locator, &target_id, "get", json!([]), "after").await?;
     assert_eq!(total, json!(5));
     assert_eq!(seen.load(Ordering::SeqCst), 1, "the request went out once");
+    drop(cluster.scheduler);
     Ok(())
 }

@@ -251,16 +251,8 @@ async fn run_roles(config: Config, roles: &[Role]) -> anyhow::Result<()> {
         return serve_until_done(servers).await;
     }
     let blobs = open_blobs(&config, &data_dir).await?;
-    let engine = invicta_engine::Engine::new(&config.engine).context("configure the engine")?;
-    let import_check = invicta_executor::Executor::import_check(&engine).context("link WASI")?;
     // The registry's data is in the shared store and blobs: an executor compiles what it runs.
-    let registry = invicta_component_registry::Registry::new(
-        config.registry.clone(),
-        store.clone(),
-        blobs.clone(),
-        engine.clone(),
-        import_check,
-    );
+    let (engine, registry) = engine_and_registry(&config, &store, &blobs)?;
     if roles.contains(&Role::Registry) {
         let service = invicta_component_registry::grpc::RegistryService::new(registry.clone());
         serve_grpc(
@@ -498,16 +490,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         .with_context(|| format!("create data directory {}", data_dir.display()))?;
     let store = open_store(&config, &data_dir)?;
     let blobs = open_blobs(&config, &data_dir).await?;
-
-    let engine = invicta_engine::Engine::new(&config.engine).context("configure the engine")?;
-    let import_check = invicta_executor::Executor::import_check(&engine).context("link WASI")?;
-    let registry = invicta_component_registry::Registry::new(
-        config.registry.clone(),
-        store.clone(),
-        blobs.clone(),
-        engine.clone(),
-        import_check,
-    );
+    let (engine, registry) = engine_and_registry(&config, &store, &blobs)?;
     let executor = invicta_executor::Executor::start(
         config.executor.clone(),
         store.clone(),
@@ -528,6 +511,24 @@ async fn run(config: Config) -> anyhow::Result<()> {
     gateway.run(shutdown_signal()).await?;
     tracing::info!("invicta server stopped");
     Ok(())
+}
+
+/// The engine, and the registry over the store and blobs, compiling for it.
+fn engine_and_registry(
+    config: &Config,
+    store: &invicta_store::Store,
+    blobs: &invicta_blob::BlobStore,
+) -> anyhow::Result<(invicta_engine::Engine, invicta_component_registry::Registry)> {
+    let engine = invicta_engine::Engine::new(&config.engine).context("configure the engine")?;
+    let import_check = invicta_executor::Executor::import_check(&engine).context("link WASI")?;
+    let registry = invicta_component_registry::Registry::new(
+        config.registry.clone(),
+        store.clone(),
+        blobs.clone(),
+        engine.clone(),
+        import_check,
+    );
+    Ok((engine, registry))
 }
 
 fn open_store(config: &Config, data_dir: &Path) -> anyhow::Result<invicta_store::Store> {
