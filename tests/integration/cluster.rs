@@ -21,6 +21,8 @@ const EXECUTORS: usize = 3;
 const WORKERS: usize = 24;
 const CLIENTS: usize = 4;
 const KILLS: usize = 4;
+/// Every role requires it, so every internal call is shown to carry it.
+const TOKEN: &str = "token = \"cluster-secret\"\n";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn executors_die_and_every_invocation_applies_exactly_once() -> anyhow::Result<()> {
@@ -31,22 +33,22 @@ async fn executors_die_and_every_invocation_applies_exactly_once() -> anyhow::Re
         INVICTA.as_ref(),
         &dir,
         "scheduler",
-        &format!("[scheduler]\nlisten = \"127.0.0.1:0\"\nlease_ms = {LEASE_MS}\n"),
+        &format!("[scheduler]\nlisten = \"127.0.0.1:0\"\nlease_ms = {LEASE_MS}\n\n[grpc]\n{TOKEN}"),
     )?;
     let registry = Server::start_role(
         INVICTA.as_ref(),
         &dir,
         "registry",
-        "[grpc]\nregistry_listen = \"127.0.0.1:0\"\n",
+        &format!("[grpc]\nregistry_listen = \"127.0.0.1:0\"\n{TOKEN}"),
     )?;
     let billing = Server::start_role(
         INVICTA.as_ref(),
         &dir,
         "billing",
-        "[grpc]\nbilling_listen = \"127.0.0.1:0\"\n",
+        &format!("[grpc]\nbilling_listen = \"127.0.0.1:0\"\n{TOKEN}"),
     )?;
     let peers = format!(
-        "[grpc]\nexecutor_listen = \"127.0.0.1:0\"\nscheduler = \"{}\"\nregistry = \"{}\"\nbilling = \"{}\"\n",
+        "[grpc]\nexecutor_listen = \"127.0.0.1:0\"\nscheduler = \"{}\"\nregistry = \"{}\"\nbilling = \"{}\"\n{TOKEN}",
         scheduler.url, registry.url, billing.url
     );
     let start_executor = {

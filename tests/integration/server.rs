@@ -89,3 +89,50 @@ async fn refuses_unknown_or_clashing_roles_clearly() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// With `[grpc] token`, a role's gRPC service refuses every call that does not carry it.
+#[tokio::test]
+async fn internal_calls_need_the_cluster_token_when_one_is_set() -> anyhow::Result<()> {
+    use invicta_proto::scheduler::{LocateRequest, scheduler_client::SchedulerClient};
+    let data = tempfile::tempdir()?;
+    let dir = data.path().join("data");
+    std::fs::create_dir_all(&dir)?;
+    let scheduler = Server::start_role(
+        INVICTA.as_ref(),
+        &dir,
+        "scheduler",
+        "[scheduler]\nlisten = \"127.0.0.1:0\"\n\n[grpc]\ntoken = \"cluster-secret\"\n",
+    )?;
+    let mut client = SchedulerClient::connect(scheduler.url.clone()).await?;
+    let locate = |token: Option<&str>| {
+        let mut request = tonic::Request::new(LocateRequest {
+            worker: Some(invicta_proto::common::WorkerId {
+                tenant: "t1".into(),
+                component: "c".into(),
+                worker: "w".into(),
+            }),
+        });
+        if let Some(token) = token
+            && let Ok(value) = token.parse()
+        {
+            request.metadata_mut().insert("authorization", value);
+        }
+        request
+    };
+    for wrong in [None, Some("Bearer guess"), Some("cluster-secret")] {
+        let refused = client.locate(locate(wrong)).await;
+        assert_eq!(
+            refused.as_ref().map_err(|s| s.code()).err(),
+            Some(tonic::Code::Unauthenticated),
+            "{wrong:?}: {refused:?}"
+        );
+    }
+    // The right token gets through to the scheduler, which has nowhere to put the worker yet.
+    let placed = client.locate(locate(Some("Bearer cluster-secret"))).await;
+    assert_ne!(
+        placed.as_ref().map_err(|s| s.code()).err(),
+        Some(tonic::Code::Unauthenticated),
+        "{placed:?}"
+    );
+    Ok(())
+}

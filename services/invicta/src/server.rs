@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
 use tonic::service::Routes;
+use tonic::service::interceptor::InterceptedService;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -145,6 +146,9 @@ pub struct GrpcSection {
     /// The billing role's gRPC address, for a gateway that does not run it (default: none, the
     /// gateway uses billing as a library over the shared store).
     pub billing: Option<String>,
+    /// A secret every internal gRPC call must carry, the same for every role (default: none,
+    /// calls are not checked). `INVICTA_GRPC_TOKEN` sets it without writing it in a file.
+    pub token: Option<String>,
 }
 
 impl Default for GrpcSection {
@@ -157,6 +161,7 @@ impl Default for GrpcSection {
             registry: None,
             billing_listen: SocketAddr::from(([127, 0, 0, 1], 7400)),
             billing: None,
+            token: None,
         }
     }
 }
@@ -175,6 +180,11 @@ impl Config {
         }
         if let Some(advertise) = &args.advertise {
             config.grpc.advertise = Some(advertise.clone());
+        }
+        if let Ok(token) = std::env::var("INVICTA_GRPC_TOKEN")
+            && !token.is_empty()
+        {
+            config.grpc.token = Some(token);
         }
         Ok(config)
     }
@@ -211,12 +221,36 @@ pub fn main(args: Args) -> anyhow::Result<()> {
     runtime.block_on(run_roles(config, &args.role))
 }
 
+/// Checks the cluster's token on every call to a role's gRPC service, when one is configured.
+#[derive(Clone)]
+struct Guard(Option<invicta_telemetry::propagation::RequireToken>);
+
+impl tonic::service::Interceptor for Guard {
+    fn call(&mut self, request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        match &mut self.0 {
+            Some(require) => require.call(request),
+            None => Ok(request),
+        }
+    }
+}
+
 /// Some of the roles, in one process, reaching the others over gRPC.
 async fn run_roles(config: Config, roles: &[Role]) -> anyhow::Result<()> {
     let data_dir = config.data_dir();
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("create data directory {}", data_dir.display()))?;
     let store = open_store(&config, &data_dir)?;
+    let guard = match &config.grpc.token {
+        Some(token) => {
+            invicta_telemetry::propagation::set_token(token)
+                .map_err(|e| anyhow::anyhow!("[grpc] token: {e}"))?;
+            Guard(Some(
+                invicta_telemetry::propagation::RequireToken::new(token)
+                    .map_err(|e| anyhow::anyhow!("[grpc] token: {e}"))?,
+            ))
+        }
+        None => Guard(None),
+    };
     let mut servers = tokio::task::JoinSet::new();
     if roles.contains(&Role::Scheduler) {
         let lease = std::time::Duration::from_millis(config.scheduler.lease_ms.max(1));
@@ -226,7 +260,7 @@ async fn run_roles(config: Config, roles: &[Role]) -> anyhow::Result<()> {
         serve_grpc(
             &mut servers,
             config.scheduler.listen,
-            Routes::new(service),
+            Routes::new(InterceptedService::new(service, guard.clone())),
             "scheduler",
         )
         .await?;
@@ -238,7 +272,7 @@ async fn run_roles(config: Config, roles: &[Role]) -> anyhow::Result<()> {
         serve_grpc(
             &mut servers,
             config.grpc.billing_listen,
-            Routes::new(service),
+            Routes::new(InterceptedService::new(service, guard.clone())),
             "billing",
         )
         .await?;
@@ -258,7 +292,7 @@ async fn run_roles(config: Config, roles: &[Role]) -> anyhow::Result<()> {
         serve_grpc(
             &mut servers,
             config.grpc.registry_listen,
-            Routes::new(service),
+            Routes::new(InterceptedService::new(service, guard.clone())),
             "registry",
         )
         .await?;
@@ -299,7 +333,7 @@ async fn run_roles(config: Config, roles: &[Role]) -> anyhow::Result<()> {
         let addr = serve_grpc_until(
             &mut servers,
             config.grpc.executor_listen,
-            Routes::new(service),
+            Routes::new(InterceptedService::new(service, guard.clone())),
             "executor",
             shutdown,
         )

@@ -136,10 +136,12 @@ impl SchedulerClient {
         let reply = self
             .client
             .clone()
-            .register(pb::RegisterRequest {
-                executor_id: executor_id.to_string(),
-                address: address.to_string(),
-            })
+            .register(invicta_telemetry::propagation::request(
+                pb::RegisterRequest {
+                    executor_id: executor_id.to_string(),
+                    address: address.to_string(),
+                },
+            ))
             .await?;
         Ok(Duration::from_millis(reply.into_inner().lease_ms))
     }
@@ -155,11 +157,13 @@ impl SchedulerClient {
         let reply = self
             .client
             .clone()
-            .heartbeat(pb::HeartbeatRequest {
-                executor_id: executor_id.to_string(),
-                released: released.to_vec(),
-                leaving,
-            })
+            .heartbeat(invicta_telemetry::propagation::request(
+                pb::HeartbeatRequest {
+                    executor_id: executor_id.to_string(),
+                    released: released.to_vec(),
+                    leaving,
+                },
+            ))
             .await?;
         Ok(reply
             .into_inner()

@@ -74,9 +74,11 @@ where
         .build()
 }
 
-/// W3C trace context across gRPC calls: a client puts the current span's context in a
-/// request's metadata, and the server's span for the request continues that trace, so one
-/// trace follows an invocation from the gateway through the scheduler to the executor.
+/// What crosses with every internal gRPC call, in its metadata: the W3C trace context (a client
+/// puts the current span's context there, and the server's span for the request continues that
+/// trace, so one trace follows an invocation from the gateway through the scheduler to the
+/// executor), and the cluster's token when one is configured ([`propagation::set_token`]),
+/// which every role's gRPC server then requires ([`propagation::RequireToken`]).
 pub mod propagation {
     use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
     use opentelemetry_sdk::propagation::TraceContextPropagator;
@@ -114,12 +116,81 @@ pub mod propagation {
         }
     }
 
-    /// `message` as a request carrying the current span's trace context.
+    /// The cluster's token, as the `authorization` value this process's requests carry.
+    static TOKEN: std::sync::OnceLock<MetadataValue<tonic::metadata::Ascii>> =
+        std::sync::OnceLock::new();
+
+    /// `Bearer <token>`, if the token can travel in a header.
+    fn bearer(token: &str) -> Result<MetadataValue<tonic::metadata::Ascii>, String> {
+        if token.is_empty() {
+            return Err("the cluster token is empty".into());
+        }
+        MetadataValue::try_from(format!("Bearer {token}"))
+            .map_err(|_| "the cluster token must be printable ASCII".to_string())
+    }
+
+    /// Makes every request of this process ([`request`]) carry `token`. Set once, at start.
+    pub fn set_token(token: &str) -> Result<(), String> {
+        let value = bearer(token)?;
+        // A second call with the same token changes nothing; another token is a mistake.
+        match TOKEN.get() {
+            Some(set) if set != value => Err("the cluster token is already set".into()),
+            Some(_) => Ok(()),
+            None => {
+                let _ = TOKEN.set(value);
+                Ok(())
+            }
+        }
+    }
+
+    /// `message` as a request carrying the current span's trace context, and the cluster's
+    /// token if one is set.
     pub fn request<T>(message: T) -> tonic::Request<T> {
         let mut request = tonic::Request::new(message);
         let cx = tracing::Span::current().context();
         TraceContextPropagator::new().inject_context(&cx, &mut Inject(request.metadata_mut()));
+        if let Some(token) = TOKEN.get() {
+            request
+                .metadata_mut()
+                .insert("authorization", token.clone());
+        }
         request
+    }
+
+    /// A server interceptor refusing every call that does not carry `Bearer <token>`
+    /// (compared in constant time): `unauthenticated`.
+    #[derive(Clone)]
+    pub struct RequireToken {
+        expected: std::sync::Arc<Vec<u8>>,
+    }
+
+    impl RequireToken {
+        pub fn new(token: &str) -> Result<RequireToken, String> {
+            Ok(RequireToken {
+                expected: std::sync::Arc::new(bearer(token)?.as_bytes().to_vec()),
+            })
+        }
+    }
+
+    impl tonic::service::Interceptor for RequireToken {
+        fn call(
+            &mut self,
+            request: tonic::Request<()>,
+        ) -> Result<tonic::Request<()>, tonic::Status> {
+            use subtle::ConstantTimeEq;
+            let presented = request
+                .metadata()
+                .get("authorization")
+                .map(|v| v.as_bytes())
+                .unwrap_or_default();
+            if bool::from(presented.ct_eq(self.expected.as_slice())) {
+                Ok(request)
+            } else {
+                Err(tonic::Status::unauthenticated(
+                    "unauthorized: this call needs the cluster's token ([grpc] token)",
+                ))
+            }
+        }
     }
 
     /// Makes `span` (a server's span for a request) a child of the span the request's
