@@ -460,6 +460,10 @@ async fn a_planned_move_lets_the_running_invocation_finish_where_it_started() ->
     let locator = &cluster.locator;
     let again = invoke_routed(locator, &worker_id, "fetch", json!([url]), "held").await?;
     assert_eq!(again, json!({ "ok": "200 request 1" }));
+    println!(
+        "hand-off: the new owner answered for the worker {} ms after the request was answered",
+        released.elapsed().as_millis()
+    );
     assert_eq!(seen.load(Ordering::SeqCst), 1, "the request went out once");
     let mut client = ExecutorClient::connect(second.url.clone()).await?;
     let entries: Vec<Value> = client
@@ -524,6 +528,15 @@ async fn a_planned_move_lets_the_running_invocation_finish_where_it_started() ->
     let again = invoke_routed(locator, &worker_id, "fetch", json!([url]), "second").await?;
     assert_eq!(again, json!({ "ok": "200 request 2" }));
     assert_eq!(seen.load(Ordering::SeqCst), 2, "each request went out once");
+
+    // The first executor is alone now: asked to stop, it has nobody to wait for.
+    let stopping = Instant::now();
+    assert!(tokio::task::spawn_blocking(move || first.stop()).await??);
+    assert!(
+        stopping.elapsed() < Duration::from_millis(HANDOFF_LEASE_MS),
+        "a lone executor took {:?} to stop",
+        stopping.elapsed()
+    );
     Ok(())
 }
 

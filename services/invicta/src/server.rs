@@ -427,16 +427,20 @@ struct Membership {
     leaving: AtomicBool,
     /// The lease the scheduler gave at registration, in milliseconds (0 before).
     lease_ms: AtomicU64,
+    /// The last heartbeat said no other executor could take a shard.
+    alone: AtomicBool,
     /// Heartbeat now.
     wake: tokio::sync::Notify,
 }
 
 /// Leaves the cluster gracefully: asks for every shard to be handed off and waits until the
-/// executor holds none (each drained: what ran finished and committed here). Gives up when
-/// nothing was taken after a lease (no other executor to take them) or after three leases; the
-/// shards left then move when their leases run out.
+/// executor holds none (each drained: what ran finished and committed here). Gives up at once
+/// when the scheduler says no other executor could take a shard, when nothing was taken after
+/// a lease, or after three leases; the shards left then move when their leases run out.
 async fn leave(executor: &invicta_executor::Executor, membership: &Membership) {
     membership.leaving.store(true, Ordering::Release);
+    // Known again from the heartbeat that says it is leaving, made at once.
+    membership.alone.store(false, Ordering::Release);
     membership.wake.notify_one();
     let lease =
         std::time::Duration::from_millis(membership.lease_ms.load(Ordering::Acquire).max(1_000));
@@ -447,6 +451,13 @@ async fn leave(executor: &invicta_executor::Executor, membership: &Membership) {
         let left = executor.shards().len();
         if left == 0 {
             tracing::info!("every shard handed off");
+            return;
+        }
+        if membership.alone.load(Ordering::Acquire) {
+            tracing::warn!(
+                shards = left,
+                "leaving with no other executor to take the shards: they move when one comes"
+            );
             return;
         }
         let untouched =
@@ -474,6 +485,7 @@ async fn heartbeats(
     let id = executor.id().to_string();
     let mut every = std::time::Duration::from_secs(1);
     let mut registered = false;
+    let mut incoming = false;
     loop {
         if !registered {
             match scheduler.register(&id, &address).await {
@@ -493,10 +505,12 @@ async fn heartbeats(
                 .heartbeat(&id, &executor.released(), leaving)
                 .await
             {
-                Ok(shards) => {
-                    if let Err(e) = executor.set_shards(&shards).await {
+                Ok(beat) => {
+                    membership.alone.store(beat.alone, Ordering::Release);
+                    if let Err(e) = executor.set_shards(&beat.shards).await {
                         tracing::warn!(error = %e, "apply shard grants");
                     }
+                    incoming = beat.incoming > 0;
                 }
                 Err(status) if status.code() == tonic::Code::NotFound => {
                     // The membership expired (a long pause): whatever it held is gone.
@@ -509,9 +523,15 @@ async fn heartbeats(
                 Err(e) => tracing::warn!(error = %e, "heartbeat"),
             }
         }
-        // A drained shard is released at once: its new owner is waiting for it.
+        // A drained shard is released at once, and a shard on its way here is taken as soon as
+        // it is released: the calls for its workers wait meanwhile.
+        let pause = if incoming {
+            (every / 8).max(std::time::Duration::from_millis(10))
+        } else {
+            every
+        };
         tokio::select! {
-            () = tokio::time::sleep(every) => {}
+            () = tokio::time::sleep(pause) => {}
             () = executor.release_ready() => {}
             () = membership.wake.notified() => {}
         }

@@ -10,7 +10,7 @@ use invicta_proto::scheduler::{self as pb, scheduler_server::Scheduler as Schedu
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
-use crate::{Error, Placement, Scheduler};
+use crate::{Error, Heartbeat, Placement, Scheduler};
 
 /// The gRPC face of a [`Scheduler`].
 pub struct SchedulerService {
@@ -64,7 +64,10 @@ impl SchedulerRpc for SchedulerService {
             .await
             .map_err(|e| status_of(&e))?;
         Ok(Response::new(pb::HeartbeatResponse {
+            incoming: held.incoming,
+            alone: held.alone,
             shards: held
+                .shards
                 .into_iter()
                 .map(|g| pb::ShardLease {
                     shard: g.shard,
@@ -153,7 +156,7 @@ impl SchedulerClient {
         executor_id: &str,
         released: &[u32],
         leaving: bool,
-    ) -> Result<Vec<ShardGrant>, Status> {
+    ) -> Result<Heartbeat, Status> {
         let reply = self
             .client
             .clone()
@@ -164,17 +167,21 @@ impl SchedulerClient {
                     leaving,
                 },
             ))
-            .await?;
-        Ok(reply
-            .into_inner()
-            .shards
-            .into_iter()
-            .map(|s| ShardGrant {
-                shard: s.shard,
-                epoch: s.epoch,
-                draining: s.draining,
-            })
-            .collect())
+            .await?
+            .into_inner();
+        Ok(Heartbeat {
+            incoming: reply.incoming,
+            alone: reply.alone,
+            shards: reply
+                .shards
+                .into_iter()
+                .map(|s| ShardGrant {
+                    shard: s.shard,
+                    epoch: s.epoch,
+                    draining: s.draining,
+                })
+                .collect(),
+        })
     }
 
     pub async fn locate(&self, worker: &WorkerId) -> Result<Placement, Status> {

@@ -59,6 +59,18 @@ pub struct Placement {
     pub address: String,
 }
 
+/// What a heartbeat tells an executor.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Heartbeat {
+    /// The shards it holds, with their epochs and whether to drain them.
+    pub shards: Vec<ShardGrant>,
+    /// Shards on their way to it: it should heartbeat again soon, to take them as soon as
+    /// they are released.
+    pub incoming: u32,
+    /// No other live executor could take a shard: a leaving one need not wait.
+    pub alone: bool,
+}
+
 /// The scheduler over the shared store.
 #[derive(Clone)]
 pub struct Scheduler {
@@ -145,12 +157,7 @@ impl Scheduler {
     /// it holds, with their epochs and whether to drain them. `leaving` says the executor is
     /// shutting down (for good: it stays so until it registers again). An executor whose
     /// membership expired must register again.
-    pub async fn heartbeat(
-        &self,
-        id: &str,
-        released: &[u32],
-        leaving: bool,
-    ) -> Result<Vec<ShardGrant>> {
+    pub async fn heartbeat(&self, id: &str, released: &[u32], leaving: bool) -> Result<Heartbeat> {
         let (id_c, lease_ms) = (id.to_string(), self.lease_ms());
         let released = released.to_vec();
         self.store
@@ -201,8 +208,12 @@ impl Scheduler {
                     tx.set(&lease_key(shard), &encode(&granted))?;
                 }
                 let mut held = Vec::new();
+                let mut incoming = 0;
                 for (shard, lease) in leases(tx)?.into_iter().enumerate() {
                     let Some(mut lease) = lease else { continue };
+                    if lease.handoff.as_ref().is_some_and(|h| h.to == id_c) {
+                        incoming += 1;
+                    }
                     if lease.owner != id_c || lease.expires_ms <= now {
                         continue;
                     }
@@ -215,7 +226,12 @@ impl Scheduler {
                         draining: lease.handoff.is_some(),
                     });
                 }
-                Ok(held)
+                let alone = !live.iter().any(|(other, e)| *other != id_c && !e.leaving);
+                Ok(Heartbeat {
+                    shards: held,
+                    incoming,
+                    alone,
+                })
             })
             .await
     }

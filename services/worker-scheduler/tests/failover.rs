@@ -15,6 +15,7 @@ async fn held(scheduler: &Scheduler, id: &str) -> Result<Vec<(u32, u64)>, Error>
     Ok(scheduler
         .heartbeat(id, &[], false)
         .await?
+        .shards
         .into_iter()
         .map(|g| (g.shard, g.epoch))
         .collect())
@@ -89,7 +90,7 @@ async fn a_silent_executors_shards_move_to_the_live_ones() -> anyhow::Result<()>
         scheduler.assign().await?.is_empty(),
         "nothing more while they are under way"
     );
-    let grants = scheduler.heartbeat("a", &[], false).await?;
+    let grants = scheduler.heartbeat("a", &[], false).await?.shards;
     assert_eq!(
         grants.len(),
         SHARDS as usize,
@@ -108,7 +109,7 @@ async fn a_silent_executors_shards_move_to_the_live_ones() -> anyhow::Result<()>
             .all(|(s, e)| grants.iter().any(|g| (g.shard, g.epoch) == (*s, *e))),
         "draining keeps the epochs: a's commits still pass the fence"
     );
-    let a = scheduler.heartbeat("a", &draining, false).await?;
+    let a = scheduler.heartbeat("a", &draining, false).await?.shards;
     assert_eq!(a.len(), 32);
     assert!(a.iter().all(|g| !g.draining));
     assert!(scheduler.assign().await?.is_empty(), "balanced");
@@ -148,11 +149,17 @@ async fn hand_offs_are_called_off_when_their_target_dies_and_forced_when_never_r
         tokio::time::sleep(LEASE / 8).await;
     }
     assert!(scheduler.assign().await?.is_empty());
-    let grants = scheduler.heartbeat("a", &[], false).await?;
+    let beat = scheduler.heartbeat("a", &[], false).await?;
+    assert!(beat.alone, "c is gone: nobody else could take a shard");
+    assert_eq!(beat.incoming, 0);
+    let grants = beat.shards;
     assert!(grants.iter().all(|g| !g.draining), "called off");
     assert_eq!(held(&scheduler, "a").await?, epochs);
     // A release that crosses the cancellation changes nothing.
-    let late = scheduler.heartbeat("a", &[0, 1, 2, 999], false).await?;
+    let late = scheduler
+        .heartbeat("a", &[0, 1, 2, 999], false)
+        .await?
+        .shards;
     assert_eq!(late.len(), SHARDS as usize);
 
     // `b` joins; `a` never releases. After a lease the moves are forced, at the next epoch.
@@ -195,29 +202,41 @@ async fn a_leaving_executor_hands_every_shard_off_and_gets_none() -> anyhow::Res
     assert!(!a.is_empty());
 
     // `a` says it is leaving: each of its shards is handed to the least loaded of the others.
-    let grants = scheduler.heartbeat("a", &[], true).await?;
+    let grants = scheduler.heartbeat("a", &[], true).await?.shards;
     assert!(
         grants.iter().all(|g| !g.draining),
         "planned by the next pass"
     );
     let planned = scheduler.assign().await?;
     assert_eq!(planned.len(), a.len());
+    let b_sees = scheduler.heartbeat("b", &[], false).await?;
+    assert!(
+        b_sees.incoming > 0,
+        "b is told shards are coming: {b_sees:?}"
+    );
+    assert!(!b_sees.alone);
     assert!(planned.iter().all(|(_, to)| to != "a"));
     let (to_b, to_c) = (
         planned.iter().filter(|(_, to)| to == "b").count(),
         planned.iter().filter(|(_, to)| to == "c").count(),
     );
     assert!(to_b.abs_diff(to_c) <= 1, "spread: {to_b} and {to_c}");
-    let grants = scheduler.heartbeat("a", &[], true).await?;
+    let grants = scheduler.heartbeat("a", &[], true).await?.shards;
     assert!(grants.iter().all(|g| g.draining));
     let all: Vec<u32> = grants.iter().map(|g| g.shard).collect();
-    assert!(scheduler.heartbeat("a", &all, true).await?.is_empty());
+    assert!(
+        scheduler
+            .heartbeat("a", &all, true)
+            .await?
+            .shards
+            .is_empty()
+    );
     assert_eq!(
         held(&scheduler, "b").await?.len() + held(&scheduler, "c").await?.len(),
         SHARDS as usize
     );
     // Balanced without it, and it gets nothing back while it stays a member.
     assert!(scheduler.assign().await?.is_empty());
-    assert!(scheduler.heartbeat("a", &[], true).await?.is_empty());
+    assert!(scheduler.heartbeat("a", &[], true).await?.shards.is_empty());
     Ok(())
 }
