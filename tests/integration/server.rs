@@ -134,5 +134,34 @@ async fn internal_calls_need_the_cluster_token_when_one_is_set() -> anyhow::Resu
         Some(tonic::Code::Unauthenticated),
         "{placed:?}"
     );
+
+    // A gateway configured with another token: its users see a server error at once, not a
+    // refusal of their own API key, nor a wait on retries.
+    let gateway = Server::start_role(
+        INVICTA.as_ref(),
+        &dir,
+        "gateway",
+        &format!(
+            "[grpc]\nscheduler = \"{}\"\ntoken = \"another-secret\"\n",
+            scheduler.url
+        ),
+    )?;
+    let api = gateway.operator().new_tenant("mismatch", "pro").await?;
+    assert_eq!(
+        api.upload("counter", invicta_tests::component("counter"))
+            .await?
+            .status,
+        201
+    );
+    let started = std::time::Instant::now();
+    let reply = api
+        .invoke("counter", "w", "add", serde_json::json!([1]), None)
+        .await?;
+    assert_eq!((reply.status, reply.code()), (500, "internal"), "{reply:?}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
     Ok(())
 }

@@ -238,6 +238,9 @@ pub(crate) struct RegistryClient {
 /// A status as this crate's error: the registry's own code when it sent one.
 fn status_error(status: &Status) -> Error {
     let (code, message) = match status.message().split_once(": ") {
+        _ if status.code() == tonic::Code::Unauthenticated => {
+            ("internal".to_string(), status.message().to_string())
+        }
         Some((code, message)) if !code.contains(' ') => (code.to_string(), message.to_string()),
         _ => ("unavailable".to_string(), status.message().to_string()),
     };

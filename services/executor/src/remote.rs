@@ -73,11 +73,15 @@ impl Router {
         let address = match cached {
             Some(address) => address,
             None => {
-                let placed = self
-                    .scheduler
-                    .locate(id)
-                    .await
-                    .map_err(|s| remote("worker_moved".into(), s.message().to_string()))?;
+                let placed = self.scheduler.locate(id).await.map_err(|s| {
+                    // A refused token is a configuration error, not a move: no retrying.
+                    let code = if s.code() == tonic::Code::Unauthenticated {
+                        "internal"
+                    } else {
+                        "worker_moved"
+                    };
+                    remote(code.into(), s.message().to_string())
+                })?;
                 lock(&self.placements).insert(shard, placed.address.clone());
                 placed.address
             }

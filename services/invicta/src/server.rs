@@ -453,7 +453,12 @@ async fn leave(executor: &invicta_executor::Executor, membership: &Membership) {
             tracing::info!("every shard handed off");
             return;
         }
-        if membership.alone.load(Ordering::Acquire) {
+        // Only a heartbeat that said it is leaving counts, and not while shards are on their
+        // way out (someone is taking them).
+        if membership.alone.load(Ordering::Acquire)
+            && executor.draining().is_empty()
+            && executor.released().is_empty()
+        {
             tracing::warn!(
                 shards = left,
                 "leaving with no other executor to take the shards: they move when one comes"
@@ -506,7 +511,9 @@ async fn heartbeats(
                 .await
             {
                 Ok(beat) => {
-                    membership.alone.store(beat.alone, Ordering::Release);
+                    membership
+                        .alone
+                        .store(beat.alone && leaving, Ordering::Release);
                     if let Err(e) = executor.set_shards(&beat.shards).await {
                         tracing::warn!(error = %e, "apply shard grants");
                     }
@@ -518,9 +525,13 @@ async fn heartbeats(
                         tracing::warn!(error = %e, "give up shards");
                     }
                     registered = false;
+                    incoming = false;
                     continue;
                 }
-                Err(e) => tracing::warn!(error = %e, "heartbeat"),
+                Err(e) => {
+                    incoming = false;
+                    tracing::warn!(error = %e, "heartbeat");
+                }
             }
         }
         // A drained shard is released at once, and a shard on its way here is taken as soon as

@@ -120,26 +120,26 @@ pub mod propagation {
     static TOKEN: std::sync::OnceLock<MetadataValue<tonic::metadata::Ascii>> =
         std::sync::OnceLock::new();
 
-    /// `Bearer <token>`, if the token can travel in a header.
+    /// `Bearer <token>`, if the token can travel in a header; marked sensitive, so that it is
+    /// neither indexed by HTTP/2 header compression nor shown by `Debug`.
     fn bearer(token: &str) -> Result<MetadataValue<tonic::metadata::Ascii>, String> {
         if token.is_empty() {
             return Err("the cluster token is empty".into());
         }
-        MetadataValue::try_from(format!("Bearer {token}"))
-            .map_err(|_| "the cluster token must be printable ASCII".to_string())
+        let mut value = MetadataValue::try_from(format!("Bearer {token}"))
+            .map_err(|_| "the cluster token must be printable ASCII".to_string())?;
+        value.set_sensitive(true);
+        Ok(value)
     }
 
     /// Makes every request of this process ([`request`]) carry `token`. Set once, at start.
     pub fn set_token(token: &str) -> Result<(), String> {
         let value = bearer(token)?;
         // A second call with the same token changes nothing; another token is a mistake.
+        let _ = TOKEN.set(value.clone());
         match TOKEN.get() {
-            Some(set) if set != value => Err("the cluster token is already set".into()),
-            Some(_) => Ok(()),
-            None => {
-                let _ = TOKEN.set(value);
-                Ok(())
-            }
+            Some(set) if *set == value => Ok(()),
+            _ => Err("the cluster token is already set, to another value".into()),
         }
     }
 
@@ -186,8 +186,11 @@ pub mod propagation {
             if bool::from(presented.ct_eq(self.expected.as_slice())) {
                 Ok(request)
             } else {
+                // No `code: ` prefix: callers must not take this for the error of a user's
+                // request (a wrong API key); it says the roles are configured apart.
                 Err(tonic::Status::unauthenticated(
-                    "unauthorized: this call needs the cluster's token ([grpc] token)",
+                    "the cluster token ([grpc] token, INVICTA_GRPC_TOKEN) is missing or differs \
+                     from this role's",
                 ))
             }
         }
