@@ -105,6 +105,33 @@ fn leases(tx: &mut Transaction<'_>) -> Result<Vec<Option<ShardLease>>> {
         .collect()
 }
 
+/// The executor holding the fewest shards, with how many; ties broken by id, so that every
+/// scheduler agrees.
+fn least_loaded(load: &HashMap<&str, usize>) -> Option<(String, usize)> {
+    load.iter()
+        .min_by(|a, b| a.1.cmp(b.1).then(a.0.cmp(b.0)))
+        .map(|(id, n)| (id.to_string(), *n))
+}
+
+/// Writes into `lease` (of `shard`) that it is to be handed to `to`.
+fn plan_handoff(
+    tx: &mut Transaction<'_>,
+    shard: u32,
+    lease: &ShardLease,
+    to: &str,
+    now: u64,
+) -> Result<()> {
+    let planned = ShardLease {
+        handoff: Some(Handoff {
+            to: to.to_string(),
+            since_ms: now,
+        }),
+        ..lease.clone()
+    };
+    tx.set(&lease_key(shard), &encode(&planned))?;
+    Ok(())
+}
+
 /// The executors whose membership has not expired at `now`.
 fn live_executors(tx: &mut Transaction<'_>, now: u64) -> Result<HashMap<String, ExecutorRecord>> {
     let mut live = HashMap::new();
@@ -303,12 +330,7 @@ impl Scheduler {
                     if !orphaned {
                         continue;
                     }
-                    // The least loaded, ties broken by id so that every scheduler agrees.
-                    let Some(owner) = load
-                        .iter()
-                        .min_by(|a, b| a.1.cmp(b.1).then(a.0.cmp(b.0)))
-                        .map(|(id, _)| id.to_string())
-                    else {
+                    let Some((owner, _)) = least_loaded(&load) else {
                         continue;
                     };
                     let granted = ShardLease {
@@ -331,22 +353,11 @@ impl Scheduler {
                     if !leaving || lease.expires_ms <= now || lease.handoff.is_some() {
                         continue;
                     }
-                    let Some(to) = load
-                        .iter()
-                        .min_by(|a, b| a.1.cmp(b.1).then(a.0.cmp(b.0)))
-                        .map(|(id, _)| id.to_string())
-                    else {
+                    let Some((to, _)) = least_loaded(&load) else {
                         continue;
                     };
-                    let planned = ShardLease {
-                        handoff: Some(Handoff {
-                            to: to.clone(),
-                            since_ms: now,
-                        }),
-                        ..lease.clone()
-                    };
                     let shard = u32::try_from(shard).unwrap_or(u32::MAX);
-                    tx.set(&lease_key(shard), &encode(&planned))?;
+                    plan_handoff(tx, shard, lease, &to, now)?;
                     if let Some(n) = load.get_mut(to.as_str()) {
                         *n += 1;
                     }
@@ -374,10 +385,7 @@ impl Scheduler {
                             .iter()
                             .max_by(|a, b| a.1.cmp(b.1).then(b.0.cmp(a.0)))
                             .map(|(id, n)| (id.to_string(), *n));
-                        let idlest = load
-                            .iter()
-                            .min_by(|a, b| a.1.cmp(b.1).then(a.0.cmp(b.0)))
-                            .map(|(id, n)| (id.to_string(), *n));
+                        let idlest = least_loaded(&load);
                         let (Some((from, most)), Some((to, least))) = (busiest, idlest) else {
                             break;
                         };
@@ -390,15 +398,8 @@ impl Scheduler {
                         let Some(Some(lease)) = leases.get(shard) else {
                             break;
                         };
-                        let planned = ShardLease {
-                            handoff: Some(Handoff {
-                                to: to.clone(),
-                                since_ms: now,
-                            }),
-                            ..lease.clone()
-                        };
                         let shard = u32::try_from(shard).unwrap_or(u32::MAX);
-                        tx.set(&lease_key(shard), &encode(&planned))?;
+                        plan_handoff(tx, shard, lease, &to, now)?;
                         if let Some(n) = load.get_mut(from.as_str()) {
                             *n -= 1;
                         }
