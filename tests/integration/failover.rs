@@ -102,6 +102,24 @@ async fn invoke_on(
     })
 }
 
+/// The first 1,000 entries of a worker's oplog, as the executor at `address` reads them.
+async fn oplog(address: &str, worker: common::WorkerId) -> anyhow::Result<Vec<Value>> {
+    let mut client = ExecutorClient::connect(address.to_string()).await?;
+    let reply = client
+        .read_oplog(ReadOplogRequest {
+            worker: Some(worker),
+            from: 1,
+            count: 1_000,
+        })
+        .await?
+        .into_inner();
+    Ok(reply
+        .entries_json
+        .iter()
+        .map(|e| serde_json::from_str(e))
+        .collect::<Result<_, _>>()?)
+}
+
 /// Invokes through whichever executor runs the worker now, following moves (as the gateway
 /// does): the result, or the problem's code.
 async fn invoke_routed(
@@ -237,19 +255,7 @@ async fn a_frozen_executors_late_commits_are_refused_after_failover() -> anyhow:
     );
 
     // Exactly once: one start and one completion of `late`, and the next bump follows on.
-    let mut client = ExecutorClient::connect(other.url.clone()).await?;
-    let entries: Vec<Value> = client
-        .read_oplog(ReadOplogRequest {
-            worker: Some(worker("w")),
-            from: 1,
-            count: 1_000,
-        })
-        .await?
-        .into_inner()
-        .entries_json
-        .iter()
-        .map(|e| serde_json::from_str(e))
-        .collect::<Result<_, _>>()?;
+    let entries = oplog(&other.url, worker("w")).await?;
     let started = entries
         .iter()
         .filter(|e| e["kind"] == "exported_function_invoked" && e["idempotency_key"] == "late")
@@ -465,19 +471,7 @@ async fn a_planned_move_lets_the_running_invocation_finish_where_it_started() ->
         released.elapsed().as_millis()
     );
     assert_eq!(seen.load(Ordering::SeqCst), 1, "the request went out once");
-    let mut client = ExecutorClient::connect(second.url.clone()).await?;
-    let entries: Vec<Value> = client
-        .read_oplog(ReadOplogRequest {
-            worker: Some(worker_of("fetcher", &name)),
-            from: 1,
-            count: 1_000,
-        })
-        .await?
-        .into_inner()
-        .entries_json
-        .iter()
-        .map(|e| serde_json::from_str(e))
-        .collect::<Result<_, _>>()?;
+    let entries = oplog(&second.url, worker_of("fetcher", &name)).await?;
     let kinds: Vec<&str> = entries.iter().filter_map(|e| e["kind"].as_str()).collect();
     assert_eq!(
         kinds

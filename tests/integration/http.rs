@@ -171,22 +171,35 @@ async fn replay_sends_nothing_and_private_hosts_are_refused() -> anyhow::Result<
     Ok(())
 }
 
+/// Starts the server on `dir` with `config`, armed to die (SIGKILL) once at the failpoint `var`;
+/// the server, and the file that arms it (gone once the failpoint fired).
+fn with_failpoint(
+    scratch: &std::path::Path,
+    dir: &std::path::Path,
+    config: &str,
+    var: &str,
+) -> anyhow::Result<(Server, std::path::PathBuf)> {
+    let armed = scratch.join(format!("{var}.armed"));
+    std::fs::write(&armed, b"once")?;
+    let env = armed.to_string_lossy().into_owned();
+    let server = Server::start_env(
+        INVICTA.as_ref(),
+        dir,
+        "127.0.0.1:0",
+        &["--config", config],
+        &[(var, &env)],
+    )?;
+    Ok((server, armed))
+}
+
 #[tokio::test]
 async fn a_crash_after_sending_resends_with_the_same_key() -> anyhow::Result<()> {
     let (url, seen) = remote().await?;
     let data = tempfile::tempdir()?;
     let config = config(data.path())?;
     let dir = data.path().join("data");
-    let failpoint = data.path().join("die-after-send");
-    std::fs::write(&failpoint, b"once")?;
-    let failpoint_env = failpoint.to_string_lossy().into_owned();
-    let server = Server::start_env(
-        INVICTA.as_ref(),
-        &dir,
-        "127.0.0.1:0",
-        &["--config", &config],
-        &[("INVICTA_FAILPOINT_HTTP_SENT", &failpoint_env)],
-    )?;
+    let (server, failpoint) =
+        with_failpoint(data.path(), &dir, &config, "INVICTA_FAILPOINT_HTTP_SENT")?;
     let api = server.operator().new_tenant("crasher", "pro").await?;
     api.upload("fetcher", component("fetcher")).await?;
     // The server dies after the request left and before its response is recorded.
@@ -238,16 +251,8 @@ async fn an_atomic_region_cut_off_by_a_crash_runs_again_whole() -> anyhow::Resul
     let data = tempfile::tempdir()?;
     let config = config(data.path())?;
     let dir = data.path().join("data");
-    let failpoint = data.path().join("die-at-region-end");
-    std::fs::write(&failpoint, b"once")?;
-    let env = failpoint.to_string_lossy().into_owned();
-    let server = Server::start_env(
-        INVICTA.as_ref(),
-        &dir,
-        "127.0.0.1:0",
-        &["--config", &config],
-        &[("INVICTA_FAILPOINT_ATOMIC_END", &env)],
-    )?;
+    let (server, failpoint) =
+        with_failpoint(data.path(), &dir, &config, "INVICTA_FAILPOINT_ATOMIC_END")?;
     let api = server.operator().new_tenant("regions", "pro").await?;
     api.upload("waiter", component("waiter")).await?;
     // The region sends its request, then the process dies before the region ends.
