@@ -7,26 +7,24 @@
 //! the rest of WASI is deterministic here (no preopened directories, no sockets, an empty stdin,
 //! the environment and arguments fixed at the worker's creation).
 
-use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use invicta_engine::values::value_to_val;
 use invicta_model::Value;
-use invicta_model::oplog::{LogStream, OplogEntry, OplogIndex};
+use invicta_model::oplog::LogStream;
 use wasmtime::component::{Linker, ResourceTable, Val};
 use wasmtime::{ResourceLimiter, StoreContextMut, StoreLimits};
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamError, StreamResult};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
+pub(crate) use crate::durability::Durability;
+use crate::durability::LogRefused;
+
 /// The most random bytes one call may ask for (WASI's own default is 64 MiB; this is an oplog).
 pub(crate) const RANDOM_BYTES_MAX: u64 = 1024 * 1024;
-
-/// The most a worker may write to stdout and stderr in one invocation; past it the streams
-/// report closed.
-pub(crate) const LOG_BYTES_MAX: usize = 1024 * 1024;
 
 /// The data of a worker's wasmtime store.
 pub(crate) struct WorkerCtx {
@@ -169,347 +167,6 @@ pub(crate) fn lock(shared: &Shared) -> MutexGuard<'_, Durability> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-enum Mode {
-    Live,
-    /// Replaying recorded entries; when they run out, go live (`then_live`) or diverge.
-    Replay {
-        queue: VecDeque<(OplogIndex, OplogEntry)>,
-        then_live: bool,
-    },
-}
-
-/// Records live host calls, or replays recorded ones.
-pub(crate) struct Durability {
-    mode: Mode,
-    /// Live entries not yet handed to the committer, with their indices.
-    pending: Vec<(OplogIndex, OplogEntry)>,
-    next_index: OplogIndex,
-    /// Set at the first divergence; every later host call fails with it.
-    diverged: Option<String>,
-    /// The last monotonic reading given to the guest: readings never go back, across replays
-    /// and restarts.
-    monotonic_last: u64,
-    log_bytes: usize,
-    /// Outgoing requests begun live and not yet answered: a worker waiting for one is not
-    /// suspended.
-    pub open_requests: usize,
-    /// Outgoing requests sent live since the last invocation was recorded, and the bytes of
-    /// their responses: metered with it.
-    pub http_requests: u64,
-    pub http_request_bytes: u64,
-    pub http_response_bytes: u64,
-}
-
-impl Durability {
-    pub(crate) fn new(next_index: OplogIndex) -> Durability {
-        Durability {
-            mode: Mode::Live,
-            pending: Vec::new(),
-            next_index,
-            diverged: None,
-            monotonic_last: 0,
-            log_bytes: 0,
-            open_requests: 0,
-            http_requests: 0,
-            http_request_bytes: 0,
-            http_response_bytes: 0,
-        }
-    }
-
-    /// Replays `entries` next; afterwards the worker goes live, or any further host call is a
-    /// divergence.
-    pub(crate) fn replay(&mut self, entries: Vec<(OplogIndex, OplogEntry)>, then_live: bool) {
-        self.log_bytes = 0;
-        self.mode = Mode::Replay {
-            queue: entries.into(),
-            then_live,
-        };
-    }
-
-    pub(crate) fn go_live(&mut self) {
-        self.log_bytes = 0;
-        self.mode = Mode::Live;
-    }
-
-    pub(crate) fn is_live(&self) -> bool {
-        matches!(self.mode, Mode::Live)
-    }
-
-    /// Whether the worker is where the oplog ends: live, or replaying with nothing left to
-    /// replay before it goes live.
-    pub(crate) fn at_frontier(&self) -> bool {
-        match &self.mode {
-            Mode::Live => true,
-            Mode::Replay { queue, then_live } => *then_live && queue.is_empty(),
-        }
-    }
-
-    /// A live reading of the monotonic clock (ns): never behind an earlier one.
-    pub(crate) fn monotonic_now(&mut self) -> u64 {
-        self.monotonic_last = self.monotonic_last.max(crate::suspend::clock_ns());
-        self.monotonic_last
-    }
-
-    /// Recorded entries the replay has not consumed.
-    pub(crate) fn unconsumed(&self) -> Option<(OplogIndex, &'static str)> {
-        match &self.mode {
-            Mode::Replay { queue, .. } => queue.front().map(|(i, e)| (*i, e.kind())),
-            Mode::Live => None,
-        }
-    }
-
-    pub(crate) fn diverged(&self) -> Option<&str> {
-        self.diverged.as_deref()
-    }
-
-    pub(crate) fn diverge(&mut self, message: String) -> String {
-        self.diverged.get_or_insert(message).clone()
-    }
-
-    pub(crate) fn next_index(&self) -> OplogIndex {
-        self.next_index
-    }
-
-    /// Appends a live entry and returns its index.
-    pub(crate) fn append(&mut self, entry: OplogEntry) -> OplogIndex {
-        let index = self.next_index;
-        self.next_index += 1;
-        self.pending.push((index, entry));
-        index
-    }
-
-    pub(crate) fn take_pending(&mut self) -> Vec<(OplogIndex, OplogEntry)> {
-        std::mem::take(&mut self.pending)
-    }
-
-    /// A non-deterministic host call: runs `live` and records its response, or replays it.
-    pub(crate) fn host_call(
-        &mut self,
-        name: &str,
-        live: impl FnOnce(&mut Self) -> Value,
-    ) -> Result<Value, String> {
-        if let Some(d) = &self.diverged {
-            return Err(d.clone());
-        }
-        if let Mode::Replay { queue, then_live } = &mut self.mode {
-            match queue.pop_front() {
-                Some((
-                    _,
-                    OplogEntry::ImportedFunctionInvoked {
-                        host_function,
-                        response,
-                        ..
-                    },
-                )) if host_function == name => return Ok(response),
-                Some((index, other)) => {
-                    let recorded = match &other {
-                        OplogEntry::ImportedFunctionInvoked { host_function, .. } => {
-                            host_function.clone()
-                        }
-                        other => other.kind().to_string(),
-                    };
-                    return Err(self.diverge(format!(
-                        "replay diverged at oplog entry {index}: the worker called {name}, the oplog records {recorded}"
-                    )));
-                }
-                None if *then_live => self.mode = Mode::Live,
-                None => {
-                    return Err(self.diverge(format!(
-                        "replay diverged: the worker called {name} where the oplog records no more host calls"
-                    )));
-                }
-            }
-        }
-        let response = live(self);
-        self.append(OplogEntry::ImportedFunctionInvoked {
-            host_function: name.to_string(),
-            request: None,
-            response: response.clone(),
-        });
-        Ok(response)
-    }
-
-    /// A host call whose live work is asynchronous: its recorded response in replay, or `None`
-    /// when live (the caller then does the work and records it with [`Self::record`]).
-    pub(crate) fn replayed(&mut self, name: &str) -> Result<Option<Value>, String> {
-        if let Some(d) = &self.diverged {
-            return Err(d.clone());
-        }
-        let Mode::Replay { queue, then_live } = &mut self.mode else {
-            return Ok(None);
-        };
-        match queue.pop_front() {
-            Some((
-                _,
-                OplogEntry::ImportedFunctionInvoked {
-                    host_function,
-                    response,
-                    ..
-                },
-            )) if host_function == name => Ok(Some(response)),
-            Some((index, other)) => {
-                let recorded = other.kind();
-                Err(self.diverge(format!(
-                    "replay diverged at oplog entry {index}: the worker called {name}, the oplog records {recorded}"
-                )))
-            }
-            None if *then_live => {
-                self.mode = Mode::Live;
-                Ok(None)
-            }
-            None => Err(self.diverge(format!(
-                "replay diverged: the worker called {name} where the oplog records no more host calls"
-            ))),
-        }
-    }
-
-    /// A marker entry the guest makes (an atomic region's bounds): the recorded one in replay,
-    /// which must be the same, or appended live. Returns its index.
-    pub(crate) fn marker(&mut self, entry: OplogEntry) -> Result<OplogIndex, String> {
-        if let Some(d) = &self.diverged {
-            return Err(d.clone());
-        }
-        if let Mode::Replay { queue, then_live } = &mut self.mode {
-            match queue.pop_front() {
-                Some((index, recorded)) if recorded == entry => return Ok(index),
-                Some((index, other)) => {
-                    return Err(self.diverge(format!(
-                        "replay diverged at oplog entry {index}: the worker made {}, the oplog records {}",
-                        entry.kind(),
-                        other.kind()
-                    )));
-                }
-                None if *then_live => self.mode = Mode::Live,
-                None => {
-                    return Err(self.diverge(format!(
-                        "replay diverged: the worker made {} where the oplog records no more",
-                        entry.kind()
-                    )));
-                }
-            }
-        }
-        Ok(self.append(entry))
-    }
-
-    /// Records a live host call's response.
-    pub(crate) fn record(&mut self, name: &str, response: Value) {
-        self.append(OplogEntry::ImportedFunctionInvoked {
-            host_function: name.to_string(),
-            request: None,
-            response,
-        });
-    }
-
-    /// An outgoing request in replay: its recorded outcome (taken from wherever it was
-    /// recorded), or that it began and never ended. `None` when live: the caller records it.
-    pub(crate) fn replay_remote_write(
-        &mut self,
-        name: &str,
-    ) -> Result<Option<crate::http::Replayed>, String> {
-        use crate::http::Replayed;
-        if let Some(d) = &self.diverged {
-            return Err(d.clone());
-        }
-        let Mode::Replay { queue, then_live } = &mut self.mode else {
-            return Ok(None);
-        };
-        let (begin, key) = match queue.pop_front() {
-            Some((
-                index,
-                OplogEntry::BeginRemoteWrite {
-                    host_function,
-                    idempotency_key,
-                },
-            )) if host_function == name => (index, idempotency_key),
-            Some((index, other)) => {
-                let kind = other.kind();
-                return Err(self.diverge(format!(
-                    "replay diverged at oplog entry {index}: the worker sent an HTTP request, the oplog records {kind}"
-                )));
-            }
-            None if *then_live => {
-                self.mode = Mode::Live;
-                return Ok(None);
-            }
-            None => {
-                return Err(self.diverge(
-                    "replay diverged: the worker sent an HTTP request where the oplog records no more host calls"
-                        .into(),
-                ));
-            }
-        };
-        let end = queue
-            .iter()
-            .position(|(_, e)| matches!(e, OplogEntry::EndRemoteWrite { begin: b } if *b == begin));
-        match end {
-            Some(end) if end > 0 => {
-                let response = queue.remove(end - 1);
-                queue.remove(end - 1);
-                match response {
-                    Some((_, OplogEntry::ImportedFunctionInvoked { response, .. })) => {
-                        match crate::http::outcome_from(&response) {
-                            Some(outcome) => Ok(Some(Replayed::Outcome(outcome))),
-                            None => Err(self.diverge(format!(
-                                "the response of the request begun at oplog entry {begin} is unreadable"
-                            ))),
-                        }
-                    }
-                    _ => Err(self.diverge(format!(
-                        "the request begun at oplog entry {begin} ended without a recorded response"
-                    ))),
-                }
-            }
-            _ if *then_live => Ok(Some(Replayed::Unfinished { begin, key })),
-            _ => Err(self.diverge(format!(
-                "the request begun at oplog entry {begin} never ended, yet its invocation completed"
-            ))),
-        }
-    }
-
-    /// Output to stdout or stderr: recorded as a `Log` entry, or checked against the record.
-    fn log(&mut self, stream: LogStream, bytes: &[u8]) -> Result<(), StreamError> {
-        if let Some(d) = &self.diverged {
-            return Err(StreamError::trap(d));
-        }
-        self.log_bytes += bytes.len();
-        if self.log_bytes > LOG_BYTES_MAX {
-            return Err(StreamError::Closed);
-        }
-        if let Mode::Replay { queue, then_live } = &mut self.mode {
-            match queue.pop_front() {
-                Some((
-                    _,
-                    OplogEntry::Log {
-                        stream: s,
-                        bytes: b,
-                    },
-                )) if s == stream && b == bytes => return Ok(()),
-                Some((index, other)) => {
-                    let message = self.diverge(format!(
-                        "replay diverged at oplog entry {index}: the worker wrote to {}, the oplog records {}",
-                        stream.as_str(),
-                        other.kind()
-                    ));
-                    return Err(StreamError::trap(&message));
-                }
-                None if *then_live => self.mode = Mode::Live,
-                None => {
-                    let message = self.diverge(format!(
-                        "replay diverged: the worker wrote to {} where the oplog records nothing more",
-                        stream.as_str()
-                    ));
-                    return Err(StreamError::trap(&message));
-                }
-            }
-        }
-        self.append(OplogEntry::Log {
-            stream,
-            bytes: bytes.to_vec(),
-        });
-        Ok(())
-    }
-}
-
 /// Reads the wall clock: the one place the executor's durable host functions read real time.
 fn wall_now() -> (u64, u32) {
     let now = SystemTime::now()
@@ -580,7 +237,7 @@ pub(crate) fn linker(engine: &wasmtime::Engine) -> wasmtime::Result<Linker<Worke
         let mut clock = linker.instance("wasi:clocks/monotonic-clock@0.2.12")?;
         clock.func_new("now", |mut store, _, _, results| {
             let value = durable(&mut store, "wasi:clocks/monotonic-clock.now", |d| {
-                Value::U64(d.monotonic_now())
+                Value::U64(d.monotonic_now(crate::suspend::clock_ns()))
             })?;
             if let Val::U64(n) = value {
                 let mut d = lock(&store.data().durability);
@@ -645,6 +302,14 @@ pub(crate) fn linker(engine: &wasmtime::Engine) -> wasmtime::Result<Linker<Worke
     Ok(linker)
 }
 
+/// What the guest's stream reports when the core refuses its output.
+fn stream_error(refused: LogRefused) -> StreamError {
+    match refused {
+        LogRefused::Diverged(message) => StreamError::trap(&message),
+        LogRefused::Closed => StreamError::Closed,
+    }
+}
+
 /// stdout or stderr of a worker: every write becomes a durable `Log` entry.
 #[derive(Clone)]
 struct DurableOutput {
@@ -670,7 +335,9 @@ impl StdoutStream for DurableOutput {
 
 impl OutputStream for DurableOutput {
     fn write(&mut self, bytes: Bytes) -> StreamResult<()> {
-        lock(&self.durability).log(self.stream, &bytes)
+        lock(&self.durability)
+            .log(self.stream, &bytes)
+            .map_err(stream_error)
     }
 
     fn flush(&mut self) -> StreamResult<()> {
@@ -696,7 +363,7 @@ impl tokio::io::AsyncWrite for DurableOutput {
         let result = lock(&self.durability)
             .log(self.stream, buf)
             .map(|()| buf.len())
-            .map_err(|e| std::io::Error::other(e.to_string()));
+            .map_err(|e| std::io::Error::other(stream_error(e).to_string()));
         std::task::Poll::Ready(result)
     }
 

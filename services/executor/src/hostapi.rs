@@ -22,6 +22,8 @@ const AWAIT_PROMISE: &str = "invicta:host/api.await-promise";
 pub(crate) struct HostApi {
     pub inner: Weak<Inner>,
     pub worker: WorkerId,
+    /// The worker's incarnation, for the keys of what it does.
+    pub incarnation: String,
     /// The limits of the worker's current invocation, for the invocations it makes.
     pub limits: std::sync::Arc<std::sync::Mutex<Limits>>,
 }
@@ -84,7 +86,7 @@ pub(crate) fn add_to_linker(linker: &mut Linker<WorkerCtx>) -> wasmtime::Result<
             // The id comes from the call's place in the oplog: a re-execution after a crash
             // makes the same promise, not a second one.
             let index = lock(&durability).next_index();
-            let id = crate::call_key(&host.worker, index);
+            let id = crate::call_key(&host.worker, &host.incarnation, index);
             create_promise(&host, &id)
                 .await
                 .map_err(|e| wasmtime::Error::msg(format!("create a promise: {e}")))?;
@@ -202,7 +204,7 @@ impl Call {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .clone(),
-            key: crate::call_key(&host.worker, index),
+            key: crate::call_key(&host.worker, &host.incarnation, index),
         })
     }
 }

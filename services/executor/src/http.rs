@@ -24,11 +24,12 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use invicta_model::Value;
-use invicta_model::oplog::{OplogEntry, OplogIndex};
+use invicta_model::oplog::OplogEntry;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 use wasmtime_wasi_http::{Error as HttpError, RequestOptions, WasiBody, WasiHttpHooks};
 
+use crate::durability::RemoteWrite;
 use crate::host::{self, Shared};
 
 /// The host function name outgoing requests are recorded under.
@@ -117,8 +118,9 @@ pub(crate) struct DurableHttp {
     pub durability: Shared,
     pub checkpoints: Checkpoints,
     pub egress: Arc<Mutex<Egress>>,
-    /// The worker, for idempotency keys.
+    /// The worker and its incarnation, for idempotency keys.
     pub worker: invicta_model::WorkerId,
+    pub incarnation: String,
     /// Where large response bodies are kept.
     pub blobs: invicta_blob::BlobStore,
 }
@@ -349,14 +351,6 @@ fn error_from(message: &str) -> HttpError {
     }
 }
 
-/// Where a replayed request stands in the oplog.
-pub(crate) enum Replayed {
-    /// Its outcome is recorded.
-    Outcome(Result<Recorded, String>),
-    /// It began (with this key and entry) but never ended: send it again.
-    Unfinished { begin: OplogIndex, key: String },
-}
-
 impl WasiHttpHooks for DurableHttp {
     fn send_request(
         &mut self,
@@ -370,17 +364,22 @@ impl WasiHttpHooks for DurableHttp {
             Err(message) => {
                 return Box::new(async move { Err(HttpError::InternalError(Some(message))) });
             }
-            Ok(Some(Replayed::Outcome(outcome))) => {
+            Ok(Some(RemoteWrite::Ended(response))) => {
+                let Some(outcome) = outcome_from(&response) else {
+                    let message =
+                        d.diverge("replay diverged: a recorded HTTP response is unreadable".into());
+                    return Box::new(async move { Err(HttpError::InternalError(Some(message))) });
+                };
                 // The guest may still be writing the body: take it, as sending would, and drop it.
                 tokio::spawn(async move {
                     let _ = request.into_body().collect().await;
                 });
                 return respond(outcome, self.blobs.clone(), self.durability.clone());
             }
-            Ok(Some(Replayed::Unfinished { begin, key })) => (begin, key, false),
+            Ok(Some(RemoteWrite::Unfinished { begin, key })) => (begin, key, false),
             Ok(None) => {
                 let index = d.next_index();
-                let key = crate::call_key(&self.worker, index);
+                let key = crate::call_key(&self.worker, &self.incarnation, index);
                 let begin = d.append(OplogEntry::BeginRemoteWrite {
                     host_function: HOST_FUNCTION.into(),
                     idempotency_key: key.clone(),

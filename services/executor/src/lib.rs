@@ -13,6 +13,7 @@
 //! **Boundary:** only this crate runs guest code.
 
 mod commit;
+mod durability;
 pub mod grpc;
 mod host;
 mod hostapi;
@@ -436,10 +437,25 @@ pub(crate) fn failpoint(var: &str) {
 
 /// The idempotency key of a worker's outgoing call at `index` in its oplog: the same for every
 /// re-execution of that call, different for every other, and opaque (it may leave the system).
-pub(crate) fn call_key(worker: &WorkerId, index: OplogIndex) -> String {
+/// The key of what a worker does at an oplog index (an outgoing request's `Idempotency-Key`, a
+/// call to another worker, a promise id): the same on every re-execution of that place, and
+/// another for every other worker, every other place, and every other incarnation of a worker
+/// of the same name. Workers made before incarnations existed (`incarnation` empty) keep the
+/// keys they had.
+pub(crate) fn call_key(worker: &WorkerId, incarnation: &str, index: OplogIndex) -> String {
     use sha2::Digest;
-    let digest = sha2::Sha256::digest(format!("{worker}#{index}").as_bytes());
-    digest[..16].iter().map(|b| format!("{b:02x}")).collect()
+    let place = if incarnation.is_empty() {
+        format!("{worker}#{index}")
+    } else {
+        format!("{worker}@{incarnation}#{index}")
+    };
+    let digest = sha2::Sha256::digest(place.as_bytes());
+    hex::encode(&digest[..16])
+}
+
+/// A new worker incarnation: 128 random bits.
+fn new_incarnation() -> String {
+    hex::encode(rand::random::<[u8; 16]>())
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -813,12 +829,14 @@ impl Executor {
             env,
             args,
             created_at_ms: now_ms(),
+            incarnation: new_incarnation(),
         };
         let create = OplogEntry::Create {
             timestamp_ms: record.created_at_ms,
             component_version: record.component_version,
             env: record.env.clone(),
             args: record.args.clone(),
+            incarnation: record.incarnation.clone(),
         };
         let (id_c, record_c) = (id.clone(), record.clone());
         let fencing = self.inner.fencing.clone();

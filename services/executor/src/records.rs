@@ -35,6 +35,10 @@ pub struct WorkerRecord {
     pub env: Vec<(String, String)>,
     pub args: Vec<String>,
     pub created_at_ms: u64,
+    /// Made when the worker is created (also in its `Create` entry): keys derived from the
+    /// worker include it. Empty for workers made before incarnations existed.
+    #[serde(default)]
+    pub incarnation: String,
 }
 
 /// The outcome of an invocation, kept under its idempotency key.

@@ -23,11 +23,10 @@ use tokio::sync::mpsc;
 use wasmtime::component::{Linker, Resource};
 use wasmtime_wasi::p2::{DynPollable, Pollable, subscribe};
 
+use crate::durability::{POLL, READY, Readiness};
 use crate::host::{self, WorkerCtx};
 
 const SUBSCRIBE_DURATION: &str = "wasi:clocks/monotonic-clock.subscribe-duration";
-const POLL: &str = "wasi:io/poll.poll";
-const READY: &str = "wasi:io/poll.pollable.ready";
 
 /// What a suspended worker waits for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -189,26 +188,42 @@ pub(crate) fn add_to_linker(linker: &mut Linker<WorkerCtx>) -> wasmtime::Result<
         |mut store, (pollables,): (Vec<Resource<DynPollable>>,)| {
             Box::new(async move {
                 let durability = store.data().durability.clone();
-                let replayed = host::lock(&durability)
-                    .replayed(POLL)
+                let readiness = host::lock(&durability)
+                    .readiness(POLL)
                     .map_err(wasmtime::Error::msg)?;
-                if let Some(recorded) = replayed {
-                    return match recorded_indices(&recorded, pollables.len()) {
-                        Some(ready) => Ok((ready,)),
-                        None => Err(wasmtime::Error::msg(host::lock(&durability).diverge(
-                            format!(
-                                "replay diverged: the oplog records another poll than the worker's {} pollables",
-                                pollables.len()
-                            ),
-                        ))),
-                    };
+                match readiness {
+                    Readiness::Recorded(recorded) => {
+                        match recorded_indices(&recorded, pollables.len()) {
+                            Some(ready) if !ready.is_empty() => {
+                                // Live, these were ready: wait until they are again, so that
+                                // what the guest reads of them next is what it read live.
+                                for i in &ready {
+                                    let rep = pollables[*i as usize].rep();
+                                    HostPollable::block(
+                                        store.data_mut().table(),
+                                        Resource::new_borrow(rep),
+                                    )
+                                    .await?;
+                                }
+                                Ok((ready,))
+                            }
+                            // The record belongs to another poll (the guest polls less often
+                            // in replay than it did live): this one checks for real.
+                            _ => Ok((Host::poll(store.data_mut().table(), pollables).await?,)),
+                        }
+                    }
+                    Readiness::Unrecorded => {
+                        Ok((Host::poll(store.data_mut().table(), pollables).await?,))
+                    }
+                    Readiness::Live => {
+                        let ready = Host::poll(store.data_mut().table(), pollables).await?;
+                        host::lock(&durability).record(
+                            POLL,
+                            Value::List(ready.iter().map(|i| Value::U32(*i)).collect()),
+                        );
+                        Ok((ready,))
+                    }
                 }
-                let ready = Host::poll(store.data_mut().table(), pollables).await?;
-                host::lock(&durability).record(
-                    POLL,
-                    Value::List(ready.iter().map(|i| Value::U32(*i)).collect()),
-                );
-                Ok((ready,))
             })
         },
     )?;
@@ -217,18 +232,28 @@ pub(crate) fn add_to_linker(linker: &mut Linker<WorkerCtx>) -> wasmtime::Result<
         |mut store, (pollable,): (Resource<DynPollable>,)| {
             Box::new(async move {
                 let durability = store.data().durability.clone();
-                let replayed = host::lock(&durability)
-                    .replayed(READY)
+                let readiness = host::lock(&durability)
+                    .readiness(READY)
                     .map_err(wasmtime::Error::msg)?;
-                if let Some(recorded) = replayed {
-                    return match recorded {
-                        Value::Bool(ready) => Ok((ready,)),
-                        _ => Err(wasmtime::Error::msg("a recorded readiness is not a bool")),
-                    };
+                match readiness {
+                    Readiness::Recorded(Value::Bool(true)) => {
+                        HostPollable::block(store.data_mut().table(), pollable).await?;
+                        Ok((true,))
+                    }
+                    Readiness::Recorded(Value::Bool(false)) => Ok((false,)),
+                    Readiness::Recorded(_) => Err(wasmtime::Error::msg(
+                        host::lock(&durability)
+                            .diverge("replay diverged: a recorded readiness is not a bool".into()),
+                    )),
+                    Readiness::Unrecorded => {
+                        Ok((HostPollable::ready(store.data_mut().table(), pollable).await?,))
+                    }
+                    Readiness::Live => {
+                        let ready = HostPollable::ready(store.data_mut().table(), pollable).await?;
+                        host::lock(&durability).record(READY, Value::Bool(ready));
+                        Ok((ready,))
+                    }
                 }
-                let ready = HostPollable::ready(store.data_mut().table(), pollable).await?;
-                host::lock(&durability).record(READY, Value::Bool(ready));
-                Ok((ready,))
             })
         },
     )?;
@@ -243,7 +268,7 @@ pub(crate) fn add_to_linker(linker: &mut Linker<WorkerCtx>) -> wasmtime::Result<
             let mut d = host::lock(&store.data().durability);
             let value = d
                 .host_call(SUBSCRIBE_DURATION, |d| {
-                    Value::U64(d.monotonic_now().saturating_add(duration))
+                    Value::U64(d.monotonic_now(clock_ns()).saturating_add(duration))
                 })
                 .map_err(wasmtime::Error::msg)?;
             match value {

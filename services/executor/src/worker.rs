@@ -895,11 +895,14 @@ impl Actor {
 
     async fn replay(&mut self, entries: Vec<(OplogIndex, OplogEntry)>) -> Result<(), Error> {
         let next_index = entries.last().map_or(1, |(i, _)| i + 1);
-        if !matches!(entries.first(), Some((1, OplogEntry::Create { .. }))) {
-            return Err(Error::WorkerFailed(
-                "the oplog does not start with its Create entry".into(),
-            ));
-        }
+        let incarnation = match entries.first() {
+            Some((1, OplogEntry::Create { incarnation, .. })) => incarnation.clone(),
+            _ => {
+                return Err(Error::WorkerFailed(
+                    "the oplog does not start with its Create entry".into(),
+                ));
+            }
+        };
         let durability = Arc::new(Mutex::new(Durability::new(next_index)));
         let ctx = WorkerCtx::new(
             &self.record.env,
@@ -911,6 +914,7 @@ impl Actor {
                 checkpoints: self.checkpoint_tx.clone(),
                 egress: self.shared.egress.clone(),
                 worker: self.id.clone(),
+                incarnation: incarnation.clone(),
                 blobs: self.inner.registry.blobs().clone(),
             },
             self.waits.clone(),
@@ -919,6 +923,7 @@ impl Actor {
         ctx.host = Some(crate::hostapi::HostApi {
             inner: Arc::downgrade(&self.inner),
             worker: self.id.clone(),
+            incarnation,
             limits: self.shared.limits.clone(),
         });
         let mut store = wasmtime::Store::new(&self.inner.engine.engine, ctx);

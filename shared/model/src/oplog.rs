@@ -2,7 +2,8 @@
 //! memory is only a cache of replaying it.
 //!
 //! Encoding: one format byte ([`FORMAT_VERSION`]) then the entry in `postcard` (varints, no
-//! field names). A reader refuses a format it does not know rather than guess.
+//! field names). A reader refuses a format it does not know rather than guess. Format 1 (before
+//! workers had incarnations) is still read: its `Create` has an empty incarnation.
 
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -10,7 +11,10 @@ use serde_json::json;
 use crate::Value;
 
 /// The encoding's version, the first byte of every encoded entry.
-pub const FORMAT_VERSION: u8 = 1;
+pub const FORMAT_VERSION: u8 = 2;
+
+/// The format before `Create` carried the worker's incarnation; still read.
+const FORMAT_V1: u8 = 1;
 
 /// An oplog index: entries are numbered from 1 (`Create`) without gaps.
 pub type OplogIndex = u64;
@@ -75,6 +79,11 @@ pub enum OplogEntry {
         component_version: u64,
         env: Vec<(String, String)>,
         args: Vec<String>,
+        /// Made at the worker's creation and never again: every key derived from the worker
+        /// (outgoing idempotency keys, calls to other workers, promise ids) includes it, so a
+        /// worker deleted and created again under the same name never repeats an effect.
+        /// Empty for workers created before incarnations existed.
+        incarnation: String,
     },
     /// An invocation was accepted, before it started running.
     InvocationEnqueued {
@@ -159,6 +168,7 @@ impl OplogEntry {
         match bytes.split_first() {
             None => Err(DecodeError::Empty),
             Some((&FORMAT_VERSION, rest)) => Ok(postcard::from_bytes(rest)?),
+            Some((&FORMAT_V1, rest)) => Ok(v1::decode(rest)?),
             Some((&other, _)) => Err(DecodeError::UnknownFormat(other)),
         }
     }
@@ -194,9 +204,11 @@ impl OplogEntry {
                 component_version,
                 env,
                 args,
+                incarnation,
             } => json!({
                 "timestamp_ms": timestamp_ms,
                 "component_version": component_version,
+                "incarnation": incarnation,
                 "env": env
                     .iter()
                     .map(|(k, v)| (k.clone(), json!(v)))
@@ -267,6 +279,162 @@ impl OplogEntry {
     }
 }
 
+/// Format 1: the same entries, but `Create` without an incarnation.
+mod v1 {
+    use serde::Deserialize;
+
+    use super::{FailureKind, LogStream, OplogEntry, OplogIndex};
+    use crate::Value;
+
+    #[derive(Deserialize)]
+    #[cfg_attr(test, derive(serde::Serialize))]
+    pub(super) enum Entry {
+        Create {
+            timestamp_ms: u64,
+            component_version: u64,
+            env: Vec<(String, String)>,
+            args: Vec<String>,
+        },
+        InvocationEnqueued {
+            timestamp_ms: u64,
+            idempotency_key: String,
+        },
+        ExportedFunctionInvoked {
+            timestamp_ms: u64,
+            function: String,
+            params: Vec<Value>,
+            idempotency_key: String,
+        },
+        ImportedFunctionInvoked {
+            host_function: String,
+            request: Option<Value>,
+            response: Value,
+        },
+        ExportedFunctionCompleted {
+            results: Vec<Value>,
+            fuel_consumed: u64,
+        },
+        Error {
+            kind: FailureKind,
+            message: String,
+            fuel_consumed: u64,
+        },
+        Interrupted {
+            timestamp_ms: u64,
+        },
+        Suspended {
+            timestamp_ms: u64,
+        },
+        Log {
+            stream: LogStream,
+            bytes: Vec<u8>,
+        },
+        BeginRemoteWrite {
+            host_function: String,
+            idempotency_key: String,
+        },
+        EndRemoteWrite {
+            begin: OplogIndex,
+        },
+        Snapshot {
+            blob_key: String,
+            size: u64,
+            sha256: String,
+        },
+        Jump {
+            from: OplogIndex,
+            to: OplogIndex,
+        },
+        BeginAtomicRegion,
+        EndAtomicRegion {
+            begin: OplogIndex,
+        },
+    }
+
+    pub(super) fn decode(bytes: &[u8]) -> Result<OplogEntry, postcard::Error> {
+        Ok(match postcard::from_bytes(bytes)? {
+            Entry::Create {
+                timestamp_ms,
+                component_version,
+                env,
+                args,
+            } => OplogEntry::Create {
+                timestamp_ms,
+                component_version,
+                env,
+                args,
+                incarnation: String::new(),
+            },
+            Entry::InvocationEnqueued {
+                timestamp_ms,
+                idempotency_key,
+            } => OplogEntry::InvocationEnqueued {
+                timestamp_ms,
+                idempotency_key,
+            },
+            Entry::ExportedFunctionInvoked {
+                timestamp_ms,
+                function,
+                params,
+                idempotency_key,
+            } => OplogEntry::ExportedFunctionInvoked {
+                timestamp_ms,
+                function,
+                params,
+                idempotency_key,
+            },
+            Entry::ImportedFunctionInvoked {
+                host_function,
+                request,
+                response,
+            } => OplogEntry::ImportedFunctionInvoked {
+                host_function,
+                request,
+                response,
+            },
+            Entry::ExportedFunctionCompleted {
+                results,
+                fuel_consumed,
+            } => OplogEntry::ExportedFunctionCompleted {
+                results,
+                fuel_consumed,
+            },
+            Entry::Error {
+                kind,
+                message,
+                fuel_consumed,
+            } => OplogEntry::Error {
+                kind,
+                message,
+                fuel_consumed,
+            },
+            Entry::Interrupted { timestamp_ms } => OplogEntry::Interrupted { timestamp_ms },
+            Entry::Suspended { timestamp_ms } => OplogEntry::Suspended { timestamp_ms },
+            Entry::Log { stream, bytes } => OplogEntry::Log { stream, bytes },
+            Entry::BeginRemoteWrite {
+                host_function,
+                idempotency_key,
+            } => OplogEntry::BeginRemoteWrite {
+                host_function,
+                idempotency_key,
+            },
+            Entry::EndRemoteWrite { begin } => OplogEntry::EndRemoteWrite { begin },
+            Entry::Snapshot {
+                blob_key,
+                size,
+                sha256,
+            } => OplogEntry::Snapshot {
+                blob_key,
+                size,
+                sha256,
+            },
+            Entry::Jump { from, to } => OplogEntry::Jump { from, to },
+            Entry::BeginAtomicRegion => OplogEntry::BeginAtomicRegion,
+            Entry::EndAtomicRegion { begin } => OplogEntry::EndAtomicRegion { begin },
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -278,6 +446,7 @@ mod tests {
                 component_version: 3,
                 env: vec![("A".into(), "b".into())],
                 args: vec!["x".into()],
+                incarnation: "0f1e2d3c".into(),
             },
             OplogEntry::ExportedFunctionInvoked {
                 timestamp_ms: 2,
@@ -319,6 +488,140 @@ mod tests {
             let bytes = entry.encode();
             assert_eq!(bytes[0], FORMAT_VERSION);
             assert_eq!(OplogEntry::decode(&bytes).expect("decodes"), entry);
+        }
+    }
+
+    #[test]
+    fn format_1_is_still_read_with_an_empty_incarnation() {
+        let old = v1::Entry::Create {
+            timestamp_ms: 1,
+            component_version: 3,
+            env: vec![("A".into(), "b".into())],
+            args: vec![],
+        };
+        let bytes = postcard::to_extend(&old, vec![FORMAT_V1]).expect("encodes");
+        assert_eq!(
+            OplogEntry::decode(&bytes).expect("decodes"),
+            OplogEntry::Create {
+                timestamp_ms: 1,
+                component_version: 3,
+                env: vec![("A".into(), "b".into())],
+                args: vec![],
+                incarnation: String::new(),
+            }
+        );
+        let log = postcard::to_extend(&v1::Entry::EndRemoteWrite { begin: 7 }, vec![FORMAT_V1])
+            .expect("encodes");
+        assert_eq!(
+            OplogEntry::decode(&log).expect("decodes"),
+            OplogEntry::EndRemoteWrite { begin: 7 }
+        );
+    }
+
+    fn values() -> impl proptest::strategy::Strategy<Value = Value> {
+        use proptest::prelude::*;
+        let leaf = prop_oneof![
+            any::<bool>().prop_map(Value::Bool),
+            any::<u8>().prop_map(Value::U8),
+            any::<i64>().prop_map(Value::S64),
+            any::<u64>().prop_map(Value::U64),
+            any::<f64>().prop_map(Value::F64),
+            any::<f32>().prop_map(Value::F32),
+            any::<char>().prop_map(Value::Char),
+            ".{0,12}".prop_map(Value::String),
+            ".{0,8}".prop_map(Value::Enum),
+        ];
+        leaf.prop_recursive(3, 32, 6, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..6).prop_map(Value::List),
+                prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Tuple),
+                prop::collection::vec((".{0,6}", inner.clone()), 0..4).prop_map(Value::Record),
+                proptest::option::of(inner.clone()).prop_map(|v| Value::Option(v.map(Box::new))),
+                (".{0,6}", proptest::option::of(inner.clone()))
+                    .prop_map(|(c, v)| Value::Variant(c, v.map(Box::new))),
+                (any::<bool>(), proptest::option::of(inner)).prop_map(|(ok, v)| {
+                    let v = v.map(Box::new);
+                    Value::Result(if ok { Ok(v) } else { Err(v) })
+                }),
+            ]
+        })
+    }
+
+    fn entries() -> impl proptest::strategy::Strategy<Value = OplogEntry> {
+        use proptest::prelude::*;
+        prop_oneof![
+            (
+                any::<u64>(),
+                any::<u64>(),
+                prop::collection::vec((".{0,8}", ".{0,8}"), 0..3),
+                prop::collection::vec(".{0,8}", 0..3),
+                "[0-9a-f]{0,32}"
+            )
+                .prop_map(
+                    |(timestamp_ms, component_version, env, args, incarnation)| {
+                        OplogEntry::Create {
+                            timestamp_ms,
+                            component_version,
+                            env,
+                            args,
+                            incarnation,
+                        }
+                    }
+                ),
+            (
+                any::<u64>(),
+                ".{0,20}",
+                prop::collection::vec(values(), 0..4),
+                ".{0,20}"
+            )
+                .prop_map(|(timestamp_ms, function, params, idempotency_key)| {
+                    OplogEntry::ExportedFunctionInvoked {
+                        timestamp_ms,
+                        function,
+                        params,
+                        idempotency_key,
+                    }
+                }),
+            (".{0,20}", proptest::option::of(values()), values()).prop_map(
+                |(host_function, request, response)| OplogEntry::ImportedFunctionInvoked {
+                    host_function,
+                    request,
+                    response
+                }
+            ),
+            (prop::collection::vec(values(), 0..3), any::<u64>()).prop_map(
+                |(results, fuel_consumed)| OplogEntry::ExportedFunctionCompleted {
+                    results,
+                    fuel_consumed
+                }
+            ),
+            (any::<bool>(), prop::collection::vec(any::<u8>(), 0..64)).prop_map(|(err, bytes)| {
+                OplogEntry::Log {
+                    stream: if err {
+                        LogStream::Stderr
+                    } else {
+                        LogStream::Stdout
+                    },
+                    bytes,
+                }
+            }),
+            (any::<u64>(), any::<u64>()).prop_map(|(from, to)| OplogEntry::Jump { from, to }),
+            any::<u64>().prop_map(|begin| OplogEntry::EndRemoteWrite { begin }),
+            Just(OplogEntry::BeginAtomicRegion),
+        ]
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_entry_round_trips(entry in entries()) {
+            let bytes = entry.encode();
+            proptest::prop_assert_eq!(OplogEntry::decode(&bytes).expect("decodes"), entry);
+        }
+
+        /// Decoding arbitrary bytes never panics: it decodes or refuses.
+        #[test]
+        fn decoding_never_panics(bytes in proptest::collection::vec(proptest::arbitrary::any::<u8>(), 0..256)) {
+            let _ = OplogEntry::decode(&bytes);
         }
     }
 
