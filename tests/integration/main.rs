@@ -2,6 +2,7 @@
 //! child process and talk to it over HTTP on loopback.
 
 mod cli;
+mod clients;
 mod cluster;
 mod control;
 mod crash;

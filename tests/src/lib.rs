@@ -204,3 +204,29 @@ impl Drop for Server {
         let _ = self.child.wait();
     }
 }
+
+/// Waits until `condition` holds, checking every 50 ms, for at most `timeout`; fails naming
+/// `what` (and the last value seen) otherwise. Tests wait for observable state with this, never
+/// for a fixed time.
+pub async fn eventually<T, F, Fut>(
+    what: &str,
+    timeout: Duration,
+    mut condition: F,
+) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<Option<T>>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let last = match condition().await {
+            Ok(Some(value)) => return Ok(value),
+            Ok(None) => "not yet".to_string(),
+            Err(e) => format!("{e:#}"),
+        };
+        if tokio::time::Instant::now() >= deadline {
+            bail!("{what}: still not so after {timeout:?} ({last})");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
