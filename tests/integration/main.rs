@@ -10,6 +10,7 @@ mod divergence;
 mod failover;
 mod hostapi;
 mod http;
+mod limits;
 mod metering;
 mod openapi;
 mod quickstart;

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use invicta_component_registry::Compiled;
 use invicta_engine::values::{placeholder, val_to_value, value_to_val};
-use invicta_model::oplog::{FailureKind, OplogEntry, OplogIndex};
+use invicta_model::oplog::{FailureKind, InvocationLimits, OplogEntry, OplogIndex};
 use invicta_model::{Value, WorkerId, usage};
 use tokio::sync::{Notify, mpsc, oneshot};
 use tracing::Instrument;
@@ -904,10 +904,24 @@ impl Actor {
             }
         };
         let durability = Arc::new(Mutex::new(Durability::new(next_index)));
+        // An invocation cut off mid-way resumes in an instance with the memory it started with.
+        let cut_off_memory = entries
+            .iter()
+            .rev()
+            .find_map(|(_, e)| match e {
+                OplogEntry::ExportedFunctionCompleted { .. } | OplogEntry::Error { .. } => {
+                    Some(None)
+                }
+                OplogEntry::ExportedFunctionInvoked { limits, .. } => {
+                    Some(limits.as_ref().map(|l| l.memory_bytes))
+                }
+                _ => None,
+            })
+            .flatten();
         let ctx = WorkerCtx::new(
             &self.record.env,
             &self.record.args,
-            self.shared.memory_bytes.load(Ordering::Relaxed),
+            cut_off_memory.unwrap_or_else(|| self.shared.memory_bytes.load(Ordering::Relaxed)),
             durability.clone(),
             crate::http::DurableHttp {
                 durability: durability.clone(),
@@ -964,6 +978,7 @@ impl Actor {
                 function,
                 params,
                 idempotency_key,
+                limits,
                 ..
             } = entry
             else {
@@ -1023,6 +1038,15 @@ impl Actor {
                         tracing::info!(worker = %self.id, from, to, "running an unfinished atomic region again");
                     }
                     host::lock(&active.durability).replay(side, true);
+                    // It goes on under the limits it started with (recorded in its start
+                    // entry), not the executor's defaults: its plan's fuel, memory and hosts.
+                    let limits = limits.clone().unwrap_or_else(|| InvocationLimits {
+                        fuel: self.inner.config.fuel_per_invocation,
+                        memory_bytes: self.shared.memory_bytes.load(Ordering::Relaxed),
+                        timeout_ms: self.inner.config.invocation_timeout_ms,
+                        egress_hosts: lock(&self.shared.egress).hosts.clone(),
+                        workers_max: lock(&self.shared.limits).workers_max,
+                    });
                     let invocation = Invocation {
                         function: function.clone(),
                         params: params.clone(),
@@ -1030,11 +1054,25 @@ impl Actor {
                         key_is_new: false,
                         // Clearing a pending record that does not exist costs nothing here.
                         enqueued: true,
-                        fuel: self.inner.config.fuel_per_invocation,
-                        memory_bytes: self.shared.memory_bytes.load(Ordering::Relaxed),
+                        fuel: limits.fuel,
+                        memory_bytes: limits.memory_bytes,
                         span: tracing::info_span!("resume invocation", worker = %self.id),
-                        egress_hosts: lock(&self.shared.egress).hosts.clone(),
-                        workers_max: lock(&self.shared.limits).workers_max,
+                        egress_hosts: limits.egress_hosts.clone(),
+                        workers_max: limits.workers_max,
+                    };
+                    // What the worker's calls and requests check, for the time it runs; what
+                    // was there before (an invocation waiting for this one) comes back after.
+                    let before = (
+                        lock(&self.shared.egress).hosts.clone(),
+                        lock(&self.shared.limits).clone(),
+                    );
+                    lock(&self.shared.egress).hosts = limits.egress_hosts.clone();
+                    *lock(&self.shared.limits) = crate::Limits {
+                        fuel_per_invocation: limits.fuel,
+                        fuel_per_month: u64::MAX,
+                        memory_per_worker_bytes: limits.memory_bytes,
+                        workers_max: limits.workers_max,
+                        egress_hosts: limits.egress_hosts.clone(),
                     };
                     // Its start is durable already; this serves the checkpoints its outgoing
                     // requests ask for.
@@ -1049,13 +1087,15 @@ impl Actor {
                             &mut active,
                             function,
                             params,
-                            self.inner.config.fuel_per_invocation,
+                            limits.fuel,
                             Some((
                                 Duration::from_millis(self.inner.config.start_commit_delay_ms),
                                 &start,
                             )),
                         )
                         .await;
+                    lock(&self.shared.egress).hosts = before.0;
+                    *lock(&self.shared.limits) = before.1;
                     if let Ran::Suspended {
                         wake,
                         fuel_consumed,
@@ -1285,6 +1325,13 @@ impl Actor {
                 function: invocation.function.clone(),
                 params: invocation.params.clone(),
                 idempotency_key: invocation.idempotency_key.clone(),
+                limits: Some(InvocationLimits {
+                    fuel: invocation.fuel,
+                    memory_bytes: invocation.memory_bytes,
+                    timeout_ms: self.inner.config.invocation_timeout_ms,
+                    egress_hosts: invocation.egress_hosts.clone(),
+                    workers_max: invocation.workers_max,
+                }),
             });
         }
         let start = StartCommit {

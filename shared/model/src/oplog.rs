@@ -71,6 +71,21 @@ impl FailureKind {
     }
 }
 
+/// The limits an invocation runs under, from its tenant's plan and the executor's settings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InvocationLimits {
+    /// Its fuel budget.
+    pub fuel: u64,
+    /// The worker's memory, in bytes.
+    pub memory_bytes: u64,
+    /// Its wall-clock deadline, from when it starts running (ms).
+    pub timeout_ms: u64,
+    /// The hosts its outgoing requests may reach (`None`: any public host).
+    pub egress_hosts: Option<Vec<String>>,
+    /// The tenant's worker quota, for the workers its calls create.
+    pub workers_max: u64,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum OplogEntry {
     /// The worker was created: which component version, with what environment.
@@ -96,6 +111,9 @@ pub enum OplogEntry {
         function: String,
         params: Vec<Value>,
         idempotency_key: String,
+        /// The limits it runs under, so that a resumed or recovered invocation runs under the
+        /// same ones. `None` for invocations recorded before limits were.
+        limits: Option<InvocationLimits>,
     },
     /// A non-deterministic host call and its response (clock readings, random numbers, …).
     ImportedFunctionInvoked {
@@ -224,11 +242,19 @@ impl OplogEntry {
                 function,
                 params,
                 idempotency_key,
+                limits,
             } => json!({
                 "timestamp_ms": timestamp_ms,
                 "function": function,
                 "params": values(params),
                 "idempotency_key": idempotency_key,
+                "limits": limits.as_ref().map(|l| json!({
+                    "fuel": l.fuel,
+                    "memory_bytes": l.memory_bytes,
+                    "timeout_ms": l.timeout_ms,
+                    "egress_hosts": l.egress_hosts,
+                    "workers_max": l.workers_max,
+                })),
             }),
             OplogEntry::ImportedFunctionInvoked {
                 host_function,
@@ -382,6 +408,7 @@ mod v1 {
                 function,
                 params,
                 idempotency_key,
+                limits: None,
             },
             Entry::ImportedFunctionInvoked {
                 host_function,
@@ -457,6 +484,13 @@ mod tests {
                     Value::Result(Err(Some(Box::new(Value::String("e".into()))))),
                 ],
                 idempotency_key: "k".into(),
+                limits: Some(InvocationLimits {
+                    fuel: 10,
+                    memory_bytes: 1 << 20,
+                    timeout_ms: 30_000,
+                    egress_hosts: Some(vec!["example.com".into()]),
+                    workers_max: 3,
+                }),
             },
             OplogEntry::ImportedFunctionInvoked {
                 host_function: "wasi:clocks/wall-clock.now".into(),

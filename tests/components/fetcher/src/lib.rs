@@ -19,6 +19,12 @@ impl Guest for Component {
     fn post(url: String, body: String) -> Result<String, String> {
         answer(waki::Client::new().post(&url).body(body.into_bytes()).send())
     }
+
+    fn fetch_each(urls: Vec<String>) -> Vec<Result<String, String>> {
+        urls.iter()
+            .map(|url| answer(waki::Client::new().get(url).send()))
+            .collect()
+    }
 }
 
 export!(Component);

@@ -1,0 +1,116 @@
+//! An invocation's limits travel with it: recorded when it starts, restored when it resumes
+//! after a crash. A worker killed mid-call on a plan that lists the hosts it may reach still
+//! may not reach any other once it resumes.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use invicta_tests::{Server, component, eventually};
+use serde_json::json;
+
+use crate::INVICTA;
+
+/// A loopback server: `/hold` holds its first request for ever (answering later ones at once),
+/// `/effect` counts its requests.
+async fn endpoints() -> anyhow::Result<(u16, Arc<AtomicU32>, Arc<AtomicU32>)> {
+    let held = Arc::new(AtomicU32::new(0));
+    let effects = Arc::new(AtomicU32::new(0));
+    let app = axum::Router::new()
+        .route(
+            "/hold",
+            axum::routing::get({
+                let held = held.clone();
+                move || async move {
+                    if held.fetch_add(1, Ordering::SeqCst) == 0 {
+                        std::future::pending::<()>().await;
+                    }
+                    "released"
+                }
+            }),
+        )
+        .route(
+            "/effect",
+            axum::routing::get({
+                let effects = effects.clone();
+                move || async move {
+                    effects.fetch_add(1, Ordering::SeqCst);
+                    "effect"
+                }
+            }),
+        );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let port = listener.local_addr()?.port();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    Ok((port, held, effects))
+}
+
+#[tokio::test]
+async fn a_resumed_invocation_keeps_its_plans_egress_hosts() -> anyhow::Result<()> {
+    let (port, held, effects) = endpoints().await?;
+    let data = tempfile::tempdir()?;
+    let config = data.path().join("invicta.toml");
+    // The executor would let the worker reach both names; its tenant's plan lists one.
+    std::fs::write(
+        &config,
+        "[executor.http]\nallow_private_hosts = [\"127.0.0.1\", \"localhost\"]\ntimeout_ms = 5000\n",
+    )?;
+    let config = config.to_string_lossy().into_owned();
+    let dir = data.path().join("data");
+    let server = Server::start_with(INVICTA.as_ref(), &dir, &["--config", &config])?;
+    let operator = server.operator();
+    let mut plan = operator.get("/v1/admin/plans").await?.body["plans"]
+        .as_array()
+        .and_then(|plans| plans.iter().find(|p| p["name"] == "pro").cloned())
+        .ok_or_else(|| anyhow::anyhow!("the pro plan"))?;
+    plan["name"] = json!("narrow");
+    plan["egress_hosts"] = json!(["127.0.0.1"]);
+    let put = operator.put_json("/v1/admin/plans/narrow", &plan).await?;
+    assert_eq!(put.status, 200, "{put:?}");
+    let api = operator.new_tenant("narrow", "narrow").await?;
+    api.upload("fetcher", component("fetcher")).await?;
+
+    let urls = json!([[
+        format!("http://127.0.0.1:{port}/hold"),
+        format!("http://localhost:{port}/effect"),
+    ]]);
+    let call = {
+        let (api, urls) = (api.clone(), urls.clone());
+        tokio::spawn(async move {
+            api.invoke("fetcher", "w", "fetch-each", urls, Some("each"))
+                .await
+        })
+    };
+    eventually("the first request is held", Duration::from_secs(20), || {
+        let held = held.clone();
+        async move { Ok((held.load(Ordering::SeqCst) >= 1).then_some(())) }
+    })
+    .await?;
+    server.kill()?;
+    call.abort();
+
+    // Recovery resumes the invocation: the held request is sent again (same key) and answered;
+    // the next one goes to a host the plan does not list, and is denied as it would have been.
+    let server = Server::start_with(INVICTA.as_ref(), &dir, &["--config", &config])?;
+    let api = api.at(&server.url);
+    let reply = api
+        .invoke("fetcher", "w", "fetch-each", urls, Some("each"))
+        .await?;
+    assert_eq!(reply.status, 200, "{reply:?}");
+    let results = &reply.body["result"];
+    assert_eq!(results[0]["ok"], "200 released", "{reply:?}");
+    assert!(
+        results[1]["err"]
+            .as_str()
+            .is_some_and(|e| e.contains("HttpRequestDenied")),
+        "{reply:?}"
+    );
+    assert_eq!(
+        effects.load(Ordering::SeqCst),
+        0,
+        "a denied host was reached"
+    );
+    assert_eq!(held.load(Ordering::SeqCst), 2);
+    drop(server);
+    Ok(())
+}
