@@ -25,14 +25,14 @@ impl ExecutorService {
     fn owned(&self, worker: Option<common::WorkerId>) -> Result<WorkerId, Status> {
         let id = worker_id(worker)?;
         match not_here(&self.executor, &id) {
-            Some(e) => Err(status_of(&e)),
+            Some(e) => Err(crate::problem::to_status(&e)),
             None => Ok(id),
         }
     }
 
     /// The worker's status now, as the reply to a call about it.
     async fn status_reply(&self, id: &WorkerId) -> Result<Response<pb::WorkerStatus>, Status> {
-        let status = self.executor.status(id).await.map_err(|e| status_of(&e))?;
+        let status = self.executor.status(id).await.map_err(|e| crate::problem::to_status(&e))?;
         Ok(Response::new(status_message(id, status)))
     }
 
@@ -86,25 +86,6 @@ fn not_here(executor: &Executor, id: &WorkerId) -> Option<Error> {
     })
 }
 
-fn problem(e: &Error) -> common::Problem {
-    common::Problem {
-        code: e.code().to_string(),
-        message: e.to_string(),
-    }
-}
-
-/// An error that is the caller's or the worker's, not the transport's, as a gRPC status.
-fn status_of(e: &Error) -> Status {
-    let code = match e {
-        Error::WorkerNotFound(_) | Error::InvocationNotFound(_) => tonic::Code::NotFound,
-        Error::Fenced { .. } | Error::NotOwner { .. } | Error::ShuttingDown | Error::Retry => {
-            tonic::Code::Unavailable
-        }
-        _ => tonic::Code::FailedPrecondition,
-    };
-    Status::new(code, format!("{}: {e}", e.code()))
-}
-
 fn status_message(id: &WorkerId, s: WorkerStatus) -> pb::WorkerStatus {
     pb::WorkerStatus {
         worker: Some(common::WorkerId {
@@ -129,7 +110,7 @@ impl ExecutorService {
         let id = worker_id(r.worker)?;
         if let Some(e) = not_here(&self.executor, &id) {
             return Ok(Response::new(pb::InvokeResponse {
-                outcome: Some(Outcome::Problem(problem(&e))),
+                outcome: Some(Outcome::Problem(crate::problem::to_problem(&e))),
                 fuel_consumed: 0,
             }));
         }
@@ -148,7 +129,7 @@ impl ExecutorService {
                 fuel_consumed: done.fuel_consumed,
             },
             Err(e) => pb::InvokeResponse {
-                outcome: Some(Outcome::Problem(problem(&e))),
+                outcome: Some(Outcome::Problem(crate::problem::to_problem(&e))),
                 fuel_consumed: 0,
             },
         };
@@ -175,7 +156,7 @@ impl ExecutorRpc for ExecutorService {
         self.executor
             .create_worker(&id, env, r.args, r.version, &limits)
             .await
-            .map_err(|e| status_of(&e))?;
+            .map_err(|e| crate::problem::to_status(&e))?;
         self.status_reply(&id).await
     }
 
@@ -208,7 +189,7 @@ impl ExecutorRpc for ExecutorService {
             .executor
             .oplog(&id, r.from.max(1), count)
             .await
-            .map_err(|e| status_of(&e))?;
+            .map_err(|e| crate::problem::to_status(&e))?;
         Ok(Response::new(pb::ReadOplogResponse {
             entries_json: entries
                 .iter()
@@ -227,7 +208,7 @@ impl ExecutorRpc for ExecutorService {
         let id = worker_id(r.worker)?;
         if let Some(e) = not_here(&self.executor, &id) {
             return Ok(Response::new(pb::EnqueueResponse {
-                outcome: Some(pb::enqueue_response::Outcome::Problem(problem(&e))),
+                outcome: Some(pb::enqueue_response::Outcome::Problem(crate::problem::to_problem(&e))),
                 fresh: false,
             }));
         }
@@ -247,7 +228,7 @@ impl ExecutorRpc for ExecutorService {
                 fresh,
             },
             Err(e) => pb::EnqueueResponse {
-                outcome: Some(pb::enqueue_response::Outcome::Problem(problem(&e))),
+                outcome: Some(pb::enqueue_response::Outcome::Problem(crate::problem::to_problem(&e))),
                 fresh: false,
             },
         }))
@@ -258,7 +239,7 @@ impl ExecutorRpc for ExecutorService {
         request: Request<pb::GetWorkerRequest>,
     ) -> Result<Response<pb::WorkerStatus>, Status> {
         let id = self.owned(request.into_inner().worker)?;
-        self.executor.wake(&id).await.map_err(|e| status_of(&e))?;
+        self.executor.wake(&id).await.map_err(|e| crate::problem::to_status(&e))?;
         self.status_reply(&id).await
     }
 
@@ -267,7 +248,7 @@ impl ExecutorRpc for ExecutorService {
         request: Request<pb::GetWorkerRequest>,
     ) -> Result<Response<pb::WorkerStatus>, Status> {
         let id = self.owned(request.into_inner().worker)?;
-        let status = self.executor.resume(&id).await.map_err(|e| status_of(&e))?;
+        let status = self.executor.resume(&id).await.map_err(|e| crate::problem::to_status(&e))?;
         Ok(Response::new(status_message(&id, status)))
     }
 
@@ -279,7 +260,7 @@ impl ExecutorRpc for ExecutorService {
         self.executor
             .delete_worker(&id)
             .await
-            .map_err(|e| status_of(&e))?;
+            .map_err(|e| crate::problem::to_status(&e))?;
         Ok(Response::new(pb::WorkerStatus {
             status: "deleted".into(),
             ..Default::default()
@@ -295,7 +276,7 @@ impl ExecutorRpc for ExecutorService {
         self.executor
             .set_version(&id, r.version)
             .await
-            .map_err(|e| status_of(&e))?;
+            .map_err(|e| crate::problem::to_status(&e))?;
         self.status_reply(&id).await
     }
 
@@ -307,7 +288,7 @@ impl ExecutorRpc for ExecutorService {
         self.executor
             .interrupt(&id)
             .await
-            .map_err(|e| status_of(&e))?;
+            .map_err(|e| crate::problem::to_status(&e))?;
         self.status_reply(&id).await
     }
 }

@@ -20,6 +20,7 @@ mod hostapi;
 mod http;
 mod metrics;
 mod placement;
+mod problem;
 mod records;
 mod remote;
 mod schedules;

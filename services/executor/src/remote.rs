@@ -155,7 +155,7 @@ impl Router {
                 let reply = client
                     .invoke(invicta_telemetry::propagation::request(request))
                     .await
-                    .map_err(|s| status_error(&s))?
+                    .map_err(|s| crate::problem::from_status(&s))?
                     .into_inner();
                 match reply.outcome {
                     Some(invoke_response::Outcome::ResultJson(json)) => Ok(Completed {
@@ -163,7 +163,7 @@ impl Router {
                             .map_err(|e| Error::Corrupt(format!("a remote result: {e}")))?,
                         fuel_consumed: reply.fuel_consumed,
                     }),
-                    Some(invoke_response::Outcome::Problem(p)) => Err(remote(p.code, p.message)),
+                    Some(invoke_response::Outcome::Problem(p)) => Err(crate::problem::from_problem(p)),
                     None => Err(Error::Corrupt(
                         "a remote invocation without an outcome".into(),
                     )),
@@ -194,7 +194,7 @@ impl Router {
                 client
                     .create_worker(invicta_telemetry::propagation::request(request))
                     .await
-                    .map_err(|s| status_error(&s))?;
+                    .map_err(|s| crate::problem::from_status(&s))?;
                 Ok(())
             }
         })
@@ -229,14 +229,14 @@ impl Router {
                 let reply = client
                     .enqueue(invicta_telemetry::propagation::request(request))
                     .await
-                    .map_err(|s| status_error(&s))?
+                    .map_err(|s| crate::problem::from_status(&s))?
                     .into_inner();
                 match reply.outcome {
                     Some(pb::enqueue_response::Outcome::IdempotencyKey(key)) => {
                         Ok((key, reply.fresh))
                     }
                     Some(pb::enqueue_response::Outcome::Problem(p)) => {
-                        Err(remote(p.code, p.message))
+                        Err(crate::problem::from_problem(p))
                     }
                     None => Err(Error::Corrupt("a remote enqueue without an outcome".into())),
                 }
@@ -255,7 +255,7 @@ impl Router {
                 client
                     .wake(invicta_telemetry::propagation::request(request))
                     .await
-                    .map_err(|s| status_error(&s))?;
+                    .map_err(|s| crate::problem::from_status(&s))?;
                 Ok(())
             }
         })
@@ -290,7 +290,7 @@ impl Router {
                         .await
                         .map(drop),
                 };
-                sent.map_err(|s| status_error(&s))
+                sent.map_err(|s| crate::problem::from_status(&s))
             }
         })
         .await
@@ -308,7 +308,7 @@ impl Router {
             .await
             .map_err(|s| {
                 self.forget(id);
-                status_error(&s)
+                crate::problem::from_status(&s)
             })?
             .into_inner();
         Ok(crate::WorkerStatus {
@@ -330,28 +330,11 @@ impl Router {
                 let status = client
                     .interrupt(invicta_telemetry::propagation::request(request))
                     .await
-                    .map_err(|s| status_error(&s))?
+                    .map_err(|s| crate::problem::from_status(&s))?
                     .into_inner();
                 Ok(status.interrupted)
             }
         })
         .await
-    }
-}
-
-/// A gRPC status as an error: the executor's own code when it sent one (`code: message`), a
-/// move when the executor cannot be reached.
-fn status_error(status: &tonic::Status) -> Error {
-    match status.code() {
-        tonic::Code::Unavailable
-        | tonic::Code::Cancelled
-        | tonic::Code::DeadlineExceeded
-        | tonic::Code::Unknown => remote("worker_moved".into(), status.message().to_string()),
-        _ => match status.message().split_once(": ") {
-            Some((code, message)) if !code.contains(' ') => {
-                remote(code.to_string(), message.to_string())
-            }
-            _ => remote("internal".into(), status.message().to_string()),
-        },
     }
 }

@@ -69,6 +69,22 @@ impl FailureKind {
             FailureKind::Interrupted => "interrupted",
         }
     }
+
+    /// The kind whose [`FailureKind::code`] this is.
+    pub fn from_code(code: &str) -> Option<FailureKind> {
+        [
+            FailureKind::Trap,
+            FailureKind::OutOfFuel,
+            FailureKind::OutOfMemory,
+            FailureKind::Timeout,
+            FailureKind::Exit,
+            FailureKind::Divergence,
+            FailureKind::ResultTooLarge,
+            FailureKind::Interrupted,
+        ]
+        .into_iter()
+        .find(|k| k.code() == code)
+    }
 }
 
 /// The limits an invocation runs under, from its tenant's plan and the executor's settings.
