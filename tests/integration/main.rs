@@ -17,6 +17,7 @@ mod quickstart;
 mod schedules;
 mod server;
 mod tenancy;
+mod topology;
 mod traces;
 mod waits;
 mod workers;

@@ -32,7 +32,11 @@ impl ExecutorService {
 
     /// The worker's status now, as the reply to a call about it.
     async fn status_reply(&self, id: &WorkerId) -> Result<Response<pb::WorkerStatus>, Status> {
-        let status = self.executor.status(id).await.map_err(|e| crate::problem::to_status(&e))?;
+        let status = self
+            .executor
+            .status(id)
+            .await
+            .map_err(|e| crate::problem::to_status(&e))?;
         Ok(Response::new(status_message(id, status)))
     }
 
@@ -208,7 +212,9 @@ impl ExecutorRpc for ExecutorService {
         let id = worker_id(r.worker)?;
         if let Some(e) = not_here(&self.executor, &id) {
             return Ok(Response::new(pb::EnqueueResponse {
-                outcome: Some(pb::enqueue_response::Outcome::Problem(crate::problem::to_problem(&e))),
+                outcome: Some(pb::enqueue_response::Outcome::Problem(
+                    crate::problem::to_problem(&e),
+                )),
                 fresh: false,
             }));
         }
@@ -228,7 +234,9 @@ impl ExecutorRpc for ExecutorService {
                 fresh,
             },
             Err(e) => pb::EnqueueResponse {
-                outcome: Some(pb::enqueue_response::Outcome::Problem(crate::problem::to_problem(&e))),
+                outcome: Some(pb::enqueue_response::Outcome::Problem(
+                    crate::problem::to_problem(&e),
+                )),
                 fresh: false,
             },
         }))
@@ -239,7 +247,10 @@ impl ExecutorRpc for ExecutorService {
         request: Request<pb::GetWorkerRequest>,
     ) -> Result<Response<pb::WorkerStatus>, Status> {
         let id = self.owned(request.into_inner().worker)?;
-        self.executor.wake(&id).await.map_err(|e| crate::problem::to_status(&e))?;
+        self.executor
+            .wake(&id)
+            .await
+            .map_err(|e| crate::problem::to_status(&e))?;
         self.status_reply(&id).await
     }
 
@@ -248,7 +259,11 @@ impl ExecutorRpc for ExecutorService {
         request: Request<pb::GetWorkerRequest>,
     ) -> Result<Response<pb::WorkerStatus>, Status> {
         let id = self.owned(request.into_inner().worker)?;
-        let status = self.executor.resume(&id).await.map_err(|e| crate::problem::to_status(&e))?;
+        let status = self
+            .executor
+            .resume(&id)
+            .await
+            .map_err(|e| crate::problem::to_status(&e))?;
         Ok(Response::new(status_message(&id, status)))
     }
 

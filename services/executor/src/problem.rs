@@ -98,7 +98,11 @@ pub(crate) fn to_status(e: &Error) -> Status {
         _ => tonic::Code::FailedPrecondition,
     };
     let problem = to_problem(e);
-    Status::with_details(code, problem.message.clone(), problem.encode_to_vec().into())
+    Status::with_details(
+        code,
+        problem.message.clone(),
+        problem.encode_to_vec().into(),
+    )
 }
 
 /// A gRPC status as an error: the problem it carries, or, from anything else (the transport, a
@@ -131,7 +135,10 @@ mod tests {
     fn check(e: Error) {
         let (code, text) = (e.code().to_string(), e.to_string());
         let back = from_status(&to_status(&e));
-        assert_eq!((back.code(), back.to_string()), (code.as_str(), text.clone()));
+        assert_eq!(
+            (back.code(), back.to_string()),
+            (code.as_str(), text.clone())
+        );
         let again = from_problem(to_problem(&e));
         assert_eq!((again.code(), again.to_string()), (code.as_str(), text));
         if let Error::QuotaExceeded { quota, limit, used } = e {
@@ -163,7 +170,9 @@ mod tests {
             limit: 3,
             used: 3,
         });
-        check(Error::WorkerFailed("replay diverged at oplog entry 8".into()));
+        check(Error::WorkerFailed(
+            "replay diverged at oplog entry 8".into(),
+        ));
         check(Error::WorkerNotFound("t/c/w".into()));
         check(Error::QueueFull(8));
         check(Error::UnknownFunction {

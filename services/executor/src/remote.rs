@@ -163,7 +163,9 @@ impl Router {
                             .map_err(|e| Error::Corrupt(format!("a remote result: {e}")))?,
                         fuel_consumed: reply.fuel_consumed,
                     }),
-                    Some(invoke_response::Outcome::Problem(p)) => Err(crate::problem::from_problem(p)),
+                    Some(invoke_response::Outcome::Problem(p)) => {
+                        Err(crate::problem::from_problem(p))
+                    }
                     None => Err(Error::Corrupt(
                         "a remote invocation without an outcome".into(),
                     )),

@@ -1,0 +1,107 @@
+//! The same request answers the same status, code and fields whether the executor runs in the
+//! gateway's process or in another: one failure table, run against both.
+
+use invicta_tests::{Api, Server, component};
+use serde_json::{Value, json};
+
+use crate::INVICTA;
+
+/// A plan with small limits: one worker, little fuel.
+fn plan() -> Value {
+    json!({
+        "name": "small",
+        "fuel_per_invocation": 5_000_000_u64,
+        "fuel_per_month": 1_000_000_000_000_u64,
+        "memory_per_worker_bytes": 268_435_456_u64,
+        "workers_max": 1,
+        "components_max": 100,
+        "component_bytes_max": 100_000_000_u64,
+        "requests_per_second": 10_000,
+        "burst": 10_000,
+        "concurrent_invocations": 100,
+    })
+}
+
+/// Each failure: its status, code and quota fields (`null` where it has none).
+async fn failures(gateway: &Server) -> anyhow::Result<Vec<(String, Value)>> {
+    let operator = gateway.operator();
+    let put = operator.put_json("/v1/admin/plans/small", &plan()).await?;
+    anyhow::ensure!(put.status == 200, "{put:?}");
+    let api: Api = operator.new_tenant("small", "small").await?;
+    anyhow::ensure!(api.upload("burner", component("burner")).await?.status == 201);
+    anyhow::ensure!(api.call("burner", "b", "add", json!([1])).await? == json!(1));
+    let cases: Vec<(&str, &str, &str, Value)> = vec![
+        ("unknown function", "b", "nope", json!([])),
+        ("wrong parameters", "b", "add", json!(["one"])),
+        (
+            "out of the plan's fuel",
+            "b",
+            "burn",
+            json!([1_000_000_000_u64]),
+        ),
+        ("a trap", "b", "trap", json!(["boom"])),
+        ("a second worker past the quota", "c", "add", json!([1])),
+    ];
+    let mut seen = Vec::new();
+    for (what, worker, function, params) in cases {
+        let reply = api.invoke("burner", worker, function, params, None).await?;
+        seen.push((what.to_string(), shape(&reply)));
+    }
+    let missing = api.invoke("absent", "w", "f", json!([]), None).await?;
+    seen.push(("a component that does not exist".into(), shape(&missing)));
+    let status = api.get("/v1/components/burner/workers/nobody").await?;
+    seen.push(("a worker that does not exist".into(), shape(&status)));
+    Ok(seen)
+}
+
+fn shape(reply: &invicta_tests::Reply) -> Value {
+    json!({
+        "status": reply.status,
+        "code": reply.body["code"],
+        "quota": reply.body["quota"],
+        "limit": reply.body["limit"],
+        "used": reply.body["used"],
+    })
+}
+
+#[tokio::test]
+async fn failures_answer_the_same_in_one_process_and_apart() -> anyhow::Result<()> {
+    let one = tempfile::tempdir()?;
+    let all_in_one = Server::start(INVICTA.as_ref(), &one.path().join("data"))?;
+    let together = failures(&all_in_one).await?;
+    drop(all_in_one);
+
+    let apart = tempfile::tempdir()?;
+    let dir = apart.path().join("data");
+    std::fs::create_dir_all(&dir)?;
+    let scheduler = Server::start_role(
+        INVICTA.as_ref(),
+        &dir,
+        "scheduler",
+        "[scheduler]\nlisten = \"127.0.0.1:0\"\nlease_ms = 2000\n",
+    )?;
+    let peers = format!(
+        "[grpc]\nexecutor_listen = \"127.0.0.1:0\"\nscheduler = \"{}\"\n",
+        scheduler.url
+    );
+    let executor = Server::start_role(INVICTA.as_ref(), &dir, "executor", &peers)?;
+    let gateway = Server::start_role(INVICTA.as_ref(), &dir, "gateway", &peers)?;
+    let separate = failures(&gateway).await?;
+    drop((gateway, executor, scheduler));
+
+    for ((what, a), (_, b)) in together.iter().zip(&separate) {
+        assert_eq!(a, b, "{what}: one process {a}, apart {b}");
+        assert!(a["status"].as_u64() >= Some(400), "{what}: {a}");
+    }
+    assert_eq!(together.len(), separate.len());
+    // The quota's fields cross too.
+    let quota = &together[4].1;
+    assert_eq!(
+        (&quota["code"], &quota["quota"], &quota["limit"]),
+        (&json!("quota_exceeded"), &json!("workers"), &json!(1)),
+        "{quota}"
+    );
+    let fuel = &together[2].1;
+    assert_eq!(fuel["quota"], "fuel_per_invocation", "{fuel}");
+    Ok(())
+}
