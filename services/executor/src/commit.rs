@@ -17,7 +17,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use std::sync::Arc;
 
-use crate::Error;
+use crate::error::Error;
 use crate::metrics::Metrics;
 use crate::placement::Fencing;
 use crate::records::oplog_key;

@@ -21,9 +21,10 @@
 //! **Invariant:** after the first divergence every host call fails with that divergence.
 
 use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, MutexGuard};
 
-use invicta_model::Value;
 use invicta_model::oplog::{LogStream, OplogEntry, OplogIndex};
+use invicta_model::{Value, WorkerId};
 
 /// The host function `wasi:io/poll.poll` is recorded under: which pollables were ready.
 pub(crate) const POLL: &str = "wasi:io/poll.poll";
@@ -38,6 +39,37 @@ pub(crate) const LOG_BYTES_MAX: usize = 1024 * 1024;
 /// entry's own cost in the oplog (its key, its framing), so that many tiny writes cannot make
 /// an invocation's commit larger than a transaction may be.
 pub(crate) const LOG_ENTRY_COST: usize = 32;
+
+/// A worker's durability state, shared by its host bindings (each a view over it).
+pub(crate) type Shared = Arc<Mutex<Durability>>;
+
+pub(crate) fn lock(shared: &Shared) -> MutexGuard<'_, Durability> {
+    // Only host functions hold this lock, briefly; a panic there leaves consistent data.
+    shared
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// The key of what a worker does at an oplog index (an outgoing request's `Idempotency-Key`, a
+/// call to another worker, a promise id): the same on every re-execution of that place, and
+/// another for every other worker, every other place, and every other incarnation of a worker
+/// of the same name. Workers made before incarnations existed (`incarnation` empty) keep the
+/// keys they had.
+pub(crate) fn key_at(worker: &WorkerId, incarnation: &str, index: OplogIndex) -> String {
+    use sha2::Digest;
+    let place = if incarnation.is_empty() {
+        format!("{worker}#{index}")
+    } else {
+        format!("{worker}@{incarnation}#{index}")
+    };
+    let digest = sha2::Sha256::digest(place.as_bytes());
+    hex::encode(&digest[..16])
+}
+
+/// A new worker incarnation: 128 random bits.
+pub(crate) fn new_incarnation() -> String {
+    hex::encode(rand::random::<[u8; 16]>())
+}
 
 enum Mode {
     Live,
@@ -478,6 +510,22 @@ mod tests {
             then_live,
         );
         d
+    }
+
+    #[test]
+    fn keys_differ_by_worker_place_and_incarnation() {
+        let id = |w: &str| WorkerId {
+            tenant: "t".to_string().try_into().expect("tenant"),
+            component: "c".to_string().try_into().expect("component"),
+            worker: w.to_string().try_into().expect("worker"),
+        };
+        let a = key_at(&id("w"), "i1", 5);
+        assert_eq!(a, key_at(&id("w"), "i1", 5), "stable across re-executions");
+        assert_ne!(a, key_at(&id("w"), "i2", 5), "another incarnation");
+        assert_ne!(a, key_at(&id("w"), "i1", 6), "another place");
+        assert_ne!(a, key_at(&id("v"), "i1", 5), "another worker");
+        assert_eq!(a.len(), 32);
+        assert_ne!(new_incarnation(), new_incarnation());
     }
 
     #[test]

@@ -13,7 +13,9 @@ use invicta_proto::executor::{
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
-use crate::{Error, Executor, Limits, WorkerStatus};
+use crate::error::Error;
+use crate::wire::limits_from;
+use crate::{Executor, WorkerStatus};
 
 /// The gRPC face of an [`Executor`].
 pub struct ExecutorService {
@@ -53,32 +55,6 @@ fn worker_id(worker: Option<common::WorkerId>) -> Result<WorkerId, Status> {
         component: ComponentName::new(w.component).map_err(bad)?,
         worker: WorkerName::new(w.worker).map_err(bad)?,
     })
-}
-
-/// The plan's limits a request carries (none given: the executor's own limits only).
-pub fn limits_from(limits: Option<pb::Limits>) -> Limits {
-    match limits {
-        None => Limits::unlimited(),
-        Some(l) => Limits {
-            fuel_per_invocation: l.fuel_per_invocation,
-            fuel_per_month: l.fuel_per_month,
-            memory_per_worker_bytes: l.memory_per_worker_bytes,
-            workers_max: l.workers_max,
-            egress_hosts: l.egress_restricted.then_some(l.egress_hosts),
-        },
-    }
-}
-
-/// The wire form of [`Limits`].
-pub fn limits_to(limits: &Limits) -> pb::Limits {
-    pb::Limits {
-        fuel_per_invocation: limits.fuel_per_invocation,
-        fuel_per_month: limits.fuel_per_month,
-        memory_per_worker_bytes: limits.memory_per_worker_bytes,
-        workers_max: limits.workers_max,
-        egress_hosts: limits.egress_hosts.clone().unwrap_or_default(),
-        egress_restricted: limits.egress_hosts.is_some(),
-    }
 }
 
 /// A call for a worker this executor does not run is refused, not passed on: the caller asks

@@ -7,7 +7,6 @@
 //! the rest of WASI is deterministic here (no preopened directories, no sockets, an empty stdin,
 //! the environment and arguments fixed at the worker's creation).
 
-use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -20,8 +19,8 @@ use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamError, StreamResult};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-pub(crate) use crate::durability::Durability;
 use crate::durability::LogRefused;
+pub(crate) use crate::durability::{Durability, Shared, lock};
 
 /// The most random bytes one call may ask for (WASI's own default is 64 MiB; this is an oplog).
 pub(crate) const RANDOM_BYTES_MAX: u64 = 1024 * 1024;
@@ -47,6 +46,26 @@ impl wasmtime_wasi_http::WasiHttpView for WorkerCtx {
             table: &mut self.table,
             hooks: &mut self.hooks,
         }
+    }
+}
+
+impl crate::suspend::WaitsView for WorkerCtx {
+    fn durability(&self) -> &Shared {
+        &self.durability
+    }
+
+    fn waits(&self) -> &crate::suspend::Waits {
+        &self.waits
+    }
+
+    fn table(&mut self) -> &mut ResourceTable {
+        &mut self.table
+    }
+}
+
+impl crate::hostapi::HostApiView for WorkerCtx {
+    fn host_api(&self) -> Option<&crate::hostapi::HostApi> {
+        self.host.as_ref()
     }
 }
 
@@ -98,10 +117,6 @@ impl WorkerCtx {
             durability,
             waits,
         }
-    }
-
-    pub(crate) fn table(&mut self) -> &mut ResourceTable {
-        &mut self.table
     }
 }
 
@@ -155,16 +170,6 @@ impl ResourceLimiter for Limiter {
     fn memories(&self) -> usize {
         self.inner.memories()
     }
-}
-
-/// A worker's durability state, shared by its store data and its output streams.
-pub(crate) type Shared = Arc<Mutex<Durability>>;
-
-pub(crate) fn lock(shared: &Shared) -> MutexGuard<'_, Durability> {
-    // Only host functions hold this lock, briefly; a panic there leaves consistent data.
-    shared
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// Reads the wall clock: the one place the executor's durable host functions read real time.

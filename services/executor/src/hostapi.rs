@@ -1,15 +1,48 @@
 //! The Invicta host interface (`shared/wit/host.wit`, `invicta:host/api@0.1.0`): durable
 //! idempotency keys, and invocations of other workers accepted exactly once.
 
-use std::sync::Weak;
+use std::sync::Arc;
 
+use futures::future::BoxFuture;
 use invicta_model::oplog::OplogEntry;
 use invicta_model::{ComponentName, Value, WorkerId, WorkerName};
 use wasmtime::component::Linker;
 
-use crate::host::{WorkerCtx, lock};
-use crate::suspend::{PromiseRecord, Wake, promise_key};
-use crate::{Executor, Inner, Limits};
+use crate::durability::{Shared, lock};
+use crate::limits::Limits;
+use crate::suspend::{PromiseRecord, WaitsView, Wake};
+
+/// What the Invicta host interface needs of the executor: calls to other workers, and the
+/// worker's promises. The executor implements it; this binding never sees the executor.
+pub(crate) trait Workers: Send + Sync {
+    /// Runs `function` on `target` under `key` (exactly once), waiting for its result as JSON.
+    fn invoke(&self, call: Call, function: String) -> BoxFuture<'static, Result<String, String>>;
+    /// Accepts `function` on `target` under `key` (exactly once), to run at `at` (ms) or now;
+    /// the key it was accepted under.
+    fn enqueue(
+        &self,
+        call: Call,
+        function: String,
+        at: Option<u64>,
+    ) -> BoxFuture<'static, Result<String, String>>;
+    /// Makes the worker's promise `id` unless it exists.
+    fn create_promise(
+        &self,
+        worker: WorkerId,
+        id: String,
+    ) -> BoxFuture<'static, Result<(), String>>;
+    /// The worker's promise `id`, if it exists.
+    fn read_promise(
+        &self,
+        worker: WorkerId,
+        id: String,
+    ) -> BoxFuture<'static, Result<Option<PromiseRecord>, String>>;
+}
+
+/// What the Invicta host interface needs of a worker's store data.
+pub(crate) trait HostApiView: WaitsView {
+    fn host_api(&self) -> Option<&HostApi>;
+}
 
 const GENERATE_KEY: &str = "invicta:host/api.generate-idempotency-key";
 const ENQUEUE: &str = "invicta:host/api.enqueue";
@@ -20,7 +53,7 @@ const AWAIT_PROMISE: &str = "invicta:host/api.await-promise";
 /// What a worker's host calls need of the executor.
 #[derive(Clone)]
 pub(crate) struct HostApi {
-    pub inner: Weak<Inner>,
+    pub workers: Arc<dyn Workers>,
     pub worker: WorkerId,
     /// The worker's incarnation, for the keys of what it does.
     pub incarnation: String,
@@ -28,11 +61,11 @@ pub(crate) struct HostApi {
     pub limits: std::sync::Arc<std::sync::Mutex<Limits>>,
 }
 
-pub(crate) fn add_to_linker(linker: &mut Linker<WorkerCtx>) -> wasmtime::Result<()> {
+pub(crate) fn add_to_linker<T: HostApiView>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
     let mut api = linker.instance("invicta:host/api@0.1.0")?;
     api.func_wrap("generate-idempotency-key", |store, (): ()| {
         let data = store.data();
-        let mut d = lock(&data.durability);
+        let mut d = lock(data.durability());
         if let Some(recorded) = d.replayed(GENERATE_KEY).map_err(wasmtime::Error::msg)? {
             return match recorded {
                 Value::String(key) => Ok((key,)),
@@ -49,7 +82,7 @@ pub(crate) fn add_to_linker(linker: &mut Linker<WorkerCtx>) -> wasmtime::Result<
         |store,
          (component, worker, function, params, delay_ms): (String, String, String, String, u64)| {
             let data = store.data();
-            let (durability, host) = (data.durability.clone(), data.host.clone());
+            let (durability, host) = (data.durability().clone(), data.host_api().cloned());
             Box::new(durable_call(durability, ENQUEUE, async move |index| {
                 let host = host.ok_or(UNAVAILABLE)?;
                 enqueue(&host, index, &component, &worker, &function, &params, delay_ms).await
@@ -60,7 +93,7 @@ pub(crate) fn add_to_linker(linker: &mut Linker<WorkerCtx>) -> wasmtime::Result<
         "invoke",
         |store, (component, worker, function, params): (String, String, String, String)| {
             let data = store.data();
-            let (durability, host) = (data.durability.clone(), data.host.clone());
+            let (durability, host) = (data.durability().clone(), data.host_api().cloned());
             Box::new(durable_call(durability, INVOKE, async move |index| {
                 let host = host.ok_or(UNAVAILABLE)?;
                 invoke(&host, index, &component, &worker, &function, &params).await
@@ -69,7 +102,7 @@ pub(crate) fn add_to_linker(linker: &mut Linker<WorkerCtx>) -> wasmtime::Result<
     )?;
     api.func_wrap_async("create-promise", |store, (): ()| {
         let data = store.data();
-        let (durability, host) = (data.durability.clone(), data.host.clone());
+        let (durability, host) = (data.durability().clone(), data.host_api().cloned());
         Box::new(async move {
             let replayed = lock(&durability)
                 .replayed(CREATE_PROMISE)
@@ -86,7 +119,7 @@ pub(crate) fn add_to_linker(linker: &mut Linker<WorkerCtx>) -> wasmtime::Result<
             // The id comes from the call's place in the oplog: a re-execution after a crash
             // makes the same promise, not a second one.
             let index = lock(&durability).next_index();
-            let id = crate::call_key(&host.worker, &host.incarnation, index);
+            let id = crate::durability::key_at(&host.worker, &host.incarnation, index);
             create_promise(&host, &id)
                 .await
                 .map_err(|e| wasmtime::Error::msg(format!("create a promise: {e}")))?;
@@ -97,9 +130,9 @@ pub(crate) fn add_to_linker(linker: &mut Linker<WorkerCtx>) -> wasmtime::Result<
     api.func_wrap_async("await-promise", |store, (id,): (String,)| {
         let data = store.data();
         let (durability, host, waits) = (
-            data.durability.clone(),
-            data.host.clone(),
-            data.waits.clone(),
+            data.durability().clone(),
+            data.host_api().cloned(),
+            data.waits().clone(),
         );
         Box::new(durable_call(durability, AWAIT_PROMISE, async move |_| {
             let host = host.ok_or(UNAVAILABLE)?;
@@ -117,14 +150,14 @@ pub(crate) fn add_to_linker(linker: &mut Linker<WorkerCtx>) -> wasmtime::Result<
         }))
     })?;
     api.func_wrap("begin-atomic-region", |store, (): ()| {
-        let index = lock(&store.data().durability)
+        let index = lock(store.data().durability())
             .marker(OplogEntry::BeginAtomicRegion)
             .map_err(wasmtime::Error::msg)?;
         Ok((index,))
     })?;
     api.func_wrap("end-atomic-region", |store, (begin,): (u64,)| {
-        crate::failpoint("INVICTA_FAILPOINT_ATOMIC_END");
-        lock(&store.data().durability)
+        crate::support::failpoint("INVICTA_FAILPOINT_ATOMIC_END");
+        lock(store.data().durability())
             .marker(OplogEntry::EndAtomicRegion { begin })
             .map_err(wasmtime::Error::msg)?;
         Ok(())
@@ -138,7 +171,7 @@ const UNAVAILABLE: &str = "the Invicta host interface is not available here";
 /// recorded outcome in replay; live, `work` runs with the call's oplog index (for its key; the
 /// guest waits, so nothing else is recorded meanwhile) and its outcome is recorded.
 async fn durable_call(
-    durability: crate::host::Shared,
+    durability: Shared,
     name: &'static str,
     work: impl AsyncFnOnce(u64) -> Result<String, String>,
 ) -> wasmtime::Result<(Result<String, String>,)> {
@@ -172,14 +205,13 @@ async fn durable_call(
     }
 }
 
-/// What a call to another worker needs: the executor, the callee, the parameters, the limits
-/// of the caller's invocation, and the call's key (from its place in the caller's oplog).
-struct Call {
-    executor: Executor,
-    target: WorkerId,
-    params: Vec<serde_json::Value>,
-    limits: Limits,
-    key: String,
+/// A call to another worker: the callee, the parameters, the limits of the caller's
+/// invocation, and the call's key (from its place in the caller's oplog).
+pub(crate) struct Call {
+    pub target: WorkerId,
+    pub params: Vec<serde_json::Value>,
+    pub limits: Limits,
+    pub key: String,
 }
 
 impl Call {
@@ -190,12 +222,7 @@ impl Call {
         worker: &str,
         params: &str,
     ) -> Result<Call, String> {
-        let inner = host
-            .inner
-            .upgrade()
-            .ok_or_else(|| "the executor is stopping".to_string())?;
         Ok(Call {
-            executor: Executor { inner },
             target: target(host, component, worker)?,
             params: serde_json::from_str(params)
                 .map_err(|e| format!("params-json is not a JSON array: {e}"))?,
@@ -204,7 +231,7 @@ impl Call {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .clone(),
-            key: crate::call_key(&host.worker, &host.incarnation, index),
+            key: crate::durability::key_at(&host.worker, &host.incarnation, index),
         })
     }
 }
@@ -231,19 +258,9 @@ async fn invoke(
         return Err("a worker cannot invoke itself: it runs one invocation at a time".into());
     }
     // The same key after a crash finds the callee's recorded outcome: it never runs twice.
-    let completed = call
-        .executor
-        .invoke(
-            &call.target,
-            function,
-            &call.params,
-            Some(call.key),
-            &call.limits,
-        )
-        .await
-        .map_err(|e| e.to_string())?;
-    crate::failpoint("INVICTA_FAILPOINT_HOST_INVOKED");
-    Ok(completed.result.to_string())
+    let result = host.workers.invoke(call, function.to_string()).await?;
+    crate::support::failpoint("INVICTA_FAILPOINT_HOST_INVOKED");
+    Ok(result)
 }
 
 async fn enqueue(
@@ -256,61 +273,21 @@ async fn enqueue(
     delay_ms: u64,
 ) -> Result<String, String> {
     let call = Call::new(host, index, component, worker, params)?;
-    let at = (delay_ms > 0).then(|| crate::now_ms().saturating_add(delay_ms));
-    let accepted = call
-        .executor
-        .enqueue(
-            &call.target,
-            function,
-            &call.params,
-            Some(call.key),
-            at,
-            &call.limits,
-        )
-        .await
-        .map(|(key, _)| key)
-        .map_err(|e| e.to_string());
-    crate::failpoint("INVICTA_FAILPOINT_HOST_ENQUEUED");
+    let at = (delay_ms > 0).then(|| crate::support::now_ms().saturating_add(delay_ms));
+    let accepted = host.workers.enqueue(call, function.to_string(), at).await;
+    crate::support::failpoint("INVICTA_FAILPOINT_HOST_ENQUEUED");
     accepted
 }
 
 /// Makes the promise `id` of the worker, unless it exists (a re-execution makes it again).
 async fn create_promise(host: &HostApi, id: &str) -> Result<(), String> {
-    let inner = host
-        .inner
-        .upgrade()
-        .ok_or_else(|| "the executor is stopping".to_string())?;
-    let key = promise_key(&host.worker, id);
-    let record = crate::records::encode_json(&PromiseRecord {
-        created_at_ms: crate::now_ms(),
-        completed: None,
-        completed_at_ms: None,
-    });
-    inner
-        .store
-        .transact(move |tx| {
-            if tx.get(&key)?.is_none() {
-                tx.set(&key, &record)?;
-            }
-            Ok::<_, crate::Error>(())
-        })
+    host.workers
+        .create_promise(host.worker.clone(), id.to_string())
         .await
-        .map_err(|e| e.to_string())
 }
 
 async fn read_promise(host: &HostApi, id: &str) -> Result<Option<PromiseRecord>, String> {
-    let inner = host
-        .inner
-        .upgrade()
-        .ok_or_else(|| "the executor is stopping".to_string())?;
-    let key = promise_key(&host.worker, id);
-    let bytes = inner
-        .store
-        .read(move |tx| tx.get(&key))
+    host.workers
+        .read_promise(host.worker.clone(), id.to_string())
         .await
-        .map_err(|e| e.to_string())?;
-    bytes
-        .map(|b| crate::records::decode_json::<PromiseRecord>("promise", &b))
-        .transpose()
-        .map_err(|e| e.to_string())
 }

@@ -29,8 +29,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 use wasmtime_wasi_http::{Error as HttpError, RequestOptions, WasiBody, WasiHttpHooks};
 
-use crate::durability::RemoteWrite;
-use crate::host::{self, Shared};
+use crate::durability::{self as host, RemoteWrite, Shared};
 
 /// The host function name outgoing requests are recorded under.
 pub(crate) const HOST_FUNCTION: &str = "wasi:http/outgoing-handler.handle";
@@ -379,7 +378,7 @@ impl WasiHttpHooks for DurableHttp {
             Ok(Some(RemoteWrite::Unfinished { begin, key })) => (begin, key, false),
             Ok(None) => {
                 let index = d.next_index();
-                let key = crate::call_key(&self.worker, &self.incarnation, index);
+                let key = crate::durability::key_at(&self.worker, &self.incarnation, index);
                 let begin = d.append(OplogEntry::BeginRemoteWrite {
                     host_function: HOST_FUNCTION.into(),
                     idempotency_key: key.clone(),
@@ -419,7 +418,7 @@ impl WasiHttpHooks for DurableHttp {
             {
                 outcome = Err(e);
             }
-            crate::failpoint("INVICTA_FAILPOINT_HTTP_SENT");
+            crate::support::failpoint("INVICTA_FAILPOINT_HTTP_SENT");
             {
                 let mut d = host::lock(&durability);
                 if let Some((sent, received)) = received {

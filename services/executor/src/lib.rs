@@ -13,18 +13,24 @@
 //! **Boundary:** only this crate runs guest code.
 
 mod commit;
+mod config;
 mod durability;
+mod error;
 pub mod grpc;
 mod host;
 mod hostapi;
 mod http;
+mod limits;
 mod metrics;
 mod placement;
 mod problem;
 mod records;
 mod remote;
 mod schedules;
+mod support;
 mod suspend;
+mod types;
+mod wire;
 mod worker;
 
 use std::collections::HashMap;
@@ -32,322 +38,29 @@ use std::sync::{Arc, Mutex};
 
 use invicta_component_registry::{Compiled, ImportCheck, Registry};
 use invicta_engine::Engine;
-use invicta_engine::values::{ValueError, json_to_value};
+use invicta_engine::values::json_to_value;
 use invicta_model::oplog::{FailureKind, OplogEntry, OplogIndex};
 use invicta_model::shards::ShardGrant;
 use invicta_model::{ComponentName, TenantId, WorkerId, usage};
 use invicta_store::Store;
-use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
 pub use http::HttpConfig;
+pub use limits::Limits;
 pub use records::{InvocationRecord, PendingRecord, StoredOutcome, WorkerRecord};
 pub use schedules::Schedule;
 pub use suspend::{PROMISE_BYTES_MAX, PromiseRecord};
 
 use crate::commit::Committer;
+use crate::durability::new_incarnation;
 use crate::host::WorkerCtx;
+pub(crate) use crate::support::now_ms;
 use crate::worker::{Command, Invocation, WorkerHandle};
 
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error("worker {0} not found")]
-    WorkerNotFound(String),
-    #[error("worker {0} already exists")]
-    WorkerExists(String),
-    #[error("no invocation with idempotency key `{0}` on this worker")]
-    InvocationNotFound(String),
-    #[error("the worker cannot move to that version: {0}")]
-    IncompatibleVersion(String),
-    #[error("invalid schedule: {0}")]
-    InvalidSchedule(String),
-    #[error("schedule {0} not found")]
-    ScheduleNotFound(String),
-    #[error("promise {0} not found")]
-    PromiseNotFound(String),
-    #[error("promise {0} is already completed, with other data")]
-    PromiseCompleted(String),
-    #[error("the promise's data is {size} bytes as JSON; the limit is {limit}")]
-    PromiseTooLarge { size: usize, limit: usize },
-    #[error("component {component} has no exported function `{function}`; it exports: {available}")]
-    UnknownFunction {
-        component: String,
-        function: String,
-        available: String,
-    },
-    #[error("function `{function}` takes {expected} parameter(s), got {got}")]
-    ParamCount {
-        function: String,
-        expected: usize,
-        got: usize,
-    },
-    #[error(transparent)]
-    InvalidParam(#[from] ValueError),
-    #[error("invalid idempotency key: {0}")]
-    InvalidIdempotencyKey(String),
-    #[error("the invocation failed ({}): {message}", kind.code())]
-    InvocationFailed { kind: FailureKind, message: String },
-    #[error("the worker's oplog cannot be replayed: {0}")]
-    WorkerFailed(String),
-    #[error("the worker's queue is full ({0} invocations waiting)")]
-    QueueFull(usize),
-    #[error("no instance slot is free on this executor: {0}")]
-    PoolExhausted(String),
-    #[error("component: {0}")]
-    Component(#[from] invicta_component_registry::Error),
-    #[error("store: {0}")]
-    Store(#[from] invicta_store::Error),
-    #[error("oplog of {worker} has no entry before index {index}, or already has that index")]
-    OplogGap { worker: String, index: OplogIndex },
-    #[error("stored data is corrupt: {0}")]
-    Corrupt(String),
-    #[error("quota `{quota}` exceeded: the limit is {limit}, {used} used")]
-    QuotaExceeded {
-        quota: &'static str,
-        limit: u64,
-        used: u64,
-    },
-    #[error("wasmtime: {0}")]
-    Engine(String),
-    #[error("the executor is shutting down")]
-    ShuttingDown,
-    /// The commit's executor no longer holds the worker's shard: another executor runs it now.
-    #[error("worker {worker} moved: this executor no longer holds shard {shard}")]
-    Fenced { worker: String, shard: u32 },
-    /// This executor does not own the worker's shard.
-    #[error("worker {worker} is in shard {shard}, which this executor does not own")]
-    NotOwner { worker: String, shard: u32 },
-    /// The executor that owns the worker refused, with its error's code.
-    #[error("{message}")]
-    Remote { code: String, message: String },
-    /// The worker's actor stopped as the invocation reached it; the caller sends it again.
-    #[error("the worker was suspending; try again")]
-    Retry,
-}
-
-impl Error {
-    /// The stable code the API reports for this error.
-    pub fn code(&self) -> &str {
-        match self {
-            Error::WorkerNotFound(_) => "worker_not_found",
-            Error::WorkerExists(_) => "worker_exists",
-            Error::InvocationNotFound(_) => "invocation_not_found",
-            Error::IncompatibleVersion(_) => "incompatible_version",
-            Error::InvalidSchedule(_) => "invalid_schedule",
-            Error::ScheduleNotFound(_) => "schedule_not_found",
-            Error::PromiseNotFound(_) => "promise_not_found",
-            Error::PromiseCompleted(_) => "promise_completed",
-            Error::PromiseTooLarge { .. } => "promise_too_large",
-            Error::UnknownFunction { .. } => "unknown_function",
-            Error::ParamCount { .. } | Error::InvalidParam(_) => "invalid_params",
-            Error::InvalidIdempotencyKey(_) => "invalid_idempotency_key",
-            Error::InvocationFailed { kind, .. } => kind.code(),
-            Error::WorkerFailed(_) => "worker_failed",
-            Error::QueueFull(_) => "queue_full",
-            Error::PoolExhausted(_) => "capacity_exhausted",
-            Error::QuotaExceeded { .. } => "quota_exceeded",
-            Error::Fenced { .. } | Error::NotOwner { .. } => "worker_moved",
-            Error::ShuttingDown | Error::Retry => "unavailable",
-            Error::Component(_) => "component_error",
-            Error::Remote { code, .. } => code,
-            Error::Store(_) | Error::OplogGap { .. } | Error::Corrupt(_) | Error::Engine(_) => {
-                "internal"
-            }
-        }
-    }
-
-    /// A copy for every waiter of a shared outcome.
-    pub(crate) fn duplicate(&self) -> Error {
-        match self {
-            Error::InvocationFailed { kind, message } => Error::InvocationFailed {
-                kind: kind.clone(),
-                message: message.clone(),
-            },
-            Error::WorkerFailed(m) => Error::WorkerFailed(m.clone()),
-            Error::WorkerNotFound(m) => Error::WorkerNotFound(m.clone()),
-            Error::QueueFull(n) => Error::QueueFull(*n),
-            Error::PoolExhausted(m) => Error::PoolExhausted(m.clone()),
-            Error::QuotaExceeded { quota, limit, used } => Error::QuotaExceeded {
-                quota,
-                limit: *limit,
-                used: *used,
-            },
-            Error::ShuttingDown => Error::ShuttingDown,
-            Error::Fenced { worker, shard } => Error::Fenced {
-                worker: worker.clone(),
-                shard: *shard,
-            },
-            Error::Remote { code, message } => Error::Remote {
-                code: code.clone(),
-                message: message.clone(),
-            },
-            Error::Retry => Error::Retry,
-            Error::OplogGap { worker, index } => Error::OplogGap {
-                worker: worker.clone(),
-                index: *index,
-            },
-            other => Error::Engine(other.to_string()),
-        }
-    }
-}
-
-pub type Result<T, E = Error> = std::result::Result<T, E>;
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields, default)]
-pub struct Config {
-    /// Fuel one invocation may consume (default 1,000,000,000, about a second of guest code);
-    /// past it the invocation fails with `out_of_fuel` and leaves no trace in the worker's state.
-    pub fuel_per_invocation: u64,
-    /// Wall-clock limit of one invocation, in milliseconds (default 30,000).
-    pub invocation_timeout_ms: u64,
-    /// A worker idle this long is suspended: its instance is dropped and rebuilt by replay on
-    /// its next invocation (default 60,000 ms).
-    pub idle_suspend_ms: u64,
-    /// An invocation still running after this long makes its start durable, so that a crash
-    /// from then on resumes it rather than forgets it (default 5 ms). Shorter invocations
-    /// commit their start with their completion, in one transaction.
-    pub start_commit_delay_ms: u64,
-    /// Invocations one worker may have waiting (default 1,024); more are refused with
-    /// `queue_full`.
-    pub queue_depth: usize,
-    /// A worker that waits longer than this (on a `wasi:clocks` deadline, in milliseconds;
-    /// default 1,000) is suspended until the deadline: its instance is dropped, and replay
-    /// rebuilds it when the time comes. A worker awaiting a promise is always suspended.
-    pub suspend_wait_ms: u64,
-    /// Who decides which shards of workers this executor runs: `all` (the default, for a
-    /// single executor: it takes every shard when it starts) or `scheduler` (the worker
-    /// scheduler grants them).
-    pub placement: Placement,
-    /// How long a shard lease lasts unless renewed (default 10,000 ms); a dead executor's
-    /// workers move after it.
-    pub lease_ms: u64,
-    /// Outgoing HTTP: timeouts, response size, private hosts allowed.
-    pub http: HttpConfig,
-}
-
-/// Who decides which shards an executor runs.
-#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum Placement {
-    /// The executor takes every shard: one executor per store.
-    #[default]
-    All,
-    /// The worker scheduler grants shards.
-    Scheduler,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            fuel_per_invocation: 1_000_000_000,
-            invocation_timeout_ms: 30_000,
-            idle_suspend_ms: 60_000,
-            start_commit_delay_ms: 5,
-            queue_depth: 1_024,
-            suspend_wait_ms: 1_000,
-            placement: Placement::All,
-            lease_ms: 10_000,
-            http: HttpConfig::default(),
-        }
-    }
-}
-
-/// What the caller's plan allows; the executor enforces it where the work happens.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Limits {
-    /// The invocation's fuel budget (at most the executor's own `fuel_per_invocation`).
-    pub fuel_per_invocation: u64,
-    /// Fuel the tenant may use this month, checked before an invocation starts.
-    pub fuel_per_month: u64,
-    /// Memory of one worker (at most the engine's `memory_bytes_max`).
-    pub memory_per_worker_bytes: u64,
-    /// Workers the tenant may have.
-    pub workers_max: u64,
-    /// Hosts the tenant's workers may send requests to (`None`: any public host).
-    pub egress_hosts: Option<Vec<String>>,
-}
-
-impl Limits {
-    /// No limits beyond the executor's and engine's own.
-    pub fn unlimited() -> Limits {
-        Limits {
-            fuel_per_invocation: u64::MAX,
-            fuel_per_month: u64::MAX,
-            memory_per_worker_bytes: u64::MAX,
-            workers_max: u64::MAX,
-            egress_hosts: None,
-        }
-    }
-}
-
-/// How a worker looks from outside.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
-pub struct WorkerStatus {
-    /// `active` (its instance is in memory), `suspended`, or `failed`.
-    pub status: String,
-    pub component_version: u64,
-    pub oplog_length: u64,
-    pub pending_invocations: u64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-}
-
-/// A worker in a listing.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
-pub struct WorkerSummary {
-    pub name: String,
-    /// `active`, `suspended` or `failed`.
-    pub status: String,
-    pub component_version: u64,
-    pub created_at_ms: u64,
-}
-
-/// Which workers a listing returns.
-#[derive(Debug, Clone, Default)]
-pub struct WorkerFilter {
-    /// Only names starting with this.
-    pub prefix: Option<String>,
-    /// Only workers in this status.
-    pub status: Option<String>,
-    /// Only names after this one (the previous page's `next`).
-    pub after: Option<String>,
-    /// At most this many.
-    pub limit: usize,
-}
-
-/// Where an invocation accepted by `enqueue` (or made with a key) stands.
-#[derive(Debug, Clone, PartialEq)]
-pub enum InvocationState {
-    Pending {
-        enqueued_at_ms: u64,
-        /// When it runs, if it was scheduled for later.
-        due_at_ms: Option<u64>,
-    },
-    Completed(Completed),
-    Failed {
-        kind: String,
-        message: String,
-    },
-}
-
-/// A line a worker wrote to stdout or stderr, at its oplog index.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema)]
-pub struct LogLine {
-    pub index: OplogIndex,
-    pub stream: &'static str,
-    /// The bytes as text (invalid UTF-8 replaced).
-    pub text: String,
-}
-
-/// The result of a completed invocation.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Completed {
-    pub result: serde_json::Value,
-    pub fuel_consumed: u64,
-}
-
-pub(crate) type Outcome = std::result::Result<Completed, Error>;
+pub use config::{Config, Placement};
+pub use error::{Error, Result};
+pub(crate) use types::Outcome;
+pub use types::{Completed, InvocationState, LogLine, WorkerFilter, WorkerStatus, WorkerSummary};
 
 /// How old the monthly fuel figure checked before each invocation may be, in milliseconds:
 /// reading it for every invocation would cost a store read on the hot path.
@@ -419,55 +132,116 @@ pub(crate) struct Inner {
     pub release_ready: tokio::sync::Notify,
 }
 
-/// Dies here (SIGKILL) once, if the variable `var` names a file that exists (the file is
-/// removed first): for the crash tests that must hit a narrow window, e.g. between a request
-/// leaving and its response being recorded.
-pub(crate) fn failpoint(var: &str) {
-    let Some(path) = std::env::var_os(var) else {
-        return;
-    };
-    if std::fs::remove_file(&path).is_ok() {
-        tracing::warn!(failpoint = var, "failpoint: dying here");
-        #[allow(unsafe_code)]
-        // SAFETY: kill(2) on this very process, as a crash would.
-        unsafe {
-            libc::kill(libc::getpid(), libc::SIGKILL);
-        }
-    }
-}
-
-/// The idempotency key of a worker's outgoing call at `index` in its oplog: the same for every
-/// re-execution of that call, different for every other, and opaque (it may leave the system).
-/// The key of what a worker does at an oplog index (an outgoing request's `Idempotency-Key`, a
-/// call to another worker, a promise id): the same on every re-execution of that place, and
-/// another for every other worker, every other place, and every other incarnation of a worker
-/// of the same name. Workers made before incarnations existed (`incarnation` empty) keep the
-/// keys they had.
-pub(crate) fn call_key(worker: &WorkerId, incarnation: &str, index: OplogIndex) -> String {
-    use sha2::Digest;
-    let place = if incarnation.is_empty() {
-        format!("{worker}#{index}")
-    } else {
-        format!("{worker}@{incarnation}#{index}")
-    };
-    let digest = sha2::Sha256::digest(place.as_bytes());
-    hex::encode(&digest[..16])
-}
-
-/// A new worker incarnation: 128 random bits.
-fn new_incarnation() -> String {
-    hex::encode(rand::random::<[u8; 16]>())
-}
-
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-pub(crate) fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
+/// The executor as the Invicta host interface sees it: calls to other workers and promises.
+/// Holds the executor weakly, as workers' stores hold it.
+pub(crate) struct ExecutorWorkers(std::sync::Weak<Inner>);
+
+impl ExecutorWorkers {
+    fn executor(&self) -> std::result::Result<Executor, String> {
+        self.0
+            .upgrade()
+            .map(|inner| Executor { inner })
+            .ok_or_else(|| "the executor is stopping".to_string())
+    }
+}
+
+impl hostapi::Workers for ExecutorWorkers {
+    fn invoke(
+        &self,
+        call: hostapi::Call,
+        function: String,
+    ) -> futures::future::BoxFuture<'static, std::result::Result<String, String>> {
+        let executor = self.executor();
+        Box::pin(async move {
+            executor?
+                .invoke(
+                    &call.target,
+                    &function,
+                    &call.params,
+                    Some(call.key),
+                    &call.limits,
+                )
+                .await
+                .map(|completed| completed.result.to_string())
+                .map_err(|e| e.to_string())
+        })
+    }
+
+    fn enqueue(
+        &self,
+        call: hostapi::Call,
+        function: String,
+        at: Option<u64>,
+    ) -> futures::future::BoxFuture<'static, std::result::Result<String, String>> {
+        let executor = self.executor();
+        Box::pin(async move {
+            executor?
+                .enqueue(
+                    &call.target,
+                    &function,
+                    &call.params,
+                    Some(call.key),
+                    at,
+                    &call.limits,
+                )
+                .await
+                .map(|(key, _)| key)
+                .map_err(|e| e.to_string())
+        })
+    }
+
+    fn create_promise(
+        &self,
+        worker: WorkerId,
+        id: String,
+    ) -> futures::future::BoxFuture<'static, std::result::Result<(), String>> {
+        let executor = self.executor();
+        Box::pin(async move {
+            let key = suspend::promise_key(&worker, &id);
+            let record = records::encode_json(&PromiseRecord {
+                created_at_ms: now_ms(),
+                completed: None,
+                completed_at_ms: None,
+            });
+            executor?
+                .inner
+                .store
+                .transact(move |tx| {
+                    if tx.get(&key)?.is_none() {
+                        tx.set(&key, &record)?;
+                    }
+                    Ok::<_, Error>(())
+                })
+                .await
+                .map_err(|e| e.to_string())
+        })
+    }
+
+    fn read_promise(
+        &self,
+        worker: WorkerId,
+        id: String,
+    ) -> futures::future::BoxFuture<'static, std::result::Result<Option<PromiseRecord>, String>>
+    {
+        let executor = self.executor();
+        Box::pin(async move {
+            let key = suspend::promise_key(&worker, &id);
+            let bytes = executor?
+                .inner
+                .store
+                .read(move |tx| tx.get(&key))
+                .await
+                .map_err(|e| e.to_string())?;
+            bytes
+                .map(|b| records::decode_json::<PromiseRecord>("promise", &b))
+                .transpose()
+                .map_err(|e| e.to_string())
+        })
+    }
 }
 
 impl Executor {

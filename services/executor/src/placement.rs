@@ -14,7 +14,7 @@ use invicta_model::WorkerId;
 use invicta_model::shards::{SHARDS, ShardLease, lease_key, shard_of};
 use invicta_store::Transaction;
 
-use crate::Error;
+use crate::error::Error;
 use crate::records::{decode_json, encode_json};
 
 /// This executor's id, the epoch of every shard it owns (0: not owned), and which of them it

@@ -13,7 +13,7 @@ use invicta_proto::common;
 use prost::Message;
 use tonic::Status;
 
-use crate::Error;
+use crate::error::Error;
 
 /// Every quota an error may name (the executor's and the registry's): a quota crosses as text
 /// and comes back as the same name.

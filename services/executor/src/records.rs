@@ -20,7 +20,7 @@ use invicta_store::keys::{pack, prefix_range, unpack};
 use invicta_store::{RangeOptions, Transaction};
 use serde::{Deserialize, Serialize};
 
-use crate::Error;
+use crate::error::Error;
 
 /// Entries larger than this are split into chunks (a store value holds at most 100 kB).
 pub(crate) const ENTRY_CHUNK_BYTES: usize = 90_000;

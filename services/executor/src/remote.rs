@@ -15,7 +15,9 @@ use invicta_proto::executor::{self as pb, executor_client::ExecutorClient, invok
 use invicta_worker_scheduler::grpc::SchedulerClient;
 use tonic::transport::Channel;
 
-use crate::{Completed, Error, Limits, Result};
+use crate::error::{Error, Result};
+use crate::limits::Limits;
+use crate::types::Completed;
 
 /// How long a call keeps looking for the worker's executor (a failover takes about a lease).
 const ROUTE_BUDGET: Duration = Duration::from_secs(30);
@@ -147,7 +149,7 @@ impl Router {
             function: function.to_string(),
             params_json: serde_json::Value::Array(params.to_vec()).to_string(),
             idempotency_key: key,
-            limits: Some(crate::grpc::limits_to(limits)),
+            limits: Some(crate::wire::limits_to(limits)),
         };
         self.routed(id, |mut client| {
             let request = request.clone();
@@ -187,7 +189,7 @@ impl Router {
             worker: Some(wire(id)),
             env: env.iter().cloned().collect(),
             args: args.to_vec(),
-            limits: Some(crate::grpc::limits_to(limits)),
+            limits: Some(crate::wire::limits_to(limits)),
             version,
         };
         self.routed(id, |mut client| {
@@ -223,7 +225,7 @@ impl Router {
             params_json: serde_json::Value::Array(params.to_vec()).to_string(),
             idempotency_key: key,
             schedule_at_ms,
-            limits: Some(crate::grpc::limits_to(limits)),
+            limits: Some(crate::wire::limits_to(limits)),
         };
         self.routed(id, |mut client| {
             let request = request.clone();
@@ -299,7 +301,7 @@ impl Router {
     }
 
     /// The worker's status as its executor knows it (in memory or not): one attempt, no retry.
-    pub(crate) async fn status(&self, id: &WorkerId) -> Result<crate::WorkerStatus> {
+    pub(crate) async fn status(&self, id: &WorkerId) -> Result<crate::types::WorkerStatus> {
         let mut client = self.client(id).await?;
         let status = client
             .get_worker(invicta_telemetry::propagation::request(
@@ -313,7 +315,7 @@ impl Router {
                 crate::problem::from_status(&s)
             })?
             .into_inner();
-        Ok(crate::WorkerStatus {
+        Ok(crate::types::WorkerStatus {
             status: status.status,
             component_version: status.component_version,
             oplog_length: status.oplog_length,

@@ -15,7 +15,7 @@ use invicta_store::Transaction;
 use invicta_store::keys::{pack, unpack};
 use serde::{Deserialize, Serialize};
 
-use crate::Error;
+use crate::error::Error;
 use crate::records;
 
 /// A recurring invocation.

@@ -23,8 +23,15 @@ use tokio::sync::mpsc;
 use wasmtime::component::{Linker, Resource};
 use wasmtime_wasi::p2::{DynPollable, Pollable, subscribe};
 
-use crate::durability::{POLL, READY, Readiness};
-use crate::host::{self, WorkerCtx};
+use crate::durability::{self as host, POLL, READY, Readiness, Shared};
+
+/// What durable waits need of a worker's store data (wasmtime-wasi's view pattern): the
+/// binding sees this, not the whole worker.
+pub(crate) trait WaitsView: Send + 'static {
+    fn durability(&self) -> &Shared;
+    fn waits(&self) -> &Waits;
+    fn table(&mut self) -> &mut wasmtime::component::ResourceTable;
+}
 
 const SUBSCRIBE_DURATION: &str = "wasi:clocks/monotonic-clock.subscribe-duration";
 
@@ -114,7 +121,7 @@ pub(crate) fn clock_ns() -> u64 {
 /// A deadline pollable of the worker's monotonic clock.
 struct Deadline {
     at_ns: u64,
-    durability: host::Shared,
+    durability: Shared,
     waits: Waits,
 }
 
@@ -153,11 +160,11 @@ impl Pollable for Deadline {
     }
 }
 
-fn deadline(store: &mut WorkerCtx, at_ns: u64) -> wasmtime::Result<Resource<DynPollable>> {
+fn deadline<T: WaitsView>(store: &mut T, at_ns: u64) -> wasmtime::Result<Resource<DynPollable>> {
     let pollable = Deadline {
         at_ns,
-        durability: store.durability.clone(),
-        waits: store.waits.clone(),
+        durability: store.durability().clone(),
+        waits: store.waits().clone(),
     };
     let resource = store.table().push(pollable)?;
     subscribe(store.table(), resource)
@@ -180,14 +187,14 @@ fn recorded_indices(value: &Value, given: usize) -> Option<Vec<u32>> {
 /// Replaces the monotonic clock's `subscribe-*` with durable deadlines, and records which
 /// pollables `poll` and `ready` found ready: which of several things happened first is as
 /// non-deterministic as a clock, and a replay must see the same.
-pub(crate) fn add_to_linker(linker: &mut Linker<WorkerCtx>) -> wasmtime::Result<()> {
+pub(crate) fn add_to_linker<T: WaitsView>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
     use wasmtime_wasi::p2::bindings::io::poll::{Host, HostPollable};
     let mut io = linker.instance("wasi:io/poll@0.2.12")?;
     io.func_wrap_async(
         "poll",
         |mut store, (pollables,): (Vec<Resource<DynPollable>>,)| {
             Box::new(async move {
-                let durability = store.data().durability.clone();
+                let durability = store.data().durability().clone();
                 let readiness = host::lock(&durability)
                     .readiness(POLL)
                     .map_err(wasmtime::Error::msg)?;
@@ -231,7 +238,7 @@ pub(crate) fn add_to_linker(linker: &mut Linker<WorkerCtx>) -> wasmtime::Result<
         "[method]pollable.ready",
         |mut store, (pollable,): (Resource<DynPollable>,)| {
             Box::new(async move {
-                let durability = store.data().durability.clone();
+                let durability = store.data().durability().clone();
                 let readiness = host::lock(&durability)
                     .readiness(READY)
                     .map_err(wasmtime::Error::msg)?;
@@ -265,7 +272,7 @@ pub(crate) fn add_to_linker(linker: &mut Linker<WorkerCtx>) -> wasmtime::Result<
     })?;
     clock.func_wrap("subscribe-duration", |mut store, (duration,): (u64,)| {
         let at = {
-            let mut d = host::lock(&store.data().durability);
+            let mut d = host::lock(store.data().durability());
             let value = d
                 .host_call(SUBSCRIBE_DURATION, |d| {
                     Value::U64(d.monotonic_now(clock_ns()).saturating_add(duration))

@@ -23,11 +23,14 @@ use tokio::sync::{Notify, mpsc, oneshot};
 use tracing::Instrument;
 use wasmtime::component::{Instance, InstancePre};
 
+use crate::Inner;
 use crate::commit::{self, CommitRequest};
+use crate::error::Error;
 use crate::host::{self, Durability, WorkerCtx};
 use crate::records::{self, InvocationRecord, StoredOutcome, WorkerRecord};
+use crate::support::now_ms;
 use crate::suspend::{Waits, Wake};
-use crate::{Completed, Error, Inner, Outcome, now_ms};
+use crate::types::{Completed, Outcome};
 
 /// How many times activation evicts idle workers to find a free instance slot.
 const EVICTION_ATTEMPTS: u32 = 5;
@@ -107,7 +110,7 @@ struct Shared {
     /// Where its outgoing requests may go, as of its latest invocation.
     egress: Arc<Mutex<crate::http::Egress>>,
     /// Its latest invocation's limits, for the invocations it makes through the host interface.
-    limits: Arc<Mutex<crate::Limits>>,
+    limits: Arc<Mutex<crate::limits::Limits>>,
 }
 
 #[derive(Clone)]
@@ -264,7 +267,7 @@ pub(crate) fn spawn(
             hosts: None,
             tls: inner.http_tls.clone(),
         })),
-        limits: Arc::new(Mutex::new(crate::Limits {
+        limits: Arc::new(Mutex::new(crate::limits::Limits {
             fuel_per_invocation: inner.config.fuel_per_invocation,
             fuel_per_month: u64::MAX,
             memory_per_worker_bytes: inner.engine.config.memory_bytes_max,
@@ -392,7 +395,7 @@ impl Actor {
                         .memory_bytes
                         .store(invocation.memory_bytes, Ordering::Relaxed);
                     lock(&self.shared.egress).hosts = invocation.egress_hosts.clone();
-                    *lock(&self.shared.limits) = crate::Limits {
+                    *lock(&self.shared.limits) = crate::limits::Limits {
                         fuel_per_invocation: invocation.fuel,
                         fuel_per_month: u64::MAX,
                         memory_per_worker_bytes: invocation.memory_bytes,
@@ -935,7 +938,7 @@ impl Actor {
         );
         let mut ctx = ctx;
         ctx.host = Some(crate::hostapi::HostApi {
-            inner: Arc::downgrade(&self.inner),
+            workers: Arc::new(crate::ExecutorWorkers(Arc::downgrade(&self.inner))),
             worker: self.id.clone(),
             incarnation,
             limits: self.shared.limits.clone(),
@@ -1067,7 +1070,7 @@ impl Actor {
                         lock(&self.shared.limits).clone(),
                     );
                     lock(&self.shared.egress).hosts = limits.egress_hosts.clone();
-                    *lock(&self.shared.limits) = crate::Limits {
+                    *lock(&self.shared.limits) = crate::limits::Limits {
                         fuel_per_invocation: limits.fuel,
                         fuel_per_month: u64::MAX,
                         memory_per_worker_bytes: limits.memory_bytes,

@@ -1,0 +1,65 @@
+//! The executor's configuration (`[executor]`).
+
+use serde::{Deserialize, Serialize};
+
+use crate::http::HttpConfig;
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Fuel one invocation may consume (default 1,000,000,000, about a second of guest code);
+    /// past it the invocation fails with `out_of_fuel` and leaves no trace in the worker's state.
+    pub fuel_per_invocation: u64,
+    /// Wall-clock limit of one invocation, in milliseconds (default 30,000).
+    pub invocation_timeout_ms: u64,
+    /// A worker idle this long is suspended: its instance is dropped and rebuilt by replay on
+    /// its next invocation (default 60,000 ms).
+    pub idle_suspend_ms: u64,
+    /// An invocation still running after this long makes its start durable, so that a crash
+    /// from then on resumes it rather than forgets it (default 5 ms). Shorter invocations
+    /// commit their start with their completion, in one transaction.
+    pub start_commit_delay_ms: u64,
+    /// Invocations one worker may have waiting (default 1,024); more are refused with
+    /// `queue_full`.
+    pub queue_depth: usize,
+    /// A worker that waits longer than this (on a `wasi:clocks` deadline, in milliseconds;
+    /// default 1,000) is suspended until the deadline: its instance is dropped, and replay
+    /// rebuilds it when the time comes. A worker awaiting a promise is always suspended.
+    pub suspend_wait_ms: u64,
+    /// Who decides which shards of workers this executor runs: `all` (the default, for a
+    /// single executor: it takes every shard when it starts) or `scheduler` (the worker
+    /// scheduler grants them).
+    pub placement: Placement,
+    /// How long a shard lease lasts unless renewed (default 10,000 ms); a dead executor's
+    /// workers move after it.
+    pub lease_ms: u64,
+    /// Outgoing HTTP: timeouts, response size, private hosts allowed.
+    pub http: HttpConfig,
+}
+
+/// Who decides which shards an executor runs.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Placement {
+    /// The executor takes every shard: one executor per store.
+    #[default]
+    All,
+    /// The worker scheduler grants shards.
+    Scheduler,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            fuel_per_invocation: 1_000_000_000,
+            invocation_timeout_ms: 30_000,
+            idle_suspend_ms: 60_000,
+            start_commit_delay_ms: 5,
+            queue_depth: 1_024,
+            suspend_wait_ms: 1_000,
+            placement: Placement::All,
+            lease_ms: 10_000,
+            http: HttpConfig::default(),
+        }
+    }
+}

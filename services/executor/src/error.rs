@@ -1,0 +1,148 @@
+//! The executor's errors, each with the stable code the API reports.
+
+use invicta_engine::values::ValueError;
+use invicta_model::oplog::{FailureKind, OplogIndex};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("worker {0} not found")]
+    WorkerNotFound(String),
+    #[error("worker {0} already exists")]
+    WorkerExists(String),
+    #[error("no invocation with idempotency key `{0}` on this worker")]
+    InvocationNotFound(String),
+    #[error("the worker cannot move to that version: {0}")]
+    IncompatibleVersion(String),
+    #[error("invalid schedule: {0}")]
+    InvalidSchedule(String),
+    #[error("schedule {0} not found")]
+    ScheduleNotFound(String),
+    #[error("promise {0} not found")]
+    PromiseNotFound(String),
+    #[error("promise {0} is already completed, with other data")]
+    PromiseCompleted(String),
+    #[error("the promise's data is {size} bytes as JSON; the limit is {limit}")]
+    PromiseTooLarge { size: usize, limit: usize },
+    #[error("component {component} has no exported function `{function}`; it exports: {available}")]
+    UnknownFunction {
+        component: String,
+        function: String,
+        available: String,
+    },
+    #[error("function `{function}` takes {expected} parameter(s), got {got}")]
+    ParamCount {
+        function: String,
+        expected: usize,
+        got: usize,
+    },
+    #[error(transparent)]
+    InvalidParam(#[from] ValueError),
+    #[error("invalid idempotency key: {0}")]
+    InvalidIdempotencyKey(String),
+    #[error("the invocation failed ({}): {message}", kind.code())]
+    InvocationFailed { kind: FailureKind, message: String },
+    #[error("the worker's oplog cannot be replayed: {0}")]
+    WorkerFailed(String),
+    #[error("the worker's queue is full ({0} invocations waiting)")]
+    QueueFull(usize),
+    #[error("no instance slot is free on this executor: {0}")]
+    PoolExhausted(String),
+    #[error("component: {0}")]
+    Component(#[from] invicta_component_registry::Error),
+    #[error("store: {0}")]
+    Store(#[from] invicta_store::Error),
+    #[error("oplog of {worker} has no entry before index {index}, or already has that index")]
+    OplogGap { worker: String, index: OplogIndex },
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+    #[error("quota `{quota}` exceeded: the limit is {limit}, {used} used")]
+    QuotaExceeded {
+        quota: &'static str,
+        limit: u64,
+        used: u64,
+    },
+    #[error("wasmtime: {0}")]
+    Engine(String),
+    #[error("the executor is shutting down")]
+    ShuttingDown,
+    /// The commit's executor no longer holds the worker's shard: another executor runs it now.
+    #[error("worker {worker} moved: this executor no longer holds shard {shard}")]
+    Fenced { worker: String, shard: u32 },
+    /// This executor does not own the worker's shard.
+    #[error("worker {worker} is in shard {shard}, which this executor does not own")]
+    NotOwner { worker: String, shard: u32 },
+    /// The executor that owns the worker refused, with its error's code.
+    #[error("{message}")]
+    Remote { code: String, message: String },
+    /// The worker's actor stopped as the invocation reached it; the caller sends it again.
+    #[error("the worker was suspending; try again")]
+    Retry,
+}
+
+impl Error {
+    /// The stable code the API reports for this error.
+    pub fn code(&self) -> &str {
+        match self {
+            Error::WorkerNotFound(_) => "worker_not_found",
+            Error::WorkerExists(_) => "worker_exists",
+            Error::InvocationNotFound(_) => "invocation_not_found",
+            Error::IncompatibleVersion(_) => "incompatible_version",
+            Error::InvalidSchedule(_) => "invalid_schedule",
+            Error::ScheduleNotFound(_) => "schedule_not_found",
+            Error::PromiseNotFound(_) => "promise_not_found",
+            Error::PromiseCompleted(_) => "promise_completed",
+            Error::PromiseTooLarge { .. } => "promise_too_large",
+            Error::UnknownFunction { .. } => "unknown_function",
+            Error::ParamCount { .. } | Error::InvalidParam(_) => "invalid_params",
+            Error::InvalidIdempotencyKey(_) => "invalid_idempotency_key",
+            Error::InvocationFailed { kind, .. } => kind.code(),
+            Error::WorkerFailed(_) => "worker_failed",
+            Error::QueueFull(_) => "queue_full",
+            Error::PoolExhausted(_) => "capacity_exhausted",
+            Error::QuotaExceeded { .. } => "quota_exceeded",
+            Error::Fenced { .. } | Error::NotOwner { .. } => "worker_moved",
+            Error::ShuttingDown | Error::Retry => "unavailable",
+            Error::Component(_) => "component_error",
+            Error::Remote { code, .. } => code,
+            Error::Store(_) | Error::OplogGap { .. } | Error::Corrupt(_) | Error::Engine(_) => {
+                "internal"
+            }
+        }
+    }
+
+    /// A copy for every waiter of a shared outcome.
+    pub(crate) fn duplicate(&self) -> Error {
+        match self {
+            Error::InvocationFailed { kind, message } => Error::InvocationFailed {
+                kind: kind.clone(),
+                message: message.clone(),
+            },
+            Error::WorkerFailed(m) => Error::WorkerFailed(m.clone()),
+            Error::WorkerNotFound(m) => Error::WorkerNotFound(m.clone()),
+            Error::QueueFull(n) => Error::QueueFull(*n),
+            Error::PoolExhausted(m) => Error::PoolExhausted(m.clone()),
+            Error::QuotaExceeded { quota, limit, used } => Error::QuotaExceeded {
+                quota,
+                limit: *limit,
+                used: *used,
+            },
+            Error::ShuttingDown => Error::ShuttingDown,
+            Error::Fenced { worker, shard } => Error::Fenced {
+                worker: worker.clone(),
+                shard: *shard,
+            },
+            Error::Remote { code, message } => Error::Remote {
+                code: code.clone(),
+                message: message.clone(),
+            },
+            Error::Retry => Error::Retry,
+            Error::OplogGap { worker, index } => Error::OplogGap {
+                worker: worker.clone(),
+                index: *index,
+            },
+            other => Error::Engine(other.to_string()),
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

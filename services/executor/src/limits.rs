@@ -1,0 +1,29 @@
+//! What the caller's plan allows an invocation.
+
+/// What the caller's plan allows; the executor enforces it where the work happens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// The invocation's fuel budget (at most the executor's own `fuel_per_invocation`).
+    pub fuel_per_invocation: u64,
+    /// Fuel the tenant may use this month, checked before an invocation starts.
+    pub fuel_per_month: u64,
+    /// Memory of one worker (at most the engine's `memory_bytes_max`).
+    pub memory_per_worker_bytes: u64,
+    /// Workers the tenant may have.
+    pub workers_max: u64,
+    /// Hosts the tenant's workers may send requests to (`None`: any public host).
+    pub egress_hosts: Option<Vec<String>>,
+}
+
+impl Limits {
+    /// No limits beyond the executor's and engine's own.
+    pub fn unlimited() -> Limits {
+        Limits {
+            fuel_per_invocation: u64::MAX,
+            fuel_per_month: u64::MAX,
+            memory_per_worker_bytes: u64::MAX,
+            workers_max: u64::MAX,
+            egress_hosts: None,
+        }
+    }
+}

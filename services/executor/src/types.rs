@@ -1,0 +1,74 @@
+//! What the executor answers: workers' statuses and listings, invocations' states and results.
+
+use invicta_model::oplog::OplogIndex;
+use serde::{Deserialize, Serialize};
+
+use crate::error::Error;
+
+/// How a worker looks from outside.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
+pub struct WorkerStatus {
+    /// `active` (its instance is in memory), `suspended`, or `failed`.
+    pub status: String,
+    pub component_version: u64,
+    pub oplog_length: u64,
+    pub pending_invocations: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// A worker in a listing.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
+pub struct WorkerSummary {
+    pub name: String,
+    /// `active`, `suspended` or `failed`.
+    pub status: String,
+    pub component_version: u64,
+    pub created_at_ms: u64,
+}
+
+/// Which workers a listing returns.
+#[derive(Debug, Clone, Default)]
+pub struct WorkerFilter {
+    /// Only names starting with this.
+    pub prefix: Option<String>,
+    /// Only workers in this status.
+    pub status: Option<String>,
+    /// Only names after this one (the previous page's `next`).
+    pub after: Option<String>,
+    /// At most this many.
+    pub limit: usize,
+}
+
+/// Where an invocation accepted by `enqueue` (or made with a key) stands.
+#[derive(Debug, Clone, PartialEq)]
+pub enum InvocationState {
+    Pending {
+        enqueued_at_ms: u64,
+        /// When it runs, if it was scheduled for later.
+        due_at_ms: Option<u64>,
+    },
+    Completed(Completed),
+    Failed {
+        kind: String,
+        message: String,
+    },
+}
+
+/// A line a worker wrote to stdout or stderr, at its oplog index.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema)]
+pub struct LogLine {
+    pub index: OplogIndex,
+    pub stream: &'static str,
+    /// The bytes as text (invalid UTF-8 replaced).
+    pub text: String,
+}
+
+/// The result of a completed invocation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Completed {
+    pub result: serde_json::Value,
+    pub fuel_consumed: u64,
+}
+
+pub(crate) type Outcome = std::result::Result<Completed, Error>;

@@ -1,0 +1,32 @@
+//! Conversions between the executor's types and the gRPC messages that its service and its
+//! client share.
+
+use invicta_proto::executor as pb;
+
+use crate::limits::Limits;
+
+/// The plan's limits a request carries (none given: the executor's own limits only).
+pub fn limits_from(limits: Option<pb::Limits>) -> Limits {
+    match limits {
+        None => Limits::unlimited(),
+        Some(l) => Limits {
+            fuel_per_invocation: l.fuel_per_invocation,
+            fuel_per_month: l.fuel_per_month,
+            memory_per_worker_bytes: l.memory_per_worker_bytes,
+            workers_max: l.workers_max,
+            egress_hosts: l.egress_restricted.then_some(l.egress_hosts),
+        },
+    }
+}
+
+/// The wire form of [`Limits`].
+pub fn limits_to(limits: &Limits) -> pb::Limits {
+    pb::Limits {
+        fuel_per_invocation: limits.fuel_per_invocation,
+        fuel_per_month: limits.fuel_per_month,
+        memory_per_worker_bytes: limits.memory_per_worker_bytes,
+        workers_max: limits.workers_max,
+        egress_hosts: limits.egress_hosts.clone().unwrap_or_default(),
+        egress_restricted: limits.egress_hosts.is_some(),
+    }
+}
