@@ -114,3 +114,71 @@ async fn a_resumed_invocation_keeps_its_plans_egress_hosts() -> anyhow::Result<(
     drop(server);
     Ok(())
 }
+
+/// An idempotency key is bound to its request: the same key with other parameters or another
+/// function is refused (409), on `invoke` and on `enqueue`; the same request again gets the
+/// first answer.
+#[tokio::test]
+async fn a_reused_idempotency_key_is_refused() -> anyhow::Result<()> {
+    let data = tempfile::tempdir()?;
+    let server = Server::start(INVICTA.as_ref(), &data.path().join("data"))?;
+    let api = server.operator().new_tenant("keys", "pro").await?;
+    api.upload("counter", component("counter")).await?;
+    let first = api
+        .invoke("counter", "c", "add", json!([5]), Some("k1"))
+        .await?;
+    assert_eq!((first.status, &first.body["result"]), (200, &json!(5)));
+    let again = api
+        .invoke("counter", "c", "add", json!([5]), Some("k1"))
+        .await?;
+    assert_eq!((again.status, &again.body["result"]), (200, &json!(5)));
+    for (function, params) in [("add", json!([6])), ("get", json!([]))] {
+        let other = api
+            .invoke("counter", "c", function, params, Some("k1"))
+            .await?;
+        assert_eq!(
+            (other.status, other.code()),
+            (409, "idempotency_key_reused"),
+            "{other:?}"
+        );
+    }
+    let enqueue = |params: serde_json::Value| {
+        let api = api.clone();
+        async move {
+            api.post_json(
+                "/v1/components/counter/workers/c/enqueue",
+                &json!({ "function": "add", "params": params }),
+                Some("k2"),
+            )
+            .await
+        }
+    };
+    assert_eq!(enqueue(json!([1])).await?.status, 202);
+    let reused = enqueue(json!([2])).await?;
+    assert_eq!(
+        (reused.status, reused.code()),
+        (409, "idempotency_key_reused"),
+        "{reused:?}"
+    );
+    // The same enqueue again is accepted as the one before, and runs once.
+    let same = enqueue(json!([1])).await?;
+    assert!(same.status == 202 || same.status == 200, "{same:?}");
+    let total = eventually("the enqueued addition ran", Duration::from_secs(20), || {
+        let api = api.clone();
+        async move {
+            let got = api.call("counter", "c", "get", json!([])).await?;
+            Ok((got == json!(6)).then_some(got))
+        }
+    })
+    .await?;
+    assert_eq!(total, json!(6));
+    // The key used by enqueue is bound too, for invoke.
+    let cross = api
+        .invoke("counter", "c", "add", json!([9]), Some("k2"))
+        .await?;
+    assert_eq!(
+        (cross.status, cross.code()),
+        (409, "idempotency_key_reused")
+    );
+    Ok(())
+}

@@ -39,6 +39,11 @@ pub enum Error {
     InvalidParam(#[from] ValueError),
     #[error("invalid idempotency key: {0}")]
     InvalidIdempotencyKey(String),
+    /// The key was used before for another function or other parameters.
+    #[error(
+        "idempotency key `{0}` was used before for another request (another function or other parameters); use a new key"
+    )]
+    IdempotencyKeyReused(String),
     #[error("the invocation failed ({}): {message}", kind.code())]
     InvocationFailed { kind: FailureKind, message: String },
     #[error("the worker's oplog cannot be replayed: {0}")]
@@ -95,6 +100,7 @@ impl Error {
             Error::UnknownFunction { .. } => "unknown_function",
             Error::ParamCount { .. } | Error::InvalidParam(_) => "invalid_params",
             Error::InvalidIdempotencyKey(_) => "invalid_idempotency_key",
+            Error::IdempotencyKeyReused(_) => "idempotency_key_reused",
             Error::InvocationFailed { kind, .. } => kind.code(),
             Error::WorkerFailed(_) => "worker_failed",
             Error::QueueFull(_) => "queue_full",
@@ -136,6 +142,7 @@ impl Error {
                 message: message.clone(),
             },
             Error::Retry => Error::Retry,
+            Error::IdempotencyKeyReused(k) => Error::IdempotencyKeyReused(k.clone()),
             Error::OplogGap { worker, index } => Error::OplogGap {
                 worker: worker.clone(),
                 index: *index,

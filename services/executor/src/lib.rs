@@ -834,10 +834,16 @@ impl Executor {
             Some(key) => (false, key),
             None => (true, generated_key()),
         };
+        let fingerprint = if generated {
+            String::new()
+        } else {
+            records::fingerprint(&export.name, &values)
+        };
         let invocation = Invocation {
             function: export.name.clone(),
             params: values,
             idempotency_key: key,
+            fingerprint,
             key_is_new: generated,
             enqueued: false,
             egress_hosts: limits.egress_hosts.clone(),
@@ -941,13 +947,27 @@ impl Executor {
             due_at_ms,
         };
         let (id_c, key) = (id.clone(), invocation.idempotency_key.clone());
+        let (fingerprint, function_c) =
+            (invocation.fingerprint.clone(), invocation.function.clone());
+        let params_c = params.to_vec();
         let accepted = self
             .inner
             .store
             .transact(move |tx| {
-                if tx.get(&records::invocation_key(&id_c, &key))?.is_some()
-                    || tx.get(&records::pending_key(&id_c, &key))?.is_some()
-                {
+                // A key seen before is accepted again only for the same request.
+                if let Some(bytes) = tx.get(&records::invocation_key(&id_c, &key))? {
+                    let done: InvocationRecord = records::decode_json("invocation record", &bytes)?;
+                    if !done.fingerprint.is_empty() && done.fingerprint != fingerprint {
+                        return Err(Error::IdempotencyKeyReused(key.clone()));
+                    }
+                    return Ok(false);
+                }
+                if let Some(bytes) = tx.get(&records::pending_key(&id_c, &key))? {
+                    let waiting: PendingRecord =
+                        records::decode_json("pending invocation", &bytes)?;
+                    if waiting.function != function_c || waiting.params != params_c {
+                        return Err(Error::IdempotencyKeyReused(key.clone()));
+                    }
                     return Ok(false);
                 }
                 tx.set(
@@ -1330,6 +1350,7 @@ impl Executor {
                     _ => ("not_run", e.to_string()),
                 };
                 let record = records::encode_json(&InvocationRecord {
+                    fingerprint: invocation.fingerprint.clone(),
                     outcome: StoredOutcome::Failed {
                         kind: FailureKind::Trap,
                         message: format!("{kind}: {message}"),

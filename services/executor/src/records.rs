@@ -45,6 +45,10 @@ pub struct WorkerRecord {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct InvocationRecord {
     pub outcome: StoredOutcome,
+    /// What was asked under the key ([`fingerprint`]): the same key with another function or
+    /// other parameters is refused. Empty for records made before fingerprints were kept.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub fingerprint: String,
     /// The oplog index of its `ExportedFunctionCompleted` or `Error` entry.
     pub oplog_index: OplogIndex,
 }
@@ -148,6 +152,18 @@ pub struct PendingRecord {
     /// Not before this (ms since the epoch), if it was scheduled for later.
     #[serde(default)]
     pub due_at_ms: Option<u64>,
+}
+
+/// What an invocation asks, as a short hash of its function and parameters: an idempotency
+/// key is bound to it, as payment APIs bind theirs to the request.
+pub(crate) fn fingerprint(function: &str, params: &[invicta_model::Value]) -> String {
+    use sha2::Digest;
+    let mut hash = sha2::Sha256::new();
+    hash.update(function.as_bytes());
+    hash.update([0]);
+    // Encoding into a Vec fails only on a serializer bug; the function alone then decides.
+    hash.update(postcard::to_allocvec(params).unwrap_or_default());
+    hex::encode(&hash.finalize()[..16])
 }
 
 pub(crate) fn oplog_prefix(id: &WorkerId) -> Vec<u8> {

@@ -46,6 +46,9 @@ pub(crate) struct Invocation {
     pub function: String,
     pub params: Vec<Value>,
     pub idempotency_key: String,
+    /// What it asks ([`records::fingerprint`]), which its key is bound to; empty when the
+    /// executor made the key.
+    pub fingerprint: String,
     /// The key was made by the executor, so it cannot have been seen before.
     pub key_is_new: bool,
     /// Accepted by `enqueue`: its pending record is cleared with its outcome.
@@ -93,6 +96,8 @@ struct Shared {
     failed: Mutex<Option<String>>,
     /// Invocations running or waiting for their commit, by idempotency key, with their waiters.
     inflight: Mutex<HashMap<String, Vec<oneshot::Sender<Outcome>>>>,
+    /// What each key in flight asks: the same key for another request is refused.
+    inflight_fingerprints: Mutex<HashMap<String, String>>,
     commits_in_flight: AtomicUsize,
     commits_done: Notify,
     /// A commit failed: the instance's memory is ahead of the durable oplog.
@@ -254,6 +259,7 @@ pub(crate) fn spawn(
         active: AtomicBool::new(false),
         failed: Mutex::new(None),
         inflight: Mutex::new(HashMap::new()),
+        inflight_fingerprints: Mutex::new(HashMap::new()),
         commits_in_flight: AtomicUsize::new(0),
         commits_done: Notify::new(),
         poisoned: AtomicBool::new(false),
@@ -368,6 +374,10 @@ impl Actor {
             match command {
                 Command::Invoke(invocation, reply) if self.parked.is_some() => {
                     self.shared.queued.fetch_sub(1, Ordering::Relaxed);
+                    if let Some(refused) = self.reused(&invocation) {
+                        let _ = reply.send(Err(refused));
+                        continue;
+                    }
                     let mut inflight = lock(&self.shared.inflight);
                     match inflight.get_mut(&invocation.idempotency_key) {
                         Some(waiters) => waiters.push(reply),
@@ -555,6 +565,7 @@ impl Actor {
         sets.push((
             records::invocation_key(&self.id, &parked.key),
             records::encode_json(&InvocationRecord {
+                fingerprint: String::new(),
                 outcome: StoredOutcome::Failed {
                     kind: FailureKind::Interrupted,
                     message: message.clone(),
@@ -801,6 +812,10 @@ impl Actor {
             return;
         }
         let key = invocation.idempotency_key.clone();
+        if let Some(refused) = self.reused(&invocation) {
+            let _ = reply.send(Err(refused));
+            return;
+        }
         {
             let mut inflight = lock(&self.shared.inflight);
             if let Some(waiters) = inflight.get_mut(&key) {
@@ -814,7 +829,15 @@ impl Actor {
                 Ok(Some(bytes)) => {
                     let outcome =
                         records::decode_json::<InvocationRecord>("invocation record", &bytes)
-                            .and_then(|r| stored_outcome(r.outcome));
+                            .and_then(|r| {
+                                if !r.fingerprint.is_empty()
+                                    && !invocation.fingerprint.is_empty()
+                                    && r.fingerprint != invocation.fingerprint
+                                {
+                                    return Err(Error::IdempotencyKeyReused(key.clone()));
+                                }
+                                stored_outcome(r.outcome)
+                            });
                     let _ = reply.send(outcome);
                     return;
                 }
@@ -826,6 +849,10 @@ impl Actor {
             }
         }
         lock(&self.shared.inflight).insert(key.clone(), vec![reply]);
+        if !invocation.fingerprint.is_empty() {
+            lock(&self.shared.inflight_fingerprints)
+                .insert(key.clone(), invocation.fingerprint.clone());
+        }
         if self.shared.poisoned.swap(false, Ordering::AcqRel) {
             tracing::warn!(worker = %self.id, "a commit failed; rebuilding the worker from its oplog");
             self.active = None;
@@ -841,6 +868,7 @@ impl Actor {
         }
         if self.parked.is_some() {
             // An invocation cut off earlier resumed and waits again: this one runs after it.
+            lock(&self.shared.inflight_fingerprints).remove(&key);
             let waiters = lock(&self.shared.inflight).remove(&key).unwrap_or_default();
             for reply in waiters {
                 self.deferred.push_back((invocation.clone(), reply));
@@ -848,6 +876,14 @@ impl Actor {
             return;
         }
         self.run_live(invocation).await;
+    }
+
+    /// The refusal of an invocation whose key is in flight for another request.
+    fn reused(&self, invocation: &Invocation) -> Option<Error> {
+        let fingerprints = lock(&self.shared.inflight_fingerprints);
+        let running = fingerprints.get(&invocation.idempotency_key)?;
+        (!invocation.fingerprint.is_empty() && *running != invocation.fingerprint)
+            .then(|| Error::IdempotencyKeyReused(invocation.idempotency_key.clone()))
     }
 
     /// Sends `outcome` to every waiter of `key`.
@@ -1054,6 +1090,7 @@ impl Actor {
                         function: function.clone(),
                         params: params.clone(),
                         idempotency_key: idempotency_key.clone(),
+                        fingerprint: records::fingerprint(function, params),
                         key_is_new: false,
                         // Clearing a pending record that does not exist costs nothing here.
                         enqueued: true,
@@ -1113,6 +1150,10 @@ impl Actor {
                     lock(&self.shared.inflight)
                         .entry(invocation.idempotency_key.clone())
                         .or_default();
+                    lock(&self.shared.inflight_fingerprints).insert(
+                        invocation.idempotency_key.clone(),
+                        invocation.fingerprint.clone(),
+                    );
                     let wait = self.record_outcome(&invocation, ran, true, None).await;
                     let _ = wait.await;
                     if failed {
@@ -1468,6 +1509,7 @@ impl Actor {
             };
             let record = InvocationRecord {
                 outcome: stored,
+                fingerprint: invocation.fingerprint.clone(),
                 oplog_index: index,
             };
             (d.take_pending(), record, outcome)
@@ -1700,6 +1742,7 @@ async fn wait_for_commits(shared: Arc<Shared>) {
 }
 
 fn finish(shared: &Shared, key: &str, outcome: Outcome) {
+    lock(&shared.inflight_fingerprints).remove(key);
     let waiters = lock(&shared.inflight).remove(key).unwrap_or_default();
     for waiter in waiters {
         let copy = match &outcome {

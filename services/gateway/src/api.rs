@@ -165,6 +165,7 @@ const CODES: &[(&str, StatusCode)] = &[
     ("unknown_function", StatusCode::BAD_REQUEST),
     ("invalid_params", StatusCode::BAD_REQUEST),
     ("invalid_idempotency_key", StatusCode::BAD_REQUEST),
+    ("idempotency_key_reused", StatusCode::CONFLICT),
     ("invalid_name", StatusCode::BAD_REQUEST),
     ("promise_too_large", StatusCode::PAYLOAD_TOO_LARGE),
     ("queue_full", StatusCode::TOO_MANY_REQUESTS),
