@@ -8,6 +8,7 @@ mod control;
 mod crash;
 mod divergence;
 mod failover;
+mod guests;
 mod hostapi;
 mod http;
 mod limits;

@@ -104,6 +104,9 @@ struct Shared {
     poisoned: AtomicBool,
     /// A live invocation is running (and may be interrupted).
     running: AtomicBool,
+    /// The worker is being instantiated (its start function runs): an interrupt or a
+    /// deletion stops that too.
+    instantiating: AtomicBool,
     /// Wakes the running invocation to stop it.
     interrupt: Notify,
     /// An invocation is suspended in a wait.
@@ -164,6 +167,10 @@ impl WorkerHandle {
 
     /// Stops the running live invocation, if there is one; returns whether there was.
     pub(crate) fn interrupt(&self) -> bool {
+        if self.shared.instantiating.load(Ordering::Acquire) {
+            self.shared.interrupt.notify_waiters();
+            return true;
+        }
         let running = self.shared.running.load(Ordering::Acquire);
         if running {
             // Also kept, for a call that suspends as the interrupt arrives.
@@ -264,6 +271,7 @@ pub(crate) fn spawn(
         commits_done: Notify::new(),
         poisoned: AtomicBool::new(false),
         running: AtomicBool::new(false),
+        instantiating: AtomicBool::new(false),
         interrupt: Notify::new(),
         parked: AtomicBool::new(false),
         interrupt_parked: AtomicBool::new(false),
@@ -982,7 +990,10 @@ impl Actor {
         let mut store = wasmtime::Store::new(&self.inner.engine.engine, ctx);
         store.limiter(|ctx| &mut ctx.limiter);
         let engine_error = |e: wasmtime::Error| Error::Engine(format!("{e:#}"));
-        store.set_fuel(REPLAY_FUEL).map_err(engine_error)?;
+        // Instantiation runs the component's start functions: guest code like any other, under
+        // an invocation's fuel and deadline, and stopped by an interrupt or a deletion.
+        let fuel = self.inner.config.fuel_per_invocation;
+        store.set_fuel(fuel).map_err(engine_error)?;
         store
             .fuel_async_yield_interval(Some(self.inner.engine.config.fuel_yield_interval.max(1)))
             .map_err(engine_error)?;
@@ -992,17 +1003,53 @@ impl Actor {
         let init = side_entries(&entries, &mut pos);
         let tail = pos >= entries.len();
         host::lock(&durability).replay(init, tail);
-        let instance = match self.pre.instantiate_async(&mut store).await {
-            Ok(instance) => instance,
-            Err(e) => {
+        let deadline = self.timeout();
+        let shared = self.shared.clone();
+        let instantiated = {
+            let interrupted = shared.interrupt.notified();
+            tokio::pin!(interrupted);
+            interrupted.as_mut().enable();
+            shared.instantiating.store(true, Ordering::Release);
+            let made = if shared.deleting.load(Ordering::Acquire) {
+                None
+            } else {
+                tokio::select! {
+                    made = tokio::time::timeout(deadline, self.pre.instantiate_async(&mut store)) => Some(made),
+                    () = &mut interrupted => None,
+                }
+            };
+            shared.instantiating.store(false, Ordering::Release);
+            made
+        };
+        let instance = match instantiated {
+            None => {
+                return Err(Error::WorkerFailed(
+                    "instantiation was interrupted (the component's start function was running)"
+                        .into(),
+                ));
+            }
+            Some(Err(_)) => {
+                return Err(Error::WorkerFailed(format!(
+                    "instantiation ran longer than {} ms (the component's start function does not return)",
+                    deadline.as_millis()
+                )));
+            }
+            Some(Ok(Ok(instance))) => instance,
+            Some(Ok(Err(e))) => {
                 if e.downcast_ref::<wasmtime::PoolConcurrencyLimitError>()
                     .is_some()
                 {
                     return Err(Error::PoolExhausted(format!("{e:#}")));
                 }
+                if e.downcast_ref::<wasmtime::Trap>() == Some(&wasmtime::Trap::OutOfFuel) {
+                    return Err(Error::WorkerFailed(format!(
+                        "instantiation used up its fuel ({fuel}): the component's start function does not return"
+                    )));
+                }
                 return Err(Error::WorkerFailed(format!("instantiate: {e:#}")));
             }
         };
+        store.set_fuel(REPLAY_FUEL).map_err(engine_error)?;
         check_consumed(&durability, "instantiation")?;
         let mut active = Active {
             store,

@@ -1,0 +1,136 @@
+//! Hostile guests cannot hold the service: a component whose start function never returns runs
+//! under an invocation's fuel and deadline, its worker can be interrupted and deleted in any
+//! state, and the server goes on serving others meanwhile.
+
+use std::time::Duration;
+
+use invicta_tests::{Server, component, eventually};
+use serde_json::json;
+
+use crate::INVICTA;
+
+/// A component whose core module's start function loops for ever.
+fn spinner() -> Vec<u8> {
+    wat::parse_str(
+        r#"(component
+            (core module $m
+                (func $spin (loop $again (br $again)))
+                (start $spin)
+                (func (export "run")))
+            (core instance $i (instantiate $m))
+            (type $t (func))
+            (func $run (type $t) (canon lift (core func $i "run")))
+            (export "run" (func $run))
+        )"#,
+    )
+    .expect("valid WAT")
+}
+
+#[tokio::test]
+async fn a_start_function_that_never_returns_is_bounded() -> anyhow::Result<()> {
+    let data = tempfile::tempdir()?;
+    let config = data.path().join("invicta.toml");
+    // A long deadline: the fuel budget is what stops the loop here.
+    std::fs::write(
+        &config,
+        "[executor]\nfuel_per_invocation = 50000000\ninvocation_timeout_ms = 60000\n",
+    )?;
+    let config = config.to_string_lossy().into_owned();
+    let dir = data.path().join("data");
+    let server = Server::start_with(INVICTA.as_ref(), &dir, &["--config", &config])?;
+    let api = server.operator().new_tenant("spin", "pro").await?;
+    let uploaded = api.upload("spinner", spinner()).await?;
+    assert_eq!(uploaded.status, 201, "{uploaded:?}");
+    api.upload("counter", component("counter")).await?;
+
+    let reply = api.invoke("spinner", "s", "run", json!([]), None).await?;
+    assert_eq!(
+        (reply.status, reply.code()),
+        (409, "worker_failed"),
+        "{reply:?}"
+    );
+    let detail = reply.body["detail"].as_str().unwrap_or_default();
+    assert!(detail.contains("start function"), "{detail}");
+    // Others were served meanwhile and are served now.
+    assert_eq!(api.call("counter", "c", "add", json!([2])).await?, json!(2));
+    // The failed worker is deleted at once.
+    let deleted = api.delete("/v1/components/spinner/workers/s").await?;
+    assert_eq!(deleted.status, 204, "{deleted:?}");
+    drop(server);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_spinning_start_function_is_interrupted_and_deleted() -> anyhow::Result<()> {
+    let data = tempfile::tempdir()?;
+    let config = data.path().join("invicta.toml");
+    // Neither fuel nor deadline would stop it soon: only the interrupt and the deletion do.
+    std::fs::write(
+        &config,
+        "[executor]\nfuel_per_invocation = 1000000000000000\ninvocation_timeout_ms = 600000\n",
+    )?;
+    let config = config.to_string_lossy().into_owned();
+    let dir = data.path().join("data");
+    let server = Server::start_with(INVICTA.as_ref(), &dir, &["--config", &config])?;
+    let api = server.operator().new_tenant("spin", "unlimited").await?;
+    api.upload("spinner", spinner()).await?;
+    let call = {
+        let api = api.clone();
+        tokio::spawn(async move { api.invoke("spinner", "s", "run", json!([]), None).await })
+    };
+    // The interrupt finds it instantiating, and stops it.
+    eventually(
+        "the interrupt reaches the start function",
+        Duration::from_secs(30),
+        || {
+            let api = api.clone();
+            async move {
+                let reply = api
+                    .post_json(
+                        "/v1/components/spinner/workers/s/interrupt",
+                        &json!({}),
+                        None,
+                    )
+                    .await?;
+                Ok((reply.status == 200 && reply.body["interrupted"] == true).then_some(()))
+            }
+        },
+    )
+    .await?;
+    let reply = call.await??;
+    assert_eq!(
+        (reply.status, reply.code()),
+        (409, "worker_failed"),
+        "{reply:?}"
+    );
+    assert!(
+        reply.body["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("interrupted")),
+        "{reply:?}"
+    );
+
+    // Again, and this time deleted while it spins: the deletion answers.
+    let resumed = {
+        let api = api.clone();
+        tokio::spawn(async move {
+            api.post_json("/v1/components/spinner/workers/s/resume", &json!({}), None)
+                .await
+        })
+    };
+    eventually("the worker spins again", Duration::from_secs(30), || {
+        let api = api.clone();
+        async move {
+            let status = api.get("/v1/components/spinner/workers/s").await?;
+            Ok((status.status == 200 && status.body["status"] != "failed").then_some(()))
+        }
+    })
+    .await?;
+    let deleted = api.delete("/v1/components/spinner/workers/s").await?;
+    assert_eq!(deleted.status, 204, "{deleted:?}");
+    let _ = resumed.await?;
+    let gone = api.get("/v1/components/spinner/workers/s").await?;
+    assert_eq!(gone.status, 404, "{gone:?}");
+    drop(server);
+    Ok(())
+}
