@@ -182,3 +182,67 @@ async fn a_reused_idempotency_key_is_refused() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// What one invocation may carry is recorded whatever its size within the API's limits: a
+/// result or parameters larger than one store value (100 kB) are kept whole, never a 500, and
+/// the worker goes on answering.
+#[tokio::test]
+async fn large_results_and_params_are_recorded() -> anyhow::Result<()> {
+    let data = tempfile::tempdir()?;
+    let dir = data.path().join("data");
+    let server = Server::start(INVICTA.as_ref(), &dir)?;
+    let api = server.operator().new_tenant("large", "pro").await?;
+    api.upload("types", component("types")).await?;
+    let big = "x".repeat(300_000);
+    let first = api
+        .invoke("types", "t", "echo-string", json!([big]), Some("big"))
+        .await?;
+    assert_eq!(first.status, 200, "{}", first.code());
+    assert_eq!(first.body["result"].as_str().map(str::len), Some(300_000));
+    let again = api
+        .invoke("types", "t", "echo-string", json!([big]), Some("big"))
+        .await?;
+    assert_eq!((again.status, &again.body), (200, &first.body));
+    let queued = api
+        .post_json(
+            "/v1/components/types/workers/t/enqueue",
+            &json!({ "function": "echo-string", "params": [big] }),
+            Some("queued"),
+        )
+        .await?;
+    assert_eq!(queued.status, 202, "{queued:?}");
+    let done = eventually(
+        "the large enqueued call completes",
+        Duration::from_secs(20),
+        || {
+            let api = api.clone();
+            async move {
+                let state = api
+                    .get("/v1/components/types/workers/t/invocations/queued")
+                    .await?;
+                Ok((state.body["status"] == "completed").then_some(state))
+            }
+        },
+    )
+    .await?;
+    assert_eq!(
+        done.body["result"].as_str().map(str::len),
+        Some(300_000),
+        "{}",
+        done.body["status"]
+    );
+    // After a restart the stored outcome is read back whole.
+    server.kill()?;
+    let server = Server::start(INVICTA.as_ref(), &dir)?;
+    let api = api.at(&server.url);
+    let after = api
+        .invoke("types", "t", "echo-string", json!([big]), Some("big"))
+        .await?;
+    assert_eq!((after.status, &after.body), (200, &first.body));
+    assert_eq!(
+        api.call("types", "t", "echo-u8", json!([7])).await?,
+        json!(7)
+    );
+    drop(server);
+    Ok(())
+}

@@ -237,8 +237,9 @@ fn apply(
     for (key, value) in &w.sets {
         tx.set(key, value)?;
     }
+    // A clear removes a value whole: a large one's chunks too (keys extending its tuple).
     for key in &w.clears {
-        tx.clear(key)?;
+        crate::records::clear_value(tx, key)?;
     }
     if with_adds {
         for (key, delta) in &w.adds {

@@ -955,14 +955,15 @@ impl Executor {
             .store
             .transact(move |tx| {
                 // A key seen before is accepted again only for the same request.
-                if let Some(bytes) = tx.get(&records::invocation_key(&id_c, &key))? {
+                if let Some(bytes) = records::read_value(tx, &records::invocation_key(&id_c, &key))?
+                {
                     let done: InvocationRecord = records::decode_json("invocation record", &bytes)?;
                     if !done.fingerprint.is_empty() && done.fingerprint != fingerprint {
                         return Err(Error::IdempotencyKeyReused(key.clone()));
                     }
                     return Ok(false);
                 }
-                if let Some(bytes) = tx.get(&records::pending_key(&id_c, &key))? {
+                if let Some(bytes) = records::read_value(tx, &records::pending_key(&id_c, &key))? {
                     let waiting: PendingRecord =
                         records::decode_json("pending invocation", &bytes)?;
                     if waiting.function != function_c || waiting.params != params_c {
@@ -970,9 +971,10 @@ impl Executor {
                     }
                     return Ok(false);
                 }
-                tx.set(
+                records::set_value(
+                    tx,
                     &records::pending_key(&id_c, &key),
-                    &records::encode_json(&record),
+                    records::encode_json(&record),
                 )?;
                 Ok::<_, Error>(true)
             })
@@ -1282,9 +1284,10 @@ impl Executor {
                         enqueued_at_ms: now_ms(),
                         due_at_ms: None,
                     };
-                    tx.set(
+                    records::set_value(
+                        tx,
                         &records::pending_key(&id_c, &key),
-                        &records::encode_json(&pending),
+                        records::encode_json(&pending),
                     )?;
                     s.fired += 1;
                 }
@@ -1364,8 +1367,12 @@ impl Executor {
                         if tx.get(&records::pending_key(&id, &key))?.is_none() {
                             return Ok(());
                         }
-                        tx.clear(&records::pending_key(&id, &key))?;
-                        tx.set(&records::invocation_key(&id, &key), &record)?;
+                        records::clear_value(tx, &records::pending_key(&id, &key))?;
+                        records::set_value(
+                            tx,
+                            &records::invocation_key(&id, &key),
+                            record.clone(),
+                        )?;
                         Ok::<_, Error>(())
                     })
                     .await;
@@ -1383,13 +1390,24 @@ impl Executor {
         let rows = self
             .inner
             .store
-            .read(move |tx| tx.get_prefix(&prefix, Default::default()))
+            .read(move |tx| {
+                let mut rows = Vec::new();
+                for row in tx.get_prefix(&prefix, Default::default())? {
+                    // A large record's chunks are read with its header.
+                    if records::is_pending_chunk(&row.key) {
+                        continue;
+                    }
+                    let value = records::read_value(tx, &row.key)?.unwrap_or_default();
+                    rows.push((row.key, value));
+                }
+                Ok::<_, Error>(rows)
+            })
             .await?;
         let mut pending = Vec::new();
-        for row in rows {
+        for (row_key, row_value) in rows {
             let (Some((id, key)), Ok(record)) = (
-                records::parse_pending_key(&row.key),
-                records::decode_json::<PendingRecord>("pending invocation", &row.value),
+                records::parse_pending_key(&row_key),
+                records::decode_json::<PendingRecord>("pending invocation", &row_value),
             ) else {
                 tracing::warn!("skipping an unreadable pending invocation");
                 continue;
@@ -1436,8 +1454,8 @@ impl Executor {
             .store
             .read(move |tx| {
                 Ok::<_, Error>((
-                    tx.get(&records::invocation_key(&id_c, &key))?,
-                    tx.get(&records::pending_key(&id_c, &key))?,
+                    records::read_value(tx, &records::invocation_key(&id_c, &key))?,
+                    records::read_value(tx, &records::pending_key(&id_c, &key))?,
                     tx.get(&records::worker_key(&id_c))?,
                 ))
             })

@@ -263,6 +263,75 @@ pub(crate) fn entry_writes(
     writes
 }
 
+/// The writes that store a record's `value` under `key`: itself, or, when it is larger than
+/// one store value may be, a header and its chunks under keys that extend `key`'s tuple with
+/// the chunk's number. Records (JSON) never start with the header's byte.
+pub(crate) fn value_writes(key: Vec<u8>, value: Vec<u8>) -> Vec<(Vec<u8>, Vec<u8>)> {
+    if value.len() <= ENTRY_CHUNK_BYTES {
+        return vec![(key, value)];
+    }
+    let chunks: Vec<&[u8]> = value.chunks(ENTRY_CHUNK_BYTES).collect();
+    let count = u32::try_from(chunks.len()).unwrap_or(u32::MAX);
+    let mut header = vec![CHUNKED];
+    header.extend_from_slice(&count.to_be_bytes());
+    let mut writes = Vec::with_capacity(chunks.len() + 1);
+    for (n, chunk) in chunks.into_iter().enumerate() {
+        writes.push((value_chunk_key(&key, n as u32), chunk.to_vec()));
+    }
+    writes.push((key, header));
+    writes
+}
+
+fn value_chunk_key(key: &[u8], n: u32) -> Vec<u8> {
+    let mut chunk = key.to_vec();
+    chunk.extend_from_slice(&pack(&(n,)));
+    chunk
+}
+
+/// Stores a record's `value` under `key` (see [`value_writes`]).
+pub(crate) fn set_value(tx: &mut Transaction<'_>, key: &[u8], value: Vec<u8>) -> Result<(), Error> {
+    for (k, v) in value_writes(key.to_vec(), value) {
+        tx.set(&k, &v)?;
+    }
+    Ok(())
+}
+
+/// A record stored with [`value_writes`], whole.
+pub(crate) fn read_value(tx: &mut Transaction<'_>, key: &[u8]) -> Result<Option<Vec<u8>>, Error> {
+    let Some(value) = tx.get(key)? else {
+        return Ok(None);
+    };
+    if value.first() != Some(&CHUNKED) {
+        return Ok(Some(value));
+    }
+    let count = value
+        .get(1..5)
+        .and_then(|b| <[u8; 4]>::try_from(b).ok())
+        .map(u32::from_be_bytes)
+        .ok_or_else(|| Error::Corrupt("a chunked record has a bad header".into()))?;
+    let mut whole = Vec::new();
+    for n in 0..count {
+        let chunk = tx
+            .get(&value_chunk_key(key, n))?
+            .ok_or_else(|| Error::Corrupt(format!("a chunked record misses chunk {n}")))?;
+        whole.extend_from_slice(&chunk);
+    }
+    Ok(Some(whole))
+}
+
+/// Clears a record stored with [`value_writes`], chunks and all.
+pub(crate) fn clear_value(tx: &mut Transaction<'_>, key: &[u8]) -> Result<(), Error> {
+    tx.clear(key)?;
+    let (begin, end) = invicta_store::keys::prefix_range(key);
+    tx.clear_range(&begin, &end)?;
+    Ok(())
+}
+
+/// Whether a key under the pending prefix is a chunk of a large pending record.
+pub(crate) fn is_pending_chunk(key: &[u8]) -> bool {
+    unpack::<(String, String, String, String, String, u32)>(key).is_ok()
+}
+
 /// The bytes `writes` (from [`entry_writes`]) store.
 pub(crate) fn stored_bytes(writes: &[(Vec<u8>, Vec<u8>)]) -> i64 {
     let bytes: usize = writes.iter().map(|(_, v)| v.len()).sum();

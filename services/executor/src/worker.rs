@@ -833,7 +833,12 @@ impl Actor {
         }
         if !invocation.key_is_new {
             let store_key = records::invocation_key(&self.id, &key);
-            match self.inner.store.read(move |tx| tx.get(&store_key)).await {
+            match self
+                .inner
+                .store
+                .read(move |tx| records::read_value(tx, &store_key))
+                .await
+            {
                 Ok(Some(bytes)) => {
                     let outcome =
                         records::decode_json::<InvocationRecord>("invocation record", &bytes)
@@ -1573,7 +1578,7 @@ impl Actor {
         // A key the executor made was never shown to anyone, so nobody can ask for its outcome
         // again: its record would only cost a page per commit.
         if !invocation.key_is_new {
-            sets.push((
+            sets.extend(records::value_writes(
                 records::invocation_key(&self.id, &invocation.idempotency_key),
                 records::encode_json(&record),
             ));
