@@ -622,16 +622,32 @@ mod tests {
                 any::<u64>(),
                 ".{0,20}",
                 prop::collection::vec(values(), 0..4),
-                ".{0,20}"
+                ".{0,20}",
+                proptest::option::of((
+                    any::<u64>(),
+                    any::<u64>(),
+                    proptest::option::of(prop::collection::vec(".{0,8}", 0..3))
+                ))
             )
-                .prop_map(|(timestamp_ms, function, params, idempotency_key)| {
-                    OplogEntry::ExportedFunctionInvoked {
-                        timestamp_ms,
-                        function,
-                        params,
-                        idempotency_key,
+                .prop_map(
+                    |(timestamp_ms, function, params, idempotency_key, limits)| {
+                        OplogEntry::ExportedFunctionInvoked {
+                            timestamp_ms,
+                            function,
+                            params,
+                            idempotency_key,
+                            limits: limits.map(|(fuel, memory_bytes, egress_hosts)| {
+                                InvocationLimits {
+                                    fuel,
+                                    memory_bytes,
+                                    timeout_ms: fuel / 2,
+                                    egress_hosts,
+                                    workers_max: memory_bytes / 3,
+                                }
+                            }),
+                        }
                     }
-                }),
+                ),
             (".{0,20}", proptest::option::of(values()), values()).prop_map(
                 |(host_function, request, response)| OplogEntry::ImportedFunctionInvoked {
                     host_function,
