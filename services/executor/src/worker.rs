@@ -856,7 +856,7 @@ impl Actor {
                 }
                 Ok(None) => {}
                 Err(e) => {
-                    let _ = reply.send(Err(e.into()));
+                    let _ = reply.send(Err(e));
                     return;
                 }
             }
