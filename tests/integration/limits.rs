@@ -246,3 +246,61 @@ async fn large_results_and_params_are_recorded() -> anyhow::Result<()> {
     drop(server);
     Ok(())
 }
+
+/// Schedules are bounded: their parameters (a typed 400 naming the limit) and how many one
+/// worker may have (a quota).
+#[tokio::test]
+async fn schedules_are_bounded() -> anyhow::Result<()> {
+    let data = tempfile::tempdir()?;
+    let server = Server::start(INVICTA.as_ref(), &data.path().join("data"))?;
+    let api = server.operator().new_tenant("timers", "pro").await?;
+    api.upload("types", component("types")).await?;
+    assert_eq!(
+        api.call("types", "t", "echo-u8", json!([1])).await?,
+        json!(1)
+    );
+    let path = "/v1/components/types/workers/t/schedules";
+    let big = api
+        .post_json(
+            path,
+            &json!({ "cron": "0 0 * * * *", "function": "echo-string", "params": ["x".repeat(200_000)] }),
+            None,
+        )
+        .await?;
+    assert_eq!(
+        (big.status, big.code()),
+        (400, "invalid_schedule"),
+        "{big:?}"
+    );
+    assert!(
+        big.body["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("65536")),
+        "{big:?}"
+    );
+    for n in 0..100 {
+        let made = api
+            .post_json(
+                path,
+                &json!({ "cron": "0 0 * * * *", "function": "echo-u8", "params": [n] }),
+                None,
+            )
+            .await?;
+        assert_eq!(made.status, 201, "schedule {n}: {made:?}");
+    }
+    let over = api
+        .post_json(
+            path,
+            &json!({ "cron": "0 0 * * * *", "function": "echo-u8", "params": [1] }),
+            None,
+        )
+        .await?;
+    assert_eq!(
+        (over.status, over.code()),
+        (429, "quota_exceeded"),
+        "{over:?}"
+    );
+    assert_eq!(over.body["quota"], "schedules_per_worker");
+    assert_eq!(over.body["limit"], 100);
+    Ok(())
+}

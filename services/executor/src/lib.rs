@@ -1016,6 +1016,13 @@ impl Executor {
         limits: &Limits,
     ) -> Result<Schedule> {
         schedules::parse(cron)?;
+        let params_bytes = serde_json::to_vec(params).map_or(0, |b| b.len());
+        if params_bytes > schedules::PARAMS_BYTES_MAX {
+            return Err(Error::InvalidSchedule(format!(
+                "its parameters are {params_bytes} bytes as JSON; the limit is {}",
+                schedules::PARAMS_BYTES_MAX
+            )));
+        }
         let invocation = self
             .prepare(id, function, params, Some("schedule-check".into()), limits)
             .await?;
@@ -1042,6 +1049,20 @@ impl Executor {
             .transact(move |tx| {
                 if tx.get(&records::worker_key(&id_c))?.is_none() {
                     return Err(Error::WorkerNotFound(id_c.to_string()));
+                }
+                let max = schedules::PER_WORKER_MAX;
+                let existing = tx
+                    .get_prefix(
+                        &schedules::prefix(&id_c),
+                        invicta_store::RangeOptions::limit(max + 1),
+                    )?
+                    .len();
+                if existing >= max {
+                    return Err(Error::QuotaExceeded {
+                        quota: "schedules_per_worker",
+                        limit: max as u64,
+                        used: existing as u64,
+                    });
                 }
                 schedules::write(tx, &id_c, &stored, None)
             })

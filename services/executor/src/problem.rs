@@ -25,6 +25,7 @@ const QUOTAS: &[&str] = &[
     "components",
     "component_bytes",
     "concurrent_invocations",
+    "schedules_per_worker",
 ];
 
 /// The problem that carries `e`.

@@ -150,6 +150,13 @@ pub(crate) fn read(tx: &mut Transaction<'_>, key: &[u8]) -> Result<Option<Schedu
 }
 
 /// Writes the schedule and its place in the due index (removing the old one).
+/// The most schedules one worker may have: each is a timer the executor keeps firing.
+pub const PER_WORKER_MAX: usize = 100;
+
+/// The largest parameters a schedule may carry, as JSON: they are stored with it and copied
+/// into every tick's pending invocation.
+pub const PARAMS_BYTES_MAX: usize = 64 * 1024;
+
 pub(crate) fn write(
     tx: &mut Transaction<'_>,
     id: &WorkerId,
