@@ -85,6 +85,25 @@ pub(crate) enum SendError {
     Stopped,
 }
 
+/// Where a worker stands, as its handles see it: one state, which only its actor changes
+/// (but for [`WorkerHandle::clear_failure`], which forgets a failure so that the next
+/// activation tries again).
+#[derive(Debug, Clone, PartialEq)]
+enum Phase {
+    /// No instance in memory: never activated, suspended when idle, or after a failure.
+    Suspended,
+    /// Being instantiated: the component's start functions run (an interrupt stops them).
+    Instantiating,
+    /// An instance in memory (replaying, or waiting for work).
+    Active,
+    /// An instance running a live invocation (an interrupt stops it).
+    Running,
+    /// An invocation suspended in a wait, without an instance, until it is woken.
+    Parked { wake: Wake },
+    /// Its oplog cannot be replayed: every invocation is refused with this until a resume.
+    Failed(String),
+}
+
 /// State the actor shares with its handles and its commit watchers.
 struct Shared {
     queued: AtomicU64,
@@ -92,8 +111,7 @@ struct Shared {
     memory_bytes: AtomicU64,
     /// When the worker last took an invocation (ms since the epoch): eviction takes the oldest.
     last_used_ms: AtomicU64,
-    active: AtomicBool,
-    failed: Mutex<Option<String>>,
+    phase: Mutex<Phase>,
     /// Invocations running or waiting for their commit, by idempotency key, with their waiters.
     inflight: Mutex<HashMap<String, Vec<oneshot::Sender<Outcome>>>>,
     /// What each key in flight asks: the same key for another request is refused.
@@ -102,15 +120,8 @@ struct Shared {
     commits_done: Notify,
     /// A commit failed: the instance's memory is ahead of the durable oplog.
     poisoned: AtomicBool,
-    /// A live invocation is running (and may be interrupted).
-    running: AtomicBool,
-    /// The worker is being instantiated (its start function runs): an interrupt or a
-    /// deletion stops that too.
-    instantiating: AtomicBool,
-    /// Wakes the running invocation to stop it.
+    /// Wakes the running invocation (or instantiation) to stop it.
     interrupt: Notify,
-    /// An invocation is suspended in a wait.
-    parked: AtomicBool,
     /// A request to stop the invocation suspended in a wait.
     interrupt_parked: AtomicBool,
     /// The worker is being deleted: queued invocations are refused.
@@ -159,7 +170,7 @@ impl WorkerHandle {
 
     /// Whether the worker holds an instance but has nothing to do.
     pub(crate) fn idle_since(&self) -> Option<u64> {
-        let active = self.shared.active.load(Ordering::Relaxed);
+        let active = *lock(&self.shared.phase) == Phase::Active;
         let queued = self.shared.queued.load(Ordering::Relaxed);
         let busy = !lock(&self.shared.inflight).is_empty();
         (active && queued == 0 && !busy).then(|| self.shared.last_used_ms.load(Ordering::Relaxed))
@@ -167,24 +178,26 @@ impl WorkerHandle {
 
     /// Stops the running live invocation, if there is one; returns whether there was.
     pub(crate) fn interrupt(&self) -> bool {
-        if self.shared.instantiating.load(Ordering::Acquire) {
-            self.shared.interrupt.notify_waiters();
-            return true;
+        let phase = lock(&self.shared.phase).clone();
+        match phase {
+            Phase::Instantiating => {
+                self.shared.interrupt.notify_waiters();
+                true
+            }
+            Phase::Running => {
+                // Also kept, for a call that suspends as the interrupt arrives.
+                self.shared.interrupt_parked.store(true, Ordering::Release);
+                self.shared.interrupt.notify_waiters();
+                true
+            }
+            // One suspended in a wait is stopped by its actor.
+            Phase::Parked { .. } => {
+                self.shared.interrupt_parked.store(true, Ordering::Release);
+                let _ = self.tx.try_send(Command::Resume);
+                true
+            }
+            Phase::Suspended | Phase::Active | Phase::Failed(_) => false,
         }
-        let running = self.shared.running.load(Ordering::Acquire);
-        if running {
-            // Also kept, for a call that suspends as the interrupt arrives.
-            self.shared.interrupt_parked.store(true, Ordering::Release);
-            self.shared.interrupt.notify_waiters();
-            return true;
-        }
-        // One suspended in a wait is stopped by its actor.
-        if self.shared.parked.load(Ordering::Acquire) {
-            self.shared.interrupt_parked.store(true, Ordering::Release);
-            let _ = self.tx.try_send(Command::Resume);
-            return true;
-        }
-        false
     }
 
     /// Refuses the invocations queued from now on and stops the running one.
@@ -195,7 +208,14 @@ impl WorkerHandle {
 
     /// Forgets a failed replay, so that the next activation tries again.
     pub(crate) fn clear_failure(&self) -> Option<String> {
-        lock(&self.shared.failed).take()
+        let mut phase = lock(&self.shared.phase);
+        match std::mem::replace(&mut *phase, Phase::Suspended) {
+            Phase::Failed(message) => Some(message),
+            other => {
+                *phase = other;
+                None
+            }
+        }
     }
 
     pub(crate) fn pending(&self) -> u64 {
@@ -203,11 +223,13 @@ impl WorkerHandle {
     }
 
     pub(crate) fn state(&self) -> (String, Option<String>) {
-        if let Some(error) = lock(&self.shared.failed).clone() {
-            return ("failed".into(), Some(error));
+        match lock(&self.shared.phase).clone() {
+            Phase::Failed(error) => ("failed".into(), Some(error)),
+            Phase::Active | Phase::Running => ("active".into(), None),
+            Phase::Suspended | Phase::Instantiating | Phase::Parked { .. } => {
+                ("suspended".into(), None)
+            }
         }
-        let active = self.shared.active.load(Ordering::Relaxed);
-        (if active { "active" } else { "suspended" }.into(), None)
     }
 }
 
@@ -263,17 +285,13 @@ pub(crate) fn spawn(
         queued: AtomicU64::new(0),
         memory_bytes: AtomicU64::new(inner.engine.config.memory_bytes_max),
         last_used_ms: AtomicU64::new(now_ms()),
-        active: AtomicBool::new(false),
-        failed: Mutex::new(None),
+        phase: Mutex::new(Phase::Suspended),
         inflight: Mutex::new(HashMap::new()),
         inflight_fingerprints: Mutex::new(HashMap::new()),
         commits_in_flight: AtomicUsize::new(0),
         commits_done: Notify::new(),
         poisoned: AtomicBool::new(false),
-        running: AtomicBool::new(false),
-        instantiating: AtomicBool::new(false),
         interrupt: Notify::new(),
-        parked: AtomicBool::new(false),
         interrupt_parked: AtomicBool::new(false),
         deleting: AtomicBool::new(false),
         egress: Arc::new(Mutex::new(crate::http::Egress {
@@ -428,8 +446,7 @@ impl Actor {
                     }
                 }
                 Command::Activate(reply) => {
-                    let failed = lock(&self.shared.failed).clone();
-                    let result = match failed {
+                    let result = match self.failure() {
                         Some(error) => Err(Error::WorkerFailed(error)),
                         None => self.ensure_active().await,
                     };
@@ -437,7 +454,7 @@ impl Actor {
                 }
                 Command::Stop(reply) => {
                     self.active = None;
-                    self.shared.active.store(false, Ordering::Relaxed);
+                    self.set_phase(Phase::Suspended);
                     self.refuse_deferred(false);
                     self.stop().await;
                     let _ = reply.send(());
@@ -445,13 +462,12 @@ impl Actor {
                 }
                 Command::Delete(reply) => {
                     self.active = None;
-                    self.shared.active.store(false, Ordering::Relaxed);
+                    self.set_phase(Phase::Suspended);
                     self.wait_for_commits().await;
                     let result = self.delete().await;
                     if result.is_ok() {
                         self.refuse_deferred(true);
                         if let Some(parked) = self.parked.take() {
-                            self.shared.parked.store(false, Ordering::Release);
                             self.finish(
                                 &parked.key,
                                 Err(Error::WorkerNotFound(self.id.to_string())),
@@ -474,7 +490,7 @@ impl Actor {
     /// Drops the instance and stops the actor if nothing is queued; returns whether it stopped.
     async fn suspend(&mut self) -> bool {
         if let Some(active) = self.active.take() {
-            self.shared.active.store(false, Ordering::Relaxed);
+            self.set_phase(Phase::Suspended);
             let index = host::lock(&active.durability).next_index();
             drop(active);
             let entry = OplogEntry::Suspended {
@@ -531,7 +547,7 @@ impl Actor {
         let Some(parked) = self.parked.take() else {
             return;
         };
-        self.shared.parked.store(false, Ordering::Release);
+        self.set_phase(Phase::Suspended);
         tracing::debug!(worker = %self.id, wake = ?parked.wake, "waking a suspended invocation");
         if let Err(e) = self.ensure_active().await {
             // Its waiters hear it; the invocation stays in the oplog for the next activation.
@@ -545,7 +561,7 @@ impl Actor {
         let Some(parked) = self.parked.take() else {
             return;
         };
-        self.shared.parked.store(false, Ordering::Release);
+        self.set_phase(Phase::Suspended);
         let id = self.id.clone();
         let last = match self
             .inner
@@ -556,8 +572,10 @@ impl Actor {
             Ok(last) => last,
             Err(e) => {
                 tracing::warn!(worker = %self.id, error = %e, "interrupt a waiting invocation");
+                self.set_phase(Phase::Parked {
+                    wake: parked.wake.clone(),
+                });
                 self.parked = Some(parked);
-                self.shared.parked.store(true, Ordering::Release);
                 return;
             }
         };
@@ -636,7 +654,7 @@ impl Actor {
         };
         drop(active);
         self.active = None;
-        self.shared.active.store(false, Ordering::Relaxed);
+        self.set_phase(Phase::Suspended);
         let first_index = entries.first().map(|(i, _)| *i);
         let mut sets = Vec::new();
         for (index, entry) in entries {
@@ -694,11 +712,11 @@ impl Actor {
                 self.wake_set = wake_at;
                 self.inner.metrics.suspensions.inc();
                 tracing::debug!(worker = %self.id, ?wake, "invocation suspended in a wait");
+                self.set_phase(Phase::Parked { wake: wake.clone() });
                 self.parked = Some(Parked {
                     key: key.to_string(),
                     wake,
                 });
-                self.shared.parked.store(true, Ordering::Release);
                 // An interrupt that came as the call suspended stops it now.
                 if self.shared.interrupt_parked.swap(false, Ordering::AcqRel) {
                     Box::pin(self.interrupt_parked()).await;
@@ -815,7 +833,7 @@ impl Actor {
             let _ = reply.send(Err(Error::WorkerNotFound(self.id.to_string())));
             return;
         }
-        if let Some(error) = lock(&self.shared.failed).clone() {
+        if let Some(error) = self.failure() {
             let _ = reply.send(Err(Error::WorkerFailed(error)));
             return;
         }
@@ -899,6 +917,34 @@ impl Actor {
             .then(|| Error::IdempotencyKeyReused(invocation.idempotency_key.clone()))
     }
 
+    fn set_phase(&self, phase: Phase) {
+        *lock(&self.shared.phase) = phase;
+    }
+
+    /// The phase the actor's own state says, after an activation: an instance, an invocation
+    /// parked in a wait, or neither. A failure stays until it is cleared.
+    fn settle_phase(&self) {
+        let phase = match (&self.active, &self.parked) {
+            (Some(_), _) => Phase::Active,
+            (None, Some(parked)) => Phase::Parked {
+                wake: parked.wake.clone(),
+            },
+            (None, None) => Phase::Suspended,
+        };
+        let mut current = lock(&self.shared.phase);
+        if !matches!(*current, Phase::Failed(_)) {
+            *current = phase;
+        }
+    }
+
+    /// Why the worker cannot be activated, if its last activation failed.
+    fn failure(&self) -> Option<String> {
+        match &*lock(&self.shared.phase) {
+            Phase::Failed(message) => Some(message.clone()),
+            _ => None,
+        }
+    }
+
     /// Sends `outcome` to every waiter of `key`.
     fn finish(&self, key: &str, outcome: Outcome) {
         finish(&self.shared, key, outcome);
@@ -927,19 +973,18 @@ impl Actor {
         match result {
             Ok(()) => {
                 // A resumed invocation may have suspended again, without an instance.
-                self.shared
-                    .active
-                    .store(self.active.is_some(), Ordering::Relaxed);
+                self.settle_phase();
                 Ok(())
             }
             Err(Error::WorkerFailed(message)) => {
                 tracing::error!(worker = %self.id, %message, "worker failed");
-                *lock(&self.shared.failed) = Some(message.clone());
+                self.set_phase(Phase::Failed(message.clone()));
                 self.active = None;
                 Err(Error::WorkerFailed(message))
             }
             Err(e) => {
                 self.active = None;
+                self.settle_phase();
                 Err(e)
             }
         }
@@ -1014,7 +1059,7 @@ impl Actor {
             let interrupted = shared.interrupt.notified();
             tokio::pin!(interrupted);
             interrupted.as_mut().enable();
-            shared.instantiating.store(true, Ordering::Release);
+            *lock(&shared.phase) = Phase::Instantiating;
             let made = if shared.deleting.load(Ordering::Acquire) {
                 None
             } else {
@@ -1023,7 +1068,7 @@ impl Actor {
                     () = &mut interrupted => None,
                 }
             };
-            shared.instantiating.store(false, Ordering::Release);
+            *lock(&shared.phase) = Phase::Active;
             made
         };
         let instance = match instantiated {
@@ -1310,7 +1355,7 @@ impl Actor {
                 Some((delay, start)) => {
                     interrupted.as_mut().enable();
                     shared.interrupt_parked.store(false, Ordering::Release);
-                    shared.running.store(true, Ordering::Release);
+                    *lock(&shared.phase) = Phase::Running;
                     let timer = tokio::time::sleep(delay);
                     tokio::pin!(timer);
                     let mut fired = false;
@@ -1331,7 +1376,7 @@ impl Actor {
                             }
                         }
                     };
-                    shared.running.store(false, Ordering::Release);
+                    *lock(&shared.phase) = Phase::Active;
                     outcome
                 }
             }
@@ -1468,7 +1513,7 @@ impl Actor {
         if failed {
             // The failed invocation's effects on memory must not survive it.
             self.active = None;
-            self.shared.active.store(false, Ordering::Relaxed);
+            self.set_phase(Phase::Suspended);
         }
     }
 
