@@ -14,6 +14,7 @@
 
 mod commit;
 mod config;
+mod context;
 mod durability;
 mod error;
 pub mod grpc;
@@ -107,19 +108,12 @@ pub struct Executor {
 }
 
 pub(crate) struct Inner {
-    pub config: Config,
-    pub store: Store,
-    pub registry: Registry,
-    pub engine: Engine,
-    pub linker: wasmtime::component::Linker<WorkerCtx>,
-    pub committer: Committer,
-    pub metrics: Arc<metrics::Metrics>,
-    pub workers: Mutex<HashMap<WorkerId, WorkerHandle>>,
+    /// What the workers' actors share with the executor.
+    pub ctx: Arc<context::Context>,
+    /// The workers with an actor, by id.
+    pub workers: Arc<worker::Directory>,
     /// This month's fuel per tenant, as last read: (month, fuel, read at).
     pub fuel_used: Mutex<HashMap<TenantId, (String, u64, std::time::Instant)>>,
-    pub http_config: Arc<HttpConfig>,
-    /// How outgoing HTTPS requests are made (the trusted authorities).
-    pub http_tls: Arc<rustls::ClientConfig>,
     pub instance_pres:
         Mutex<HashMap<(TenantId, ComponentName, u64), wasmtime::component::InstancePre<WorkerCtx>>>,
     /// The shards this executor owns, checked by every commit.
@@ -130,6 +124,14 @@ pub(crate) struct Inner {
     pub released: Mutex<std::collections::BTreeSet<u32>>,
     /// Told when a shard joins `released`.
     pub release_ready: tokio::sync::Notify,
+}
+
+impl std::ops::Deref for Inner {
+    type Target = context::Context;
+
+    fn deref(&self) -> &context::Context {
+        &self.ctx
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -281,20 +283,22 @@ impl Executor {
         }
         let executor = Executor {
             inner: Arc::new(Inner {
-                committer: Committer::start(store.clone(), metrics.clone(), fencing.clone())?,
+                ctx: Arc::new(context::Context {
+                    committer: Committer::start(store.clone(), metrics.clone(), fencing.clone())?,
+                    metrics,
+                    http_config: Arc::new(config.http.clone()),
+                    http_tls,
+                    config,
+                    store,
+                    registry,
+                    engine,
+                    linker,
+                }),
                 fencing,
                 router: std::sync::OnceLock::new(),
                 released: Mutex::new(std::collections::BTreeSet::new()),
                 release_ready: tokio::sync::Notify::new(),
-                metrics,
-                http_config: Arc::new(config.http.clone()),
-                http_tls,
-                config,
-                store,
-                registry,
-                engine,
-                linker,
-                workers: Mutex::new(HashMap::new()),
+                workers: Arc::new(Mutex::new(HashMap::new())),
                 fuel_used: Mutex::new(HashMap::new()),
                 instance_pres: Mutex::new(HashMap::new()),
             }),
@@ -687,7 +691,17 @@ impl Executor {
         if !self.inner.fencing.holds(id) {
             return Err(not_owner());
         }
-        let handle = worker::spawn(self.inner.clone(), id.clone(), record, compiled, pre);
+        let handle = worker::spawn(
+            worker::Surroundings {
+                ctx: self.inner.ctx.clone(),
+                workers: self.inner.workers.clone(),
+                calls: Arc::new(ExecutorWorkers(Arc::downgrade(&self.inner))),
+            },
+            id.clone(),
+            record,
+            compiled,
+            pre,
+        );
         workers.insert(id.clone(), handle.clone());
         Ok(handle)
     }
@@ -1911,25 +1925,6 @@ impl Executor {
     }
 }
 
-/// Suspends up to `count` of the longest-idle active workers; returns how many were asked.
-pub(crate) async fn evict_idle(inner: &Inner, count: usize) -> usize {
-    let mut idle: Vec<(u64, WorkerHandle)> = inner
-        .workers
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .values()
-        .filter_map(|h| h.idle_since().map(|t| (t, h.clone())))
-        .collect();
-    idle.sort_by_key(|(t, _)| *t);
-    let mut asked = 0;
-    for (_, handle) in idle.into_iter().take(count) {
-        if handle.send(Command::Suspend).await.is_ok() {
-            asked += 1;
-        }
-    }
-    asked
-}
-
 fn generated_key() -> String {
     let bytes: [u8; 16] = rand::random();
     let mut key = String::from("gen-");
@@ -1937,4 +1932,101 @@ fn generated_key() -> String {
         key.push_str(&format!("{b:02x}"));
     }
     key
+}
+
+#[cfg(test)]
+mod structure {
+    //! The executor's modules import each other without circles: each may see those below it,
+    //! none one that sees it back (the crate root counts as a module: its items are `crate::X`).
+
+    use std::collections::{BTreeMap, BTreeSet};
+
+    /// Every module's imports of other modules of this crate, from the sources.
+    fn imports() -> BTreeMap<String, BTreeSet<String>> {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let files: Vec<_> = std::fs::read_dir(&dir)
+            .expect("read src")
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "rs"))
+            .collect();
+        let module = |p: &std::path::Path| {
+            p.file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        };
+        let modules: BTreeSet<String> = files.iter().map(|p| module(p)).collect();
+        let mut graph = BTreeMap::new();
+        for path in &files {
+            let me = module(path);
+            let text = std::fs::read_to_string(path).expect("read a module");
+            let mut seen = BTreeSet::new();
+            for line in text.lines() {
+                let code = line.trim_start();
+                if code.starts_with("//") {
+                    continue;
+                }
+                // `crate::x…` and `use crate::{x, y::…}`.
+                let mut rest = code;
+                while let Some(at) = rest.find("crate::") {
+                    rest = &rest[at + "crate::".len()..];
+                    let names: Vec<&str> = match rest.strip_prefix('{') {
+                        Some(list) => list
+                            .split('}')
+                            .next()
+                            .unwrap_or_default()
+                            .split(',')
+                            .collect(),
+                        None => vec![rest],
+                    };
+                    for name in names {
+                        let name: String = name
+                            .trim()
+                            .chars()
+                            .take_while(|c| c.is_alphanumeric() || *c == '_')
+                            .collect();
+                        if name.is_empty() {
+                            continue;
+                        }
+                        let target = if modules.contains(&name) {
+                            name
+                        } else {
+                            "lib".to_string()
+                        };
+                        if target != me {
+                            seen.insert(target);
+                        }
+                    }
+                }
+            }
+            graph.insert(me, seen);
+        }
+        graph
+    }
+
+    #[test]
+    fn no_module_imports_one_that_imports_it_back() {
+        let graph = imports();
+        assert!(graph.contains_key("durability") && graph.contains_key("worker"));
+        // Depth-first, looking for a path back to where it started.
+        fn reaches(
+            graph: &BTreeMap<String, BTreeSet<String>>,
+            from: &str,
+            to: &str,
+            seen: &mut BTreeSet<String>,
+        ) -> bool {
+            let Some(next) = graph.get(from) else {
+                return false;
+            };
+            next.iter()
+                .any(|n| n == to || (seen.insert(n.clone()) && reaches(graph, n, to, seen)))
+        }
+        for module in graph.keys() {
+            assert!(
+                !reaches(&graph, module, module, &mut BTreeSet::new()),
+                "module `{module}` imports one that imports it back: {graph:#?}"
+            );
+        }
+        // The durability core sees nothing of the executor.
+        assert!(graph["durability"].is_empty(), "{:?}", graph["durability"]);
+    }
 }

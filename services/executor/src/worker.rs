@@ -23,8 +23,8 @@ use tokio::sync::{Notify, mpsc, oneshot};
 use tracing::Instrument;
 use wasmtime::component::{Instance, InstancePre};
 
-use crate::Inner;
 use crate::commit::{self, CommitRequest};
+use crate::context::Context;
 use crate::error::Error;
 use crate::host::{self, Durability, WorkerCtx};
 use crate::records::{self, InvocationRecord, StoredOutcome, WorkerRecord};
@@ -244,7 +244,12 @@ struct Active {
 }
 
 struct Actor {
-    inner: Arc<Inner>,
+    /// What the actor needs of its executor.
+    inner: Arc<Context>,
+    /// The executor's directory of workers, which the actor leaves when it stops.
+    workers: Arc<Directory>,
+    /// The calls its host interface makes to other workers.
+    calls: Arc<dyn crate::hostapi::Workers>,
     id: WorkerId,
     record: WorkerRecord,
     compiled: Arc<Compiled>,
@@ -272,13 +277,46 @@ struct Parked {
     wake: Wake,
 }
 
+/// The workers with an actor, by id: the executor's directory, which actors leave when they
+/// stop.
+pub(crate) type Directory = Mutex<HashMap<WorkerId, WorkerHandle>>;
+
+/// What an actor is given by its executor: the shared context, the directory it leaves, and
+/// the calls its host interface makes to other workers.
+pub(crate) struct Surroundings {
+    pub ctx: Arc<Context>,
+    pub workers: Arc<Directory>,
+    pub calls: Arc<dyn crate::hostapi::Workers>,
+}
+
+/// Asks up to `count` of the longest-idle workers to suspend; how many were asked.
+pub(crate) async fn evict_idle(workers: &Directory, count: usize) -> usize {
+    let mut idle: Vec<(u64, WorkerHandle)> = lock(workers)
+        .values()
+        .filter_map(|h| h.idle_since().map(|t| (t, h.clone())))
+        .collect();
+    idle.sort_by_key(|(t, _)| *t);
+    let mut asked = 0;
+    for (_, handle) in idle.into_iter().take(count) {
+        if handle.send(Command::Suspend).await.is_ok() {
+            asked += 1;
+        }
+    }
+    asked
+}
+
 pub(crate) fn spawn(
-    inner: Arc<Inner>,
+    surroundings: Surroundings,
     id: WorkerId,
     record: WorkerRecord,
     compiled: Arc<Compiled>,
     pre: InstancePre<WorkerCtx>,
 ) -> WorkerHandle {
+    let Surroundings {
+        ctx: inner,
+        workers,
+        calls,
+    } = surroundings;
     let depth = inner.config.queue_depth.max(1);
     let (tx, rx) = mpsc::channel(depth);
     let shared = Arc::new(Shared {
@@ -316,6 +354,8 @@ pub(crate) fn spawn(
     let handle_compiled = compiled.clone();
     let actor = Actor {
         inner,
+        workers,
+        calls,
         id,
         record,
         compiled,
@@ -739,7 +779,7 @@ impl Actor {
 
     /// Leaves the executor's map, closes the queue and answers what is left in it.
     fn leave(&mut self) {
-        let mut workers = self.inner.workers.lock().unwrap_or_else(|p| p.into_inner());
+        let mut workers = lock(&self.workers);
         let ours = workers
             .get(&self.id)
             .is_some_and(|h| Arc::ptr_eq(&h.shared, &self.shared));
@@ -963,7 +1003,7 @@ impl Actor {
                 // Every instance slot is taken: suspend the longest-idle workers and try again.
                 Err(Error::PoolExhausted(_)) if attempts < EVICTION_ATTEMPTS => {
                     attempts += 1;
-                    let evicted = crate::evict_idle(&self.inner, EVICTION_BATCH).await;
+                    let evicted = evict_idle(&self.workers, EVICTION_BATCH).await;
                     tracing::debug!(worker = %self.id, evicted, "instance pool full; evicting idle workers");
                     tokio::time::sleep(Duration::from_millis(10 * u64::from(attempts))).await;
                 }
@@ -1032,7 +1072,7 @@ impl Actor {
         );
         let mut ctx = ctx;
         ctx.host = Some(crate::hostapi::HostApi {
-            workers: Arc::new(crate::ExecutorWorkers(Arc::downgrade(&self.inner))),
+            workers: self.calls.clone(),
             worker: self.id.clone(),
             incarnation,
             limits: self.shared.limits.clone(),
@@ -1772,7 +1812,7 @@ impl Actor {
 
 /// Makes an invocation's start durable if it runs longer than the start-commit delay.
 struct StartCommit {
-    inner: Arc<Inner>,
+    inner: Arc<Context>,
     id: WorkerId,
     shared: Arc<Shared>,
     committed: AtomicBool,
