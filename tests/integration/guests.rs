@@ -134,3 +134,50 @@ async fn a_spinning_start_function_is_interrupted_and_deleted() -> anyhow::Resul
     drop(server);
     Ok(())
 }
+
+/// What one invocation writes cannot break its worker: a flood of tiny or empty writes to
+/// stdout is cut at the output cap (each write counting its cost in the oplog), a result too
+/// large to record is a typed failure, and the worker answers afterwards, also after a restart.
+#[tokio::test]
+async fn floods_and_large_results_leave_the_worker_whole() -> anyhow::Result<()> {
+    let data = tempfile::tempdir()?;
+    let dir = data.path().join("data");
+    let server = Server::start(INVICTA.as_ref(), &dir)?;
+    let api = server.operator().new_tenant("flood", "unlimited").await?;
+    api.upload("hostile", component("hostile")).await?;
+    assert_eq!(api.call("hostile", "h", "tick", json!([])).await?, json!(1));
+    for size in [1, 0] {
+        let taken = api
+            .call("hostile", "h", "flood", json!([300_000, size]))
+            .await?;
+        let taken = taken.as_u64().unwrap_or(u64::MAX);
+        assert!(
+            (1_000..300_000).contains(&taken),
+            "writes of {size} bytes: {taken} taken"
+        );
+    }
+    let big = api
+        .invoke("hostile", "h", "big", json!([300_000]), Some("big"))
+        .await?;
+    assert_eq!(big.status, 200, "{}", big.code());
+    let huge = api
+        .invoke("hostile", "h", "big", json!([6_000_000]), None)
+        .await?;
+    assert_eq!(
+        (huge.status, huge.code()),
+        (422, "result_too_large"),
+        "{:?}",
+        huge.body["detail"]
+    );
+    assert_eq!(api.call("hostile", "h", "tick", json!([])).await?, json!(2));
+    server.kill()?;
+    let server = Server::start(INVICTA.as_ref(), &dir)?;
+    let api = api.at(&server.url);
+    assert_eq!(api.call("hostile", "h", "tick", json!([])).await?, json!(3));
+    let again = api
+        .invoke("hostile", "h", "big", json!([300_000]), Some("big"))
+        .await?;
+    assert_eq!((again.status, &again.body), (200, &big.body));
+    drop(server);
+    Ok(())
+}
