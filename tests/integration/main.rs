@@ -10,6 +10,7 @@ mod divergence;
 mod failover;
 mod guests;
 mod hostapi;
+mod hostile;
 mod http;
 mod limits;
 mod metering;

@@ -937,6 +937,50 @@ fn write_private(path: &Path, secret: &str) -> std::io::Result<()> {
 }
 
 #[cfg(test)]
+mod parsers {
+    //! The report bounds and months a caller sends: parsed or refused, never a panic.
+
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn any_text_is_an_hour_or_none(text in ".{0,40}") {
+            let _ = super::parse_hour(&text);
+        }
+
+        #[test]
+        fn any_number_shaped_date_is_an_hour_or_none(year in any::<i64>(), month in any::<u32>(), day in any::<u32>(), hour in 0_u32..30) {
+            let _ = super::parse_hour(&format!("{year}-{month}-{day}T{hour:02}"));
+            let _ = super::parse_hour(&format!("{year}-{month}-{day}"));
+        }
+
+        #[test]
+        fn any_month_is_hours_or_none(year in any::<i64>(), month in any::<u32>()) {
+            if let Some((first, next)) = super::month_hours(&format!("{year}-{month}")) {
+                prop_assert!(first < next);
+            }
+        }
+
+        #[test]
+        fn valid_dates_parse_to_their_hour(days in 0_u64..2_900_000, hour in 0_u64..24) {
+            let (y, m, d) = invicta_model::usage::civil_from_days(days as i64);
+            let text = format!("{y:04}-{m:02}-{d:02}T{hour:02}");
+            prop_assert_eq!(super::parse_hour(&text), Some(days * 24 + hour));
+        }
+    }
+
+    #[test]
+    fn the_reported_overflows_are_refused() {
+        assert_eq!(super::parse_hour("5000000000000000-01-01"), None);
+        assert_eq!(super::month_hours("9223372036854775807-12"), None);
+        assert_eq!(
+            super::month_hours("9999-12").map(|(a, b)| b > a),
+            Some(true)
+        );
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
@@ -1020,7 +1064,7 @@ pub fn parse_hour(text: &str) -> Option<u64> {
     let month = parts.next()?.parse::<u32>().ok()?;
     let day = parts.next()?.parse::<u32>().ok()?;
     let days = invicta_model::usage::days_from_civil(year, month, day)?;
-    u64::try_from(days).ok().map(|d| d * 24 + hour)
+    u64::try_from(days).ok()?.checked_mul(24)?.checked_add(hour)
 }
 
 impl Billing {
@@ -1104,8 +1148,8 @@ pub fn month_hours(month: &str) -> Option<(u64, u64)> {
         invicta_model::usage::days_from_civil(year, month + 1, 1)?
     };
     Some((
-        u64::try_from(first).ok()? * 24,
-        u64::try_from(next).ok()? * 24,
+        u64::try_from(first).ok()?.checked_mul(24)?,
+        u64::try_from(next).ok()?.checked_mul(24)?,
     ))
 }
 

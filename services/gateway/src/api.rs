@@ -290,8 +290,9 @@ pub(crate) async fn upload_component(
     Extension(caller): Extension<Caller>,
     Path(component): Path<String>,
     headers: HeaderMap,
-    bytes: Result<Bytes, BytesRejection>,
+    upload: axum::body::Body,
 ) -> ApiResult<Response> {
+    // The scope is checked before a byte of the body is read.
     let tenant = caller.tenant(Scope::Deploy)?;
     let plan = caller.plan()?;
     let quota = Quota {
@@ -309,7 +310,16 @@ pub(crate) async fn upload_component(
             ));
         }
     }
-    let bytes = body(bytes)?;
+    let limit = usize::try_from(state.registry.config().component_bytes_max).unwrap_or(usize::MAX);
+    let bytes = axum::body::to_bytes(upload, limit).await.map_err(|_| {
+        Problem::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!(
+                "the component is larger than the limit of {limit} bytes, or its upload broke off"
+            ),
+        )
+    })?;
     let uploaded = state
         .registry
         .upload(&tenant, &name, bytes.to_vec(), quota)

@@ -270,7 +270,118 @@ fn router(config: &Config, state: AppState) -> Router {
         .merge(v1)
         .fallback(api::not_found)
         .layer(axum::middleware::map_response(problems))
+        .layer(axum::middleware::from_fn_with_state(
+            BodyLimits {
+                component: component_limit,
+                json: config.json_body_bytes_max,
+            },
+            bounded,
+        ))
         .with_state(state)
+}
+
+/// The longest path segment or query value accepted, in bytes as sent: names are at most 128
+/// bytes and idempotency keys 256, and every id ends up in a store key (at most 10 kB), so
+/// anything longer is refused before it costs anything.
+pub const SEGMENT_BYTES_MAX: usize = 512;
+
+/// The longest query string accepted, in bytes.
+pub const QUERY_BYTES_MAX: usize = 4_096;
+
+/// The most headers a request may carry (hyper's own limit is 100, answered without a body).
+pub const HEADERS_MAX: usize = 64;
+
+/// The body limits of the routes, for refusing a declared `Content-Length` before reading.
+#[derive(Clone, Copy)]
+struct BodyLimits {
+    component: usize,
+    json: usize,
+}
+
+/// Refuses what is too large before anything reads it: a path segment or query value over
+/// [`SEGMENT_BYTES_MAX`] (400), a query over [`QUERY_BYTES_MAX`] (400), more than
+/// [`HEADERS_MAX`] headers (431), and a declared `Content-Length` over the route's body limit
+/// (413). Every refusal is a problem naming the limit.
+async fn bounded(
+    State(limits): State<BodyLimits>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let refuse = |status: StatusCode, code: &'static str, detail: String| {
+        api::Problem::new(status, code, detail).into_response()
+    };
+    let uri = request.uri();
+    if let Some(segment) = uri.path().split('/').find(|s| s.len() > SEGMENT_BYTES_MAX) {
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            format!(
+                "a path segment is {} bytes; the limit is {SEGMENT_BYTES_MAX}",
+                segment.len()
+            ),
+        );
+    }
+    if let Some(query) = uri.query() {
+        if query.len() > QUERY_BYTES_MAX {
+            return refuse(
+                StatusCode::BAD_REQUEST,
+                "invalid_query",
+                format!(
+                    "the query is {} bytes; the limit is {QUERY_BYTES_MAX}",
+                    query.len()
+                ),
+            );
+        }
+        if let Some(value) = query
+            .split('&')
+            .map(|pair| pair.split_once('=').map_or(pair, |(_, v)| v))
+            .find(|v| v.len() > SEGMENT_BYTES_MAX)
+        {
+            return refuse(
+                StatusCode::BAD_REQUEST,
+                "invalid_query",
+                format!(
+                    "a query value is {} bytes; the limit is {SEGMENT_BYTES_MAX}",
+                    value.len()
+                ),
+            );
+        }
+    }
+    if request.headers().len() > HEADERS_MAX {
+        return refuse(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "headers_too_large",
+            format!(
+                "the request has {} headers; the limit is {HEADERS_MAX}",
+                request.headers().len()
+            ),
+        );
+    }
+    let declared = request
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if let Some(declared) = declared {
+        // An upload (`POST /v1/components/{name}`) takes a component; every other body is JSON.
+        let segments: Vec<&str> = uri.path().trim_matches('/').split('/').collect();
+        let upload = request.method() == axum::http::Method::POST
+            && matches!(segments.as_slice(), ["v1", "components", _]);
+        let limit = if upload {
+            limits.component
+        } else {
+            limits.json
+        };
+        if declared > u64::try_from(limit).unwrap_or(u64::MAX) {
+            return refuse(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                format!("the body is {declared} bytes; the limit here is {limit}"),
+            );
+        }
+    }
+    next.run(request).await
 }
 
 /// Runs an API request in a span named by its method and route (`POST

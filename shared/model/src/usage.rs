@@ -127,9 +127,14 @@ pub fn civil_from_days(days: i64) -> (i64, u32, u32) {
     (year, month, day)
 }
 
-/// The day since the epoch of a civil date; `None` for a date that does not exist.
+/// The years a civil date may have: four digits (and the first day after them, where a month
+/// ends), so that nothing computed from one overflows.
+pub const YEARS: std::ops::RangeInclusive<i64> = 0..=10_000;
+
+/// The day since the epoch of a civil date; `None` for a date that does not exist, or whose
+/// year is outside [`YEARS`].
 pub fn days_from_civil(year: i64, month: u32, day: u32) -> Option<i64> {
-    if !(1..=12).contains(&month) || day == 0 || day > 31 {
+    if !YEARS.contains(&year) || !(1..=12).contains(&month) || day == 0 || day > 31 {
         return None;
     }
     let y = if month <= 2 { year - 1 } else { year };
@@ -154,6 +159,16 @@ pub fn month_of(unix_ms: u64) -> String {
 mod tests {
     use super::*;
 
+    proptest::proptest! {
+        /// Any year, month and day: a day or `None`, never a panic; a day comes back whole.
+        #[test]
+        fn any_date_is_a_day_or_none(year in proptest::prelude::any::<i64>(), month in 0_u32..20, day in 0_u32..40) {
+            if let Some(days) = days_from_civil(year, month, day) {
+                proptest::prop_assert_eq!(civil_from_days(days), (year, month, day));
+            }
+        }
+    }
+
     #[test]
     fn months_are_civil() {
         assert_eq!(month_of(0), "1970-01");
@@ -173,6 +188,9 @@ mod tests {
         assert_eq!(days_from_civil(2024, 2, 29), Some(19_782));
         assert_eq!(days_from_civil(2026, 2, 29), None);
         assert_eq!(days_from_civil(2026, 13, 1), None);
+        assert_eq!(days_from_civil(5_000_000_000_000_000, 1, 1), None);
+        assert_eq!(days_from_civil(i64::MAX, 12, 1), None);
+        assert_eq!(days_from_civil(i64::MIN, 1, 1), None);
     }
 
     #[test]

@@ -1,0 +1,177 @@
+//! Hostile clients against a real server, one table: each attack gets its typed answer (a
+//! problem with a stable code), and afterwards the server is ready and a reference worker's
+//! state is whole.
+
+use std::time::Duration;
+
+use invicta_tests::{Api, Server, component};
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::INVICTA;
+
+/// Sends `head` (a request line and headers, no body) over a raw connection and returns the
+/// status and the response's first bytes: what the server answers before any body arrives.
+async fn raw(server: &Server, head: &str) -> anyhow::Result<(u16, String)> {
+    let address = server.url.trim_start_matches("http://").to_string();
+    let mut stream = tokio::net::TcpStream::connect(&address).await?;
+    stream.write_all(head.as_bytes()).await?;
+    let mut buffer = vec![0_u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buffer)).await??;
+    let text = String::from_utf8_lossy(&buffer[..n]).into_owned();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    Ok((status, text))
+}
+
+#[tokio::test]
+async fn hostile_requests_get_typed_answers_and_hurt_nothing() -> anyhow::Result<()> {
+    let data = tempfile::tempdir()?;
+    let server = Server::start(INVICTA.as_ref(), &data.path().join("data"))?;
+    let operator = server.operator();
+    let api: Api = operator.new_tenant("target", "pro").await?;
+    api.upload("counter", component("counter")).await?;
+    assert_eq!(
+        api.call("counter", "ref", "add", json!([7])).await?,
+        json!(7)
+    );
+    let long = "a".repeat(11_000);
+
+    // (what, reply, status, code)
+    let cases = vec![
+        (
+            "a usage date whose year overflows",
+            api.get("/v1/usage?from=5000000000000000-01-01").await?,
+            400,
+            "invalid_query",
+        ),
+        (
+            "an invoice month whose year overflows",
+            operator
+                .get("/v1/admin/invoices?tenant=target&month=9223372036854775807-12")
+                .await?,
+            400,
+            "invalid_query",
+        ),
+        (
+            "a list prefix over the key limit",
+            api.get(&format!("/v1/components/counter/workers?prefix={long}"))
+                .await?,
+            400,
+            "invalid_query",
+        ),
+        (
+            "a cursor over the key limit",
+            api.get(&format!("/v1/components/counter/workers?cursor={long}"))
+                .await?,
+            400,
+            "invalid_query",
+        ),
+        (
+            "an invocation key over the key limit",
+            api.get(&format!(
+                "/v1/components/counter/workers/ref/invocations/{long}"
+            ))
+            .await?,
+            400,
+            "invalid_request",
+        ),
+        (
+            "a promise id over the key limit",
+            api.get(&format!(
+                "/v1/components/counter/workers/ref/promises/{long}"
+            ))
+            .await?,
+            400,
+            "invalid_request",
+        ),
+        (
+            "a key id over the key limit",
+            api.delete(&format!("/v1/keys/{long}")).await?,
+            400,
+            "invalid_request",
+        ),
+        (
+            "a tenant id over the key limit",
+            operator.get(&format!("/v1/admin/tenants/{long}")).await?,
+            400,
+            "invalid_request",
+        ),
+        (
+            "a plan name over the key limit",
+            operator
+                .put_json(&format!("/v1/admin/plans/{long}"), &json!({}))
+                .await?,
+            400,
+            "invalid_request",
+        ),
+        (
+            "an idempotency key reused for other parameters",
+            {
+                api.invoke("counter", "ref", "add", json!([0]), Some("once"))
+                    .await?;
+                api.invoke("counter", "ref", "add", json!([1]), Some("once"))
+                    .await?
+            },
+            409,
+            "idempotency_key_reused",
+        ),
+    ];
+    for (what, reply, status, code) in cases {
+        assert_eq!(
+            (reply.status, reply.code()),
+            (status, code),
+            "{what}: {reply:?}"
+        );
+        assert!(
+            reply.content_type.starts_with("application/problem+json"),
+            "{what}: {reply:?}"
+        );
+    }
+
+    // Answered from the headers alone, before any body is sent.
+    let key = api.key.clone().unwrap_or_default();
+    let (status, text) = raw(
+        &server,
+        &format!(
+            "POST /v1/components/huge HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\nContent-Type: application/wasm\r\nContent-Length: 60000000\r\n\r\n"
+        ),
+    )
+    .await?;
+    assert_eq!(status, 413, "a declared 60 MB upload: {text}");
+    assert!(text.contains("application/problem+json"), "{text}");
+    let reader = api
+        .post_json("/v1/keys", &json!({ "scopes": ["read"] }), None)
+        .await?;
+    let read_only = reader.body["key"].as_str().unwrap_or_default().to_string();
+    let (status, text) = raw(
+        &server,
+        &format!(
+            "POST /v1/components/sneaky HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {read_only}\r\nContent-Type: application/wasm\r\nContent-Length: 40000000\r\n\r\n"
+        ),
+    )
+    .await?;
+    assert_eq!(status, 403, "a read-only key's upload: {text}");
+    let many: String = (0..80).map(|n| format!("X-Filler-{n}: {n}\r\n")).collect();
+    let (status, text) = raw(
+        &server,
+        &format!(
+            "GET /v1/components HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\n{many}\r\n"
+        ),
+    )
+    .await?;
+    assert_eq!(status, 431, "80 headers: {text}");
+    assert!(text.contains("application/problem+json"), "{text}");
+
+    // The server is ready and the reference worker whole.
+    assert_eq!(api.anonymous().get("/readyz").await?.status, 200);
+    assert_eq!(
+        api.call("counter", "ref", "get", json!([])).await?,
+        json!(7)
+    );
+    drop(server);
+    Ok(())
+}
