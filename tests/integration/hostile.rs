@@ -166,6 +166,34 @@ async fn hostile_requests_get_typed_answers_and_hurt_nothing() -> anyhow::Result
     assert_eq!(status, 431, "80 headers: {text}");
     assert!(text.contains("application/problem+json"), "{text}");
 
+    // A flood of guessed keys: attempts with keys not verified lately are limited per client
+    // address before any costs an argon2 verification, and the tenant's own key still works.
+    let guesses: Vec<_> = (0..80_u32)
+        .map(|n| {
+            let guesser = api.with_key(&format!("inv_{n:012x}_{}", "f".repeat(64)));
+            tokio::spawn(async move { guesser.get("/v1/components").await })
+        })
+        .collect();
+    let mut answers = std::collections::BTreeMap::new();
+    for guess in guesses {
+        let reply = guess.await??;
+        *answers
+            .entry((reply.status, reply.code().to_string()))
+            .or_insert(0) += 1;
+    }
+    let limited = answers
+        .get(&(429, "rate_limited".to_string()))
+        .copied()
+        .unwrap_or(0);
+    assert!(limited >= 30, "{answers:?}");
+    assert!(
+        answers
+            .keys()
+            .all(|(status, _)| [401, 429, 503].contains(status)),
+        "{answers:?}"
+    );
+    assert_eq!(api.get("/v1/components").await?.status, 200);
+
     // The server is ready and the reference worker whole.
     assert_eq!(api.anonymous().get("/readyz").await?.status, 200);
     assert_eq!(

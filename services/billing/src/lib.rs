@@ -35,10 +35,13 @@ pub enum Error {
     MissingKey,
     #[error("malformed API key: keys look like inv_<id>_<secret>")]
     MalformedKey,
-    #[error("INVICTA_OPERATOR_KEY must look like inv_000000000000_<64 hex digits>")]
+    #[error("INVICTA_OPERATOR_KEY must look like inv_<12 hex digits>_<64 hex digits>")]
     MalformedOperatorKey,
     #[error("unknown or revoked API key")]
     InvalidKey,
+    /// Too many keys are being verified at once: try again shortly.
+    #[error("too many API keys are being verified at once; try again shortly")]
+    Busy,
     #[error("this API key lacks the `{0}` scope")]
     MissingScope(&'static str),
     #[error("only the operator may do this")]
@@ -88,6 +91,7 @@ impl Error {
                 "invalid_request"
             }
             Error::Remote { code, .. } => code,
+            Error::Busy => "unavailable",
             Error::MalformedOperatorKey
             | Error::Store(_)
             | Error::Corrupt(_)
@@ -407,8 +411,20 @@ impl From<&KeyRecord> for KeyInfo {
     }
 }
 
-/// The operator key's id.
-const OPERATOR_KEY_ID: &str = "000000000000";
+/// The operator key's id before each operator key got a random one; a key stored with it is
+/// still honoured.
+const LEGACY_OPERATOR_KEY_ID: &str = "000000000000";
+
+/// An argon2 hash of a secret nobody has, verified against when a key id is unknown.
+fn dummy_hash() -> &'static str {
+    static HASH: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    HASH.get_or_init(|| {
+        Argon2::default()
+            .hash_password(random_hex(32).as_bytes())
+            .map(|h| h.to_string())
+            .unwrap_or_default()
+    })
+}
 
 /// The operator's key file in the data directory.
 pub const OPERATOR_KEY_FILE: &str = "operator.key";
@@ -491,12 +507,42 @@ struct Inner {
     backend: Backend,
     /// Verified keys by the SHA-256 of the whole key: (principal, verified at).
     verified: Mutex<HashMap<[u8; 32], (Principal, Instant)>>,
+    /// Keys refused lately, by the SHA-256 of the whole key: a wrong secret sent again costs
+    /// no argon2 for [`FAILED_KEY_TTL`].
+    refused: Mutex<HashMap<[u8; 32], Instant>>,
+    /// Verifications under way, by the same hash: concurrent requests with one key share one.
+    verifying: Mutex<HashMap<[u8; 32], Arc<tokio::sync::OnceCell<Verdict>>>>,
+    /// Argon2 verifications running at once (each takes ~19 MiB and a core for ~15 ms).
+    argon2_slots: Arc<tokio::sync::Semaphore>,
     /// Plans by tenant, briefly, so that the invocation path does not read the store.
     plans: Mutex<HashMap<TenantId, (Plan, Instant)>>,
 }
 
 /// How long a tenant's plan is cached.
 const PLAN_CACHE_TTL: Duration = Duration::from_secs(5);
+
+/// How long a refused key is refused without verifying it again.
+pub const FAILED_KEY_TTL: Duration = Duration::from_secs(10);
+
+/// Argon2 verifications that may run at once: each holds ~19 MiB and a core for ~15 ms, so a
+/// flood of wrong secrets costs at most this many cores and this much memory.
+pub const ARGON2_CONCURRENCY: usize = 2;
+
+/// How long a verification may wait for a slot before the caller is told to come back (503).
+pub const ARGON2_WAIT: Duration = Duration::from_secs(2);
+
+/// Refused keys remembered at most; past it the oldest half is forgotten.
+const REFUSED_KEYS_MAX: usize = 100_000;
+
+/// What a verification concluded, shared by the requests that waited for it.
+#[derive(Clone)]
+enum Verdict {
+    Valid(Principal),
+    Invalid,
+    /// Not decided (the store failed, no slot was free): each caller gets this message.
+    Failed(String),
+    Busy,
+}
 
 /// Entries the key cache holds before it is swept of expired ones.
 const KEY_CACHE_SWEEP_AT: usize = 10_000;
@@ -564,6 +610,9 @@ impl Billing {
                 config,
                 backend,
                 verified: Mutex::new(HashMap::new()),
+                refused: Mutex::new(HashMap::new()),
+                verifying: Mutex::new(HashMap::new()),
+                argon2_slots: Arc::new(tokio::sync::Semaphore::new(ARGON2_CONCURRENCY)),
                 plans: Mutex::new(HashMap::new()),
             }),
         }
@@ -578,18 +627,21 @@ impl Billing {
         let existing = store.read(|tx| tx.get(&operator_key_key())).await?;
         let (secret, made) = match (preset, existing) {
             (Some(preset), _) => {
-                match parse_key(&preset) {
-                    Ok((OPERATOR_KEY_ID, _)) => {}
-                    _ => return Err(Error::MalformedOperatorKey),
+                if parse_key(&preset).is_err() {
+                    return Err(Error::MalformedOperatorKey);
                 }
                 (preset, false)
             }
             (None, Some(_)) => return Ok(None),
-            (None, None) => (format!("inv_{OPERATOR_KEY_ID}_{}", random_hex(32)), true),
+            // A random id, like any key's: nothing about it can be guessed.
+            (None, None) => (format!("inv_{}_{}", random_hex(6), random_hex(32)), true),
         };
+        let id = parse_key(&secret)
+            .map(|(id, _)| id.to_string())
+            .map_err(|_| Error::MalformedOperatorKey)?;
         let hash = hash_secret(&secret).await?;
         let record = KeyRecord {
-            id: OPERATOR_KEY_ID.into(),
+            id: id.clone(),
             tenant: None,
             scopes: Scope::ALL.to_vec(),
             description: "operator".into(),
@@ -597,8 +649,20 @@ impl Billing {
             revoked_at_ms: None,
             hash,
         };
+        // Found by its id like any key; `operator-key` says which record is the operator's.
         store
-            .transact(move |tx| tx.set(&operator_key_key(), &encode(&record)))
+            .transact(move |tx| {
+                // A replaced operator key stops working with it.
+                if let Some(previous) = tx.get(&operator_key_key())?
+                    && let Ok(previous) = serde_json::from_slice::<KeyRecord>(&previous)
+                    && previous.id != id
+                {
+                    tx.clear(&api_key_key(&previous.id))?;
+                }
+                let encoded = encode(&record);
+                tx.set(&operator_key_key(), &encoded)?;
+                tx.set(&api_key_key(&id), &encoded)
+            })
             .await?;
         if made {
             let path = data_dir.join(OPERATOR_KEY_FILE);
@@ -612,25 +676,119 @@ impl Billing {
     }
 
     /// Who holds `bearer`: verified by argon2 the first time, then from the cache.
+    ///
+    /// An attacker pays more than we do: a key refused lately is refused again from memory
+    /// ([`FAILED_KEY_TTL`]); concurrent requests with one key share one verification; at most
+    /// [`ARGON2_CONCURRENCY`] verifications run at once, and one that waits longer than
+    /// [`ARGON2_WAIT`] for a slot is `Busy` (503); an unknown key id costs an argon2
+    /// verification like a wrong secret, so the answer's time does not tell which ids exist.
     pub async fn authenticate(&self, bearer: &str) -> Result<Principal> {
         let (id, _) = parse_key(bearer)?;
         let digest: [u8; 32] = Sha256::digest(bearer.as_bytes()).into();
-        let ttl = Duration::from_millis(self.inner.config.key_cache_ttl_ms);
-        if let Some((principal, at)) = lock(&self.inner.verified).get(&digest)
-            && at.elapsed() < ttl
+        if let Some(principal) = self.cached(&digest) {
+            return Ok(principal);
+        }
+        if lock(&self.inner.refused)
+            .get(&digest)
+            .is_some_and(|at| at.elapsed() < FAILED_KEY_TTL)
         {
-            return Ok(principal.clone());
+            return Err(Error::InvalidKey);
         }
-        let principal = match &self.inner.backend {
-            Backend::Local(store) => verify(store, id, bearer).await?,
-            Backend::Remote(remote) => remote.authenticate(bearer).await?,
+        let cell = lock(&self.inner.verifying)
+            .entry(digest)
+            .or_insert_with(|| Arc::new(tokio::sync::OnceCell::new()))
+            .clone();
+        let verdict = cell
+            .get_or_init(|| async {
+                let verdict = self.verify_now(id, bearer).await;
+                self.remember(&digest, &verdict);
+                verdict
+            })
+            .await
+            .clone();
+        {
+            let mut verifying = lock(&self.inner.verifying);
+            if verifying
+                .get(&digest)
+                .is_some_and(|c| Arc::ptr_eq(c, &cell))
+            {
+                verifying.remove(&digest);
+            }
+        }
+        match verdict {
+            Verdict::Valid(principal) => Ok(principal),
+            Verdict::Invalid => Err(Error::InvalidKey),
+            Verdict::Busy => Err(Error::Busy),
+            Verdict::Failed(message) => Err(Error::Hash(message)),
+        }
+    }
+
+    /// Whether `bearer` was verified or refused lately: answering it costs no argon2.
+    pub fn is_decided(&self, bearer: &str) -> bool {
+        let digest: [u8; 32] = Sha256::digest(bearer.as_bytes()).into();
+        self.cached(&digest).is_some()
+            || lock(&self.inner.refused)
+                .get(&digest)
+                .is_some_and(|at| at.elapsed() < FAILED_KEY_TTL)
+    }
+
+    fn cached(&self, digest: &[u8; 32]) -> Option<Principal> {
+        let ttl = Duration::from_millis(self.inner.config.key_cache_ttl_ms);
+        match lock(&self.inner.verified).get(digest) {
+            Some((principal, at)) if at.elapsed() < ttl => Some(principal.clone()),
+            _ => None,
+        }
+    }
+
+    async fn verify_now(&self, id: &str, bearer: &str) -> Verdict {
+        let verified = match &self.inner.backend {
+            Backend::Local(store) => {
+                let Ok(slot) = tokio::time::timeout(
+                    ARGON2_WAIT,
+                    self.inner.argon2_slots.clone().acquire_owned(),
+                )
+                .await
+                else {
+                    return Verdict::Busy;
+                };
+                let verified = verify(store, id, bearer).await;
+                drop(slot);
+                verified
+            }
+            Backend::Remote(remote) => remote.authenticate(bearer).await,
         };
-        let mut cache = lock(&self.inner.verified);
-        if cache.len() >= KEY_CACHE_SWEEP_AT {
-            cache.retain(|_, (_, at)| at.elapsed() < ttl);
+        match verified {
+            Ok(principal) => Verdict::Valid(principal),
+            Err(Error::InvalidKey | Error::MalformedKey) => Verdict::Invalid,
+            Err(Error::Busy) => Verdict::Busy,
+            Err(Error::Remote { code, .. }) if code == "unauthorized" => Verdict::Invalid,
+            Err(Error::Remote { code, .. }) if code == "unavailable" => Verdict::Busy,
+            Err(e) => Verdict::Failed(e.to_string()),
         }
-        cache.insert(digest, (principal.clone(), Instant::now()));
-        Ok(principal)
+    }
+
+    fn remember(&self, digest: &[u8; 32], verdict: &Verdict) {
+        match verdict {
+            Verdict::Valid(principal) => {
+                let ttl = Duration::from_millis(self.inner.config.key_cache_ttl_ms);
+                let mut cache = lock(&self.inner.verified);
+                if cache.len() >= KEY_CACHE_SWEEP_AT {
+                    cache.retain(|_, (_, at)| at.elapsed() < ttl);
+                }
+                cache.insert(*digest, (principal.clone(), Instant::now()));
+            }
+            Verdict::Invalid => {
+                let mut refused = lock(&self.inner.refused);
+                if refused.len() >= REFUSED_KEYS_MAX {
+                    refused.retain(|_, at| at.elapsed() < FAILED_KEY_TTL);
+                    if refused.len() >= REFUSED_KEYS_MAX {
+                        refused.clear();
+                    }
+                }
+                refused.insert(*digest, Instant::now());
+            }
+            Verdict::Failed(_) | Verdict::Busy => {}
+        }
     }
 
     // ---- plans ----
@@ -872,21 +1030,23 @@ impl Billing {
 
 /// Verifies `bearer` (whose id is `id`) against its stored hash.
 async fn verify(store: &Store, id: &str, bearer: &str) -> Result<Principal> {
-    let storage_key = if id == OPERATOR_KEY_ID {
-        operator_key_key()
-    } else {
-        api_key_key(id)
-    };
+    let (key, legacy_operator) = (api_key_key(id), id == LEGACY_OPERATOR_KEY_ID);
     let record = store
-        .read(move |tx| tx.get(&storage_key))
-        .await?
-        .ok_or(Error::InvalidKey)?;
-    let record: KeyRecord = decode("api key", &record)?;
-    if record.revoked_at_ms.is_some() {
-        return Err(Error::InvalidKey);
-    }
+        .read(move |tx| match tx.get(&key)? {
+            Some(record) => Ok(Some(record)),
+            // The operator's key from before it had an id of its own.
+            None if legacy_operator => tx.get(&operator_key_key()),
+            None => Ok(None),
+        })
+        .await?;
+    let record: Option<KeyRecord> = record.map(|r| decode("api key", &r)).transpose()?;
+    // An unknown or revoked id costs an argon2 verification like a wrong secret: the time of
+    // the answer does not tell an attacker which ids exist.
+    let hash = match &record {
+        Some(r) if r.revoked_at_ms.is_none() => r.hash.clone(),
+        _ => dummy_hash().to_string(),
+    };
     let secret = bearer.to_string();
-    let hash = record.hash.clone();
     let ok = tokio::task::spawn_blocking(move || {
         Argon2::default()
             .verify_password(secret.as_bytes(), hash.as_str())
@@ -894,9 +1054,10 @@ async fn verify(store: &Store, id: &str, bearer: &str) -> Result<Principal> {
     })
     .await
     .map_err(|e| Error::Hash(e.to_string()))?;
-    if !ok {
-        return Err(Error::InvalidKey);
-    }
+    let record = match record {
+        Some(r) if ok && r.revoked_at_ms.is_none() => r,
+        _ => return Err(Error::InvalidKey),
+    };
     let principal = Principal {
         tenant: match &record.tenant {
             Some(t) => Some(TenantId::new(t.clone()).map_err(|e| Error::Corrupt(e.to_string()))?),
@@ -934,6 +1095,88 @@ fn write_private(path: &Path, secret: &str) -> std::io::Result<()> {
     file.write_all(secret.as_bytes())?;
     file.write_all(b"\n")?;
     file.sync_all()
+}
+
+#[cfg(test)]
+mod authentication {
+    //! What a flood of wrong secrets costs: one argon2 verification per distinct key and
+    //! [`FAILED_KEY_TTL`], shared by concurrent requests; an unknown id costs as a wrong secret.
+
+    use super::*;
+
+    async fn billing() -> anyhow::Result<(Billing, String, tempfile::TempDir)> {
+        let dir = tempfile::tempdir()?;
+        let store = Store::open(&invicta_store::Config::embedded_in(dir.path()))?;
+        let (billing, operator) =
+            Billing::start(Config::default(), store, dir.path(), None).await?;
+        let operator = operator.ok_or_else(|| anyhow::anyhow!("an operator key is made"))?;
+        Ok((billing, operator, dir))
+    }
+
+    #[tokio::test]
+    async fn the_operator_key_id_is_random_and_works() -> anyhow::Result<()> {
+        let (billing, operator, _dir) = billing().await?;
+        let (id, _) = parse_key(&operator)?;
+        assert_ne!(id, LEGACY_OPERATOR_KEY_ID);
+        let principal = billing.authenticate(&operator).await?;
+        assert!(principal.operator);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_wrong_secret_is_refused_from_memory_and_verified_once() -> anyhow::Result<()> {
+        let (billing, operator, _dir) = billing().await?;
+        let (id, _) = parse_key(&operator)?;
+        let wrong = format!("inv_{id}_{}", "0".repeat(64));
+        // Many at once: one verification decides for all of them.
+        let attempts: Vec<_> = (0..16)
+            .map(|_| {
+                let (billing, wrong) = (billing.clone(), wrong.clone());
+                tokio::spawn(async move { billing.authenticate(&wrong).await })
+            })
+            .collect();
+        for attempt in attempts {
+            assert!(matches!(attempt.await?, Err(Error::InvalidKey)));
+        }
+        // Refused from memory now, fast, even with every argon2 slot taken.
+        let _slots = billing
+            .inner
+            .argon2_slots
+            .clone()
+            .acquire_many_owned(ARGON2_CONCURRENCY as u32)
+            .await?;
+        let started = Instant::now();
+        assert!(matches!(
+            billing.authenticate(&wrong).await,
+            Err(Error::InvalidKey)
+        ));
+        assert!(started.elapsed() < ARGON2_WAIT, "{:?}", started.elapsed());
+        // Another wrong secret needs a slot, and none is free: busy, not a hang.
+        let other = format!("inv_{id}_{}", "1".repeat(64));
+        assert!(matches!(
+            billing.authenticate(&other).await,
+            Err(Error::Busy)
+        ));
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn an_unknown_id_costs_a_verification_too() -> anyhow::Result<()> {
+        let (billing, _operator, _dir) = billing().await?;
+        // With every slot taken, an unknown id waits for one like a wrong secret would.
+        let _slots = billing
+            .inner
+            .argon2_slots
+            .clone()
+            .acquire_many_owned(ARGON2_CONCURRENCY as u32)
+            .await?;
+        let unknown = format!("inv_{}_{}", "abcdef012345", "2".repeat(64));
+        assert!(matches!(
+            billing.authenticate(&unknown).await,
+            Err(Error::Busy)
+        ));
+        Ok(())
+    }
 }
 
 #[cfg(test)]

@@ -13,7 +13,7 @@ use axum::http::{StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use governor::clock::{Clock, DefaultClock};
-use governor::{DefaultDirectRateLimiter, Quota};
+use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota};
 use invicta_billing::{Error as BillingError, Plan, Principal, Scope};
 use invicta_model::TenantId;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -53,14 +53,45 @@ impl Caller {
 /// Rate limiters by tenant or key id, with the (rate, burst) each was made for.
 type LimiterMap = Mutex<HashMap<String, (Arc<DefaultDirectRateLimiter>, u32, u32)>>;
 
-/// Rate limiters and concurrency gates, per tenant and per key, sized from plans.
-#[derive(Default)]
+/// Rate limiters and concurrency gates, per tenant and per key, sized from plans; and the
+/// limits on attempts to authenticate, per client address and per key id, which apply before
+/// a key not verified lately costs an argon2 verification.
 pub(crate) struct Limiters {
     tenants: LimiterMap,
     keys: LimiterMap,
     concurrency: Mutex<HashMap<String, (Arc<Semaphore>, u32)>>,
+    attempts_by_address: DefaultKeyedRateLimiter<std::net::IpAddr>,
+    attempts_by_key: DefaultKeyedRateLimiter<String>,
     /// Made once: making a clock calibrates it, which costs more than admitting a request.
     clock: DefaultClock,
+}
+
+/// Attempts to authenticate with a key not verified lately, per client address: per second,
+/// and the burst. A client with a valid key pays one attempt per `key_cache_ttl_ms`.
+pub const ATTEMPTS_PER_ADDRESS: (u32, u32) = (20, 40);
+
+/// The same, per key id (whoever sends it).
+pub const ATTEMPTS_PER_KEY_ID: (u32, u32) = (5, 10);
+
+/// Keyed limiters forget idle keys once they hold this many.
+const ATTEMPT_KEYS_RETAINED: usize = 10_000;
+
+fn quota((rate, burst): (u32, u32)) -> Quota {
+    Quota::per_second(NonZeroU32::new(rate).unwrap_or(NonZeroU32::MIN))
+        .allow_burst(NonZeroU32::new(burst).unwrap_or(NonZeroU32::MIN))
+}
+
+impl Default for Limiters {
+    fn default() -> Limiters {
+        Limiters {
+            tenants: LimiterMap::default(),
+            keys: LimiterMap::default(),
+            concurrency: Mutex::default(),
+            attempts_by_address: DefaultKeyedRateLimiter::keyed(quota(ATTEMPTS_PER_ADDRESS)),
+            attempts_by_key: DefaultKeyedRateLimiter::keyed(quota(ATTEMPTS_PER_KEY_ID)),
+            clock: DefaultClock::default(),
+        }
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -82,6 +113,27 @@ fn limiter(map: &LimiterMap, id: &str, rate: u32, burst: u32) -> Arc<DefaultDire
 }
 
 impl Limiters {
+    /// Admits an attempt to authenticate from `address` with the key id `key_id`, or says how
+    /// long to wait.
+    fn attempt(&self, address: Option<std::net::IpAddr>, key_id: &str) -> Result<(), u64> {
+        if self.attempts_by_address.len() > ATTEMPT_KEYS_RETAINED {
+            self.attempts_by_address.retain_recent();
+        }
+        if self.attempts_by_key.len() > ATTEMPT_KEYS_RETAINED {
+            self.attempts_by_key.retain_recent();
+        }
+        let wait = |not_until: governor::NotUntil<_>| {
+            let wait = not_until.wait_time_from(self.clock.now());
+            wait.as_secs() + u64::from(wait.subsec_nanos() > 0)
+        };
+        if let Some(address) = address {
+            self.attempts_by_address.check_key(&address).map_err(wait)?;
+        }
+        self.attempts_by_key
+            .check_key(&key_id.to_string())
+            .map_err(wait)
+    }
+
     /// Admits one request of `key` in `tenant`, or says how long to wait.
     fn admit(&self, tenant: &str, key: &str, plan: &Plan) -> Result<(), u64> {
         for limiter in [
@@ -131,7 +183,11 @@ pub(crate) async fn authenticate(
         .headers()
         .get(header::AUTHORIZATION)
         .map(|v| v.to_str().map(str::to_string));
-    match admit(&state, authorization).await {
+    let address = request
+        .extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0.ip());
+    match admit(&state, authorization, address).await {
         Ok(caller) => {
             request.extensions_mut().insert(caller);
             next.run(request).await
@@ -153,6 +209,7 @@ pub(crate) async fn authenticate(
 async fn admit(
     state: &AppState,
     authorization: Option<Result<String, header::ToStrError>>,
+    address: Option<std::net::IpAddr>,
 ) -> Result<Caller, Problem> {
     let header = authorization
         .ok_or(BillingError::MissingKey)?
@@ -161,6 +218,25 @@ async fn admit(
         .strip_prefix("Bearer ")
         .map(str::trim)
         .ok_or(BillingError::MalformedKey)?;
+    // A key not verified or refused lately may cost an argon2 verification: attempts are limited first,
+    // per client address and per key id, so a flood of guesses costs the sender, not us.
+    if !state.billing.is_decided(key) {
+        let key_id = key
+            .strip_prefix("inv_")
+            .and_then(|rest| rest.split('_').next())
+            .unwrap_or_default();
+        state
+            .limiters
+            .attempt(address, key_id)
+            .map_err(|retry_after| Problem {
+                retry_after_s: Some(retry_after.max(1)),
+                ..Problem::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "rate_limited",
+                    "too many attempts to authenticate with keys not verified lately; slow down",
+                )
+            })?;
+    }
     let principal = state.billing.authenticate(key).await?;
     let plan = match &principal.tenant {
         Some(tenant) => {

@@ -139,10 +139,14 @@ impl Service {
             shutdown.await;
             let _ = stop.send(true);
         };
-        axum::serve(self.listener, self.router)
-            .with_graceful_shutdown(signal)
-            .await
-            .map_err(Error::Serve)
+        axum::serve(
+            self.listener,
+            self.router
+                .into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(signal)
+        .await
+        .map_err(Error::Serve)
     }
 }
 
