@@ -203,3 +203,79 @@ async fn hostile_requests_get_typed_answers_and_hurt_nothing() -> anyhow::Result
     drop(server);
     Ok(())
 }
+
+/// Reads until the server closes the connection (or `within` passes): whether it closed.
+async fn closed_within(stream: &mut tokio::net::TcpStream, within: Duration) -> bool {
+    let mut buffer = [0_u8; 1024];
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match tokio::time::timeout_at(deadline, stream.read(&mut buffer)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return true,
+            Ok(Ok(_)) => continue,
+            Err(_) => return false,
+        }
+    }
+}
+
+/// Idle, slow and surplus connections are closed rather than held: a connection that sends
+/// nothing, one that never finishes its headers, and any past the cap.
+#[tokio::test]
+async fn idle_slow_and_surplus_connections_are_closed() -> anyhow::Result<()> {
+    let data = tempfile::tempdir()?;
+    let config = data.path().join("invicta.toml");
+    std::fs::write(
+        &config,
+        "[gateway]\nheader_read_timeout_ms = 3000\nconnections_max = 8\n",
+    )?;
+    let config = config.to_string_lossy().into_owned();
+    let server = Server::start_with(
+        INVICTA.as_ref(),
+        &data.path().join("data"),
+        &["--config", &config],
+    )?;
+    let api = server.operator();
+    let address = server.url.trim_start_matches("http://").to_string();
+    let connect = || tokio::net::TcpStream::connect(address.clone());
+
+    let mut idle = connect().await?;
+    assert!(
+        closed_within(&mut idle, Duration::from_secs(10)).await,
+        "an idle connection"
+    );
+    let mut slow = connect().await?;
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        .await?;
+    assert!(
+        closed_within(&mut slow, Duration::from_secs(10)).await,
+        "unfinished headers"
+    );
+
+    // Eight slow connections take every slot: a ninth is closed at once.
+    let mut held = Vec::new();
+    for _ in 0..8 {
+        let mut stream = connect().await?;
+        stream.write_all(b"GET /healthz HTTP/1.1\r\n").await?;
+        held.push(stream);
+    }
+    // Once the server has taken them all, a ninth is closed at once.
+    let mut refused = false;
+    for _ in 0..8 {
+        let mut surplus = connect().await?;
+        if closed_within(&mut surplus, Duration::from_millis(300)).await {
+            refused = true;
+            break;
+        }
+        held.push(surplus);
+    }
+    assert!(refused, "a connection past the cap was held");
+    // Once the slow ones are timed out, the server serves again.
+    let ready =
+        invicta_tests::eventually("the server serves again", Duration::from_secs(20), || {
+            let api = api.clone();
+            async move { Ok(api.get("/healthz").await.ok().filter(|r| r.status == 200)) }
+        })
+        .await?;
+    assert_eq!(ready.status, 200);
+    drop(held);
+    Ok(())
+}

@@ -7,10 +7,13 @@
 mod admin;
 mod api;
 mod auth;
+mod connection;
 mod logs;
 mod openapi;
 
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Json;
 use axum::Router;
@@ -52,6 +55,23 @@ pub struct Config {
     /// the oplog.
     #[serde(default = "default_json_body_bytes_max")]
     pub json_body_bytes_max: usize,
+    /// How long a client may take to send a request's headers, and how long a kept-alive
+    /// connection may sit idle before its next request, in milliseconds (default 30,000):
+    /// slow or idle connections are closed rather than held.
+    #[serde(default = "default_header_read_timeout_ms")]
+    pub header_read_timeout_ms: u64,
+    /// Connections served at once (default 4,096); past it new ones are closed at once, so
+    /// that file descriptors are never exhausted.
+    #[serde(default = "default_connections_max")]
+    pub connections_max: usize,
+}
+
+fn default_header_read_timeout_ms() -> u64 {
+    30_000
+}
+
+fn default_connections_max() -> usize {
+    4_096
 }
 
 fn default_json_body_bytes_max() -> usize {
@@ -67,6 +87,8 @@ impl Default for Config {
         Config {
             listen: default_listen(),
             json_body_bytes_max: default_json_body_bytes_max(),
+            header_read_timeout_ms: default_header_read_timeout_ms(),
+            connections_max: default_connections_max(),
         }
     }
 }
@@ -97,6 +119,8 @@ pub struct Service {
     listener: TcpListener,
     router: Router,
     stop: tokio::sync::watch::Sender<bool>,
+    header_read_timeout: Duration,
+    connections_max: usize,
 }
 
 impl Service {
@@ -112,6 +136,8 @@ impl Service {
         Ok(Service {
             listener,
             stop,
+            header_read_timeout: Duration::from_millis(config.header_read_timeout_ms.max(1)),
+            connections_max: config.connections_max,
             router: router(
                 config,
                 AppState {
@@ -133,20 +159,108 @@ impl Service {
     }
 
     /// Serves until `shutdown` resolves, then finishes the requests in flight.
+    ///
+    /// Each connection is HTTP/1.1 or HTTP/2 (hyper), with a deadline for a request's headers
+    /// that also closes a kept-alive connection left idle (`header_read_timeout_ms`), and at
+    /// most `connections_max` connections at once: slowloris and idle floods cost their
+    /// senders, not the server's file descriptors.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<()> {
-        let stop = self.stop;
-        let signal = async move {
-            shutdown.await;
-            let _ = stop.send(true);
-        };
-        axum::serve(
-            self.listener,
-            self.router
-                .into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(signal)
-        .await
-        .map_err(Error::Serve)
+        use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+        let Service {
+            listener,
+            stop,
+            router,
+            header_read_timeout,
+            connections_max,
+        } = self;
+        let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(header_read_timeout)
+            .max_headers(HEADERS_MAX * 2);
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .keep_alive_interval(header_read_timeout)
+            .keep_alive_timeout(header_read_timeout);
+        let connections = Arc::new(tokio::sync::Semaphore::new(connections_max.max(1)));
+        let mut stopping = stop.subscribe();
+        tokio::pin!(shutdown);
+        loop {
+            let accepted = tokio::select! {
+                accepted = listener.accept() => accepted,
+                () = &mut shutdown => break,
+            };
+            let (stream, remote) = match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Out of file descriptors, say: wait a little rather than spin.
+                    tracing::warn!(error = %e, "accept a connection");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let Ok(permit) = connections.clone().try_acquire_owned() else {
+                tracing::debug!(%remote, connections_max, "too many connections: closing a new one");
+                drop(stream);
+                continue;
+            };
+            let activity = Arc::new(connection::Activity::default());
+            let router = router.clone();
+            let busy = activity.clone();
+            let service = hyper::service::service_fn(
+                move |mut request: hyper::Request<hyper::body::Incoming>| {
+                    request
+                        .extensions_mut()
+                        .insert(axum::extract::ConnectInfo(remote));
+                    let router = router.clone();
+                    let handling = busy.handling();
+                    async move {
+                        use tower::ServiceExt;
+                        let response = router.oneshot(request.map(axum::body::Body::new)).await;
+                        drop(handling);
+                        response
+                    }
+                },
+            );
+            let io = TokioIo::new(connection::Watched::new(stream, activity.clone()));
+            let connection = builder
+                .serve_connection_with_upgrades(io, service)
+                .into_owned();
+            let mut stop_connection = stopping.clone();
+            tokio::spawn(async move {
+                tokio::pin!(connection);
+                let mut closing = false;
+                loop {
+                    tokio::select! {
+                        ended = connection.as_mut() => {
+                            if let Err(e) = ended {
+                                tracing::debug!(%remote, error = %e, "connection ended");
+                            }
+                            break;
+                        }
+                        () = activity.idle(header_read_timeout), if !closing => {
+                            closing = true;
+                            connection.as_mut().graceful_shutdown();
+                        }
+                        _ = stop_connection.changed(), if !closing => {
+                            closing = true;
+                            connection.as_mut().graceful_shutdown();
+                        }
+                    }
+                }
+                drop(permit);
+            });
+        }
+        drop(listener);
+        let _ = stop.send(true);
+        let _ = stopping.borrow_and_update();
+        // Requests in flight finish (streams end at the stop signal); connections that do not
+        // close within the grace period are left behind.
+        let all = u32::try_from(connections_max.max(1)).unwrap_or(u32::MAX);
+        let _ = tokio::time::timeout(SHUTDOWN_GRACE, connections.acquire_many(all)).await;
+        Ok(())
     }
 }
 
@@ -283,6 +397,9 @@ fn router(config: &Config, state: AppState) -> Router {
         ))
         .with_state(state)
 }
+
+/// How long a stopping server waits for its connections to finish their requests.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 
 /// The longest path segment or query value accepted, in bytes as sent: names are at most 128
 /// bytes and idempotency keys 256, and every id ends up in a store key (at most 10 kB), so
