@@ -65,6 +65,9 @@ pub enum Error {
     Corrupt(String),
     #[error("compile the component: {0}")]
     Compile(String),
+    /// Every compile slot stayed taken for longer than an upload waits.
+    #[error("too many components are being compiled; try again shortly")]
+    Busy,
     /// The registry in another process refused, with its error's code.
     #[error("{message}")]
     Remote { code: String, message: String },
@@ -81,6 +84,7 @@ impl Error {
             Error::NotFound(_) => "component_not_found",
             Error::VersionNotFound { .. } => "version_not_found",
             Error::InUse { .. } => "component_in_use",
+            Error::Busy => "unavailable",
             Error::Remote { code, .. } => code,
             Error::Store(_) | Error::Blob(_) | Error::Corrupt(_) | Error::Compile(_) => "internal",
         }
@@ -193,6 +197,12 @@ pub struct Registry {
 
 struct Inner {
     config: Config,
+    /// Compiles running at once, over all tenants: a compile takes a core for up to tens of
+    /// seconds, and invocations need the others.
+    compiles: Arc<tokio::sync::Semaphore>,
+    /// Compiles running per tenant: one at a time, so that one tenant's uploads queue behind
+    /// each other rather than take every compile slot.
+    tenant_compiles: Mutex<HashMap<TenantId, Arc<tokio::sync::Semaphore>>>,
     store: Store,
     blobs: BlobStore,
     engine: Engine,
@@ -245,6 +255,8 @@ impl Registry {
                 blobs,
                 engine,
                 import_check,
+                compiles: Arc::new(tokio::sync::Semaphore::new(compile_concurrency())),
+                tenant_compiles: Mutex::new(HashMap::new()),
                 compiled: Mutex::new(HashMap::new()),
                 remote: std::sync::OnceLock::new(),
             }),
@@ -309,7 +321,36 @@ impl Registry {
                 quota.check(components, used, size, new_name)
             })
             .await?;
-        // Compiling takes tens of milliseconds of CPU: keep it off the async threads.
+        // What it imports is checked before it is compiled: a component that imports what no
+        // executor here provides is refused for nothing.
+        check_import_names(&bytes)?;
+        // Compiling takes from milliseconds to tens of seconds of a core: keep it off the async
+        // threads, one at a time per tenant and a few at a time in all, and wait for a turn
+        // only so long.
+        let tenant_slot = {
+            let mut slots = inner
+                .tenant_compiles
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            if slots.len() > 10_000 {
+                slots.retain(|_, s| s.available_permits() == 0);
+            }
+            slots
+                .entry(tenant.clone())
+                .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(1)))
+                .clone()
+        };
+        let turn = async {
+            let mine = tenant_slot.acquire_owned().await;
+            let any = inner.compiles.clone().acquire_owned().await;
+            (mine, any)
+        };
+        let (Ok(_tenant_turn), Ok(_turn)) = tokio::time::timeout(COMPILE_QUEUE_WAIT, turn)
+            .await
+            .map_err(|_| Error::Busy)?
+        else {
+            return Err(Error::Busy);
+        };
         let engine = inner.engine.clone();
         let import_check = inner.import_check.clone();
         let (component, exports, artifact, bytes) = tokio::task::spawn_blocking(move || {
@@ -712,6 +753,58 @@ fn artifact_key(tenant: &TenantId, name: &ComponentName, version: u64, engine: &
 
 /// Compiles and validates `bytes`, telling a core module or non-wasm apart from a broken
 /// component.
+/// How long an upload waits for its turn to compile before it is told to come back (503).
+pub const COMPILE_QUEUE_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Compiles running at once, over all tenants: leaves a core to invocations.
+fn compile_concurrency() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get().saturating_sub(1).max(1))
+        .unwrap_or(1)
+}
+
+/// The packages whose interfaces an executor here may provide: WASI's and Invicta's own. A
+/// component importing any other is refused before it is compiled; the executor's own check,
+/// after compiling, decides for the interfaces and versions of these.
+const PROVIDED_PACKAGES: &[&str] = &["wasi:", "invicta:"];
+
+/// Refuses a component whose top-level imports name a package no executor provides, from its
+/// bytes alone (nothing is compiled).
+fn check_import_names(bytes: &[u8]) -> Result<()> {
+    use wasmparser::{Parser, Payload};
+    let mut depth = 0_u32;
+    let mut unknown = Vec::new();
+    for payload in Parser::new(0).parse_all(bytes) {
+        // What does not parse is left to the compiler, which says what is wrong with it.
+        let Ok(payload) = payload else {
+            return Ok(());
+        };
+        match payload {
+            Payload::ModuleSection { .. } | Payload::ComponentSection { .. } => depth += 1,
+            Payload::End(_) => depth = depth.saturating_sub(1),
+            Payload::ComponentImportSection(reader) if depth == 0 => {
+                for import in reader {
+                    let Ok(import) = import else {
+                        return Ok(());
+                    };
+                    let name = import.name.name;
+                    if !PROVIDED_PACKAGES.iter().any(|p| name.starts_with(p)) {
+                        unknown.push(name.to_string());
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    if unknown.is_empty() {
+        return Ok(());
+    }
+    Err(Error::UnsupportedImports(format!(
+        "it imports {}, which no executor here provides (only wasi:* and invicta:* interfaces are)",
+        unknown.join(", ")
+    )))
+}
+
 fn compile(engine: &Engine, bytes: &[u8]) -> Result<Component> {
     const MAGIC: &[u8] = b"\0asm";
     if bytes.len() < 8 || &bytes[..4] != MAGIC {
@@ -726,4 +819,31 @@ fn compile(engine: &Engine, bytes: &[u8]) -> Result<Component> {
         ));
     }
     Component::new(&engine.engine, bytes).map_err(|e| Error::Invalid(format!("{e:#}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn wat(text: &str) -> Vec<u8> {
+        wat::parse_str(text).expect("valid WAT")
+    }
+
+    #[test]
+    fn imports_are_checked_before_compiling() {
+        let unknown =
+            wat(r#"(component (import "acme:secret/vault" (instance (export "open" (func)))))"#);
+        let refused = check_import_names(&unknown).unwrap_err();
+        assert!(
+            refused.to_string().contains("acme:secret/vault"),
+            "{refused}"
+        );
+        let wasi = wat(r#"(component (import "wasi:cli/environment@0.2.0" (instance)))"#);
+        assert!(check_import_names(&wasi).is_ok());
+        // A nested component's imports are its parent's business, not the upload's.
+        let nested = wat(r#"(component (component (import "acme:x/y" (instance))))"#);
+        assert!(check_import_names(&nested).is_ok());
+        // What does not parse is left to the compiler to describe.
+        assert!(check_import_names(b"\0asm\x0d\0\x01\0garbage").is_ok());
+    }
 }

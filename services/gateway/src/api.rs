@@ -132,6 +132,9 @@ impl From<RegistryError> for Problem {
             RegistryError::Remote { ref code, .. } => {
                 coded(code, e.to_string()).unwrap_or_else(|| Problem::internal(e))
             }
+            RegistryError::Busy => {
+                coded("unavailable", e.to_string()).unwrap_or_else(|| Problem::internal(e))
+            }
             other => Problem::internal(other),
         }
     }
