@@ -194,6 +194,28 @@ async fn hostile_requests_get_typed_answers_and_hurt_nothing() -> anyhow::Result
     );
     assert_eq!(api.get("/v1/components").await?.status, 200);
 
+    // Log followers are bounded per tenant: past the cap, a typed quota.
+    let mut followers = Vec::new();
+    let follow = || {
+        api.http
+            .get(format!(
+                "{}/v1/components/counter/workers/ref/logs?follow=true",
+                server.url
+            ))
+            .bearer_auth(api.key.clone().unwrap_or_default())
+            .send()
+    };
+    for _ in 0..32 {
+        let response = follow().await?;
+        assert_eq!(response.status(), 200);
+        followers.push(response);
+    }
+    let refused = follow().await?;
+    assert_eq!(refused.status(), 429);
+    let problem: serde_json::Value = refused.json().await?;
+    assert_eq!(problem["quota"], "log_followers", "{problem}");
+    drop(followers);
+
     // The server is ready and the reference worker whole.
     assert_eq!(api.anonymous().get("/readyz").await?.status, 200);
     assert_eq!(

@@ -60,6 +60,7 @@ pub(crate) struct Limiters {
     tenants: LimiterMap,
     keys: LimiterMap,
     concurrency: Mutex<HashMap<String, (Arc<Semaphore>, u32)>>,
+    followers: Mutex<HashMap<String, Arc<Semaphore>>>,
     attempts_by_address: DefaultKeyedRateLimiter<std::net::IpAddr>,
     attempts_by_key: DefaultKeyedRateLimiter<String>,
     /// Made once: making a clock calibrates it, which costs more than admitting a request.
@@ -87,6 +88,7 @@ impl Default for Limiters {
             tenants: LimiterMap::default(),
             keys: LimiterMap::default(),
             concurrency: Mutex::default(),
+            followers: Mutex::default(),
             attempts_by_address: DefaultKeyedRateLimiter::keyed(quota(ATTEMPTS_PER_ADDRESS)),
             attempts_by_key: DefaultKeyedRateLimiter::keyed(quota(ATTEMPTS_PER_KEY_ID)),
             clock: DefaultClock::default(),
@@ -146,6 +148,17 @@ impl Limiters {
             }
         }
         Ok(())
+    }
+
+    /// A slot among the tenant's log followers (at most `max`), if one is free.
+    pub fn follower_slot(&self, tenant: &str, max: u32) -> Result<OwnedSemaphorePermit, Problem> {
+        let semaphore = lock(&self.followers)
+            .entry(tenant.to_string())
+            .or_insert_with(|| Arc::new(Semaphore::new(max as usize)))
+            .clone();
+        semaphore
+            .try_acquire_owned()
+            .map_err(|_| Problem::quota("log_followers", u64::from(max), u64::from(max), Some(1)))
     }
 
     /// A slot among the tenant's concurrent invocations, if one is free.

@@ -29,6 +29,10 @@ const SCAN: usize = 1_000;
 /// How often a follower looks for new lines when there were none.
 const POLL: Duration = Duration::from_millis(200);
 
+/// Log followers one tenant may have open at once: each polls the store five times a second
+/// and holds a connection.
+pub const FOLLOWERS_PER_TENANT: u32 = 32;
+
 #[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
@@ -66,11 +70,15 @@ pub(crate) async fn logs(
     if !q.follow.unwrap_or(false) {
         return Ok(Json(json!({ "lines": lines, "next": next })).into_response());
     }
+    let slot = state
+        .limiters
+        .follower_slot(id.tenant.as_str(), FOLLOWERS_PER_TENANT)?;
     let mut buffered = VecDeque::new();
     for line in &lines {
         buffered.push_back(line_event(line));
     }
     let follower = Follower {
+        _slot: slot,
         executor: state.executor.clone(),
         id,
         next,
@@ -102,6 +110,8 @@ fn end_event(reason: &str) -> Event {
 }
 
 struct Follower {
+    /// One of the tenant's follower slots, held while the stream lives.
+    _slot: tokio::sync::OwnedSemaphorePermit,
     executor: Executor,
     id: WorkerId,
     next: u64,
