@@ -296,7 +296,7 @@ pub(crate) struct Readiness {
 pub(crate) struct ApiDoc;
 
 /// The errors every authenticated route may answer with.
-const ERRORS: [(&str, &str); 9] = [
+const ERRORS: [(&str, &str); 10] = [
     (
         "400",
         "The request is malformed: a bad name, body, parameter or query.",
@@ -310,6 +310,7 @@ const ERRORS: [(&str, &str); 9] = [
     ("409", "The resource's state forbids it."),
     ("413", "The body is too large."),
     ("415", "The body's content type is not the one expected."),
+    ("431", "The request has too many headers."),
     (
         "429",
         "A rate limit or quota was reached; `Retry-After` may say when to try again.",
