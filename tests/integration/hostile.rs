@@ -301,3 +301,76 @@ async fn idle_slow_and_surplus_connections_are_closed() -> anyhow::Result<()> {
     drop(held);
     Ok(())
 }
+
+/// Every body waits for the caller's scope, and what a body names is bounded.
+#[tokio::test]
+async fn bodies_wait_for_the_scope_and_what_they_name_is_bounded() -> anyhow::Result<()> {
+    let data = tempfile::tempdir()?;
+    let server = Server::start(INVICTA.as_ref(), &data.path().join("data"))?;
+    let operator = server.operator();
+    let api = operator.new_tenant("target", "pro").await?;
+    let reader = api
+        .post_json("/v1/keys", &json!({ "scopes": ["read"] }), None)
+        .await?;
+    let read_only = reader.body["key"].as_str().unwrap_or_default().to_string();
+
+    // A caller without the scope is refused before its body is read, on every route.
+    for (path, scope) in [
+        ("/v1/components/c/workers/w/invoke", "invoke"),
+        ("/v1/components/c/workers/w/enqueue", "invoke"),
+        ("/v1/components/c/workers", "deploy"),
+        ("/v1/keys", "admin"),
+    ] {
+        let (status, answer) = raw(
+            &server,
+            &format!(
+                "POST {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {read_only}\r\n\
+                 Content-Type: application/json\r\nContent-Length: 500000\r\n\r\n"
+            ),
+        )
+        .await?;
+        assert_eq!(status, 403, "{path}: {answer}");
+        assert!(answer.contains(&format!("`{scope}`")), "{path}: {answer}");
+    }
+
+    // Names inside bodies are bounded too, and prices cannot overflow an invoice.
+    let long = "p".repeat(20_000);
+    let tenant = operator
+        .post_json(
+            "/v1/admin/tenants",
+            &json!({ "name": "other", "plan": long }),
+            None,
+        )
+        .await?;
+    assert_eq!(
+        (tenant.status, tenant.code()),
+        (400, "invalid_request"),
+        "{tenant:?}"
+    );
+    let target = operator.get("/v1/admin/tenants").await?.body["tenants"][0]["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let moved = operator
+        .put_json(
+            &format!("/v1/admin/tenants/{target}/plan"),
+            &json!({ "plan": long }),
+        )
+        .await?;
+    assert_eq!(
+        (moved.status, moved.code()),
+        (400, "invalid_request"),
+        "{moved:?}"
+    );
+    let mut plan = operator.get("/v1/admin/plans").await?.body["plans"][0].clone();
+    plan["name"] = "dear".into();
+    plan["prices"]["per_billion_fuel"] = "79228162514264337593543950335".into();
+    let put = operator.put_json("/v1/admin/plans/dear", &plan).await?;
+    assert_eq!(
+        (put.status, put.code()),
+        (400, "invalid_request"),
+        "{put:?}"
+    );
+    assert_eq!(api.get("/v1/usage").await?.status, 200);
+    Ok(())
+}

@@ -305,6 +305,19 @@ impl Plan {
                 "requests_per_second, burst and concurrent_invocations must be at least 1".into(),
             ));
         }
+        let p = &self.prices;
+        for (name, price) in [
+            ("base_monthly", p.base_monthly),
+            ("per_billion_fuel", p.per_billion_fuel),
+            ("per_million_invocations", p.per_million_invocations),
+            ("per_gb_hour", p.per_gb_hour),
+        ] {
+            if price.is_sign_negative() || price > PRICE_MAX {
+                return Err(Error::InvalidPlan(format!(
+                    "prices.{name} must be 0 to {PRICE_MAX}"
+                )));
+            }
+        }
         if self.fuel_per_invocation == 0 || self.memory_per_worker_bytes < 64 * 1024 {
             return Err(Error::InvalidPlan(
                 "fuel_per_invocation must be positive and memory_per_worker_bytes at least 64 KiB"
@@ -484,6 +497,21 @@ pub use invicta_model::month_of;
 /// The current month, as [`month_of`] gives it.
 pub fn this_month() -> String {
     month_of(now_ms())
+}
+
+/// The longest id or name looked up (a plan name, a tenant id), in bytes: names are at most
+/// 128 bytes, and a longer value (from a JSON body, which the gateway's path and query bounds do
+/// not see) must not reach the store's key limit (10 kB) as an internal error.
+pub const ID_BYTES_MAX: usize = 512;
+
+fn bounded(what: &str, value: &str) -> Result<()> {
+    if value.len() > ID_BYTES_MAX {
+        return Err(Error::InvalidName(format!(
+            "the {what} is {} bytes; the limit is {ID_BYTES_MAX}",
+            value.len()
+        )));
+    }
+    Ok(())
 }
 
 /// Splits `inv_<id>_<secret>`.
@@ -803,6 +831,7 @@ impl Billing {
     }
 
     pub async fn plan(&self, name: &str) -> Result<Plan> {
+        bounded("plan name", name)?;
         let store = local_or!(self, remote => remote.plan(name));
         let key = plan_key(name);
         let bytes = store.read(move |tx| tx.get(&key)).await?;
@@ -877,6 +906,7 @@ impl Billing {
     }
 
     pub async fn tenant(&self, id: &str) -> Result<Tenant> {
+        bounded("tenant id", id)?;
         let store = local_or!(self, remote => remote.tenant(id));
         let key = tenant_key(id);
         let bytes = store.read(move |tx| tx.get(&key)).await?;
@@ -1213,6 +1243,22 @@ mod parsers {
     }
 
     #[test]
+    fn prices_are_bounded_so_invoices_cannot_overflow() {
+        use rust_decimal::Decimal;
+        let mut plan = super::Plan::defaults().remove(0);
+        plan.prices.per_billion_fuel = Decimal::MAX;
+        assert!(plan.validate().is_err());
+        plan.prices.per_billion_fuel = Decimal::NEGATIVE_ONE;
+        assert!(plan.validate().is_err());
+        plan.prices.per_billion_fuel = super::PRICE_MAX;
+        assert!(plan.validate().is_ok());
+        // The largest quantity at the largest price is a line, not a panic.
+        assert!(super::priced("fuel", u64::MAX, "fuel", 1, super::PRICE_MAX).is_ok());
+        // An over-large price stored before prices were bounded is an error, not a panic.
+        assert!(super::priced("fuel", u64::MAX, "fuel", 1, Decimal::MAX).is_err());
+    }
+
+    #[test]
     fn the_reported_overflows_are_refused() {
         assert_eq!(super::parse_hour("5000000000000000-01-01"), None);
         assert_eq!(super::month_hours("9223372036854775807-12"), None);
@@ -1396,16 +1442,27 @@ pub fn month_hours(month: &str) -> Option<(u64, u64)> {
     ))
 }
 
-fn priced(item: &str, quantity: u64, unit: &str, per: u64, price: Decimal) -> InvoiceLine {
-    let amount = (Decimal::from(quantity) * price / Decimal::from(per))
+/// The highest price a plan may set per unit: with any `u64` quantity, every line and the
+/// total of an invoice stay within what a `Decimal` holds (about 7.9 × 10^28).
+pub const PRICE_MAX: Decimal = Decimal::from_parts(1_000_000_000, 0, 0, false, 0);
+
+fn priced(item: &str, quantity: u64, unit: &str, per: u64, price: Decimal) -> Result<InvoiceLine> {
+    let amount = Decimal::from(quantity)
+        .checked_mul(price)
+        .and_then(|a| a.checked_div(Decimal::from(per.max(1))))
+        .ok_or_else(|| {
+            Error::InvalidPlan(format!(
+                "the price of {item} is too large to charge {quantity}"
+            ))
+        })?
         .round_dp_with_strategy(2, RoundingStrategy::MidpointAwayFromZero);
-    InvoiceLine {
+    Ok(InvoiceLine {
         item: item.into(),
         quantity,
         unit: unit.into(),
         unit_price: price,
         amount,
-    }
+    })
 }
 
 impl Billing {
@@ -1431,24 +1488,27 @@ impl Billing {
             .fold(0_u64, u64::saturating_add);
         let prices = &plan.prices;
         let lines = vec![
-            priced("base fee", 1, "month", 1, prices.base_monthly),
-            priced("fuel", fuel, "fuel", 1_000_000_000, prices.per_billion_fuel),
+            priced("base fee", 1, "month", 1, prices.base_monthly)?,
+            priced("fuel", fuel, "fuel", 1_000_000_000, prices.per_billion_fuel)?,
             priced(
                 "invocations",
                 invocations,
                 "invocation",
                 1_000_000,
                 prices.per_million_invocations,
-            ),
+            )?,
             priced(
                 "storage",
                 byte_hours,
                 "byte-hour",
                 1_000_000_000,
                 prices.per_gb_hour,
-            ),
+            )?,
         ];
-        let total = lines.iter().map(|l| l.amount).sum();
+        let total = lines
+            .iter()
+            .try_fold(Decimal::ZERO, |sum, line| sum.checked_add(line.amount))
+            .ok_or_else(|| Error::InvalidPlan("the invoice's total is too large".into()))?;
         Ok(Invoice {
             tenant: tenant.into(),
             month: month.into(),

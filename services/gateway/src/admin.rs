@@ -1,8 +1,7 @@
 //! Tenancy endpoints: the operator's `/v1/admin/...` (tenants, plans, a tenant's first key) and a
 //! tenant's own `/v1/keys` and `/v1/usage`.
 
-use axum::body::Bytes;
-use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -13,7 +12,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::AppState;
-use crate::api::{ApiResult, body, json_body};
+use crate::api::{ApiResult, body, json_body, read_body};
 use crate::auth::Caller;
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -30,10 +29,10 @@ pub(crate) async fn create_tenant(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
     headers: HeaderMap,
-    bytes: Result<Bytes, BytesRejection>,
+    incoming: axum::extract::Request,
 ) -> ApiResult<Response> {
     caller.operator()?;
-    let request: NewTenant = json_body(&headers, &body(bytes)?)?;
+    let request: NewTenant = json_body(&headers, &body(read_body(incoming).await)?)?;
     let tenant = state
         .billing
         .create_tenant(&request.name, request.plan.as_deref())
@@ -76,10 +75,10 @@ pub(crate) async fn set_tenant_plan(
     Extension(caller): Extension<Caller>,
     Path(tenant): Path<String>,
     headers: HeaderMap,
-    bytes: Result<Bytes, BytesRejection>,
+    incoming: axum::extract::Request,
 ) -> ApiResult<Json<serde_json::Value>> {
     caller.operator()?;
-    let request: MoveTenant = json_body(&headers, &body(bytes)?)?;
+    let request: MoveTenant = json_body(&headers, &body(read_body(incoming).await)?)?;
     Ok(Json(json!(
         state.billing.set_plan(&tenant, &request.plan).await?
     )))
@@ -125,10 +124,10 @@ pub(crate) async fn create_tenant_key(
     Extension(caller): Extension<Caller>,
     Path(tenant): Path<String>,
     headers: HeaderMap,
-    bytes: Result<Bytes, BytesRejection>,
+    incoming: axum::extract::Request,
 ) -> ApiResult<Response> {
     caller.operator()?;
-    let request: NewKey = json_body(&headers, &body(bytes)?)?;
+    let request: NewKey = json_body(&headers, &body(read_body(incoming).await)?)?;
     make_key(&state, &tenant, request).await
 }
 
@@ -150,10 +149,10 @@ pub(crate) async fn put_plan(
     Extension(caller): Extension<Caller>,
     Path(name): Path<String>,
     headers: HeaderMap,
-    bytes: Result<Bytes, BytesRejection>,
+    incoming: axum::extract::Request,
 ) -> ApiResult<Json<serde_json::Value>> {
     caller.operator()?;
-    let plan: Plan = json_body(&headers, &body(bytes)?)?;
+    let plan: Plan = json_body(&headers, &body(read_body(incoming).await)?)?;
     if plan.name != name {
         return Err(crate::api::Problem::new(
             StatusCode::BAD_REQUEST,
@@ -173,10 +172,10 @@ pub(crate) async fn create_key(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
     headers: HeaderMap,
-    bytes: Result<Bytes, BytesRejection>,
+    incoming: axum::extract::Request,
 ) -> ApiResult<Response> {
     let tenant = caller.tenant(Scope::Admin)?;
-    let request: NewKey = json_body(&headers, &body(bytes)?)?;
+    let request: NewKey = json_body(&headers, &body(read_body(incoming).await)?)?;
     make_key(&state, tenant.as_str(), request).await
 }
 

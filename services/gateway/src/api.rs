@@ -241,6 +241,14 @@ pub(crate) fn worker_id(
     })
 }
 
+/// Reads a request's body, within its route's limit. Handlers call it after checking the
+/// caller's scope, so that a caller who may not do what it asks sends its body for nothing: not
+/// a byte of it is read (an `Expect: 100-continue` client does not even send it).
+pub(crate) async fn read_body(request: axum::extract::Request) -> Result<Bytes, BytesRejection> {
+    use axum::extract::FromRequest;
+    Bytes::from_request(request, &()).await
+}
+
 pub(crate) fn body(body: Result<Bytes, BytesRejection>) -> ApiResult<Bytes> {
     body.map_err(|rejection| {
         let status = rejection.status();
@@ -374,11 +382,11 @@ pub(crate) async fn create_worker(
     Extension(caller): Extension<Caller>,
     Path(component): Path<String>,
     headers: HeaderMap,
-    bytes: Result<Bytes, BytesRejection>,
+    incoming: axum::extract::Request,
 ) -> ApiResult<Response> {
     let tenant = caller.tenant(Scope::Deploy)?;
     let limits = limits(caller.plan()?);
-    let request: CreateWorker = json_body(&headers, &body(bytes)?)?;
+    let request: CreateWorker = json_body(&headers, &body(read_body(incoming).await)?)?;
     let id = worker_id(tenant, component, request.name)?;
     let record = state
         .executor
@@ -544,10 +552,10 @@ pub(crate) async fn set_worker_version(
     Extension(caller): Extension<Caller>,
     Path((component, worker)): Path<(String, String)>,
     headers: HeaderMap,
-    bytes: Result<Bytes, BytesRejection>,
+    incoming: axum::extract::Request,
 ) -> ApiResult<Json<serde_json::Value>> {
     let id = worker_id(caller.tenant(Scope::Deploy)?, component, worker)?;
-    let request: SetVersion = json_body(&headers, &body(bytes)?)?;
+    let request: SetVersion = json_body(&headers, &body(read_body(incoming).await)?)?;
     state.executor.set_version(&id, request.version).await?;
     let status = state.executor.status(&id).await?;
     Ok(Json(json!(status)))
@@ -581,12 +589,12 @@ pub(crate) async fn enqueue(
     Extension(caller): Extension<Caller>,
     Path((component, worker)): Path<(String, String)>,
     headers: HeaderMap,
-    bytes: Result<Bytes, BytesRejection>,
+    incoming: axum::extract::Request,
 ) -> ApiResult<Response> {
     let tenant = caller.tenant(Scope::Invoke)?;
     let limits = limits(caller.plan()?);
     let id = worker_id(tenant, component, worker)?;
-    let request: Invoke = json_body(&headers, &body(bytes)?)?;
+    let request: Invoke = json_body(&headers, &body(read_body(incoming).await)?)?;
     let key = idempotency_key(&headers)?;
     let params = request.params(&state, &id).await?;
     let (key, accepted) = state
@@ -732,7 +740,7 @@ pub(crate) async fn invoke(
     Extension(caller): Extension<Caller>,
     Path((component, worker)): Path<(String, String)>,
     headers: HeaderMap,
-    bytes: Result<Bytes, BytesRejection>,
+    incoming: axum::extract::Request,
 ) -> ApiResult<Json<serde_json::Value>> {
     let started = std::time::Instant::now();
     let tenant = caller.tenant(Scope::Invoke)?;
@@ -740,7 +748,7 @@ pub(crate) async fn invoke(
     let limits = limits(plan);
     let _slot = state.limiters.invocation_slot(tenant.as_str(), plan)?;
     let id = worker_id(tenant, component, worker)?;
-    let request: Invoke = json_body(&headers, &body(bytes)?)?;
+    let request: Invoke = json_body(&headers, &body(read_body(incoming).await)?)?;
     let key = idempotency_key(&headers)?;
     if request.schedule_at.is_some() {
         return Err(Problem::new(
@@ -874,12 +882,12 @@ pub(crate) async fn create_schedule(
     Extension(caller): Extension<Caller>,
     Path((component, worker)): Path<(String, String)>,
     headers: HeaderMap,
-    bytes: Result<Bytes, BytesRejection>,
+    incoming: axum::extract::Request,
 ) -> ApiResult<Response> {
     let tenant = caller.tenant(Scope::Invoke)?;
     let limits = limits(caller.plan()?);
     let id = worker_id(tenant, component, worker)?;
-    let request: NewSchedule = json_body(&headers, &body(bytes)?)?;
+    let request: NewSchedule = json_body(&headers, &body(read_body(incoming).await)?)?;
     let params = Invoke {
         function: request.function.clone(),
         params: request.params,
@@ -983,10 +991,10 @@ pub(crate) async fn complete_promise(
     Extension(caller): Extension<Caller>,
     Path((component, worker, promise)): Path<(String, String, String)>,
     headers: HeaderMap,
-    bytes: Result<Bytes, BytesRejection>,
+    incoming: axum::extract::Request,
 ) -> ApiResult<Json<invicta_executor::PromiseRecord>> {
     let id = worker_id(caller.tenant(Scope::Invoke)?, component, worker)?;
-    let request: CompletePromise = json_body(&headers, &body(bytes)?)?;
+    let request: CompletePromise = json_body(&headers, &body(read_body(incoming).await)?)?;
     Ok(Json(
         state
             .executor
