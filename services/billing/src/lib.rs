@@ -538,6 +538,9 @@ struct Inner {
     /// Keys refused lately, by the SHA-256 of the whole key: a wrong secret sent again costs
     /// no argon2 for [`FAILED_KEY_TTL`].
     refused: Mutex<HashMap<[u8; 32], Instant>>,
+    /// Keys found valid within [`VOUCHED_KEY_TTL`], by the same hash: their holders skip the
+    /// limits on attempts, so that a flood of guesses at a key's id cannot lock its holder out.
+    vouched: Mutex<HashMap<[u8; 32], Instant>>,
     /// Verifications under way, by the same hash: concurrent requests with one key share one.
     verifying: Mutex<HashMap<[u8; 32], Arc<tokio::sync::OnceCell<Verdict>>>>,
     /// Argon2 verifications running at once (each takes ~19 MiB and a core for ~15 ms).
@@ -548,6 +551,10 @@ struct Inner {
 
 /// How long a tenant's plan is cached.
 const PLAN_CACHE_TTL: Duration = Duration::from_secs(5);
+
+/// How long a key found valid is let past the limits on attempts (it is still verified again
+/// once its verdict's cache expires, and a revoked key fails that verification).
+pub const VOUCHED_KEY_TTL: Duration = Duration::from_secs(3_600);
 
 /// How long a refused key is refused without verifying it again.
 pub const FAILED_KEY_TTL: Duration = Duration::from_secs(10);
@@ -639,6 +646,7 @@ impl Billing {
                 backend,
                 verified: Mutex::new(HashMap::new()),
                 refused: Mutex::new(HashMap::new()),
+                vouched: Mutex::new(HashMap::new()),
                 verifying: Mutex::new(HashMap::new()),
                 argon2_slots: Arc::new(tokio::sync::Semaphore::new(ARGON2_CONCURRENCY)),
                 plans: Mutex::new(HashMap::new()),
@@ -751,10 +759,14 @@ impl Billing {
         }
     }
 
-    /// Whether `bearer` was verified or refused lately: answering it costs no argon2.
+    /// Whether `bearer` was refused lately (answering it costs no argon2) or found valid within
+    /// [`VOUCHED_KEY_TTL`] (its holder is not to be limited with the guessers).
     pub fn is_decided(&self, bearer: &str) -> bool {
         let digest: [u8; 32] = Sha256::digest(bearer.as_bytes()).into();
         self.cached(&digest).is_some()
+            || lock(&self.inner.vouched)
+                .get(&digest)
+                .is_some_and(|at| at.elapsed() < VOUCHED_KEY_TTL)
             || lock(&self.inner.refused)
                 .get(&digest)
                 .is_some_and(|at| at.elapsed() < FAILED_KEY_TTL)
@@ -804,8 +816,14 @@ impl Billing {
                     cache.retain(|_, (_, at)| at.elapsed() < ttl);
                 }
                 cache.insert(*digest, (principal.clone(), Instant::now()));
+                let mut vouched = lock(&self.inner.vouched);
+                if vouched.len() >= KEY_CACHE_SWEEP_AT {
+                    vouched.retain(|_, at| at.elapsed() < VOUCHED_KEY_TTL);
+                }
+                vouched.insert(*digest, Instant::now());
             }
             Verdict::Invalid => {
+                lock(&self.inner.vouched).remove(digest);
                 let mut refused = lock(&self.inner.refused);
                 if refused.len() >= REFUSED_KEYS_MAX {
                     refused.retain(|_, at| at.elapsed() < FAILED_KEY_TTL);
