@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use axum::extract::State;
 use axum::http::HeaderMap;
-use invicta_tests::{Api, Server, component, eventually};
+use invicta_tests::{Api, Configured, component, eventually};
 use serde_json::{Value, json};
 
 use crate::INVICTA;
@@ -105,14 +105,12 @@ async fn run(api: &Api, seen: &Seen, name: &str, url: &str, steps: &[Step]) -> a
 async fn replays_after_suspension_and_kill(name: &str, steps: &[Step]) -> anyhow::Result<()> {
     let (url, seen) = remote().await?;
     let data = tempfile::tempdir()?;
-    let config = data.path().join("invicta.toml");
-    std::fs::write(
-        &config,
+    let configured = Configured::new(
+        INVICTA.as_ref(),
+        data.path(),
         "[executor]\nidle_suspend_ms = 300\n[executor.http]\nallow_private_hosts = [\"127.0.0.1\"]\ntimeout_ms = 5000\n",
     )?;
-    let config = config.to_string_lossy().into_owned();
-    let dir = data.path().join("data");
-    let server = Server::start_with(INVICTA.as_ref(), &dir, &["--config", &config])?;
+    let server = configured.start()?;
     let api = server.operator().new_tenant("clients", "pro").await?;
     api.upload(name, component(name)).await?;
 
@@ -134,7 +132,7 @@ async fn replays_after_suspension_and_kill(name: &str, steps: &[Step]) -> anyhow
 
     // Killed: after the restart the whole history replays again.
     server.kill()?;
-    let server = Server::start_with(INVICTA.as_ref(), &dir, &["--config", &config])?;
+    let server = configured.start()?;
     let api = api.at(&server.url);
     run(&api, &seen, name, &url, steps).await?;
 
@@ -228,17 +226,12 @@ async fn raw_wasi_http_workers_replay() -> anyhow::Result<()> {
 async fn a_recreated_worker_never_reuses_idempotency_keys() -> anyhow::Result<()> {
     let (url, seen) = remote().await?;
     let data = tempfile::tempdir()?;
-    let config = data.path().join("invicta.toml");
-    std::fs::write(
-        &config,
+    let configured = Configured::new(
+        INVICTA.as_ref(),
+        data.path(),
         "[executor.http]\nallow_private_hosts = [\"127.0.0.1\"]\ntimeout_ms = 5000\n",
     )?;
-    let config = config.to_string_lossy().into_owned();
-    let server = Server::start_with(
-        INVICTA.as_ref(),
-        &data.path().join("data"),
-        &["--config", &config],
-    )?;
+    let server = configured.start()?;
     let api = server.operator().new_tenant("payer", "pro").await?;
     api.upload("fetcher", component("fetcher")).await?;
     let pay = async || -> anyhow::Result<()> {

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use invicta_tests::{Server, component, eventually};
+use invicta_tests::{Configured, Server, component, eventually};
 use serde_json::json;
 
 use crate::INVICTA;
@@ -29,15 +29,13 @@ fn spinner() -> Vec<u8> {
 #[tokio::test]
 async fn a_start_function_that_never_returns_is_bounded() -> anyhow::Result<()> {
     let data = tempfile::tempdir()?;
-    let config = data.path().join("invicta.toml");
     // A long deadline: the fuel budget is what stops the loop here.
-    std::fs::write(
-        &config,
+    let configured = Configured::new(
+        INVICTA.as_ref(),
+        data.path(),
         "[executor]\nfuel_per_invocation = 50000000\ninvocation_timeout_ms = 60000\n",
     )?;
-    let config = config.to_string_lossy().into_owned();
-    let dir = data.path().join("data");
-    let server = Server::start_with(INVICTA.as_ref(), &dir, &["--config", &config])?;
+    let server = configured.start()?;
     let api = server.operator().new_tenant("spin", "pro").await?;
     let uploaded = api.upload("spinner", spinner()).await?;
     assert_eq!(uploaded.status, 201, "{uploaded:?}");
@@ -63,15 +61,13 @@ async fn a_start_function_that_never_returns_is_bounded() -> anyhow::Result<()> 
 #[tokio::test]
 async fn a_spinning_start_function_is_interrupted_and_deleted() -> anyhow::Result<()> {
     let data = tempfile::tempdir()?;
-    let config = data.path().join("invicta.toml");
     // Neither fuel nor deadline would stop it soon: only the interrupt and the deletion do.
-    std::fs::write(
-        &config,
+    let configured = Configured::new(
+        INVICTA.as_ref(),
+        data.path(),
         "[executor]\nfuel_per_invocation = 1000000000000000\ninvocation_timeout_ms = 600000\n",
     )?;
-    let config = config.to_string_lossy().into_owned();
-    let dir = data.path().join("data");
-    let server = Server::start_with(INVICTA.as_ref(), &dir, &["--config", &config])?;
+    let server = configured.start()?;
     let api = server.operator().new_tenant("spin", "unlimited").await?;
     api.upload("spinner", spinner()).await?;
     let call = {

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use invicta_tests::{Api, Server, component};
+use invicta_tests::{Api, Configured, Server, component};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -244,17 +244,12 @@ async fn closed_within(stream: &mut tokio::net::TcpStream, within: Duration) -> 
 #[tokio::test]
 async fn idle_slow_and_surplus_connections_are_closed() -> anyhow::Result<()> {
     let data = tempfile::tempdir()?;
-    let config = data.path().join("invicta.toml");
-    std::fs::write(
-        &config,
+    let configured = Configured::new(
+        INVICTA.as_ref(),
+        data.path(),
         "[gateway]\nheader_read_timeout_ms = 3000\nconnections_max = 8\n",
     )?;
-    let config = config.to_string_lossy().into_owned();
-    let server = Server::start_with(
-        INVICTA.as_ref(),
-        &data.path().join("data"),
-        &["--config", &config],
-    )?;
+    let server = configured.start()?;
     let api = server.operator();
     let address = server.url.trim_start_matches("http://").to_string();
     let connect = || tokio::net::TcpStream::connect(address.clone());

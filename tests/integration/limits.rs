@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use invicta_tests::{Server, component, eventually};
+use invicta_tests::{Configured, Server, component, eventually};
 use serde_json::json;
 
 use crate::INVICTA;
@@ -49,15 +49,13 @@ async fn endpoints() -> anyhow::Result<(u16, Arc<AtomicU32>, Arc<AtomicU32>)> {
 async fn a_resumed_invocation_keeps_its_plans_egress_hosts() -> anyhow::Result<()> {
     let (port, held, effects) = endpoints().await?;
     let data = tempfile::tempdir()?;
-    let config = data.path().join("invicta.toml");
     // The executor would let the worker reach both names; its tenant's plan lists one.
-    std::fs::write(
-        &config,
+    let configured = Configured::new(
+        INVICTA.as_ref(),
+        data.path(),
         "[executor.http]\nallow_private_hosts = [\"127.0.0.1\", \"localhost\"]\ntimeout_ms = 5000\n",
     )?;
-    let config = config.to_string_lossy().into_owned();
-    let dir = data.path().join("data");
-    let server = Server::start_with(INVICTA.as_ref(), &dir, &["--config", &config])?;
+    let server = configured.start()?;
     let operator = server.operator();
     let mut plan = operator.get("/v1/admin/plans").await?.body["plans"]
         .as_array()
@@ -91,7 +89,7 @@ async fn a_resumed_invocation_keeps_its_plans_egress_hosts() -> anyhow::Result<(
 
     // Recovery resumes the invocation: the held request is sent again (same key) and answered;
     // the next one goes to a host the plan does not list, and is denied as it would have been.
-    let server = Server::start_with(INVICTA.as_ref(), &dir, &["--config", &config])?;
+    let server = configured.start()?;
     let api = api.at(&server.url);
     let reply = api
         .invoke("fetcher", "w", "fetch-each", urls, Some("each"))

@@ -230,3 +230,28 @@ where
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// A server's data directory and configuration under a test's scratch directory: the TOML is
+/// written once, and every [`Configured::start`] runs a server on the same data and
+/// configuration (again after a kill, say).
+pub struct Configured {
+    binary: PathBuf,
+    pub dir: PathBuf,
+    config: String,
+}
+
+impl Configured {
+    pub fn new(binary: &Path, scratch: &Path, toml: &str) -> anyhow::Result<Configured> {
+        let config = scratch.join("invicta.toml");
+        std::fs::write(&config, toml).with_context(|| format!("write {}", config.display()))?;
+        Ok(Configured {
+            binary: binary.to_path_buf(),
+            dir: scratch.join("data"),
+            config: config.to_string_lossy().into_owned(),
+        })
+    }
+
+    pub fn start(&self) -> anyhow::Result<Server> {
+        Server::start_with(&self.binary, &self.dir, &["--config", &self.config])
+    }
+}

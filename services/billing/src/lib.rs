@@ -1161,6 +1161,16 @@ mod authentication {
         Ok((billing, operator, dir))
     }
 
+    /// Takes every argon2 slot, as a flood of verifications would.
+    async fn every_slot(billing: &Billing) -> anyhow::Result<tokio::sync::OwnedSemaphorePermit> {
+        Ok(billing
+            .inner
+            .argon2_slots
+            .clone()
+            .acquire_many_owned(ARGON2_CONCURRENCY as u32)
+            .await?)
+    }
+
     #[tokio::test]
     async fn the_operator_key_id_is_random_and_works() -> anyhow::Result<()> {
         let (billing, operator, _dir) = billing().await?;
@@ -1187,12 +1197,7 @@ mod authentication {
             assert!(matches!(attempt.await?, Err(Error::InvalidKey)));
         }
         // Refused from memory now, fast, even with every argon2 slot taken.
-        let _slots = billing
-            .inner
-            .argon2_slots
-            .clone()
-            .acquire_many_owned(ARGON2_CONCURRENCY as u32)
-            .await?;
+        let _slots = every_slot(&billing).await?;
         let started = Instant::now();
         assert!(matches!(
             billing.authenticate(&wrong).await,
@@ -1212,12 +1217,7 @@ mod authentication {
     async fn an_unknown_id_costs_a_verification_too() -> anyhow::Result<()> {
         let (billing, _operator, _dir) = billing().await?;
         // With every slot taken, an unknown id waits for one like a wrong secret would.
-        let _slots = billing
-            .inner
-            .argon2_slots
-            .clone()
-            .acquire_many_owned(ARGON2_CONCURRENCY as u32)
-            .await?;
+        let _slots = every_slot(&billing).await?;
         let unknown = format!("inv_{}_{}", "abcdef012345", "2".repeat(64));
         assert!(matches!(
             billing.authenticate(&unknown).await,

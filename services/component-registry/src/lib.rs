@@ -787,6 +787,10 @@ fn check_import_names(bytes: &[u8]) -> Result<()> {
                     let Ok(import) = import else {
                         return Ok(());
                     };
+                    // Interfaces only: types and the rest are the compiled check's business.
+                    if !matches!(import.ty, wasmparser::ComponentTypeRef::Instance(_)) {
+                        continue;
+                    }
                     let name = import.name.name;
                     if !PROVIDED_PACKAGES.iter().any(|p| name.starts_with(p)) {
                         unknown.push(name.to_string());
@@ -840,6 +844,9 @@ mod tests {
         );
         let wasi = wat(r#"(component (import "wasi:cli/environment@0.2.0" (instance)))"#);
         assert!(check_import_names(&wasi).is_ok());
+        // Imported types (a WIT world's own records) are not interfaces.
+        let typed = wat(r#"(component (import "person" (type (sub resource))))"#);
+        assert!(check_import_names(&typed).is_ok());
         // A nested component's imports are its parent's business, not the upload's.
         let nested = wat(r#"(component (component (import "acme:x/y" (instance))))"#);
         assert!(check_import_names(&nested).is_ok());
