@@ -237,9 +237,14 @@ fn apply(
     for (key, value) in &w.sets {
         tx.set(key, value)?;
     }
-    // A clear removes a value whole: a large one's chunks too (keys extending its tuple).
+    // A clear removes a value whole: a large pending record's chunks too (keys extending its
+    // tuple). Other keys cleared here (the running mark, wake-ups) are never chunked.
     for key in &w.clears {
-        crate::records::clear_value(tx, key)?;
+        if crate::records::may_be_chunked(key) {
+            crate::records::clear_value(tx, key)?;
+        } else {
+            tx.clear(key)?;
+        }
     }
     if with_adds {
         for (key, delta) in &w.adds {

@@ -327,6 +327,16 @@ pub(crate) fn clear_value(tx: &mut Transaction<'_>, key: &[u8]) -> Result<(), Er
     Ok(())
 }
 
+/// Whether `key` may hold a record stored in chunks ([`value_writes`]): pending invocations and
+/// invocation outcomes.
+pub(crate) fn may_be_chunked(key: &[u8]) -> bool {
+    static PREFIXES: std::sync::OnceLock<[Vec<u8>; 2]> = std::sync::OnceLock::new();
+    PREFIXES
+        .get_or_init(|| [pack(&("pending",)), pack(&("invocation",))])
+        .iter()
+        .any(|prefix| key.starts_with(prefix))
+}
+
 /// Whether a key under the pending prefix is a chunk of a large pending record.
 pub(crate) fn is_pending_chunk(key: &[u8]) -> bool {
     unpack::<(String, String, String, String, String, u32)>(key).is_ok()
@@ -407,4 +417,42 @@ pub(crate) fn read_entries(
         out.push((index, entry));
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod chunked {
+    use super::*;
+
+    fn id() -> WorkerId {
+        WorkerId {
+            tenant: "t".to_string().try_into().expect("tenant"),
+            component: "c".to_string().try_into().expect("component"),
+            worker: "w".to_string().try_into().expect("worker"),
+        }
+    }
+
+    #[test]
+    fn only_records_that_may_be_chunked_are_cleared_with_their_chunks() {
+        assert!(may_be_chunked(&pending_key(&id(), "k")));
+        assert!(may_be_chunked(&invocation_key(&id(), "k")));
+        assert!(!may_be_chunked(&running_key(&id())));
+        assert!(!may_be_chunked(&worker_key(&id())));
+    }
+
+    #[test]
+    fn a_large_record_is_written_in_chunks_that_extend_its_key() {
+        let key = pending_key(&id(), "k");
+        let small = value_writes(key.clone(), b"{}".to_vec());
+        assert_eq!(small, vec![(key.clone(), b"{}".to_vec())]);
+        let large = value_writes(key.clone(), vec![b'x'; ENTRY_CHUNK_BYTES * 2 + 1]);
+        assert_eq!(large.len(), 4, "three chunks and a header");
+        assert!(
+            large[..3]
+                .iter()
+                .all(|(k, _)| k.starts_with(&key) && k.len() > key.len())
+        );
+        assert!(large[..3].iter().all(|(k, _)| is_pending_chunk(k)));
+        assert_eq!(large[3].0, key);
+        assert_eq!(large[3].1.first(), Some(&CHUNKED));
+    }
 }
