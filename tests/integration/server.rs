@@ -165,3 +165,40 @@ async fn internal_calls_need_the_cluster_token_when_one_is_set() -> anyhow::Resu
     );
     Ok(())
 }
+
+/// Logs written to a file or a pipe are plain text: no terminal escape codes.
+#[test]
+fn logs_to_a_pipe_have_no_colours() -> anyhow::Result<()> {
+    use std::io::BufRead;
+    let data = tempfile::tempdir()?;
+    let mut child = std::process::Command::new(INVICTA)
+        .args(["server", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(data.path())
+        .env("INVICTA_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    let stderr = child
+        .stderr
+        .take()
+        .ok_or_else(|| anyhow::anyhow!("the server's stderr"))?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    // The first log event the server writes (it logs at info when it starts).
+    let line = rx.recv_timeout(std::time::Duration::from_secs(60));
+    let _ = child.kill();
+    let _ = child.wait();
+    let line = line?;
+    assert!(line.contains("INFO"), "{line:?}");
+    assert!(!line.contains('\u{1b}'), "{line:?}");
+    Ok(())
+}

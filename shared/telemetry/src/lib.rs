@@ -30,7 +30,10 @@ fn filter() -> tracing_subscriber::EnvFilter {
 /// Installs the process's subscriber. `service` names the process in traces
 /// (`service.name`).
 pub fn init(service: String) -> Telemetry {
-    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    // Colours for a terminal only: a log file or a pipe gets plain text, not escape codes.
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     let provider = std::env::var_os("OTEL_EXPORTER_OTLP_ENDPOINT").and_then(|_| {
         match opentelemetry_otlp::SpanExporter::builder()
             .with_tonic()
