@@ -12,6 +12,53 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 
+/// Connections open per client address, each at most `max`.
+pub(crate) struct PerAddress {
+    max: usize,
+    open: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
+}
+
+/// One connection from an address, counted until it is dropped.
+pub(crate) struct AddressSlot {
+    from: Arc<PerAddress>,
+    address: std::net::IpAddr,
+}
+
+impl PerAddress {
+    pub(crate) fn new(max: usize) -> PerAddress {
+        PerAddress {
+            max: max.max(1),
+            open: std::sync::Mutex::default(),
+        }
+    }
+
+    /// A slot for one more connection from `address`, unless it has `max` open.
+    pub(crate) fn take(self: &Arc<Self>, address: std::net::IpAddr) -> Option<AddressSlot> {
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        let count = open.entry(address).or_insert(0);
+        if *count >= self.max {
+            return None;
+        }
+        *count += 1;
+        Some(AddressSlot {
+            from: self.clone(),
+            address,
+        })
+    }
+}
+
+impl Drop for AddressSlot {
+    fn drop(&mut self) {
+        let mut open = self.from.open.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(count) = open.get_mut(&self.address) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                open.remove(&self.address);
+            }
+        }
+    }
+}
+
 /// What a connection has been doing.
 pub(crate) struct Activity {
     /// When it started, for the offsets below.
@@ -147,6 +194,26 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn connections_are_counted_per_address() {
+        let per_address = Arc::new(PerAddress::new(2));
+        let a: std::net::IpAddr = [10, 0, 0, 1].into();
+        let b: std::net::IpAddr = [10, 0, 0, 2].into();
+        let first = per_address.take(a);
+        let second = per_address.take(a);
+        assert!(first.is_some() && second.is_some());
+        assert!(per_address.take(a).is_none(), "a third from one address");
+        assert!(
+            per_address.take(b).is_some(),
+            "another address is counted apart"
+        );
+        drop(first);
+        assert!(
+            per_address.take(a).is_some(),
+            "a slot comes back when its connection ends"
+        );
+    }
 
     #[tokio::test]
     async fn idle_waits_for_quiet_and_for_handled_requests() {

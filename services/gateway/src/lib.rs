@@ -64,6 +64,14 @@ pub struct Config {
     /// that file descriptors are never exhausted.
     #[serde(default = "default_connections_max")]
     pub connections_max: usize,
+    /// Connections served at once from one client address (default 1,024): one client cannot
+    /// take every connection.
+    #[serde(default = "default_connections_per_address_max")]
+    pub connections_per_address_max: usize,
+}
+
+fn default_connections_per_address_max() -> usize {
+    1_024
 }
 
 fn default_header_read_timeout_ms() -> u64 {
@@ -89,6 +97,7 @@ impl Default for Config {
             json_body_bytes_max: default_json_body_bytes_max(),
             header_read_timeout_ms: default_header_read_timeout_ms(),
             connections_max: default_connections_max(),
+            connections_per_address_max: default_connections_per_address_max(),
         }
     }
 }
@@ -121,6 +130,7 @@ pub struct Service {
     stop: tokio::sync::watch::Sender<bool>,
     header_read_timeout: Duration,
     connections_max: usize,
+    connections_per_address_max: usize,
 }
 
 impl Service {
@@ -138,6 +148,7 @@ impl Service {
             stop,
             header_read_timeout: Duration::from_millis(config.header_read_timeout_ms.max(1)),
             connections_max: config.connections_max,
+            connections_per_address_max: config.connections_per_address_max,
             router: router(
                 config,
                 AppState {
@@ -172,7 +183,9 @@ impl Service {
             router,
             header_read_timeout,
             connections_max,
+            connections_per_address_max,
         } = self;
+        let per_address = Arc::new(connection::PerAddress::new(connections_per_address_max));
         let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
         builder
             .http1()
@@ -203,6 +216,11 @@ impl Service {
             };
             let Ok(permit) = connections.clone().try_acquire_owned() else {
                 tracing::debug!(%remote, connections_max, "too many connections: closing a new one");
+                drop(stream);
+                continue;
+            };
+            let Some(address_slot) = per_address.take(remote.ip()) else {
+                tracing::debug!(%remote, "too many connections from one address: closing a new one");
                 drop(stream);
                 continue;
             };
@@ -250,6 +268,7 @@ impl Service {
                         }
                     }
                 }
+                drop(address_slot);
                 drop(permit);
             });
         }
