@@ -302,3 +302,42 @@ async fn schedules_are_bounded() -> anyhow::Result<()> {
     assert_eq!(over.body["limit"], 100);
     Ok(())
 }
+
+/// Invoking a worker that does not exist creates it, unless the caller says not to.
+#[tokio::test]
+async fn a_call_may_forbid_creating_its_worker() -> anyhow::Result<()> {
+    let data = tempfile::tempdir()?;
+    let server = Server::start(INVICTA.as_ref(), &data.path().join("data"))?;
+    let api = server.operator().new_tenant("careful", "pro").await?;
+    api.upload("counter", component("counter")).await?;
+    for route in ["invoke", "enqueue"] {
+        let refused = api
+            .post_json(
+                &format!("/v1/components/counter/workers/ghost/{route}"),
+                &json!({ "function": "add", "params": [1], "create": false }),
+                None,
+            )
+            .await?;
+        assert_eq!(
+            (refused.status, refused.code()),
+            (404, "worker_not_found"),
+            "{route}: {refused:?}"
+        );
+    }
+    let absent = api.get("/v1/components/counter/workers/ghost").await?;
+    assert_eq!(absent.status, 404, "nothing was created: {absent:?}");
+    // By default the call creates it; afterwards `create: false` finds it.
+    assert_eq!(
+        api.call("counter", "ghost", "add", json!([2])).await?,
+        json!(2)
+    );
+    let found = api
+        .post_json(
+            "/v1/components/counter/workers/ghost/invoke",
+            &json!({ "function": "add", "params": [3], "create": false }),
+            None,
+        )
+        .await?;
+    assert_eq!((found.status, &found.body["result"]), (200, &json!(5)));
+    Ok(())
+}

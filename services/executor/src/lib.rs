@@ -1745,6 +1745,11 @@ impl Executor {
         }
     }
 
+    /// Whether the worker exists (its record is in the store).
+    pub async fn worker_exists(&self, id: &WorkerId) -> Result<bool> {
+        Ok(self.worker_record(id).await?.is_some())
+    }
+
     /// A worker's status.
     pub async fn status(&self, id: &WorkerId) -> Result<WorkerStatus> {
         // Whether it is in memory only its executor knows; if that one cannot say now (moving,

@@ -596,6 +596,7 @@ pub(crate) async fn enqueue(
     let id = worker_id(tenant, component, worker)?;
     let request: Invoke = json_body(&headers, &body(read_body(incoming).await)?)?;
     let key = idempotency_key(&headers)?;
+    request.check_exists(&state, &id).await?;
     let params = request.params(&state, &id).await?;
     let (key, accepted) = state
         .executor
@@ -707,6 +708,25 @@ pub(crate) struct Invoke {
     /// For `enqueue`: run it at this time (milliseconds since the epoch), not at once.
     #[serde(default)]
     schedule_at: Option<u64>,
+    /// Whether a worker that does not exist is created for the call (the default), or the call
+    /// is refused with `worker_not_found`.
+    #[serde(default = "create_by_default")]
+    #[schema(default = true)]
+    create: bool,
+}
+
+fn create_by_default() -> bool {
+    true
+}
+
+impl Invoke {
+    /// Refuses the call when it may not create its worker and the worker does not exist.
+    async fn check_exists(&self, state: &AppState, id: &WorkerId) -> ApiResult<()> {
+        if !self.create && !state.executor.worker_exists(id).await? {
+            return Err(invicta_executor::Error::WorkerNotFound(id.to_string()).into());
+        }
+        Ok(())
+    }
 }
 
 impl Invoke {
@@ -750,6 +770,7 @@ pub(crate) async fn invoke(
     let id = worker_id(tenant, component, worker)?;
     let request: Invoke = json_body(&headers, &body(read_body(incoming).await)?)?;
     let key = idempotency_key(&headers)?;
+    request.check_exists(&state, &id).await?;
     if request.schedule_at.is_some() {
         return Err(Problem::new(
             StatusCode::BAD_REQUEST,
@@ -893,6 +914,7 @@ pub(crate) async fn create_schedule(
         params: request.params,
         wave: request.wave,
         schedule_at: None,
+        create: true,
     }
     .params(&state, &id)
     .await?;
