@@ -168,6 +168,8 @@ async fn hostile_requests_get_typed_answers_and_hurt_nothing() -> anyhow::Result
 
     // A flood of guessed keys: attempts with keys not verified lately are limited per client
     // address before any costs an argon2 verification, and the tenant's own key still works.
+    // Argon2 takes ~19 MiB per verification: unbounded, 80 at once would take 1.5 GiB.
+    let before = server.resident_bytes()?;
     let guesses: Vec<_> = (0..80_u32)
         .map(|n| {
             let guesser = api.with_key(&format!("inv_{n:012x}_{}", "f".repeat(64)));
@@ -193,6 +195,12 @@ async fn hostile_requests_get_typed_answers_and_hurt_nothing() -> anyhow::Result
         "{answers:?}"
     );
     assert_eq!(api.get("/v1/components").await?.status, 200);
+    let after = server.resident_bytes()?;
+    assert!(
+        after < before + 256 * 1024 * 1024,
+        "the flood took {} MiB",
+        after.saturating_sub(before) / (1024 * 1024)
+    );
 
     // Log followers are bounded per tenant: past the cap, a typed quota.
     let mut followers = Vec::new();

@@ -158,6 +158,17 @@ impl Server {
         self.signal(libc::SIGCONT)
     }
 
+    /// The server's resident memory now, in bytes (Linux: `/proc/<pid>/status`).
+    pub fn resident_bytes(&self) -> anyhow::Result<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))?;
+        let kib = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .context("VmRSS in /proc/<pid>/status")?;
+        Ok(kib * 1024)
+    }
+
     /// Stops the server with SIGTERM and returns whether it exited cleanly.
     pub fn stop(mut self) -> anyhow::Result<bool> {
         self.signal(libc::SIGTERM)?;
