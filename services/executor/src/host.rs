@@ -195,7 +195,7 @@ fn durable(
 fn random_bytes(len: u64) -> Value {
     let mut bytes = vec![0_u8; usize::try_from(len).unwrap_or(0)];
     rand::fill(bytes.as_mut_slice());
-    Value::List(bytes.into_iter().map(Value::U8).collect())
+    Value::Bytes(bytes)
 }
 
 fn requested_len(params: &[Val]) -> wasmtime::Result<u64> {

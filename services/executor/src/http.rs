@@ -155,19 +155,13 @@ fn outcome_value(outcome: &Result<Recorded, String>) -> Value {
                     r.headers
                         .iter()
                         .map(|(k, v)| {
-                            Value::Tuple(vec![
-                                Value::String(k.clone()),
-                                Value::List(v.iter().copied().map(Value::U8).collect()),
-                            ])
+                            Value::Tuple(vec![Value::String(k.clone()), Value::Bytes(v.clone())])
                         })
                         .collect(),
                 ),
             ),
             match &r.blob {
-                None => (
-                    "body".into(),
-                    Value::List(r.body.iter().copied().map(Value::U8).collect()),
-                ),
+                None => ("body".into(), Value::Bytes(r.body.clone())),
                 Some(blob) => (
                     "body_blob".into(),
                     Value::Record(vec![
@@ -182,17 +176,9 @@ fn outcome_value(outcome: &Result<Recorded, String>) -> Value {
     }
 }
 
+/// The bytes recorded as `Bytes`, or (in entries recorded before) as a `List` of `U8`.
 fn bytes_of(value: &Value) -> Option<Vec<u8>> {
-    match value {
-        Value::List(items) => items
-            .iter()
-            .map(|v| match v {
-                Value::U8(b) => Some(*b),
-                _ => None,
-            })
-            .collect(),
-        _ => None,
-    }
+    value.as_bytes().map(std::borrow::Cow::into_owned)
 }
 
 pub(crate) fn outcome_from(value: &Value) -> Option<Result<Recorded, String>> {

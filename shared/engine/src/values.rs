@@ -313,6 +313,7 @@ pub fn value_to_val(value: &Value) -> Val {
         Value::Result(Ok(v)) => Val::Result(Ok(boxed(v))),
         Value::Result(Err(e)) => Val::Result(Err(boxed(e))),
         Value::Flags(names) => Val::Flags(names.clone()),
+        Value::Bytes(bytes) => Val::List(bytes.iter().map(|b| Val::U8(*b)).collect()),
     }
 }
 

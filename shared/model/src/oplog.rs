@@ -542,6 +542,34 @@ mod tests {
     }
 
     #[test]
+    fn bytes_are_a_list_of_u8_held_compactly() {
+        let bytes = Value::Bytes(vec![1, 2, 255]);
+        let list = Value::List(vec![Value::U8(1), Value::U8(2), Value::U8(255)]);
+        assert_eq!(bytes, list);
+        assert_eq!(list, bytes);
+        assert_ne!(bytes, Value::List(vec![Value::U8(1), Value::U8(2)]));
+        assert_ne!(
+            bytes,
+            Value::List(vec![Value::U8(1), Value::U8(2), Value::U16(255)])
+        );
+        assert_eq!(bytes.to_json(), list.to_json());
+        assert_eq!(bytes.as_bytes().as_deref(), Some(&[1_u8, 2, 255][..]));
+        assert_eq!(list.as_bytes().as_deref(), Some(&[1_u8, 2, 255][..]));
+        // A byte a byte in the oplog, where a list takes two.
+        let entry = |response| OplogEntry::ImportedFunctionInvoked {
+            host_function: "r".into(),
+            request: None,
+            response,
+        };
+        let big = vec![7_u8; 10_000];
+        let compact = entry(Value::Bytes(big.clone())).encode().len();
+        let listed = entry(Value::List(big.into_iter().map(Value::U8).collect()))
+            .encode()
+            .len();
+        assert!(compact < 10_100 && listed > 19_000, "{compact} {listed}");
+    }
+
+    #[test]
     fn format_1_is_still_read_with_an_empty_incarnation() {
         let old = v1::Entry::Create {
             timestamp_ms: 1,
@@ -580,6 +608,7 @@ mod tests {
             any::<char>().prop_map(Value::Char),
             ".{0,12}".prop_map(Value::String),
             ".{0,8}".prop_map(Value::Enum),
+            prop::collection::vec(any::<u8>(), 0..64).prop_map(Value::Bytes),
         ];
         leaf.prop_recursive(3, 32, 6, |inner| {
             prop_oneof![

@@ -28,6 +28,10 @@ pub enum Value {
     Option(Option<Box<Value>>),
     Result(Result<Option<Box<Value>>, Option<Box<Value>>>),
     Flags(Vec<String>),
+    /// A `list<u8>` the host made (random bytes, HTTP bodies): a byte a byte, not a value a
+    /// byte. It equals the `List` of `U8` with the same bytes, and shows as that list does.
+    /// (Last, so that entries encoded before it existed decode as they were.)
+    Bytes(Vec<u8>),
 }
 
 /// Equality for replay: floats compare by their bits, so a NaN result replays as equal to
@@ -56,12 +60,36 @@ impl PartialEq for Value {
             (Option(a), Option(b)) => a == b,
             (Result(a), Result(b)) => a == b,
             (Flags(a), Flags(b)) => a == b,
+            (Bytes(a), Bytes(b)) => a == b,
+            (Bytes(bytes), List(items)) | (List(items), Bytes(bytes)) => {
+                bytes.len() == items.len()
+                    && bytes
+                        .iter()
+                        .zip(items)
+                        .all(|(b, item)| matches!(item, U8(i) if i == b))
+            }
             _ => false,
         }
     }
 }
 
 impl Value {
+    /// The bytes of a `list<u8>`, whichever way it is held.
+    pub fn as_bytes(&self) -> std::option::Option<std::borrow::Cow<'_, [u8]>> {
+        match self {
+            Value::Bytes(bytes) => Some(std::borrow::Cow::Borrowed(bytes)),
+            Value::List(items) => items
+                .iter()
+                .map(|v| match v {
+                    Value::U8(b) => Some(*b),
+                    _ => None,
+                })
+                .collect::<std::option::Option<Vec<u8>>>()
+                .map(std::borrow::Cow::Owned),
+            _ => None,
+        }
+    }
+
     /// The value as JSON, by the API's mapping: records as objects, variants as one-key objects
     /// (`{"circle": 1.5}`, `{"point": null}`), results as `{"ok": ..}` / `{"err": ..}`, options
     /// as `null` or the value, enums as strings, flags as arrays of names, non-finite floats as
@@ -101,6 +129,7 @@ impl Value {
             Result(Ok(v)) => json!({ "ok": boxed(v) }),
             Result(Err(e)) => json!({ "err": boxed(e) }),
             Flags(names) => json!(names),
+            Bytes(bytes) => json!(bytes),
         }
     }
 }
