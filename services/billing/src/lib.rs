@@ -1095,13 +1095,12 @@ async fn verify(store: &Store, id: &str, bearer: &str) -> Result<Principal> {
         _ => dummy_hash().to_string(),
     };
     let secret = bearer.to_string();
-    let ok = tokio::task::spawn_blocking(move || {
+    let ok = on_argon2_thread(move || {
         Argon2::default()
             .verify_password(secret.as_bytes(), hash.as_str())
             .is_ok()
     })
-    .await
-    .map_err(|e| Error::Hash(e.to_string()))?;
+    .await?;
     let record = match record {
         Some(r) if ok && r.revoked_at_ms.is_none() => r,
         _ => return Err(Error::InvalidKey),
@@ -1120,14 +1119,55 @@ async fn verify(store: &Store, id: &str, bearer: &str) -> Result<Principal> {
 
 async fn hash_secret(secret: &str) -> Result<String> {
     let secret = secret.to_string();
-    tokio::task::spawn_blocking(move || {
+    on_argon2_thread(move || {
         Argon2::default()
             .hash_password(secret.as_bytes())
             .map(|h| h.to_string())
             .map_err(|e| Error::Hash(e.to_string()))
     })
-    .await
-    .map_err(|e| Error::Hash(e.to_string()))?
+    .await?
+}
+
+type Argon2Job = Box<dyn FnOnce() + Send>;
+
+/// Runs `work` (an argon2 hash or verification) on one of [`ARGON2_CONCURRENCY`] long-lived
+/// threads kept for it. Each verification takes ~19 MiB: on a few threads of its own that
+/// memory is reused, where the blocking pool's many threads would each keep some (the
+/// allocator keeps an arena per thread), and the process would grow with every new thread.
+async fn on_argon2_thread<T: Send + 'static>(
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T> {
+    static JOBS: std::sync::OnceLock<std::sync::mpsc::Sender<Argon2Job>> =
+        std::sync::OnceLock::new();
+    let jobs = JOBS.get_or_init(|| {
+        let (tx, rx) = std::sync::mpsc::channel::<Argon2Job>();
+        let rx = Arc::new(Mutex::new(rx));
+        for n in 0..ARGON2_CONCURRENCY {
+            let rx = rx.clone();
+            let spawned = std::thread::Builder::new()
+                .name(format!("argon2-{n}"))
+                .spawn(move || {
+                    loop {
+                        let job = match lock(&rx).recv() {
+                            Ok(job) => job,
+                            Err(_) => return,
+                        };
+                        job();
+                    }
+                });
+            if let Err(e) = spawned {
+                tracing::error!(error = %e, "start an argon2 thread");
+            }
+        }
+        tx
+    });
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    jobs.send(Box::new(move || {
+        let _ = tx.send(work());
+    }))
+    .map_err(|_| Error::Hash("the argon2 threads are gone".into()))?;
+    rx.await
+        .map_err(|_| Error::Hash("an argon2 thread stopped".into()))
 }
 
 /// Writes `secret` to `path`, readable by its owner only.

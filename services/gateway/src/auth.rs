@@ -19,7 +19,7 @@ use invicta_model::TenantId;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::AppState;
-use crate::api::Problem;
+use crate::problem::Problem;
 
 /// The authenticated caller, put into each request's extensions.
 #[derive(Clone)]

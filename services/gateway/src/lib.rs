@@ -10,6 +10,7 @@ mod auth;
 mod connection;
 mod logs;
 mod openapi;
+mod problem;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
