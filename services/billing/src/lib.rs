@@ -719,6 +719,19 @@ impl Billing {
     /// [`ARGON2_WAIT`] for a slot is `Busy` (503); an unknown key id costs an argon2
     /// verification like a wrong secret, so the answer's time does not tell which ids exist.
     pub async fn authenticate(&self, bearer: &str) -> Result<Principal> {
+        self.authenticate_admitted(bearer, || Ok::<(), Error>(()))
+            .await
+    }
+
+    /// [`Billing::authenticate`], asking `admit` first whenever answering may cost an argon2
+    /// verification: not for a key verified or refused lately, nor for one found valid within
+    /// [`VOUCHED_KEY_TTL`] (its holder is not limited with the guessers of its id). The caller's
+    /// limits on attempts go there, and its refusal is returned as it is.
+    pub async fn authenticate_admitted<E: From<Error>>(
+        &self,
+        bearer: &str,
+        admit: impl FnOnce() -> std::result::Result<(), E>,
+    ) -> std::result::Result<Principal, E> {
         let (id, _) = parse_key(bearer)?;
         let digest: [u8; 32] = Sha256::digest(bearer.as_bytes()).into();
         if let Some(principal) = self.cached(&digest) {
@@ -728,8 +741,19 @@ impl Billing {
             .get(&digest)
             .is_some_and(|at| at.elapsed() < FAILED_KEY_TTL)
         {
-            return Err(Error::InvalidKey);
+            return Err(Error::InvalidKey.into());
         }
+        let vouched = lock(&self.inner.vouched)
+            .get(&digest)
+            .is_some_and(|at| at.elapsed() < VOUCHED_KEY_TTL);
+        if !vouched {
+            admit()?;
+        }
+        Ok(self.verify_shared(id, bearer, digest).await?)
+    }
+
+    /// One verification of `bearer` for every request that asks for it meanwhile.
+    async fn verify_shared(&self, id: &str, bearer: &str, digest: [u8; 32]) -> Result<Principal> {
         let cell = lock(&self.inner.verifying)
             .entry(digest)
             .or_insert_with(|| Arc::new(tokio::sync::OnceCell::new()))
@@ -757,19 +781,6 @@ impl Billing {
             Verdict::Busy => Err(Error::Busy),
             Verdict::Failed(message) => Err(Error::Hash(message)),
         }
-    }
-
-    /// Whether `bearer` was refused lately (answering it costs no argon2) or found valid within
-    /// [`VOUCHED_KEY_TTL`] (its holder is not to be limited with the guessers).
-    pub fn is_decided(&self, bearer: &str) -> bool {
-        let digest: [u8; 32] = Sha256::digest(bearer.as_bytes()).into();
-        self.cached(&digest).is_some()
-            || lock(&self.inner.vouched)
-                .get(&digest)
-                .is_some_and(|at| at.elapsed() < VOUCHED_KEY_TTL)
-            || lock(&self.inner.refused)
-                .get(&digest)
-                .is_some_and(|at| at.elapsed() < FAILED_KEY_TTL)
     }
 
     fn cached(&self, digest: &[u8; 32]) -> Option<Principal> {

@@ -231,26 +231,29 @@ async fn admit(
         .strip_prefix("Bearer ")
         .map(str::trim)
         .ok_or(BillingError::MalformedKey)?;
-    // A key not verified or refused lately may cost an argon2 verification: attempts are limited first,
-    // per client address and per key id, so a flood of guesses costs the sender, not us.
-    if !state.billing.is_decided(key) {
-        let key_id = key
-            .strip_prefix("inv_")
-            .and_then(|rest| rest.split('_').next())
-            .unwrap_or_default();
-        state
-            .limiters
-            .attempt(address, key_id)
-            .map_err(|retry_after| Problem {
-                retry_after_s: Some(retry_after.max(1)),
-                ..Problem::new(
-                    StatusCode::TOO_MANY_REQUESTS,
-                    "rate_limited",
-                    "too many attempts to authenticate with keys not verified lately; slow down",
-                )
-            })?;
-    }
-    let principal = state.billing.authenticate(key).await?;
+    // A key not verified or refused lately may cost an argon2 verification: attempts are
+    // limited first, per client address and per key id, so a flood of guesses costs the
+    // sender, not us.
+    let principal = state
+        .billing
+        .authenticate_admitted(key, || {
+            let key_id = key
+                .strip_prefix("inv_")
+                .and_then(|rest| rest.split('_').next())
+                .unwrap_or_default();
+            state
+                .limiters
+                .attempt(address, key_id)
+                .map_err(|retry_after| Problem {
+                    retry_after_s: Some(retry_after.max(1)),
+                    ..Problem::new(
+                        StatusCode::TOO_MANY_REQUESTS,
+                        "rate_limited",
+                        "too many attempts to authenticate with keys not verified lately; slow down",
+                    )
+                })
+        })
+        .await?;
     let plan = match &principal.tenant {
         Some(tenant) => {
             let plan = state.billing.plan_of(tenant).await?;

@@ -6,6 +6,7 @@
 //! Exit codes: 0 success, 2 usage error (clap's), 3 the API refused (its problem is printed),
 //! 4 the server could not be reached.
 
+use crate::session::{Client, Failure, Output};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -273,19 +274,6 @@ fn parse_env(s: &str) -> Result<(String, String), String> {
         .ok_or_else(|| format!("expected KEY=VALUE, got `{s}`"))
 }
 
-/// What went wrong, and so which exit code.
-pub(crate) enum Failure {
-    Api(u16, Value),
-    Network(String),
-    Usage(String),
-}
-
-pub(crate) struct Client {
-    pub(crate) base: String,
-    pub(crate) key: Option<String>,
-    pub(crate) http: reqwest::Client,
-}
-
 impl Client {
     fn new(connection: &Connection) -> Result<Client, Failure> {
         let profile = crate::profile::Profiles::load()
@@ -429,14 +417,6 @@ pub fn main(connection: Connection, request: Request) -> ExitCode {
             ExitCode::from(2)
         }
     }
-}
-
-/// What a command prints: a table (header, rows), a single value, or JSON only.
-pub(crate) enum Output {
-    Table(Value, Vec<&'static str>, Vec<Vec<String>>),
-    Text(Value, String),
-    /// Everything was printed already.
-    Nothing,
 }
 
 fn print_output(output: &Output, as_json: bool) {

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use serde_json::Value;
 
-use crate::client::{Client, Failure, Output};
+use crate::session::{Client, Failure, Output};
 
 /// How long the server may stay unreachable before following stops.
 pub const RECONNECT_FOR: Duration = Duration::from_secs(30);

@@ -5,6 +5,7 @@ mod client;
 mod follow;
 mod profile;
 mod server;
+mod session;
 
 use std::process::ExitCode;
 

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, params};
 
-use crate::transaction::decode_i64;
+use crate::counters::decode_i64;
 use crate::{BackendImpl, Body, Error, KeyValue, Outcome, RawTransaction, Result};
 
 /// How long a writer waits in total for another process's write lock before the attempt counts

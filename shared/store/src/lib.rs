@@ -11,6 +11,7 @@
 //!
 //! **Boundary:** only this crate knows which backend is in use.
 
+mod counters;
 mod embedded;
 #[cfg(feature = "fdb")]
 mod fdb;
@@ -27,7 +28,7 @@ pub use transaction::{KeyValue, RangeOptions, Transaction};
 
 /// The value of a counter that [`Transaction::atomic_add`] maintains, from its stored bytes.
 pub fn decode_counter(bytes: &[u8]) -> i64 {
-    transaction::decode_i64(bytes)
+    counters::decode_i64(bytes)
 }
 
 /// Errors of the store. Limit errors are the caller's fault and change nothing; the others are

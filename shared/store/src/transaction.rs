@@ -152,7 +152,10 @@ impl<'a> Transaction<'a> {
 
     /// Reads a counter written by [`Transaction::atomic_add`].
     pub fn get_i64(&mut self, key: &[u8]) -> Result<i64> {
-        Ok(self.get(key)?.map(|v| decode_i64(&v)).unwrap_or(0))
+        Ok(self
+            .get(key)?
+            .map(|v| crate::counters::decode_i64(&v))
+            .unwrap_or(0))
     }
 
     fn check_write(&mut self) -> Result<()> {
@@ -275,13 +278,4 @@ fn copy_error(error: &Error) -> Error {
         },
         Error::Task(m) => Error::Task(m.clone()),
     }
-}
-
-/// Decodes a little-endian integer of up to 8 bytes (shorter values are zero-extended, longer
-/// ones truncated, as FoundationDB's `ADD` treats them).
-pub(crate) fn decode_i64(bytes: &[u8]) -> i64 {
-    let mut buf = [0u8; 8];
-    let n = bytes.len().min(8);
-    buf[..n].copy_from_slice(&bytes[..n]);
-    i64::from_le_bytes(buf)
 }
