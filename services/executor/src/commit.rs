@@ -11,7 +11,7 @@
 //! (`index == last + 1`), so a lost or reordered append can never be followed by a later one.
 
 use invicta_model::WorkerId;
-use invicta_model::oplog::OplogIndex;
+use invicta_model::oplog::{OplogEntry, OplogIndex};
 use invicta_store::Store;
 use tokio::sync::{mpsc, oneshot};
 
@@ -20,7 +20,7 @@ use std::sync::Arc;
 use crate::error::Error;
 use crate::metrics::Metrics;
 use crate::placement::Fencing;
-use crate::records::oplog_key;
+use crate::records::{self, oplog_key};
 
 /// Requests waiting for the committer; a full queue makes workers wait (back-pressure).
 const QUEUE_DEPTH: usize = 4_096;
@@ -57,6 +57,114 @@ pub(crate) fn done_channel() -> (Done, oneshot::Receiver<Result<(), Error>>) {
         }),
         rx,
     )
+}
+
+/// Builds a [`CommitRequest`]: the one place a worker's appends, the records written with them
+/// and the counters they move are put together. Each entry is encoded once, here, and the
+/// bytes the oplog stores are counted as they are.
+pub(crate) struct Commit {
+    worker: WorkerId,
+    first_index: Option<OplogIndex>,
+    sets: Vec<(Vec<u8>, Vec<u8>)>,
+    clears: Vec<Vec<u8>>,
+    adds: Vec<(Vec<u8>, i64)>,
+    /// The encoded entries' bytes.
+    oplog_bytes: u64,
+    /// What their writes store (chunk headers included).
+    stored_bytes: u64,
+}
+
+impl Commit {
+    pub(crate) fn new(worker: &WorkerId) -> Commit {
+        Commit {
+            worker: worker.clone(),
+            first_index: None,
+            sets: Vec::new(),
+            clears: Vec::new(),
+            adds: Vec::new(),
+            oplog_bytes: 0,
+            stored_bytes: 0,
+        }
+    }
+
+    /// Appends the entries, in index order (large ones as chunks).
+    pub(crate) fn entries(
+        mut self,
+        entries: impl IntoIterator<Item = (OplogIndex, OplogEntry)>,
+    ) -> Commit {
+        for (index, entry) in entries {
+            self.push_entry(index, &entry);
+        }
+        self
+    }
+
+    /// Appends one entry at `index`.
+    pub(crate) fn entry(mut self, index: OplogIndex, entry: &OplogEntry) -> Commit {
+        self.push_entry(index, entry);
+        self
+    }
+
+    fn push_entry(&mut self, index: OplogIndex, entry: &OplogEntry) {
+        let encoded = entry.encode();
+        self.first_index.get_or_insert(index);
+        self.oplog_bytes = self.oplog_bytes.saturating_add(encoded.len() as u64);
+        for (key, value) in records::entry_writes(&self.worker, index, encoded) {
+            self.stored_bytes = self.stored_bytes.saturating_add(value.len() as u64);
+            self.sets.push((key, value));
+        }
+    }
+
+    /// Writes a record that may be large (split into chunks when it is).
+    pub(crate) fn record(mut self, key: Vec<u8>, value: Vec<u8>) -> Commit {
+        self.sets.extend(records::value_writes(key, value));
+        self
+    }
+
+    /// Writes a small value (a mark, a wake-up key).
+    pub(crate) fn set(mut self, key: Vec<u8>, value: Vec<u8>) -> Commit {
+        self.sets.push((key, value));
+        self
+    }
+
+    /// Clears a value, with its chunks when it has any.
+    pub(crate) fn clear(mut self, key: Vec<u8>) -> Commit {
+        self.clears.push(key);
+        self
+    }
+
+    /// Adds `delta` to a counter (usage), in the same transaction.
+    pub(crate) fn add(mut self, key: Vec<u8>, delta: u64) -> Commit {
+        if delta > 0 {
+            self.adds
+                .push((key, i64::try_from(delta).unwrap_or(i64::MAX)));
+        }
+        self
+    }
+
+    /// The bytes of the encoded entries appended so far.
+    pub(crate) fn oplog_bytes(&self) -> u64 {
+        self.oplog_bytes
+    }
+
+    /// The request, with the oplog's stored bytes counted; `done` hears when it is durable.
+    pub(crate) fn request(self, done: Done) -> CommitRequest {
+        let stored = self.stored_bytes;
+        let worker = self.worker.clone();
+        let mut commit = self;
+        if stored > 0 {
+            let (key, _) = records::stored_add(&worker, &[]);
+            commit = commit.add(key, stored);
+        }
+        CommitRequest {
+            worker,
+            first_index: commit.first_index,
+            sets: commit.sets,
+            clears: commit.clears,
+            adds: commit.adds,
+            done,
+            span: tracing::Span::current(),
+        }
+    }
 }
 
 impl CommitRequest {

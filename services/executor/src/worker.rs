@@ -23,7 +23,7 @@ use tokio::sync::{Notify, mpsc, oneshot};
 use tracing::Instrument;
 use wasmtime::component::{Instance, InstancePre};
 
-use crate::commit::{self, CommitRequest};
+use crate::commit::{self, Commit};
 use crate::context::Context;
 use crate::error::Error;
 use crate::host::{self, Durability, WorkerCtx};
@@ -67,7 +67,7 @@ pub(crate) struct Invocation {
 }
 
 pub(crate) enum Command {
-    Invoke(Invocation, oneshot::Sender<Outcome>),
+    Invoke(Arc<Invocation>, oneshot::Sender<Outcome>),
     /// Activate now (replaying, and finishing an invocation cut off by a crash).
     Resume,
     /// Suspend now if idle.
@@ -266,7 +266,7 @@ struct Actor {
     /// The invocation that is suspended in a wait, and what it waits for.
     parked: Option<Parked>,
     /// Invocations that arrived while one was suspended in a wait: they run after it.
-    deferred: VecDeque<(Invocation, oneshot::Sender<Outcome>)>,
+    deferred: VecDeque<(Arc<Invocation>, oneshot::Sender<Outcome>)>,
     /// The wake-up key this worker has in the store (its deadline, ms).
     wake_set: Option<u64>,
 }
@@ -537,20 +537,8 @@ impl Actor {
                 timestamp_ms: now_ms(),
             };
             let (done, wait) = commit::done_channel();
-            let sets = records::entry_writes(&self.id, index, entry.encode());
-            let adds = vec![records::stored_add(&self.id, &sets)];
-            self.inner
-                .committer
-                .submit(CommitRequest {
-                    worker: self.id.clone(),
-                    first_index: Some(index),
-                    sets,
-                    clears: Vec::new(),
-                    adds,
-                    done,
-                    span: tracing::Span::current(),
-                })
-                .await;
+            let request = Commit::new(&self.id).entry(index, &entry).request(done);
+            self.inner.committer.submit(request).await;
             if let Ok(Err(e)) = wait.await {
                 tracing::warn!(worker = %self.id, error = %e, "record suspension");
             }
@@ -626,39 +614,26 @@ impl Actor {
             message: message.clone(),
             fuel_consumed: 0,
         };
-        let mut sets = records::entry_writes(&self.id, index, entry.encode());
-        let adds = vec![records::stored_add(&self.id, &sets)];
-        sets.push((
-            records::invocation_key(&self.id, &parked.key),
-            records::encode_json(&InvocationRecord {
-                fingerprint: String::new(),
-                outcome: StoredOutcome::Failed {
-                    kind: FailureKind::Interrupted,
-                    message: message.clone(),
-                },
-                oplog_index: index,
-            }),
-        ));
-        let mut clears = vec![
-            records::running_key(&self.id),
-            records::pending_key(&self.id, &parked.key),
-        ];
+        let mut commit = Commit::new(&self.id)
+            .entry(index, &entry)
+            .record(
+                records::invocation_key(&self.id, &parked.key),
+                records::encode_json(&InvocationRecord {
+                    fingerprint: String::new(),
+                    outcome: StoredOutcome::Failed {
+                        kind: FailureKind::Interrupted,
+                        message: message.clone(),
+                    },
+                    oplog_index: index,
+                }),
+            )
+            .clear(records::running_key(&self.id))
+            .clear(records::pending_key(&self.id, &parked.key));
         if let Some(at) = self.wake_set.take() {
-            clears.push(crate::suspend::wake_key(at, &self.id));
+            commit = commit.clear(crate::suspend::wake_key(at, &self.id));
         }
         let (done, wait) = commit::done_channel();
-        self.inner
-            .committer
-            .submit(CommitRequest {
-                worker: self.id.clone(),
-                first_index: Some(index),
-                sets,
-                clears,
-                adds,
-                done,
-                span: tracing::Span::current(),
-            })
-            .await;
+        self.inner.committer.submit(commit.request(done)).await;
         let outcome = match wait.await {
             Ok(Ok(())) => Err(Error::InvocationFailed {
                 kind: FailureKind::Interrupted,
@@ -695,33 +670,27 @@ impl Actor {
         drop(active);
         self.active = None;
         self.set_phase(Phase::Suspended);
-        let first_index = entries.first().map(|(i, _)| *i);
-        let mut sets = Vec::new();
-        for (index, entry) in entries {
-            sets.extend(records::entry_writes(&self.id, index, entry.encode()));
-        }
-        let mut adds = vec![records::stored_add(&self.id, &sets)];
+        let mut commit = Commit::new(&self.id).entries(entries);
         if fuel_consumed > 0 {
             // The fuel it burnt before the wait is billed now; the rest with its completion.
             let now = now_ms();
             let tenant = self.id.tenant.as_str();
-            let fuel = i64::try_from(fuel_consumed).unwrap_or(i64::MAX);
-            adds.push((
-                usage::month_key(tenant, usage::FUEL, &records::month_of(now)),
-                fuel,
-            ));
-            adds.push((
-                usage::ledger_key(
-                    tenant,
-                    usage::hour_of(now),
-                    self.id.component.as_str(),
-                    usage::FUEL,
-                ),
-                fuel,
-            ));
+            commit = commit
+                .add(
+                    usage::month_key(tenant, usage::FUEL, &records::month_of(now)),
+                    fuel_consumed,
+                )
+                .add(
+                    usage::ledger_key(
+                        tenant,
+                        usage::hour_of(now),
+                        self.id.component.as_str(),
+                        usage::FUEL,
+                    ),
+                    fuel_consumed,
+                );
         }
-        sets.push((records::running_key(&self.id), Vec::new()));
-        let mut clears = Vec::new();
+        commit = commit.set(records::running_key(&self.id), Vec::new());
         let wake_at = match &wake {
             Wake::At(at) => Some(*at),
             Wake::Promise(_) => None,
@@ -729,24 +698,13 @@ impl Actor {
         if let Some(previous) = self.wake_set.take()
             && Some(previous) != wake_at
         {
-            clears.push(crate::suspend::wake_key(previous, &self.id));
+            commit = commit.clear(crate::suspend::wake_key(previous, &self.id));
         }
         if let Some(at) = wake_at {
-            sets.push((crate::suspend::wake_key(at, &self.id), Vec::new()));
+            commit = commit.set(crate::suspend::wake_key(at, &self.id), Vec::new());
         }
         let (done, wait) = commit::done_channel();
-        self.inner
-            .committer
-            .submit(CommitRequest {
-                worker: self.id.clone(),
-                first_index,
-                sets,
-                clears,
-                adds,
-                done,
-                span: tracing::Span::current(),
-            })
-            .await;
+        self.inner.committer.submit(commit.request(done)).await;
         match wait.await {
             Ok(Ok(())) => {
                 self.wake_set = wake_at;
@@ -868,7 +826,7 @@ impl Actor {
         Ok(())
     }
 
-    async fn invoke(&mut self, invocation: Invocation, reply: oneshot::Sender<Outcome>) {
+    async fn invoke(&mut self, invocation: Arc<Invocation>, reply: oneshot::Sender<Outcome>) {
         if self.shared.deleting.load(Ordering::Acquire) {
             let _ = reply.send(Err(Error::WorkerNotFound(self.id.to_string())));
             return;
@@ -1478,7 +1436,7 @@ impl Actor {
         Duration::from_millis(self.inner.config.invocation_timeout_ms.max(1))
     }
 
-    async fn run_live(&mut self, invocation: Invocation) {
+    async fn run_live(&mut self, invocation: Arc<Invocation>) {
         let span = tracing::info_span!(
             parent: &invocation.span,
             "run invocation",
@@ -1489,7 +1447,7 @@ impl Actor {
         self.run_live_in(invocation).instrument(span).await;
     }
 
-    async fn run_live_in(&mut self, invocation: Invocation) {
+    async fn run_live_in(&mut self, invocation: Arc<Invocation>) {
         let started = std::time::Instant::now();
         let Some(mut active) = self.active.take() else {
             self.finish(
@@ -1651,114 +1609,84 @@ impl Actor {
             };
             (d.take_pending(), record, outcome)
         };
-        let first_index = entries.first().map(|(i, _)| *i);
-        let mut sets = Vec::new();
-        let mut oplog_bytes = 0_u64;
-        for (index, entry) in entries {
-            let encoded = entry.encode();
-            oplog_bytes += encoded.len() as u64;
-            sets.extend(records::entry_writes(&self.id, index, encoded));
-        }
-        let stored = records::stored_add(&self.id, &sets);
+        let mut commit = Commit::new(&self.id).entries(entries);
+        let oplog_bytes = commit.oplog_bytes();
         // A key the executor made was never shown to anyone, so nobody can ask for its outcome
         // again: its record would only cost a page per commit.
         if !invocation.key_is_new {
-            sets.extend(records::value_writes(
+            commit = commit.record(
                 records::invocation_key(&self.id, &invocation.idempotency_key),
                 records::encode_json(&record),
-            ));
+            );
         }
-        let mut clears = if clear_running {
-            vec![records::running_key(&self.id)]
-        } else {
-            Vec::new()
-        };
+        if clear_running {
+            commit = commit.clear(records::running_key(&self.id));
+        }
         if invocation.enqueued {
-            clears.push(records::pending_key(&self.id, &invocation.idempotency_key));
+            commit = commit.clear(records::pending_key(&self.id, &invocation.idempotency_key));
         }
         if let Some(at) = self.wake_set.take() {
-            clears.push(crate::suspend::wake_key(at, &self.id));
+            commit = commit.clear(crate::suspend::wake_key(at, &self.id));
         }
         // Usage is metered in the transaction that commits the work: never twice, never lost.
-        let mut adds = match (&outcome, call_usage) {
+        let (tenant, component) = (self.id.tenant.as_str(), self.id.component.as_str());
+        let now = now_ms();
+        let (month, hour) = (records::month_of(now), usage::hour_of(now));
+        match (&outcome, call_usage) {
             (Ok(completed), Some(call)) => {
-                let now = now_ms();
-                let month = records::month_of(now);
-                let hour = usage::hour_of(now);
-                let tenant = self.id.tenant.as_str();
-                let component = self.id.component.as_str();
-                let count = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
                 let memory_kib_ms = (call.memory_bytes / 1024).saturating_mul(call.wall_us) / 1000;
-                vec![
-                    (
+                commit = commit
+                    .add(
                         usage::month_key(tenant, usage::FUEL, &month),
-                        count(completed.fuel_consumed),
-                    ),
-                    (usage::month_key(tenant, usage::INVOCATIONS, &month), 1),
-                    (
+                        completed.fuel_consumed,
+                    )
+                    .add(usage::month_key(tenant, usage::INVOCATIONS, &month), 1)
+                    .add(
                         usage::ledger_key(tenant, hour, component, usage::INVOCATIONS),
                         1,
-                    ),
-                    (
+                    )
+                    .add(
                         usage::ledger_key(tenant, hour, component, usage::FUEL),
-                        count(completed.fuel_consumed),
-                    ),
-                    (
+                        completed.fuel_consumed,
+                    )
+                    .add(
                         usage::ledger_key(tenant, hour, component, usage::WALL_US),
-                        count(call.wall_us),
-                    ),
-                    (
+                        call.wall_us,
+                    )
+                    .add(
                         usage::ledger_key(tenant, hour, component, usage::MEMORY_KIB_MS),
-                        count(memory_kib_ms),
-                    ),
-                    (
+                        memory_kib_ms,
+                    )
+                    .add(
                         usage::ledger_key(tenant, hour, component, usage::OPLOG_BYTES),
-                        count(oplog_bytes),
-                    ),
-                ]
+                        oplog_bytes,
+                    );
             }
             // A failed invocation's fuel was burnt all the same: billed, not counted as one.
             (Err(_), _) if failed_fuel > 0 => {
-                let now = now_ms();
-                let tenant = self.id.tenant.as_str();
-                let fuel = i64::try_from(failed_fuel).unwrap_or(i64::MAX);
-                vec![
-                    (
-                        usage::month_key(tenant, usage::FUEL, &records::month_of(now)),
-                        fuel,
-                    ),
-                    (
-                        usage::ledger_key(
-                            tenant,
-                            usage::hour_of(now),
-                            self.id.component.as_str(),
-                            usage::FUEL,
-                        ),
-                        fuel,
-                    ),
-                ]
+                commit = commit
+                    .add(usage::month_key(tenant, usage::FUEL, &month), failed_fuel)
+                    .add(
+                        usage::ledger_key(tenant, hour, component, usage::FUEL),
+                        failed_fuel,
+                    );
             }
-            _ => Vec::new(),
-        };
-        if stored.1 > 0 {
-            adds.push(stored);
+            _ => {}
         }
         if http_usage.0 > 0 {
-            let (tenant, component) = (self.id.tenant.as_str(), self.id.component.as_str());
-            let hour = usage::hour_of(now_ms());
-            let count = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
-            adds.push((
-                usage::ledger_key(tenant, hour, component, usage::HTTP_REQUESTS),
-                count(http_usage.0),
-            ));
-            adds.push((
-                usage::ledger_key(tenant, hour, component, usage::HTTP_REQUEST_BYTES),
-                count(http_usage.1),
-            ));
-            adds.push((
-                usage::ledger_key(tenant, hour, component, usage::HTTP_RESPONSE_BYTES),
-                count(http_usage.2),
-            ));
+            commit = commit
+                .add(
+                    usage::ledger_key(tenant, hour, component, usage::HTTP_REQUESTS),
+                    http_usage.0,
+                )
+                .add(
+                    usage::ledger_key(tenant, hour, component, usage::HTTP_REQUEST_BYTES),
+                    http_usage.1,
+                )
+                .add(
+                    usage::ledger_key(tenant, hour, component, usage::HTTP_RESPONSE_BYTES),
+                    http_usage.2,
+                );
         }
         let shared = self.shared.clone();
         let key = invocation.idempotency_key.clone();
@@ -1793,15 +1721,7 @@ impl Actor {
             shared.commits_done.notify_waiters();
             let _ = notify_tx.send(());
         });
-        let request = CommitRequest {
-            worker: self.id.clone(),
-            first_index,
-            sets,
-            clears,
-            adds,
-            done,
-            span: tracing::Span::current(),
-        };
+        let request = commit.request(done);
         self.shared.commits_in_flight.fetch_add(1, Ordering::AcqRel);
         // Submitted here, in the actor, so that the worker's appends reach the committer in
         // order; the queue is bounded, so this waits when the disk falls behind.
@@ -1823,18 +1743,15 @@ impl StartCommit {
     /// durable.
     async fn commit(&self, durability: &host::Shared, notify: Option<oneshot::Sender<bool>>) {
         let entries = host::lock(durability).take_pending();
-        let Some(first_index) = entries.first().map(|(i, _)| *i) else {
+        if entries.is_empty() {
             if let Some(notify) = notify {
                 let _ = notify.send(true);
             }
             return;
-        };
-        let mut sets = Vec::new();
-        for (index, entry) in entries {
-            sets.extend(records::entry_writes(&self.id, index, entry.encode()));
         }
-        let adds = vec![records::stored_add(&self.id, &sets)];
-        sets.push((records::running_key(&self.id), Vec::new()));
+        let commit = Commit::new(&self.id)
+            .entries(entries)
+            .set(records::running_key(&self.id), Vec::new());
         let shared = self.shared.clone();
         let worker = self.id.clone();
         let done: commit::Done = Box::new(move |result| {
@@ -1850,18 +1767,7 @@ impl StartCommit {
         });
         self.committed.store(true, Ordering::Release);
         self.shared.commits_in_flight.fetch_add(1, Ordering::AcqRel);
-        self.inner
-            .committer
-            .submit(CommitRequest {
-                worker: self.id.clone(),
-                first_index: Some(first_index),
-                sets,
-                clears: Vec::new(),
-                adds,
-                done,
-                span: tracing::Span::current(),
-            })
-            .await;
+        self.inner.committer.submit(commit.request(done)).await;
     }
 }
 

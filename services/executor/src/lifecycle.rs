@@ -1,0 +1,160 @@
+//! A local worker's lifecycle: interrupted, resumed (replaying its oplog), deleted, moved to
+//! another version of its component, or stopped; each a command to its actor.
+
+use invicta_model::WorkerId;
+use invicta_model::oplog::OplogEntry;
+use tokio::sync::oneshot;
+
+use crate::Executor;
+use crate::error::{Error, Result};
+use crate::records::{self, WorkerRecord};
+use crate::worker::{Command, WorkerHandle};
+
+impl Executor {
+    /// Stops the worker's running invocation (it fails with `interrupted`, leaving no trace in
+    /// the worker's state); returns whether one was running.
+    pub(crate) fn interrupt_here(&self, id: &WorkerId) -> bool {
+        self.lock_workers()
+            .get(id)
+            .is_some_and(|handle| handle.interrupt())
+    }
+
+    /// Activates the worker now (replaying its oplog), retrying a replay that failed before.
+    pub(crate) async fn resume_here(&self, id: &WorkerId) -> Result<()> {
+        self.ask(id, WorkerHandle::clear_failure, Command::Activate)
+            .await
+    }
+
+    /// Tells the worker's actor that what it waits for may have come (started if need be: a
+    /// worker asleep after a restart has no actor).
+    pub(crate) async fn wake_here(&self, id: &WorkerId) -> Result<()> {
+        match self.handle(id).await {
+            Ok(handle) => {
+                let _ = handle.send(Command::Resume).await;
+                Ok(())
+            }
+            Err(Error::WorkerNotFound(_)) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Sends the worker's actor a command and waits for its answer, starting the actor again
+    /// if it stopped meanwhile (bounded). `prepare` runs on the handle first.
+    pub(crate) async fn ask<P>(
+        &self,
+        id: &WorkerId,
+        prepare: impl Fn(&WorkerHandle) -> P,
+        command: impl Fn(oneshot::Sender<Result<()>>) -> Command,
+    ) -> Result<()> {
+        for _ in 0..3 {
+            let handle = self.handle(id).await?;
+            prepare(&handle);
+            let (reply, result) = oneshot::channel();
+            if handle.send(command(reply)).await.is_err() {
+                self.lock_workers().remove(id);
+                continue;
+            }
+            match result.await.unwrap_or(Err(Error::ShuttingDown)) {
+                Err(Error::Retry) => continue,
+                other => return other,
+            }
+        }
+        Err(Error::ShuttingDown)
+    }
+
+    /// Deletes the worker: its running invocation is interrupted, its queued and pending ones
+    /// are dropped, and its record, oplog and invocation records are removed.
+    pub(crate) async fn delete_here(&self, id: &WorkerId) -> Result<()> {
+        self.ask(id, WorkerHandle::start_deleting, Command::Delete)
+            .await
+    }
+
+    /// Moves the worker to another version of its component. Allowed only when its history
+    /// replays on that version: every function it was invoked with must exist there with the
+    /// same signature, and a trial replay must reproduce every recorded result; otherwise the
+    /// worker stays where it was and the reason is returned.
+    pub(crate) async fn set_version_here(
+        &self,
+        id: &WorkerId,
+        version: u64,
+    ) -> Result<WorkerRecord> {
+        let record = self
+            .worker_record(id)
+            .await?
+            .ok_or_else(|| Error::WorkerNotFound(id.to_string()))?;
+        if record.component_version == version {
+            return Ok(record);
+        }
+        let registry = &self.inner.registry;
+        let current = registry
+            .compiled(&id.tenant, &id.component, record.component_version)
+            .await?;
+        let target = registry
+            .compiled(&id.tenant, &id.component, version)
+            .await?;
+        let id_c = id.clone();
+        let entries = self
+            .inner
+            .store
+            .read(move |tx| records::read_entries(tx, &id_c, 1, usize::MAX))
+            .await?;
+        for (_, entry) in &entries {
+            if let OplogEntry::ExportedFunctionInvoked { function, .. } = entry {
+                let before = current.function(function).map(|f| f.signature());
+                let after = target.function(function).map(|f| f.signature());
+                if after.is_none() || before != after {
+                    return Err(Error::IncompatibleVersion(format!(
+                        "the worker was invoked with `{function}`, which version {version} does not export with the same signature"
+                    )));
+                }
+            }
+        }
+        self.stop_actor(id).await;
+        self.write_version(id, version).await?;
+        match self.resume_here(id).await {
+            Ok(_) => {
+                tracing::info!(worker = %id, from = record.component_version, to = version, "worker moved");
+                self.worker_record(id)
+                    .await?
+                    .ok_or_else(|| Error::WorkerNotFound(id.to_string()))
+            }
+            Err(Error::WorkerFailed(reason)) => {
+                self.stop_actor(id).await;
+                self.write_version(id, record.component_version).await?;
+                Err(Error::IncompatibleVersion(format!(
+                    "its history does not replay on version {version}: {reason}"
+                )))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Stops the worker's actor, if it runs, once its commits are durable.
+    pub(crate) async fn stop_actor(&self, id: &WorkerId) {
+        let handle = self.lock_workers().get(id).cloned();
+        if let Some(handle) = handle {
+            let (reply, done) = oneshot::channel();
+            if handle.send(Command::Stop(reply)).await.is_ok() {
+                let _ = done.await;
+            }
+            self.lock_workers().remove(id);
+        }
+    }
+
+    pub(crate) async fn write_version(&self, id: &WorkerId, version: u64) -> Result<()> {
+        let id_c = id.clone();
+        self.inner
+            .store
+            .transact(move |tx| {
+                let key = records::worker_key(&id_c);
+                let bytes = tx
+                    .get(&key)?
+                    .ok_or_else(|| Error::WorkerNotFound(id_c.to_string()))?;
+                let mut record: WorkerRecord = records::decode_json("worker record", &bytes)?;
+                record.component_version = version;
+                tx.set(&key, &records::encode_json(&record))?;
+                Ok(())
+            })
+            .await
+    }
+}

@@ -1,0 +1,72 @@
+//! Promises: completed from outside (once; again with the same data changes nothing), read by
+//! the worker that created them, which is woken when one it awaits completes.
+
+use invicta_model::WorkerId;
+
+use crate::error::{Error, Result};
+use crate::records;
+use crate::suspend::{self, PROMISE_BYTES_MAX, PromiseRecord};
+use crate::{Executor, now_ms};
+
+impl Executor {
+    /// Completes the worker's promise `promise` with `data`, and wakes the worker if it awaits
+    /// it. Completing it again with the same data changes nothing; with other data it is
+    /// refused.
+    pub async fn complete_promise(
+        &self,
+        id: &WorkerId,
+        promise: &str,
+        data: serde_json::Value,
+    ) -> Result<PromiseRecord> {
+        let size = data.to_string().len();
+        if size > PROMISE_BYTES_MAX {
+            return Err(Error::PromiseTooLarge {
+                size,
+                limit: PROMISE_BYTES_MAX,
+            });
+        }
+        let (id_c, promise_c) = (id.clone(), promise.to_string());
+        let record = self
+            .inner
+            .store
+            .transact(move |tx| {
+                if tx.get(&records::worker_key(&id_c))?.is_none() {
+                    return Err(Error::WorkerNotFound(id_c.to_string()));
+                }
+                let key = suspend::promise_key(&id_c, &promise_c);
+                let mut record: PromiseRecord = match tx.get(&key)? {
+                    Some(bytes) => records::decode_json("promise", &bytes)?,
+                    None => return Err(Error::PromiseNotFound(promise_c.clone())),
+                };
+                match &record.completed {
+                    Some(existing) if *existing == data => return Ok(record),
+                    Some(_) => return Err(Error::PromiseCompleted(promise_c.clone())),
+                    None => {}
+                }
+                record.completed = Some(data.clone());
+                record.completed_at_ms = Some(now_ms());
+                tx.set(&key, &records::encode_json(&record))?;
+                Ok(record)
+            })
+            .await?;
+        self.wake(id).await?;
+        Ok(record)
+    }
+
+    /// The worker's promise `promise`.
+    pub async fn promise(&self, id: &WorkerId, promise: &str) -> Result<PromiseRecord> {
+        let (id_c, promise_c) = (id.clone(), promise.to_string());
+        self.inner
+            .store
+            .read(move |tx| {
+                if tx.get(&records::worker_key(&id_c))?.is_none() {
+                    return Err(Error::WorkerNotFound(id_c.to_string()));
+                }
+                match tx.get(&suspend::promise_key(&id_c, &promise_c))? {
+                    Some(bytes) => records::decode_json("promise", &bytes),
+                    None => Err(Error::PromiseNotFound(promise_c.clone())),
+                }
+            })
+            .await
+    }
+}
