@@ -51,10 +51,14 @@ impl Executor {
         let (fingerprint, function_c) =
             (invocation.fingerprint.clone(), invocation.function.clone());
         let params_c = params.to_vec();
+        let fencing = self.inner.fencing.clone();
         let accepted = self
             .inner
             .store
             .transact(move |tx| {
+                // Accepted only while this executor holds the worker's shard: a pending record
+                // written after a takeover would wait for the next one.
+                fencing.check(tx, &id_c, &mut std::collections::HashMap::new())?;
                 // A key seen before is accepted again only for the same request.
                 if let Some(bytes) = records::read_value(tx, &records::invocation_key(&id_c, &key))?
                 {
@@ -139,8 +143,8 @@ impl Executor {
             Ok(completed) => self.count_fuel(&id.tenant, completed.fuel_consumed),
             // The worker recorded it.
             Err(Error::InvocationFailed { .. }) => {}
-            // The next start runs it.
-            Err(Error::ShuttingDown) => {}
+            // The next start runs it; or the worker's new owner does, which recovered it.
+            Err(Error::ShuttingDown | Error::Fenced { .. } | Error::NotOwner { .. }) => {}
             Err(e) => {
                 let key = invocation.idempotency_key.clone();
                 tracing::warn!(worker = %id, %key, error = %e, "an enqueued invocation could not run");
@@ -157,10 +161,13 @@ impl Executor {
                     },
                     oplog_index: 0,
                 });
+                let fencing = self.inner.fencing.clone();
                 let result = self
                     .inner
                     .store
                     .transact(move |tx| {
+                        // Only the worker's owner settles its pending invocations.
+                        fencing.check(tx, &id, &mut std::collections::HashMap::new())?;
                         if tx.get(&records::pending_key(&id, &key))?.is_none() {
                             return Ok(());
                         }

@@ -213,10 +213,12 @@ impl Executor {
     /// Fires one tick: accepts its invocation and moves the schedule on, in one transaction.
     pub(crate) async fn fire(&self, id: &WorkerId, sid: &str, at: u64) -> Result<()> {
         let (id_c, sid_c) = (id.clone(), sid.to_string());
+        let fencing = self.inner.fencing.clone();
         let fired = self
             .inner
             .store
             .transact(move |tx| {
+                fencing.check(tx, &id_c, &mut std::collections::HashMap::new())?;
                 let Some(mut s) = schedules::read(tx, &schedules::key(&id_c, &sid_c))? else {
                     tx.clear(&schedules::due_key(at, &id_c, &sid_c))?;
                     return Ok(None);
