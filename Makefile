@@ -17,10 +17,13 @@ ST_VENV ?= $(HOME)/.cache/invicta/schemathesis-$(SCHEMATHESIS_VERSION)
 KV_VERSION := 1.37.0
 KV_VENV ?= $(HOME)/.cache/invicta/kubernetes-validate-$(KV_VERSION)
 
-## run: build and start the all-in-one server on $(LISTEN), data under $(DATA_DIR)
-run: build
+## run: build the server and the example components, then start the all-in-one server on
+## $(LISTEN), data under $(DATA_DIR)
+run: build components
 	$(INVICTA) server --listen $(LISTEN) --data-dir $(DATA_DIR)
 
+# The server alone resolves the same features as the test build (shared/feature-set), so
+# `make run`, `make test` and `make api-fuzz` compile the dependencies once between them.
 build:
 	cargo build -p invicta
 

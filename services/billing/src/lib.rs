@@ -190,6 +190,40 @@ impl Principal {
     }
 }
 
+/// A plan limit that means "no limit" (`null` in JSON).
+pub const NO_LIMIT: u64 = u64::MAX;
+
+/// A plan limit in JSON: `null` for no limit, else a whole number a JSON tool reads exactly
+/// (at most 2^53 - 1: larger ones become floats in JavaScript and `jq`). Plans stored before
+/// (with `u64::MAX / 2` for no limit) still read as no limit.
+mod no_limit {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    /// The largest integer JSON tools read exactly.
+    pub(crate) const EXACT_MAX: u64 = (1 << 53) - 1;
+
+    pub(crate) fn serialize<S: Serializer>(value: &u64, s: S) -> Result<S::Ok, S::Error> {
+        if *value > EXACT_MAX {
+            s.serialize_none()
+        } else {
+            s.serialize_u64(*value)
+        }
+    }
+
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+        Ok(match Option::<u64>::deserialize(d)? {
+            None => super::NO_LIMIT,
+            Some(n) if n >= u64::MAX / 2 => super::NO_LIMIT,
+            Some(n) if n > EXACT_MAX => {
+                return Err(serde::de::Error::custom(format!(
+                    "a limit is at most {EXACT_MAX} (2^53 - 1); use null for no limit"
+                )));
+            }
+            Some(n) => n,
+        })
+    }
+}
+
 /// A plan: what a tenant on it may use.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -197,15 +231,23 @@ pub struct Plan {
     pub name: String,
     /// Fuel one invocation may consume.
     pub fuel_per_invocation: u64,
-    /// Fuel the tenant's invocations may consume in a calendar month (UTC).
+    /// Fuel the tenant's invocations may consume in a calendar month (UTC). `null`: no limit.
+    #[serde(with = "no_limit")]
+    #[schema(value_type = Option<u64>, minimum = 0)]
     pub fuel_per_month: u64,
     /// Linear memory one worker may have, in bytes.
     pub memory_per_worker_bytes: u64,
-    /// Workers the tenant may have.
+    /// Workers the tenant may have. `null`: no limit.
+    #[serde(with = "no_limit")]
+    #[schema(value_type = Option<u64>, minimum = 0)]
     pub workers_max: u64,
-    /// Components (names) the tenant may have.
+    /// Components (names) the tenant may have. `null`: no limit.
+    #[serde(with = "no_limit")]
+    #[schema(value_type = Option<u64>, minimum = 0)]
     pub components_max: u64,
-    /// Bytes of all the tenant's component versions together.
+    /// Bytes of all the tenant's component versions together. `null`: no limit.
+    #[serde(with = "no_limit")]
+    #[schema(value_type = Option<u64>, minimum = 0)]
     pub component_bytes_max: u64,
     /// Sustained requests per second, per tenant and per key.
     pub requests_per_second: u32,
@@ -362,11 +404,11 @@ impl Plan {
             Plan {
                 name: "unlimited".into(),
                 fuel_per_invocation: 100_000_000_000,
-                fuel_per_month: u64::MAX / 2,
+                fuel_per_month: NO_LIMIT,
                 memory_per_worker_bytes: 4 * 1024 * MIB,
-                workers_max: u64::MAX / 2,
-                components_max: u64::MAX / 2,
-                component_bytes_max: u64::MAX / 2,
+                workers_max: NO_LIMIT,
+                components_max: NO_LIMIT,
+                component_bytes_max: NO_LIMIT,
                 requests_per_second: 1_000_000,
                 burst: 1_000_000,
                 concurrent_invocations: 100_000,
@@ -1341,6 +1383,35 @@ mod parsers {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn no_limit_is_null_in_json() {
+        let unlimited = Plan::defaults()
+            .into_iter()
+            .find(|p| p.name == "unlimited")
+            .expect("the unlimited plan");
+        let json = serde_json::to_value(&unlimited).expect("a plan as JSON");
+        for field in [
+            "fuel_per_month",
+            "workers_max",
+            "components_max",
+            "component_bytes_max",
+        ] {
+            assert_eq!(json[field], serde_json::Value::Null, "{field}");
+        }
+        let back: Plan = serde_json::from_value(json.clone()).expect("read back");
+        assert_eq!(back, unlimited);
+        // Plans stored before (no limit as u64::MAX / 2) read as no limit.
+        let mut old = json.clone();
+        old["workers_max"] = serde_json::json!(u64::MAX / 2);
+        let old: Plan = serde_json::from_value(old).expect("an old plan");
+        assert_eq!(old.workers_max, NO_LIMIT);
+        // A number JSON tools cannot read exactly is refused, naming the way to say "none".
+        let mut big = json;
+        big["workers_max"] = serde_json::json!(1_u64 << 60);
+        let refused = serde_json::from_value::<Plan>(big).expect_err("refused");
+        assert!(refused.to_string().contains("null"), "{refused}");
+    }
 
     #[test]
     fn keys_parse_strictly() {

@@ -460,6 +460,14 @@ fn text_of(value: &Value) -> String {
     text(value)
 }
 
+/// A plan limit: `null` means none.
+fn limit(value: &Value) -> String {
+    match value {
+        Value::Null => "no limit".into(),
+        other => text(other),
+    }
+}
+
 fn text(value: &Value) -> String {
     match value {
         Value::String(s) => s.clone(),
@@ -915,7 +923,7 @@ async fn run(connection: &Connection, request: Request) -> Result<Output, Failur
                 vec![
                     "fuel".into(),
                     text(&body["fuel"]),
-                    text(&plan["fuel_per_month"]),
+                    limit(&plan["fuel_per_month"]),
                 ],
                 vec![
                     "invocations".into(),
@@ -925,17 +933,17 @@ async fn run(connection: &Connection, request: Request) -> Result<Output, Failur
                 vec![
                     "workers".into(),
                     text(&body["workers"]),
-                    text(&plan["workers_max"]),
+                    limit(&plan["workers_max"]),
                 ],
                 vec![
                     "components".into(),
                     text(&body["components"]),
-                    text(&plan["components_max"]),
+                    limit(&plan["components_max"]),
                 ],
                 vec![
                     "component bytes".into(),
                     text(&body["component_bytes"]),
-                    text(&plan["component_bytes_max"]),
+                    limit(&plan["component_bytes_max"]),
                 ],
             ];
             Ok(Output::Table(body, vec!["usage", "used", "limit"], rows))
@@ -1038,8 +1046,8 @@ async fn run(connection: &Connection, request: Request) -> Result<Output, Failur
                             vec![
                                 text(&p["name"]),
                                 text(&p["fuel_per_invocation"]),
-                                text(&p["fuel_per_month"]),
-                                text(&p["workers_max"]),
+                                limit(&p["fuel_per_month"]),
+                                limit(&p["workers_max"]),
                                 text(&p["requests_per_second"]),
                             ]
                         })
