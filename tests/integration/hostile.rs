@@ -377,3 +377,45 @@ async fn bodies_wait_for_the_scope_and_what_they_name_is_bounded() -> anyhow::Re
     assert_eq!(api.get("/v1/usage").await?.status, 200);
     Ok(())
 }
+
+/// A compile past its deadline is stopped, not left to burn a core: the upload answers
+/// `compile_timeout` naming the limit, the compiling process is gone, and the server goes on.
+#[tokio::test]
+async fn a_compile_past_its_deadline_is_stopped() -> anyhow::Result<()> {
+    let data = tempfile::tempdir()?;
+    let configured = Configured::new(
+        INVICTA.as_ref(),
+        data.path(),
+        "[registry]\ncompile_timeout_ms = 20\n",
+    )?;
+    let server = configured.start()?;
+    let api = server.operator().new_tenant("slow", "pro").await?;
+    let reply = api.upload("fetcher", component("wstd_fetcher")).await?;
+    assert_eq!(reply.status, 422, "{:?}", reply.body);
+    assert_eq!(reply.body["code"], "compile_timeout", "{:?}", reply.body);
+    assert!(
+        reply.body["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("20 ms"),
+        "{:?}",
+        reply.body
+    );
+    // The compiling child was killed with the deadline: none is left running.
+    invicta_tests::eventually("the compiler is gone", Duration::from_secs(10), || {
+        let children = server.children();
+        async move { Ok(children.is_empty().then_some(())) }
+    })
+    .await?;
+    // What it cost the server, its reaped compiler included, is bounded by the deadline
+    // (plus the start of a server and a tenant), not by the component.
+    let cpu = server.cpu_seconds()?;
+    assert!(cpu < 30.0, "the server used {cpu:.1} s of CPU");
+    assert!(server.children().is_empty(), "a compiler came back");
+    assert_eq!(
+        server.operator().get("/readyz").await?.status,
+        200,
+        "the server is ready"
+    );
+    Ok(())
+}

@@ -158,6 +158,51 @@ impl Server {
         self.signal(libc::SIGCONT)
     }
 
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The processes the server started that are still alive (Linux: `/proc/*/stat`).
+    pub fn children(&self) -> Vec<u32> {
+        let me = self.child.id();
+        let Ok(entries) = std::fs::read_dir("/proc") else {
+            return Vec::new();
+        };
+        entries
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+            .filter(|pid| {
+                std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                    .ok()
+                    // The fields after the command's closing parenthesis: state, ppid, …
+                    .and_then(|stat| {
+                        let rest = stat.rsplit_once(')')?.1;
+                        rest.split_whitespace().nth(1)?.parse::<u32>().ok()
+                    })
+                    == Some(me)
+            })
+            .collect()
+    }
+
+    /// The CPU time the server has used so far, with that of the children it waited for, in
+    /// seconds (Linux: `/proc/<pid>/stat`).
+    pub fn cpu_seconds(&self) -> anyhow::Result<f64> {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id()))?;
+        let rest = stat.rsplit_once(')').context("/proc/<pid>/stat")?.1;
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        // utime, stime, cutime, cstime: fields 14 to 17 of the line, 12 to 15 after the ')'.
+        let ticks: u64 = fields
+            .get(11..15)
+            .context("CPU times in /proc/<pid>/stat")?
+            .iter()
+            .map(|f| f.parse::<u64>().unwrap_or(0))
+            .sum();
+        // SAFETY: sysconf only reads a system setting.
+        #[allow(unsafe_code)]
+        let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1);
+        Ok(ticks as f64 / per_second as f64)
+    }
+
     /// The server's resident memory now, in bytes (Linux: `/proc/<pid>/status`).
     pub fn resident_bytes(&self) -> anyhow::Result<u64> {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))?;

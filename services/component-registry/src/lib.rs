@@ -17,6 +17,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+pub mod compiler;
 pub mod grpc;
 
 use invicta_blob::{BlobRef, BlobStore};
@@ -65,6 +66,9 @@ pub enum Error {
     Corrupt(String),
     #[error("compile the component: {0}")]
     Compile(String),
+    /// The compile took longer than the deadline and was stopped.
+    #[error("compiling the component took longer than {limit_ms} ms, the limit; it was stopped")]
+    CompileTimeout { limit_ms: u64 },
     /// Every compile slot stayed taken for longer than an upload waits.
     #[error("too many components are being compiled; try again shortly")]
     Busy,
@@ -85,6 +89,7 @@ impl Error {
             Error::VersionNotFound { .. } => "version_not_found",
             Error::InUse { .. } => "component_in_use",
             Error::Busy => "unavailable",
+            Error::CompileTimeout { .. } => "compile_timeout",
             Error::Remote { code, .. } => code,
             Error::Store(_) | Error::Blob(_) | Error::Corrupt(_) | Error::Compile(_) => "internal",
         }
@@ -98,13 +103,28 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 pub struct Config {
     /// The largest component accepted, in bytes (default 50 MiB).
     pub component_bytes_max: u64,
+    /// How long one compile may take, in ms (default 120,000); a slower one is stopped and the
+    /// upload answers `compile_timeout`.
+    pub compile_timeout_ms: u64,
+    /// The program that compiles in a child process (`<program> compile-component`; the
+    /// server's own binary), which the deadline can kill; `None`: compile in this process.
+    #[serde(skip)]
+    pub compiler: Option<std::path::PathBuf>,
 }
 
 impl Default for Config {
     fn default() -> Self {
         Config {
             component_bytes_max: 50 * 1024 * 1024,
+            compile_timeout_ms: 120_000,
+            compiler: None,
         }
+    }
+}
+
+impl Config {
+    fn compile_deadline(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.compile_timeout_ms.max(1))
     }
 }
 
@@ -351,16 +371,19 @@ impl Registry {
         else {
             return Err(Error::Busy);
         };
+        let (component, artifact, bytes) = compiler::compile(
+            inner.config.compiler.as_deref(),
+            &inner.engine,
+            bytes,
+            inner.config.compile_deadline(),
+        )
+        .await?;
         let engine = inner.engine.clone();
         let import_check = inner.import_check.clone();
-        let (component, exports, artifact, bytes) = tokio::task::spawn_blocking(move || {
-            let component = compile(&engine, &bytes)?;
+        let (component, exports) = tokio::task::spawn_blocking(move || {
             import_check(&component).map_err(Error::UnsupportedImports)?;
             let exports = exported_functions(&engine.engine, &component);
-            let artifact = component
-                .serialize()
-                .map_err(|e| Error::Compile(format!("{e:#}")))?;
-            Ok::<_, Error>((component, exports, artifact, bytes))
+            Ok::<_, Error>((component, exports))
         })
         .await
         .map_err(|e| Error::Compile(e.to_string()))??;
@@ -689,16 +712,13 @@ impl Registry {
             .clone()
             .ok_or_else(|| Error::Corrupt("component version has no bytes".into()))?;
         let bytes = self.inner.blobs.get_verified(&blob).await?;
-        let engine = self.inner.engine.clone();
-        let (component, artifact) = tokio::task::spawn_blocking(move || {
-            let component = compile(&engine, &bytes)?;
-            let artifact = component
-                .serialize()
-                .map_err(|e| Error::Compile(format!("{e:#}")))?;
-            Ok::<_, Error>((component, artifact))
-        })
-        .await
-        .map_err(|e| Error::Compile(e.to_string()))??;
+        let (component, artifact, _) = compiler::compile(
+            self.inner.config.compiler.as_deref(),
+            &self.inner.engine,
+            bytes.to_vec(),
+            self.inner.config.compile_deadline(),
+        )
+        .await?;
         let artifact = self
             .inner
             .blobs

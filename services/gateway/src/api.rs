@@ -58,6 +58,11 @@ impl From<RegistryError> for Problem {
             RegistryError::Remote { ref code, .. } => {
                 coded(code, e.to_string()).unwrap_or_else(|| Problem::internal(e))
             }
+            RegistryError::CompileTimeout { .. } => Problem::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "compile_timeout",
+                e.to_string(),
+            ),
             RegistryError::Busy => {
                 coded("unavailable", e.to_string()).unwrap_or_else(|| Problem::internal(e))
             }
@@ -78,6 +83,7 @@ const CODES: &[(&str, StatusCode)] = &[
     ("invalid_request", StatusCode::BAD_REQUEST),
     ("invalid_component", StatusCode::BAD_REQUEST),
     ("unsupported_imports", StatusCode::BAD_REQUEST),
+    ("compile_timeout", StatusCode::UNPROCESSABLE_ENTITY),
     ("payload_too_large", StatusCode::PAYLOAD_TOO_LARGE),
     ("component_in_use", StatusCode::CONFLICT),
     ("worker_not_found", StatusCode::NOT_FOUND),

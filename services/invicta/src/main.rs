@@ -47,6 +47,10 @@ enum Command {
     /// Save server URLs and keys under names, and pick the one to use
     #[command(subcommand)]
     Profile(client::ProfileCommand),
+    /// Compile a component read on stdin for the server (run by the server itself, in a child
+    /// process its compile deadline can stop)
+    #[command(name = invicta_component_registry::compiler::SUBCOMMAND, hide = true)]
+    CompileComponent,
     /// Print a shell completion script (e.g. `invicta completions bash > /etc/bash_completion.d/invicta`)
     Completions {
         #[arg(value_enum)]
@@ -65,6 +69,11 @@ fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             };
+        }
+        Command::CompileComponent => {
+            return ExitCode::from(
+                u8::try_from(invicta_component_registry::compiler::child_main()).unwrap_or(1),
+            );
         }
         Command::Component(c) => client::Request::Component(c),
         Command::Worker(c) => client::Request::Worker(c),

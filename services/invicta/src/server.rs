@@ -586,8 +586,11 @@ fn engine_and_registry(
 ) -> anyhow::Result<(invicta_engine::Engine, invicta_component_registry::Registry)> {
     let engine = invicta_engine::Engine::new(&config.engine).context("configure the engine")?;
     let import_check = invicta_executor::Executor::import_check(&engine).context("link WASI")?;
+    // Compiles run in child processes of this binary, which the compile deadline can stop.
+    let mut registry_config = config.registry.clone();
+    registry_config.compiler = std::env::current_exe().ok();
     let registry = invicta_component_registry::Registry::new(
-        config.registry.clone(),
+        registry_config,
         store.clone(),
         blobs.clone(),
         engine.clone(),
