@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use invicta_tests::{Api, Server, component};
+use invicta_tests::{Api, Server, component, eventually};
 use serde_json::{Value, json};
 
 use crate::INVICTA;
@@ -279,5 +279,76 @@ async fn an_awaited_promise_suspends_the_worker_until_completed() -> anyhow::Res
         .post_json(&format!("{path}/complete"), &json!({ "data": 2 }), None)
         .await?;
     assert_eq!(foreign.status, 404, "{foreign:?}");
+    Ok(())
+}
+
+/// Background work counts against the plan's concurrent invocations: with two enqueued
+/// invocations waiting, a third is refused (`quota_exceeded`, 429), and accepted once one of
+/// them has ended. A key accepted before is still answered as such.
+#[tokio::test]
+async fn background_invocations_count_against_the_plans_concurrency() -> anyhow::Result<()> {
+    let data = tempfile::tempdir()?;
+    let server = Server::start(INVICTA.as_ref(), &data.path().join("data"))?;
+    let operator = server.operator();
+    let mut plan = operator.get("/v1/admin/plans").await?.body["plans"][0].clone();
+    plan["name"] = json!("narrow");
+    plan["concurrent_invocations"] = json!(2);
+    let put = operator.put_json("/v1/admin/plans/narrow", &plan).await?;
+    assert!(put.status < 300, "{put:?}");
+    let api = operator.new_tenant("busy", "narrow").await?;
+    api.upload("waiter", component("waiter")).await?;
+    enqueue(&api, "a", "nap", json!([600_000]), "long-a").await?;
+    enqueue(&api, "b", "nap", json!([600_000]), "long-b").await?;
+
+    let third = api
+        .post_json(
+            "/v1/components/waiter/workers/c/enqueue",
+            &json!({ "function": "bump", "params": [] }),
+            Some("third"),
+        )
+        .await?;
+    assert_eq!(
+        (third.status, third.code()),
+        (429, "quota_exceeded"),
+        "{third:?}"
+    );
+    assert_eq!(third.body["quota"], "concurrent_invocations", "{third:?}");
+    assert_eq!(third.body["limit"], 2, "{third:?}");
+    // A key accepted before is answered as accepted, not refused: it is not new work.
+    enqueue(&api, "a", "nap", json!([600_000]), "long-a").await?;
+
+    // One ends (interrupted while it waits): its place is free.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let interrupted = api
+            .post_json(
+                "/v1/components/waiter/workers/a/interrupt",
+                &json!({}),
+                None,
+            )
+            .await?;
+        if interrupted.body["interrupted"] == json!(true) {
+            break;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "never waiting: {interrupted:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let accepted = eventually("the third is accepted", Duration::from_secs(10), || {
+        let api = api.clone();
+        async move {
+            let reply = api
+                .post_json(
+                    "/v1/components/waiter/workers/c/enqueue",
+                    &json!({ "function": "bump", "params": [] }),
+                    Some("third"),
+                )
+                .await?;
+            Ok((reply.status == 202).then_some(reply))
+        }
+    })
+    .await?;
+    assert_eq!(accepted.status, 202);
+    let done = outcome(&api, "c", "third").await?;
+    assert_eq!(done["status"], "completed", "{done}");
     Ok(())
 }

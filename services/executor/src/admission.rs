@@ -278,6 +278,7 @@ impl Executor {
             enqueued: false,
             egress_hosts: limits.egress_hosts.clone(),
             workers_max: limits.workers_max,
+            concurrent_invocations: limits.concurrent_invocations,
             fuel: limits
                 .fuel_per_invocation
                 .min(self.inner.config.fuel_per_invocation),

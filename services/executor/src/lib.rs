@@ -85,6 +85,8 @@ pub(crate) struct Inner {
     pub ctx: Arc<context::Context>,
     /// The workers with an actor, by id.
     pub workers: Arc<worker::Directory>,
+    /// Background invocations accepted and not yet settled, per tenant.
+    pub background: Arc<Mutex<HashMap<TenantId, u64>>>,
     /// This month's fuel per tenant, as last read: (month, fuel, read at).
     pub fuel_used: Mutex<HashMap<TenantId, (String, u64, std::time::Instant)>>,
     pub instance_pres:
@@ -165,6 +167,7 @@ impl Executor {
                 release_ready: tokio::sync::Notify::new(),
                 workers: Arc::new(Mutex::new(HashMap::new())),
                 fuel_used: Mutex::new(HashMap::new()),
+                background: Arc::new(Mutex::new(HashMap::new())),
                 instance_pres: Mutex::new(HashMap::new()),
             }),
         };

@@ -13,6 +13,9 @@ pub struct Limits {
     pub workers_max: u64,
     /// Hosts the tenant's workers may send requests to (`None`: any public host).
     pub egress_hosts: Option<Vec<String>>,
+    /// Background invocations (enqueued or scheduled) of the tenant that may be accepted and
+    /// not yet settled at once, on one executor; more are refused (`quota_exceeded`).
+    pub concurrent_invocations: u64,
 }
 
 impl Limits {
@@ -24,6 +27,7 @@ impl Limits {
             memory_per_worker_bytes: u64::MAX,
             workers_max: u64::MAX,
             egress_hosts: None,
+            concurrent_invocations: u64::MAX,
         }
     }
 }

@@ -5,10 +5,11 @@
 //! **Invariant:** an accepted invocation runs exactly once: its pending record goes in the same
 //! transaction as its outcome.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
-use invicta_model::WorkerId;
 use invicta_model::oplog::FailureKind;
+use invicta_model::{TenantId, WorkerId};
 use tokio::sync::oneshot;
 
 use crate::error::{Error, Result};
@@ -18,7 +19,55 @@ use crate::types::{Completed, InvocationState, Outcome};
 use crate::worker::{Invocation, WorkerHandle};
 use crate::{Executor, now_ms};
 
+/// A background invocation, counted against its tenant's `concurrent_invocations` on this
+/// executor from its acceptance until it is settled (dropped).
+pub(crate) struct Background {
+    counts: Arc<Mutex<HashMap<TenantId, u64>>>,
+    tenant: TenantId,
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = counts.get_mut(&self.tenant) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                counts.remove(&self.tenant);
+            }
+        }
+    }
+}
+
 impl Executor {
+    /// Counts a background invocation of `tenant`; refused when `limit` of them are counted
+    /// already (`None`: counted whatever the number, for work accepted before).
+    pub(crate) fn count_background(
+        &self,
+        tenant: &TenantId,
+        limit: Option<u64>,
+    ) -> Result<Background> {
+        let mut counts = self
+            .inner
+            .background
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let used = counts.get(tenant).copied().unwrap_or(0);
+        if let Some(limit) = limit
+            && used >= limit
+        {
+            return Err(Error::QuotaExceeded {
+                quota: "concurrent_invocations",
+                limit,
+                used,
+            });
+        }
+        counts.insert(tenant.clone(), used.saturating_add(1));
+        Ok(Background {
+            counts: self.inner.background.clone(),
+            tenant: tenant.clone(),
+        })
+    }
+
     /// Accepts an invocation durably and runs it in the background; returns its idempotency key
     /// (made if none was given) and whether it was new (a key already accepted or completed is
     /// not accepted twice). Accepted invocations survive a crash: recovery runs them.
@@ -38,6 +87,11 @@ impl Executor {
         // Its outcome is asked for later, by key: it must be recorded.
         invocation.key_is_new = false;
         invocation.enqueued = true;
+        // Counted before it is accepted, so that a tenant's background work stays within its
+        // plan however fast it enqueues (released at once if the key was accepted before).
+        let counted = self.count_background(&id.tenant, Some(limits.concurrent_invocations));
+        // At the limit, a key accepted before is still answered as such; only new work waits.
+        let refused = counted.as_ref().err().map(Error::duplicate);
         let record = PendingRecord {
             function: invocation.function.clone(),
             params: params.to_vec(),
@@ -76,6 +130,9 @@ impl Executor {
                     }
                     return Ok(false);
                 }
+                if let Some(refused) = &refused {
+                    return Err(refused.duplicate());
+                }
                 records::set_value(
                     tx,
                     &records::pending_key(&id_c, &key),
@@ -86,7 +143,8 @@ impl Executor {
             .await?;
         let key = invocation.idempotency_key.clone();
         if accepted {
-            self.dispatch(id, invocation, due_at_ms, running).await;
+            self.dispatch(id, invocation, due_at_ms, running, counted?)
+                .await;
         }
         Ok((key, accepted))
     }
@@ -99,6 +157,7 @@ impl Executor {
         invocation: Invocation,
         due_at_ms: Option<u64>,
         running: Option<WorkerHandle>,
+        counted: Background,
     ) {
         let invocation = Arc::new(invocation);
         match due_at_ms.map(|at| at.saturating_sub(now_ms())) {
@@ -107,12 +166,12 @@ impl Executor {
                 tokio::spawn(async move {
                     tokio::time::sleep(std::time::Duration::from_millis(wait)).await;
                     let first = executor.deliver(&id, &invocation, None).await;
-                    executor.settle(id, invocation, first).await;
+                    executor.settle(id, invocation, first, counted).await;
                 });
             }
             _ => {
                 let first = self.deliver(id, &invocation, running).await;
-                tokio::spawn(self.clone().settle(id.clone(), invocation, first));
+                tokio::spawn(self.clone().settle(id.clone(), invocation, first, counted));
             }
         }
     }
@@ -124,6 +183,8 @@ impl Executor {
         id: WorkerId,
         invocation: Arc<Invocation>,
         first: Result<oneshot::Receiver<Outcome>>,
+        // Counted against the tenant until this ends.
+        _counted: Background,
     ) {
         let mut outcome = match first {
             Ok(rx) => rx.await.unwrap_or(Err(Error::ShuttingDown)),
@@ -228,6 +289,7 @@ impl Executor {
                 memory_per_worker_bytes: record.memory_bytes,
                 workers_max: u64::MAX,
                 egress_hosts: record.egress_hosts.clone(),
+                concurrent_invocations: u64::MAX,
             };
             let prepared = self
                 .prepare(&id, &record.function, &record.params, Some(key), &limits)
@@ -236,7 +298,8 @@ impl Executor {
                 Ok((mut invocation, running)) => {
                     invocation.key_is_new = false;
                     invocation.enqueued = true;
-                    self.dispatch(&id, invocation, record.due_at_ms, running)
+                    let counted = self.count_background(&id.tenant, None)?;
+                    self.dispatch(&id, invocation, record.due_at_ms, running, counted)
                         .await;
                 }
                 Err(e) => {

@@ -262,13 +262,15 @@ impl Executor {
             memory_per_worker_bytes: s.limits.memory_bytes,
             workers_max: u64::MAX,
             egress_hosts: s.limits.egress_hosts.clone(),
+            concurrent_invocations: u64::MAX,
         };
         let (mut invocation, running) = self
             .prepare(id, &s.function, &s.params, Some(key), &limits)
             .await?;
         invocation.key_is_new = false;
         invocation.enqueued = true;
-        self.dispatch(id, invocation, None, running).await;
+        let counted = self.count_background(&id.tenant, None)?;
+        self.dispatch(id, invocation, None, running, counted).await;
         Ok(())
     }
 }

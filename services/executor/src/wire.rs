@@ -15,6 +15,10 @@ pub fn limits_from(limits: Option<pb::Limits>) -> Limits {
             memory_per_worker_bytes: l.memory_per_worker_bytes,
             workers_max: l.workers_max,
             egress_hosts: l.egress_restricted.then_some(l.egress_hosts),
+            concurrent_invocations: match l.concurrent_invocations {
+                0 => u64::MAX,
+                n => n,
+            },
         },
     }
 }
@@ -28,5 +32,9 @@ pub fn limits_to(limits: &Limits) -> pb::Limits {
         workers_max: limits.workers_max,
         egress_hosts: limits.egress_hosts.clone().unwrap_or_default(),
         egress_restricted: limits.egress_hosts.is_some(),
+        concurrent_invocations: match limits.concurrent_invocations {
+            u64::MAX => 0,
+            n => n,
+        },
     }
 }

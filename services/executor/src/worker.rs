@@ -64,6 +64,8 @@ pub(crate) struct Invocation {
     pub egress_hosts: Option<Vec<String>>,
     /// The tenant's worker quota, for the invocations this one makes.
     pub workers_max: u64,
+    /// The tenant's background invocations at once, for the enqueues this one makes.
+    pub concurrent_invocations: u64,
 }
 
 pub(crate) enum Command {
@@ -343,6 +345,7 @@ pub(crate) fn spawn(
             memory_per_worker_bytes: inner.engine.config.memory_bytes_max,
             workers_max: u64::MAX,
             egress_hosts: None,
+            concurrent_invocations: u64::MAX,
         })),
     });
     let (checkpoint_tx, checkpoint_rx) = mpsc::unbounded_channel();
@@ -477,6 +480,7 @@ impl Actor {
                         memory_per_worker_bytes: invocation.memory_bytes,
                         workers_max: invocation.workers_max,
                         egress_hosts: invocation.egress_hosts.clone(),
+                        concurrent_invocations: invocation.concurrent_invocations,
                     };
                     self.invoke(invocation, reply).await;
                 }
@@ -1194,6 +1198,7 @@ impl Actor {
                         span: tracing::info_span!("resume invocation", worker = %self.id),
                         egress_hosts: limits.egress_hosts.clone(),
                         workers_max: limits.workers_max,
+                        concurrent_invocations: u64::MAX,
                     };
                     // What the worker's calls and requests check, for the time it runs; what
                     // was there before (an invocation waiting for this one) comes back after.
@@ -1208,6 +1213,7 @@ impl Actor {
                         memory_per_worker_bytes: limits.memory_bytes,
                         workers_max: limits.workers_max,
                         egress_hosts: limits.egress_hosts.clone(),
+                        concurrent_invocations: u64::MAX,
                     };
                     // Its start is durable already; this serves the checkpoints its outgoing
                     // requests ask for.

@@ -787,6 +787,7 @@ fn limits(plan: &invicta_billing::Plan) -> Limits {
         memory_per_worker_bytes: plan.memory_per_worker_bytes,
         workers_max: plan.workers_max,
         egress_hosts: plan.egress_hosts.clone(),
+        concurrent_invocations: u64::from(plan.concurrent_invocations),
     }
 }
 
