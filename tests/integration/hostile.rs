@@ -166,6 +166,19 @@ async fn hostile_requests_get_typed_answers_and_hurt_nothing() -> anyhow::Result
     assert_eq!(status, 431, "80 headers: {text}");
     assert!(text.contains("application/problem+json"), "{text}");
 
+    // A URI past hyper's own limit (64 KiB) is refused before any handler, still as a problem.
+    let (status, text) = raw(
+        &server,
+        &format!(
+            "GET /v1/components?prefix={} HTTP/1.1\r\nHost: x\r\n\r\n",
+            "a".repeat(70_000)
+        ),
+    )
+    .await?;
+    assert_eq!(status, 414, "a 70 KB URI: {text}");
+    assert!(text.contains("application/problem+json"), "{text}");
+    assert!(text.contains("\"code\":\"uri_too_long\""), "{text}");
+
     // A flood of guessed keys: attempts with keys not verified lately are limited per client
     // address before any costs an argon2 verification, and the tenant's own key still works.
     // Argon2 takes ~19 MiB per verification: unbounded, 80 at once would take 1.5 GiB.

@@ -126,15 +126,101 @@ impl Activity {
 }
 
 /// A stream that records its activity.
+///
+/// It also gives hyper's own refusals a body: a request hyper cannot parse (a URI over 64 KiB,
+/// a head over its buffer) is answered by hyper itself, before any handler, with an empty
+/// 400, 414 or 431; the stream writes the same status as a problem+json instead.
 pub(crate) struct Watched<S> {
     inner: S,
     activity: Arc<Activity>,
+    /// A problem being written in place of hyper's empty refusal, and how much of it is out.
+    replacing: Option<(Vec<u8>, usize)>,
 }
 
 impl<S> Watched<S> {
     pub(crate) fn new(inner: S, activity: Arc<Activity>) -> Watched<S> {
         activity.moved();
-        Watched { inner, activity }
+        Watched {
+            inner,
+            activity,
+            replacing: None,
+        }
+    }
+}
+
+/// The problem+json response for `head` when it is one of hyper's own empty refusals.
+fn problem_for(head: &[u8]) -> Option<Vec<u8>> {
+    if !head.starts_with(b"HTTP/1.1 4") || head.len() > 512 {
+        return None;
+    }
+    let text = std::str::from_utf8(head).ok()?.to_ascii_lowercase();
+    let (_, rest) = text.split_once(' ')?;
+    let status: u16 = rest.get(..3)?.parse().ok()?;
+    // hyper's refusals carry no body and no type; every answer of ours has a type.
+    if !text.contains("content-length: 0\r\n") || text.contains("content-type") {
+        return None;
+    }
+    let (code, detail) = match status {
+        400 => (
+            "invalid_request",
+            "the request could not be parsed as HTTP/1.1",
+        ),
+        414 => (
+            "uri_too_long",
+            "the request's URI is over 65,534 bytes, the server's limit",
+        ),
+        431 => (
+            "headers_too_large",
+            "the request's head is larger than the server reads",
+        ),
+        _ => return None,
+    };
+    let reason = axum::http::StatusCode::from_u16(status)
+        .ok()?
+        .canonical_reason()
+        .unwrap_or("Refused");
+    let body = serde_json::json!({
+        "type": format!("https://invicta.dev/problems/{code}"),
+        "title": reason,
+        "status": status,
+        "code": code,
+        "detail": detail,
+    })
+    .to_string();
+    Some(
+        format!(
+            "HTTP/1.1 {status} {reason}\r\ncontent-type: application/problem+json\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .into_bytes(),
+    )
+}
+
+impl<S: AsyncWrite + Unpin> Watched<S> {
+    /// Writes the replacement out; `claimed`: what the caller is told was written of its own.
+    fn poll_replacement(
+        &mut self,
+        cx: &mut Context<'_>,
+        claimed: usize,
+    ) -> Poll<std::io::Result<usize>> {
+        while let Some((bytes, done)) = &mut self.replacing {
+            if *done == bytes.len() {
+                self.replacing = None;
+                break;
+            }
+            match Pin::new(&mut self.inner).poll_write(cx, &bytes[*done..]) {
+                Poll::Ready(Ok(0)) => {
+                    return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()));
+                }
+                Poll::Ready(Ok(n)) => {
+                    *done += n;
+                    self.activity.moved();
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        Poll::Ready(Ok(claimed))
     }
 }
 
@@ -159,6 +245,15 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
+        let this = self.as_mut().get_mut();
+        if this.replacing.is_none()
+            && let Some(problem) = problem_for(buf)
+        {
+            this.replacing = Some((problem, 0));
+        }
+        if this.replacing.is_some() {
+            return this.poll_replacement(cx, buf.len());
+        }
         let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
         if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
             self.activity.moved();
@@ -171,6 +266,17 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
+        let this = self.as_mut().get_mut();
+        if this.replacing.is_none() && bufs.first().is_some_and(|b| b.starts_with(b"HTTP/1.1 4")) {
+            let whole: Vec<u8> = bufs.iter().flat_map(|b| b.iter().copied()).collect();
+            if let Some(problem) = problem_for(&whole) {
+                this.replacing = Some((problem, 0));
+            }
+        }
+        if this.replacing.is_some() {
+            let claimed = bufs.iter().map(|b| b.len()).sum();
+            return this.poll_replacement(cx, claimed);
+        }
         let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
         if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
             self.activity.moved();
@@ -194,6 +300,26 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hypers_empty_refusals_become_problems() {
+        let refusal = b"HTTP/1.1 414 URI Too Long\r\ncontent-length: 0\r\ndate: Fri, 04 Dec 2026 15:00:00 GMT\r\n\r\n";
+        let problem = String::from_utf8(problem_for(refusal).expect("a problem")).expect("text");
+        assert!(
+            problem.starts_with("HTTP/1.1 414 URI Too Long\r\n"),
+            "{problem}"
+        );
+        assert!(problem.contains("application/problem+json"), "{problem}");
+        let body = problem.split("\r\n\r\n").nth(1).expect("a body");
+        let body: serde_json::Value = serde_json::from_str(body).expect("JSON");
+        assert_eq!(body["code"], "uri_too_long");
+        assert_eq!(body["status"], 414);
+        // Our own answers, which carry a type, pass as they are; so does anything else.
+        let ours = b"HTTP/1.1 414 URI Too Long\r\ncontent-type: application/problem+json\r\ncontent-length: 0\r\n\r\n";
+        assert!(problem_for(ours).is_none());
+        assert!(problem_for(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n").is_none());
+        assert!(problem_for(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n").is_none());
+    }
 
     #[test]
     fn connections_are_counted_per_address() {
