@@ -1052,7 +1052,7 @@ fn print(f: &Figures, counts: &Counts, args: &Args, binary: &Path) -> anyhow::Re
     rows.push(Row {
         limit: format!("fdatasync p50 {}", duration(f.raw.median)),
         ratio: format!("{seq_ratio:.2}×"),
-        target: verdict("≤ 3×", seq_ratio <= 3.0),
+        target: verdict("≤ 2.5×", seq_ratio <= 2.5),
         ..latency_row(
             format!(
                 "invoke, 1 warm worker, sequential (n={})",
