@@ -432,3 +432,34 @@ async fn a_compile_past_its_deadline_is_stopped() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// The same bytes are compiled once, whoever uploads them: a server whose compile deadline
+/// no compile could meet still takes, at once, a component another tenant uploaded before
+/// (under another name), and still refuses one never compiled.
+#[tokio::test]
+async fn the_same_bytes_are_compiled_once_for_every_tenant() -> anyhow::Result<()> {
+    let data = tempfile::tempdir()?;
+    let first = Server::start(INVICTA.as_ref(), &data.path().join("data"))?;
+    let early = first.operator().new_tenant("early", "pro").await?;
+    let reply = early.upload("fetcher", component("wstd_fetcher")).await?;
+    assert_eq!(reply.status, 201, "{:?}", reply.body);
+    assert!(first.stop()?, "a clean stop");
+
+    let strict = Configured::new(
+        INVICTA.as_ref(),
+        data.path(),
+        "[registry]\ncompile_timeout_ms = 20\n",
+    )?;
+    let server = strict.start()?;
+    let late = server.operator().new_tenant("late", "pro").await?;
+    let reused = late.upload("mine", component("wstd_fetcher")).await?;
+    assert_eq!(reused.status, 201, "{:?}", reused.body);
+    assert_eq!(reused.body["version"], 1, "{:?}", reused.body);
+    let never = late.upload("raw", component("raw_fetcher")).await?;
+    assert_eq!(
+        (never.status, never.code()),
+        (422, "compile_timeout"),
+        "{never:?}"
+    );
+    Ok(())
+}

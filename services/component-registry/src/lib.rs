@@ -8,6 +8,9 @@
 //! - `("component", tenant, name)` → [`ComponentRecord`] (latest version)
 //! - `("component-version", tenant, name, version)` → [`ComponentVersion`]
 //! - `("component-hash", tenant, name, sha256)` → version number
+//! - `("component-artifact", tenant, name, version, engine)` → the version's compiled artifact
+//! - `("compiled-hash", engine, sha256)` → the artifact compiled from those bytes, for any
+//!   tenant: the same bytes are compiled once per engine
 //! - `("tenant-usage", tenant, "components" | "component_bytes")` → what the tenant stores,
 //!   counted in the transaction that stores it
 //!
@@ -344,40 +347,25 @@ impl Registry {
         // What it imports is checked before it is compiled: a component that imports what no
         // executor here provides is refused for nothing.
         check_import_names(&bytes)?;
-        // Compiling takes from milliseconds to tens of seconds of a core: keep it off the async
-        // threads, one at a time per tenant and a few at a time in all, and wait for a turn
-        // only so long.
-        let tenant_slot = {
-            let mut slots = inner
-                .tenant_compiles
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
-            if slots.len() > 10_000 {
-                slots.retain(|_, s| s.available_permits() == 0);
+        // The same bytes compiled before, for any tenant, are not compiled again.
+        let reused = match self.artifact_by_hash(&hash).await {
+            Ok(reused) => reused,
+            Err(e) => {
+                tracing::warn!(%hash, error = %e, "a shared artifact is unusable; compiling again");
+                None
             }
-            slots
-                .entry(tenant.clone())
-                .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(1)))
-                .clone()
         };
-        let turn = async {
-            let mine = tenant_slot.acquire_owned().await;
-            let any = inner.compiles.clone().acquire_owned().await;
-            (mine, any)
+        let (component, artifact, bytes) = match reused {
+            Some((component, artifact)) => (component, artifact, bytes),
+            None => {
+                let (component, artifact, bytes) = self.compile_in_turn(tenant, bytes).await?;
+                let artifact = inner
+                    .blobs
+                    .put_bytes(&artifact_prefix(&inner.engine), &artifact)
+                    .await?;
+                (component, artifact, bytes)
+            }
         };
-        let (Ok(_tenant_turn), Ok(_turn)) = tokio::time::timeout(COMPILE_QUEUE_WAIT, turn)
-            .await
-            .map_err(|_| Error::Busy)?
-        else {
-            return Err(Error::Busy);
-        };
-        let (component, artifact, bytes) = compiler::compile(
-            inner.config.compiler.as_deref(),
-            &inner.engine,
-            bytes,
-            inner.config.compile_deadline(),
-        )
-        .await?;
         let engine = inner.engine.clone();
         let import_check = inner.import_check.clone();
         let (component, exports) = tokio::task::spawn_blocking(move || {
@@ -389,10 +377,6 @@ impl Registry {
         .map_err(|e| Error::Compile(e.to_string()))??;
 
         let blob = inner.blobs.put_bytes("components", &bytes).await?;
-        let artifact = inner
-            .blobs
-            .put_bytes(&artifact_prefix(&inner.engine), &artifact)
-            .await?;
         let engine = inner.engine.clone();
         let mut version = ComponentVersion {
             name: name.to_string(),
@@ -447,6 +431,10 @@ impl Registry {
                 )?;
                 tx.set(
                     &artifact_key(&tenant_c, &name_c, record.version, &engine),
+                    &encode(&artifact),
+                )?;
+                tx.set(
+                    &shared_artifact_key(&record.hash, &engine),
                     &encode(&artifact),
                 )?;
                 tx.set(
@@ -673,6 +661,74 @@ impl Registry {
         ))
     }
 
+    /// Compiles `bytes` once it is this upload's turn: one compile at a time per tenant and
+    /// a few at a time in all, each waiting only so long for its turn.
+    async fn compile_in_turn(
+        &self,
+        tenant: &TenantId,
+        bytes: Vec<u8>,
+    ) -> Result<(Component, Vec<u8>, Vec<u8>)> {
+        let inner = &self.inner;
+        let tenant_slot = {
+            let mut slots = inner
+                .tenant_compiles
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            if slots.len() > 10_000 {
+                slots.retain(|_, s| s.available_permits() == 0);
+            }
+            slots
+                .entry(tenant.clone())
+                .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(1)))
+                .clone()
+        };
+        let turn = async {
+            let mine = tenant_slot.acquire_owned().await;
+            let any = inner.compiles.clone().acquire_owned().await;
+            (mine, any)
+        };
+        let (Ok(_tenant_turn), Ok(_turn)) = tokio::time::timeout(COMPILE_QUEUE_WAIT, turn)
+            .await
+            .map_err(|_| Error::Busy)?
+        else {
+            return Err(Error::Busy);
+        };
+        compiler::compile(
+            inner.config.compiler.as_deref(),
+            &inner.engine,
+            bytes,
+            inner.config.compile_deadline(),
+        )
+        .await
+    }
+
+    /// The artifact compiled for this engine from bytes with SHA-256 `hash`, by any upload.
+    async fn artifact_by_hash(&self, hash: &str) -> Result<Option<(Component, BlobRef)>> {
+        let key = shared_artifact_key(hash, &self.inner.engine);
+        let Some(bytes) = self.inner.store.read(move |tx| tx.get(&key)).await? else {
+            return Ok(None);
+        };
+        let blob: BlobRef = decode(&bytes)?;
+        let component = self.deserialize(&blob).await?;
+        Ok(Some((component, blob)))
+    }
+
+    /// Loads an artifact this registry stored for this engine.
+    async fn deserialize(&self, blob: &BlobRef) -> Result<Component> {
+        let artifact = self.inner.blobs.get_verified(blob).await?;
+        let engine = self.inner.engine.clone();
+        tokio::task::spawn_blocking(move || {
+            #[allow(unsafe_code)]
+            // SAFETY: the artifact was made by `Component::serialize` on an engine with this
+            // engine's fingerprint (it is stored under it), and its bytes were just checked
+            // against the SHA-256 recorded when it was stored.
+            let component = unsafe { Component::deserialize(&engine.engine, &artifact) };
+            component.map_err(|e| Error::Compile(format!("{e:#}")))
+        })
+        .await
+        .map_err(|e| Error::Compile(e.to_string()))?
+    }
+
     /// The precompiled artifact for this engine, if one was stored.
     async fn load_artifact(
         &self,
@@ -685,19 +741,7 @@ impl Registry {
             return Ok(None);
         };
         let blob: BlobRef = decode(&bytes)?;
-        let artifact = self.inner.blobs.get_verified(&blob).await?;
-        let engine = self.inner.engine.clone();
-        let component = tokio::task::spawn_blocking(move || {
-            #[allow(unsafe_code)]
-            // SAFETY: the artifact was made by `Component::serialize` on an engine with this
-            // engine's fingerprint (it is stored under it), and its bytes were just checked
-            // against the SHA-256 recorded when it was stored.
-            let component = unsafe { Component::deserialize(&engine.engine, &artifact) };
-            component.map_err(|e| Error::Compile(format!("{e:#}")))
-        })
-        .await
-        .map_err(|e| Error::Compile(e.to_string()))??;
-        Ok(Some(component))
+        Ok(Some(self.deserialize(&blob).await?))
     }
 
     /// Compiles a version from its bytes and stores the artifact for this engine.
@@ -759,6 +803,12 @@ impl Registry {
 
 fn artifact_prefix(engine: &Engine) -> String {
     format!("artifacts/{}", engine.fingerprint)
+}
+
+/// The artifact compiled for `engine` from the bytes with SHA-256 `hash`, whoever uploaded
+/// them: the same bytes are compiled once.
+fn shared_artifact_key(hash: &str, engine: &Engine) -> Vec<u8> {
+    pack(&("compiled-hash", engine.fingerprint.as_str(), hash))
 }
 
 fn artifact_key(tenant: &TenantId, name: &ComponentName, version: u64, engine: &Engine) -> Vec<u8> {
