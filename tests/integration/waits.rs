@@ -352,3 +352,98 @@ async fn background_invocations_count_against_the_plans_concurrency() -> anyhow:
     assert_eq!(done["status"], "completed", "{done}");
     Ok(())
 }
+
+/// A promise's webhook completes it with no key: an outside service wakes the worker, across a
+/// crash. Again with the same body changes nothing; other data, an unknown or malformed token,
+/// and a deleted worker's webhook are refused as problems.
+#[tokio::test]
+async fn a_webhook_completes_its_promise_without_a_key() -> anyhow::Result<()> {
+    let data = tempfile::tempdir()?;
+    let config = config(data.path())?;
+    let dir = data.path().join("data");
+    let server = Server::start_with(INVICTA.as_ref(), &dir, &["--config", &config])?;
+    let api = server.operator().new_tenant("hooked", "pro").await?;
+    api.upload("waiter", component("waiter")).await?;
+
+    let id = api.call("waiter", "h", "make-promise", json!([])).await?;
+    let id = id.as_str().unwrap_or_default().to_string();
+    let promise = api
+        .get(&format!("/v1/components/waiter/workers/h/promises/{id}"))
+        .await?;
+    let token = promise.body["webhook"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert_eq!(token.len(), 64, "{promise:?}");
+    enqueue(&api, "h", "wait-for", json!([id]), "hooked").await?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !oplog_kinds(&api, "h")
+        .await?
+        .contains(&"suspended".to_string())
+    {
+        anyhow::ensure!(Instant::now() < deadline, "the worker never suspended");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // A crash while it waits; then the outside service calls, with no key.
+    server.kill()?;
+    let server = Server::start_with(INVICTA.as_ref(), &dir, &["--config", &config])?;
+    let api = api.at(&server.url);
+    let outside = api.anonymous();
+    let hook = format!("/v1/webhooks/{token}");
+    let body = json!({ "paid": 4200, "currency": "EUR" });
+    let called = outside.post_json(&hook, &body, None).await?;
+    assert_eq!(called.status, 200, "{called:?}");
+    assert_eq!(called.body["completed"], body, "{called:?}");
+    let awaited = outcome(&api, "h", "hooked").await?;
+    assert_eq!(awaited["status"], "completed", "{awaited}");
+    let text = awaited["result"]["ok"].as_str().unwrap_or_default();
+    assert_eq!(serde_json::from_str::<Value>(text)?, body);
+
+    // Delivered again (webhooks are retried): the same body changes nothing.
+    let again = outside.post_json(&hook, &body, None).await?;
+    assert_eq!(again.status, 200, "{again:?}");
+    let other = outside
+        .post_json(&hook, &json!({ "paid": 1 }), None)
+        .await?;
+    assert_eq!(
+        (other.status, other.code()),
+        (409, "promise_completed"),
+        "{other:?}"
+    );
+    for bad in ["0".repeat(64), "not-a-token".to_string(), "A".repeat(64)] {
+        let refused = outside
+            .post_json(&format!("/v1/webhooks/{bad}"), &body, None)
+            .await?;
+        assert_eq!(
+            (refused.status, refused.code()),
+            (404, "webhook_not_found"),
+            "{bad}: {refused:?}"
+        );
+    }
+    // A deleted worker's webhooks go with it.
+    let second = api.call("waiter", "h", "make-promise", json!([])).await?;
+    let second = second.as_str().unwrap_or_default().to_string();
+    let token = api
+        .get(&format!(
+            "/v1/components/waiter/workers/h/promises/{second}"
+        ))
+        .await?
+        .body["webhook"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert_eq!(
+        api.delete("/v1/components/waiter/workers/h").await?.status,
+        204
+    );
+    let gone = outside
+        .post_json(&format!("/v1/webhooks/{token}"), &body, None)
+        .await?;
+    assert_eq!(
+        (gone.status, gone.code()),
+        (404, "webhook_not_found"),
+        "{gone:?}"
+    );
+    Ok(())
+}

@@ -72,10 +72,19 @@ impl hostapi::Workers for ExecutorWorkers {
         let executor = self.executor();
         Box::pin(async move {
             let key = suspend::promise_key(&worker, &id);
+            // Made once, outside the transaction (whose body may run more than once).
+            let token = suspend::new_webhook_token();
             let record = records::encode_json(&PromiseRecord {
                 created_at_ms: now_ms(),
                 completed: None,
                 completed_at_ms: None,
+                webhook: Some(token.clone()),
+            });
+            let target = records::encode_json(&suspend::WebhookTarget {
+                tenant: worker.tenant.to_string(),
+                component: worker.component.to_string(),
+                worker: worker.worker.to_string(),
+                promise: id.clone(),
             });
             executor?
                 .inner
@@ -83,6 +92,7 @@ impl hostapi::Workers for ExecutorWorkers {
                 .transact(move |tx| {
                     if tx.get(&key)?.is_none() {
                         tx.set(&key, &record)?;
+                        tx.set(&suspend::webhook_key(&token), &target)?;
                     }
                     Ok::<_, Error>(())
                 })

@@ -19,6 +19,9 @@ pub enum Error {
     ScheduleNotFound(String),
     #[error("promise {0} not found")]
     PromiseNotFound(String),
+    /// No promise has this webhook (never had, or its worker is gone).
+    #[error("no promise has this webhook")]
+    WebhookNotFound,
     #[error("promise {0} is already completed, with other data")]
     PromiseCompleted(String),
     #[error("the promise's data is {size} bytes as JSON; the limit is {limit}")]
@@ -95,6 +98,7 @@ impl Error {
             Error::InvalidSchedule(_) => "invalid_schedule",
             Error::ScheduleNotFound(_) => "schedule_not_found",
             Error::PromiseNotFound(_) => "promise_not_found",
+            Error::WebhookNotFound => "webhook_not_found",
             Error::PromiseCompleted(_) => "promise_completed",
             Error::PromiseTooLarge { .. } => "promise_too_large",
             Error::UnknownFunction { .. } => "unknown_function",

@@ -9,6 +9,41 @@ use crate::suspend::{self, PROMISE_BYTES_MAX, PromiseRecord};
 use crate::{Executor, now_ms};
 
 impl Executor {
+    /// Completes the promise whose webhook is `token` with `data`, as
+    /// [`Executor::complete_promise`] does; the worker and promise it completed.
+    pub async fn complete_webhook(
+        &self,
+        token: &str,
+        data: serde_json::Value,
+    ) -> Result<(WorkerId, String, PromiseRecord)> {
+        if !suspend::is_webhook_token(token) {
+            return Err(Error::WebhookNotFound);
+        }
+        let key = suspend::webhook_key(token);
+        let target = self
+            .inner
+            .store
+            .read(move |tx| tx.get(&key))
+            .await?
+            .ok_or(Error::WebhookNotFound)?;
+        let target: suspend::WebhookTarget = records::decode_json("webhook", &target)?;
+        let id = WorkerId {
+            tenant: invicta_model::TenantId::new(target.tenant)
+                .map_err(|e| Error::Corrupt(e.to_string()))?,
+            component: invicta_model::ComponentName::new(target.component)
+                .map_err(|e| Error::Corrupt(e.to_string()))?,
+            worker: invicta_model::WorkerName::new(target.worker)
+                .map_err(|e| Error::Corrupt(e.to_string()))?,
+        };
+        let record = match self.complete_promise(&id, &target.promise, data).await {
+            Err(Error::WorkerNotFound(_) | Error::PromiseNotFound(_)) => {
+                return Err(Error::WebhookNotFound);
+            }
+            other => other?,
+        };
+        Ok((id, target.promise, record))
+    }
+
     /// Completes the worker's promise `promise` with `data`, and wakes the worker if it awaits
     /// it. Completing it again with the same data changes nothing; with other data it is
     /// refused.

@@ -332,6 +332,37 @@ pub struct PromiseRecord {
     pub completed: Option<serde_json::Value>,
     #[serde(default)]
     pub completed_at_ms: Option<u64>,
+    /// The token of its webhook, `POST /v1/webhooks/{token}`: whoever knows it may complete
+    /// the promise, with no key (promises made before webhooks have none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook: Option<String>,
+}
+
+/// What a webhook token names.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct WebhookTarget {
+    pub tenant: String,
+    pub component: String,
+    pub worker: String,
+    pub promise: String,
+}
+
+/// A webhook token: 32 random bytes in hex, unguessable.
+pub(crate) fn new_webhook_token() -> String {
+    let bytes: [u8; 32] = rand::random();
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Whether `token` has a webhook token's shape (checked before it reaches the store).
+pub fn is_webhook_token(token: &str) -> bool {
+    token.len() == 64
+        && token
+            .bytes()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+}
+
+pub(crate) fn webhook_key(token: &str) -> Vec<u8> {
+    pack(&("webhook", token))
 }
 
 pub(crate) fn promise_key(id: &WorkerId, promise: &str) -> Vec<u8> {

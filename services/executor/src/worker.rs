@@ -803,6 +803,14 @@ impl Actor {
                 tx.clear(&records::worker_key(&id))?;
                 let (begin, end) =
                     invicta_store::keys::prefix_range(&crate::suspend::promises_prefix(&id));
+                // Their webhooks go with them.
+                for row in tx.get_range(&begin, &end, Default::default())? {
+                    let promise: crate::suspend::PromiseRecord =
+                        records::decode_json("promise", &row.value)?;
+                    if let Some(token) = promise.webhook {
+                        tx.clear(&crate::suspend::webhook_key(&token))?;
+                    }
+                }
                 tx.clear_range(&begin, &end)?;
                 if let Some(at) = wake_set {
                     tx.clear(&crate::suspend::wake_key(at, &id))?;

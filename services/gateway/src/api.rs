@@ -90,6 +90,7 @@ const CODES: &[(&str, StatusCode)] = &[
     ("invocation_not_found", StatusCode::NOT_FOUND),
     ("schedule_not_found", StatusCode::NOT_FOUND),
     ("promise_not_found", StatusCode::NOT_FOUND),
+    ("webhook_not_found", StatusCode::NOT_FOUND),
     ("component_not_found", StatusCode::NOT_FOUND),
     ("version_not_found", StatusCode::NOT_FOUND),
     ("worker_exists", StatusCode::CONFLICT),
@@ -956,6 +957,41 @@ pub(crate) async fn complete_promise(
             .complete_promise(&id, &promise, request.data)
             .await?,
     ))
+}
+
+#[utoipa::path(post, path = "/v1/webhooks/{token}", tag = "invocations",
+    params(("token" = String, Path, description = "The promise's webhook token (`webhook` in the promise)")),
+    request_body(content = String, description = "What the promise is completed with: JSON, or any UTF-8 text (completed with it as a JSON string)", content_type = "application/json"),
+    security(()),
+    responses(
+        (status = 200, description = "The promise, completed (again with the same body: unchanged; other data: 409 `promise_completed`; an unknown token: 404 `webhook_not_found`)", body = invicta_executor::PromiseRecord)))]
+pub(crate) async fn webhook(
+    State(state): State<AppState>,
+    Path(token): Path<String>,
+    incoming: axum::extract::Request,
+) -> ApiResult<Json<invicta_executor::PromiseRecord>> {
+    let address = incoming
+        .extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0.ip());
+    state.limiters.webhook(address)?;
+    let bytes = body(read_body(incoming).await)?;
+    let data = match serde_json::from_slice(&bytes) {
+        Ok(data) => data,
+        Err(_) => match String::from_utf8(bytes.to_vec()) {
+            Ok(text) => serde_json::Value::String(text),
+            Err(_) => {
+                return Err(Problem::new(
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                    "invalid_body",
+                    "a webhook's body is JSON or UTF-8 text",
+                ));
+            }
+        },
+    };
+    let (id, promise, record) = state.executor.complete_webhook(&token, data).await?;
+    tracing::info!(worker = %id, %promise, "promise completed by its webhook");
+    Ok(Json(record))
 }
 
 #[utoipa::path(get, path = "/v1/components/{component}/workers/{worker}/promises/{promise}", tag = "invocations",

@@ -63,6 +63,8 @@ pub(crate) struct Limiters {
     followers: Mutex<HashMap<String, Arc<Semaphore>>>,
     attempts_by_address: DefaultKeyedRateLimiter<std::net::IpAddr>,
     attempts_by_key: DefaultKeyedRateLimiter<String>,
+    /// Webhook calls (no key: their token is the credential), per client address.
+    webhooks_by_address: DefaultKeyedRateLimiter<std::net::IpAddr>,
     /// Made once: making a clock calibrates it, which costs more than admitting a request.
     clock: DefaultClock,
 }
@@ -70,6 +72,9 @@ pub(crate) struct Limiters {
 /// Attempts to authenticate with a key not verified lately, per client address: per second,
 /// and the burst. A client with a valid key pays one attempt per `key_cache_ttl_ms`.
 pub const ATTEMPTS_PER_ADDRESS: (u32, u32) = (20, 40);
+
+/// Webhook calls per client address: per second, and the burst.
+pub const WEBHOOKS_PER_ADDRESS: (u32, u32) = (50, 100);
 
 /// The same, per key id (whoever sends it).
 pub const ATTEMPTS_PER_KEY_ID: (u32, u32) = (5, 10);
@@ -91,6 +96,7 @@ impl Default for Limiters {
             followers: Mutex::default(),
             attempts_by_address: DefaultKeyedRateLimiter::keyed(quota(ATTEMPTS_PER_ADDRESS)),
             attempts_by_key: DefaultKeyedRateLimiter::keyed(quota(ATTEMPTS_PER_KEY_ID)),
+            webhooks_by_address: DefaultKeyedRateLimiter::keyed(quota(WEBHOOKS_PER_ADDRESS)),
             clock: DefaultClock::default(),
         }
     }
@@ -115,6 +121,31 @@ fn limiter(map: &LimiterMap, id: &str, rate: u32, burst: u32) -> Arc<DefaultDire
 }
 
 impl Limiters {
+    /// Admits a webhook call from `address`, or answers how long to wait (a problem).
+    pub(crate) fn webhook(&self, address: Option<std::net::IpAddr>) -> Result<(), Problem> {
+        let Some(address) = address else {
+            return Ok(());
+        };
+        if self.webhooks_by_address.len() > ATTEMPT_KEYS_RETAINED {
+            self.webhooks_by_address.retain_recent();
+        }
+        self.webhooks_by_address
+            .check_key(&address)
+            .map_err(|not_until| {
+                let wait = not_until.wait_time_from(self.clock.now());
+                Problem {
+                    retry_after_s: Some(
+                        (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1),
+                    ),
+                    ..Problem::new(
+                        StatusCode::TOO_MANY_REQUESTS,
+                        "rate_limited",
+                        "too many webhook calls from this address; slow down",
+                    )
+                }
+            })
+    }
+
     /// Admits an attempt to authenticate from `address` with the key id `key_id`, or says how
     /// long to wait.
     fn attempt(&self, address: Option<std::net::IpAddr>, key_id: &str) -> Result<(), u64> {

@@ -405,6 +405,13 @@ fn router(config: &Config, state: AppState) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/v1/openapi.json", get(openapi::openapi_json))
+        // No key: the token is the credential; calls are limited per client address.
+        .route(
+            "/v1/webhooks/{token}",
+            post(api::webhook)
+                .layer(DefaultBodyLimit::max(invicta_executor::PROMISE_BYTES_MAX))
+                .route_layer(axum::middleware::from_fn(request_span)),
+        )
         .merge(v1)
         .fallback(api::not_found)
         .layer(axum::middleware::map_response(problems))

@@ -276,6 +276,7 @@ pub(crate) struct Readiness {
         api::resume_schedule,
         api::delete_schedule,
         api::get_promise,
+        api::webhook,
         api::complete_promise,
         admin::create_key,
         admin::list_keys,
