@@ -33,8 +33,9 @@ fn features(args: &[&str]) -> BTreeMap<String, BTreeSet<String>> {
 
 #[test]
 fn the_server_alone_builds_with_the_test_builds_features() {
-    let run = features(&["-p", "invicta", "-e", "normal"]);
-    let test = features(&["--workspace", "-e", "normal,dev"]);
+    // Build scripts' dependencies too: a build script whose inputs change rebuilds its crate.
+    let run = features(&["-p", "invicta", "-e", "normal,build"]);
+    let test = features(&["--workspace", "-e", "normal,build,dev"]);
     let differing: Vec<String> = run
         .iter()
         .filter_map(|(package, features)| {
