@@ -341,3 +341,37 @@ async fn a_call_may_forbid_creating_its_worker() -> anyhow::Result<()> {
     assert_eq!((found.status, &found.body["result"]), (200, &json!(5)));
     Ok(())
 }
+
+/// A component whose memories start larger than a worker on the plan may have is refused at
+/// upload, before it is compiled, as a quota naming `memory_per_worker`, its limit and what the
+/// component needs: the plan's limit, or the engine's ceiling when that is lower.
+#[tokio::test]
+async fn a_component_needing_more_memory_than_the_plan_allows_is_refused_by_name()
+-> anyhow::Result<()> {
+    let data = tempfile::tempdir()?;
+    let server = Server::start(INVICTA.as_ref(), &data.path().join("data"))?;
+    let operator = server.operator();
+    const MIB: u64 = 1024 * 1024;
+    // 100 MiB of memory: over the free plan's 64 MiB, within the pro plan's 256 MiB.
+    let hundred = wat::parse_str("(component (core module (memory 1600)))")?;
+    let free = operator.new_tenant("small", "free").await?;
+    let refused = free.upload("big", hundred.clone()).await?;
+    assert_eq!(
+        (refused.status, refused.code()),
+        (422, "quota_exceeded"),
+        "{refused:?}"
+    );
+    assert_eq!(refused.body["quota"], "memory_per_worker", "{refused:?}");
+    assert_eq!(refused.body["limit"], 64 * MIB, "{refused:?}");
+    assert_eq!(refused.body["needed"], 100 * MIB, "{refused:?}");
+    let pro = operator.new_tenant("larger", "pro").await?;
+    assert_eq!(pro.upload("big", hundred).await?.status, 201);
+    // 512 MiB: over the engine's ceiling (256 MiB) even on the unlimited plan (4 GiB).
+    let huge = wat::parse_str("(component (core module (memory 8192)))")?;
+    let unlimited = operator.new_tenant("largest", "unlimited").await?;
+    let refused = unlimited.upload("huge", huge).await?;
+    assert_eq!(refused.body["quota"], "memory_per_worker", "{refused:?}");
+    assert_eq!(refused.body["limit"], 256 * MIB, "{refused:?}");
+    assert_eq!(refused.body["needed"], 512 * MIB, "{refused:?}");
+    Ok(())
+}

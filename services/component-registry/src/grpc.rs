@@ -148,6 +148,10 @@ impl RegistryRpc for RegistryService {
         let quota = Quota {
             components_max: header.components_max,
             bytes_max: header.bytes_max,
+            memory_per_worker_bytes: match header.memory_per_worker_bytes {
+                0 => u64::MAX,
+                n => n,
+            },
         };
         let uploaded = self
             .registry
@@ -275,6 +279,10 @@ impl RegistryClient {
                 size: bytes.len() as u64,
                 components_max: quota.components_max,
                 bytes_max: quota.bytes_max,
+                memory_per_worker_bytes: match quota.memory_per_worker_bytes {
+                    u64::MAX => 0,
+                    n => n,
+                },
             })),
         }];
         messages.extend(bytes.chunks(CHUNK_BYTES).map(|chunk| pb::UploadRequest {

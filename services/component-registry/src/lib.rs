@@ -158,6 +158,9 @@ pub struct Quota {
     pub components_max: u64,
     /// Bytes of all versions together.
     pub bytes_max: u64,
+    /// Linear memory one worker may have: a component whose memories start larger cannot
+    /// run on the plan.
+    pub memory_per_worker_bytes: u64,
 }
 
 impl Quota {
@@ -165,6 +168,7 @@ impl Quota {
         Quota {
             components_max: u64::MAX,
             bytes_max: u64::MAX,
+            memory_per_worker_bytes: u64::MAX,
         }
     }
 
@@ -344,9 +348,20 @@ impl Registry {
                 quota.check(components, used, size, new_name)
             })
             .await?;
-        // What it imports is checked before it is compiled: a component that imports what no
-        // executor here provides is refused for nothing.
+        // What it imports, and the memory it starts with, are checked before it is compiled:
+        // a component no worker here could run is refused for nothing.
         check_import_names(&bytes)?;
+        let needed = initial_memory_bytes(&bytes);
+        let limit = quota
+            .memory_per_worker_bytes
+            .min(inner.engine.config.memory_bytes_max);
+        if needed > limit {
+            return Err(Error::QuotaExceeded {
+                quota: "memory_per_worker",
+                limit,
+                used: needed,
+            });
+        }
         // The same bytes compiled before, for any tenant, are not compiled again.
         let reused = match self.artifact_by_hash(&hash).await {
             Ok(reused) => reused,
@@ -879,6 +894,31 @@ fn check_import_names(bytes: &[u8]) -> Result<()> {
     )))
 }
 
+/// The linear memory a component's core modules declare they start with, in bytes, summed
+/// (memories they import are someone else's); what does not parse counts as none, and is left
+/// to the compiler to describe.
+fn initial_memory_bytes(bytes: &[u8]) -> u64 {
+    use wasmparser::{Parser, Payload};
+    let mut total = 0_u64;
+    for payload in Parser::new(0).parse_all(bytes) {
+        let Ok(payload) = payload else {
+            return total;
+        };
+        if let Payload::MemorySection(reader) = payload {
+            for memory in reader {
+                let Ok(memory) = memory else {
+                    return total;
+                };
+                let page = memory
+                    .page_size_log2
+                    .map_or(65_536_u64, |log2| 1_u64 << log2.min(16));
+                total = total.saturating_add(memory.initial.saturating_mul(page));
+            }
+        }
+    }
+    total
+}
+
 fn compile(engine: &Engine, bytes: &[u8]) -> Result<Component> {
     const MAGIC: &[u8] = b"\0asm";
     if bytes.len() < 8 || &bytes[..4] != MAGIC {
@@ -901,6 +941,18 @@ mod tests {
 
     fn wat(text: &str) -> Vec<u8> {
         wat::parse_str(text).expect("valid WAT")
+    }
+
+    #[test]
+    fn the_memory_a_component_starts_with_is_read_before_compiling() {
+        let big = wat(r#"(component
+                (core module $a (memory 8192))
+                (core module $b (memory 16) (memory (export "m") 1))
+                (core module $c (import "x" "m" (memory 100))))"#);
+        // 8192 + 16 + 1 pages of 64 KiB; the imported memory is another's.
+        assert_eq!(initial_memory_bytes(&big), (8192 + 16 + 1) * 65_536);
+        assert_eq!(initial_memory_bytes(&wat("(component)")), 0);
+        assert_eq!(initial_memory_bytes(b"\0asm garbage"), 0);
     }
 
     #[test]

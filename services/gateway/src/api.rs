@@ -43,6 +43,23 @@ impl From<RegistryError> for Problem {
                 "payload_too_large",
                 e.to_string(),
             ),
+            // Memory is not used up by uploading: the component needs more than any worker
+            // on the plan may have, which waiting does not change.
+            RegistryError::QuotaExceeded {
+                quota: quota @ "memory_per_worker",
+                limit,
+                used,
+            } => {
+                let mut problem = Problem::quota(quota, limit, used, None);
+                problem.status = StatusCode::UNPROCESSABLE_ENTITY;
+                problem.detail = format!(
+                    "the component's memories start at {used} bytes; the plan's `{quota}` is {limit} bytes"
+                );
+                if let Some(extra) = problem.extra.as_mut() {
+                    extra.insert("needed".into(), serde_json::json!(used));
+                }
+                problem
+            }
             RegistryError::QuotaExceeded { quota, limit, used } => {
                 Problem::quota(quota, limit, used, None)
             }
@@ -242,6 +259,7 @@ pub(crate) async fn upload_component(
     let quota = Quota {
         components_max: plan.components_max,
         bytes_max: plan.component_bytes_max,
+        memory_per_worker_bytes: plan.memory_per_worker_bytes,
     };
     let name = component_name(component)?;
     if let Some(ct) = headers.get(header::CONTENT_TYPE) {
