@@ -375,3 +375,111 @@ async fn a_component_needing_more_memory_than_the_plan_allows_is_refused_by_name
     assert_eq!(refused.body["needed"], 512 * MIB, "{refused:?}");
     Ok(())
 }
+
+/// A background invocation whose run fails for a cause its retry policy calls transient runs
+/// again after a backoff, across a SIGKILL during the wait: the first run times out on a
+/// request that never answers, the failed run is an `error` entry in the oplog and a count in
+/// the invocation's status, and the next run completes. A policy that retries what cannot be
+/// retried is refused.
+#[tokio::test]
+async fn a_transient_failure_is_retried_by_its_policy_across_a_crash() -> anyhow::Result<()> {
+    let (port, held, _) = endpoints().await?;
+    let data = tempfile::tempdir()?;
+    let configured = Configured::new(
+        INVICTA.as_ref(),
+        data.path(),
+        "[executor]\ninvocation_timeout_ms = 1500\n[executor.http]\nallow_private_hosts = [\"127.0.0.1\"]\ntimeout_ms = 20000\n",
+    )?;
+    let server = configured.start()?;
+    let api = server.operator().new_tenant("retrying", "pro").await?;
+    api.upload("fetcher", component("fetcher")).await?;
+    let url = format!("http://127.0.0.1:{port}/hold");
+    let enqueue = |retry: serde_json::Value| {
+        let (api, url) = (api.clone(), url.clone());
+        async move {
+            api.post_json(
+                "/v1/components/fetcher/workers/r/enqueue",
+                &json!({ "function": "fetch", "params": [url], "retry": retry }),
+                Some("retried"),
+            )
+            .await
+        }
+    };
+    let refused = enqueue(json!({ "max_attempts": 3, "on": ["interrupted"] })).await?;
+    assert_eq!(
+        (refused.status, refused.code()),
+        (400, "invalid_request"),
+        "{refused:?}"
+    );
+    let accepted = enqueue(json!({
+        "max_attempts": 3,
+        "backoff_min_ms": 3000,
+        "backoff_max_ms": 3000,
+        "on": ["timeout"],
+    }))
+    .await?;
+    assert_eq!(accepted.status, 202, "{accepted:?}");
+
+    // The first run times out; the invocation waits for its next run, saying why.
+    let status = "/v1/components/fetcher/workers/r/invocations/retried";
+    let waiting = eventually("a failed run counted", Duration::from_secs(20), || {
+        let api = api.clone();
+        async move {
+            let reply = api.get(status).await?;
+            Ok((reply.body["failed_attempts"] == json!(1)).then_some(reply))
+        }
+    })
+    .await?;
+    assert_eq!(waiting.body["status"], "pending", "{waiting:?}");
+    assert!(
+        waiting.body["last_error"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("timeout"),
+        "{waiting:?}"
+    );
+
+    // A crash during the backoff: the restarted server runs it again when due.
+    server.kill()?;
+    let server = configured.start()?;
+    let api = api.at(&server.url);
+    let done = eventually("the retried run completes", Duration::from_secs(30), || {
+        let api = api.clone();
+        async move {
+            let reply = api.get(status).await?;
+            Ok((reply.body["status"] != "pending").then_some(reply))
+        }
+    })
+    .await?;
+    assert_eq!(done.body["status"], "completed", "{done:?}");
+    assert!(
+        done.body["result"]["ok"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("released"),
+        "{done:?}"
+    );
+    assert_eq!(
+        held.load(Ordering::SeqCst),
+        2,
+        "one held request, one answered"
+    );
+    let oplog = api.get("/v1/components/fetcher/workers/r/oplog").await?;
+    let kinds: Vec<String> = oplog.body["entries"]
+        .as_array()
+        .map(|e| {
+            e.iter()
+                .filter_map(|e| e["kind"].as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default();
+    let failed = kinds.iter().position(|k| k == "error");
+    let completed = kinds
+        .iter()
+        .rposition(|k| k == "exported_function_completed");
+    assert!(
+        matches!((failed, completed), (Some(f), Some(c)) if f < c),
+        "a failed run, then a completed one: {kinds:?}"
+    );
+    Ok(())
+}

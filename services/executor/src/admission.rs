@@ -279,6 +279,9 @@ impl Executor {
             egress_hosts: limits.egress_hosts.clone(),
             workers_max: limits.workers_max,
             concurrent_invocations: limits.concurrent_invocations,
+            retry: None,
+            runs: 0,
+            pending: None,
             fuel: limits
                 .fuel_per_invocation
                 .min(self.inner.config.fuel_per_invocation),

@@ -82,6 +82,10 @@ pub enum Error {
     /// The executor that owns the worker refused, with its error's code.
     #[error("{message}")]
     Remote { code: String, message: String },
+    /// A background invocation's run failed and its policy runs it again at `at_ms`; `runs`:
+    /// the runs that failed so far.
+    #[error("the run failed and runs again at {at_ms}")]
+    RetryLater { at_ms: u64, runs: u32 },
     /// The worker's actor stopped as the invocation reached it; the caller sends it again.
     #[error("the worker was suspending; try again")]
     Retry,
@@ -111,7 +115,7 @@ impl Error {
             Error::PoolExhausted(_) => "capacity_exhausted",
             Error::QuotaExceeded { .. } => "quota_exceeded",
             Error::Fenced { .. } | Error::NotOwner { .. } => "worker_moved",
-            Error::ShuttingDown | Error::Retry => "unavailable",
+            Error::ShuttingDown | Error::Retry | Error::RetryLater { .. } => "unavailable",
             Error::Component(_) => "component_error",
             Error::Remote { code, .. } => code,
             Error::Store(_) | Error::OplogGap { .. } | Error::Corrupt(_) | Error::Engine(_) => {
@@ -146,6 +150,14 @@ impl Error {
                 message: message.clone(),
             },
             Error::Retry => Error::Retry,
+            Error::RetryLater { at_ms, runs } => Error::RetryLater {
+                at_ms: *at_ms,
+                runs: *runs,
+            },
+            Error::NotOwner { worker, shard } => Error::NotOwner {
+                worker: worker.clone(),
+                shard: *shard,
+            },
             Error::IdempotencyKeyReused(k) => Error::IdempotencyKeyReused(k.clone()),
             Error::OplogGap { worker, index } => Error::OplogGap {
                 worker: worker.clone(),

@@ -35,6 +35,7 @@ mod queries;
 mod queue;
 mod records;
 mod remote;
+mod retry;
 mod schedules;
 mod support;
 mod suspend;
@@ -54,6 +55,7 @@ use invicta_store::Store;
 pub use http::HttpConfig;
 pub use limits::Limits;
 pub use records::{InvocationRecord, PendingRecord, StoredOutcome, WorkerRecord};
+pub use retry::RetryPolicy;
 pub use schedules::Schedule;
 pub use suspend::{PROMISE_BYTES_MAX, PromiseRecord};
 

@@ -16,6 +16,8 @@ pub struct Limits {
     /// Background invocations (enqueued or scheduled) of the tenant that may be accepted and
     /// not yet settled at once, on one executor; more are refused (`quota_exceeded`).
     pub concurrent_invocations: u64,
+    /// When a background invocation that failed runs again (`None`: never).
+    pub retry: Option<crate::retry::RetryPolicy>,
 }
 
 impl Limits {
@@ -28,6 +30,7 @@ impl Limits {
             workers_max: u64::MAX,
             egress_hosts: None,
             concurrent_invocations: u64::MAX,
+            retry: None,
         }
     }
 }

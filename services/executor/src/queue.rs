@@ -100,7 +100,12 @@ impl Executor {
             egress_hosts: invocation.egress_hosts.clone(),
             enqueued_at_ms: now_ms(),
             due_at_ms,
+            retry: limits.retry.clone(),
+            attempts: 0,
+            last_error: None,
         };
+        invocation.retry = limits.retry.clone();
+        invocation.pending = Some(Arc::new(record.clone()));
         let (id_c, key) = (id.clone(), invocation.idempotency_key.clone());
         let (fingerprint, function_c) =
             (invocation.fingerprint.clone(), invocation.function.clone());
@@ -186,20 +191,43 @@ impl Executor {
         // Counted against the tenant until this ends.
         _counted: Background,
     ) {
-        let mut outcome = match first {
-            Ok(rx) => rx.await.unwrap_or(Err(Error::ShuttingDown)),
-            Err(e) => Err(e),
-        };
-        for attempt in 1..=50_u64 {
-            match &outcome {
-                Err(Error::Retry | Error::QueueFull(_) | Error::PoolExhausted(_)) => {
-                    tokio::time::sleep(std::time::Duration::from_millis(20 * attempt.min(25)))
-                        .await;
-                    outcome = self.run(&id, &invocation, None).await;
+        let (mut invocation, mut first) = (invocation, first);
+        let outcome = loop {
+            let mut outcome = match first {
+                Ok(rx) => rx.await.unwrap_or(Err(Error::ShuttingDown)),
+                Err(e) => Err(e),
+            };
+            for attempt in 1..=50_u64 {
+                match &outcome {
+                    Err(Error::Retry | Error::QueueFull(_) | Error::PoolExhausted(_)) => {
+                        tokio::time::sleep(std::time::Duration::from_millis(20 * attempt.min(25)))
+                            .await;
+                        outcome = self.run(&id, &invocation, None).await;
+                    }
+                    _ => break,
                 }
-                _ => break,
             }
-        }
+            // Its policy runs it again (the worker recorded the failed run and the next one's
+            // time in its pending record, which a restart meanwhile picks up).
+            let Err(Error::RetryLater { at_ms, runs }) = outcome else {
+                break outcome;
+            };
+            tracing::info!(worker = %id, key = %invocation.idempotency_key, runs, at_ms, "a failed run runs again");
+            tokio::time::sleep(std::time::Duration::from_millis(
+                at_ms.saturating_sub(now_ms()),
+            ))
+            .await;
+            let mut next = (*invocation).clone();
+            next.runs = runs;
+            if let Some(pending) = &invocation.pending {
+                let mut pending = (**pending).clone();
+                pending.attempts = runs;
+                pending.due_at_ms = Some(at_ms);
+                next.pending = Some(Arc::new(pending));
+            }
+            invocation = Arc::new(next);
+            first = self.deliver(&id, &invocation, None).await;
+        };
         match outcome {
             Ok(completed) => self.count_fuel(&id.tenant, completed.fuel_consumed),
             // The worker recorded it.
@@ -290,6 +318,7 @@ impl Executor {
                 workers_max: u64::MAX,
                 egress_hosts: record.egress_hosts.clone(),
                 concurrent_invocations: u64::MAX,
+                retry: None,
             };
             let prepared = self
                 .prepare(&id, &record.function, &record.params, Some(key), &limits)
@@ -298,6 +327,9 @@ impl Executor {
                 Ok((mut invocation, running)) => {
                     invocation.key_is_new = false;
                     invocation.enqueued = true;
+                    invocation.retry = record.retry.clone();
+                    invocation.runs = record.attempts;
+                    invocation.pending = Some(Arc::new(record.clone()));
                     let counted = self.count_background(&id.tenant, None)?;
                     self.dispatch(&id, invocation, record.due_at_ms, running, counted)
                         .await;
@@ -353,6 +385,8 @@ impl Executor {
                 Ok(InvocationState::Pending {
                     enqueued_at_ms: record.enqueued_at_ms,
                     due_at_ms: record.due_at_ms,
+                    attempts: record.attempts,
+                    last_error: record.last_error,
                 })
             }
             None => Err(Error::InvocationNotFound(idempotency_key.to_string())),

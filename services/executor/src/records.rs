@@ -152,6 +152,18 @@ pub struct PendingRecord {
     /// Not before this (ms since the epoch), if it was scheduled for later.
     #[serde(default)]
     pub due_at_ms: Option<u64>,
+    /// When it runs again after a failure.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<crate::retry::RetryPolicy>,
+    /// The runs that failed so far, and the last one's error.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub attempts: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// What an invocation asks, as a short hash of its function and parameters: an idempotency

@@ -239,6 +239,9 @@ impl Executor {
                         egress_hosts: s.limits.egress_hosts.clone(),
                         enqueued_at_ms: now_ms(),
                         due_at_ms: None,
+                        retry: None,
+                        attempts: 0,
+                        last_error: None,
                     };
                     records::set_value(
                         tx,
@@ -263,6 +266,7 @@ impl Executor {
             workers_max: u64::MAX,
             egress_hosts: s.limits.egress_hosts.clone(),
             concurrent_invocations: u64::MAX,
+            retry: None,
         };
         let (mut invocation, running) = self
             .prepare(id, &s.function, &s.params, Some(key), &limits)

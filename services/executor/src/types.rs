@@ -45,8 +45,11 @@ pub struct WorkerFilter {
 pub enum InvocationState {
     Pending {
         enqueued_at_ms: u64,
-        /// When it runs, if it was scheduled for later.
+        /// When it runs, if it was scheduled for later (or runs again after a failure).
         due_at_ms: Option<u64>,
+        /// Its runs that failed so far (its retry policy runs it again), and the last error.
+        attempts: u32,
+        last_error: Option<String>,
     },
     Completed(Completed),
     Failed {

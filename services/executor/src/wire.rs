@@ -19,6 +19,8 @@ pub fn limits_from(limits: Option<pb::Limits>) -> Limits {
                 0 => u64::MAX,
                 n => n,
             },
+            // Checked where it was given; one that does not read here is no policy.
+            retry: serde_json::from_str(&l.retry_json).ok(),
         },
     }
 }
@@ -36,5 +38,10 @@ pub fn limits_to(limits: &Limits) -> pb::Limits {
             u64::MAX => 0,
             n => n,
         },
+        retry_json: limits
+            .retry
+            .as_ref()
+            .and_then(|r| serde_json::to_string(r).ok())
+            .unwrap_or_default(),
     }
 }

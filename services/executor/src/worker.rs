@@ -66,6 +66,12 @@ pub(crate) struct Invocation {
     pub workers_max: u64,
     /// The tenant's background invocations at once, for the enqueues this one makes.
     pub concurrent_invocations: u64,
+    /// When it runs again after a failure (background invocations only).
+    pub retry: Option<crate::retry::RetryPolicy>,
+    /// Its runs that failed before this one.
+    pub runs: u32,
+    /// Its pending record as accepted, rewritten when a failed run is retried.
+    pub pending: Option<Arc<records::PendingRecord>>,
 }
 
 pub(crate) enum Command {
@@ -346,6 +352,7 @@ pub(crate) fn spawn(
             workers_max: u64::MAX,
             egress_hosts: None,
             concurrent_invocations: u64::MAX,
+            retry: None,
         })),
     });
     let (checkpoint_tx, checkpoint_rx) = mpsc::unbounded_channel();
@@ -481,6 +488,7 @@ impl Actor {
                         workers_max: invocation.workers_max,
                         egress_hosts: invocation.egress_hosts.clone(),
                         concurrent_invocations: invocation.concurrent_invocations,
+                        retry: None,
                     };
                     self.invoke(invocation, reply).await;
                 }
@@ -1207,6 +1215,9 @@ impl Actor {
                         egress_hosts: limits.egress_hosts.clone(),
                         workers_max: limits.workers_max,
                         concurrent_invocations: u64::MAX,
+                        retry: None,
+                        runs: 0,
+                        pending: None,
                     };
                     // What the worker's calls and requests check, for the time it runs; what
                     // was there before (an invocation waiting for this one) comes back after.
@@ -1222,6 +1233,7 @@ impl Actor {
                         workers_max: limits.workers_max,
                         egress_hosts: limits.egress_hosts.clone(),
                         concurrent_invocations: u64::MAX,
+                        retry: None,
                     };
                     // Its start is durable already; this serves the checkpoints its outgoing
                     // requests ask for.
@@ -1625,19 +1637,54 @@ impl Actor {
         };
         let mut commit = Commit::new(&self.id).entries(entries);
         let oplog_bytes = commit.oplog_bytes();
-        // A key the executor made was never shown to anyone, so nobody can ask for its outcome
-        // again: its record would only cost a page per commit.
-        if !invocation.key_is_new {
-            commit = commit.record(
-                records::invocation_key(&self.id, &invocation.idempotency_key),
-                records::encode_json(&record),
-            );
+        // A background run that failed for a cause its policy retries runs again later: its
+        // pending record, not an outcome, is written, with the count and the next run's time.
+        let retry = match (&outcome, &invocation.retry, &invocation.pending) {
+            (Err(Error::InvocationFailed { kind, message }), Some(policy), Some(pending))
+                if invocation.enqueued && policy.retries(kind, invocation.runs + 1) =>
+            {
+                let runs = invocation.runs + 1;
+                let at_ms = now_ms().saturating_add(policy.backoff_ms(runs));
+                let mut next = (**pending).clone();
+                next.attempts = runs;
+                next.due_at_ms = Some(at_ms);
+                let mut error = format!("{}: {message}", kind.code());
+                if error.len() > 512 {
+                    let mut end = 512;
+                    while !error.is_char_boundary(end) {
+                        end -= 1;
+                    }
+                    error.truncate(end);
+                }
+                next.last_error = Some(error);
+                Some((at_ms, runs, next))
+            }
+            _ => None,
+        };
+        match &retry {
+            Some((_, _, next)) => {
+                commit = commit.record(
+                    records::pending_key(&self.id, &invocation.idempotency_key),
+                    records::encode_json(next),
+                );
+            }
+            None => {
+                // A key the executor made was never shown to anyone, so nobody can ask for its
+                // outcome again: its record would only cost a page per commit.
+                if !invocation.key_is_new {
+                    commit = commit.record(
+                        records::invocation_key(&self.id, &invocation.idempotency_key),
+                        records::encode_json(&record),
+                    );
+                }
+                if invocation.enqueued {
+                    commit =
+                        commit.clear(records::pending_key(&self.id, &invocation.idempotency_key));
+                }
+            }
         }
         if clear_running {
             commit = commit.clear(records::running_key(&self.id));
-        }
-        if invocation.enqueued {
-            commit = commit.clear(records::pending_key(&self.id, &invocation.idempotency_key));
         }
         if let Some(at) = self.wake_set.take() {
             commit = commit.clear(crate::suspend::wake_key(at, &self.id));
@@ -1702,6 +1749,10 @@ impl Actor {
                     http_usage.2,
                 );
         }
+        let outcome = match retry {
+            Some((at_ms, runs, _)) => Err(Error::RetryLater { at_ms, runs }),
+            None => outcome,
+        };
         let shared = self.shared.clone();
         let key = invocation.idempotency_key.clone();
         let worker = self.id.clone();
@@ -1723,6 +1774,7 @@ impl Actor {
                     metrics.fuel.inc_by(completed.fuel_consumed);
                 }
                 Err(Error::InvocationFailed { kind, .. }) => metrics.outcome(kind.code()),
+                Err(Error::RetryLater { .. }) => metrics.outcome("retried"),
                 Err(_) => metrics.outcome("commit_failed"),
             }
             if let Some(started) = started {

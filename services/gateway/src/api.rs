@@ -547,6 +547,17 @@ pub(crate) async fn enqueue(
     let id = worker_id(tenant, component, worker)?;
     let request: Invoke = json_body(&headers, &body(read_body(incoming).await)?)?;
     let key = idempotency_key(&headers)?;
+    let mut limits = limits;
+    if let Some(retry) = &request.retry {
+        retry.check().map_err(|reason| {
+            Problem::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                format!("retry: {reason}"),
+            )
+        })?;
+        limits.retry = Some(retry.clone());
+    }
     request.check_exists(&state, &id).await?;
     let params = request.params(&state, &id).await?;
     let (key, accepted) = state
@@ -626,11 +637,15 @@ fn invocation_json(key: &str, state: invicta_executor::InvocationState) -> serde
         S::Pending {
             enqueued_at_ms,
             due_at_ms,
+            attempts,
+            last_error,
         } => json!({
             "idempotency_key": key,
             "status": "pending",
             "enqueued_at_ms": enqueued_at_ms,
             "due_at_ms": due_at_ms,
+            "failed_attempts": attempts,
+            "last_error": last_error,
         }),
         S::Completed(c) => json!({
             "idempotency_key": key,
@@ -656,6 +671,10 @@ pub(crate) struct Invoke {
     /// Or as WAVE text, one string per parameter.
     #[serde(default)]
     wave: Option<Vec<String>>,
+    /// For `enqueue`: run it again after a failure its policy calls transient (default: the
+    /// plan's, none).
+    #[serde(default)]
+    retry: Option<invicta_executor::RetryPolicy>,
     /// For `enqueue`: run it at this time (milliseconds since the epoch), not at once.
     #[serde(default)]
     schedule_at: Option<u64>,
@@ -727,6 +746,13 @@ pub(crate) async fn invoke(
             StatusCode::BAD_REQUEST,
             "invalid_request",
             "`schedule_at` is for enqueue: invoke runs now and waits",
+        ));
+    }
+    if request.retry.is_some() {
+        return Err(Problem::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "`retry` is for enqueue: an invocation that waits answers its failure at once",
         ));
     }
     let params = request.params(&state, &id).await?;
@@ -807,6 +833,7 @@ fn limits(plan: &invicta_billing::Plan) -> Limits {
         workers_max: plan.workers_max,
         egress_hosts: plan.egress_hosts.clone(),
         concurrent_invocations: u64::from(plan.concurrent_invocations),
+        retry: None,
     }
 }
 
@@ -866,6 +893,7 @@ pub(crate) async fn create_schedule(
         params: request.params,
         wave: request.wave,
         schedule_at: None,
+        retry: None,
         create: true,
     }
     .params(&state, &id)
