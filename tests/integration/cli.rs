@@ -163,6 +163,49 @@ async fn a_new_users_journey() -> anyhow::Result<()> {
     assert!(text(&url, &key, &["key", "list"])?.contains(&id));
     assert!(text(&url, &key, &["key", "revoke", &id])?.contains("revoked"));
 
+    // A retry policy from the command line: checked by the server, which names what is wrong.
+    let retried = text(
+        &url,
+        &key,
+        &[
+            "worker",
+            "enqueue",
+            "counter",
+            "w1",
+            "add",
+            "0",
+            "--retry-attempts",
+            "3",
+            "--retry-backoff-ms",
+            "100",
+            "--retry-on",
+            "trap",
+        ],
+    )?;
+    assert!(retried.starts_with("accepted "), "{retried}");
+    let refused = invicta(
+        &url,
+        &key,
+        &[
+            "worker",
+            "enqueue",
+            "counter",
+            "w1",
+            "add",
+            "0",
+            "--retry-attempts",
+            "3",
+            "--retry-on",
+            "interrupted",
+        ],
+    )?;
+    assert_eq!(refused.status.code(), Some(3), "the API refused");
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("interrupted"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+
     // Accepted now, asked for later; logs; listing and deleting.
     let accepted = text(
         &url,

@@ -111,6 +111,15 @@ pub enum WorkerCommand {
         /// Run it this many milliseconds from now, not at once
         #[arg(long)]
         in_ms: Option<u64>,
+        /// Run a failed run again, up to this many runs in all
+        #[arg(long, value_name = "RUNS")]
+        retry_attempts: Option<u32>,
+        /// The wait before the second run, in ms, doubled before each next one
+        #[arg(long, value_name = "MS", requires = "retry_attempts")]
+        retry_backoff_ms: Option<u64>,
+        /// The failure codes retried (timeout, trap, out_of_fuel, out_of_memory; default timeout)
+        #[arg(long, value_name = "CODE", requires = "retry_attempts")]
+        retry_on: Vec<String>,
     },
     /// Recurring invocations on a worker, by cron expression
     #[command(subcommand)]
@@ -702,8 +711,22 @@ async fn run(connection: &Connection, request: Request) -> Result<Output, Failur
             idempotency_key,
             wave,
             in_ms,
+            retry_attempts,
+            retry_backoff_ms,
+            retry_on,
         }) => {
             let mut request = invocation_body(&function, &params, wave)?;
+            if let Some(attempts) = retry_attempts {
+                let mut retry = json!({ "max_attempts": attempts });
+                if let Some(backoff) = retry_backoff_ms {
+                    retry["backoff_min_ms"] = json!(backoff);
+                    retry["backoff_max_ms"] = json!(backoff.saturating_mul(64).max(60_000));
+                }
+                if !retry_on.is_empty() {
+                    retry["on"] = json!(retry_on);
+                }
+                request["retry"] = retry;
+            }
             if let Some(delay) = in_ms {
                 let now = std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
