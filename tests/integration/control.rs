@@ -481,3 +481,83 @@ async fn parameters_may_be_wave_text() -> anyhow::Result<()> {
     assert_eq!(both.status, 400);
     Ok(())
 }
+
+/// A worker reverted by its last invocation is where it was before it, also after a SIGKILL:
+/// the skipped entries stay in the oplog behind a `jump`, and the reverted invocation's key may
+/// run again. A point inside an invocation is refused.
+#[tokio::test]
+async fn a_reverted_worker_forgets_its_last_invocations_but_keeps_their_entries()
+-> anyhow::Result<()> {
+    let (data, server, api) = start().await?;
+    api.upload("counter", component("counter")).await?;
+    for (delta, key) in [(1, "a"), (2, "b"), (4, "c")] {
+        let reply = api
+            .invoke("counter", "r", "add", json!([delta]), Some(key))
+            .await?;
+        assert_eq!(reply.status, 200, "{reply:?}");
+    }
+    let oplog = |api: Api| async move {
+        let reply = api.get("/v1/components/counter/workers/r/oplog").await?;
+        anyhow::Ok(
+            reply.body["entries"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default(),
+        )
+    };
+    let before = oplog(api.clone()).await?;
+
+    let inside = before
+        .iter()
+        .find(|e| e["kind"] == "exported_function_invoked")
+        .and_then(|e| e["index"].as_u64())
+        .unwrap_or_default();
+    let refused = api
+        .post_json(
+            "/v1/components/counter/workers/r/revert",
+            &json!({ "to": inside }),
+            None,
+        )
+        .await?;
+    assert_eq!(
+        (refused.status, refused.code()),
+        (400, "invalid_revert"),
+        "{refused:?}"
+    );
+
+    let reverted = api
+        .post_json(
+            "/v1/components/counter/workers/r/revert",
+            &json!({ "last_invocations": 1 }),
+            None,
+        )
+        .await?;
+    assert_eq!(reverted.status, 200, "{reverted:?}");
+    let last = before
+        .last()
+        .and_then(|e| e["index"].as_u64())
+        .unwrap_or_default();
+    assert_eq!(reverted.body["skipped_to"], last, "{reverted:?}");
+    assert_eq!(api.call("counter", "r", "get", json!([])).await?, json!(3));
+    let forgotten = api
+        .get("/v1/components/counter/workers/r/invocations/c")
+        .await?;
+    assert_eq!(forgotten.status, 404, "{forgotten:?}");
+    let again = api
+        .invoke("counter", "r", "add", json!([8]), Some("c"))
+        .await?;
+    assert_eq!(again.body["result"], json!(11), "{again:?}");
+
+    // Every entry is still there, behind a jump.
+    let after = oplog(api.clone()).await?;
+    assert!(after.len() > before.len(), "{after:?}");
+    assert_eq!(&after[..before.len()], &before[..]);
+    assert!(after.iter().any(|e| e["kind"] == "jump"), "{after:?}");
+
+    // A crash: the replay skips what the revert skipped.
+    server.kill()?;
+    let server = Server::start(INVICTA.as_ref(), &data.path().join("data"))?;
+    let api = api.at(&server.url);
+    assert_eq!(api.call("counter", "r", "get", json!([])).await?, json!(11));
+    Ok(())
+}

@@ -15,6 +15,9 @@ pub enum Error {
     IncompatibleVersion(String),
     #[error("invalid schedule: {0}")]
     InvalidSchedule(String),
+    /// A revert that cannot be made as asked.
+    #[error("cannot revert the worker: {0}")]
+    InvalidRevert(String),
     #[error("schedule {0} not found")]
     ScheduleNotFound(String),
     #[error("promise {0} not found")]
@@ -100,6 +103,7 @@ impl Error {
             Error::InvocationNotFound(_) => "invocation_not_found",
             Error::IncompatibleVersion(_) => "incompatible_version",
             Error::InvalidSchedule(_) => "invalid_schedule",
+            Error::InvalidRevert(_) => "invalid_revert",
             Error::ScheduleNotFound(_) => "schedule_not_found",
             Error::PromiseNotFound(_) => "promise_not_found",
             Error::WebhookNotFound => "webhook_not_found",

@@ -271,6 +271,20 @@ impl ExecutorRpc for ExecutorService {
         self.status_reply(&id).await
     }
 
+    async fn revert(
+        &self,
+        request: Request<pb::RevertRequest>,
+    ) -> Result<Response<pb::RevertResponse>, Status> {
+        let r = request.into_inner();
+        let id = self.owned(r.worker)?;
+        let (from, to) = self
+            .executor
+            .revert(&id, crate::RevertTo::Index(r.to))
+            .await
+            .map_err(|e| crate::problem::to_status(&e))?;
+        Ok(Response::new(pb::RevertResponse { from, to }))
+    }
+
     async fn interrupt(
         &self,
         request: Request<pb::GetWorkerRequest>,

@@ -54,6 +54,7 @@ use invicta_store::Store;
 
 pub use http::HttpConfig;
 pub use limits::Limits;
+pub use placed::RevertTo;
 pub use records::{InvocationRecord, PendingRecord, StoredOutcome, WorkerRecord};
 pub use retry::RetryPolicy;
 pub use schedules::Schedule;

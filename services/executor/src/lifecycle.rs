@@ -2,7 +2,7 @@
 //! another version of its component, or stopped; each a command to its actor.
 
 use invicta_model::WorkerId;
-use invicta_model::oplog::OplogEntry;
+use invicta_model::oplog::{OplogEntry, OplogIndex};
 use tokio::sync::oneshot;
 
 use crate::Executor;
@@ -129,6 +129,101 @@ impl Executor {
         }
     }
 
+    /// Reverts the worker to its state after oplog entry `to`: the entries after it stay in the
+    /// oplog, skipped by a `Jump` appended after them (so the history stays whole), and the
+    /// records of the invocations they held go, so that their keys may run again. `to` must end
+    /// an invocation (or be the worker's creation), and nothing may be running or waiting.
+    /// Returns the skipped range.
+    pub(crate) async fn revert_here(
+        &self,
+        id: &WorkerId,
+        to: OplogIndex,
+    ) -> Result<(OplogIndex, OplogIndex)> {
+        // Its instance holds what is reverted: gone first, and again after (an invocation
+        // that slipped in meanwhile cannot commit past the jump: appends are contiguous).
+        self.stop_actor(id).await;
+        let (id_c, fencing) = (id.clone(), self.inner.fencing.clone());
+        let skipped = self
+            .inner
+            .store
+            .transact(move |tx| {
+                fencing.check(tx, &id_c, &mut std::collections::HashMap::new())?;
+                if tx.get(&records::worker_key(&id_c))?.is_none() {
+                    return Err(Error::WorkerNotFound(id_c.to_string()));
+                }
+                if tx.get(&records::running_key(&id_c))?.is_some() {
+                    return Err(Error::InvalidRevert(
+                        "an invocation is running or waiting; interrupt it first".into(),
+                    ));
+                }
+                let all = records::read_entries(tx, &id_c, 1, usize::MAX)?;
+                let last = all.last().map_or(0, |(i, _)| *i);
+                let visible = crate::worker::apply_jumps(all.clone());
+                if !revert_point(&visible, to) {
+                    return Err(Error::InvalidRevert(format!(
+                        "entry {to} does not end an invocation in the worker's history \
+                         (the oplog's last entry is {last})"
+                    )));
+                }
+                if to >= last {
+                    return Err(Error::InvalidRevert(format!("nothing follows entry {to}")));
+                }
+                let from = to + 1;
+                for (index, entry) in &all {
+                    if let OplogEntry::ExportedFunctionInvoked {
+                        idempotency_key, ..
+                    } = entry
+                        && *index >= from
+                    {
+                        records::clear_value(tx, &records::invocation_key(&id_c, idempotency_key))?;
+                    }
+                }
+                let jump = OplogEntry::Jump { from, to: last };
+                let writes = records::entry_writes(&id_c, last + 1, jump.encode());
+                let (stored_key, stored) = records::stored_add(&id_c, &writes);
+                tx.atomic_add(&stored_key, stored)?;
+                for (key, value) in writes {
+                    tx.set(&key, &value)?;
+                }
+                Ok::<_, Error>((from, last))
+            })
+            .await?;
+        self.stop_actor(id).await;
+        tracing::info!(worker = %id, from = skipped.0, to = skipped.1, "worker reverted");
+        Ok(skipped)
+    }
+
+    /// The index to revert to so that the last `count` invocations are skipped.
+    pub(crate) async fn revert_point_before_last(
+        &self,
+        id: &WorkerId,
+        count: u32,
+    ) -> Result<OplogIndex> {
+        let id_c = id.clone();
+        let all = self
+            .inner
+            .store
+            .read(move |tx| records::read_entries(tx, &id_c, 1, usize::MAX))
+            .await?;
+        if all.is_empty() {
+            return Err(Error::WorkerNotFound(id.to_string()));
+        }
+        let visible = crate::worker::apply_jumps(all);
+        let invoked: Vec<OplogIndex> = visible
+            .iter()
+            .filter(|(_, e)| matches!(e, OplogEntry::ExportedFunctionInvoked { .. }))
+            .map(|(i, _)| *i)
+            .collect();
+        let count = usize::try_from(count).unwrap_or(usize::MAX);
+        if count == 0 || count > invoked.len() {
+            return Err(Error::InvalidRevert(format!(
+                "the worker's history holds {} invocation(s); asked to revert {count}",
+                invoked.len()
+            )));
+        }
+        Ok(invoked[invoked.len() - count].saturating_sub(1))
+    }
+
     /// Stops the worker's actor, if it runs, once its commits are durable.
     pub(crate) async fn stop_actor(&self, id: &WorkerId) {
         let handle = self.lock_workers().get(id).cloned();
@@ -157,4 +252,22 @@ impl Executor {
             })
             .await
     }
+}
+
+/// Whether the history, as replay sees it, is between invocations after entry `to`.
+fn revert_point(visible: &[(OplogIndex, OplogEntry)], to: OplogIndex) -> bool {
+    let mut inside = false;
+    for (index, entry) in visible {
+        match entry {
+            OplogEntry::ExportedFunctionInvoked { .. } => inside = true,
+            OplogEntry::ExportedFunctionCompleted { .. } | OplogEntry::Error { .. } => {
+                inside = false;
+            }
+            _ => {}
+        }
+        if *index == to {
+            return !inside;
+        }
+    }
+    false
 }

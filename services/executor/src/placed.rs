@@ -8,6 +8,7 @@
 //! goes to its owner when there is a router, and is refused as not owned when there is none.
 
 use invicta_model::WorkerId;
+use invicta_model::oplog::OplogIndex;
 
 use crate::Executor;
 use crate::error::{Error, Result};
@@ -63,6 +64,18 @@ pub(crate) trait WorkerAt {
 
     /// Where it stands.
     async fn status(&self) -> Result<WorkerStatus>;
+
+    /// Reverts it to its state after oplog entry `to`; the range of entries skipped.
+    async fn revert(&self, to: OplogIndex) -> Result<(OplogIndex, OplogIndex)>;
+}
+
+/// Where [`Executor::revert`] takes a worker back to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RevertTo {
+    /// Its state after this oplog entry (one that ends an invocation, or its creation).
+    Index(OplogIndex),
+    /// Its state before its last this many invocations.
+    LastInvocations(u32),
 }
 
 /// A worker this executor runs.
@@ -180,6 +193,16 @@ impl Executor {
     pub async fn status(&self, id: &WorkerId) -> Result<WorkerStatus> {
         self.at(id).status().await
     }
+
+    /// Reverts the worker: the entries after the point are kept in its oplog but skipped by
+    /// replay, and their invocations' keys may run again. Returns the range skipped.
+    pub async fn revert(&self, id: &WorkerId, to: RevertTo) -> Result<(OplogIndex, OplogIndex)> {
+        let to = match to {
+            RevertTo::Index(index) => index,
+            RevertTo::LastInvocations(count) => self.revert_point_before_last(id, count).await?,
+        };
+        self.at(id).revert(to).await
+    }
 }
 
 impl WorkerAt for Local<'_> {
@@ -255,6 +278,10 @@ impl WorkerAt for Local<'_> {
 
     async fn status(&self) -> Result<WorkerStatus> {
         self.executor.status_here(self.id).await
+    }
+
+    async fn revert(&self, to: OplogIndex) -> Result<(OplogIndex, OplogIndex)> {
+        self.executor.revert_here(self.id, to).await
     }
 }
 
@@ -337,6 +364,10 @@ impl WorkerAt for Remote<'_> {
             Ok(status) => Ok(status),
             Err(_) => self.executor.status_here(self.id).await,
         }
+    }
+
+    async fn revert(&self, to: OplogIndex) -> Result<(OplogIndex, OplogIndex)> {
+        self.router.revert(self.id, to).await
     }
 }
 
@@ -426,6 +457,13 @@ impl WorkerAt for Placed<'_> {
         match self {
             Placed::Local(w) => w.status().await,
             Placed::Remote(w) => w.status().await,
+        }
+    }
+
+    async fn revert(&self, to: OplogIndex) -> Result<(OplogIndex, OplogIndex)> {
+        match self {
+            Placed::Local(w) => w.revert(to).await,
+            Placed::Remote(w) => w.revert(to).await,
         }
     }
 }

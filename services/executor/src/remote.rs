@@ -324,6 +324,26 @@ impl Router {
         })
     }
 
+    /// Reverts the worker at its executor; the range of entries skipped.
+    pub(crate) async fn revert(&self, id: &WorkerId, to: u64) -> Result<(u64, u64)> {
+        let request = pb::RevertRequest {
+            worker: Some(wire(id)),
+            to,
+        };
+        self.routed(id, |mut client| {
+            let request = request.clone();
+            async move {
+                let skipped = client
+                    .revert(invicta_telemetry::propagation::request(request))
+                    .await
+                    .map_err(|s| crate::problem::from_status(&s))?
+                    .into_inner();
+                Ok((skipped.from, skipped.to))
+            }
+        })
+        .await
+    }
+
     pub(crate) async fn interrupt(&self, id: &WorkerId) -> Result<bool> {
         let request = pb::GetWorkerRequest {
             worker: Some(wire(id)),

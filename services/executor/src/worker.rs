@@ -976,8 +976,8 @@ impl Actor {
         self.wait_for_commits().await;
         let mut attempts = 0;
         let result = loop {
-            let entries = self.read_oplog().await?;
-            match self.replay(entries).await {
+            let (entries, next_index) = self.read_oplog().await?;
+            match self.replay(entries, next_index).await {
                 // Every instance slot is taken: suspend the longest-idle workers and try again.
                 Err(Error::PoolExhausted(_)) if attempts < EVICTION_ATTEMPTS => {
                     attempts += 1;
@@ -1008,8 +1008,11 @@ impl Actor {
         }
     }
 
-    async fn replay(&mut self, entries: Vec<(OplogIndex, OplogEntry)>) -> Result<(), Error> {
-        let next_index = entries.last().map_or(1, |(i, _)| i + 1);
+    async fn replay(
+        &mut self,
+        entries: Vec<(OplogIndex, OplogEntry)>,
+        next_index: OplogIndex,
+    ) -> Result<(), Error> {
         let incarnation = match entries.first() {
             Some((1, OplogEntry::Create { incarnation, .. })) => incarnation.clone(),
             _ => {
@@ -1297,19 +1300,21 @@ impl Actor {
     /// `ensure_active` again after a resumed invocation failed (which dropped the instance).
     async fn ensure_active_inner(&mut self) -> Result<(), Error> {
         self.wait_for_commits().await;
-        let entries = self.read_oplog().await?;
-        Box::pin(self.replay(entries)).await
+        let (entries, next_index) = self.read_oplog().await?;
+        Box::pin(self.replay(entries, next_index)).await
     }
 
-    /// The worker's whole oplog.
-    async fn read_oplog(&mut self) -> Result<Vec<(OplogIndex, OplogEntry)>, Error> {
+    /// The worker's oplog as replay sees it (what jumps skip left out), and the index its next
+    /// entry takes (after every entry, skipped or not).
+    async fn read_oplog(&mut self) -> Result<(Vec<(OplogIndex, OplogEntry)>, OplogIndex), Error> {
         let id = self.id.clone();
         let entries = self
             .inner
             .store
             .read(move |tx| records::read_entries(tx, &id, 1, usize::MAX))
             .await?;
-        Ok(apply_jumps(entries))
+        let next_index = entries.last().map_or(1, |(i, _)| i + 1);
+        Ok((apply_jumps(entries), next_index))
     }
 
     /// Calls `function` on the active instance.
@@ -1950,7 +1955,7 @@ fn side_entries(
 }
 
 /// The oplog as replay sees it: without the entries a `Jump` skips (and the jumps).
-fn apply_jumps(entries: Vec<(OplogIndex, OplogEntry)>) -> Vec<(OplogIndex, OplogEntry)> {
+pub(crate) fn apply_jumps(entries: Vec<(OplogIndex, OplogEntry)>) -> Vec<(OplogIndex, OplogEntry)> {
     let jumps: Vec<(OplogIndex, OplogIndex)> = entries
         .iter()
         .filter_map(|(_, e)| match e {

@@ -107,6 +107,7 @@ const CODES: &[(&str, StatusCode)] = &[
     ("invocation_not_found", StatusCode::NOT_FOUND),
     ("schedule_not_found", StatusCode::NOT_FOUND),
     ("promise_not_found", StatusCode::NOT_FOUND),
+    ("invalid_revert", StatusCode::BAD_REQUEST),
     ("webhook_not_found", StatusCode::NOT_FOUND),
     ("component_not_found", StatusCode::NOT_FOUND),
     ("version_not_found", StatusCode::NOT_FOUND),
@@ -460,6 +461,56 @@ pub(crate) async fn delete_worker(
     let id = worker_id(caller.tenant(Scope::Deploy)?, component, worker)?;
     state.executor.delete_worker(&id).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// Where to revert a worker to: one of the two.
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Revert {
+    /// Its state after this oplog entry (one that ends an invocation, or its creation).
+    #[serde(default)]
+    to: Option<u64>,
+    /// Its state before its last this many invocations.
+    #[serde(default)]
+    last_invocations: Option<u32>,
+}
+
+/// What a revert skipped: oplog entries `from` to `to`, kept in the oplog.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct Reverted {
+    skipped_from: u64,
+    skipped_to: u64,
+}
+
+#[utoipa::path(post, path = "/v1/components/{component}/workers/{worker}/revert", tag = "workers",
+    params(("component" = String, Path), ("worker" = String, Path)),
+    request_body = Revert,
+    responses((status = 200, description = "The worker is back where it was: the entries after the point stay in its oplog, skipped by replay, and the keys of their invocations may run again", body = Reverted)))]
+pub(crate) async fn revert_worker(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path((component, worker)): Path<(String, String)>,
+    headers: HeaderMap,
+    incoming: axum::extract::Request,
+) -> ApiResult<Json<Reverted>> {
+    let id = worker_id(caller.tenant(Scope::Deploy)?, component, worker)?;
+    let request: Revert = json_body(&headers, &body(read_body(incoming).await)?)?;
+    let to = match (request.to, request.last_invocations) {
+        (Some(index), None) => invicta_executor::RevertTo::Index(index),
+        (None, Some(count)) => invicta_executor::RevertTo::LastInvocations(count),
+        _ => {
+            return Err(Problem::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                "give one of `to` (an oplog index) and `last_invocations`",
+            ));
+        }
+    };
+    let (skipped_from, skipped_to) = state.executor.revert(&id, to).await?;
+    Ok(Json(Reverted {
+        skipped_from,
+        skipped_to,
+    }))
 }
 
 #[utoipa::path(post, path = "/v1/components/{component}/workers/{worker}/interrupt", tag = "workers",

@@ -265,6 +265,7 @@ pub(crate) struct Readiness {
         api::interrupt_worker,
         api::resume_worker,
         api::set_worker_version,
+        api::revert_worker,
         api::invoke,
         api::enqueue,
         api::get_invocation,

@@ -149,6 +149,17 @@ pub enum WorkerCommand {
     Interrupt { component: String, name: String },
     /// Load the worker now, replaying its oplog (and retry a replay that failed)
     Resume { component: String, name: String },
+    /// Take the worker back to an earlier state: the later oplog entries stay, skipped by replay
+    Revert {
+        component: String,
+        name: String,
+        /// To its state after this oplog entry (one that ends an invocation)
+        #[arg(long, conflicts_with = "last", required_unless_present = "last")]
+        to: Option<u64>,
+        /// To its state before its last this many invocations
+        #[arg(long)]
+        last: Option<u32>,
+    },
     /// Move the worker to another version of its component (refused unless its history replays
     /// there)
     Update {
@@ -802,6 +813,30 @@ async fn run(connection: &Connection, request: Request) -> Result<Output, Failur
             Ok(Output::Text(json!({ "lines": lines, "next": from }), text))
         }
         Request::Worker(WorkerCommand::Schedule(command)) => schedule(&client, command).await,
+        Request::Worker(WorkerCommand::Revert {
+            component,
+            name,
+            to,
+            last,
+        }) => {
+            let request = match (to, last) {
+                (Some(to), _) => json!({ "to": to }),
+                (None, last) => json!({ "last_invocations": last }),
+            };
+            let body = client
+                .post(
+                    &format!("/v1/components/{component}/workers/{name}/revert"),
+                    request,
+                    None,
+                )
+                .await?;
+            let text = format!(
+                "reverted {name}: oplog entries {} to {} are skipped",
+                text(&body["skipped_from"]),
+                text(&body["skipped_to"])
+            );
+            Ok(Output::Text(body, text))
+        }
         Request::Worker(WorkerCommand::Interrupt { component, name }) => {
             let body = client
                 .post(
