@@ -561,3 +561,88 @@ async fn a_reverted_worker_forgets_its_last_invocations_but_keeps_their_entries(
     assert_eq!(api.call("counter", "r", "get", json!([])).await?, json!(11));
     Ok(())
 }
+
+/// A fork has its source's history up to the point, then its own; both go on apart, across a
+/// SIGKILL. A point inside an invocation, and a name taken, are refused.
+#[tokio::test]
+async fn a_forked_worker_has_its_sources_history_then_its_own() -> anyhow::Result<()> {
+    let (data, server, api) = start().await?;
+    api.upload("counter", component("counter")).await?;
+    for (delta, key) in [(1, "a"), (2, "b"), (4, "c")] {
+        let reply = api
+            .invoke("counter", "src", "add", json!([delta]), Some(key))
+            .await?;
+        assert_eq!(reply.status, 200, "{reply:?}");
+    }
+    let entries = api
+        .get("/v1/components/counter/workers/src/oplog")
+        .await?
+        .body["entries"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let ends: Vec<u64> = entries
+        .iter()
+        .filter(|e| e["kind"] == "exported_function_completed")
+        .filter_map(|e| e["index"].as_u64())
+        .collect();
+    let fork = |name: &str, at: Option<u64>| {
+        let (api, name) = (api.clone(), name.to_string());
+        async move {
+            let mut body = json!({ "name": name });
+            if let Some(at) = at {
+                body["at"] = json!(at);
+            }
+            api.post_json("/v1/components/counter/workers/src/fork", &body, None)
+                .await
+        }
+    };
+    // After `add(2)`: the fork holds 1 + 2.
+    let forked = fork("fk", Some(ends[1])).await?;
+    assert_eq!(forked.status, 201, "{forked:?}");
+    assert_eq!(forked.body["forked_at"], ends[1], "{forked:?}");
+    assert_eq!(api.call("counter", "fk", "get", json!([])).await?, json!(3));
+    assert_eq!(
+        api.call("counter", "fk", "add", json!([10])).await?,
+        json!(13)
+    );
+    assert_eq!(
+        api.call("counter", "src", "get", json!([])).await?,
+        json!(7)
+    );
+    // By default, the whole history.
+    assert_eq!(fork("whole", None).await?.status, 201);
+    assert_eq!(
+        api.call("counter", "whole", "get", json!([])).await?,
+        json!(7)
+    );
+    let inside = entries
+        .iter()
+        .find(|e| e["kind"] == "exported_function_invoked")
+        .and_then(|e| e["index"].as_u64());
+    let refused = fork("mid", inside).await?;
+    assert_eq!(
+        (refused.status, refused.code()),
+        (400, "invalid_fork"),
+        "{refused:?}"
+    );
+    let taken = fork("fk", None).await?;
+    assert_eq!(
+        (taken.status, taken.code()),
+        (409, "worker_exists"),
+        "{taken:?}"
+    );
+
+    server.kill()?;
+    let server = Server::start(INVICTA.as_ref(), &data.path().join("data"))?;
+    let api = api.at(&server.url);
+    assert_eq!(
+        api.call("counter", "fk", "get", json!([])).await?,
+        json!(13)
+    );
+    assert_eq!(
+        api.call("counter", "src", "get", json!([])).await?,
+        json!(7)
+    );
+    Ok(())
+}

@@ -18,6 +18,9 @@ pub enum Error {
     /// A revert that cannot be made as asked.
     #[error("cannot revert the worker: {0}")]
     InvalidRevert(String),
+    /// A fork that cannot be made as asked.
+    #[error("cannot fork the worker: {0}")]
+    InvalidFork(String),
     #[error("schedule {0} not found")]
     ScheduleNotFound(String),
     #[error("promise {0} not found")]
@@ -104,6 +107,7 @@ impl Error {
             Error::IncompatibleVersion(_) => "incompatible_version",
             Error::InvalidSchedule(_) => "invalid_schedule",
             Error::InvalidRevert(_) => "invalid_revert",
+            Error::InvalidFork(_) => "invalid_fork",
             Error::ScheduleNotFound(_) => "schedule_not_found",
             Error::PromiseNotFound(_) => "promise_not_found",
             Error::WebhookNotFound => "webhook_not_found",

@@ -271,6 +271,22 @@ impl ExecutorRpc for ExecutorService {
         self.status_reply(&id).await
     }
 
+    async fn fork(
+        &self,
+        request: Request<pb::ForkRequest>,
+    ) -> Result<Response<pb::ForkResponse>, Status> {
+        let r = request.into_inner();
+        let id = self.owned(r.worker)?;
+        let source = worker_id(r.source)?;
+        let limits = limits_from(r.limits);
+        let (_, at) = self
+            .executor
+            .fork(&source, &id, (r.at > 0).then_some(r.at), &limits)
+            .await
+            .map_err(|e| crate::problem::to_status(&e))?;
+        Ok(Response::new(pb::ForkResponse { at }))
+    }
+
     async fn revert(
         &self,
         request: Request<pb::RevertRequest>,

@@ -1,8 +1,8 @@
 //! A local worker's lifecycle: interrupted, resumed (replaying its oplog), deleted, moved to
 //! another version of its component, or stopped; each a command to its actor.
 
-use invicta_model::WorkerId;
 use invicta_model::oplog::{OplogEntry, OplogIndex};
+use invicta_model::{WorkerId, usage};
 use tokio::sync::oneshot;
 
 use crate::Executor;
@@ -222,6 +222,125 @@ impl Executor {
             )));
         }
         Ok(invoked[invoked.len() - count].saturating_sub(1))
+    }
+
+    /// Makes `target` a new worker whose history is `source`'s up to entry `at` (one that ends
+    /// an invocation; `None`: the last such), then its own: the same component version,
+    /// environment and arguments, its own incarnation (so its effects from then on have keys
+    /// of their own), counted against `workers_max`. Written in one transaction; a history too
+    /// large for one is refused. Returns the fork's record and the entry it forked at.
+    pub(crate) async fn fork_here(
+        &self,
+        target: &WorkerId,
+        source: &WorkerId,
+        at: Option<OplogIndex>,
+        workers_max: u64,
+    ) -> Result<(WorkerRecord, OplogIndex)> {
+        /// The most bytes of history one fork copies (below the store's transaction limit).
+        const FORK_BYTES_MAX: usize = 8_000_000;
+        if target.tenant != source.tenant || target.component != source.component {
+            return Err(Error::InvalidFork(
+                "a worker forks into a worker of the same component".into(),
+            ));
+        }
+        let source_record = self
+            .worker_record(source)
+            .await?
+            .ok_or_else(|| Error::WorkerNotFound(source.to_string()))?;
+        let source_c = source.clone();
+        let all = self
+            .inner
+            .store
+            .read(move |tx| records::read_entries(tx, &source_c, 1, usize::MAX))
+            .await?;
+        let visible = crate::worker::apply_jumps(all.clone());
+        let at = match at {
+            Some(at) if revert_point(&visible, at) => at,
+            Some(at) => {
+                return Err(Error::InvalidFork(format!(
+                    "entry {at} does not end an invocation in the worker's history"
+                )));
+            }
+            None => visible
+                .iter()
+                .map(|(i, _)| *i)
+                .filter(|i| revert_point(&visible, *i))
+                .max()
+                .unwrap_or(1),
+        };
+        let record = WorkerRecord {
+            component_version: source_record.component_version,
+            env: source_record.env.clone(),
+            args: source_record.args.clone(),
+            created_at_ms: crate::now_ms(),
+            incarnation: crate::durability::new_incarnation(),
+        };
+        let mut writes = Vec::new();
+        for (index, entry) in all.into_iter().filter(|(i, _)| *i <= at) {
+            let entry = match entry {
+                OplogEntry::Create {
+                    component_version,
+                    env,
+                    args,
+                    ..
+                } => OplogEntry::Create {
+                    timestamp_ms: record.created_at_ms,
+                    component_version,
+                    env,
+                    args,
+                    incarnation: record.incarnation.clone(),
+                },
+                other => other,
+            };
+            writes.extend(records::entry_writes(target, index, entry.encode()));
+        }
+        let bytes: usize = writes.iter().map(|(k, v)| k.len() + v.len()).sum();
+        if bytes > FORK_BYTES_MAX {
+            return Err(Error::InvalidFork(format!(
+                "its history up to entry {at} is {bytes} bytes; a fork copies at most {FORK_BYTES_MAX}"
+            )));
+        }
+        let (target_c, record_c, fencing) =
+            (target.clone(), record.clone(), self.inner.fencing.clone());
+        self.inner
+            .store
+            .transact(move |tx| {
+                if tx.get(&records::worker_key(&target_c))?.is_some() {
+                    return Err(Error::WorkerExists(target_c.to_string()));
+                }
+                fencing.check(tx, &target_c, &mut std::collections::HashMap::new())?;
+                let count_key = usage::count_key(target_c.tenant.as_str(), usage::WORKERS);
+                let workers = u64::try_from(tx.get_i64(&count_key)?).unwrap_or(0);
+                if workers >= workers_max {
+                    return Err(Error::QuotaExceeded {
+                        quota: "workers",
+                        limit: workers_max,
+                        used: workers,
+                    });
+                }
+                tx.atomic_add(&count_key, 1)?;
+                // Whatever an earlier worker of this name left is gone with it; be sure.
+                for prefix in [
+                    records::oplog_prefix(&target_c),
+                    records::chunks_prefix(&target_c),
+                ] {
+                    let (begin, end) = invicta_store::keys::prefix_range(&prefix);
+                    tx.clear_range(&begin, &end)?;
+                }
+                let (stored_key, stored) = records::stored_add(&target_c, &writes);
+                tx.atomic_add(&stored_key, stored)?;
+                for (key, value) in &writes {
+                    tx.set(key, value)?;
+                }
+                tx.set(
+                    &records::worker_key(&target_c),
+                    &records::encode_json(&record_c),
+                )?;
+                Ok(())
+            })
+            .await?;
+        tracing::info!(worker = %target, from = %source, at, "worker forked");
+        Ok((record, at))
     }
 
     /// Stops the worker's actor, if it runs, once its commits are durable.

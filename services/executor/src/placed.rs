@@ -67,6 +67,14 @@ pub(crate) trait WorkerAt {
 
     /// Reverts it to its state after oplog entry `to`; the range of entries skipped.
     async fn revert(&self, to: OplogIndex) -> Result<(OplogIndex, OplogIndex)>;
+
+    /// Makes it, new, with `source`'s history up to entry `at`; the entry it forked at.
+    async fn fork_from(
+        &self,
+        source: &WorkerId,
+        at: Option<OplogIndex>,
+        limits: &Limits,
+    ) -> Result<OplogIndex>;
 }
 
 /// Where [`Executor::revert`] takes a worker back to.
@@ -194,6 +202,24 @@ impl Executor {
         self.at(id).status().await
     }
 
+    /// Forks `source` into the new worker `target`: its history up to entry `at` (one that
+    /// ends an invocation; `None`: the last), then its own. Returns the fork's record and the
+    /// entry it forked at.
+    pub async fn fork(
+        &self,
+        source: &WorkerId,
+        target: &WorkerId,
+        at: Option<OplogIndex>,
+        limits: &Limits,
+    ) -> Result<(WorkerRecord, OplogIndex)> {
+        let at = self.at(target).fork_from(source, at, limits).await?;
+        let record = self
+            .worker_record(target)
+            .await?
+            .ok_or_else(|| Error::WorkerNotFound(target.to_string()))?;
+        Ok((record, at))
+    }
+
     /// Reverts the worker: the entries after the point are kept in its oplog but skipped by
     /// replay, and their invocations' keys may run again. Returns the range skipped.
     pub async fn revert(&self, id: &WorkerId, to: RevertTo) -> Result<(OplogIndex, OplogIndex)> {
@@ -283,6 +309,19 @@ impl WorkerAt for Local<'_> {
     async fn revert(&self, to: OplogIndex) -> Result<(OplogIndex, OplogIndex)> {
         self.executor.revert_here(self.id, to).await
     }
+
+    async fn fork_from(
+        &self,
+        source: &WorkerId,
+        at: Option<OplogIndex>,
+        limits: &Limits,
+    ) -> Result<OplogIndex> {
+        let (_, at) = self
+            .executor
+            .fork_here(self.id, source, at, limits.workers_max)
+            .await?;
+        Ok(at)
+    }
 }
 
 impl Remote<'_> {
@@ -368,6 +407,15 @@ impl WorkerAt for Remote<'_> {
 
     async fn revert(&self, to: OplogIndex) -> Result<(OplogIndex, OplogIndex)> {
         self.router.revert(self.id, to).await
+    }
+
+    async fn fork_from(
+        &self,
+        source: &WorkerId,
+        at: Option<OplogIndex>,
+        limits: &Limits,
+    ) -> Result<OplogIndex> {
+        self.router.fork(self.id, source, at, limits).await
     }
 }
 
@@ -464,6 +512,18 @@ impl WorkerAt for Placed<'_> {
         match self {
             Placed::Local(w) => w.revert(to).await,
             Placed::Remote(w) => w.revert(to).await,
+        }
+    }
+
+    async fn fork_from(
+        &self,
+        source: &WorkerId,
+        at: Option<OplogIndex>,
+        limits: &Limits,
+    ) -> Result<OplogIndex> {
+        match self {
+            Placed::Local(w) => w.fork_from(source, at, limits).await,
+            Placed::Remote(w) => w.fork_from(source, at, limits).await,
         }
     }
 }

@@ -324,6 +324,34 @@ impl Router {
         })
     }
 
+    /// Forks `source` into `id` at `id`'s executor; the entry it forked at.
+    pub(crate) async fn fork(
+        &self,
+        id: &WorkerId,
+        source: &WorkerId,
+        at: Option<u64>,
+        limits: &Limits,
+    ) -> Result<u64> {
+        let request = pb::ForkRequest {
+            worker: Some(wire(id)),
+            source: Some(wire(source)),
+            at: at.unwrap_or(0),
+            limits: Some(crate::wire::limits_to(limits)),
+        };
+        self.routed(id, |mut client| {
+            let request = request.clone();
+            async move {
+                let forked = client
+                    .fork(invicta_telemetry::propagation::request(request))
+                    .await
+                    .map_err(|s| crate::problem::from_status(&s))?
+                    .into_inner();
+                Ok(forked.at)
+            }
+        })
+        .await
+    }
+
     /// Reverts the worker at its executor; the range of entries skipped.
     pub(crate) async fn revert(&self, id: &WorkerId, to: u64) -> Result<(u64, u64)> {
         let request = pb::RevertRequest {

@@ -108,6 +108,7 @@ const CODES: &[(&str, StatusCode)] = &[
     ("schedule_not_found", StatusCode::NOT_FOUND),
     ("promise_not_found", StatusCode::NOT_FOUND),
     ("invalid_revert", StatusCode::BAD_REQUEST),
+    ("invalid_fork", StatusCode::BAD_REQUEST),
     ("webhook_not_found", StatusCode::NOT_FOUND),
     ("component_not_found", StatusCode::NOT_FOUND),
     ("version_not_found", StatusCode::NOT_FOUND),
@@ -461,6 +462,55 @@ pub(crate) async fn delete_worker(
     let id = worker_id(caller.tenant(Scope::Deploy)?, component, worker)?;
     state.executor.delete_worker(&id).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// A fork: the new worker's name, and where in the history to fork (the last entry that ends
+/// an invocation, if not given).
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Fork {
+    name: String,
+    #[serde(default)]
+    at: Option<u64>,
+}
+
+/// A worker forked from another.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct Forked {
+    name: String,
+    component_version: u64,
+    /// The last entry of the source's history the fork holds.
+    forked_at: u64,
+}
+
+#[utoipa::path(post, path = "/v1/components/{component}/workers/{worker}/fork", tag = "workers",
+    params(("component" = String, Path), ("worker" = String, Path)),
+    request_body = Fork,
+    responses((status = 201, description = "A new worker with the worker's history up to the point, then its own (its own idempotency keys from then on)", body = Forked)))]
+pub(crate) async fn fork_worker(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path((component, worker)): Path<(String, String)>,
+    headers: HeaderMap,
+    incoming: axum::extract::Request,
+) -> ApiResult<(StatusCode, Json<Forked>)> {
+    let tenant = caller.tenant(Scope::Deploy)?;
+    let limits = limits(caller.plan()?);
+    let source = worker_id(tenant.clone(), component.clone(), worker)?;
+    let request: Fork = json_body(&headers, &body(read_body(incoming).await)?)?;
+    let target = worker_id(tenant, component, request.name.clone())?;
+    let (record, at) = state
+        .executor
+        .fork(&source, &target, request.at, &limits)
+        .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(Forked {
+            name: request.name,
+            component_version: record.component_version,
+            forked_at: at,
+        }),
+    ))
 }
 
 /// Where to revert a worker to: one of the two.

@@ -266,6 +266,7 @@ pub(crate) struct Readiness {
         api::resume_worker,
         api::set_worker_version,
         api::revert_worker,
+        api::fork_worker,
         api::invoke,
         api::enqueue,
         api::get_invocation,

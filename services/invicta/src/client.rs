@@ -149,6 +149,16 @@ pub enum WorkerCommand {
     Interrupt { component: String, name: String },
     /// Load the worker now, replaying its oplog (and retry a replay that failed)
     Resume { component: String, name: String },
+    /// Make a new worker with this one's history (up to an entry), then its own
+    Fork {
+        component: String,
+        name: String,
+        /// The new worker's name
+        new_name: String,
+        /// Fork after this oplog entry (one that ends an invocation; default: the last)
+        #[arg(long)]
+        at: Option<u64>,
+    },
     /// Take the worker back to an earlier state: the later oplog entries stay, skipped by replay
     Revert {
         component: String,
@@ -813,6 +823,29 @@ async fn run(connection: &Connection, request: Request) -> Result<Output, Failur
             Ok(Output::Text(json!({ "lines": lines, "next": from }), text))
         }
         Request::Worker(WorkerCommand::Schedule(command)) => schedule(&client, command).await,
+        Request::Worker(WorkerCommand::Fork {
+            component,
+            name,
+            new_name,
+            at,
+        }) => {
+            let mut request = json!({ "name": new_name });
+            if let Some(at) = at {
+                request["at"] = json!(at);
+            }
+            let body = client
+                .post(
+                    &format!("/v1/components/{component}/workers/{name}/fork"),
+                    request,
+                    None,
+                )
+                .await?;
+            let text = format!(
+                "forked {name} into {new_name} after oplog entry {}",
+                text(&body["forked_at"])
+            );
+            Ok(Output::Text(body, text))
+        }
         Request::Worker(WorkerCommand::Revert {
             component,
             name,
