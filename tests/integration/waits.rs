@@ -40,6 +40,19 @@ async fn oplog_kinds(api: &Api, worker: &str) -> anyhow::Result<Vec<String>> {
         .unwrap_or_default())
 }
 
+/// Waits until the worker's oplog shows it suspended in a wait.
+async fn suspended(api: &Api, worker: &str) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !oplog_kinds(api, worker)
+        .await?
+        .contains(&"suspended".to_string())
+    {
+        anyhow::ensure!(Instant::now() < deadline, "worker {worker} never suspended");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
+}
+
 async fn enqueue(
     api: &Api,
     worker: &str,
@@ -109,14 +122,7 @@ async fn a_long_sleep_suspends_the_worker_and_outlives_a_crash() -> anyhow::Resu
     let started = now_ms();
     enqueue(&api, "w", "nap", json!([2_500]), "long-nap").await?;
     enqueue(&api, "w", "bump", json!([]), "after-nap").await?;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !oplog_kinds(&api, "w")
-        .await?
-        .contains(&"suspended".to_string())
-    {
-        anyhow::ensure!(Instant::now() < deadline, "the worker never suspended");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    suspended(&api, "w").await?;
     let worker = api.get("/v1/components/waiter/workers/w").await?;
     assert_eq!(worker.body["status"], "suspended", "{worker:?}");
     assert_eq!(status_of(&api, "w", "long-nap").await?["status"], "pending");
@@ -127,14 +133,7 @@ async fn a_long_sleep_suspends_the_worker_and_outlives_a_crash() -> anyhow::Resu
 
     // A key made before a sleep is the same key after the crash below.
     enqueue(&api, "k", "keyed-nap", json!([1_500]), "keyed").await?;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !oplog_kinds(&api, "k")
-        .await?
-        .contains(&"suspended".to_string())
-    {
-        anyhow::ensure!(Instant::now() < deadline, "the keyed nap never suspended");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    suspended(&api, "k").await?;
     let oplog = api.get("/v1/components/waiter/workers/k/oplog").await?;
     let made = oplog.body["entries"]
         .as_array()
@@ -188,14 +187,7 @@ async fn an_awaited_promise_suspends_the_worker_until_completed() -> anyhow::Res
     assert_eq!(promise.body["completed"], Value::Null);
 
     enqueue(&api, "p", "wait-for", json!([id]), "awaiting").await?;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !oplog_kinds(&api, "p")
-        .await?
-        .contains(&"suspended".to_string())
-    {
-        anyhow::ensure!(Instant::now() < deadline, "the worker never suspended");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    suspended(&api, "p").await?;
     assert_eq!(status_of(&api, "p", "awaiting").await?["status"], "pending");
 
     // A crash while it waits, then the completion.
@@ -376,14 +368,7 @@ async fn a_webhook_completes_its_promise_without_a_key() -> anyhow::Result<()> {
         .to_string();
     assert_eq!(token.len(), 64, "{promise:?}");
     enqueue(&api, "h", "wait-for", json!([id]), "hooked").await?;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !oplog_kinds(&api, "h")
-        .await?
-        .contains(&"suspended".to_string())
-    {
-        anyhow::ensure!(Instant::now() < deadline, "the worker never suspended");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    suspended(&api, "h").await?;
 
     // A crash while it waits; then the outside service calls, with no key.
     server.kill()?;

@@ -63,17 +63,7 @@ impl Executor {
                 }
                 // Its first oplog entry is fenced like every other.
                 fencing.check(tx, &id_c, &mut HashMap::new())?;
-                // Counted in the same transaction as the worker it counts: exact under races.
-                let count_key = usage::count_key(id_c.tenant.as_str(), usage::WORKERS);
-                let workers = u64::try_from(tx.get_i64(&count_key)?).unwrap_or(0);
-                if workers >= workers_max {
-                    return Err(Error::QuotaExceeded {
-                        quota: "workers",
-                        limit: workers_max,
-                        used: workers,
-                    });
-                }
-                tx.atomic_add(&count_key, 1)?;
+                records::count_new_worker(tx, &id_c, workers_max)?;
                 tx.set(
                     &records::worker_key(&id_c),
                     &records::encode_json(&record_c),

@@ -1,8 +1,8 @@
 //! A local worker's lifecycle: interrupted, resumed (replaying its oplog), deleted, moved to
 //! another version of its component, or stopped; each a command to its actor.
 
+use invicta_model::WorkerId;
 use invicta_model::oplog::{OplogEntry, OplogIndex};
-use invicta_model::{WorkerId, usage};
 use tokio::sync::oneshot;
 
 use crate::Executor;
@@ -309,16 +309,7 @@ impl Executor {
                     return Err(Error::WorkerExists(target_c.to_string()));
                 }
                 fencing.check(tx, &target_c, &mut std::collections::HashMap::new())?;
-                let count_key = usage::count_key(target_c.tenant.as_str(), usage::WORKERS);
-                let workers = u64::try_from(tx.get_i64(&count_key)?).unwrap_or(0);
-                if workers >= workers_max {
-                    return Err(Error::QuotaExceeded {
-                        quota: "workers",
-                        limit: workers_max,
-                        used: workers,
-                    });
-                }
-                tx.atomic_add(&count_key, 1)?;
+                records::count_new_worker(tx, &target_c, workers_max)?;
                 // Whatever an earlier worker of this name left is gone with it; be sure.
                 for prefix in [
                     records::oplog_prefix(&target_c),

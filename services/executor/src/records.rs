@@ -381,6 +381,27 @@ fn index_of(prefix_len: usize, key: &[u8]) -> Result<OplogIndex, Error> {
     Ok(index)
 }
 
+/// Counts a new worker of its tenant, refused past `workers_max`: in the transaction that
+/// creates the worker, so the count is exact under races.
+pub(crate) fn count_new_worker(
+    tx: &mut Transaction<'_>,
+    id: &WorkerId,
+    workers_max: u64,
+) -> Result<(), Error> {
+    let count_key =
+        invicta_model::usage::count_key(id.tenant.as_str(), invicta_model::usage::WORKERS);
+    let workers = u64::try_from(tx.get_i64(&count_key)?).unwrap_or(0);
+    if workers >= workers_max {
+        return Err(Error::QuotaExceeded {
+            quota: "workers",
+            limit: workers_max,
+            used: workers,
+        });
+    }
+    tx.atomic_add(&count_key, 1)?;
+    Ok(())
+}
+
 /// The oplog's last index (0 when it is empty).
 pub(crate) fn last_index(tx: &mut Transaction<'_>, id: &WorkerId) -> Result<OplogIndex, Error> {
     let prefix = oplog_prefix(id);
