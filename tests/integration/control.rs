@@ -646,3 +646,85 @@ async fn a_forked_worker_has_its_sources_history_then_its_own() -> anyhow::Resul
     );
     Ok(())
 }
+
+/// A bulk update moves a component's workers page by page, each one whose history replays on
+/// the version, and says for every worker what happened; those refused stay where they were.
+#[tokio::test]
+async fn a_bulk_update_moves_every_worker_it_can_and_says_which() -> anyhow::Result<()> {
+    let (_data, _server, api) = start().await?;
+    api.upload("counter", component("counter")).await?;
+    api.upload("counter", same_code_new_bytes("counter"))
+        .await?;
+    for (worker, delta) in [("a", 1), ("b", 2)] {
+        let created = api
+            .post_json(
+                "/v1/components/counter/workers",
+                &json!({ "name": worker, "version": 1 }),
+                None,
+            )
+            .await?;
+        assert_eq!(created.status, 201, "{created:?}");
+        api.call("counter", worker, "add", json!([delta])).await?;
+    }
+    api.post_json(
+        "/v1/components/counter/workers",
+        &json!({ "name": "c", "version": 2 }),
+        None,
+    )
+    .await?;
+    let update = |body: Value| {
+        let api = api.clone();
+        async move {
+            api.post_json("/v1/components/counter/update", &body, None)
+                .await
+        }
+    };
+    let first = update(json!({ "version": 2, "limit": 2 })).await?;
+    assert_eq!(first.status, 200, "{first:?}");
+    let outcomes = |page: &Value| -> Vec<(String, String)> {
+        page["results"]
+            .as_array()
+            .map(|r| {
+                r.iter()
+                    .map(|r| {
+                        (
+                            r["worker"].as_str().unwrap_or_default().to_string(),
+                            r["outcome"].as_str().unwrap_or_default().to_string(),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    assert_eq!(
+        outcomes(&first.body),
+        [
+            ("a".into(), "updated".into()),
+            ("b".into(), "updated".into())
+        ]
+    );
+    let second = update(json!({ "version": 2, "after": first.body["next"] })).await?;
+    assert_eq!(outcomes(&second.body), [("c".into(), "unchanged".into())]);
+    assert!(second.body.get("next").is_none(), "{second:?}");
+    assert_eq!(api.call("counter", "b", "get", json!([])).await?, json!(2));
+
+    // Another component's code: the workers with a history stay, the one without moves.
+    api.upload("counter", component("logger")).await?;
+    let third = update(json!({ "version": 3 })).await?;
+    assert_eq!(
+        outcomes(&third.body),
+        [
+            ("a".into(), "refused".into()),
+            ("b".into(), "refused".into()),
+            ("c".into(), "updated".into())
+        ]
+    );
+    assert_eq!(third.body["results"][0]["code"], "incompatible_version");
+    assert_eq!(
+        api.get("/v1/components/counter/workers/a").await?.body["component_version"],
+        2
+    );
+    let missing = update(json!({ "version": 9 })).await?;
+    assert_eq!((missing.status, missing.code()), (404, "version_not_found"));
+    Ok(())
+}

@@ -613,6 +613,109 @@ pub(crate) async fn set_worker_version(
     Ok(Json(json!(status)))
 }
 
+/// The most workers one page of a bulk update moves (each move may replay a history).
+pub const UPDATE_PAGE_MAX: usize = 100;
+
+/// A bulk update: a page of a component's workers, in name order, moved to `version`.
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct UpdateWorkers {
+    version: u64,
+    /// Start after this worker name (the previous page's `next`).
+    #[serde(default)]
+    after: Option<String>,
+    /// Workers in this page (default 20, at most 100).
+    #[serde(default)]
+    limit: Option<usize>,
+}
+
+/// One worker's outcome in a bulk update.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct WorkerUpdate {
+    worker: String,
+    /// `updated`, `unchanged` (it ran that version already) or `refused`.
+    outcome: &'static str,
+    /// Why it was refused (its history does not replay there, …), as a problem's code and words.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    code: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<String>,
+}
+
+/// A page of a bulk update.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct UpdatedWorkers {
+    results: Vec<WorkerUpdate>,
+    /// Where the next page starts; absent after the last.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    next: Option<String>,
+}
+
+#[utoipa::path(post, path = "/v1/components/{component}/update", tag = "workers",
+    params(("component" = String, Path)),
+    request_body = UpdateWorkers,
+    responses((status = 200, description = "A page of the component's workers, each moved to the version if its history replays there (a worker refused stays where it was); call again with `next` until it is absent", body = UpdatedWorkers)))]
+pub(crate) async fn update_workers(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(component): Path<String>,
+    headers: HeaderMap,
+    incoming: axum::extract::Request,
+) -> ApiResult<Json<UpdatedWorkers>> {
+    let tenant = caller.tenant(Scope::Deploy)?;
+    let name = component_name(component.clone())?;
+    let request: UpdateWorkers = json_body(&headers, &body(read_body(incoming).await)?)?;
+    // The version must exist before any worker is asked to move there.
+    state
+        .registry
+        .get(&tenant, &name, Some(request.version))
+        .await?;
+    let limit = request.limit.unwrap_or(20);
+    if limit == 0 || limit > UPDATE_PAGE_MAX {
+        return Err(Problem::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_query",
+            format!("limit must be 1 to {UPDATE_PAGE_MAX}"),
+        ));
+    }
+    let filter = invicta_executor::WorkerFilter {
+        prefix: None,
+        status: None,
+        after: request.after.clone(),
+        limit,
+    };
+    let (workers, next) = state.executor.list_workers(&tenant, &name, &filter).await?;
+    let mut results = Vec::with_capacity(workers.len());
+    for worker in workers {
+        let id = worker_id(tenant.clone(), component.clone(), worker.name.clone())?;
+        let result = if worker.component_version == request.version {
+            WorkerUpdate {
+                worker: worker.name,
+                outcome: "unchanged",
+                code: None,
+                reason: None,
+            }
+        } else {
+            match state.executor.set_version(&id, request.version).await {
+                Ok(_) => WorkerUpdate {
+                    worker: worker.name,
+                    outcome: "updated",
+                    code: None,
+                    reason: None,
+                },
+                Err(e) => WorkerUpdate {
+                    worker: worker.name,
+                    outcome: "refused",
+                    code: Some(e.code().to_string()),
+                    reason: Some(e.to_string()),
+                },
+            }
+        };
+        results.push(result);
+    }
+    Ok(Json(UpdatedWorkers { results, next }))
+}
+
 fn idempotency_key(headers: &HeaderMap) -> ApiResult<Option<String>> {
     match headers.get("idempotency-key") {
         Some(v) => Ok(Some(

@@ -316,6 +316,10 @@ fn router(config: &Config, state: AppState) -> Router {
             post(api::resume_worker),
         )
         .route(
+            "/v1/components/{component}/update",
+            post(api::update_workers).layer(json_limit),
+        )
+        .route(
             "/v1/components/{component}/workers/{worker}/fork",
             post(api::fork_worker).layer(json_limit),
         )

@@ -267,6 +267,7 @@ pub(crate) struct Readiness {
         api::set_worker_version,
         api::revert_worker,
         api::fork_worker,
+        api::update_workers,
         api::invoke,
         api::enqueue,
         api::get_invocation,

@@ -47,6 +47,12 @@ pub enum ComponentCommand {
     Show { name: String },
     /// Delete a component and all its versions (refused while workers use it)
     Delete { name: String },
+    /// Move every worker of a component to a version (each one whose history replays there)
+    Update {
+        name: String,
+        #[arg(long)]
+        version: u64,
+    },
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -612,6 +618,39 @@ async fn run(connection: &Connection, request: Request) -> Result<Output, Failur
             Ok(Output::Table(
                 body,
                 vec!["component", "version", "bytes", "exports"],
+                rows,
+            ))
+        }
+        Request::Component(ComponentCommand::Update { name, version }) => {
+            let mut rows = Vec::new();
+            let mut results = Vec::new();
+            let mut after: Option<String> = None;
+            loop {
+                let mut request = json!({ "version": version });
+                if let Some(after) = &after {
+                    request["after"] = json!(after);
+                }
+                let page = client
+                    .post(&format!("/v1/components/{name}/update"), request, None)
+                    .await?;
+                for result in page["results"].as_array().cloned().unwrap_or_default() {
+                    rows.push(vec![
+                        text(&result["worker"]),
+                        text(&result["outcome"]),
+                        text(&result["reason"]),
+                    ]);
+                    results.push(result);
+                }
+                // Progress, apart from the result (stdout stays the table or the JSON).
+                eprintln!("{} worker(s) done", rows.len());
+                match page["next"].as_str() {
+                    Some(next) => after = Some(next.to_string()),
+                    None => break,
+                }
+            }
+            Ok(Output::Table(
+                json!({ "results": results }),
+                vec!["worker", "outcome", "reason"],
                 rows,
             ))
         }
