@@ -468,3 +468,68 @@ async fn https_requests_check_the_certificate_and_replay_like_any_other() -> any
     assert_eq!(seen.load(std::sync::atomic::Ordering::SeqCst), 2);
     Ok(())
 }
+
+/// A fork of a worker that kept a large response body in the blob store gets a copy of its
+/// own: it replays after its source is deleted.
+#[tokio::test]
+async fn a_fork_keeps_the_response_bodies_of_its_history() -> anyhow::Result<()> {
+    let (url, seen) = remote().await?;
+    let big_url = url.replace("/effect", "/big");
+    let data = tempfile::tempdir()?;
+    let config = config(data.path())?;
+    let dir = data.path().join("data");
+    let server = Server::start_with(INVICTA.as_ref(), &dir, &["--config", &config])?;
+    let api = server.operator().new_tenant("forking", "pro").await?;
+    api.upload("fetcher", component("fetcher")).await?;
+    let first = api
+        .call("fetcher", "src", "fetch", json!([big_url]))
+        .await?;
+    assert!(first["ok"].as_str().is_some_and(|b| b.len() > 200_000));
+    let forked = api
+        .post_json(
+            "/v1/components/fetcher/workers/src/fork",
+            &json!({ "name": "copy" }),
+            None,
+        )
+        .await?;
+    assert_eq!(forked.status, 201, "{forked:?}");
+    let oplog = api.get("/v1/components/fetcher/workers/copy/oplog").await?;
+    let keys: Vec<String> = oplog.body["entries"]
+        .as_array()
+        .map(|es| {
+            es.iter()
+                .filter_map(|e| e["response"]["ok"]["body_blob"]["key"].as_str())
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_default();
+    let source = api.get("/v1/components/fetcher/workers/src/oplog").await?;
+    let source_key = source.body["entries"]
+        .as_array()
+        .and_then(|es| {
+            es.iter()
+                .find_map(|e| e["response"]["ok"]["body_blob"]["key"].as_str())
+        })
+        .unwrap_or_default()
+        .to_string();
+    assert_eq!(keys.len(), 1, "{oplog:?}");
+    assert_ne!(keys[0], source_key, "the fork names a body of its own");
+    assert_eq!(
+        api.delete("/v1/components/fetcher/workers/src")
+            .await?
+            .status,
+        204
+    );
+
+    // A crash: the fork replays its history, the large body included, and sends nothing.
+    server.kill()?;
+    let server = Server::start_with(INVICTA.as_ref(), &dir, &["--config", &config])?;
+    let api = api.at(&server.url);
+    let next = api.call("fetcher", "copy", "fetch", json!([url])).await?;
+    assert!(
+        next["ok"].as_str().is_some_and(|b| b.starts_with("200 ")),
+        "{next}"
+    );
+    assert_eq!(seen.total(), 2, "the replay sent nothing");
+    Ok(())
+}

@@ -124,6 +124,39 @@ pub(crate) struct DurableHttp {
     pub blobs: invicta_blob::BlobStore,
 }
 
+/// Calls `f` with the blob key of every response body kept in the blob store that `value` (a
+/// recorded host call's response) names, to move them: a fork's copies name its own.
+pub(crate) fn for_each_body_blob(value: &mut Value, f: &mut dyn FnMut(&mut String)) {
+    match value {
+        Value::Record(fields) => {
+            for (name, field) in fields.iter_mut() {
+                if name == "body_blob"
+                    && let Value::Record(blob) = field
+                {
+                    for (part, v) in blob.iter_mut() {
+                        if part == "key"
+                            && let Value::String(key) = v
+                        {
+                            f(key);
+                        }
+                    }
+                } else {
+                    for_each_body_blob(field, f);
+                }
+            }
+        }
+        Value::List(items) | Value::Tuple(items) => {
+            for item in items {
+                for_each_body_blob(item, f);
+            }
+        }
+        Value::Variant(_, Some(inner))
+        | Value::Option(Some(inner))
+        | Value::Result(Ok(Some(inner)) | Err(Some(inner))) => for_each_body_blob(inner, f),
+        _ => {}
+    }
+}
+
 /// Where the worker's large response bodies are kept in the blob store: one prefix per worker
 /// (named by a hash, as worker names may hold characters blob keys may not).
 pub(crate) fn bodies_prefix(worker: &invicta_model::WorkerId) -> String {

@@ -275,8 +275,47 @@ impl Executor {
             created_at_ms: crate::now_ms(),
             incarnation: crate::durability::new_incarnation(),
         };
+        // Response bodies kept in the blob store are the source's: the fork gets copies of its
+        // own, so that it outlives the source.
+        let mut copied = all;
+        copied.retain(|(i, _)| *i <= at);
+        let (from_prefix, to_prefix) = (
+            crate::http::bodies_prefix(source),
+            crate::http::bodies_prefix(target),
+        );
+        let mut keys = Vec::new();
+        for (_, entry) in copied.iter_mut() {
+            if let OplogEntry::ImportedFunctionInvoked { response, .. } = entry {
+                crate::http::for_each_body_blob(response, &mut |key| keys.push(key.clone()));
+            }
+        }
+        let blobs = self.inner.registry.blobs();
+        let mut moved = std::collections::HashMap::new();
+        for key in keys {
+            if moved.contains_key(&key) || !key.starts_with(&from_prefix) {
+                continue;
+            }
+            let bytes = blobs
+                .get(&key)
+                .await
+                .map_err(|e| Error::InvalidFork(format!("copy a response body: {e}")))?;
+            let copy = blobs
+                .put_bytes(&to_prefix, &bytes)
+                .await
+                .map_err(|e| Error::InvalidFork(format!("copy a response body: {e}")))?;
+            moved.insert(key, copy.key);
+        }
+        for (_, entry) in copied.iter_mut() {
+            if let OplogEntry::ImportedFunctionInvoked { response, .. } = entry {
+                crate::http::for_each_body_blob(response, &mut |key| {
+                    if let Some(new) = moved.get(key.as_str()) {
+                        key.clone_from(new);
+                    }
+                });
+            }
+        }
         let mut writes = Vec::new();
-        for (index, entry) in all.into_iter().filter(|(i, _)| *i <= at) {
+        for (index, entry) in copied {
             let entry = match entry {
                 OplogEntry::Create {
                     component_version,
