@@ -42,15 +42,15 @@ async fn oplog_kinds(api: &Api, worker: &str) -> anyhow::Result<Vec<String>> {
 
 /// Waits until the worker's oplog shows it suspended in a wait.
 async fn suspended(api: &Api, worker: &str) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !oplog_kinds(api, worker)
-        .await?
-        .contains(&"suspended".to_string())
-    {
-        anyhow::ensure!(Instant::now() < deadline, "worker {worker} never suspended");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    Ok(())
+    eventually(
+        &format!("worker {worker} suspended"),
+        Duration::from_secs(10),
+        || async move {
+            let kinds = oplog_kinds(api, worker).await?;
+            Ok(kinds.contains(&"suspended".to_string()).then_some(()))
+        },
+    )
+    .await
 }
 
 async fn enqueue(
@@ -310,21 +310,24 @@ async fn background_invocations_count_against_the_plans_concurrency() -> anyhow:
     enqueue(&api, "a", "nap", json!([600_000]), "long-a").await?;
 
     // One ends (interrupted while it waits): its place is free.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let interrupted = api
-            .post_json(
-                "/v1/components/waiter/workers/a/interrupt",
-                &json!({}),
-                None,
-            )
-            .await?;
-        if interrupted.body["interrupted"] == json!(true) {
-            break;
-        }
-        anyhow::ensure!(Instant::now() < deadline, "never waiting: {interrupted:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(
+        "a waiting invocation interrupted",
+        Duration::from_secs(10),
+        || {
+            let api = api.clone();
+            async move {
+                let interrupted = api
+                    .post_json(
+                        "/v1/components/waiter/workers/a/interrupt",
+                        &json!({}),
+                        None,
+                    )
+                    .await?;
+                Ok((interrupted.body["interrupted"] == json!(true)).then_some(()))
+            }
+        },
+    )
+    .await?;
     let accepted = eventually("the third is accepted", Duration::from_secs(10), || {
         let api = api.clone();
         async move {
