@@ -679,8 +679,6 @@ async fn a_bulk_update_moves_every_worker_it_can_and_says_which() -> anyhow::Res
                 .await
         }
     };
-    let first = update(json!({ "version": 2, "limit": 2 })).await?;
-    assert_eq!(first.status, 200, "{first:?}");
     let outcomes = |page: &Value| -> Vec<(String, String)> {
         page["results"]
             .as_array()
@@ -696,6 +694,36 @@ async fn a_bulk_update_moves_every_worker_it_can_and_says_which() -> anyhow::Res
             })
             .unwrap_or_default()
     };
+    // A dry run says what would happen, and moves nothing.
+    let dry = update(json!({ "version": 2, "dry_run": true })).await?;
+    assert_eq!(
+        outcomes(&dry.body),
+        [
+            ("a".into(), "would_update".into()),
+            ("b".into(), "would_update".into()),
+            ("c".into(), "unchanged".into())
+        ]
+    );
+    let planned = api
+        .put_json(
+            "/v1/components/counter/workers/a/version",
+            &json!({ "version": 2, "dry_run": true }),
+        )
+        .await?;
+    assert_eq!(planned.status, 200, "{planned:?}");
+    assert_eq!(planned.body["method"], "replay", "{planned:?}");
+    assert_eq!(
+        planned.body["checked_functions"],
+        json!(["add"]),
+        "{planned:?}"
+    );
+    assert_eq!(
+        api.get("/v1/components/counter/workers/a").await?.body["component_version"],
+        1,
+        "a dry run moves nothing"
+    );
+    let first = update(json!({ "version": 2, "limit": 2 })).await?;
+    assert_eq!(first.status, 200, "{first:?}");
     assert_eq!(
         outcomes(&first.body),
         [

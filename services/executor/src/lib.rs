@@ -53,6 +53,7 @@ use invicta_model::{ComponentName, TenantId};
 use invicta_store::Store;
 
 pub use http::HttpConfig;
+pub use lifecycle::VersionPlan;
 pub use limits::Limits;
 pub use placed::RevertTo;
 pub use records::{InvocationRecord, PendingRecord, StoredOutcome, WorkerRecord};

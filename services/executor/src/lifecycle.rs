@@ -78,36 +78,10 @@ impl Executor {
         id: &WorkerId,
         version: u64,
     ) -> Result<WorkerRecord> {
-        let record = self
-            .worker_record(id)
-            .await?
-            .ok_or_else(|| Error::WorkerNotFound(id.to_string()))?;
+        let plan = self.plan_version(id, version).await?;
+        let record = plan.record;
         if record.component_version == version {
             return Ok(record);
-        }
-        let registry = &self.inner.registry;
-        let current = registry
-            .compiled(&id.tenant, &id.component, record.component_version)
-            .await?;
-        let target = registry
-            .compiled(&id.tenant, &id.component, version)
-            .await?;
-        let id_c = id.clone();
-        let entries = self
-            .inner
-            .store
-            .read(move |tx| records::read_entries(tx, &id_c, 1, usize::MAX))
-            .await?;
-        for (_, entry) in &entries {
-            if let OplogEntry::ExportedFunctionInvoked { function, .. } = entry {
-                let before = current.function(function).map(|f| f.signature());
-                let after = target.function(function).map(|f| f.signature());
-                if after.is_none() || before != after {
-                    return Err(Error::IncompatibleVersion(format!(
-                        "the worker was invoked with `{function}`, which version {version} does not export with the same signature"
-                    )));
-                }
-            }
         }
         self.stop_actor(id).await;
         self.write_version(id, version).await?;
@@ -373,6 +347,50 @@ impl Executor {
         Ok((record, at))
     }
 
+    /// What moving the worker to `version` would do, checked without moving it: every
+    /// function its history was invoked with must be exported alike there (otherwise
+    /// `incompatible_version`, naming the first that is not); a move then replays the whole
+    /// history on the new version and keeps the worker where it was if any result differs.
+    pub async fn plan_version(&self, id: &WorkerId, version: u64) -> Result<VersionPlan> {
+        let record = self
+            .worker_record(id)
+            .await?
+            .ok_or_else(|| Error::WorkerNotFound(id.to_string()))?;
+        let registry = &self.inner.registry;
+        let target = registry
+            .compiled(&id.tenant, &id.component, version)
+            .await?;
+        let mut functions = std::collections::BTreeSet::new();
+        if record.component_version != version {
+            let current = registry
+                .compiled(&id.tenant, &id.component, record.component_version)
+                .await?;
+            let id_c = id.clone();
+            let entries = self
+                .inner
+                .store
+                .read(move |tx| records::read_entries(tx, &id_c, 1, usize::MAX))
+                .await?;
+            for (_, entry) in crate::worker::apply_jumps(entries) {
+                if let OplogEntry::ExportedFunctionInvoked { function, .. } = entry {
+                    let before = current.function(&function).map(|f| f.signature());
+                    let after = target.function(&function).map(|f| f.signature());
+                    if after.is_none() || before != after {
+                        return Err(Error::IncompatibleVersion(format!(
+                            "the worker was invoked with `{function}`, which version {version} does not export with the same signature"
+                        )));
+                    }
+                    functions.insert(function);
+                }
+            }
+        }
+        Ok(VersionPlan {
+            record,
+            version,
+            functions: functions.into_iter().collect(),
+        })
+    }
+
     /// Stops the worker's actor, if it runs, once its commits are durable.
     pub(crate) async fn stop_actor(&self, id: &WorkerId) {
         let handle = self.lock_workers().get(id).cloned();
@@ -419,4 +437,16 @@ fn revert_point(visible: &[(OplogIndex, OplogEntry)], to: OplogIndex) -> bool {
         }
     }
     false
+}
+
+/// What moving a worker to a version would do ([`Executor::plan_version`]).
+#[derive(Debug, Clone)]
+pub struct VersionPlan {
+    /// The worker as it is.
+    pub record: WorkerRecord,
+    /// The version it would move to.
+    pub version: u64,
+    /// The functions its history was invoked with, each exported alike there: the trial
+    /// replay of a move calls them again.
+    pub functions: Vec<String>,
 }

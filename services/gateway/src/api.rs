@@ -593,6 +593,35 @@ pub(crate) async fn resume_worker(
 #[serde(deny_unknown_fields)]
 pub(crate) struct SetVersion {
     version: u64,
+    /// Only say what a move would do (checked as a move checks, before its trial replay).
+    #[serde(default)]
+    dry_run: bool,
+}
+
+/// What a dry run found a move would do.
+fn version_plan_json(plan: &invicta_executor::VersionPlan) -> serde_json::Value {
+    let from = plan.record.component_version;
+    let (method, detail) = if from == plan.version {
+        ("none", format!("the worker runs version {from} already"))
+    } else {
+        (
+            "replay",
+            format!(
+                "every function its history was invoked with is exported alike by version {}; \
+                 a move replays the history there and keeps the worker on version {from} if any \
+                 result differs",
+                plan.version
+            ),
+        )
+    };
+    json!({
+        "dry_run": true,
+        "from": from,
+        "to": plan.version,
+        "method": method,
+        "checked_functions": plan.functions,
+        "detail": detail,
+    })
 }
 
 #[utoipa::path(put, path = "/v1/components/{component}/workers/{worker}/version", tag = "workers",
@@ -608,6 +637,10 @@ pub(crate) async fn set_worker_version(
 ) -> ApiResult<Json<serde_json::Value>> {
     let id = worker_id(caller.tenant(Scope::Deploy)?, component, worker)?;
     let request: SetVersion = json_body(&headers, &body(read_body(incoming).await)?)?;
+    if request.dry_run {
+        let plan = state.executor.plan_version(&id, request.version).await?;
+        return Ok(Json(version_plan_json(&plan)));
+    }
     state.executor.set_version(&id, request.version).await?;
     let status = state.executor.status(&id).await?;
     Ok(Json(json!(status)))
@@ -627,13 +660,17 @@ pub(crate) struct UpdateWorkers {
     /// Workers in this page (default 20, at most 100).
     #[serde(default)]
     limit: Option<usize>,
+    /// Only say what would happen to each (`would_update`, `unchanged`, `refused`).
+    #[serde(default)]
+    dry_run: bool,
 }
 
 /// One worker's outcome in a bulk update.
 #[derive(Serialize, utoipa::ToSchema)]
 pub(crate) struct WorkerUpdate {
     worker: String,
-    /// `updated`, `unchanged` (it ran that version already) or `refused`.
+    /// `updated`, `unchanged` (it ran that version already), `refused`, or for a dry run
+    /// `would_update`.
     outcome: &'static str,
     /// Why it was refused (its history does not replay there, …), as a problem's code and words.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -694,6 +731,21 @@ pub(crate) async fn update_workers(
                 outcome: "unchanged",
                 code: None,
                 reason: None,
+            }
+        } else if request.dry_run {
+            match state.executor.plan_version(&id, request.version).await {
+                Ok(_) => WorkerUpdate {
+                    worker: worker.name,
+                    outcome: "would_update",
+                    code: None,
+                    reason: None,
+                },
+                Err(e) => WorkerUpdate {
+                    worker: worker.name,
+                    outcome: "refused",
+                    code: Some(e.code().to_string()),
+                    reason: Some(e.to_string()),
+                },
             }
         } else {
             match state.executor.set_version(&id, request.version).await {

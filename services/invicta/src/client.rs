@@ -52,6 +52,9 @@ pub enum ComponentCommand {
         name: String,
         #[arg(long)]
         version: u64,
+        /// Only say what would happen to each worker
+        #[arg(long)]
+        dry_run: bool,
     },
 }
 
@@ -183,6 +186,9 @@ pub enum WorkerCommand {
         name: String,
         #[arg(long)]
         version: u64,
+        /// Only say what the move would do
+        #[arg(long)]
+        dry_run: bool,
     },
     /// Delete the worker with its oplog and its queued invocations
     Delete { component: String, name: String },
@@ -621,12 +627,16 @@ async fn run(connection: &Connection, request: Request) -> Result<Output, Failur
                 rows,
             ))
         }
-        Request::Component(ComponentCommand::Update { name, version }) => {
+        Request::Component(ComponentCommand::Update {
+            name,
+            version,
+            dry_run,
+        }) => {
             let mut rows = Vec::new();
             let mut results = Vec::new();
             let mut after: Option<String> = None;
             loop {
-                let mut request = json!({ "version": version });
+                let mut request = json!({ "version": version, "dry_run": dry_run });
                 if let Some(after) = &after {
                     request["after"] = json!(after);
                 }
@@ -939,14 +949,19 @@ async fn run(connection: &Connection, request: Request) -> Result<Output, Failur
             component,
             name,
             version,
+            dry_run,
         }) => {
             let body = client
                 .put(
                     &format!("/v1/components/{component}/workers/{name}/version"),
-                    json!({ "version": version }),
+                    json!({ "version": version, "dry_run": dry_run }),
                 )
                 .await?;
-            let text = format!("{name} runs version {}", text(&body["component_version"]));
+            let text = if dry_run {
+                format!("{}: {}", text(&body["method"]), text(&body["detail"]))
+            } else {
+                format!("{name} runs version {}", text(&body["component_version"]))
+            };
             Ok(Output::Text(body, text))
         }
         Request::Worker(WorkerCommand::Delete { component, name }) => {
