@@ -599,51 +599,75 @@ pub(crate) struct SetVersion {
 }
 
 /// What a dry run found a move would do.
-fn version_plan_json(plan: &invicta_executor::VersionPlan) -> serde_json::Value {
-    let from = plan.record.component_version;
-    let (method, detail) = if from == plan.version {
-        ("none", format!("the worker runs version {from} already"))
-    } else {
-        (
-            "replay",
-            format!(
-                "every function its history was invoked with is exported alike by version {}; \
-                 a move replays the history there and keeps the worker on version {from} if any \
-                 result differs",
-                plan.version
-            ),
-        )
-    };
-    json!({
-        "dry_run": true,
-        "from": from,
-        "to": plan.version,
-        "method": method,
-        "checked_functions": plan.functions,
-        "detail": detail,
-    })
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct VersionPlanned {
+    /// Always `true`: nothing moved.
+    dry_run: bool,
+    from: u64,
+    to: u64,
+    /// `replay` (the history is replayed on the new version, which must reproduce every
+    /// result) or `none` (it runs that version already).
+    method: &'static str,
+    /// The functions its history was invoked with, each exported alike there.
+    checked_functions: Vec<String>,
+    detail: String,
+}
+
+/// A move's answer: the worker's status, or for a dry run what the move would do.
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(untagged)]
+pub(crate) enum VersionReply {
+    Moved(invicta_executor::WorkerStatus),
+    Planned(VersionPlanned),
+}
+
+impl From<&invicta_executor::VersionPlan> for VersionPlanned {
+    fn from(plan: &invicta_executor::VersionPlan) -> VersionPlanned {
+        let from = plan.record.component_version;
+        let (method, detail) = if from == plan.version {
+            ("none", format!("the worker runs version {from} already"))
+        } else {
+            (
+                "replay",
+                format!(
+                    "every function its history was invoked with is exported alike by version {}; \
+                     a move replays the history there and keeps the worker on version {from} if \
+                     any result differs",
+                    plan.version
+                ),
+            )
+        };
+        VersionPlanned {
+            dry_run: true,
+            from,
+            to: plan.version,
+            method,
+            checked_functions: plan.functions.clone(),
+            detail,
+        }
+    }
 }
 
 #[utoipa::path(put, path = "/v1/components/{component}/workers/{worker}/version", tag = "workers",
     params(("component" = String, Path), ("worker" = String, Path)),
     request_body = SetVersion,
-    responses((status = 200, description = "Moved; refused (409 `incompatible_version`) unless its history replays there", body = invicta_executor::WorkerStatus)))]
+    responses((status = 200, description = "Moved (its status); refused (409 `incompatible_version`) unless its history replays there. With `dry_run`, what a move would do", body = VersionReply)))]
 pub(crate) async fn set_worker_version(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
     Path((component, worker)): Path<(String, String)>,
     headers: HeaderMap,
     incoming: axum::extract::Request,
-) -> ApiResult<Json<serde_json::Value>> {
+) -> ApiResult<Json<VersionReply>> {
     let id = worker_id(caller.tenant(Scope::Deploy)?, component, worker)?;
     let request: SetVersion = json_body(&headers, &body(read_body(incoming).await)?)?;
     if request.dry_run {
         let plan = state.executor.plan_version(&id, request.version).await?;
-        return Ok(Json(version_plan_json(&plan)));
+        return Ok(Json(VersionReply::Planned(VersionPlanned::from(&plan))));
     }
     state.executor.set_version(&id, request.version).await?;
     let status = state.executor.status(&id).await?;
-    Ok(Json(json!(status)))
+    Ok(Json(VersionReply::Moved(status)))
 }
 
 /// The most workers one page of a bulk update moves (each move may replay a history).
