@@ -481,5 +481,55 @@ async fn a_transient_failure_is_retried_by_its_policy_across_a_crash() -> anyhow
         matches!((failed, completed), (Some(f), Some(c)) if f < c),
         "a failed run, then a completed one: {kinds:?}"
     );
+
+    // A plan's policy applies to enqueues that name none; a plan with a policy that cannot be
+    // used is refused.
+    let (port, held, _) = endpoints().await?;
+    let operator = server.operator();
+    let mut plan = operator.get("/v1/admin/plans").await?.body["plans"]
+        .as_array()
+        .and_then(|plans| plans.iter().find(|p| p["name"] == "pro").cloned())
+        .unwrap_or_default();
+    plan["name"] = json!("patient");
+    plan["retry"] = json!({ "max_attempts": 2, "on": ["interrupted"] });
+    let bad = operator.put_json("/v1/admin/plans/patient", &plan).await?;
+    assert_eq!(bad.status, 400, "{bad:?}");
+    plan["retry"] = json!({
+        "max_attempts": 2,
+        "backoff_min_ms": 100,
+        "backoff_max_ms": 100,
+    });
+    let put = operator.put_json("/v1/admin/plans/patient", &plan).await?;
+    assert!(put.status < 300, "{put:?}");
+    let patient = operator.new_tenant("patient", "patient").await?;
+    patient.upload("fetcher", component("fetcher")).await?;
+    let accepted = patient
+        .post_json(
+            "/v1/components/fetcher/workers/p/enqueue",
+            &json!({ "function": "fetch", "params": [format!("http://127.0.0.1:{port}/hold")] }),
+            Some("planned"),
+        )
+        .await?;
+    assert_eq!(accepted.status, 202, "{accepted:?}");
+    let done = eventually(
+        "the plan's retry completes",
+        Duration::from_secs(30),
+        || {
+            let patient = patient.clone();
+            async move {
+                let reply = patient
+                    .get("/v1/components/fetcher/workers/p/invocations/planned")
+                    .await?;
+                Ok((reply.body["status"] != "pending").then_some(reply))
+            }
+        },
+    )
+    .await?;
+    assert_eq!(done.body["status"], "completed", "{done:?}");
+    assert_eq!(
+        held.load(Ordering::SeqCst),
+        2,
+        "one held request, one answered"
+    );
     Ok(())
 }

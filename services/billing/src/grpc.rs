@@ -144,6 +144,11 @@ fn plan_to(plan: &Plan) -> pb::Plan {
         egress_hosts: plan.egress_hosts.as_ref().map(|hosts| pb::EgressHosts {
             hosts: hosts.clone(),
         }),
+        retry_json: plan
+            .retry
+            .as_ref()
+            .and_then(|r| serde_json::to_string(r).ok())
+            .unwrap_or_default(),
     }
 }
 
@@ -174,6 +179,12 @@ fn plan_from(plan: pb::Plan) -> Result<Plan> {
         concurrent_invocations: plan.concurrent_invocations,
         prices,
         egress_hosts: plan.egress_hosts.map(|e| e.hosts),
+        retry: match plan.retry_json.as_str() {
+            "" => None,
+            json => {
+                Some(serde_json::from_str(json).map_err(|e| invalid(format!("retry_json: {e}")))?)
+            }
+        },
     })
 }
 

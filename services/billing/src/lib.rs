@@ -261,6 +261,10 @@ pub struct Plan {
     /// The hosts the tenant's workers may send HTTP requests to; absent, any public host.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub egress_hosts: Option<Vec<String>>,
+    /// When a background invocation that failed runs again, unless it says otherwise; absent,
+    /// never.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<invicta_model::retry::RetryPolicy>,
 }
 
 /// A plan's prices, as exact decimals (sent and stored as strings: no floats for money).
@@ -360,6 +364,11 @@ impl Plan {
                 )));
             }
         }
+        if let Some(retry) = &self.retry {
+            retry
+                .check()
+                .map_err(|reason| Error::InvalidPlan(format!("retry: {reason}")))?;
+        }
         if self.fuel_per_invocation == 0 || self.memory_per_worker_bytes < 64 * 1024 {
             return Err(Error::InvalidPlan(
                 "fuel_per_invocation must be positive and memory_per_worker_bytes at least 64 KiB"
@@ -386,6 +395,7 @@ impl Plan {
                 concurrent_invocations: 50,
                 prices: Prices::default(),
                 egress_hosts: None,
+                retry: None,
             },
             Plan {
                 name: "pro".into(),
@@ -400,6 +410,7 @@ impl Plan {
                 concurrent_invocations: 1_000,
                 prices: Prices::new(49, 10, 200, 140),
                 egress_hosts: None,
+                retry: None,
             },
             Plan {
                 name: "unlimited".into(),
@@ -414,6 +425,7 @@ impl Plan {
                 concurrent_invocations: 100_000,
                 prices: Prices::new(999, 5, 100, 100),
                 egress_hosts: None,
+                retry: None,
             },
         ]
     }

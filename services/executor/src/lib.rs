@@ -35,7 +35,6 @@ mod queries;
 mod queue;
 mod records;
 mod remote;
-mod retry;
 mod schedules;
 mod support;
 mod suspend;
@@ -53,11 +52,11 @@ use invicta_model::{ComponentName, TenantId};
 use invicta_store::Store;
 
 pub use http::HttpConfig;
+pub use invicta_model::retry::RetryPolicy;
 pub use lifecycle::VersionPlan;
 pub use limits::Limits;
 pub use placed::RevertTo;
 pub use records::{InvocationRecord, PendingRecord, StoredOutcome, WorkerRecord};
-pub use retry::RetryPolicy;
 pub use schedules::Schedule;
 pub use suspend::{PROMISE_BYTES_MAX, PromiseRecord};
 

@@ -17,7 +17,7 @@ pub struct Limits {
     /// not yet settled at once, on one executor; more are refused (`quota_exceeded`).
     pub concurrent_invocations: u64,
     /// When a background invocation that failed runs again (`None`: never).
-    pub retry: Option<crate::retry::RetryPolicy>,
+    pub retry: Option<invicta_model::retry::RetryPolicy>,
 }
 
 impl Limits {

@@ -154,7 +154,7 @@ pub struct PendingRecord {
     pub due_at_ms: Option<u64>,
     /// When it runs again after a failure.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub retry: Option<crate::retry::RetryPolicy>,
+    pub retry: Option<invicta_model::retry::RetryPolicy>,
     /// The runs that failed so far, and the last one's error.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub attempts: u32,

@@ -67,7 +67,7 @@ pub(crate) struct Invocation {
     /// The tenant's background invocations at once, for the enqueues this one makes.
     pub concurrent_invocations: u64,
     /// When it runs again after a failure (background invocations only).
-    pub retry: Option<crate::retry::RetryPolicy>,
+    pub retry: Option<invicta_model::retry::RetryPolicy>,
     /// Its runs that failed before this one.
     pub runs: u32,
     /// Its pending record as accepted, rewritten when a failed run is retried.

@@ -952,7 +952,7 @@ pub(crate) struct Invoke {
     #[serde(default)]
     wave: Option<Vec<String>>,
     /// For `enqueue`: run it again after a failure its policy calls transient (default: the
-    /// plan's, none).
+    /// plan's; none if the plan has none).
     #[serde(default)]
     retry: Option<invicta_executor::RetryPolicy>,
     /// For `enqueue`: run it at this time (milliseconds since the epoch), not at once.
@@ -1113,7 +1113,7 @@ fn limits(plan: &invicta_billing::Plan) -> Limits {
         workers_max: plan.workers_max,
         egress_hosts: plan.egress_hosts.clone(),
         concurrent_invocations: u64::from(plan.concurrent_invocations),
-        retry: None,
+        retry: plan.retry.clone(),
     }
 }
 

@@ -5,6 +5,7 @@
 pub mod ids;
 pub mod layout;
 pub mod oplog;
+pub mod retry;
 pub mod shards;
 pub mod usage;
 mod value;

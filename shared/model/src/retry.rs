@@ -4,7 +4,7 @@
 //! it skips any failed invocation) and a count in its pending record (so a crash during the
 //! backoff loses nothing, and the invocation's status shows it).
 
-use invicta_model::oplog::FailureKind;
+use crate::oplog::FailureKind;
 use serde::{Deserialize, Serialize};
 
 /// The most runs a policy may ask for.
@@ -69,14 +69,14 @@ impl RetryPolicy {
     }
 
     /// Whether a run that failed with `kind`, after `runs` runs in all, is run again.
-    pub(crate) fn retries(&self, kind: &FailureKind, runs: u32) -> bool {
+    pub fn retries(&self, kind: &FailureKind, runs: u32) -> bool {
         runs < self.max_attempts && self.on.iter().any(|c| c == kind.code())
     }
 
     /// The wait after the `runs`-th run, in ms: the minimum doubled per run before, at most the
     /// maximum, less up to a half at random (so that workers failing together do not retry
     /// together).
-    pub(crate) fn backoff_ms(&self, runs: u32) -> u64 {
+    pub fn backoff_ms(&self, runs: u32) -> u64 {
         let doublings = runs.saturating_sub(1).min(40);
         let full = self
             .backoff_min_ms
