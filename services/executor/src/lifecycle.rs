@@ -357,11 +357,11 @@ impl Executor {
             .await?
             .ok_or_else(|| Error::WorkerNotFound(id.to_string()))?;
         let registry = &self.inner.registry;
-        let target = registry
-            .compiled(&id.tenant, &id.component, version)
-            .await?;
         let mut functions = std::collections::BTreeSet::new();
         if record.component_version != version {
+            let target = registry
+                .compiled(&id.tenant, &id.component, version)
+                .await?;
             let current = registry
                 .compiled(&id.tenant, &id.component, record.component_version)
                 .await?;

@@ -159,17 +159,22 @@ impl Executor {
         });
     }
 
+    /// The first rows of a due-time index up to now (`range`): the scheduler takes at most
+    /// this many per tick.
+    async fn due(&self, range: (Vec<u8>, Vec<u8>)) -> Result<Vec<invicta_store::KeyValue>> {
+        let (begin, end) = range;
+        self.inner
+            .store
+            .read(move |tx| tx.get_range(&begin, &end, invicta_store::RangeOptions::limit(256)))
+            .await
+            .map_err(Error::from)
+    }
+
     /// Wakes the workers whose sleep is over and that are not waiting in this process (after a
     /// restart, or evicted): their wake-up key goes, and a crash before they go on leaves
     /// their `running` mark, which the next start resumes.
     pub(crate) async fn wake_due(&self) -> Result<()> {
-        let (begin, end) = suspend::wake_range(now_ms());
-        let due = self
-            .inner
-            .store
-            .read(move |tx| tx.get_range(&begin, &end, invicta_store::RangeOptions::limit(256)))
-            .await?;
-        for row in due {
+        for row in self.due(suspend::wake_range(now_ms())).await? {
             let Some((at, id)) = suspend::parse_wake(&row.key) else {
                 continue;
             };
@@ -190,13 +195,7 @@ impl Executor {
     }
 
     pub(crate) async fn fire_due(&self) -> Result<()> {
-        let (begin, end) = schedules::due_range(now_ms());
-        let due = self
-            .inner
-            .store
-            .read(move |tx| tx.get_range(&begin, &end, invicta_store::RangeOptions::limit(256)))
-            .await?;
-        for row in due {
+        for row in self.due(schedules::due_range(now_ms())).await? {
             let Some((at, id, sid)) = schedules::parse_due(&row.key) else {
                 continue;
             };

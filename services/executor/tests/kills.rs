@@ -93,6 +93,7 @@ async fn kill_and_recover(ops: Vec<Op>, kill_after: usize, delay_us: u64) -> any
     // The random point: after `kill_after` acknowledgements (or the end), and a little more.
     let kill_after = kill_after.min(count);
     let _ = acknowledged.wait_for(|a| a.len() >= kill_after).await;
+    // Not a wait for anything: the random instant of the kill, a little into the next op.
     tokio::time::sleep(Duration::from_micros(delay_us)).await;
     let (second, _) = start(dir.path()).await?;
     stop.store(true, Ordering::Release);
@@ -101,16 +102,18 @@ async fn kill_and_recover(ops: Vec<Op>, kill_after: usize, delay_us: u64) -> any
 
     // Every acknowledged invocation completes at the new owner.
     for i in &accepted {
-        let deadline = std::time::Instant::now() + Duration::from_secs(20);
-        loop {
-            match second.invocation(&id, &key(*i)).await? {
-                InvocationState::Completed(_) => break,
-                InvocationState::Pending { .. } if std::time::Instant::now() < deadline => {
-                    tokio::time::sleep(Duration::from_millis(10)).await;
+        common::eventually(
+            &format!("op {i} completed"),
+            Duration::from_secs(20),
+            || async {
+                match second.invocation(&id, &key(*i)).await? {
+                    InvocationState::Completed(_) => Ok(Some(())),
+                    InvocationState::Pending { .. } => Ok(None),
+                    other => anyhow::bail!("op {i} was acknowledged but ended {other:?}"),
                 }
-                other => anyhow::bail!("op {i} was acknowledged but ended {other:?}"),
-            }
-        }
+            },
+        )
+        .await?;
     }
     let total = second
         .invoke(&id, "get", &[], None, &limits)

@@ -27,6 +27,32 @@ pub async fn parts(dir: &std::path::Path) -> anyhow::Result<(Store, Registry, En
     Ok((store, registry, engine))
 }
 
+/// Polls `condition` until it yields a value, for at most `timeout`; its last error, or that
+/// it never held, otherwise.
+#[allow(dead_code)]
+pub async fn eventually<T, F, Fut>(
+    what: &str,
+    timeout: std::time::Duration,
+    mut condition: F,
+) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<Option<T>>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let last = match condition().await {
+            Ok(Some(value)) => return Ok(value),
+            Ok(None) => "not yet".to_string(),
+            Err(e) => format!("{e:#}"),
+        };
+        if tokio::time::Instant::now() >= deadline {
+            anyhow::bail!("{what}: still not so after {timeout:?} ({last})");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
 /// Uploads the counter component for tenant `t1`; the id of its worker `worker`.
 pub async fn counter(registry: &Registry, worker: &str) -> anyhow::Result<WorkerId> {
     let tenant = TenantId::new("t1")?;
