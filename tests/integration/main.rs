@@ -16,6 +16,7 @@ mod limits;
 mod metering;
 mod openapi;
 mod quickstart;
+mod routes;
 mod schedules;
 mod server;
 mod tenancy;

@@ -25,6 +25,8 @@ pub const OPERATOR_KEY: &str =
 pub struct Server {
     child: Child,
     pub url: String,
+    /// The public listener's URL, when the server serves public routes.
+    pub public_url: Option<String>,
     pub data_dir: PathBuf,
     binary: PathBuf,
 }
@@ -107,19 +109,24 @@ impl Server {
         let stdout = child.stdout.take().context("server stdout")?;
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
+            let first_word = |rest: &str| {
+                rest.split_whitespace()
+                    .next()
+                    .unwrap_or_default()
+                    .to_string()
+            };
+            let mut public = None;
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
+                if let Some(rest) = line.strip_prefix("invicta public routes on ") {
+                    public = Some(first_word(rest));
+                }
                 if let Some(rest) = line.strip_prefix("invicta listening on ") {
-                    let url = rest
-                        .split_whitespace()
-                        .next()
-                        .unwrap_or_default()
-                        .to_string();
-                    let _ = tx.send(url);
+                    let _ = tx.send((first_word(rest), public.clone()));
                 }
             }
         });
-        let url = match rx.recv_timeout(START_TIMEOUT) {
+        let (url, public_url) = match rx.recv_timeout(START_TIMEOUT) {
             Ok(url) => url,
             Err(_) => {
                 let _ = child.kill();
@@ -130,6 +137,7 @@ impl Server {
         Ok(Server {
             child,
             url,
+            public_url,
             data_dir: data_dir.to_path_buf(),
             binary: binary.to_path_buf(),
         })

@@ -92,6 +92,16 @@ pub enum Error {
     /// the runs that failed so far.
     #[error("the run failed and runs again at {at_ms}")]
     RetryLater { at_ms: u64, runs: u32 },
+    /// The component cannot serve HTTP: it exports no `wasi:http/incoming-handler`, or imports
+    /// what an ephemeral handler is not given.
+    #[error("{0}")]
+    NotAHandler(String),
+    /// An HTTP handler ran but gave no usable response.
+    #[error("{0}")]
+    HandlerFailed(String),
+    /// A request that cannot be handed to a handler as it is.
+    #[error("invalid request: {0}")]
+    InvalidRequest(String),
     /// The worker's actor stopped as the invocation reached it; the caller sends it again.
     #[error("the worker was suspending; try again")]
     Retry,
@@ -125,6 +135,9 @@ impl Error {
             Error::Fenced { .. } | Error::NotOwner { .. } => "worker_moved",
             Error::ShuttingDown | Error::Retry | Error::RetryLater { .. } => "unavailable",
             Error::Component(_) => "component_error",
+            Error::NotAHandler(_) => "not_a_handler",
+            Error::HandlerFailed(_) => "handler_failed",
+            Error::InvalidRequest(_) => "invalid_request",
             Error::Remote { code, .. } => code,
             Error::Store(_) | Error::OplogGap { .. } | Error::Corrupt(_) | Error::Engine(_) => {
                 "internal"

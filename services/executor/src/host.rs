@@ -107,13 +107,7 @@ impl WorkerCtx {
             table: ResourceTable::new(),
             http: wasmtime_wasi_http::WasiHttpCtx::new(),
             hooks,
-            limiter: Limiter {
-                inner: wasmtime::StoreLimitsBuilder::new()
-                    .memory_size(usize::try_from(memory_bytes_max).unwrap_or(usize::MAX))
-                    .build(),
-                memory_refused: false,
-                memory_peak: 0,
-            },
+            limiter: Limiter::new(memory_bytes_max),
             durability,
             waits,
         }
@@ -127,6 +121,19 @@ pub(crate) struct Limiter {
     pub memory_refused: bool,
     /// The most linear memory granted so far, in bytes: memory only grows.
     pub memory_peak: usize,
+}
+
+impl Limiter {
+    /// A limiter granting at most `memory_bytes_max` bytes of linear memory.
+    pub(crate) fn new(memory_bytes_max: u64) -> Limiter {
+        Limiter {
+            inner: wasmtime::StoreLimitsBuilder::new()
+                .memory_size(usize::try_from(memory_bytes_max).unwrap_or(usize::MAX))
+                .build(),
+            memory_refused: false,
+            memory_peak: 0,
+        }
+    }
 }
 
 impl ResourceLimiter for Limiter {

@@ -457,6 +457,28 @@ impl WasiHttpHooks for DurableHttp {
     }
 }
 
+/// `wasi:http` hooks that send live and record nothing: an ephemeral handler's requests, under
+/// the same egress policy as a worker's.
+pub(crate) struct LiveHttp {
+    pub egress: Egress,
+}
+
+impl WasiHttpHooks for LiveHttp {
+    fn send_request(
+        &mut self,
+        request: http::Request<WasiBody>,
+        options: Option<RequestOptions>,
+        fut: Box<dyn Future<Output = Result<(), HttpError>> + Send>,
+    ) -> SendFuture {
+        drop(fut);
+        let egress = self.egress.clone();
+        Box::new(async move {
+            let (outcome, _) = send(request, options, "", &egress).await;
+            response_of(outcome)
+        })
+    }
+}
+
 /// An outgoing request in flight, counted while it lives.
 struct OpenRequest(host::Shared);
 
@@ -745,7 +767,9 @@ async fn exchange(
     key: &str,
     egress: &Egress,
 ) -> Result<Recorded, String> {
-    if let Ok(value) = http::HeaderValue::from_str(key) {
+    if !key.is_empty()
+        && let Ok(value) = http::HeaderValue::from_str(key)
+    {
         request.headers_mut().insert("idempotency-key", value);
     }
     let config = &egress.config;

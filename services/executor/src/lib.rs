@@ -36,6 +36,7 @@ mod queue;
 mod records;
 mod remote;
 mod schedules;
+mod serve;
 mod support;
 mod suspend;
 mod timers;
@@ -58,6 +59,7 @@ pub use limits::Limits;
 pub use placed::RevertTo;
 pub use records::{InvocationRecord, PendingRecord, StoredOutcome, WorkerRecord};
 pub use schedules::Schedule;
+pub use serve::{HandlerRequest, HandlerResponse};
 pub use suspend::{PROMISE_BYTES_MAX, PromiseRecord};
 
 use crate::commit::Committer;
@@ -102,6 +104,9 @@ pub(crate) struct Inner {
     pub released: Mutex<std::collections::BTreeSet<u32>>,
     /// Told when a shard joins `released`.
     pub release_ready: tokio::sync::Notify,
+    /// What ephemeral HTTP handlers may import, and the handlers prepared to serve.
+    pub handler_linker: wasmtime::component::Linker<serve::HandlerCtx>,
+    pub handlers: serve::Handlers,
 }
 
 impl std::ops::Deref for Inner {
@@ -138,6 +143,8 @@ impl Executor {
         engine: Engine,
     ) -> Result<Executor> {
         let linker = host::linker(&engine.engine).map_err(|e| Error::Engine(format!("{e:#}")))?;
+        let handler_linker =
+            serve::linker(&engine.engine).map_err(|e| Error::Engine(format!("{e:#}")))?;
         let http_tls = http::tls_config(&config.http)
             .map_err(|e| Error::Engine(format!("[executor.http] {e}")))?;
         let metrics = Arc::new(metrics::Metrics::new());
@@ -172,6 +179,8 @@ impl Executor {
                 fuel_used: Mutex::new(HashMap::new()),
                 background: Arc::new(Mutex::new(HashMap::new())),
                 instance_pres: Mutex::new(HashMap::new()),
+                handler_linker,
+                handlers: serve::Handlers::default(),
             }),
         };
         executor.recover().await?;

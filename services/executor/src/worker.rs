@@ -2001,7 +2001,7 @@ fn check_consumed(durability: &host::Shared, what: &str) -> Result<(), Error> {
     }
 }
 
-fn classify(error: &wasmtime::Error, memory_refused: bool) -> (FailureKind, String) {
+pub(crate) fn classify(error: &wasmtime::Error, memory_refused: bool) -> (FailureKind, String) {
     if let Some(exit) = error.downcast_ref::<wasmtime_wasi::I32Exit>() {
         return (
             FailureKind::Exit,

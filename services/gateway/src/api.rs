@@ -124,6 +124,11 @@ const CODES: &[(&str, StatusCode)] = &[
     ("invalid_name", StatusCode::BAD_REQUEST),
     ("promise_too_large", StatusCode::PAYLOAD_TOO_LARGE),
     ("queue_full", StatusCode::TOO_MANY_REQUESTS),
+    ("not_a_handler", StatusCode::UNPROCESSABLE_ENTITY),
+    ("handler_failed", StatusCode::BAD_GATEWAY),
+    ("route_not_found", StatusCode::NOT_FOUND),
+    ("route_exists", StatusCode::CONFLICT),
+    ("host_taken", StatusCode::CONFLICT),
     ("quota_exceeded", StatusCode::TOO_MANY_REQUESTS),
     ("capacity_exhausted", StatusCode::SERVICE_UNAVAILABLE),
     ("worker_moved", StatusCode::SERVICE_UNAVAILABLE),
@@ -792,7 +797,7 @@ pub(crate) async fn update_workers(
     Ok(Json(UpdatedWorkers { results, next }))
 }
 
-fn idempotency_key(headers: &HeaderMap) -> ApiResult<Option<String>> {
+pub(crate) fn idempotency_key(headers: &HeaderMap) -> ApiResult<Option<String>> {
     match headers.get("idempotency-key") {
         Some(v) => Ok(Some(
             v.to_str()
@@ -1105,7 +1110,7 @@ pub(crate) async fn oplog(
 }
 
 /// The executor's limits from a plan.
-fn limits(plan: &invicta_billing::Plan) -> Limits {
+pub(crate) fn limits(plan: &invicta_billing::Plan) -> Limits {
     Limits {
         fuel_per_invocation: plan.fuel_per_invocation,
         fuel_per_month: plan.fuel_per_month,
@@ -1118,7 +1123,7 @@ fn limits(plan: &invicta_billing::Plan) -> Limits {
 }
 
 /// A failed invocation as a problem: running out of the plan's fuel or memory is a quota.
-fn invocation_problem(e: ExecutorError, limits: &Limits) -> Problem {
+pub(crate) fn invocation_problem(e: ExecutorError, limits: &Limits) -> Problem {
     use invicta_model::oplog::FailureKind;
     let (quota, limit) = match &e {
         ExecutorError::InvocationFailed {

@@ -59,6 +59,7 @@ type LimiterMap = Mutex<HashMap<String, (Arc<DefaultDirectRateLimiter>, u32, u32
 pub(crate) struct Limiters {
     tenants: LimiterMap,
     keys: LimiterMap,
+    public: LimiterMap,
     concurrency: Mutex<HashMap<String, (Arc<Semaphore>, u32)>>,
     followers: Mutex<HashMap<String, Arc<Semaphore>>>,
     attempts_by_address: DefaultKeyedRateLimiter<std::net::IpAddr>,
@@ -92,6 +93,7 @@ impl Default for Limiters {
         Limiters {
             tenants: LimiterMap::default(),
             keys: LimiterMap::default(),
+            public: LimiterMap::default(),
             concurrency: Mutex::default(),
             followers: Mutex::default(),
             attempts_by_address: DefaultKeyedRateLimiter::keyed(quota(ATTEMPTS_PER_ADDRESS)),
@@ -182,6 +184,26 @@ impl Limiters {
     }
 
     /// A slot among the tenant's log followers (at most `max`), if one is free.
+    /// Admits a request to one of the tenant's public routes by the plan's rate, counted
+    /// apart from its API requests: its users' traffic cannot starve its own API calls.
+    pub(crate) fn admit_public(&self, tenant: &str, plan: &Plan) -> Result<(), Problem> {
+        let limiter = limiter(&self.public, tenant, plan.requests_per_second, plan.burst);
+        limiter.check().map_err(|not_until| {
+            let wait = not_until.wait_time_from(self.clock.now());
+            Problem {
+                retry_after_s: Some((wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1)),
+                ..Problem::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "rate_limited",
+                    format!(
+                        "the tenant's routes take {} requests per second (burst {})",
+                        plan.requests_per_second, plan.burst
+                    ),
+                )
+            }
+        })
+    }
+
     pub fn follower_slot(&self, tenant: &str, max: u32) -> Result<OwnedSemaphorePermit, Problem> {
         let semaphore = lock(&self.followers)
             .entry(tenant.to_string())
@@ -248,6 +270,15 @@ pub(crate) async fn authenticate(
             response
         }
     }
+}
+
+/// The caller a public route's `Authorization` header names, admitted as an API request is.
+pub(crate) async fn caller(
+    state: &AppState,
+    authorization: Option<Result<String, header::ToStrError>>,
+    address: Option<std::net::IpAddr>,
+) -> Result<Caller, Problem> {
+    admit(state, authorization, address).await
 }
 
 async fn admit(

@@ -11,6 +11,9 @@ mod connection;
 mod logs;
 mod openapi;
 mod problem;
+mod public;
+mod route_api;
+mod routes;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -69,6 +72,10 @@ pub struct Config {
     /// take every connection.
     #[serde(default = "default_connections_per_address_max")]
     pub connections_per_address_max: usize,
+    /// Where tenants' public routes are served (`/v1/routes`), apart from the API; none (the
+    /// default) serves no routes.
+    #[serde(default)]
+    pub public_listen: Option<SocketAddr>,
 }
 
 fn default_connections_per_address_max() -> usize {
@@ -99,6 +106,7 @@ impl Default for Config {
             header_read_timeout_ms: default_header_read_timeout_ms(),
             connections_max: default_connections_max(),
             connections_per_address_max: default_connections_per_address_max(),
+            public_listen: None,
         }
     }
 }
@@ -111,6 +119,8 @@ pub(crate) struct AppState {
     executor: Executor,
     billing: Billing,
     limiters: std::sync::Arc<auth::Limiters>,
+    /// The public routes, as the public listener serves them.
+    routes: Arc<routes::Tables>,
     /// Turns true when the server stops: streams end so that shutdown does not wait for them.
     stop: tokio::sync::watch::Receiver<bool>,
 }
@@ -128,6 +138,10 @@ pub struct Backends {
 pub struct Service {
     listener: TcpListener,
     router: Router,
+    /// The public listener and its router, when `public_listen` is set.
+    public: Option<(TcpListener, Router)>,
+    meter: Arc<public::Meter>,
+    store: Store,
     stop: tokio::sync::watch::Sender<bool>,
     header_read_timeout: Duration,
     connections_max: usize,
@@ -143,26 +157,53 @@ impl Service {
                 addr: config.listen,
                 source,
             })?;
+        let public_listener = match config.public_listen {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| Error::Listen { addr, source })?,
+            ),
+            None => None,
+        };
         let (stop, stopped) = tokio::sync::watch::channel(false);
+        let state = AppState {
+            store: backends.store.clone(),
+            blobs: backends.blobs,
+            registry: backends.registry,
+            executor: backends.executor,
+            billing: backends.billing,
+            limiters: Default::default(),
+            routes: Arc::new(routes::Tables::new(backends.store.clone())),
+            stop: stopped,
+        };
+        let meter = Arc::new(public::Meter::default());
+        let public = public_listener.map(|listener| {
+            let router = public::router(public::PublicState {
+                tables: state.routes.clone(),
+                meter: meter.clone(),
+                app: state.clone(),
+            });
+            (listener, router)
+        });
         Ok(Service {
             listener,
+            public,
+            meter,
+            store: backends.store,
             stop,
             header_read_timeout: Duration::from_millis(config.header_read_timeout_ms.max(1)),
             connections_max: config.connections_max,
             connections_per_address_max: config.connections_per_address_max,
-            router: router(
-                config,
-                AppState {
-                    store: backends.store,
-                    blobs: backends.blobs,
-                    registry: backends.registry,
-                    executor: backends.executor,
-                    billing: backends.billing,
-                    limiters: Default::default(),
-                    stop: stopped,
-                },
-            ),
+            router: router(config, state),
         })
+    }
+
+    /// The address the public listener bound, if there is one.
+    pub fn public_addr(&self) -> Result<Option<SocketAddr>> {
+        self.public
+            .as_ref()
+            .map(|(listener, _)| listener.local_addr().map_err(Error::Serve))
+            .transpose()
     }
 
     /// The address actually bound (port 0 in the config picks a free one).
@@ -177,111 +218,174 @@ impl Service {
     /// most `connections_max` connections at once: slowloris and idle floods cost their
     /// senders, not the server's file descriptors.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<()> {
-        use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
         let Service {
             listener,
+            public,
+            meter,
+            store,
             stop,
             router,
             header_read_timeout,
             connections_max,
             connections_per_address_max,
         } = self;
-        let per_address = Arc::new(connection::PerAddress::new(connections_per_address_max));
-        let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-        builder
-            .http1()
-            .timer(TokioTimer::new())
-            .header_read_timeout(header_read_timeout)
-            .max_headers(HEADERS_MAX * 2);
-        builder
-            .http2()
-            .timer(TokioTimer::new())
-            .keep_alive_interval(header_read_timeout)
-            .keep_alive_timeout(header_read_timeout);
-        let connections = Arc::new(tokio::sync::Semaphore::new(connections_max.max(1)));
-        let mut stopping = stop.subscribe();
-        tokio::pin!(shutdown);
-        loop {
-            let accepted = tokio::select! {
-                accepted = listener.accept() => accepted,
-                () = &mut shutdown => break,
-            };
-            let (stream, remote) = match accepted {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    // Out of file descriptors, say: wait a little rather than spin.
-                    tracing::warn!(error = %e, "accept a connection");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            };
-            let Ok(permit) = connections.clone().try_acquire_owned() else {
-                tracing::debug!(%remote, connections_max, "too many connections: closing a new one");
-                drop(stream);
-                continue;
-            };
-            let Some(address_slot) = per_address.take(remote.ip()) else {
-                tracing::debug!(%remote, "too many connections from one address: closing a new one");
-                drop(stream);
-                continue;
-            };
-            let activity = Arc::new(connection::Activity::default());
-            let router = router.clone();
-            let busy = activity.clone();
-            let service = hyper::service::service_fn(
-                move |mut request: hyper::Request<hyper::body::Incoming>| {
-                    request
-                        .extensions_mut()
-                        .insert(axum::extract::ConnectInfo(remote));
-                    let router = router.clone();
-                    let handling = busy.handling();
-                    async move {
-                        use tower::ServiceExt;
-                        let response = router.oneshot(request.map(axum::body::Body::new)).await;
-                        drop(handling);
-                        response
-                    }
-                },
-            );
-            let io = TokioIo::new(connection::Watched::new(stream, activity.clone()));
-            let connection = builder
-                .serve_connection_with_upgrades(io, service)
-                .into_owned();
-            let mut stop_connection = stopping.clone();
+        let limits = ConnectionLimits {
+            header_read_timeout,
+            connections_max,
+            connections_per_address_max,
+        };
+        // What public routes serve is written at most a second apart, and once more at the end.
+        let metering = {
+            let (meter, store, mut stopping) = (meter.clone(), store.clone(), stop.subscribe());
             tokio::spawn(async move {
-                tokio::pin!(connection);
-                let mut closing = false;
                 loop {
                     tokio::select! {
-                        ended = connection.as_mut() => {
-                            if let Err(e) = ended {
-                                tracing::debug!(%remote, error = %e, "connection ended");
-                            }
-                            break;
-                        }
-                        () = activity.idle(header_read_timeout), if !closing => {
-                            closing = true;
-                            connection.as_mut().graceful_shutdown();
-                        }
-                        _ = stop_connection.changed(), if !closing => {
-                            closing = true;
-                            connection.as_mut().graceful_shutdown();
-                        }
+                        () = tokio::time::sleep(public::METER_FLUSH) => meter.flush(&store).await,
+                        _ = stopping.changed() => break,
                     }
                 }
-                drop(address_slot);
-                drop(permit);
-            });
-        }
-        drop(listener);
+            })
+        };
+        let public = public.map(|(listener, router)| {
+            let mut stopping = stop.subscribe();
+            let stopped = async move {
+                let _ = stopping.wait_for(|stop| *stop).await;
+            };
+            tokio::spawn(accept(listener, router, limits, stopped, stop.subscribe()))
+        });
+        let connections = accept(listener, router, limits, shutdown, stop.subscribe()).await;
         let _ = stop.send(true);
-        let _ = stopping.borrow_and_update();
         // Requests in flight finish (streams end at the stop signal); connections that do not
         // close within the grace period are left behind.
         let all = u32::try_from(connections_max.max(1)).unwrap_or(u32::MAX);
         let _ = tokio::time::timeout(SHUTDOWN_GRACE, connections.acquire_many(all)).await;
+        if let Some(public) = public
+            && let Ok(connections) = public.await
+        {
+            let _ = tokio::time::timeout(SHUTDOWN_GRACE, connections.acquire_many(all)).await;
+        }
+        let _ = metering.await;
+        meter.flush(&store).await;
         Ok(())
     }
+}
+
+/// How a listener bounds its connections.
+#[derive(Clone, Copy)]
+struct ConnectionLimits {
+    header_read_timeout: Duration,
+    connections_max: usize,
+    connections_per_address_max: usize,
+}
+
+/// Accepts connections on `listener` and serves `router` on each until `shutdown` resolves;
+/// answers the semaphore whose permits the open connections hold.
+///
+/// Each connection is HTTP/1.1 or HTTP/2 (hyper), with a deadline for a request's headers
+/// that also closes a kept-alive connection left idle (`header_read_timeout_ms`), and at
+/// most `connections_max` connections at once: slowloris and idle floods cost their
+/// senders, not the server's file descriptors.
+async fn accept(
+    listener: TcpListener,
+    router: Router,
+    limits: ConnectionLimits,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    stopping: tokio::sync::watch::Receiver<bool>,
+) -> Arc<tokio::sync::Semaphore> {
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    let ConnectionLimits {
+        header_read_timeout,
+        connections_max,
+        connections_per_address_max,
+    } = limits;
+    let per_address = Arc::new(connection::PerAddress::new(connections_per_address_max));
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_read_timeout)
+        .max_headers(HEADERS_MAX * 2);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(header_read_timeout)
+        .keep_alive_timeout(header_read_timeout);
+    let connections = Arc::new(tokio::sync::Semaphore::new(connections_max.max(1)));
+    tokio::pin!(shutdown);
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = &mut shutdown => break,
+        };
+        let (stream, remote) = match accepted {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                // Out of file descriptors, say: wait a little rather than spin.
+                tracing::warn!(error = %e, "accept a connection");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = connections.clone().try_acquire_owned() else {
+            tracing::debug!(%remote, connections_max, "too many connections: closing a new one");
+            drop(stream);
+            continue;
+        };
+        let Some(address_slot) = per_address.take(remote.ip()) else {
+            tracing::debug!(%remote, "too many connections from one address: closing a new one");
+            drop(stream);
+            continue;
+        };
+        let activity = Arc::new(connection::Activity::default());
+        let router = router.clone();
+        let busy = activity.clone();
+        let service = hyper::service::service_fn(
+            move |mut request: hyper::Request<hyper::body::Incoming>| {
+                request
+                    .extensions_mut()
+                    .insert(axum::extract::ConnectInfo(remote));
+                let router = router.clone();
+                let handling = busy.handling();
+                async move {
+                    use tower::ServiceExt;
+                    let response = router.oneshot(request.map(axum::body::Body::new)).await;
+                    drop(handling);
+                    response
+                }
+            },
+        );
+        let io = TokioIo::new(connection::Watched::new(stream, activity.clone()));
+        let connection = builder
+            .serve_connection_with_upgrades(io, service)
+            .into_owned();
+        let mut stop_connection = stopping.clone();
+        tokio::spawn(async move {
+            tokio::pin!(connection);
+            let mut closing = false;
+            loop {
+                tokio::select! {
+                    ended = connection.as_mut() => {
+                        if let Err(e) = ended {
+                            tracing::debug!(%remote, error = %e, "connection ended");
+                        }
+                        break;
+                    }
+                    () = activity.idle(header_read_timeout), if !closing => {
+                        closing = true;
+                        connection.as_mut().graceful_shutdown();
+                    }
+                    _ = stop_connection.changed(), if !closing => {
+                        closing = true;
+                        connection.as_mut().graceful_shutdown();
+                    }
+                }
+            }
+            drop(address_slot);
+            drop(permit);
+        });
+    }
+    drop(listener);
+    connections
 }
 
 fn router(config: &Config, state: AppState) -> Router {
@@ -376,6 +480,14 @@ fn router(config: &Config, state: AppState) -> Router {
         .route(
             "/v1/components/{component}/workers/{worker}/oplog",
             get(api::oplog),
+        )
+        .route("/v1/routes", get(route_api::list_routes))
+        .route(
+            "/v1/routes/{route}",
+            post(route_api::create_route)
+                .layer(json_limit)
+                .get(route_api::get_route)
+                .delete(route_api::delete_route),
         )
         .route(
             "/v1/keys",

@@ -8,7 +8,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{ContentBuilder, OpenApi as Document, Ref, ResponseBuilder};
 use utoipa::{Modify, OpenApi, ToSchema};
 
-use crate::{admin, api, logs};
+use crate::{admin, api, logs, route_api};
 
 /// Every error: an RFC 9457 problem with a stable `code`.
 #[derive(Serialize, ToSchema)]
@@ -242,6 +242,30 @@ pub(crate) struct Readiness {
     blobs: Part,
 }
 
+/// A tenant's public routes.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct RouteList {
+    routes: Vec<crate::routes::Route>,
+}
+
+/// What a route served this month.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct RouteUsage {
+    /// `YYYY-MM`.
+    month: String,
+    requests: u64,
+    request_bytes: u64,
+    response_bytes: u64,
+}
+
+/// A route, with what it served this month.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct RouteWithUsage {
+    #[serde(flatten)]
+    route: crate::routes::Route,
+    usage: RouteUsage,
+}
+
 #[derive(OpenApi)]
 #[openapi(
     info(
@@ -281,6 +305,10 @@ pub(crate) struct Readiness {
         api::get_promise,
         api::webhook,
         api::complete_promise,
+        route_api::create_route,
+        route_api::list_routes,
+        route_api::get_route,
+        route_api::delete_route,
         admin::create_key,
         admin::list_keys,
         admin::revoke_key,

@@ -12,6 +12,8 @@ pub struct Problem {
     pub code: &'static str,
     pub detail: String,
     pub retry_after_s: Option<u64>,
+    /// The methods a 405 names in its `Allow` header.
+    pub allow: Option<String>,
     /// More members of the problem object (e.g. a quota's name, limit and use).
     pub extra: Option<serde_json::Map<String, Value>>,
 }
@@ -23,6 +25,7 @@ impl Problem {
             code,
             detail: detail.into(),
             retry_after_s: None,
+            allow: None,
             extra: None,
         }
     }
@@ -72,6 +75,9 @@ impl IntoResponse for Problem {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/problem+json"),
         );
+        if let Some(allow) = self.allow.and_then(|a| HeaderValue::from_str(&a).ok()) {
+            response.headers_mut().insert(header::ALLOW, allow);
+        }
         if let Some(seconds) = self.retry_after_s {
             response
                 .headers_mut()

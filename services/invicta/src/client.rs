@@ -239,6 +239,80 @@ pub enum ScheduleCommand {
 }
 
 #[derive(Debug, clap::Subcommand)]
+pub enum RouteCommand {
+    /// Put a handler component or a worker's function behind a URL on the public listener
+    Create(Box<NewRoute>),
+    /// List your routes
+    List,
+    /// A route, with what it served this month
+    Get { name: String },
+    /// Stop serving a route
+    Delete { name: String },
+}
+
+/// A new route, as `invicta route create` takes it.
+#[derive(Debug, clap::Args)]
+pub struct NewRoute {
+    name: String,
+    /// The path: literal segments and parameters, e.g. `/hello/{name}` or `/files/{*path}`
+    #[arg(long)]
+    path: String,
+    /// A host you claim (no other tenant may route it); without one the route is served
+    /// under your tenant's prefix, `/{tenant}{path}`
+    #[arg(long)]
+    host: Option<String>,
+    /// A method the route answers (repeat for several; none: every method)
+    #[arg(long = "method")]
+    methods: Vec<String>,
+    /// Serve a component exporting `wasi:http/incoming-handler`, a fresh instance per request
+    #[arg(long, conflicts_with = "function")]
+    handler: Option<String>,
+    /// Call COMPONENT's FUNCTION (`COMPONENT:FUNCTION`) and answer its result as JSON
+    #[arg(long, requires = "worker")]
+    function: Option<String>,
+    /// Where the worker's name comes from: `path:NAME`, `query:NAME`, `header:NAME` or
+    /// `fixed:WORKER`
+    #[arg(long)]
+    worker: Option<String>,
+    /// Where each parameter comes from, in order: `path:NAME`, `query:NAME`,
+    /// `header:NAME`, `body` (the JSON body), `body:/json/pointer` or `value:JSON`
+    #[arg(long = "param")]
+    params: Vec<String>,
+    /// Who may call: `public` (default), `key` (a key of your tenant with the invoke scope)
+    /// or `secret:HEADER=VALUE`
+    #[arg(long, default_value = "public")]
+    auth: String,
+    /// An origin browsers may call from (repeat for several; `*` for any)
+    #[arg(long = "cors-origin")]
+    cors_origins: Vec<String>,
+    /// The largest request body, in bytes
+    #[arg(long)]
+    body_max: Option<u64>,
+}
+
+/// A value source of a route, from its command-line form.
+fn route_source(text: &str) -> Result<Value, Failure> {
+    let bad = || {
+        Failure::Usage(format!(
+            "`{text}`: give path:NAME, query:NAME, header:NAME, fixed:NAME, body, body:/POINTER or value:JSON"
+        ))
+    };
+    let (kind, rest) = text.split_once(':').unwrap_or((text, ""));
+    Ok(match kind {
+        "path" => json!({ "from": "path", "name": rest }),
+        "query" => json!({ "from": "query", "name": rest }),
+        "header" => json!({ "from": "header", "name": rest }),
+        "fixed" => json!({ "from": "value", "value": rest }),
+        "body" if rest.is_empty() => json!({ "from": "body" }),
+        "body" => json!({ "from": "body", "pointer": rest }),
+        "value" => {
+            json!({ "from": "value", "value": serde_json::from_str::<Value>(rest).map_err(|_| bad())? })
+        }
+        _ => return Err(bad()),
+    })
+}
+
+#[derive(Debug, clap::Subcommand)]
 pub enum KeyCommand {
     /// Create a key for your tenant (the secret is shown once)
     Create {
@@ -418,6 +492,7 @@ pub enum Request {
     Component(ComponentCommand),
     Worker(WorkerCommand),
     Key(KeyCommand),
+    Route(RouteCommand),
     Usage,
     Admin(AdminCommand),
     Profile(ProfileCommand),
@@ -1051,6 +1126,122 @@ async fn run(connection: &Connection, request: Request) -> Result<Output, Failur
                 text(&body["key"])
             );
             Ok(Output::Text(body, text))
+        }
+        Request::Route(RouteCommand::Create(new)) => {
+            let NewRoute {
+                name,
+                path,
+                host,
+                methods,
+                handler,
+                function,
+                worker,
+                params,
+                auth,
+                cors_origins,
+                body_max,
+            } = *new;
+            let target = match (handler, function) {
+                (Some(component), None) => json!({ "kind": "handler", "component": component }),
+                (None, Some(function)) => {
+                    let (component, function) = function
+                        .split_once(':')
+                        .ok_or_else(|| Failure::Usage("--function is COMPONENT:FUNCTION".into()))?;
+                    let worker = route_source(worker.as_deref().unwrap_or_default())?;
+                    let params = params
+                        .iter()
+                        .map(|p| route_source(p))
+                        .collect::<Result<Vec<_>, _>>()?;
+                    json!({ "kind": "function", "component": component, "function": function,
+                            "worker": worker, "params": params })
+                }
+                _ => {
+                    return Err(Failure::Usage(
+                        "give --handler COMPONENT or --function COMPONENT:FUNCTION".into(),
+                    ));
+                }
+            };
+            let auth = match auth.as_str() {
+                "public" => json!({ "kind": "public" }),
+                "key" => json!({ "kind": "key" }),
+                other => match other
+                    .strip_prefix("secret:")
+                    .and_then(|rest| rest.split_once('='))
+                {
+                    Some((header, secret)) => {
+                        json!({ "kind": "secret", "header": header, "secret": secret })
+                    }
+                    None => {
+                        return Err(Failure::Usage(
+                            "--auth is public, key or secret:HEADER=VALUE".into(),
+                        ));
+                    }
+                },
+            };
+            let mut spec =
+                json!({ "path": path, "methods": methods, "target": target, "auth": auth });
+            if let Some(host) = host {
+                spec["host"] = json!(host);
+            }
+            if !cors_origins.is_empty() {
+                spec["cors"] = json!({ "origins": cors_origins });
+            }
+            if let Some(max) = body_max {
+                spec["body_bytes_max"] = json!(max);
+            }
+            let body = client
+                .post(&format!("/v1/routes/{name}"), spec, None)
+                .await?;
+            let text = format!(
+                "route {} serves {}",
+                text(&body["name"]),
+                text(&body["url_path"])
+            );
+            Ok(Output::Text(body, text))
+        }
+        Request::Route(RouteCommand::List) => {
+            let body = client.get("/v1/routes").await?;
+            let rows = body["routes"]
+                .as_array()
+                .map(|routes| {
+                    routes
+                        .iter()
+                        .map(|r| {
+                            let target = &r["target"];
+                            let what = match target["kind"].as_str() {
+                                Some("handler") => {
+                                    format!("handler {}", text(&target["component"]))
+                                }
+                                _ => format!(
+                                    "{}:{}",
+                                    text(&target["component"]),
+                                    text(&target["function"])
+                                ),
+                            };
+                            vec![
+                                text(&r["name"]),
+                                text(&r["url_path"]),
+                                what,
+                                text(&r["auth"]["kind"]),
+                            ]
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            Ok(Output::Table(
+                body,
+                vec!["name", "url", "target", "auth"],
+                rows,
+            ))
+        }
+        Request::Route(RouteCommand::Get { name }) => {
+            let body = client.get(&format!("/v1/routes/{name}")).await?;
+            let text = serde_json::to_string_pretty(&body).unwrap_or_default();
+            Ok(Output::Text(body, text))
+        }
+        Request::Route(RouteCommand::Delete { name }) => {
+            let body = client.delete(&format!("/v1/routes/{name}")).await?;
+            Ok(Output::Text(body, format!("route {name} deleted")))
         }
         Request::Key(KeyCommand::List) => {
             let body = client.get("/v1/keys").await?;

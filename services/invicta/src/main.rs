@@ -39,6 +39,9 @@ enum Command {
     /// Manage your tenant's API keys
     #[command(subcommand)]
     Key(client::KeyCommand),
+    /// Put components and functions behind URLs on the public listener
+    #[command(subcommand)]
+    Route(client::RouteCommand),
     /// This month's usage and your plan's limits
     Usage,
     /// The operator's commands: tenants and plans
@@ -78,6 +81,7 @@ fn main() -> ExitCode {
         Command::Component(c) => client::Request::Component(c),
         Command::Worker(c) => client::Request::Worker(c),
         Command::Key(c) => client::Request::Key(c),
+        Command::Route(c) => client::Request::Route(c),
         Command::Usage => client::Request::Usage,
         Command::Admin(c) => client::Request::Admin(c),
         Command::Profile(c) => client::Request::Profile(c),

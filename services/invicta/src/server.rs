@@ -16,6 +16,9 @@ pub struct Args {
     /// Where the public HTTP API listens [default: 127.0.0.1:8080]
     #[arg(long, env = "INVICTA_LISTEN")]
     listen: Option<SocketAddr>,
+    /// Where tenants' public routes are served, apart from the API [default: not served]
+    #[arg(long, env = "INVICTA_PUBLIC_LISTEN")]
+    public_listen: Option<SocketAddr>,
     /// Where the embedded store and local blobs live [default: ./.invicta]
     #[arg(long, env = "INVICTA_DATA_DIR")]
     data_dir: Option<PathBuf>,
@@ -174,6 +177,9 @@ impl Config {
         };
         if let Some(listen) = args.listen {
             config.gateway.listen = listen;
+        }
+        if let Some(listen) = args.public_listen {
+            config.gateway.public_listen = Some(listen);
         }
         if let Some(dir) = &args.data_dir {
             config.data_dir = Some(dir.clone());
@@ -361,6 +367,7 @@ async fn run_roles(config: Config, roles: &[Role]) -> anyhow::Result<()> {
         };
         let gateway = bind_gateway(&config, store, blobs, registry, executor, billing).await?;
         let addr = gateway.local_addr()?;
+        announce_public(&gateway)?;
         servers.spawn(async move { Ok(gateway.run(shutdown_signal()).await?) });
         println!("invicta listening on http://{addr} (role: gateway)");
     }
@@ -567,6 +574,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let billing = start_billing(&config, &data_dir, store.clone()).await?;
     let gateway = bind_gateway(&config, store, blobs, registry, executor, billing).await?;
     let addr = gateway.local_addr()?;
+    announce_public(&gateway)?;
     tracing::info!(%addr, data_dir = %data_dir.display(), "invicta server started");
     // The one line a user running `make run` looks for; scripts read it to find the port.
     println!(
@@ -662,6 +670,16 @@ async fn bind_gateway(
         },
     )
     .await?)
+}
+
+/// Says where public routes are served, before the line that says where the API is (scripts
+/// read both).
+fn announce_public(gateway: &invicta_gateway::Service) -> anyhow::Result<()> {
+    if let Some(public) = gateway.public_addr()? {
+        tracing::info!(%public, "public routes served");
+        println!("invicta public routes on http://{public}");
+    }
+    Ok(())
 }
 
 /// Resolves on SIGINT or SIGTERM.

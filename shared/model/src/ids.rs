@@ -91,6 +91,12 @@ name_type!(
     "component"
 );
 name_type!(
+    /// A public route's name inside its tenant.
+    RouteName,
+    "route"
+);
+
+name_type!(
     /// A worker's name inside its component.
     WorkerName,
     "worker"

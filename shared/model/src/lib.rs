@@ -10,7 +10,7 @@ pub mod shards;
 pub mod usage;
 mod value;
 
-pub use ids::{ComponentName, TenantId, WorkerId, WorkerName};
+pub use ids::{ComponentName, RouteName, TenantId, WorkerId, WorkerName};
 pub use value::Value;
 
 pub use usage::month_of;

@@ -14,6 +14,9 @@
 //!   samples them once an hour into the ledger's `storage_byte_hours`.
 //! - `("storage-accrued", tenant)`: the first hour whose storage is not yet in the ledger,
 //!   written in the transaction that accrues it, so no hour is billed twice.
+//! - `("route-ledger", tenant, hour, route, kind)`: what each public route served, per hour:
+//!   `requests`, `request_bytes`, `response_bytes`. The gateway adds to it (and to the fuel
+//!   of the ephemeral handlers it served) in batches, at most a second apart.
 
 use foundationdb_tuple::pack;
 
@@ -109,6 +112,27 @@ pub fn ledger_from(tenant: &str, hour: u64) -> Vec<u8> {
 }
 
 /// The hour (since the epoch) of a moment in milliseconds.
+/// What a public route served in an hour: `requests`, `request_bytes`, `response_bytes`.
+pub fn route_ledger_key(tenant: &str, hour: u64, route: &str, kind: &str) -> Vec<u8> {
+    pack(&("route-ledger", tenant, hour, route, kind))
+}
+
+/// Every hour of a tenant's route ledger from `hour` on.
+pub fn route_ledger_from(tenant: &str, hour: u64) -> Vec<u8> {
+    pack(&("route-ledger", tenant, hour))
+}
+
+/// A route ledger key's hour, route and kind.
+pub fn parse_route_ledger_key(key: &[u8]) -> Option<(u64, String, String)> {
+    let (_, _, hour, route, kind): (String, String, u64, String, String) =
+        foundationdb_tuple::unpack(key).ok()?;
+    Some((hour, route, kind))
+}
+
+pub const ROUTE_REQUESTS: &str = "requests";
+pub const ROUTE_REQUEST_BYTES: &str = "request_bytes";
+pub const ROUTE_RESPONSE_BYTES: &str = "response_bytes";
+
 pub fn hour_of(unix_ms: u64) -> u64 {
     unix_ms / 3_600_000
 }
