@@ -112,14 +112,14 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         .block_on(run_async(args))
 }
 
-fn workspace_root() -> PathBuf {
+pub(crate) fn workspace_root() -> PathBuf {
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
     manifest.parent().unwrap_or(manifest).to_path_buf()
 }
 
-fn server_binary(args: &Args) -> anyhow::Result<PathBuf> {
-    if let Some(path) = &args.server_bin {
-        return Ok(path.clone());
+pub(crate) fn server_binary(given: Option<&Path>) -> anyhow::Result<PathBuf> {
+    if let Some(path) = given {
+        return Ok(path.to_path_buf());
     }
     let mut candidates = Vec::new();
     if let Some(dir) = std::env::var_os("CARGO_TARGET_DIR") {
@@ -192,7 +192,7 @@ struct Restart {
 
 async fn run_async(args: &Args) -> anyhow::Result<()> {
     let counts = Counts::new(args.quick);
-    let binary = server_binary(args)?;
+    let binary = server_binary(args.server_bin.as_deref())?;
     let components = args
         .components
         .clone()
@@ -898,17 +898,22 @@ async fn resumes(api: &Api, n: usize, history: usize) -> anyhow::Result<(Summary
 }
 
 /// The outcome of a load.
-struct Load {
-    summary: Summary,
+pub(crate) struct Load {
+    pub summary: Summary,
     /// Successful operations.
-    summary_count: usize,
-    errors: usize,
-    first_error: Option<String>,
+    pub summary_count: usize,
+    pub errors: usize,
+    pub first_error: Option<String>,
 }
 
 /// `clients` tasks run `op(ticket)` with tickets 0, 1, 2, … until `max` tickets are out or
 /// `time` has passed.
-async fn load<F, Fut>(clients: usize, max: usize, time: Duration, op: F) -> anyhow::Result<Load>
+pub(crate) async fn load<F, Fut>(
+    clients: usize,
+    max: usize,
+    time: Duration,
+    op: F,
+) -> anyhow::Result<Load>
 where
     F: Fn(usize) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = anyhow::Result<()>> + Send + 'static,
@@ -991,7 +996,7 @@ async fn healthz(api: &Api, clients: usize, max: usize, time: Duration) -> anyho
     .await
 }
 
-fn duration(d: Duration) -> String {
+pub(crate) fn duration(d: Duration) -> String {
     let s = d.as_secs_f64();
     if s < 1e-3 {
         format!("{:.0} µs", s * 1e6)

@@ -5,6 +5,7 @@
 mod admission;
 mod invoke;
 mod metering;
+mod serve;
 mod stats;
 mod store;
 
@@ -26,6 +27,9 @@ enum Scenario {
     Invoke(invoke::Args),
     /// The cost of authentication and rate limiting per request (argon2 once, then cached).
     Admission(admission::Args),
+    /// Tenants' traffic on the public listener: an ephemeral HTTP handler beside plain hyper,
+    /// and a function route beside the same call over the API.
+    Serve(serve::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -33,5 +37,6 @@ fn main() -> anyhow::Result<()> {
         Scenario::Store(args) => store::run(&args),
         Scenario::Invoke(args) => invoke::run(&args),
         Scenario::Admission(args) => admission::run(&args),
+        Scenario::Serve(args) => serve::run(&args),
     }
 }

@@ -1,0 +1,273 @@
+//! `serve`: tenants' traffic on the public listener. An ephemeral `wasi:http/incoming-handler`
+//! (the `wstd` hello server, a fresh instance per request) at 32 clients, beside the limit of
+//! this machine measured in the same run: a plain hyper server answering the same bytes. And a
+//! worker's function behind a route, one call after the other, beside the same durable call
+//! over the API.
+
+use std::convert::Infallible;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use invicta_tests::Server;
+use serde_json::json;
+
+use crate::invoke::{Load, duration, load, server_binary, workspace_root};
+use crate::stats::Summary;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The server binary [default: $CARGO_TARGET_DIR/release/invicta, else target/release/invicta]
+    #[arg(long)]
+    server_bin: Option<PathBuf>,
+    /// The directory of the guest components [default: tests/components/wasm]
+    #[arg(long)]
+    components: Option<PathBuf>,
+    /// How long each load runs, in seconds.
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    /// Sequential calls for the latency comparison.
+    #[arg(long, default_value_t = 2_000)]
+    calls: usize,
+}
+
+/// Clients of the throughput loads.
+const CLIENTS: usize = 32;
+
+/// What the hello handler answers, and the plain server too.
+const HELLO: &str = "hello bench from /hello";
+
+pub fn run(args: &Args) -> anyhow::Result<()> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(measure(args))
+}
+
+async fn measure(args: &Args) -> anyhow::Result<()> {
+    let binary = server_binary(args.server_bin.as_deref())?;
+    let components = args
+        .components
+        .clone()
+        .unwrap_or_else(|| workspace_root().join("tests/components/wasm"));
+    let read = |name: &str| {
+        let path = components.join(format!("{name}.wasm"));
+        std::fs::read(&path).with_context(|| {
+            format!(
+                "read {} (build the guests with `make components`)",
+                path.display()
+            )
+        })
+    };
+    let (hello, counter) = (read("http_hello")?, read("counter")?);
+    let root = tempfile::tempdir_in(".")?;
+    let server = Server::start_with(
+        &binary,
+        &root.path().join("data"),
+        &["--public-listen", "127.0.0.1:0"],
+    )?;
+    let public = server
+        .public_url
+        .clone()
+        .context("the server serves no public listener")?;
+    let api = server.operator().new_tenant("bench", "unlimited").await?;
+    let key = api.key.clone().context("the tenant's key")?;
+    for (name, wasm) in [("hello", &hello), ("counter", &counter)] {
+        let up = api.upload(name, wasm.clone()).await?;
+        if up.status != 201 {
+            bail!("upload {name}: {up:?}");
+        }
+    }
+    let made = api
+        .post_json(
+            "/v1/routes/hello",
+            &json!({ "path": "/hello", "methods": ["GET"],
+                     "target": { "kind": "handler", "component": "hello" } }),
+            None,
+        )
+        .await?;
+    let hello_url = format!(
+        "{public}{}?name=bench",
+        made.body["url_path"].as_str().unwrap_or_default()
+    );
+    let made = api
+        .post_json(
+            "/v1/routes/add",
+            &json!({ "path": "/add", "methods": ["POST"],
+                     "target": { "kind": "function", "component": "counter", "function": "add",
+                                 "worker": { "from": "value", "value": "seq" },
+                                 "params": [{ "from": "value", "value": 1 }] } }),
+            None,
+        )
+        .await?;
+    let add_url = format!(
+        "{public}{}",
+        made.body["url_path"].as_str().unwrap_or_default()
+    );
+    let http = reqwest::Client::builder().no_proxy().build()?;
+    let time = Duration::from_secs(args.seconds.max(1));
+
+    // The limit: plain hyper answering the same bytes, on its own runtime.
+    let plain = plain_hyper().await?;
+    let get = |url: String, expect: &'static str| {
+        let (http, url) = (http.clone(), Arc::new(url));
+        move |_| {
+            let (http, url) = (http.clone(), url.clone());
+            async move {
+                let response = http.get(url.as_str()).send().await?;
+                let status = response.status();
+                let body = response.bytes().await?;
+                if !status.is_success() || body != expect.as_bytes() {
+                    bail!("HTTP {status}: {}", String::from_utf8_lossy(&body));
+                }
+                Ok(())
+            }
+        }
+    };
+    // Warm both: the handler's first request compiles nothing but prepares the instance.
+    load(1, 50, time, get(hello_url.clone(), HELLO)).await?;
+    let plain_load = load(CLIENTS, usize::MAX, time, get(plain.clone(), HELLO)).await?;
+    let handler_load = load(CLIENTS, usize::MAX, time, get(hello_url.clone(), HELLO)).await?;
+    check("plain hyper", &plain_load)?;
+    check("ephemeral handler", &handler_load)?;
+
+    // A durable call: through a route, and through the API.
+    let invoke_url = format!("{}/v1/components/counter/workers/seq/invoke", server.url);
+    let mut expected = 0_i64;
+    let mut route_samples = Vec::with_capacity(args.calls);
+    let mut api_samples = Vec::with_capacity(args.calls);
+    let start = Instant::now();
+    for i in 0..args.calls.max(1) * 2 {
+        let t = Instant::now();
+        let value: serde_json::Value = if i % 2 == 0 {
+            http.post(&add_url).send().await?.json().await?
+        } else {
+            let reply: serde_json::Value = http
+                .post(&invoke_url)
+                .bearer_auth(&key)
+                .json(&json!({ "function": "add", "params": [1] }))
+                .send()
+                .await?
+                .json()
+                .await?;
+            reply["result"].clone()
+        };
+        let took = t.elapsed();
+        expected += 1;
+        if value.as_i64() != Some(expected) {
+            bail!("add(1) answered {value}, not {expected}");
+        }
+        if i % 2 == 0 {
+            route_samples.push(took);
+        } else {
+            api_samples.push(took);
+        }
+    }
+    let total = start.elapsed() / 2;
+    let route = Summary::of(&mut route_samples, total);
+    let invoke = Summary::of(&mut api_samples, total);
+
+    let handler_share = handler_load.summary.per_second / plain_load.summary.per_second.max(1e-9);
+    let durable_ratio = route.median.as_secs_f64() / invoke.median.as_secs_f64().max(1e-12);
+    println!(
+        "serve bench: the public listener, {CLIENTS} clients, {}s per load",
+        time.as_secs()
+    );
+    println!(
+        "{:<52} {:>10} {:>10} {:>12} {:>10} {:>14}",
+        "measurement", "p50", "p99", "per second", "ratio", "target"
+    );
+    let row = |name: &str, s: &Summary, ratio: String, target: String| {
+        println!(
+            "{name:<52} {:>10} {:>10} {:>12.0} {ratio:>10} {target:>14}",
+            duration(s.median),
+            duration(s.p99),
+            s.per_second
+        );
+    };
+    row(
+        "plain hyper, same bytes (the limit)",
+        &plain_load.summary,
+        String::new(),
+        String::new(),
+    );
+    row(
+        "ephemeral wstd handler, fresh instance per request",
+        &handler_load.summary,
+        format!("{:.2}×", handler_share),
+        format!(
+            "≥ 0.50 {}",
+            if handler_share >= 0.5 { "ok" } else { "MISSED" }
+        ),
+    );
+    row(
+        "durable add(1) over the API (the reference)",
+        &invoke,
+        String::new(),
+        String::new(),
+    );
+    row(
+        "durable add(1) through a function route",
+        &route,
+        format!("{:.2}×", durable_ratio),
+        format!(
+            "≤ 1.10 {}",
+            if durable_ratio <= 1.10 {
+                "ok"
+            } else {
+                "MISSED"
+            }
+        ),
+    );
+    Ok(())
+}
+
+fn check(what: &str, load: &Load) -> anyhow::Result<()> {
+    if load.errors > 0 {
+        bail!(
+            "{what}: {} errors of {} ({})",
+            load.errors,
+            load.errors + load.summary_count,
+            load.first_error.clone().unwrap_or_default()
+        );
+    }
+    Ok(())
+}
+
+/// A plain hyper HTTP/1.1 server answering [`HELLO`], on a runtime of its own with as many
+/// threads as the server's; its URL.
+async fn plain_hyper() -> anyhow::Result<String> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    listener.set_nonblocking(true)?;
+    let url = format!("http://{}/hello", listener.local_addr()?);
+    std::thread::spawn(move || {
+        let Ok(runtime) = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+        else {
+            return;
+        };
+        runtime.block_on(async move {
+            let Ok(listener) = tokio::net::TcpListener::from_std(listener) else {
+                return;
+            };
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(|_request| async {
+                        Ok::<_, Infallible>(hyper::Response::new(http_body_util::Full::new(
+                            bytes::Bytes::from_static(HELLO.as_bytes()),
+                        )))
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+    });
+    Ok(url)
+}
