@@ -546,3 +546,207 @@ async fn a_function_behind_a_url_in_three_commands() -> anyhow::Result<()> {
     cli(&["route", "delete", "hello"])?;
     Ok(())
 }
+
+/// A loopback service whose effects count per `Idempotency-Key`, holding its answers while
+/// `hold` is set.
+#[derive(Clone, Default)]
+struct Effects {
+    seen: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, u32>>>,
+    hold: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    released: std::sync::Arc<tokio::sync::Notify>,
+}
+
+impl Effects {
+    fn keys(&self) -> std::collections::HashMap<String, u32> {
+        self.seen.lock().map(|m| m.clone()).unwrap_or_default()
+    }
+
+    async fn serve(self) -> anyhow::Result<String> {
+        async fn effect(
+            axum::extract::State(effects): axum::extract::State<Effects>,
+            headers: axum::http::HeaderMap,
+        ) -> String {
+            let key = headers
+                .get("idempotency-key")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_string();
+            let n = {
+                let Ok(mut seen) = effects.seen.lock() else {
+                    return "poisoned".into();
+                };
+                let n = seen.entry(key.clone()).or_insert(0);
+                *n += 1;
+                *n
+            };
+            let released = effects.released.notified();
+            if effects.hold.load(std::sync::atomic::Ordering::SeqCst) {
+                released.await;
+            }
+            format!("key={key} seen={n}")
+        }
+        let app = axum::Router::new()
+            .route("/effect", axum::routing::post(effect))
+            .with_state(self);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let url = format!("http://{}/effect", listener.local_addr()?);
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Ok(url)
+    }
+}
+
+/// A durable handler: each request is an invocation of the worker the path names, recorded in
+/// its oplog. Its memory lives on between requests and after SIGKILL; the same key answers
+/// from the record; a request cut off by SIGKILL while it waits on an effect, retried with its
+/// key, has that effect once.
+#[tokio::test]
+async fn durable_handlers_keep_state_and_run_once_per_key_across_a_kill() -> anyhow::Result<()> {
+    let effects = Effects::default();
+    let effect_url = effects.clone().serve().await?;
+    let data = tempfile::tempdir()?;
+    let config = data.path().join("invicta.toml");
+    std::fs::write(
+        &config,
+        "[executor]\nidle_suspend_ms = 300\n[executor.http]\nallow_private_hosts = [\"127.0.0.1\"]\ntimeout_ms = 30000\n",
+    )?;
+    let config = config.to_string_lossy().into_owned();
+    let dir = data.path().join("data");
+    let args = [
+        "--public-listen",
+        "127.0.0.1:0",
+        "--config",
+        config.as_str(),
+    ];
+    let server = Server::start_with(INVICTA.as_ref(), &dir, &args)?;
+    let public = server.public_url.clone().unwrap_or_default();
+    let api = server.operator().new_tenant("durable", "pro").await?;
+    assert_eq!(
+        api.upload("hello", component("http_hello")).await?.status,
+        201
+    );
+    let users = route(
+        &api,
+        "users",
+        json!({ "path": "/u/{user}/{*rest}",
+                "target": { "kind": "handler", "component": "hello",
+                            "worker": { "from": "path", "name": "user" } } }),
+    )
+    .await?;
+    let fresh = route(
+        &api,
+        "fresh",
+        json!({ "path": "/f/{*rest}", "target": { "kind": "handler", "component": "hello" } }),
+    )
+    .await?;
+    let user_url = |public: &str, user: &str, rest: &str| {
+        format!(
+            "{public}{}",
+            users.replace("{user}", user).replace("{*rest}", rest)
+        )
+    };
+    let http = reqwest::Client::new();
+    for expected in ["visit 1", "visit 2"] {
+        let answer = send(http.get(user_url(&public, "ann", "visits"))).await?;
+        assert_eq!((answer.status, answer.text.as_str()), (200, expected));
+    }
+    let answer = send(http.get(user_url(&public, "bob", "visits"))).await?;
+    assert_eq!(answer.text, "visit 1", "each worker has its own memory");
+    for _ in 0..2 {
+        let answer =
+            send(http.get(format!("{public}{}", fresh.replace("{*rest}", "visits")))).await?;
+        assert_eq!(
+            answer.text, "visit 1",
+            "an ephemeral handler starts afresh each time"
+        );
+    }
+    for _ in 0..2 {
+        let answer = send(
+            http.get(user_url(&public, "ann", "visits"))
+                .header("idempotency-key", "v1"),
+        )
+        .await?;
+        assert_eq!(
+            answer.text, "visit 3",
+            "the same key answers from the record"
+        );
+    }
+    // Idle, the worker is suspended; the next request finds its memory rebuilt by replay.
+    eventually(
+        "ann's worker suspended",
+        std::time::Duration::from_secs(10),
+        || async {
+            let status = api.get("/v1/components/hello/workers/ann").await?;
+            Ok((status.body["status"] == "suspended").then_some(()))
+        },
+    )
+    .await?;
+    let answer = send(http.get(user_url(&public, "ann", "visits"))).await?;
+    assert_eq!(answer.text, "visit 4", "after idle suspension");
+    let oplog = api.get("/v1/components/hello/workers/ann/oplog").await?;
+    assert!(
+        oplog
+            .body
+            .to_string()
+            .contains("wasi:http/incoming-handler"),
+        "the requests are in the worker's oplog: {oplog:?}"
+    );
+    let too_big = api
+        .post_json(
+            "/v1/routes/big",
+            &json!({ "path": "/b/{user}", "body_bytes_max": 2_000_000,
+                     "target": { "kind": "handler", "component": "hello",
+                                 "worker": { "from": "path", "name": "user" } } }),
+            None,
+        )
+        .await?;
+    assert_eq!(
+        (too_big.status, too_big.code()),
+        (400, "invalid_route"),
+        "{too_big:?}"
+    );
+
+    // A payment that waits on its effect when the server is killed.
+    effects
+        .hold
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let pay = user_url(&public, "carol", &format!("pay?to={effect_url}"));
+    let first = tokio::spawn({
+        let (http, pay) = (http.clone(), pay.clone());
+        async move {
+            http.post(pay)
+                .header("idempotency-key", "pay-1")
+                .body("5")
+                .send()
+                .await
+        }
+    });
+    eventually(
+        "the payment reached its service",
+        std::time::Duration::from_secs(30),
+        || async { Ok((effects.keys().values().sum::<u32>() >= 1).then_some(())) },
+    )
+    .await?;
+    server.kill()?;
+    let _ = first.await;
+    effects
+        .hold
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    effects.released.notify_waiters();
+
+    let server = Server::start_with(INVICTA.as_ref(), &dir, &args)?;
+    let public = server.public_url.clone().unwrap_or_default();
+    let pay = user_url(&public, "carol", &format!("pay?to={effect_url}"));
+    let answer = send(http.post(pay).header("idempotency-key", "pay-1").body("5")).await?;
+    assert_eq!(answer.status, 200, "{}", answer.text);
+    assert!(answer.text.starts_with("paid 200 key="), "{}", answer.text);
+    let keys = effects.keys();
+    assert_eq!(
+        keys.len(),
+        1,
+        "one effect, whatever was sent again: {keys:?}"
+    );
+    // Ann's memory came back by replay.
+    let answer = send(http.get(user_url(&public, "ann", "visits"))).await?;
+    assert_eq!(answer.text, "visit 5", "after SIGKILL");
+    Ok(())
+}

@@ -245,11 +245,19 @@ impl Executor {
             }
         };
         let export = export_of(&compiled, id, function, params.len())?;
-        let values = params
-            .iter()
-            .zip(&export.params)
-            .map(|(json, (name, ty))| json_to_value(name, json, ty))
-            .collect::<Result<Vec<_>, _>>()?;
+        // A request for an HTTP handler is its own kind of parameter: the request, whole.
+        let values = if crate::incoming::is_handler(export) {
+            params
+                .iter()
+                .map(crate::incoming::request_value)
+                .collect::<Result<Vec<_>, _>>()?
+        } else {
+            params
+                .iter()
+                .zip(&export.params)
+                .map(|(json, (name, ty))| json_to_value(name, json, ty))
+                .collect::<Result<Vec<_>, _>>()?
+        };
         let (generated, key) = match key {
             Some(key) => (false, key),
             None => (true, generated_key()),
@@ -392,6 +400,16 @@ fn export_of<'a>(
 ) -> Result<&'a invicta_engine::exports::ExportedFunction> {
     let export = compiled
         .function(function)
+        .or_else(|| {
+            (function == crate::incoming::FUNCTION)
+                .then(|| {
+                    compiled
+                        .exports
+                        .iter()
+                        .find(|e| crate::incoming::is_handler(e))
+                })
+                .flatten()
+        })
         .ok_or_else(|| Error::UnknownFunction {
             component: id.component.to_string(),
             function: function.to_string(),
@@ -402,10 +420,16 @@ fn export_of<'a>(
                 .collect::<Vec<_>>()
                 .join(", "),
         })?;
-    if given != export.params.len() {
+    // An HTTP handler takes the request, whole (its two resources are made from it).
+    let expected = if crate::incoming::is_handler(export) {
+        1
+    } else {
+        export.params.len()
+    };
+    if given != expected {
         return Err(Error::ParamCount {
             function: export.name.clone(),
-            expected: export.params.len(),
+            expected,
             got: given,
         });
     }

@@ -23,6 +23,7 @@ pub mod grpc;
 mod host;
 mod hostapi;
 mod http;
+pub mod incoming;
 mod leases;
 mod lifecycle;
 mod limits;

@@ -167,12 +167,37 @@ fn is_zero(n: &u32) -> bool {
 }
 
 /// What an invocation asks, as a short hash of its function and parameters: an idempotency
-/// key is bound to it, as payment APIs bind theirs to the request.
+/// key is bound to it, as payment APIs bind theirs to the request. For an HTTP handler, what
+/// makes a request the same request again is its method, path and body: sent again it
+/// differs in its headers (another connection, another port).
 pub(crate) fn fingerprint(function: &str, params: &[invicta_model::Value]) -> String {
     use sha2::Digest;
     let mut hash = sha2::Sha256::new();
     hash.update(function.as_bytes());
     hash.update([0]);
+    let handler =
+        function.starts_with("wasi:http/incoming-handler@") && function.ends_with(".{handle}");
+    let identity: Vec<invicta_model::Value>;
+    let params = if handler {
+        identity = params
+            .iter()
+            .map(|request| match request {
+                invicta_model::Value::Record(fields) => invicta_model::Value::Record(
+                    fields
+                        .iter()
+                        .filter(|(name, _)| {
+                            matches!(name.as_str(), "method" | "path_and_query" | "body")
+                        })
+                        .cloned()
+                        .collect(),
+                ),
+                other => other.clone(),
+            })
+            .collect();
+        &identity
+    } else {
+        params
+    };
     // Encoding into a Vec fails only on a serializer bug; the function alone then decides.
     hash.update(postcard::to_allocvec(params).unwrap_or_default());
     hex::encode(&hash.finalize()[..16])

@@ -1362,9 +1362,18 @@ impl Actor {
             return failed(FailureKind::Trap, format!("set fuel: {e:#}"));
         }
         active.store.data_mut().limiter.memory_refused = false;
-        let args: Vec<_> = params.iter().map(value_to_val).collect();
-        let mut results = vec![placeholder(); export.results.len()];
         let deadline = self.timeout();
+        // An HTTP handler is given its request and response slot as resources; its response,
+        // collected meanwhile, is the invocation's result.
+        let (args, collector) = if crate::incoming::is_handler(export) {
+            match crate::incoming::arguments(&mut active.store, params, deadline) {
+                Ok((args, collector)) => (args, Some(collector)),
+                Err(message) => return failed(FailureKind::Trap, message),
+            }
+        } else {
+            (params.iter().map(value_to_val).collect(), None)
+        };
+        let mut results = vec![placeholder(); export.results.len()];
         let started = std::time::Instant::now();
         // Only live calls may be interrupted: replay re-does what is already recorded.
         let shared = self.shared.clone();
@@ -1446,7 +1455,14 @@ impl Actor {
                 let (kind, message) = classify(&e, memory);
                 failed(kind, message)
             }
-            Ok(Ok(())) => match results.iter().map(val_to_value).collect::<Option<Vec<_>>>() {
+            Ok(Ok(())) => match match collector {
+                None => results.iter().map(val_to_value).collect::<Option<Vec<_>>>(),
+                Some(collector) => match collector.await {
+                    Ok(Ok(response)) => Some(vec![response]),
+                    Ok(Err(message)) => return failed(FailureKind::Trap, message),
+                    Err(e) => return failed(FailureKind::Trap, format!("the handler's response: {e}")),
+                },
+            } {
                 Some(results) => Ran::Completed {
                     results,
                     fuel_consumed,

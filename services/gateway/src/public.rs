@@ -355,7 +355,7 @@ async fn handle(
         .map_err(|_| refuse(too_large()))?;
     let request_bytes = body.len() as u64;
     let (response, component, fuel) = match &spec.target {
-        Target::Handler { component } => {
+        Target::Handler { component, worker } => {
             let component =
                 ComponentName::new(component.clone()).map_err(|e| refuse(Problem::internal(e)))?;
             let path_and_query = {
@@ -373,7 +373,7 @@ async fn handle(
             let mut headers: Vec<(String, Vec<u8>)> = parts
                 .headers
                 .iter()
-                .filter(|(k, _)| !is_hop_by_hop(k))
+                .filter(|(k, _)| !is_hop_by_hop(k) && *k != header::AUTHORIZATION)
                 .map(|(k, v)| (k.as_str().to_string(), v.as_bytes().to_vec()))
                 .collect();
             if !matched.prefix.is_empty() {
@@ -382,28 +382,58 @@ async fn handle(
                     matched.prefix.clone().into_bytes(),
                 ));
             }
-            let answer = state
-                .app
-                .executor
-                .serve_http(
-                    &tenant,
-                    &component,
-                    invicta_executor::HandlerRequest {
-                        method: parts.method.as_str().to_string(),
-                        scheme: "http".into(),
-                        authority: if host.is_empty() {
-                            "localhost".into()
-                        } else {
-                            host.clone()
+            let request = invicta_executor::HandlerRequest {
+                method: parts.method.as_str().to_string(),
+                scheme: "http".into(),
+                authority: if host.is_empty() {
+                    "localhost".into()
+                } else {
+                    host.clone()
+                },
+                path_and_query,
+                headers,
+                body,
+            };
+            let answer = match worker {
+                // Ephemeral: a fresh instance, nothing recorded.
+                None => state
+                    .app
+                    .executor
+                    .serve_http(&tenant, &component, request, &limits)
+                    .await
+                    .map_err(|e| refuse(handler_problem(e, &limits)))?,
+                // Durable: the named worker handles it, as a recorded invocation.
+                Some(source) => {
+                    let pieces = Pieces {
+                        params: &matched.params,
+                        query: parts.uri.query().unwrap_or_default(),
+                        headers: &parts.headers,
+                        body: &[],
+                    };
+                    let id = worker_id(&pieces, source, &tenant, &component).map_err(&refuse)?;
+                    let key = crate::api::idempotency_key(&parts.headers).map_err(&refuse)?;
+                    let json = invicta_executor::incoming::request_json(&request);
+                    let completed = state
+                        .app
+                        .executor
+                        .invoke(
+                            &id,
+                            invicta_executor::incoming::FUNCTION,
+                            &[json],
+                            key,
+                            &limits,
+                        )
+                        .await
+                        .map_err(|e| refuse(handler_problem(e, &limits)))?;
+                    invicta_executor::incoming::response_from_json(&completed.result).ok_or_else(
+                        || {
+                            refuse(Problem::internal(
+                                "a durable handler's result is not a response",
+                            ))
                         },
-                        path_and_query,
-                        headers,
-                        body,
-                    },
-                    &limits,
-                )
-                .await
-                .map_err(|e| refuse(handler_problem(e, &limits)))?;
+                    )?
+                }
+            };
             let fuel = answer.fuel_consumed;
             (
                 handler_response(answer),
@@ -425,22 +455,7 @@ async fn handle(
                 headers: &parts.headers,
                 body: &body,
             };
-            let name = match request.value(worker).map_err(&refuse)? {
-                Value::String(s) => s,
-                other => other.to_string(),
-            };
-            let worker = WorkerName::new(name).map_err(|e| {
-                refuse(Problem::new(
-                    StatusCode::BAD_REQUEST,
-                    "invalid_name",
-                    e.to_string(),
-                ))
-            })?;
-            let id = WorkerId {
-                tenant: tenant.clone(),
-                component: component.clone(),
-                worker,
-            };
+            let id = worker_id(&request, worker, &tenant, &component).map_err(&refuse)?;
             let types = param_types(state, &tenant, &component, function).await;
             let values = params
                 .iter()
@@ -562,6 +577,26 @@ fn handler_problem(e: invicta_executor::Error, limits: &invicta_executor::Limits
         ),
         _ => e.into(),
     }
+}
+
+/// The worker a request names.
+fn worker_id(
+    pieces: &Pieces<'_>,
+    source: &Source,
+    tenant: &TenantId,
+    component: &ComponentName,
+) -> Result<WorkerId, Problem> {
+    let name = match pieces.value(source)? {
+        Value::String(s) => s,
+        other => other.to_string(),
+    };
+    let worker = WorkerName::new(name)
+        .map_err(|e| Problem::new(StatusCode::BAD_REQUEST, "invalid_name", e.to_string()))?;
+    Ok(WorkerId {
+        tenant: tenant.clone(),
+        component: component.clone(),
+        worker,
+    })
 }
 
 /// The WIT types of a function's parameters, as the registry describes the component's latest

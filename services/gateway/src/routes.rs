@@ -64,9 +64,16 @@ fn body_bytes_default() -> u64 {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Target {
-    /// A component exporting `wasi:http/incoming-handler`, run in a fresh instance per request
-    /// (ephemeral: nothing recorded). It sees the request's path below the tenant's prefix.
-    Handler { component: String },
+    /// A component exporting `wasi:http/incoming-handler`. It sees the request's path below
+    /// the tenant's prefix. Without `worker` it is ephemeral: a fresh instance per request,
+    /// nothing recorded. With `worker` it is durable: the request is handled by that worker and
+    /// recorded in its oplog, and a request sent again with the same `Idempotency-Key` is
+    /// answered from the record (bodies at most 1 MiB each way).
+    Handler {
+        component: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        worker: Option<Source>,
+    },
     /// A function of a worker: its parameters taken from the request, its result answered as
     /// JSON. The worker is created on first use, like any invocation.
     Function {
@@ -348,8 +355,20 @@ pub fn check(mut spec: RouteSpec) -> Result<(RouteSpec, Pattern), String> {
         }
     };
     match &spec.target {
-        Target::Handler { component } => {
+        Target::Handler { component, worker } => {
             ComponentName::new(component.clone()).map_err(|e| e.to_string())?;
+            if let Some(worker) = worker {
+                if matches!(worker, Source::Body { .. }) {
+                    return Err("a durable handler's worker comes from the path, a query, a header or a value, not the body".into());
+                }
+                check_source(worker)?;
+                let limit = invicta_executor::incoming::BODY_BYTES_MAX as u64;
+                if spec.body_bytes_max > limit {
+                    return Err(format!(
+                        "a durable handler takes bodies of at most {limit} bytes (`body_bytes_max`)"
+                    ));
+                }
+            }
         }
         Target::Function {
             component,

@@ -1142,7 +1142,11 @@ async fn run(connection: &Connection, request: Request) -> Result<Output, Failur
                 body_max,
             } = *new;
             let target = match (handler, function) {
-                (Some(component), None) => json!({ "kind": "handler", "component": component }),
+                (Some(component), None) => match worker.as_deref() {
+                    None => json!({ "kind": "handler", "component": component }),
+                    Some(worker) => json!({ "kind": "handler", "component": component,
+                                            "worker": route_source(worker)? }),
+                },
                 (None, Some(function)) => {
                     let (component, function) = function
                         .split_once(':')

@@ -1,7 +1,13 @@
 //! An HTTP function written the standard way: `wasi:http/incoming-handler`, served by `wstd`.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use wstd::http::body::Body;
-use wstd::http::{Error, Request, Response, StatusCode};
+use wstd::http::{Client, Error, Request, Response, StatusCode};
+
+/// Requests this instance has seen at `/visits`: one per fresh instance, counting up in a
+/// durable worker.
+static VISITS: AtomicU64 = AtomicU64::new(0);
 
 #[wstd::http_server]
 async fn main(request: Request<Body>) -> Result<Response<Body>, Error> {
@@ -44,6 +50,29 @@ async fn main(request: Request<Body>) -> Result<Response<Body>, Error> {
             }
         }
         "panic" => panic!("the handler panicked on purpose"),
+        "visits" => {
+            let n = VISITS.fetch_add(1, Ordering::Relaxed) + 1;
+            Ok(Response::new(format!("visit {n}").into()))
+        }
+        "pay" => {
+            // An effect elsewhere: a POST to `to`, answered with what it said.
+            let to = query
+                .split('&')
+                .find_map(|pair| pair.strip_prefix("to="))
+                .unwrap_or_default()
+                .replace("%3A", ":")
+                .replace("%2F", "/");
+            let (_, mut body) = request.into_parts();
+            let amount = body.contents().await?.to_vec();
+            let outgoing = Request::post(to).body(Body::from(amount))?;
+            let mut answer = Client::new().send(outgoing).await?;
+            let status = answer.status().as_u16();
+            let text = answer.body_mut().contents().await?.to_vec();
+            let n = VISITS.fetch_add(1, Ordering::Relaxed) + 1;
+            Ok(Response::new(
+                format!("paid {status} {} (visit {n})", String::from_utf8_lossy(&text)).into(),
+            ))
+        }
         _ => Ok(Response::builder()
             .status(StatusCode::NOT_FOUND)
             .body(format!("no page at {path}").into())?),
