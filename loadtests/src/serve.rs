@@ -105,6 +105,23 @@ async fn measure(args: &Args) -> anyhow::Result<()> {
         "{public}{}",
         made.body["url_path"].as_str().unwrap_or_default()
     );
+    let made = api
+        .post_json(
+            "/v1/routes/durable",
+            &json!({ "path": "/d/{user}/{*rest}",
+                     "target": { "kind": "handler", "component": "hello",
+                                 "worker": { "from": "path", "name": "user" } } }),
+            None,
+        )
+        .await?;
+    let durable_url = format!(
+        "{public}{}",
+        made.body["url_path"]
+            .as_str()
+            .unwrap_or_default()
+            .replace("{user}", "seq")
+            .replace("{*rest}", "visits")
+    );
     let http = reqwest::Client::builder().no_proxy().build()?;
     let time = Duration::from_secs(args.seconds.max(1));
 
@@ -137,8 +154,19 @@ async fn measure(args: &Args) -> anyhow::Result<()> {
     let mut expected = 0_i64;
     let mut route_samples = Vec::with_capacity(args.calls);
     let mut api_samples = Vec::with_capacity(args.calls);
+    let mut durable_samples = Vec::with_capacity(args.calls);
     let start = Instant::now();
     for i in 0..args.calls.max(1) * 2 {
+        // A durable handler's request between each pair: `visit N`, its memory counting up.
+        let t = Instant::now();
+        let visit = http.get(&durable_url).send().await?.text().await?;
+        durable_samples.push(t.elapsed());
+        if visit != format!("visit {}", i + 1) {
+            bail!(
+                "the durable handler answered {visit:?} at request {}",
+                i + 1
+            );
+        }
         let t = Instant::now();
         let value: serde_json::Value = if i % 2 == 0 {
             http.post(&add_url).send().await?.json().await?
@@ -164,9 +192,12 @@ async fn measure(args: &Args) -> anyhow::Result<()> {
             api_samples.push(took);
         }
     }
-    let total = start.elapsed() / 2;
+    let total = start.elapsed() / 4;
     let route = Summary::of(&mut route_samples, total);
     let invoke = Summary::of(&mut api_samples, total);
+    let durable = Summary::of(&mut durable_samples, total * 2);
+    let durable_handler_ratio =
+        durable.median.as_secs_f64() / invoke.median.as_secs_f64().max(1e-12);
 
     let handler_share = handler_load.summary.per_second / plain_load.summary.per_second.max(1e-9);
     let durable_ratio = route.median.as_secs_f64() / invoke.median.as_secs_f64().max(1e-12);
@@ -214,6 +245,19 @@ async fn measure(args: &Args) -> anyhow::Result<()> {
         format!(
             "≤ 1.10 {}",
             if durable_ratio <= 1.10 {
+                "ok"
+            } else {
+                "MISSED"
+            }
+        ),
+    );
+    row(
+        "durable wstd handler (a worker's recorded request)",
+        &durable,
+        format!("{durable_handler_ratio:.2}×"),
+        format!(
+            "≤ 1.10 {}",
+            if durable_handler_ratio <= 1.10 {
                 "ok"
             } else {
                 "MISSED"

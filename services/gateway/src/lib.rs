@@ -181,6 +181,7 @@ impl Service {
             let router = public::router(public::PublicState {
                 tables: state.routes.clone(),
                 meter: meter.clone(),
+                signatures: Default::default(),
                 app: state.clone(),
             });
             (listener, router)

@@ -32,7 +32,23 @@ pub(crate) struct PublicState {
     pub app: AppState,
     pub tables: Arc<Tables>,
     pub meter: Arc<Meter>,
+    pub signatures: Arc<Signatures>,
 }
+
+/// The functions of components' latest versions, as function routes type their parameters,
+/// read from the registry at most [`SIGNATURES_STALE`] apart.
+#[derive(Default)]
+pub(crate) struct Signatures {
+    known: Mutex<HashMap<(TenantId, ComponentName), Known>>,
+}
+
+/// A component's functions, and when they were read.
+type Known = (std::time::Instant, Arc<Vec<FunctionSignature>>);
+
+/// How long a component's function signatures are used before the registry is asked again.
+pub const SIGNATURES_STALE: Duration = Duration::from_secs(1);
+
+type FunctionSignature = invicta_engine::exports::FunctionSignature;
 
 /// What routes served, counted in memory and written at most [`METER_FLUSH`] apart (a crash
 /// loses at most that much of it).
@@ -607,11 +623,38 @@ async fn param_types(
     component: &ComponentName,
     function: &str,
 ) -> Vec<String> {
-    let Ok(version) = state.app.registry.get(tenant, component, None).await else {
-        return Vec::new();
+    let key = (tenant.clone(), component.clone());
+    let cached = {
+        let known = state
+            .signatures
+            .known
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        known
+            .get(&key)
+            .filter(|(at, _)| at.elapsed() < SIGNATURES_STALE)
+            .map(|(_, exports)| exports.clone())
     };
-    version
-        .exports
+    let exports = match cached {
+        Some(exports) => exports,
+        None => {
+            let Ok(version) = state.app.registry.get(tenant, component, None).await else {
+                return Vec::new();
+            };
+            let exports = Arc::new(version.exports);
+            let mut known = state
+                .signatures
+                .known
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            if known.len() > 10_000 {
+                known.clear();
+            }
+            known.insert(key, (std::time::Instant::now(), exports.clone()));
+            exports
+        }
+    };
+    exports
         .iter()
         .find(|f| f.name == function || f.name.ends_with(&format!(".{{{function}}}")))
         .map(|f| f.params.iter().map(|p| p.ty.clone()).collect())
