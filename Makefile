@@ -4,6 +4,7 @@
 CARGO_TARGET_DIR ?= $(HOME)/.cache/invicta/target
 export CARGO_TARGET_DIR
 LISTEN ?= 127.0.0.1:8080
+PUBLIC_LISTEN ?= 127.0.0.1:8081
 DATA_DIR ?= ./.invicta
 INVICTA := $(CARGO_TARGET_DIR)/debug/invicta
 
@@ -18,9 +19,9 @@ KV_VERSION := 1.37.0
 KV_VENV ?= $(HOME)/.cache/invicta/kubernetes-validate-$(KV_VERSION)
 
 ## run: build the server and the example components, then start the all-in-one server on
-## $(LISTEN), data under $(DATA_DIR)
+## $(LISTEN) (tenants' routes on $(PUBLIC_LISTEN)), data under $(DATA_DIR)
 run: build components
-	$(INVICTA) server --listen $(LISTEN) --data-dir $(DATA_DIR)
+	$(INVICTA) server --listen $(LISTEN) --public-listen $(PUBLIC_LISTEN) --data-dir $(DATA_DIR)
 
 # The server alone resolves the same features as the test build (shared/feature-set), so
 # `make run`, `make test` and `make api-fuzz` compile the dependencies once between them.
