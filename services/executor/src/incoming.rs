@@ -43,7 +43,7 @@ fn base64(bytes: &[u8]) -> String {
 }
 
 /// A request as JSON, for an invocation of [`FUNCTION`].
-pub fn request_json(request: &crate::serve::HandlerRequest) -> serde_json::Value {
+pub fn request_json(request: &crate::types::HandlerRequest) -> serde_json::Value {
     json!({
         "method": request.method,
         "scheme": request.scheme,
@@ -59,13 +59,13 @@ pub fn request_json(request: &crate::serve::HandlerRequest) -> serde_json::Value
 }
 
 /// A durable handler's result (its JSON) as a response; `None` if it is not one.
-pub fn response_from_json(json: &serde_json::Value) -> Option<crate::serve::HandlerResponse> {
+pub fn response_from_json(json: &serde_json::Value) -> Option<crate::types::HandlerResponse> {
     let status = u16::try_from(json["status"].as_u64()?).ok()?;
     let headers = pairs(&json["headers"])?;
     let body = base64::engine::general_purpose::STANDARD
         .decode(json["body_base64"].as_str()?)
         .ok()?;
-    Some(crate::serve::HandlerResponse {
+    Some(crate::types::HandlerResponse {
         status,
         headers: headers
             .into_iter()
@@ -249,7 +249,7 @@ mod tests {
 
     #[test]
     fn a_request_goes_through_json_and_the_oplog_whole() {
-        let request = crate::serve::HandlerRequest {
+        let request = crate::types::HandlerRequest {
             method: "POST".into(),
             scheme: "http".into(),
             authority: "example.com".into(),

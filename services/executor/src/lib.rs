@@ -60,7 +60,6 @@ pub use limits::Limits;
 pub use placed::RevertTo;
 pub use records::{InvocationRecord, PendingRecord, StoredOutcome, WorkerRecord};
 pub use schedules::Schedule;
-pub use serve::{HandlerRequest, HandlerResponse};
 pub use suspend::{PROMISE_BYTES_MAX, PromiseRecord};
 
 use crate::commit::Committer;
@@ -69,7 +68,10 @@ pub(crate) use crate::support::now_ms;
 
 pub use config::{Config, Placement};
 pub use error::{Error, Result};
-pub use types::{Completed, InvocationState, LogLine, WorkerFilter, WorkerStatus, WorkerSummary};
+pub use types::{
+    Completed, HandlerRequest, HandlerResponse, InvocationState, LogLine, WorkerFilter,
+    WorkerStatus, WorkerSummary,
+};
 
 /// How old the monthly fuel figure checked before each invocation may be, in milliseconds:
 /// reading it for every invocation would cost a store read on the hot path.

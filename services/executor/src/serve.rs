@@ -28,6 +28,7 @@ use crate::error::{Error, Result};
 use crate::host::Limiter;
 use crate::http::{Egress, LiveHttp};
 use crate::limits::Limits;
+use crate::types::{HandlerRequest, HandlerResponse};
 
 /// How long a component's latest version is taken as known before the registry is asked
 /// again: a new upload serves within this.
@@ -35,31 +36,6 @@ pub const VERSION_STALE: Duration = Duration::from_secs(1);
 
 /// The largest response body a handler may answer (16 MiB): it is held whole.
 pub const RESPONSE_BYTES_MAX: usize = 16 * 1024 * 1024;
-
-/// A request for a handler, whole.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HandlerRequest {
-    pub method: String,
-    /// `https` or `http`: how the client reached the public listener.
-    pub scheme: String,
-    /// The `Host` the client asked for.
-    pub authority: String,
-    /// The path and query, as the client sent them.
-    pub path_and_query: String,
-    pub headers: Vec<(String, Vec<u8>)>,
-    pub body: Bytes,
-}
-
-/// A handler's answer, whole.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HandlerResponse {
-    pub status: u16,
-    pub headers: Vec<(String, Vec<u8>)>,
-    pub body: Bytes,
-    pub trailers: Vec<(String, Vec<u8>)>,
-    /// The fuel the request used, instantiation included.
-    pub fuel_consumed: u64,
-}
 
 /// The data of an ephemeral handler's store.
 pub(crate) struct HandlerCtx {

@@ -75,3 +75,28 @@ pub struct Completed {
 }
 
 pub(crate) type Outcome = std::result::Result<Completed, Error>;
+
+/// A request for a handler, whole.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HandlerRequest {
+    pub method: String,
+    /// `https` or `http`: how the client reached the public listener.
+    pub scheme: String,
+    /// The `Host` the client asked for.
+    pub authority: String,
+    /// The path and query, as the client sent them.
+    pub path_and_query: String,
+    pub headers: Vec<(String, Vec<u8>)>,
+    pub body: bytes::Bytes,
+}
+
+/// A handler's answer, whole.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HandlerResponse {
+    pub status: u16,
+    pub headers: Vec<(String, Vec<u8>)>,
+    pub body: bytes::Bytes,
+    pub trailers: Vec<(String, Vec<u8>)>,
+    /// The fuel the request used, instantiation included.
+    pub fuel_consumed: u64,
+}

@@ -561,6 +561,26 @@ pub const SEGMENT_BYTES_MAX: usize = 512;
 /// The longest query string accepted, in bytes.
 pub const QUERY_BYTES_MAX: usize = 4_096;
 
+/// How much of a refused body beyond its limit is read and dropped, and for how long, so that
+/// the client reads its 413 rather than a reset connection.
+const DRAIN_BYTES_MAX: usize = 1024 * 1024;
+const DRAIN_TIME_MAX: Duration = Duration::from_secs(1);
+
+/// Reads and drops a refused body of `declared` bytes if it is at most [`DRAIN_BYTES_MAX`]
+/// over `limit`, within [`DRAIN_TIME_MAX`].
+pub(crate) async fn drain(body: axum::body::Body, declared: u64, limit: usize) {
+    use http_body_util::BodyExt;
+    let most = u64::try_from(limit.saturating_add(DRAIN_BYTES_MAX)).unwrap_or(u64::MAX);
+    if declared > most {
+        return;
+    }
+    let mut body = body;
+    let _ = tokio::time::timeout(DRAIN_TIME_MAX, async {
+        while let Some(Ok(_)) = body.frame().await {}
+    })
+    .await;
+}
+
 /// The most headers a request may carry (hyper's own limit is 100, answered without a body).
 pub const HEADERS_MAX: usize = 64;
 
@@ -647,6 +667,10 @@ async fn bounded(
             limits.json
         };
         if declared > u64::try_from(limit).unwrap_or(u64::MAX) {
+            // A body a little over the limit is read and dropped first (as much as the
+            // client sends, within a second): a connection closed with unread bytes is reset,
+            // and the client would lose the answer. A larger one is answered at once.
+            drain(request.into_body(), declared, limit).await;
             return refuse(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "payload_too_large",

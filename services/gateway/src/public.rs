@@ -362,7 +362,8 @@ async fn handle(
             format!("the body is over this route's limit of {limit} bytes"),
         )
     };
-    if declared.is_some_and(|n| n > spec.body_bytes_max) {
+    if let Some(declared) = declared.filter(|n| *n > spec.body_bytes_max) {
+        crate::drain(request.into_body(), declared, limit).await;
         return Err(refuse(too_large()));
     }
     let (parts, body) = request.into_parts();
