@@ -105,3 +105,90 @@ async fn failures_answer_the_same_in_one_process_and_apart() -> anyhow::Result<(
     assert_eq!(fuel["quota"], "fuel_per_invocation", "{fuel}");
     Ok(())
 }
+
+/// With the roles apart, public routes serve from the gateway while guest code runs on an
+/// executor: an ephemeral handler goes there over gRPC (the gateway's own executor settings
+/// allow a single unit of fuel, so a handler run in its process would fail), a durable one to
+/// its worker's owner; refusals answer as in one process.
+#[tokio::test]
+async fn handlers_run_on_executors_when_the_roles_are_apart() -> anyhow::Result<()> {
+    let apart = tempfile::tempdir()?;
+    let dir = apart.path().join("data");
+    std::fs::create_dir_all(&dir)?;
+    let scheduler = Server::start_role(
+        INVICTA.as_ref(),
+        &dir,
+        "scheduler",
+        "[scheduler]\nlisten = \"127.0.0.1:0\"\nlease_ms = 2000\n",
+    )?;
+    let peers = format!(
+        "[grpc]\nexecutor_listen = \"127.0.0.1:0\"\nscheduler = \"{}\"\n",
+        scheduler.url
+    );
+    let _executor = Server::start_role(INVICTA.as_ref(), &dir, "executor", &peers)?;
+    let gateway = Server::start_role(
+        INVICTA.as_ref(),
+        &dir,
+        "gateway",
+        &format!(
+            "[gateway]\npublic_listen = \"127.0.0.1:0\"\n[executor]\nfuel_per_invocation = 1\n{peers}"
+        ),
+    )?;
+    let public = gateway
+        .public_url
+        .clone()
+        .ok_or_else(|| anyhow::anyhow!("the gateway serves no public listener"))?;
+    let api = gateway.operator().new_tenant("apart", "pro").await?;
+    anyhow::ensure!(api.upload("hello", component("http_hello")).await?.status == 201);
+    anyhow::ensure!(api.upload("counter", component("counter")).await?.status == 201);
+    let mut urls = Vec::new();
+    for (name, spec) in [
+        (
+            "fresh",
+            json!({ "path": "/h/{*rest}", "target": { "kind": "handler", "component": "hello" } }),
+        ),
+        (
+            "kept",
+            json!({ "path": "/u/{user}/{*rest}", "target": { "kind": "handler", "component": "hello",
+                          "worker": { "from": "path", "name": "user" } } }),
+        ),
+        (
+            "wrong",
+            json!({ "path": "/c", "target": { "kind": "handler", "component": "counter" } }),
+        ),
+    ] {
+        let made = api
+            .post_json(&format!("/v1/routes/{name}"), &spec, None)
+            .await?;
+        anyhow::ensure!(made.status == 201, "{made:?}");
+        urls.push(format!(
+            "{public}{}",
+            made.body["url_path"].as_str().unwrap_or_default()
+        ));
+    }
+    let http = reqwest::Client::new();
+    let get = |url: String| {
+        let http = http.clone();
+        async move {
+            let response = http.get(url).send().await?;
+            let status = response.status().as_u16();
+            anyhow::Ok((status, response.text().await?))
+        }
+    };
+    let (status, text) = get(format!("{}?name=far", urls[0].replace("{*rest}", "hello"))).await?;
+    assert_eq!((status, text.as_str()), (200, "hello far from /h/hello"));
+    for n in 1..=2 {
+        let (status, text) = get(urls[1]
+            .replace("{user}", "ann")
+            .replace("{*rest}", "visits"))
+        .await?;
+        assert_eq!((status, text), (200, format!("visit {n}")));
+    }
+    let (status, text) = get(urls[0].replace("{*rest}", "panic")).await?;
+    assert_eq!(status, 500, "{text}");
+    assert!(text.contains("handler_failed"), "{text}");
+    let (status, text) = get(urls[2].clone()).await?;
+    assert_eq!(status, 422, "{text}");
+    assert!(text.contains("not_a_handler"), "{text}");
+    Ok(())
+}

@@ -17,6 +17,10 @@ use crate::error::Error;
 use crate::wire::limits_from;
 use crate::{Executor, WorkerStatus};
 
+/// The largest gRPC message either way (40 MiB): an HTTP handler's request or response body
+/// (16 MiB at most each) with its headers, or an invocation's parameters or result.
+pub const MESSAGE_BYTES_MAX: usize = 40 * 1024 * 1024;
+
 /// The gRPC face of an [`Executor`].
 pub struct ExecutorService {
     executor: Executor,
@@ -44,6 +48,8 @@ impl ExecutorService {
 
     pub fn new(executor: Executor) -> pb::executor_server::ExecutorServer<ExecutorService> {
         pb::executor_server::ExecutorServer::new(ExecutorService { executor })
+            .max_decoding_message_size(MESSAGE_BYTES_MAX)
+            .max_encoding_message_size(MESSAGE_BYTES_MAX)
     }
 }
 
@@ -285,6 +291,54 @@ impl ExecutorRpc for ExecutorService {
             .await
             .map_err(|e| crate::problem::to_status(&e))?;
         Ok(Response::new(pb::ForkResponse { at }))
+    }
+
+    async fn serve_http(
+        &self,
+        request: Request<pb::ServeHttpRequest>,
+    ) -> Result<Response<pb::ServeHttpResponse>, Status> {
+        let r = request.into_inner();
+        let bad = |e: invicta_model::ids::InvalidName| Status::invalid_argument(e.to_string());
+        let tenant = TenantId::new(r.tenant).map_err(bad)?;
+        let component = ComponentName::new(r.component).map_err(bad)?;
+        let limits = limits_from(r.limits);
+        let pairs = |fields: Vec<pb::HttpField>| -> Vec<(String, Vec<u8>)> {
+            fields.into_iter().map(|f| (f.name, f.value)).collect()
+        };
+        let handled = crate::types::HandlerRequest {
+            method: r.method,
+            scheme: r.scheme,
+            authority: r.authority,
+            path_and_query: r.path_and_query,
+            headers: pairs(r.headers),
+            body: r.body.into(),
+        };
+        // Here, whatever shards this executor holds: nothing of it is a worker's.
+        let outcome = match self
+            .executor
+            .serve_here(&tenant, &component, handled, &limits)
+            .await
+        {
+            Ok(answer) => {
+                let fields = |pairs: Vec<(String, Vec<u8>)>| -> Vec<pb::HttpField> {
+                    pairs
+                        .into_iter()
+                        .map(|(name, value)| pb::HttpField { name, value })
+                        .collect()
+                };
+                pb::serve_http_response::Outcome::Answer(pb::HttpAnswer {
+                    status: u32::from(answer.status),
+                    headers: fields(answer.headers),
+                    body: answer.body.to_vec(),
+                    trailers: fields(answer.trailers),
+                    fuel_consumed: answer.fuel_consumed,
+                })
+            }
+            Err(e) => pb::serve_http_response::Outcome::Problem(crate::problem::to_problem(&e)),
+        };
+        Ok(Response::new(pb::ServeHttpResponse {
+            outcome: Some(outcome),
+        }))
     }
 
     async fn revert(

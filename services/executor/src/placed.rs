@@ -118,6 +118,25 @@ impl Executor {
         }
     }
 
+    /// Serves one HTTP request with the latest version of a tenant's component exporting
+    /// `wasi:http/incoming-handler`, in a fresh instance, recording nothing: here, or, in a
+    /// process that runs no shard (the gateway role alone), on an executor over gRPC, so that
+    /// guest code runs only on executors.
+    pub async fn serve_http(
+        &self,
+        tenant: &invicta_model::TenantId,
+        component: &invicta_model::ComponentName,
+        request: crate::types::HandlerRequest,
+        limits: &Limits,
+    ) -> Result<crate::types::HandlerResponse> {
+        match self.inner.router.get() {
+            Some(router) if self.inner.fencing.owned().is_empty() => {
+                router.serve_http(tenant, component, &request, limits).await
+            }
+            _ => self.serve_here(tenant, component, request, limits).await,
+        }
+    }
+
     /// Creates a worker of the component's `version` (the latest if `None`).
     pub async fn create_worker(
         &self,

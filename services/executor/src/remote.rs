@@ -95,7 +95,9 @@ impl Router {
             .map_err(|e| Error::Engine(format!("executor address {address}: {e}")))?
             .connect_timeout(Duration::from_secs(1))
             .connect_lazy();
-        let client = ExecutorClient::new(channel);
+        let client = ExecutorClient::new(channel)
+            .max_decoding_message_size(crate::grpc::MESSAGE_BYTES_MAX)
+            .max_encoding_message_size(crate::grpc::MESSAGE_BYTES_MAX);
         lock(&self.clients).insert(address, client.clone());
         Ok(client)
     }
@@ -171,6 +173,74 @@ impl Router {
                     None => Err(Error::Corrupt(
                         "a remote invocation without an outcome".into(),
                     )),
+                }
+            }
+        })
+        .await
+    }
+
+    /// Serves an HTTP request on an executor: the one running the shard of a worker name
+    /// drawn at random, so that requests spread over the executors.
+    pub(crate) async fn serve_http(
+        &self,
+        tenant: &invicta_model::TenantId,
+        component: &invicta_model::ComponentName,
+        request: &crate::types::HandlerRequest,
+        limits: &Limits,
+    ) -> Result<crate::types::HandlerResponse> {
+        let spread: u16 = rand::random();
+        let worker = invicta_model::WorkerName::new(format!("http-{spread}"))
+            .map_err(|e| Error::Engine(e.to_string()))?;
+        let id = WorkerId {
+            tenant: tenant.clone(),
+            component: component.clone(),
+            worker,
+        };
+        let fields = |pairs: &[(String, Vec<u8>)]| -> Vec<pb::HttpField> {
+            pairs
+                .iter()
+                .map(|(name, value)| pb::HttpField {
+                    name: name.clone(),
+                    value: value.clone(),
+                })
+                .collect()
+        };
+        let message = pb::ServeHttpRequest {
+            tenant: tenant.to_string(),
+            component: component.to_string(),
+            method: request.method.clone(),
+            scheme: request.scheme.clone(),
+            authority: request.authority.clone(),
+            path_and_query: request.path_and_query.clone(),
+            headers: fields(&request.headers),
+            body: request.body.to_vec(),
+            limits: Some(crate::wire::limits_to(limits)),
+        };
+        self.routed(&id, |mut client| {
+            let message = message.clone();
+            async move {
+                let reply = client
+                    .serve_http(invicta_telemetry::propagation::request(message))
+                    .await
+                    .map_err(|s| crate::problem::from_status(&s))?
+                    .into_inner();
+                match reply.outcome {
+                    Some(pb::serve_http_response::Outcome::Answer(answer)) => {
+                        let pairs = |fields: Vec<pb::HttpField>| {
+                            fields.into_iter().map(|f| (f.name, f.value)).collect()
+                        };
+                        Ok(crate::types::HandlerResponse {
+                            status: u16::try_from(answer.status).unwrap_or(500),
+                            headers: pairs(answer.headers),
+                            body: bytes::Bytes::from(answer.body),
+                            trailers: pairs(answer.trailers),
+                            fuel_consumed: answer.fuel_consumed,
+                        })
+                    }
+                    Some(pb::serve_http_response::Outcome::Problem(p)) => {
+                        Err(crate::problem::from_problem(p))
+                    }
+                    None => Err(Error::Corrupt("a remote handler without an outcome".into())),
                 }
             }
         })

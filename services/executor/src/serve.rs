@@ -138,9 +138,9 @@ impl Handlers {
 }
 
 impl crate::Executor {
-    /// Serves one HTTP request with the latest version of a tenant's component exporting
-    /// `wasi:http/incoming-handler`, in a fresh instance, recording nothing.
-    pub async fn serve_http(
+    /// Serves one HTTP request here, with the latest version of a tenant's component
+    /// exporting `wasi:http/incoming-handler`, in a fresh instance, recording nothing.
+    pub(crate) async fn serve_here(
         &self,
         tenant: &TenantId,
         component: &ComponentName,
