@@ -750,3 +750,53 @@ async fn durable_handlers_keep_state_and_run_once_per_key_across_a_kill() -> any
     assert_eq!(answer.text, "visit 5", "after SIGKILL");
     Ok(())
 }
+
+/// A tenant's routes take its plan's rate: past the burst a request is 429 `rate_limited` with
+/// `Retry-After`.
+#[tokio::test]
+async fn routes_take_the_plans_rate() -> anyhow::Result<()> {
+    let data = tempfile::tempdir()?;
+    let (server, public) = start(data.path())?;
+    let operator = server.operator();
+    let mut plan = operator.get("/v1/admin/plans").await?.body["plans"]
+        .as_array()
+        .and_then(|plans| plans.iter().find(|p| p["name"] == "pro").cloned())
+        .ok_or_else(|| anyhow::anyhow!("the pro plan"))?;
+    plan["name"] = json!("slow");
+    plan["requests_per_second"] = json!(1);
+    plan["burst"] = json!(2);
+    let put = operator.put_json("/v1/admin/plans/slow", &plan).await?;
+    assert_eq!(put.status, 200, "{put:?}");
+    let api = operator.new_tenant("slow", "slow").await?;
+    assert_eq!(
+        api.upload("raw", component("raw_handler")).await?.status,
+        201
+    );
+    let url = route(
+        &api,
+        "raw",
+        json!({ "path": "/r", "target": { "kind": "handler", "component": "raw" } }),
+    )
+    .await?;
+    let http = reqwest::Client::new();
+    let mut statuses = Vec::new();
+    let mut limited = None;
+    for _ in 0..5 {
+        let answer = send(http.get(format!("{public}{url}"))).await?;
+        statuses.push(answer.status);
+        if answer.status == 429 {
+            limited = Some(answer);
+            break;
+        }
+    }
+    let limited = limited.ok_or_else(|| anyhow::anyhow!("never limited: {statuses:?}"))?;
+    assert_eq!(limited.code(), "rate_limited");
+    assert!(!limited.header("retry-after").is_empty());
+    assert!(
+        limited
+            .header("content-type")
+            .starts_with("application/problem+json")
+    );
+    assert_eq!(statuses[0], 200, "{statuses:?}");
+    Ok(())
+}
