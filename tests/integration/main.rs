@@ -4,6 +4,7 @@
 mod cli;
 mod clients;
 mod cluster;
+mod config;
 mod control;
 mod crash;
 mod divergence;

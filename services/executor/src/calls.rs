@@ -101,6 +101,39 @@ impl hostapi::Workers for ExecutorWorkers {
         })
     }
 
+    fn config(
+        &self,
+        worker: WorkerId,
+    ) -> futures::future::BoxFuture<
+        'static,
+        std::result::Result<Vec<(String, crate::settings::Seen)>, String>,
+    > {
+        let executor = self.executor();
+        Box::pin(async move {
+            let executor = executor?;
+            crate::settings::seen(&executor.inner.store, &executor.inner.secrets, &worker)
+                .await
+                .map_err(|e| e.to_string())
+        })
+    }
+
+    fn reveal(
+        &self,
+        worker: WorkerId,
+        key: String,
+    ) -> futures::future::BoxFuture<'static, std::result::Result<Option<(String, String)>, String>>
+    {
+        let executor = self.executor();
+        Box::pin(async move {
+            let executor = executor?;
+            let secrets = &executor.inner.secrets;
+            let value = crate::settings::reveal(&executor.inner.store, secrets, &worker, &key)
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok(value.map(|v| (secrets.digest(&v), v)))
+        })
+    }
+
     fn read_promise(
         &self,
         worker: WorkerId,

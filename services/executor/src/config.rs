@@ -35,6 +35,11 @@ pub struct Config {
     pub lease_ms: u64,
     /// Outgoing HTTP: timeouts, response size, private hosts allowed.
     pub http: HttpConfig,
+    /// The file of the key that seals configuration secrets (64 hex digits; made there on
+    /// first start). `INVICTA_SECRETS_KEY` overrides it. Every process of a deployment needs
+    /// the same key. The server sets `<data_dir>/secrets.key` when unset; without either, an
+    /// executor makes a key of its own that dies with it.
+    pub secrets_key_file: Option<std::path::PathBuf>,
 }
 
 /// Who decides which shards an executor runs.
@@ -60,6 +65,7 @@ impl Default for Config {
             placement: Placement::All,
             lease_ms: 10_000,
             http: HttpConfig::default(),
+            secrets_key_file: None,
         }
     }
 }

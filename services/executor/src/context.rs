@@ -24,4 +24,6 @@ pub(crate) struct Context {
     pub http_config: Arc<HttpConfig>,
     /// How outgoing HTTPS requests are made (the trusted authorities).
     pub http_tls: Arc<rustls::ClientConfig>,
+    /// The key that seals configuration secrets.
+    pub secrets: crate::settings::SecretsKey,
 }

@@ -129,6 +129,10 @@ pub(crate) struct Durability {
     pub http_requests: u64,
     pub http_request_bytes: u64,
     pub http_response_bytes: u64,
+    /// An input the oplog records by reference (a secret) resolved, in replay, to something
+    /// other than it was: from then on the invocations replaying may answer otherwise, a new
+    /// input rather than a divergence.
+    pub inputs_changed: bool,
 }
 
 /// Whether an entry is a readiness record (a side entry, see the module's documentation).
@@ -193,6 +197,7 @@ impl Durability {
             http_requests: 0,
             http_request_bytes: 0,
             http_response_bytes: 0,
+            inputs_changed: false,
         }
     }
 

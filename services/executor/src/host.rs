@@ -311,6 +311,7 @@ pub(crate) fn linker(engine: &wasmtime::Engine) -> wasmtime::Result<Linker<Worke
     }
     linker.allow_shadowing(false);
     crate::hostapi::add_to_linker(&mut linker)?;
+    crate::wasiconfig::add_to_linker(&mut linker)?;
     Ok(linker)
 }
 

@@ -37,6 +37,17 @@ pub(crate) trait Workers: Send + Sync {
         worker: WorkerId,
         id: String,
     ) -> BoxFuture<'static, Result<Option<PromiseRecord>, String>>;
+    /// The configuration the worker sees now, secrets without their values.
+    fn config(
+        &self,
+        worker: WorkerId,
+    ) -> BoxFuture<'static, Result<Vec<(String, crate::settings::Seen)>, String>>;
+    /// The value of the worker's secret `key` now, with its keyed digest, if it has one.
+    fn reveal(
+        &self,
+        worker: WorkerId,
+        key: String,
+    ) -> BoxFuture<'static, Result<Option<(String, String)>, String>>;
 }
 
 /// What the Invicta host interface needs of a worker's store data.

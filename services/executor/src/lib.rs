@@ -16,6 +16,7 @@ mod admission;
 mod calls;
 mod commit;
 mod config;
+mod configuration;
 mod context;
 mod durability;
 mod error;
@@ -38,10 +39,12 @@ mod records;
 mod remote;
 mod schedules;
 mod serve;
+mod settings;
 mod support;
 mod suspend;
 mod timers;
 mod types;
+mod wasiconfig;
 mod wire;
 mod worker;
 
@@ -60,6 +63,7 @@ pub use limits::Limits;
 pub use placed::RevertTo;
 pub use records::{InvocationRecord, PendingRecord, StoredOutcome, WorkerRecord};
 pub use schedules::Schedule;
+pub use settings::{ConfigEntry, SecretsKey};
 pub use suspend::{PROMISE_BYTES_MAX, PromiseRecord};
 
 use crate::commit::Committer;
@@ -148,6 +152,8 @@ impl Executor {
         let linker = host::linker(&engine.engine).map_err(|e| Error::Engine(format!("{e:#}")))?;
         let handler_linker =
             serve::linker(&engine.engine).map_err(|e| Error::Engine(format!("{e:#}")))?;
+        let secrets = settings::load_key(config.secrets_key_file.as_deref())
+            .map_err(|e| Error::Engine(format!("[executor] secrets_key_file: {e}")))?;
         let http_tls = http::tls_config(&config.http)
             .map_err(|e| Error::Engine(format!("[executor.http] {e}")))?;
         let metrics = Arc::new(metrics::Metrics::new());
@@ -168,6 +174,7 @@ impl Executor {
                     metrics,
                     http_config: Arc::new(config.http.clone()),
                     http_tls,
+                    secrets,
                     config,
                     store,
                     registry,

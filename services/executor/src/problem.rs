@@ -26,6 +26,7 @@ const QUOTAS: &[&str] = &[
     "component_bytes",
     "concurrent_invocations",
     "schedules_per_worker",
+    "config_keys",
 ];
 
 /// The problem that carries `e`.

@@ -803,6 +803,8 @@ impl Actor {
                 for prefix in [
                     records::invocations_prefix(&id),
                     records::pending_prefix(&id),
+                    // Its own configuration and secrets go with it.
+                    crate::settings::worker_prefix(&id),
                 ] {
                     let (begin, end) = invicta_store::keys::prefix_range(&prefix);
                     tx.clear_range(&begin, &end)?;
@@ -1156,6 +1158,11 @@ impl Actor {
                         .await
                     {
                         Ran::Completed { results: got, .. } if got == results => {}
+                        // A secret changed since: its new value is a new input, which the
+                        // results of this invocation and of every later one may show.
+                        Ran::Completed { .. } if host::lock(&active.durability).inputs_changed => {
+                            tracing::info!(worker = %self.id, index, "an invocation replayed after a secret changed: its new result stands");
+                        }
                         Ran::Completed { .. } => {
                             return Err(Error::WorkerFailed(format!(
                                 "replay diverged: the invocation at oplog entry {index} returned another result than recorded"

@@ -128,6 +128,7 @@ const CODES: &[(&str, StatusCode)] = &[
     ("handler_failed", StatusCode::BAD_GATEWAY),
     ("route_not_found", StatusCode::NOT_FOUND),
     ("route_exists", StatusCode::CONFLICT),
+    ("config_not_found", StatusCode::NOT_FOUND),
     ("host_taken", StatusCode::CONFLICT),
     ("quota_exceeded", StatusCode::TOO_MANY_REQUESTS),
     ("capacity_exhausted", StatusCode::SERVICE_UNAVAILABLE),

@@ -7,6 +7,7 @@
 mod admin;
 mod api;
 mod auth;
+mod config_api;
 mod connection;
 mod logs;
 mod openapi;
@@ -481,6 +482,26 @@ fn router(config: &Config, state: AppState) -> Router {
         .route(
             "/v1/components/{component}/workers/{worker}/oplog",
             get(api::oplog),
+        )
+        .route(
+            "/v1/components/{component}/config",
+            get(config_api::list_component_config),
+        )
+        .route(
+            "/v1/components/{component}/config/{key}",
+            put(config_api::set_component_config)
+                .layer(json_limit)
+                .delete(config_api::unset_component_config),
+        )
+        .route(
+            "/v1/components/{component}/workers/{worker}/config",
+            get(config_api::list_worker_config),
+        )
+        .route(
+            "/v1/components/{component}/workers/{worker}/config/{key}",
+            put(config_api::set_worker_config)
+                .layer(json_limit)
+                .delete(config_api::unset_worker_config),
         )
         .route("/v1/routes", get(route_api::list_routes))
         .route(

@@ -8,7 +8,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{ContentBuilder, OpenApi as Document, Ref, ResponseBuilder};
 use utoipa::{Modify, OpenApi, ToSchema};
 
-use crate::{admin, api, logs, route_api};
+use crate::{admin, api, config_api, logs, route_api};
 
 /// Every error: an RFC 9457 problem with a stable `code`.
 #[derive(Serialize, ToSchema)]
@@ -242,6 +242,12 @@ pub(crate) struct Readiness {
     blobs: Part,
 }
 
+/// Configuration entries.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct ConfigList {
+    entries: Vec<invicta_executor::ConfigEntry>,
+}
+
 /// A tenant's public routes.
 #[derive(Serialize, ToSchema)]
 pub(crate) struct RouteList {
@@ -305,6 +311,12 @@ pub(crate) struct RouteWithUsage {
         api::get_promise,
         api::webhook,
         api::complete_promise,
+        config_api::set_component_config,
+        config_api::unset_component_config,
+        config_api::list_component_config,
+        config_api::set_worker_config,
+        config_api::unset_worker_config,
+        config_api::list_worker_config,
         route_api::create_route,
         route_api::list_routes,
         route_api::get_route,

@@ -239,6 +239,46 @@ pub enum ScheduleCommand {
 }
 
 #[derive(Debug, clap::Subcommand)]
+pub enum ConfigCommand {
+    /// Set a value workers read through `wasi:config/store` (the component's, or one worker's)
+    Set {
+        component: String,
+        /// The key to set
+        #[arg(value_name = "KEY")]
+        entry: String,
+        value: String,
+        /// Only this worker sees it, over the component's
+        #[arg(long)]
+        worker: Option<String>,
+        /// Sealed at rest, never shown again, never in an oplog in clear
+        #[arg(long)]
+        secret: bool,
+    },
+    /// List the component's (or one worker's own) values; secrets without theirs
+    List {
+        component: String,
+        #[arg(long)]
+        worker: Option<String>,
+    },
+    /// Remove a value
+    Unset {
+        component: String,
+        #[arg(value_name = "KEY")]
+        entry: String,
+        #[arg(long)]
+        worker: Option<String>,
+    },
+}
+
+/// Where a component's (or a worker's) configuration is, in the API.
+fn config_path(component: &str, worker: Option<&str>) -> String {
+    match worker {
+        Some(worker) => format!("/v1/components/{component}/workers/{worker}/config"),
+        None => format!("/v1/components/{component}/config"),
+    }
+}
+
+#[derive(Debug, clap::Subcommand)]
 pub enum RouteCommand {
     /// Put a handler component or a worker's function behind a URL on the public listener
     Create(Box<NewRoute>),
@@ -493,6 +533,7 @@ pub enum Request {
     Worker(WorkerCommand),
     Key(KeyCommand),
     Route(RouteCommand),
+    Config(ConfigCommand),
     Usage,
     Admin(AdminCommand),
     Profile(ProfileCommand),
@@ -1202,6 +1243,51 @@ async fn run(connection: &Connection, request: Request) -> Result<Output, Failur
                 text(&body["url_path"])
             );
             Ok(Output::Text(body, text))
+        }
+        Request::Config(ConfigCommand::Set {
+            component,
+            entry: key,
+            value,
+            worker,
+            secret,
+        }) => {
+            let path = format!("{}/{key}", config_path(&component, worker.as_deref()));
+            let body = client
+                .put(&path, json!({ "value": value, "secret": secret }))
+                .await?;
+            let what = if secret { "secret" } else { "value" };
+            Ok(Output::Text(body, format!("{what} {key} set")))
+        }
+        Request::Config(ConfigCommand::List { component, worker }) => {
+            let body = client
+                .get(&config_path(&component, worker.as_deref()))
+                .await?;
+            let rows = body["entries"]
+                .as_array()
+                .map(|entries| {
+                    entries
+                        .iter()
+                        .map(|e| {
+                            let value = if e["secret"] == json!(true) {
+                                "(secret)".to_string()
+                            } else {
+                                text(&e["value"])
+                            };
+                            vec![text(&e["key"]), value, text(&e["scope"])]
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            Ok(Output::Table(body, vec!["key", "value", "scope"], rows))
+        }
+        Request::Config(ConfigCommand::Unset {
+            component,
+            entry: key,
+            worker,
+        }) => {
+            let path = format!("{}/{key}", config_path(&component, worker.as_deref()));
+            let body = client.delete(&path).await?;
+            Ok(Output::Text(body, format!("{key} removed")))
         }
         Request::Route(RouteCommand::List) => {
             let body = client.get("/v1/routes").await?;

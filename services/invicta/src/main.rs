@@ -39,6 +39,9 @@ enum Command {
     /// Manage your tenant's API keys
     #[command(subcommand)]
     Key(client::KeyCommand),
+    /// Configuration and secrets workers read through `wasi:config/store`
+    #[command(subcommand)]
+    Config(client::ConfigCommand),
     /// Put components and functions behind URLs on the public listener
     #[command(subcommand)]
     Route(client::RouteCommand),
@@ -82,6 +85,7 @@ fn main() -> ExitCode {
         Command::Worker(c) => client::Request::Worker(c),
         Command::Key(c) => client::Request::Key(c),
         Command::Route(c) => client::Request::Route(c),
+        Command::Config(c) => client::Request::Config(c),
         Command::Usage => client::Request::Usage,
         Command::Admin(c) => client::Request::Admin(c),
         Command::Profile(c) => client::Request::Profile(c),

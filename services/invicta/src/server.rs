@@ -195,6 +195,15 @@ impl Config {
         Ok(config)
     }
 
+    /// The executor's configuration, its secrets key in the data directory unless set.
+    fn executor(&self) -> invicta_executor::Config {
+        let mut executor = self.executor.clone();
+        if executor.secrets_key_file.is_none() {
+            executor.secrets_key_file = Some(self.data_dir().join("secrets.key"));
+        }
+        executor
+    }
+
     fn data_dir(&self) -> PathBuf {
         self.data_dir
             .clone()
@@ -314,7 +323,7 @@ async fn run_roles(config: Config, roles: &[Role]) -> anyhow::Result<()> {
     let executor = invicta_executor::Executor::start(
         invicta_executor::Config {
             placement: invicta_executor::Placement::Scheduler,
-            ..config.executor.clone()
+            ..config.executor()
         },
         store.clone(),
         registry.clone(),
@@ -564,7 +573,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let blobs = open_blobs(&config, &data_dir).await?;
     let (engine, registry) = engine_and_registry(&config, &store, &blobs)?;
     let executor = invicta_executor::Executor::start(
-        config.executor.clone(),
+        config.executor(),
         store.clone(),
         registry.clone(),
         engine,
