@@ -275,6 +275,29 @@ async fn handler_components_serve_behind_urls_and_refusals_are_problems() -> any
         (answer.status, answer.text.as_str()),
         (418, "short and stout")
     );
+    // The body streams as the handler writes it: chunked, the first chunk alone first (the
+    // handler pauses before the next).
+    let mut streamed = http.get(format!("{public}{base}stream")).send().await?;
+    assert_eq!(streamed.status(), 200);
+    assert!(
+        streamed.headers().get("content-length").is_none(),
+        "{:?}",
+        streamed.headers()
+    );
+    assert_eq!(
+        streamed
+            .headers()
+            .get("transfer-encoding")
+            .and_then(|v| v.to_str().ok()),
+        Some("chunked")
+    );
+    let first = streamed.chunk().await?.unwrap_or_default();
+    assert_eq!(&first[..], b"chunk 0\n");
+    let mut rest = Vec::new();
+    while let Some(chunk) = streamed.chunk().await? {
+        rest.extend_from_slice(&chunk);
+    }
+    assert_eq!(String::from_utf8_lossy(&rest), "chunk 1\nchunk 2\n");
     let answer = send(http.get(format!("{public}{base}big?kib=300"))).await?;
     assert_eq!((answer.status, answer.text.len()), (200, 300 * 1024));
     let not_a_handler = route(

@@ -314,11 +314,15 @@ impl ExecutorRpc for ExecutorService {
             body: r.body.into(),
         };
         // Here, whatever shards this executor holds: nothing of it is a worker's.
-        let outcome = match self
+        let answer = match self
             .executor
             .serve_here(&tenant, &component, handled, &limits)
             .await
         {
+            Ok(head) => crate::serve::collect(head).await,
+            Err(e) => Err(e),
+        };
+        let outcome = match answer {
             Ok(answer) => {
                 let fields = |pairs: Vec<(String, Vec<u8>)>| -> Vec<pb::HttpField> {
                     pairs

@@ -128,12 +128,16 @@ impl Executor {
         component: &invicta_model::ComponentName,
         request: crate::types::HandlerRequest,
         limits: &Limits,
-    ) -> Result<crate::types::HandlerResponse> {
+    ) -> Result<crate::types::StreamedResponse> {
         match self.inner.router.get() {
-            Some(router) if self.inner.fencing.owned().is_empty() => {
-                router.serve_http(tenant, component, &request, limits).await
-            }
-            _ => self.serve_here(tenant, component, request, limits).await,
+            // Over gRPC the answer comes whole.
+            Some(router) if self.inner.fencing.owned().is_empty() => router
+                .serve_http(tenant, component, &request, limits)
+                .await
+                .map(crate::types::StreamedResponse::from),
+            _ => Ok(crate::serve::stream(
+                self.serve_here(tenant, component, request, limits).await?,
+            )),
         }
     }
 

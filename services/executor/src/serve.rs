@@ -28,7 +28,7 @@ use crate::error::{Error, Result};
 use crate::host::Limiter;
 use crate::http::{Egress, LiveHttp};
 use crate::limits::Limits;
-use crate::types::{HandlerRequest, HandlerResponse};
+use crate::types::{HandlerRequest, HandlerResponse, StreamedResponse};
 
 /// How long a component's latest version is taken as known before the registry is asked
 /// again: a new upload serves within this.
@@ -146,9 +146,9 @@ impl crate::Executor {
         component: &ComponentName,
         request: HandlerRequest,
         limits: &Limits,
-    ) -> Result<HandlerResponse> {
+    ) -> Result<Head> {
         let inner = &self.inner;
-        serve(
+        begin(
             &inner.ctx,
             &inner.handler_linker,
             &inner.handlers,
@@ -168,8 +168,19 @@ struct Ran {
     memory_refused: bool,
 }
 
-/// Serves `request` with the latest version of `component`.
-pub(crate) async fn serve(
+/// A handler's answer as it begins: its head, its body as the guest writes it, and the run that
+/// writes it.
+pub(crate) struct Head {
+    parts: http::response::Parts,
+    body: wasmtime_wasi_http::p2::body::HyperOutgoingBody,
+    run: tokio::task::JoinHandle<Ran>,
+    deadline: Duration,
+    started: Instant,
+}
+
+/// Starts serving `request` with the latest version of `component`; answers once the handler
+/// has set its response's head (an error before that is the request's).
+pub(crate) async fn begin(
     ctx: &Context,
     linker: &Linker<HandlerCtx>,
     handlers: &Handlers,
@@ -177,7 +188,7 @@ pub(crate) async fn serve(
     component: &ComponentName,
     request: HandlerRequest,
     limits: &Limits,
-) -> Result<HandlerResponse> {
+) -> Result<Head> {
     let pre = handlers.prepared(ctx, linker, tenant, component).await?;
     let engine_error = |e: wasmtime::Error| Error::Engine(format!("{e:#}"));
     let memory = limits
@@ -245,24 +256,6 @@ pub(crate) async fn serve(
             memory_refused: store.data().limiter.memory_refused,
         }
     });
-    let failure = |ran: Ran| -> Error {
-        match ran.outcome {
-            Err(_) => Error::InvocationFailed {
-                kind: invicta_model::oplog::FailureKind::Timeout,
-                message: format!("the handler ran longer than {} ms", deadline.as_millis()),
-            },
-            Ok(Err(e)) => {
-                let (kind, message) = crate::worker::classify(&e, ran.memory_refused);
-                Error::InvocationFailed { kind, message }
-            }
-            Ok(Ok(())) => {
-                Error::HandlerFailed("the handler returned without setting a response".into())
-            }
-        }
-    };
-    let joined = |joined: std::result::Result<Ran, tokio::task::JoinError>| {
-        joined.map_err(|e| Error::Engine(format!("the handler's task: {e}")))
-    };
     let response = match receiver.await {
         Ok(Ok(response)) => response,
         Ok(Err(code)) => {
@@ -270,10 +263,55 @@ pub(crate) async fn serve(
                 "the handler answered an error: {code:?}"
             )));
         }
-        Err(_) => return Err(failure(joined(run.await)?)),
+        Err(_) => return Err(failure(joined(run.await)?, deadline)),
     };
     let (parts, body) = response.into_parts();
-    // The body is written by the guest as it runs on: it ends by the deadline or not at all.
+    Ok(Head {
+        parts,
+        body,
+        run,
+        deadline,
+        started,
+    })
+}
+
+/// What a run that ended before its response did comes to.
+fn failure(ran: Ran, deadline: Duration) -> Error {
+    match ran.outcome {
+        Err(_) => Error::InvocationFailed {
+            kind: invicta_model::oplog::FailureKind::Timeout,
+            message: format!("the handler ran longer than {} ms", deadline.as_millis()),
+        },
+        Ok(Err(e)) => {
+            let (kind, message) = crate::worker::classify(&e, ran.memory_refused);
+            Error::InvocationFailed { kind, message }
+        }
+        Ok(Ok(())) => {
+            Error::HandlerFailed("the handler returned without setting a response".into())
+        }
+    }
+}
+
+fn joined(joined: std::result::Result<Ran, tokio::task::JoinError>) -> Result<Ran> {
+    joined.map_err(|e| Error::Engine(format!("the handler's task: {e}")))
+}
+
+fn pairs(map: &http::HeaderMap) -> Vec<(String, Vec<u8>)> {
+    map.iter()
+        .map(|(k, v)| (k.as_str().to_string(), v.as_bytes().to_vec()))
+        .collect()
+}
+
+/// The whole answer: the body collected (within [`RESPONSE_BYTES_MAX`] and the deadline), for
+/// a caller in another process.
+pub(crate) async fn collect(head: Head) -> Result<HandlerResponse> {
+    let Head {
+        parts,
+        body,
+        run,
+        deadline,
+        started,
+    } = head;
     let left = deadline.saturating_sub(started.elapsed());
     let collected = tokio::time::timeout(
         left,
@@ -302,20 +340,15 @@ pub(crate) async fn serve(
             let ran = joined(run.await)?;
             return Err(match ran.outcome {
                 Ok(Ok(())) => Error::HandlerFailed(format!("the handler's response body: {e}")),
-                _ => failure(ran),
+                _ => failure(ran, deadline),
             });
         }
         Ok(Ok(collected)) => collected,
     };
     let ran = joined(run.await)?;
     if !matches!(ran.outcome, Ok(Ok(()))) {
-        return Err(failure(ran));
+        return Err(failure(ran, deadline));
     }
-    let pairs = |map: &http::HeaderMap| -> Vec<(String, Vec<u8>)> {
-        map.iter()
-            .map(|(k, v)| (k.as_str().to_string(), v.as_bytes().to_vec()))
-            .collect()
-    };
     let trailers = collected.trailers().map(pairs).unwrap_or_default();
     Ok(HandlerResponse {
         status: parts.status.as_u16(),
@@ -324,6 +357,33 @@ pub(crate) async fn serve(
         trailers,
         fuel_consumed: ran.fuel_consumed,
     })
+}
+
+/// The answer as it comes: the body streams to the client while the guest writes it (within
+/// [`RESPONSE_BYTES_MAX`]; a run that fails or passes its deadline cuts it off), and `done`
+/// says the fuel the request used once the guest has finished.
+pub(crate) fn stream(head: Head) -> StreamedResponse {
+    let Head {
+        parts, body, run, ..
+    } = head;
+    let (fuel, done) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        if let Ok(ran) = run.await {
+            if let Ok(Err(e)) = &ran.outcome {
+                tracing::debug!(error = %format!("{e:#}"), "a streaming handler failed after its head");
+            }
+            let _ = fuel.send(ran.fuel_consumed);
+        }
+    });
+    let body = http_body_util::Limited::new(body, RESPONSE_BYTES_MAX)
+        .map_err(|e| e.to_string())
+        .boxed_unsync();
+    StreamedResponse {
+        status: parts.status.as_u16(),
+        headers: pairs(&parts.headers),
+        body,
+        done,
+    }
 }
 
 /// The request as `wasi:http` receives it.

@@ -100,3 +100,53 @@ pub struct HandlerResponse {
     /// The fuel the request used, instantiation included.
     pub fuel_consumed: u64,
 }
+
+/// A handler's answer as it comes: the body streams while the guest writes it.
+pub struct StreamedResponse {
+    pub status: u16,
+    pub headers: Vec<(String, Vec<u8>)>,
+    /// The body, its trailers after it; an error cuts it off.
+    pub body: http_body_util::combinators::UnsyncBoxBody<bytes::Bytes, String>,
+    /// The fuel the request used, once the guest has finished (never, if its run was lost).
+    pub done: tokio::sync::oneshot::Receiver<u64>,
+}
+
+impl std::fmt::Debug for StreamedResponse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StreamedResponse")
+            .field("status", &self.status)
+            .field("headers", &self.headers)
+            .finish_non_exhaustive()
+    }
+}
+
+impl From<HandlerResponse> for StreamedResponse {
+    /// A whole answer, as one that streams: its body at once, its fuel known.
+    fn from(whole: HandlerResponse) -> StreamedResponse {
+        use http_body_util::BodyExt;
+        let (fuel, done) = tokio::sync::oneshot::channel();
+        let _ = fuel.send(whole.fuel_consumed);
+        let mut trailers = http::HeaderMap::new();
+        for (name, value) in &whole.trailers {
+            if let (Ok(name), Ok(value)) = (
+                http::HeaderName::try_from(name.as_str()),
+                http::HeaderValue::from_bytes(value),
+            ) {
+                trailers.append(name, value);
+            }
+        }
+        let full = http_body_util::Full::new(whole.body).map_err(|never| match never {});
+        let body = if trailers.is_empty() {
+            full.boxed_unsync()
+        } else {
+            full.with_trailers(async move { Some(Ok(trailers)) })
+                .boxed_unsync()
+        };
+        StreamedResponse {
+            status: whole.status,
+            headers: whole.headers,
+            body,
+            done,
+        }
+    }
+}

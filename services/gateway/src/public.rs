@@ -67,7 +67,7 @@ struct Counted {
 }
 
 impl Meter {
-    fn count(&self, route: &Compiled, component: &str, request: u64, response: u64, fuel: u64) {
+    fn count(&self, route: &Compiled, component: &str, counted: Counted) {
         let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
         let c = counts
             .entry((
@@ -76,10 +76,10 @@ impl Meter {
                 component.to_string(),
             ))
             .or_default();
-        c.requests = c.requests.saturating_add(1);
-        c.request_bytes = c.request_bytes.saturating_add(request);
-        c.response_bytes = c.response_bytes.saturating_add(response);
-        c.fuel = c.fuel.saturating_add(fuel);
+        c.requests = c.requests.saturating_add(counted.requests);
+        c.request_bytes = c.request_bytes.saturating_add(counted.request_bytes);
+        c.response_bytes = c.response_bytes.saturating_add(counted.response_bytes);
+        c.fuel = c.fuel.saturating_add(counted.fuel);
     }
 
     /// Writes what was counted, in one transaction; kept for the next try if it fails.
@@ -371,7 +371,7 @@ async fn handle(
         .await
         .map_err(|_| refuse(too_large()))?;
     let request_bytes = body.len() as u64;
-    let (response, component, fuel) = match &spec.target {
+    let (response, component) = match &spec.target {
         Target::Handler { component, worker } => {
             let component =
                 ComponentName::new(component.clone()).map_err(|e| refuse(Problem::internal(e)))?;
@@ -442,21 +442,24 @@ async fn handle(
                         )
                         .await
                         .map_err(|e| refuse(handler_problem(e, &limits)))?;
-                    invicta_executor::incoming::response_from_json(&completed.result).ok_or_else(
-                        || {
+                    invicta_executor::incoming::response_from_json(&completed.result)
+                        .map(invicta_executor::StreamedResponse::from)
+                        .ok_or_else(|| {
                             refuse(Problem::internal(
                                 "a durable handler's result is not a response",
                             ))
-                        },
-                    )?
+                        })?
                 }
             };
-            let fuel = answer.fuel_consumed;
-            (
-                handler_response(answer),
-                component.as_str().to_string(),
-                fuel,
-            )
+            // Metered as it ends: the body's bytes when it is sent, the fuel when the guest
+            // has finished.
+            let metered = Metered {
+                meter: state.meter.clone(),
+                route: route.clone(),
+                component: component.as_str().to_string(),
+                request_bytes,
+            };
+            return Ok((handler_response(answer, metered), route));
         }
         Target::Function {
             component,
@@ -489,14 +492,80 @@ async fn handle(
                 .map_err(|e| refuse(crate::api::invocation_problem(e, &limits)))?;
             let bytes = serde_json::to_vec(&completed.result).unwrap_or_default();
             let response = ([(header::CONTENT_TYPE, "application/json")], bytes).into_response();
-            (response, component.as_str().to_string(), 0)
+            (response, component.as_str().to_string())
         }
     };
     let response_bytes = response_length(&response);
-    state
-        .meter
-        .count(&route, &component, request_bytes, response_bytes, fuel);
+    state.meter.count(
+        &route,
+        &component,
+        Counted {
+            requests: 1,
+            request_bytes,
+            response_bytes,
+            fuel: 0,
+        },
+    );
     Ok((response, route))
+}
+
+/// Where a streamed answer is metered when it ends.
+struct Metered {
+    meter: Arc<Meter>,
+    route: Arc<Compiled>,
+    component: String,
+    request_bytes: u64,
+}
+
+/// A response body that counts its bytes as they go and meters the request when it is done
+/// with (sent whole, or dropped by a client that left).
+struct Counting {
+    inner: http_body_util::combinators::UnsyncBoxBody<axum::body::Bytes, String>,
+    sent: u64,
+    metered: Option<Metered>,
+}
+
+impl http_body::Body for Counting {
+    type Data = axum::body::Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<axum::body::Bytes>, std::io::Error>>> {
+        let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
+        if let std::task::Poll::Ready(Some(Ok(frame))) = &polled
+            && let Some(data) = frame.data_ref()
+        {
+            self.sent = self.sent.saturating_add(data.len() as u64);
+        }
+        polled.map(|frame| frame.map(|f| f.map_err(std::io::Error::other)))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for Counting {
+    fn drop(&mut self) {
+        if let Some(m) = self.metered.take() {
+            m.meter.count(
+                &m.route,
+                &m.component,
+                Counted {
+                    requests: 1,
+                    request_bytes: m.request_bytes,
+                    response_bytes: self.sent,
+                    fuel: 0,
+                },
+            );
+        }
+    }
 }
 
 /// The answer to a CORS preflight the route allows.
@@ -534,37 +603,51 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
     )
 }
 
-/// A handler's answer as an HTTP response, its trailers after the body.
-fn handler_response(answer: invicta_executor::HandlerResponse) -> Response {
-    use http_body_util::BodyExt;
+/// A handler's answer as an HTTP response, streamed as the handler writes it (trailers after
+/// the body), metered when it ends.
+fn handler_response(answer: invicta_executor::StreamedResponse, metered: Metered) -> Response {
+    let invicta_executor::StreamedResponse {
+        status,
+        headers: fields,
+        body,
+        done,
+    } = answer;
     let mut headers = HeaderMap::new();
-    for (name, value) in &answer.headers {
+    for (name, value) in &fields {
         if let (Ok(name), Ok(value)) = (
             HeaderName::try_from(name.as_str()),
             HeaderValue::from_bytes(value),
         ) && !is_hop_by_hop(&name)
-            && name != header::CONTENT_LENGTH
         {
             headers.append(name, value);
         }
     }
-    let mut trailers = HeaderMap::new();
-    for (name, value) in &answer.trailers {
-        if let (Ok(name), Ok(value)) = (
-            HeaderName::try_from(name.as_str()),
-            HeaderValue::from_bytes(value),
-        ) {
-            trailers.append(name, value);
+    // The fuel, once the guest has finished.
+    let (meter, route, component) = (
+        metered.meter.clone(),
+        metered.route.clone(),
+        metered.component.clone(),
+    );
+    tokio::spawn(async move {
+        if let Ok(fuel) = done.await
+            && fuel > 0
+        {
+            meter.count(
+                &route,
+                &component,
+                Counted {
+                    fuel,
+                    ..Counted::default()
+                },
+            );
         }
-    }
-    let body = http_body_util::Full::new(answer.body);
-    let body = if trailers.is_empty() {
-        Body::new(body)
-    } else {
-        Body::new(body.with_trailers(async move { Some(Ok(trailers)) }))
-    };
-    let mut response = Response::new(body);
-    *response.status_mut() = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::OK);
+    });
+    let mut response = Response::new(Body::new(Counting {
+        inner: body,
+        sent: 0,
+        metered: Some(metered),
+    }));
+    *response.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
     *response.headers_mut() = headers;
     response
 }

@@ -50,6 +50,19 @@ async fn main(request: Request<Body>) -> Result<Response<Body>, Error> {
             }
         }
         "panic" => panic!("the handler panicked on purpose"),
+        "stream" => {
+            // Three chunks, a pause before each of the last two: sent as they come.
+            let chunks = futures_lite::stream::unfold(0_u32, |n| async move {
+                if n == 3 {
+                    return None;
+                }
+                if n > 0 {
+                    wstd::task::sleep(wstd::time::Duration::from_millis(200)).await;
+                }
+                Some((Ok::<_, std::convert::Infallible>(format!("chunk {n}\n")), n + 1))
+            });
+            Ok(Response::new(Body::from_try_stream(chunks)))
+        }
         "visits" => {
             let n = VISITS.fetch_add(1, Ordering::Relaxed) + 1;
             Ok(Response::new(format!("visit {n}").into()))
