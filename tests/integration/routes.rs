@@ -298,6 +298,33 @@ async fn handler_components_serve_behind_urls_and_refusals_are_problems() -> any
         rest.extend_from_slice(&chunk);
     }
     assert_eq!(String::from_utf8_lossy(&rest), "chunk 1\nchunk 2\n");
+    // The request body streams too: the echo of the first chunk comes back before the second
+    // is sent.
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<bytes::Bytes, std::io::Error>>(4);
+    let request_body =
+        reqwest::Body::wrap_stream(futures::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|item| (item, rx))
+        }));
+    tx.send(Ok(bytes::Bytes::from_static(b"ping-1;"))).await?;
+    let mut echoed = http
+        .post(format!("{public}{base}echo-stream"))
+        .body(request_body)
+        .send()
+        .await?;
+    assert_eq!(echoed.status(), 200);
+    let mut seen = Vec::new();
+    while seen.len() < b"ping-1;".len() {
+        let chunk = echoed.chunk().await?.unwrap_or_default();
+        anyhow::ensure!(!chunk.is_empty(), "the echo ended early: {seen:?}");
+        seen.extend_from_slice(&chunk);
+    }
+    assert_eq!(&seen[..], b"ping-1;");
+    tx.send(Ok(bytes::Bytes::from_static(b"ping-2;"))).await?;
+    drop(tx);
+    while let Some(chunk) = echoed.chunk().await? {
+        seen.extend_from_slice(&chunk);
+    }
+    assert_eq!(&seen[..], b"ping-1;ping-2;");
     let answer = send(http.get(format!("{public}{base}big?kib=300"))).await?;
     assert_eq!((answer.status, answer.text.len()), (200, 300 * 1024));
     let not_a_handler = route(

@@ -316,7 +316,13 @@ impl ExecutorRpc for ExecutorService {
         // Here, whatever shards this executor holds: nothing of it is a worker's.
         let answer = match self
             .executor
-            .serve_here(&tenant, &component, handled, &limits)
+            .serve_here(
+                &tenant,
+                &component,
+                handled,
+                crate::types::RequestBody::Whole(Default::default()),
+                &limits,
+            )
             .await
         {
             Ok(head) => crate::serve::collect(head).await,

@@ -73,8 +73,8 @@ pub(crate) use crate::support::now_ms;
 pub use config::{Config, Placement};
 pub use error::{Error, Result};
 pub use types::{
-    Completed, HandlerRequest, HandlerResponse, InvocationState, LogLine, StreamedResponse,
-    WorkerFilter, WorkerStatus, WorkerSummary,
+    Completed, HandlerRequest, HandlerResponse, InvocationState, LogLine, RequestBody,
+    StreamedResponse, WorkerFilter, WorkerStatus, WorkerSummary,
 };
 
 /// How old the monthly fuel figure checked before each invocation may be, in milliseconds:

@@ -126,17 +126,33 @@ impl Executor {
         &self,
         tenant: &invicta_model::TenantId,
         component: &invicta_model::ComponentName,
-        request: crate::types::HandlerRequest,
+        mut request: crate::types::HandlerRequest,
+        body: crate::types::RequestBody,
         limits: &Limits,
     ) -> Result<crate::types::StreamedResponse> {
         match self.inner.router.get() {
-            // Over gRPC the answer comes whole.
-            Some(router) if self.inner.fencing.owned().is_empty() => router
-                .serve_http(tenant, component, &request, limits)
-                .await
-                .map(crate::types::StreamedResponse::from),
+            // Over gRPC the request and the answer go whole.
+            Some(router) if self.inner.fencing.owned().is_empty() => {
+                request.body = match body {
+                    crate::types::RequestBody::Whole(bytes) if !bytes.is_empty() => bytes,
+                    crate::types::RequestBody::Whole(_) => request.body,
+                    crate::types::RequestBody::Streamed(stream) => {
+                        use http_body_util::BodyExt;
+                        stream
+                            .collect()
+                            .await
+                            .map_err(Error::InvalidRequest)?
+                            .to_bytes()
+                    }
+                };
+                router
+                    .serve_http(tenant, component, &request, limits)
+                    .await
+                    .map(crate::types::StreamedResponse::from)
+            }
             _ => Ok(crate::serve::stream(
-                self.serve_here(tenant, component, request, limits).await?,
+                self.serve_here(tenant, component, request, body, limits)
+                    .await?,
             )),
         }
     }

@@ -28,7 +28,7 @@ use crate::error::{Error, Result};
 use crate::host::Limiter;
 use crate::http::{Egress, LiveHttp};
 use crate::limits::Limits;
-use crate::types::{HandlerRequest, HandlerResponse, StreamedResponse};
+use crate::types::{HandlerRequest, HandlerResponse, RequestBody, StreamedResponse};
 
 /// How long a component's latest version is taken as known before the registry is asked
 /// again: a new upload serves within this.
@@ -145,19 +145,16 @@ impl crate::Executor {
         tenant: &TenantId,
         component: &ComponentName,
         request: HandlerRequest,
+        body: RequestBody,
         limits: &Limits,
     ) -> Result<Head> {
         let inner = &self.inner;
-        begin(
-            &inner.ctx,
-            &inner.handler_linker,
-            &inner.handlers,
-            tenant,
-            component,
-            request,
-            limits,
-        )
-        .await
+        let host = Host {
+            ctx: &inner.ctx,
+            linker: &inner.handler_linker,
+            handlers: &inner.handlers,
+        };
+        begin(host, tenant, component, request, body, limits).await
     }
 }
 
@@ -166,6 +163,14 @@ struct Ran {
     outcome: std::result::Result<wasmtime::Result<()>, tokio::time::error::Elapsed>,
     fuel_consumed: u64,
     memory_refused: bool,
+}
+
+/// What serving needs of the executor.
+#[derive(Clone, Copy)]
+pub(crate) struct Host<'a> {
+    pub ctx: &'a Context,
+    pub linker: &'a Linker<HandlerCtx>,
+    pub handlers: &'a Handlers,
 }
 
 /// A handler's answer as it begins: its head, its body as the guest writes it, and the run that
@@ -181,14 +186,18 @@ pub(crate) struct Head {
 /// Starts serving `request` with the latest version of `component`; answers once the handler
 /// has set its response's head (an error before that is the request's).
 pub(crate) async fn begin(
-    ctx: &Context,
-    linker: &Linker<HandlerCtx>,
-    handlers: &Handlers,
+    host: Host<'_>,
     tenant: &TenantId,
     component: &ComponentName,
     request: HandlerRequest,
+    body: RequestBody,
     limits: &Limits,
 ) -> Result<Head> {
+    let Host {
+        ctx,
+        linker,
+        handlers,
+    } = host;
     let pre = handlers.prepared(ctx, linker, tenant, component).await?;
     let engine_error = |e: wasmtime::Error| Error::Engine(format!("{e:#}"));
     let memory = limits
@@ -222,7 +231,7 @@ pub(crate) async fn begin(
     store
         .fuel_async_yield_interval(Some(ctx.engine.config.fuel_yield_interval.max(1)))
         .map_err(engine_error)?;
-    let incoming = incoming(request)?;
+    let incoming = incoming(request, body)?;
     let scheme = if incoming.uri().scheme_str() == Some("https") {
         Scheme::Https
     } else {
@@ -386,8 +395,11 @@ pub(crate) fn stream(head: Head) -> StreamedResponse {
     }
 }
 
-/// The request as `wasi:http` receives it.
-fn incoming(request: HandlerRequest) -> Result<http::Request<Full<Bytes>>> {
+/// What `wasi:http` reads a request body as.
+type IncomingBody = http_body_util::combinators::UnsyncBoxBody<Bytes, wasmtime_wasi_http::Error>;
+
+/// The request as `wasi:http` receives it: `body` when it streams, else the request's own.
+fn incoming(request: HandlerRequest, body: RequestBody) -> Result<http::Request<IncomingBody>> {
     let invalid = |e: &dyn std::fmt::Display| Error::InvalidRequest(e.to_string());
     let scheme = if request.scheme == "https" {
         "https"
@@ -405,14 +417,27 @@ fn incoming(request: HandlerRequest) -> Result<http::Request<Full<Bytes>>> {
     for (name, value) in &request.headers {
         builder = builder.header(name.as_str(), value.as_slice());
     }
-    builder
-        .body(Full::new(request.body))
-        .map_err(|e| invalid(&e))
+    let body = match body {
+        RequestBody::Whole(bytes) if bytes.is_empty() => Full::new(request.body)
+            .map_err(|never| match never {})
+            .boxed_unsync(),
+        RequestBody::Whole(bytes) => Full::new(bytes)
+            .map_err(|never| match never {})
+            .boxed_unsync(),
+        RequestBody::Streamed(stream) => stream
+            .map_err(|e| wasmtime_wasi_http::Error::InternalError(Some(e)))
+            .boxed_unsync(),
+    };
+    builder.body(body).map_err(|e| invalid(&e))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn whole() -> RequestBody {
+        RequestBody::Whole(Bytes::new())
+    }
 
     fn request(authority: &str, path: &str) -> HandlerRequest {
         HandlerRequest {
@@ -427,7 +452,7 @@ mod tests {
 
     #[test]
     fn a_request_becomes_a_whole_http_request() {
-        let made = incoming(request("example.com:8080", "/a/b?c=d")).expect("a request");
+        let made = incoming(request("example.com:8080", "/a/b?c=d"), whole()).expect("a request");
         assert_eq!(made.uri().to_string(), "http://example.com:8080/a/b?c=d");
         assert_eq!(made.method(), http::Method::POST);
         assert_eq!(made.headers()["x-a"], "1");
@@ -436,18 +461,24 @@ mod tests {
     #[test]
     fn a_malformed_request_is_refused_not_panicked_on() {
         assert!(matches!(
-            incoming(request("exa mple", "/")),
+            incoming(request("exa mple", "/"), whole()),
             Err(Error::InvalidRequest(_))
         ));
         assert!(matches!(
-            incoming(request("example.com", "no slash")),
+            incoming(request("example.com", "no slash"), whole()),
             Err(Error::InvalidRequest(_))
         ));
         let mut bad = request("example.com", "/");
         bad.method = "GE T".into();
-        assert!(matches!(incoming(bad), Err(Error::InvalidRequest(_))));
+        assert!(matches!(
+            incoming(bad, whole()),
+            Err(Error::InvalidRequest(_))
+        ));
         let mut bad = request("example.com", "/");
         bad.headers.push(("bad header".into(), b"x".to_vec()));
-        assert!(matches!(incoming(bad), Err(Error::InvalidRequest(_))));
+        assert!(matches!(
+            incoming(bad, whole()),
+            Err(Error::InvalidRequest(_))
+        ));
     }
 }

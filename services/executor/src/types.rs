@@ -150,3 +150,19 @@ impl From<HandlerResponse> for StreamedResponse {
         }
     }
 }
+
+/// A request body for a handler: whole, or streaming as the client sends it (its errors as
+/// text, a limit passed among them).
+pub enum RequestBody {
+    Whole(bytes::Bytes),
+    Streamed(http_body_util::combinators::UnsyncBoxBody<bytes::Bytes, String>),
+}
+
+impl std::fmt::Debug for RequestBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RequestBody::Whole(bytes) => write!(f, "Whole({} bytes)", bytes.len()),
+            RequestBody::Streamed(_) => f.write_str("Streamed"),
+        }
+    }
+}

@@ -366,10 +366,30 @@ async fn handle(
         crate::drain(request.into_body(), declared, limit).await;
         return Err(refuse(too_large()));
     }
-    let (parts, body) = request.into_parts();
-    let body = axum::body::to_bytes(body, limit)
-        .await
-        .map_err(|_| refuse(too_large()))?;
+    let (parts, incoming) = request.into_parts();
+    // An ephemeral handler reads the body as it comes (within the limit, counted as read);
+    // everything else takes it whole.
+    let received = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let (body, stream) = if matches!(&spec.target, Target::Handler { worker: None, .. }) {
+        use http_body_util::BodyExt;
+        let counter = received.clone();
+        let stream = http_body_util::Limited::new(incoming, limit)
+            .map_frame(move |frame| {
+                if let Some(data) = frame.data_ref() {
+                    counter.fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                }
+                frame
+            })
+            .map_err(|e| e.to_string())
+            .boxed_unsync();
+        (axum::body::Bytes::new(), Some(stream))
+    } else {
+        let body = axum::body::to_bytes(incoming, limit)
+            .await
+            .map_err(|_| refuse(too_large()))?;
+        received.store(body.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        (body, None)
+    };
     let request_bytes = body.len() as u64;
     let (response, component) = match &spec.target {
         Target::Handler { component, worker } => {
@@ -416,7 +436,16 @@ async fn handle(
                 None => state
                     .app
                     .executor
-                    .serve_http(&tenant, &component, request, &limits)
+                    .serve_http(
+                        &tenant,
+                        &component,
+                        request,
+                        match stream {
+                            Some(stream) => invicta_executor::RequestBody::Streamed(stream),
+                            None => invicta_executor::RequestBody::Whole(Default::default()),
+                        },
+                        &limits,
+                    )
                     .await
                     .map_err(|e| refuse(handler_problem(e, &limits)))?,
                 // Durable: the named worker handles it, as a recorded invocation.
@@ -457,7 +486,7 @@ async fn handle(
                 meter: state.meter.clone(),
                 route: route.clone(),
                 component: component.as_str().to_string(),
-                request_bytes,
+                request_bytes: received,
             };
             return Ok((handler_response(answer, metered), route));
         }
@@ -514,7 +543,8 @@ struct Metered {
     meter: Arc<Meter>,
     route: Arc<Compiled>,
     component: String,
-    request_bytes: u64,
+    /// The request's bytes read so far.
+    request_bytes: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// A response body that counts its bytes as they go and meters the request when it is done
@@ -559,7 +589,7 @@ impl Drop for Counting {
                 &m.component,
                 Counted {
                     requests: 1,
-                    request_bytes: m.request_bytes,
+                    request_bytes: m.request_bytes.load(std::sync::atomic::Ordering::Relaxed),
                     response_bytes: self.sent,
                     fuel: 0,
                 },

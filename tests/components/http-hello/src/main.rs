@@ -32,6 +32,11 @@ async fn main(request: Request<Body>) -> Result<Response<Body>, Error> {
             }
             Ok(response.body(bytes.into())?)
         }
+        "echo-stream" => {
+            // The request body, back as it arrives.
+            let (_, body) = request.into_parts();
+            Ok(Response::new(body))
+        }
         "teapot" => Ok(Response::builder()
             .status(StatusCode::IM_A_TEAPOT)
             .body("short and stout".to_string().into())?),
