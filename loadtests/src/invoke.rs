@@ -504,9 +504,19 @@ impl Api {
     /// A client of a new tenant on the `unlimited` plan (no quota or rate limit binds), made by
     /// the operator, with a key of every scope.
     async fn new_tenant(server: &Server, http: &reqwest::Client) -> anyhow::Result<Api> {
-        let tenant = server
-            .operator()
-            .new_tenant("bench", "unlimited")
+        // The unlimited plan, with a worker's memory at a pool slot (256 MiB): above it,
+        // workers run in instances allocated on demand, which start slower.
+        let operator = server.operator();
+        let mut plan = operator.get("/v1/admin/plans").await?.body["plans"]
+            .as_array()
+            .and_then(|plans| plans.iter().find(|p| p["name"] == "unlimited").cloned())
+            .context("the unlimited plan")?;
+        plan["name"] = json!("bench");
+        plan["memory_per_worker_bytes"] = json!(256 * 1024 * 1024);
+        let put = operator.put_json("/v1/admin/plans/bench", &plan).await?;
+        anyhow::ensure!(put.status == 200, "put the bench plan: {put:?}");
+        let tenant = operator
+            .new_tenant("bench", "bench")
             .await
             .context("create the benchmark's tenant")?;
         Ok(Api {

@@ -344,7 +344,7 @@ async fn a_call_may_forbid_creating_its_worker() -> anyhow::Result<()> {
 
 /// A component whose memories start larger than a worker on the plan may have is refused at
 /// upload, before it is compiled, as a quota naming `memory_per_worker`, its limit and what the
-/// component needs: the plan's limit, or the engine's ceiling when that is lower.
+/// component needs; within the plan it runs, pooled up to a pool slot and on demand above.
 #[tokio::test]
 async fn a_component_needing_more_memory_than_the_plan_allows_is_refused_by_name()
 -> anyhow::Result<()> {
@@ -366,13 +366,36 @@ async fn a_component_needing_more_memory_than_the_plan_allows_is_refused_by_name
     assert_eq!(refused.body["needed"], 100 * MIB, "{refused:?}");
     let pro = operator.new_tenant("larger", "pro").await?;
     assert_eq!(pro.upload("big", hundred).await?.status, 201);
-    // 512 MiB: over the engine's ceiling (256 MiB) even on the unlimited plan (4 GiB).
-    let huge = wat::parse_str("(component (core module (memory 8192)))")?;
-    let unlimited = operator.new_tenant("largest", "unlimited").await?;
-    let refused = unlimited.upload("huge", huge).await?;
+    // 512 MiB: over the pro plan's 256 MiB; within the unlimited plan's 4 GiB, where it runs
+    // in an instance allocated on demand (a pool slot is 256 MiB), across a SIGKILL too.
+    let huge = wat::parse_str(
+        r#"(component
+            (core module $m
+                (memory 8192)
+                (func (export "pages") (result i32) memory.size))
+            (core instance $i (instantiate $m))
+            (type $t (func (result u32)))
+            (func $pages (type $t) (canon lift (core func $i "pages")))
+            (export "pages" (func $pages)))"#,
+    )?;
+    let refused = pro.upload("huge", huge.clone()).await?;
     assert_eq!(refused.body["quota"], "memory_per_worker", "{refused:?}");
     assert_eq!(refused.body["limit"], 256 * MIB, "{refused:?}");
     assert_eq!(refused.body["needed"], 512 * MIB, "{refused:?}");
+    let unlimited = operator.new_tenant("largest", "unlimited").await?;
+    assert_eq!(unlimited.upload("huge", huge).await?.status, 201);
+    assert_eq!(
+        unlimited.call("huge", "w", "pages", json!([])).await?,
+        json!(8192)
+    );
+    let data_dir = server.data_dir.clone();
+    server.kill()?;
+    let server = Server::start(INVICTA.as_ref(), &data_dir)?;
+    let unlimited = unlimited.at(&server.url);
+    assert_eq!(
+        unlimited.call("huge", "w", "pages", json!([])).await?,
+        json!(8192)
+    );
     Ok(())
 }
 

@@ -104,16 +104,36 @@ pub(crate) async fn compile(
         .map_err(|_| timed_out())??;
     let engine = engine.clone();
     tokio::task::spawn_blocking(move || {
-        #[allow(unsafe_code)]
-        // SAFETY: the artifact was made by `Component::serialize` in a child process running
-        // this very binary, on an engine whose fingerprint (wasmtime version and every setting
-        // that shapes compiled code) it checked equal to this engine's before compiling.
-        let component = unsafe { Component::deserialize(&engine.engine, &artifact) }
-            .map_err(|e| Error::Compile(format!("load the compiled artifact: {e:#}")))?;
+        // The artifact was made by `Component::serialize` in a child process running this very
+        // binary, on an engine whose fingerprint (wasmtime version and every setting that
+        // shapes compiled code) it checked equal to this engine's before compiling.
+        let component = load(&engine, &artifact)
+            .map_err(|e| Error::Compile(format!("load the compiled artifact: {e}")))?;
         Ok((component, artifact, bytes))
     })
     .await
     .map_err(|e| Error::Compile(e.to_string()))?
+}
+
+/// Loads an artifact of `engine`'s code: into its pool, or, for a component whose memories do
+/// not fit a pool slot, into its on-demand engine (the same code, `Engine::new` checked).
+/// The caller vouches that `artifact` was made by `Component::serialize` on an engine with
+/// `engine`'s fingerprint and is unaltered.
+pub(crate) fn load(engine: &Engine, artifact: &[u8]) -> std::result::Result<Component, String> {
+    #[allow(unsafe_code)]
+    // SAFETY: as the caller vouches, the artifact is this engine's own, unaltered.
+    let pooled = unsafe { Component::deserialize(&engine.engine, artifact) };
+    match (pooled, &engine.large) {
+        (Ok(component), _) => Ok(component),
+        (Err(e), Some(large)) if format!("{e:#}").contains("pooling allocator") => {
+            #[allow(unsafe_code)]
+            // SAFETY: the same artifact; the on-demand engine generates the same code, which
+            // `Engine::new` checked by the engines' compatibility hashes.
+            let loaded = unsafe { Component::deserialize(large, artifact) };
+            loaded.map_err(|e| format!("{e:#}"))
+        }
+        (Err(e), _) => Err(format!("{e:#}")),
+    }
 }
 
 /// What a child that failed said, as the error the upload answers.

@@ -235,6 +235,8 @@ struct Inner {
     engine: Engine,
     import_check: ImportCheck,
     compiled: Mutex<HashMap<(TenantId, ComponentName, u64), Arc<Compiled>>>,
+    /// The same components, loaded into the on-demand engine (instances over a pool slot).
+    large: Mutex<HashMap<(TenantId, ComponentName, u64), Component>>,
     /// The registry role's process, when it is not this one.
     remote: std::sync::OnceLock<grpc::RegistryClient>,
 }
@@ -285,6 +287,7 @@ impl Registry {
                 compiles: Arc::new(tokio::sync::Semaphore::new(compile_concurrency())),
                 tenant_compiles: Mutex::new(HashMap::new()),
                 compiled: Mutex::new(HashMap::new()),
+                large: Mutex::new(HashMap::new()),
                 remote: std::sync::OnceLock::new(),
             }),
         }
@@ -354,7 +357,7 @@ impl Registry {
         let needed = initial_memory_bytes(&bytes);
         let limit = quota
             .memory_per_worker_bytes
-            .min(inner.engine.config.memory_bytes_max);
+            .min(inner.engine.memory_ceiling());
         if needed > limit {
             return Err(Error::QuotaExceeded {
                 quota: "memory_per_worker",
@@ -381,11 +384,10 @@ impl Registry {
                 (component, artifact, bytes)
             }
         };
-        let engine = inner.engine.clone();
         let import_check = inner.import_check.clone();
         let (component, exports) = tokio::task::spawn_blocking(move || {
             import_check(&component).map_err(Error::UnsupportedImports)?;
-            let exports = exported_functions(&engine.engine, &component);
+            let exports = exported_functions(component.engine(), &component);
             Ok::<_, Error>((component, exports))
         })
         .await
@@ -663,7 +665,7 @@ impl Registry {
                 self.recompile(tenant, name, &meta).await?
             }
         };
-        let exports = exported_functions(&self.inner.engine.engine, &component);
+        let exports = exported_functions(component.engine(), &component);
         Ok(self.cache(
             tenant,
             name,
@@ -674,6 +676,48 @@ impl Registry {
                 exports,
             },
         ))
+    }
+
+    /// The component version loaded into the on-demand engine, for workers larger than a pool
+    /// slot: the pooled engine's code (the engines generate the same), loaded there once.
+    /// `None` when there is no such engine.
+    pub async fn compiled_large(
+        &self,
+        tenant: &TenantId,
+        name: &ComponentName,
+        version: u64,
+    ) -> Result<Option<Component>> {
+        let Some(large) = self.inner.engine.large.clone() else {
+            return Ok(None);
+        };
+        let key = (tenant.clone(), name.clone(), version);
+        let lock = || self.inner.large.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(hit) = lock().get(&key) {
+            return Ok(Some(hit.clone()));
+        }
+        let component = self
+            .compiled(tenant, name, version)
+            .await?
+            .component
+            .clone();
+        // Too large for a pool slot, it was loaded there already.
+        if invicta_engine::wasmtime::Engine::same(component.engine(), &large) {
+            return Ok(Some(component));
+        }
+        let loaded = tokio::task::spawn_blocking(move || {
+            let artifact = component
+                .serialize()
+                .map_err(|e| Error::Compile(format!("{e:#}")))?;
+            #[allow(unsafe_code)]
+            // SAFETY: the artifact was just made by `Component::serialize` on the pooled
+            // engine, whose precompile compatibility hash `Engine::new` checked to be the
+            // on-demand engine's.
+            let loaded = unsafe { Component::deserialize(&large, &artifact) };
+            loaded.map_err(|e| Error::Compile(format!("{e:#}")))
+        })
+        .await
+        .map_err(|e| Error::Compile(e.to_string()))??;
+        Ok(Some(lock().entry(key).or_insert(loaded).clone()))
     }
 
     /// Compiles `bytes` once it is this upload's turn: one compile at a time per tenant and
@@ -733,12 +777,10 @@ impl Registry {
         let artifact = self.inner.blobs.get_verified(blob).await?;
         let engine = self.inner.engine.clone();
         tokio::task::spawn_blocking(move || {
-            #[allow(unsafe_code)]
-            // SAFETY: the artifact was made by `Component::serialize` on an engine with this
-            // engine's fingerprint (it is stored under it), and its bytes were just checked
-            // against the SHA-256 recorded when it was stored.
-            let component = unsafe { Component::deserialize(&engine.engine, &artifact) };
-            component.map_err(|e| Error::Compile(format!("{e:#}")))
+            // The artifact was made by `Component::serialize` on an engine with this engine's
+            // fingerprint (it is stored under it), and its bytes were just checked against the
+            // SHA-256 recorded when it was stored.
+            compiler::load(&engine, &artifact).map_err(Error::Compile)
         })
         .await
         .map_err(|e| Error::Compile(e.to_string()))?

@@ -150,9 +150,16 @@ impl Executor {
         if let Some(pre) = pres.get(&key) {
             return Ok(pre.clone());
         }
-        let pre = self
-            .inner
-            .linker
+        // A component too large for a pool slot was loaded into the on-demand engine.
+        let linker = match (&self.inner.large_linker, &self.inner.engine.large) {
+            (Some(linker), Some(large))
+                if wasmtime::Engine::same(compiled.component.engine(), large) =>
+            {
+                linker
+            }
+            _ => &self.inner.linker,
+        };
+        let pre = linker
             .instantiate_pre(&compiled.component)
             .map_err(|e| Error::Engine(format!("{e:#}")))?;
         pres.insert(key, pre.clone());
@@ -286,7 +293,7 @@ impl Executor {
             span: tracing::Span::current(),
             memory_bytes: limits
                 .memory_per_worker_bytes
-                .min(self.inner.engine.config.memory_bytes_max),
+                .min(self.inner.engine.memory_ceiling()),
         };
         if limits.fuel_per_month != u64::MAX {
             let used = self.fuel_this_month(&id.tenant).await?;

@@ -19,6 +19,8 @@ pub(crate) struct Context {
     pub registry: Registry,
     pub engine: Engine,
     pub linker: wasmtime::component::Linker<WorkerCtx>,
+    /// The same for the on-demand engine (workers larger than a pool slot), if there is one.
+    pub large_linker: Option<wasmtime::component::Linker<WorkerCtx>>,
     pub committer: Committer,
     pub metrics: Arc<crate::metrics::Metrics>,
     pub http_config: Arc<HttpConfig>,

@@ -133,7 +133,21 @@ impl Executor {
     /// imports no executor provides.
     pub fn import_check(engine: &Engine) -> Result<ImportCheck> {
         let linker = host::linker(&engine.engine).map_err(|e| Error::Engine(format!("{e:#}")))?;
+        // Components too large for a pool slot are loaded into the on-demand engine.
+        let large = match &engine.large {
+            Some(large) => Some((
+                large.clone(),
+                host::linker(large).map_err(|e| Error::Engine(format!("{e:#}")))?,
+            )),
+            None => None,
+        };
         Ok(Arc::new(move |component| {
+            let linker = match &large {
+                Some((engine, linker)) if wasmtime::Engine::same(component.engine(), engine) => {
+                    linker
+                }
+                _ => &linker,
+            };
             linker
                 .instantiate_pre(component)
                 .map(drop)
@@ -150,6 +164,12 @@ impl Executor {
         engine: Engine,
     ) -> Result<Executor> {
         let linker = host::linker(&engine.engine).map_err(|e| Error::Engine(format!("{e:#}")))?;
+        let large_linker = engine
+            .large
+            .as_ref()
+            .map(host::linker)
+            .transpose()
+            .map_err(|e| Error::Engine(format!("{e:#}")))?;
         let handler_linker =
             serve::linker(&engine.engine).map_err(|e| Error::Engine(format!("{e:#}")))?;
         let secrets = settings::load_key(config.secrets_key_file.as_deref())
@@ -180,6 +200,7 @@ impl Executor {
                     registry,
                     engine,
                     linker,
+                    large_linker,
                 }),
                 fencing,
                 router: std::sync::OnceLock::new(),

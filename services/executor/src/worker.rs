@@ -261,7 +261,11 @@ struct Actor {
     id: WorkerId,
     record: WorkerRecord,
     compiled: Arc<Compiled>,
+    /// What the active instance is made from: the pooled template, or the on-demand one for
+    /// a worker larger than a pool slot.
     pre: InstancePre<WorkerCtx>,
+    pooled_pre: InstancePre<WorkerCtx>,
+    large_pre: Option<InstancePre<WorkerCtx>>,
     shared: Arc<Shared>,
     active: Option<Active>,
     rx: mpsc::Receiver<Command>,
@@ -369,6 +373,8 @@ pub(crate) fn spawn(
         id,
         record,
         compiled,
+        pooled_pre: pre.clone(),
+        large_pre: None,
         pre,
         shared: shared.clone(),
         active: None,
@@ -1038,10 +1044,13 @@ impl Actor {
                 _ => None,
             })
             .flatten();
+        let memory =
+            cut_off_memory.unwrap_or_else(|| self.shared.memory_bytes.load(Ordering::Relaxed));
+        self.choose_pre(memory).await?;
         let ctx = WorkerCtx::new(
             &self.record.env,
             &self.record.args,
-            cut_off_memory.unwrap_or_else(|| self.shared.memory_bytes.load(Ordering::Relaxed)),
+            memory,
             durability.clone(),
             crate::http::DurableHttp {
                 durability: durability.clone(),
@@ -1060,7 +1069,7 @@ impl Actor {
             incarnation,
             limits: self.shared.limits.clone(),
         });
-        let mut store = wasmtime::Store::new(&self.inner.engine.engine, ctx);
+        let mut store = wasmtime::Store::new(self.pre.engine(), ctx);
         store.limiter(|ctx| &mut ctx.limiter);
         let engine_error = |e: wasmtime::Error| Error::Engine(format!("{e:#}"));
         // Instantiation runs the component's start functions: guest code like any other, under
@@ -1301,6 +1310,41 @@ impl Actor {
         self.inner.metrics.replayed_invocations.inc_by(replayed);
         tracing::debug!(worker = %self.id, replayed, "worker active");
         self.active = Some(active);
+        Ok(())
+    }
+
+    /// Makes the instance template the one for `memory`: pooled up to a pool slot, on demand
+    /// above it (loaded once).
+    async fn choose_pre(&mut self, memory: u64) -> Result<(), Error> {
+        if !self.inner.engine.is_large(memory) {
+            self.pre = self.pooled_pre.clone();
+            return Ok(());
+        }
+        if self.large_pre.is_none() {
+            let engine_error = |e: String| Error::Engine(e);
+            let linker = self
+                .inner
+                .large_linker
+                .as_ref()
+                .ok_or_else(|| engine_error("no on-demand engine".into()))?;
+            let component = self
+                .inner
+                .registry
+                .compiled_large(
+                    &self.id.tenant,
+                    &self.id.component,
+                    self.compiled.version.version,
+                )
+                .await?
+                .ok_or_else(|| engine_error("no on-demand engine".into()))?;
+            let pre = linker
+                .instantiate_pre(&component)
+                .map_err(|e| engine_error(format!("{e:#}")))?;
+            self.large_pre = Some(pre);
+        }
+        if let Some(pre) = &self.large_pre {
+            self.pre = pre.clone();
+        }
         Ok(())
     }
 

@@ -35,8 +35,12 @@ pub struct Config {
     /// Core instances per component instance that the pool provisions (default 4: a Rust
     /// guest uses about 3).
     pub core_instances_per_component: u32,
-    /// The most linear memory one worker may have, in bytes (default 256 MiB).
+    /// The linear memory of a pooled instance slot, in bytes (default 256 MiB): a worker whose
+    /// plan allows at most this runs in the pool.
     pub memory_bytes_max: u64,
+    /// The most linear memory a worker may have when its plan allows more than a pool slot, in
+    /// bytes (default 4 GiB): such workers run in instances allocated on demand.
+    pub memory_ceiling_bytes: u64,
     /// Fuel consumed between two yields to the async runtime (default 2,000,000: about 130 µs
     /// of a tight guest loop on our machines, which burn ~15 fuel per ns). Yields keep one busy
     /// guest from holding a thread and let the invocation deadline fire; each costs ~2 µs, so
@@ -57,6 +61,7 @@ impl Default for Config {
             pool_instances: 1_000,
             core_instances_per_component: 4,
             memory_bytes_max: 256 * 1024 * 1024,
+            memory_ceiling_bytes: 4 * 1024 * 1024 * 1024,
             fuel_yield_interval: 2_000_000,
             memory_keep_resident_bytes: 2 * 1024 * 1024,
         }
@@ -67,6 +72,10 @@ impl Default for Config {
 #[derive(Clone)]
 pub struct Engine {
     pub engine: wasmtime::Engine,
+    /// The engine of instances larger than a pool slot, allocated on demand: the same code
+    /// generation (its artifacts are the pooled engine's), another allocator. `None` without a
+    /// pool, or when the ceiling is no larger than a slot.
+    pub large: Option<wasmtime::Engine>,
     /// Identifies the engine's code-generation settings: precompiled artifacts are cached under
     /// the component's hash *and* this, since an engine rejects artifacts of another.
     pub fingerprint: String,
@@ -75,6 +84,51 @@ pub struct Engine {
 
 impl Engine {
     pub fn new(config: &Config) -> Result<Engine> {
+        let engine = Self::build(config, config.pooling)?;
+        let large = if config.pooling && config.memory_ceiling_bytes > config.memory_bytes_max {
+            let large = Self::build(config, false)?;
+            // Artifacts are shared only between engines that generate the same code.
+            if compatibility(&large) == compatibility(&engine) {
+                Some(large)
+            } else {
+                return Err(Error::Engine(
+                    "the on-demand engine generates other code than the pooled one".into(),
+                ));
+            }
+        } else {
+            None
+        };
+        let fingerprint = format!(
+            "wasmtime{}-{:016x}",
+            wasmtime_version(),
+            compatibility(&engine)
+        );
+        Ok(Engine {
+            engine,
+            large,
+            fingerprint,
+            config: config.clone(),
+        })
+    }
+
+    /// The most linear memory any worker may have: the ceiling, or a pool slot where instances
+    /// are pooled and none is allocated on demand.
+    pub fn memory_ceiling(&self) -> u64 {
+        match (&self.large, self.config.pooling) {
+            (Some(_), _) | (None, false) => self
+                .config
+                .memory_ceiling_bytes
+                .max(self.config.memory_bytes_max),
+            (None, true) => self.config.memory_bytes_max,
+        }
+    }
+
+    /// Whether a worker with `memory` bytes at most runs on the on-demand engine.
+    pub fn is_large(&self, memory: u64) -> bool {
+        self.large.is_some() && memory > self.config.memory_bytes_max
+    }
+
+    fn build(config: &Config, pooling: bool) -> Result<wasmtime::Engine> {
         let mut wasm = wasmtime::Config::new();
         wasm.wasm_component_model(true)
             .consume_fuel(true)
@@ -82,7 +136,7 @@ impl Engine {
             .cranelift_nan_canonicalization(true)
             .wasm_threads(false)
             .parallel_compilation(true);
-        if config.pooling {
+        if pooling {
             let instances = config.pool_instances.max(1);
             let memory = usize::try_from(config.memory_bytes_max).unwrap_or(usize::MAX);
             let mut pool = PoolingAllocationConfig::default();
@@ -102,19 +156,42 @@ impl Engine {
                 .pagemap_scan(wasmtime::Enabled::Auto);
             wasm.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
         }
-        let engine = wasmtime::Engine::new(&wasm).map_err(|e| Error::Engine(format!("{e:#}")))?;
-        let mut hasher = std::collections::hash_map::DefaultHasher::new();
-        engine.precompile_compatibility_hash().hash(&mut hasher);
-        let fingerprint = format!("wasmtime{}-{:016x}", wasmtime_version(), hasher.finish());
-        Ok(Engine {
-            engine,
-            fingerprint,
-            config: config.clone(),
-        })
+        wasmtime::Engine::new(&wasm).map_err(|e| Error::Engine(format!("{e:#}")))
     }
+}
+
+/// A hash of what makes an engine's artifacts loadable by another.
+fn compatibility(engine: &wasmtime::Engine) -> u64 {
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    engine.precompile_compatibility_hash().hash(&mut hasher);
+    hasher.finish()
 }
 
 fn wasmtime_version() -> &'static str {
     // Part of the fingerprint for humans; the hash is what matters.
     "48"
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn workers_over_a_pool_slot_get_an_engine_sharing_the_pooled_artifacts() {
+        let engine = Engine::new(&Config::default()).expect("the default engine");
+        assert!(
+            engine.large.is_some(),
+            "an on-demand engine beside the pool"
+        );
+        assert_eq!(engine.memory_ceiling(), 4 * 1024 * 1024 * 1024);
+        assert!(!engine.is_large(256 * 1024 * 1024));
+        assert!(engine.is_large(256 * 1024 * 1024 + 1));
+        let small = Engine::new(&Config {
+            memory_ceiling_bytes: 0,
+            ..Config::default()
+        })
+        .expect("an engine without on-demand instances");
+        assert!(small.large.is_none());
+        assert_eq!(small.memory_ceiling(), 256 * 1024 * 1024);
+    }
 }
