@@ -406,7 +406,7 @@ async fn idempotency_keys_run_once() -> anyhow::Result<()> {
 #[tokio::test]
 async fn failed_invocations_leave_no_trace() -> anyhow::Result<()> {
     let f = start(Some(
-        "[executor]\nfuel_per_invocation = 500000000\n\n[engine]\nmemory_bytes_max = 67108864\n",
+        "[executor]\nfuel_per_invocation = 500000000\n\n[engine]\nmemory_bytes_max = 67108864\nmemory_ceiling_bytes = 67108864\n",
     ))
     .await?;
     f.api.upload("burner", component("burner")).await?;
