@@ -236,3 +236,83 @@ async fn workers_read_config_and_secrets_durably() -> anyhow::Result<()> {
     cli(&["config", "unset", "conf", "from-cli"])?;
     Ok(())
 }
+
+/// A component's retry policy: its background invocations that name none run again as it says
+/// (over the plan's); removed, the plan's applies again.
+#[tokio::test]
+async fn a_components_retry_policy_applies_to_its_background_invocations() -> anyhow::Result<()> {
+    let data = tempfile::tempdir()?;
+    let server = Server::start(INVICTA.as_ref(), &data.path().join("data"))?;
+    let api = server.operator().new_tenant("retrying", "pro").await?;
+    assert_eq!(api.upload("burner", component("burner")).await?.status, 201);
+    let policy =
+        json!({ "max_attempts": 3, "backoff_min_ms": 10, "backoff_max_ms": 20, "on": ["trap"] });
+    let set = api.put_json("/v1/components/burner/retry", &policy).await?;
+    assert_eq!(set.status, 200, "{set:?}");
+    assert_eq!(api.get("/v1/components/burner/retry").await?.body, policy);
+    let bad = api
+        .put_json("/v1/components/burner/retry", &json!({ "max_attempts": 0 }))
+        .await?;
+    assert_eq!(bad.status, 400, "{bad:?}");
+    let errors = |worker: &'static str| {
+        let api = api.clone();
+        async move {
+            let oplog = api
+                .get(&format!("/v1/components/burner/workers/{worker}/oplog"))
+                .await?;
+            anyhow::Ok(
+                oplog.body["entries"]
+                    .as_array()
+                    .map(|e| e.iter().filter(|e| e["kind"] == "error").count())
+                    .unwrap_or(0),
+            )
+        }
+    };
+    let finished = |worker: &'static str| {
+        let api = api.clone();
+        async move {
+            let status = format!("/v1/components/burner/workers/{worker}/invocations/k");
+            invicta_tests::eventually(
+                "the invocation ends",
+                std::time::Duration::from_secs(30),
+                || {
+                    let (api, status) = (api.clone(), status.clone());
+                    async move {
+                        let reply = api.get(&status).await?;
+                        Ok((reply.body["status"] == "failed").then_some(reply))
+                    }
+                },
+            )
+            .await
+        }
+    };
+    let enqueued = api
+        .post_json(
+            "/v1/components/burner/workers/a/enqueue",
+            &json!({ "function": "trap", "params": ["boom"] }),
+            Some("k"),
+        )
+        .await?;
+    assert_eq!(enqueued.status, 202, "{enqueued:?}");
+    finished("a").await?;
+    assert_eq!(
+        errors("a").await?,
+        3,
+        "three runs, as the component's policy says"
+    );
+
+    assert_eq!(api.delete("/v1/components/burner/retry").await?.status, 204);
+    let gone = api.get("/v1/components/burner/retry").await?;
+    assert_eq!((gone.status, gone.code()), (404, "retry_not_found"));
+    let enqueued = api
+        .post_json(
+            "/v1/components/burner/workers/b/enqueue",
+            &json!({ "function": "trap", "params": ["boom"] }),
+            Some("k"),
+        )
+        .await?;
+    assert_eq!(enqueued.status, 202);
+    finished("b").await?;
+    assert_eq!(errors("b").await?, 1, "the plan's policy (none): one run");
+    Ok(())
+}

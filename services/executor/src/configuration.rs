@@ -3,8 +3,10 @@
 
 use invicta_model::{ComponentName, TenantId, WorkerName};
 
+use invicta_model::retry::RetryPolicy;
+
 use crate::Executor;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::settings::{self, ConfigEntry};
 
 impl Executor {
@@ -67,4 +69,49 @@ impl Executor {
         };
         settings::list(&self.inner.store, &scope).await
     }
+
+    /// Sets the retry policy of the component's background invocations that name none (over
+    /// the plan's); `None` removes it. The component must exist.
+    pub async fn set_component_retry(
+        &self,
+        tenant: &TenantId,
+        component: &ComponentName,
+        policy: Option<RetryPolicy>,
+    ) -> Result<()> {
+        self.inner.registry.get(tenant, component, None).await?;
+        if let Some(policy) = &policy {
+            policy
+                .check()
+                .map_err(|reason| Error::InvalidRequest(format!("retry: {reason}")))?;
+        }
+        let key = retry_key(tenant, component);
+        let bytes = policy.as_ref().map(crate::records::encode_json);
+        self.inner
+            .store
+            .transact(move |tx| {
+                match &bytes {
+                    Some(bytes) => tx.set(&key, bytes)?,
+                    None => tx.clear(&key)?,
+                }
+                Ok::<_, Error>(())
+            })
+            .await
+    }
+
+    /// The component's retry policy, if it has one.
+    pub async fn component_retry(
+        &self,
+        tenant: &TenantId,
+        component: &ComponentName,
+    ) -> Result<Option<RetryPolicy>> {
+        let key = retry_key(tenant, component);
+        let bytes = self.inner.store.read(move |tx| tx.get(&key)).await?;
+        bytes
+            .map(|b| crate::records::decode_json("retry policy", &b))
+            .transpose()
+    }
+}
+
+fn retry_key(tenant: &TenantId, component: &ComponentName) -> Vec<u8> {
+    invicta_store::keys::pack(&("component-retry", tenant.as_str(), component.as_str()))
 }

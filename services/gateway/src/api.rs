@@ -129,6 +129,7 @@ const CODES: &[(&str, StatusCode)] = &[
     ("route_not_found", StatusCode::NOT_FOUND),
     ("route_exists", StatusCode::CONFLICT),
     ("config_not_found", StatusCode::NOT_FOUND),
+    ("retry_not_found", StatusCode::NOT_FOUND),
     ("host_taken", StatusCode::CONFLICT),
     ("quota_exceeded", StatusCode::TOO_MANY_REQUESTS),
     ("capacity_exhausted", StatusCode::SERVICE_UNAVAILABLE),
@@ -843,6 +844,13 @@ pub(crate) async fn enqueue(
             )
         })?;
         limits.retry = Some(retry.clone());
+    } else if let Some(retry) = state
+        .executor
+        .component_retry(&id.tenant, &id.component)
+        .await?
+    {
+        // The component's policy, over the plan's.
+        limits.retry = Some(retry);
     }
     request.check_exists(&state, &id).await?;
     let params = request.params(&state, &id).await?;
@@ -1171,9 +1179,17 @@ pub(crate) async fn create_schedule(
     incoming: axum::extract::Request,
 ) -> ApiResult<Response> {
     let tenant = caller.tenant(Scope::Invoke)?;
-    let limits = limits(caller.plan()?);
+    let mut limits = limits(caller.plan()?);
     let id = worker_id(tenant, component, worker)?;
     let request: NewSchedule = json_body(&headers, &body(read_body(incoming).await)?)?;
+    // A tick's invocation runs under the component's retry policy, over the plan's.
+    if let Some(retry) = state
+        .executor
+        .component_retry(&id.tenant, &id.component)
+        .await?
+    {
+        limits.retry = Some(retry);
+    }
     let params = Invoke {
         function: request.function.clone(),
         params: request.params,

@@ -185,3 +185,66 @@ pub(crate) async fn list_worker_config(
 ) -> ApiResult<Json<serde_json::Value>> {
     list(state, caller, component, Some(worker)).await
 }
+
+#[utoipa::path(put, path = "/v1/components/{component}/retry", tag = "config",
+    params(("component" = String, Path)),
+    request_body = invicta_executor::RetryPolicy,
+    responses((status = 200, description = "The policy of the component's background invocations that name none, over the plan's", body = invicta_executor::RetryPolicy)))]
+pub(crate) async fn set_component_retry(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(component): Path<String>,
+    headers: HeaderMap,
+    incoming: axum::extract::Request,
+) -> ApiResult<Json<invicta_executor::RetryPolicy>> {
+    let tenant = caller.tenant(Scope::Deploy)?;
+    let (component, _) = names(component, None)?;
+    let policy: invicta_executor::RetryPolicy =
+        json_body(&headers, &body(read_body(incoming).await)?)?;
+    state
+        .executor
+        .set_component_retry(&tenant, &component, Some(policy.clone()))
+        .await?;
+    Ok(Json(policy))
+}
+
+#[utoipa::path(get, path = "/v1/components/{component}/retry", tag = "config",
+    params(("component" = String, Path)),
+    responses((status = 200, description = "The component's retry policy (404 `retry_not_found` without one)", body = invicta_executor::RetryPolicy)))]
+pub(crate) async fn get_component_retry(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(component): Path<String>,
+) -> ApiResult<Json<invicta_executor::RetryPolicy>> {
+    let tenant = caller.tenant(Scope::Read)?;
+    let (component, _) = names(component, None)?;
+    state
+        .executor
+        .component_retry(&tenant, &component)
+        .await?
+        .map(Json)
+        .ok_or_else(|| {
+            Problem::new(
+                StatusCode::NOT_FOUND,
+                "retry_not_found",
+                "the component has no retry policy of its own",
+            )
+        })
+}
+
+#[utoipa::path(delete, path = "/v1/components/{component}/retry", tag = "config",
+    params(("component" = String, Path)),
+    responses((status = 204, description = "Removed: the plan's policy applies again")))]
+pub(crate) async fn delete_component_retry(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(component): Path<String>,
+) -> ApiResult<StatusCode> {
+    let tenant = caller.tenant(Scope::Deploy)?;
+    let (component, _) = names(component, None)?;
+    state
+        .executor
+        .set_component_retry(&tenant, &component, None)
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -494,6 +494,13 @@ fn router(config: &Config, state: AppState) -> Router {
                 .delete(config_api::unset_component_config),
         )
         .route(
+            "/v1/components/{component}/retry",
+            put(config_api::set_component_retry)
+                .layer(json_limit)
+                .get(config_api::get_component_retry)
+                .delete(config_api::delete_component_retry),
+        )
+        .route(
             "/v1/components/{component}/workers/{worker}/config",
             get(config_api::list_worker_config),
         )
