@@ -234,6 +234,21 @@ async fn workers_read_config_and_secrets_durably() -> anyhow::Result<()> {
         json!("shh-cli-secret")
     );
     cli(&["config", "unset", "conf", "from-cli"])?;
+
+    // Deleted with its workers and made again, the component starts with nothing set.
+    for worker in ["w1", "w3", "w5"] {
+        let deleted = api
+            .delete(&format!("/v1/components/conf/workers/{worker}"))
+            .await?;
+        assert_eq!(deleted.status, 204, "{worker}: {deleted:?}");
+    }
+    assert_eq!(api.delete("/v1/components/conf").await?.status, 204);
+    assert_eq!(
+        api.upload("conf", component("configured")).await?.status,
+        201
+    );
+    let fresh = api.get("/v1/components/conf/config").await?;
+    assert_eq!(fresh.body["entries"], json!([]), "{fresh:?}");
     Ok(())
 }
 

@@ -112,6 +112,30 @@ impl Executor {
     }
 }
 
+impl Executor {
+    /// Removes what the component was given over the API (configuration, secrets, retry
+    /// policy), once it is deleted.
+    pub async fn forget_component(
+        &self,
+        tenant: &TenantId,
+        component: &ComponentName,
+    ) -> Result<()> {
+        let (config, retry) = (
+            settings::component_prefix(tenant, component),
+            retry_key(tenant, component),
+        );
+        self.inner
+            .store
+            .transact(move |tx| {
+                let (begin, end) = invicta_store::keys::prefix_range(&config);
+                tx.clear_range(&begin, &end)?;
+                tx.clear(&retry)?;
+                Ok::<_, Error>(())
+            })
+            .await
+    }
+}
+
 fn retry_key(tenant: &TenantId, component: &ComponentName) -> Vec<u8> {
     invicta_store::keys::pack(&("component-retry", tenant.as_str(), component.as_str()))
 }

@@ -180,6 +180,11 @@ fn scope_prefix(tenant: &str, component: &str, worker: &str) -> Vec<u8> {
     pack(&("config", tenant, component, worker))
 }
 
+/// Every entry of a component and its workers (removed with the component).
+pub(crate) fn component_prefix(tenant: &TenantId, component: &ComponentName) -> Vec<u8> {
+    pack(&("config", tenant.as_str(), component.as_str()))
+}
+
 /// A worker's own entries (removed with the worker).
 pub(crate) fn worker_prefix(worker: &WorkerId) -> Vec<u8> {
     scope_prefix(

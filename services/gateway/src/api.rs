@@ -455,6 +455,9 @@ pub(crate) async fn delete_component(
     let tenant = caller.tenant(Scope::Deploy)?;
     let name = component_name(component)?;
     state.registry.delete(&tenant, &name).await?;
+    // Its configuration, secrets and retry policy go with it: a component made again under
+    // the name starts without them.
+    state.executor.forget_component(&tenant, &name).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
