@@ -685,3 +685,77 @@ async fn a_result_too_large_to_record_is_a_typed_failure() -> anyhow::Result<()>
     );
     Ok(())
 }
+
+/// An upload answered early (`Prefer: respond-async`): 202 with where to follow it, then the
+/// version once compiled, or the problem the upload would have answered; another tenant does
+/// not see it.
+#[tokio::test]
+async fn uploads_answered_early_are_followed_to_their_version() -> anyhow::Result<()> {
+    let data = tempfile::tempdir()?;
+    let server = Server::start(INVICTA.as_ref(), &data.path().join("data"))?;
+    let operator = server.operator();
+    let api = operator.new_tenant("early", "pro").await?;
+    let other = operator.new_tenant("other", "pro").await?;
+    let send = |bytes: Vec<u8>, name: &str| {
+        let request = api
+            .http
+            .post(format!("{}/v1/components/{name}", api.base))
+            .bearer_auth(api.key.clone().unwrap_or_default())
+            .header("content-type", "application/wasm")
+            .header("prefer", "respond-async")
+            .body(bytes);
+        async move { anyhow::Ok(request.send().await?) }
+    };
+    let follow = |location: String| {
+        let api = api.clone();
+        async move {
+            invicta_tests::eventually(
+                "the upload ends",
+                std::time::Duration::from_secs(60),
+                || {
+                    let (api, location) = (api.clone(), location.clone());
+                    async move {
+                        let job = api.get(&location).await?;
+                        Ok((job.body["status"] != "compiling").then_some(job))
+                    }
+                },
+            )
+            .await
+        }
+    };
+    let accepted = send(component("counter"), "counter").await?;
+    assert_eq!(accepted.status(), 202);
+    let location = accepted
+        .headers()
+        .get("location")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        location.starts_with("/v1/components/counter/uploads/"),
+        "{location}"
+    );
+    let hidden = other.get(&location).await?;
+    assert_eq!((hidden.status, hidden.code()), (404, "upload_not_found"));
+    let done = follow(location).await?;
+    assert_eq!(done.body["status"], "ready", "{done:?}");
+    assert_eq!(done.body["version"]["version"], 1);
+    assert_eq!(done.body["created"], true);
+    assert_eq!(api.call("counter", "w", "add", json!([2])).await?, json!(2));
+
+    let refused = send(b"not a component".to_vec(), "broken").await?;
+    assert_eq!(refused.status(), 202);
+    let location = refused
+        .headers()
+        .get("location")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    let failed = follow(location).await?;
+    assert_eq!(failed.body["status"], "failed", "{failed:?}");
+    assert_eq!(
+        failed.body["problem"]["code"], "invalid_component",
+        "{failed:?}"
+    );
+    Ok(())
+}

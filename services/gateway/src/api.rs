@@ -130,6 +130,7 @@ const CODES: &[(&str, StatusCode)] = &[
     ("route_exists", StatusCode::CONFLICT),
     ("config_not_found", StatusCode::NOT_FOUND),
     ("retry_not_found", StatusCode::NOT_FOUND),
+    ("upload_not_found", StatusCode::NOT_FOUND),
     ("host_taken", StatusCode::CONFLICT),
     ("quota_exceeded", StatusCode::TOO_MANY_REQUESTS),
     ("capacity_exhausted", StatusCode::SERVICE_UNAVAILABLE),
@@ -247,13 +248,39 @@ fn component_json(v: &invicta_component_registry::ComponentVersion) -> serde_jso
     })
 }
 
+#[utoipa::path(get, path = "/v1/components/{component}/uploads/{upload}", tag = "components",
+    params(("component" = String, Path), ("upload" = String, Path)),
+    responses((status = 200, description = "How an upload answered early goes: `compiling`, `ready` (with `version`) or `failed` (with `problem`); 404 `upload_not_found` once forgotten", body = crate::openapi::UploadStatus)))]
+pub(crate) async fn get_upload(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path((component, upload)): Path<(String, String)>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let tenant = caller.tenant(Scope::Read)?;
+    let name = component_name(component)?;
+    state
+        .uploads
+        .show(tenant.as_str(), name.as_str(), &upload)
+        .map(Json)
+        .ok_or_else(|| {
+            Problem::new(
+                StatusCode::NOT_FOUND,
+                "upload_not_found",
+                format!("no upload `{upload}` of this component is remembered"),
+            )
+        })
+}
+
 #[utoipa::path(post, path = "/v1/components/{component}", tag = "components",
-    params(("component" = String, Path, description = "The component's name")),
+    params(("component" = String, Path, description = "The component's name"),
+        ("Prefer" = Option<String>, Header, description = "`respond-async`: answer 202 at once, compile in the background")),
     request_body(description = "The component's bytes",
         content((crate::openapi::WasmBytes = "application/wasm"), (crate::openapi::WasmBytes = "application/octet-stream"))),
     responses(
         (status = 201, description = "A new version", body = crate::openapi::Component),
         (status = 200, description = "These bytes are already a version", body = crate::openapi::Component),
+        (status = 202, description = "Answered early (`Prefer: respond-async`): compiling; `Location` says how it goes", body = crate::openapi::UploadAccepted,
+            headers(("Location" = String, description = "The upload's status"))),
     ))]
 pub(crate) async fn upload_component(
     State(state): State<AppState>,
@@ -291,6 +318,43 @@ pub(crate) async fn upload_component(
             ),
         )
     })?;
+    // `Prefer: respond-async`: answered now, compiled in the background.
+    let early = headers
+        .get_all("prefer")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|p| p.trim().eq_ignore_ascii_case("respond-async"));
+    if early {
+        let id = state.uploads.start(tenant.as_str(), name.as_str());
+        let (registry, uploads, job) = (state.registry.clone(), state.uploads.clone(), id.clone());
+        let (tenant_c, name_c) = (tenant.clone(), name.clone());
+        tokio::spawn(async move {
+            let progress = match registry
+                .upload(&tenant_c, &name_c, bytes.to_vec(), quota)
+                .await
+            {
+                Ok(uploaded) => crate::uploads::Progress::Ready {
+                    version: component_json(&uploaded.version),
+                    created: uploaded.created,
+                },
+                Err(e) => crate::uploads::Progress::Failed {
+                    problem: Problem::from(e).body(),
+                },
+            };
+            uploads.finish(&job, progress);
+        });
+        let location = format!("/v1/components/{name}/uploads/{id}");
+        let mut response = (
+            StatusCode::ACCEPTED,
+            Json(json!({ "upload": id, "status": "compiling" })),
+        )
+            .into_response();
+        if let Ok(value) = HeaderValue::from_str(&location) {
+            response.headers_mut().insert(header::LOCATION, value);
+        }
+        return Ok(response);
+    }
     let uploaded = state
         .registry
         .upload(&tenant, &name, bytes.to_vec(), quota)

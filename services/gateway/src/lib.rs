@@ -15,6 +15,7 @@ mod problem;
 mod public;
 mod route_api;
 mod routes;
+mod uploads;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -122,6 +123,8 @@ pub(crate) struct AppState {
     limiters: std::sync::Arc<auth::Limiters>,
     /// The public routes, as the public listener serves them.
     routes: Arc<routes::Tables>,
+    /// Uploads answered early, compiling in the background.
+    uploads: Arc<uploads::Uploads>,
     /// Turns true when the server stops: streams end so that shutdown does not wait for them.
     stop: tokio::sync::watch::Receiver<bool>,
 }
@@ -175,6 +178,7 @@ impl Service {
             billing: backends.billing,
             limiters: Default::default(),
             routes: Arc::new(routes::Tables::new(backends.store.clone())),
+            uploads: Default::default(),
             stop: stopped,
         };
         let meter = Arc::new(public::Meter::default());
@@ -402,6 +406,10 @@ fn router(config: &Config, state: AppState) -> Router {
                 .layer(DefaultBodyLimit::max(component_limit))
                 .get(api::get_component)
                 .delete(api::delete_component),
+        )
+        .route(
+            "/v1/components/{component}/uploads/{upload}",
+            get(api::get_upload),
         )
         .route(
             "/v1/components/{component}/workers",

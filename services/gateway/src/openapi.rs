@@ -242,6 +242,29 @@ pub(crate) struct Readiness {
     blobs: Part,
 }
 
+/// An upload answered early.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct UploadAccepted {
+    upload: String,
+    /// `compiling`.
+    status: String,
+}
+
+/// How an upload answered early goes.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct UploadStatus {
+    upload: String,
+    /// `compiling`, `ready` or `failed`.
+    status: String,
+    elapsed_ms: u64,
+    /// When ready: whether the bytes made a new version.
+    created: Option<bool>,
+    /// When ready.
+    version: Option<Component>,
+    /// When failed: the problem the upload would have answered.
+    problem: Option<Problem>,
+}
+
 /// Configuration entries.
 #[derive(Serialize, ToSchema)]
 pub(crate) struct ConfigList {
@@ -286,6 +309,7 @@ pub(crate) struct RouteWithUsage {
         openapi_json,
         api::list_components,
         api::upload_component,
+        api::get_upload,
         api::get_component,
         api::delete_component,
         api::create_worker,

@@ -58,8 +58,9 @@ impl Problem {
     }
 }
 
-impl IntoResponse for Problem {
-    fn into_response(self) -> Response {
+impl Problem {
+    /// The problem's JSON object, as its response carries it.
+    pub fn body(&self) -> Value {
         let mut body = json!({
             "type": format!("https://invicta.dev/problems/{}", self.code),
             "title": self.status.canonical_reason().unwrap_or("error"),
@@ -67,9 +68,16 @@ impl IntoResponse for Problem {
             "code": self.code,
             "detail": self.detail,
         });
-        if let (Some(extra), Some(object)) = (self.extra, body.as_object_mut()) {
-            object.extend(extra);
+        if let (Some(extra), Some(object)) = (&self.extra, body.as_object_mut()) {
+            object.extend(extra.clone());
         }
+        body
+    }
+}
+
+impl IntoResponse for Problem {
+    fn into_response(self) -> Response {
+        let body = self.body();
         let mut response = (self.status, Json(body)).into_response();
         response.headers_mut().insert(
             header::CONTENT_TYPE,

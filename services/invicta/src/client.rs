@@ -689,12 +689,60 @@ async fn upload(
         .post(format!("{}/v1/components/{name}", client.base))
         .header("content-type", "application/wasm")
         .header("content-length", total)
+        // Answered once the bytes are in; the compile is followed below.
+        .header("prefer", "respond-async")
         .body(reqwest::Body::wrap_stream(stream));
     let result = client.send(request).await;
     if let Some(bar) = bar {
         bar.finish_and_clear();
     }
-    result
+    let (status, body) = result?;
+    if status != 202 {
+        return Ok((status, body));
+    }
+    let id = body["upload"].as_str().unwrap_or_default().to_string();
+    let spinner = std::io::IsTerminal::is_terminal(&std::io::stderr()).then(|| {
+        let spinner = indicatif::ProgressBar::new_spinner();
+        spinner.set_message("compiling");
+        spinner
+    });
+    let outcome = loop {
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        let job = client
+            .get(&format!("/v1/components/{name}/uploads/{id}"))
+            .await?;
+        match job["status"].as_str() {
+            Some("ready") => {
+                let status = if job["created"] == Value::Bool(true) {
+                    201
+                } else {
+                    200
+                };
+                break Ok((status, job["version"].clone()));
+            }
+            Some("failed") => {
+                let problem = job["problem"].clone();
+                let status = problem["status"]
+                    .as_u64()
+                    .and_then(|s| u16::try_from(s).ok())
+                    .unwrap_or(500);
+                break Err(Failure::Api(status, problem));
+            }
+            _ => {
+                if let Some(spinner) = &spinner {
+                    spinner.set_message(format!(
+                        "compiling… {:.1} s",
+                        job["elapsed_ms"].as_u64().unwrap_or(0) as f64 / 1000.0
+                    ));
+                    spinner.tick();
+                }
+            }
+        }
+    };
+    if let Some(spinner) = spinner {
+        spinner.finish_and_clear();
+    }
+    outcome
 }
 
 async fn run(connection: &Connection, request: Request) -> Result<Output, Failure> {
