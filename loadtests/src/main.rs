@@ -8,6 +8,7 @@ mod metering;
 mod serve;
 mod stats;
 mod store;
+mod upload;
 
 use clap::{Parser, Subcommand};
 
@@ -30,6 +31,8 @@ enum Scenario {
     /// Tenants' traffic on the public listener: an ephemeral HTTP handler beside plain hyper,
     /// and a function route beside the same call over the API.
     Serve(serve::Args),
+    /// Upload to first call of guests, beside plain wasmtime's compile of the same bytes.
+    Upload(upload::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -38,5 +41,6 @@ fn main() -> anyhow::Result<()> {
         Scenario::Invoke(args) => invoke::run(&args),
         Scenario::Admission(args) => admission::run(&args),
         Scenario::Serve(args) => serve::run(&args),
+        Scenario::Upload(args) => upload::run(&args),
     }
 }

@@ -1,0 +1,100 @@
+//! `upload`: how long a component takes from upload to first call, beside plain wasmtime's
+//! compile of the same bytes with the same engine settings in the same run. Each upload is of
+//! bytes the server has not seen, so it compiles (in its child process, at a lower priority).
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{Context, bail};
+use invicta_tests::Server;
+use serde_json::json;
+
+use crate::invoke::{duration, server_binary, workspace_root};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The server binary [default: $CARGO_TARGET_DIR/release/invicta, else target/release/invicta]
+    #[arg(long)]
+    server_bin: Option<PathBuf>,
+    /// The directory of the guest components [default: tests/components/wasm]
+    #[arg(long)]
+    components: Option<PathBuf>,
+}
+
+pub fn run(args: &Args) -> anyhow::Result<()> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(measure(args))
+}
+
+/// The guests measured: name, and a function to call first with its parameters.
+const GUESTS: [(&str, &str, &str); 3] = [
+    ("counter", "add", "[1]"),
+    ("types", "echo-u8", "[7]"),
+    ("wstd_fetcher", "", ""),
+];
+
+async fn measure(args: &Args) -> anyhow::Result<()> {
+    let binary = server_binary(args.server_bin.as_deref())?;
+    let components = args
+        .components
+        .clone()
+        .unwrap_or_else(|| workspace_root().join("tests/components/wasm"));
+    let root = tempfile::tempdir_in(".")?;
+    let server = Server::start(&binary, &root.path().join("data"))?;
+    let api = server.operator().new_tenant("bench", "unlimited").await?;
+    let engine = invicta_engine::Engine::new(&invicta_engine::Config::default())?;
+    println!(
+        "upload bench: upload to first call, beside plain wasmtime's compile of the same bytes"
+    );
+    println!(
+        "{:<16} {:>10} {:>16} {:>16} {:>10}",
+        "component", "bytes", "wasmtime compile", "upload → call", "ratio"
+    );
+    for (name, function, params) in GUESTS {
+        let path = components.join(format!("{name}.wasm"));
+        let bytes = std::fs::read(&path).with_context(|| {
+            format!(
+                "read {} (build the guests with `make components`)",
+                path.display()
+            )
+        })?;
+        let plain = {
+            let (engine, bytes) = (engine.engine.clone(), bytes.clone());
+            tokio::task::spawn_blocking(move || {
+                let t = Instant::now();
+                wasmtime::component::Component::new(&engine, &bytes).map(|_| t.elapsed())
+            })
+            .await??
+        };
+        let t = Instant::now();
+        let uploaded = api.upload(name, bytes.clone()).await?;
+        if uploaded.status != 201 {
+            bail!("upload {name}: {uploaded:?}");
+        }
+        if !function.is_empty() {
+            let params: serde_json::Value = serde_json::from_str(params)?;
+            let reply = api
+                .post_json(
+                    &format!("/v1/components/{name}/workers/first/invoke"),
+                    &json!({ "function": function, "params": params }),
+                    None,
+                )
+                .await?;
+            if reply.status != 200 {
+                bail!("first call of {name}: {reply:?}");
+            }
+        }
+        let served = t.elapsed();
+        println!(
+            "{name:<16} {:>10} {:>16} {:>16} {:>9.2}×",
+            bytes.len(),
+            duration(plain),
+            duration(served),
+            served.as_secs_f64() / plain.as_secs_f64().max(f64::MIN_POSITIVE)
+        );
+    }
+    println!("(wstd_fetcher: upload only; its functions call out)");
+    Ok(())
+}
