@@ -326,7 +326,17 @@ pub(crate) async fn upload_component(
         .flat_map(|v| v.split(','))
         .any(|p| p.trim().eq_ignore_ascii_case("respond-async"));
     if early {
-        let id = state.uploads.start(tenant.as_str(), name.as_str());
+        let Some(id) = state.uploads.start(tenant.as_str(), name.as_str()) else {
+            let most = crate::uploads::COMPILING_PER_TENANT_MAX;
+            return Err(Problem {
+                retry_after_s: Some(1),
+                ..Problem::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "rate_limited",
+                    format!("{most} uploads of this tenant are compiling; wait for one to end"),
+                )
+            });
+        };
         let (registry, uploads, job) = (state.registry.clone(), state.uploads.clone(), id.clone());
         let (tenant_c, name_c) = (tenant.clone(), name.clone());
         tokio::spawn(async move {

@@ -13,6 +13,10 @@ use serde_json::{Value, json};
 /// Upload jobs remembered.
 pub const JOBS_MAX: usize = 1_000;
 
+/// Uploads of one tenant compiling at once in the background: each holds its bytes until its
+/// compile is done, so a client that does not wait cannot pile them up.
+pub const COMPILING_PER_TENANT_MAX: usize = 2;
+
 /// How an upload goes.
 #[derive(Debug, Clone)]
 pub(crate) enum Progress {
@@ -44,11 +48,19 @@ impl Uploads {
         self.jobs.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// A new job, compiling; its id.
-    pub(crate) fn start(&self, tenant: &str, component: &str) -> String {
+    /// A new job, compiling; its id. `None` when the tenant has as many compiling as it may.
+    pub(crate) fn start(&self, tenant: &str, component: &str) -> Option<String> {
         let bytes: [u8; 12] = rand::random();
         let id: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
         let mut jobs = self.lock();
+        let compiling = jobs
+            .0
+            .values()
+            .filter(|j| j.tenant == tenant && matches!(j.progress, Progress::Compiling))
+            .count();
+        if compiling >= COMPILING_PER_TENANT_MAX {
+            return None;
+        }
         jobs.0.insert(
             id.clone(),
             Job {
@@ -64,7 +76,7 @@ impl Uploads {
                 jobs.0.remove(&old);
             }
         }
-        id
+        Some(id)
     }
 
     pub(crate) fn finish(&self, id: &str, progress: Progress) {
@@ -103,7 +115,13 @@ mod tests {
     #[test]
     fn jobs_are_seen_only_by_their_tenant_and_forgotten_past_the_limit() {
         let uploads = Uploads::default();
-        let id = uploads.start("t", "c");
+        let id = uploads.start("t", "c").expect("a first job");
+        let second = uploads.start("t", "c").expect("a second job");
+        assert!(
+            uploads.start("t", "c").is_none(),
+            "a third while two compile"
+        );
+        assert!(uploads.start("u", "c").is_some(), "another tenant's");
         assert_eq!(
             uploads.show("t", "c", &id).map(|v| v["status"].clone()),
             Some(json!("compiling"))
@@ -119,8 +137,16 @@ mod tests {
             uploads.show("t", "c", &id).map(|v| v["status"].clone()),
             Some(json!("failed"))
         );
+        uploads.finish(
+            &second,
+            Progress::Ready {
+                version: json!({}),
+                created: true,
+            },
+        );
         for _ in 0..JOBS_MAX {
-            uploads.start("t", "c");
+            let id = uploads.start("t", "c").expect("room, the others done");
+            uploads.finish(&id, Progress::Failed { problem: json!({}) });
         }
         assert!(
             uploads.show("t", "c", &id).is_none(),
