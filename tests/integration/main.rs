@@ -4,6 +4,7 @@
 mod cli;
 mod clients;
 mod cluster;
+mod compat;
 mod config;
 mod control;
 mod crash;
