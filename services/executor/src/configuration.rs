@@ -3,6 +3,10 @@
 
 use invicta_model::{ComponentName, TenantId, WorkerName};
 
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
 use invicta_model::retry::RetryPolicy;
 
 use crate::Executor;
@@ -95,20 +99,30 @@ impl Executor {
                 }
                 Ok::<_, Error>(())
             })
-            .await
+            .await?;
+        self.inner.retries.forget(tenant, component);
+        Ok(())
     }
 
-    /// The component's retry policy, if it has one.
+    /// The component's retry policy, if it has one (as read at most [`RETRY_STALE`] ago: a
+    /// change made through another process applies within it).
     pub async fn component_retry(
         &self,
         tenant: &TenantId,
         component: &ComponentName,
     ) -> Result<Option<RetryPolicy>> {
+        if let Some(known) = self.inner.retries.known(tenant, component) {
+            return Ok(known);
+        }
         let key = retry_key(tenant, component);
         let bytes = self.inner.store.read(move |tx| tx.get(&key)).await?;
-        bytes
+        let policy: Option<RetryPolicy> = bytes
             .map(|b| crate::records::decode_json("retry policy", &b))
-            .transpose()
+            .transpose()?;
+        self.inner
+            .retries
+            .remember(tenant, component, policy.clone());
+        Ok(policy)
     }
 }
 
@@ -132,7 +146,49 @@ impl Executor {
                 tx.clear(&retry)?;
                 Ok::<_, Error>(())
             })
-            .await
+            .await?;
+        self.inner.retries.forget(tenant, component);
+        Ok(())
+    }
+}
+
+/// How long a component's retry policy is used as read before it is read again.
+pub const RETRY_STALE: Duration = Duration::from_secs(1);
+
+/// Components' retry policies as last read: an enqueue need not read the store for one.
+#[derive(Default)]
+pub(crate) struct Retries {
+    known: Mutex<HashMap<(TenantId, ComponentName), Read>>,
+}
+
+/// A policy (or none) and when it was read.
+type Read = (Instant, Option<RetryPolicy>);
+
+impl Retries {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(TenantId, ComponentName), Read>> {
+        self.known.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn known(&self, tenant: &TenantId, component: &ComponentName) -> Option<Option<RetryPolicy>> {
+        self.lock()
+            .get(&(tenant.clone(), component.clone()))
+            .filter(|(at, _)| at.elapsed() < RETRY_STALE)
+            .map(|(_, policy)| policy.clone())
+    }
+
+    fn remember(&self, tenant: &TenantId, component: &ComponentName, policy: Option<RetryPolicy>) {
+        let mut known = self.lock();
+        if known.len() > 10_000 {
+            known.clear();
+        }
+        known.insert(
+            (tenant.clone(), component.clone()),
+            (Instant::now(), policy),
+        );
+    }
+
+    fn forget(&self, tenant: &TenantId, component: &ComponentName) {
+        self.lock().remove(&(tenant.clone(), component.clone()));
     }
 }
 

@@ -114,6 +114,8 @@ pub(crate) struct Inner {
     /// What ephemeral HTTP handlers may import, and the handlers prepared to serve.
     pub handler_linker: wasmtime::component::Linker<serve::HandlerCtx>,
     pub handlers: serve::Handlers,
+    /// Components' retry policies as last read, and when (`configuration.rs`).
+    pub retries: configuration::Retries,
 }
 
 impl std::ops::Deref for Inner {
@@ -212,6 +214,7 @@ impl Executor {
                 instance_pres: Mutex::new(HashMap::new()),
                 handler_linker,
                 handlers: serve::Handlers::default(),
+                retries: Default::default(),
             }),
         };
         executor.recover().await?;

@@ -43,6 +43,28 @@ fn unreadable(name: &str) -> wasmtime::Error {
     wasmtime::Error::msg(format!("an unreadable recorded {name}"))
 }
 
+/// A read of the configuration: as recorded, in replay; live, what the worker sees now, shaped
+/// by `shape` and recorded (a failure to read, too, as the call's error).
+async fn read(
+    durability: &crate::durability::Shared,
+    host: &crate::hostapi::HostApi,
+    name: &str,
+    shape: impl FnOnce(&[(String, Seen)]) -> Value,
+) -> wasmtime::Result<Value> {
+    let replayed = lock(durability)
+        .replayed(name)
+        .map_err(wasmtime::Error::msg)?;
+    if let Some(recorded) = replayed {
+        return Ok(recorded);
+    }
+    let response = match host.workers.config(host.worker.clone()).await {
+        Ok(seen) => Value::Result(Ok(Some(Box::new(shape(&seen))))),
+        Err(e) => Value::Result(Err(Some(Box::new(Value::String(e))))),
+    };
+    lock(durability).record(name, response.clone());
+    Ok(response)
+}
+
 pub(crate) fn add_to_linker<T: HostApiView>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
     for version in VERSIONS {
         let mut store = linker.instance(&format!("wasi:config/store@{version}"))?;
@@ -50,25 +72,15 @@ pub(crate) fn add_to_linker<T: HostApiView>(linker: &mut Linker<T>) -> wasmtime:
             let data = store.data();
             let (durability, host) = (data.durability().clone(), data.host_api().cloned());
             Box::new(async move {
-                let replayed = lock(&durability)
-                    .replayed(GET)
-                    .map_err(wasmtime::Error::msg)?;
                 let host = host.ok_or_else(|| wasmtime::Error::msg("no configuration here"))?;
-                let response = match replayed {
-                    Some(recorded) => recorded,
-                    None => {
-                        let response = match host.workers.config(host.worker.clone()).await {
-                            Ok(seen) => Value::Result(Ok(Some(Box::new(Value::Option(
-                                seen.iter()
-                                    .find(|(k, _)| *k == key)
-                                    .map(|(_, s)| Box::new(recorded(s))),
-                            ))))),
-                            Err(e) => Value::Result(Err(Some(Box::new(Value::String(e))))),
-                        };
-                        lock(&durability).record(GET, response.clone());
-                        response
-                    }
-                };
+                let response = read(&durability, &host, GET, |seen| {
+                    Value::Option(
+                        seen.iter()
+                            .find(|(k, _)| *k == key)
+                            .map(|(_, s)| Box::new(recorded(s))),
+                    )
+                })
+                .await?;
                 let answer = match response {
                     Value::Result(Ok(Some(found))) => match *found {
                         Value::Option(None) => Ok(None),
@@ -113,27 +125,15 @@ pub(crate) fn add_to_linker<T: HostApiView>(linker: &mut Linker<T>) -> wasmtime:
             let data = store.data();
             let (durability, host) = (data.durability().clone(), data.host_api().cloned());
             Box::new(async move {
-                let replayed = lock(&durability)
-                    .replayed(GET_ALL)
-                    .map_err(wasmtime::Error::msg)?;
                 let host = host.ok_or_else(|| wasmtime::Error::msg("no configuration here"))?;
-                let response = match replayed {
-                    Some(recorded) => recorded,
-                    None => {
-                        let response = match host.workers.config(host.worker.clone()).await {
-                            Ok(seen) => Value::Result(Ok(Some(Box::new(Value::List(
-                                seen.iter()
-                                    .map(|(k, s)| {
-                                        Value::Tuple(vec![Value::String(k.clone()), recorded(s)])
-                                    })
-                                    .collect(),
-                            ))))),
-                            Err(e) => Value::Result(Err(Some(Box::new(Value::String(e))))),
-                        };
-                        lock(&durability).record(GET_ALL, response.clone());
-                        response
-                    }
-                };
+                let response = read(&durability, &host, GET_ALL, |seen| {
+                    Value::List(
+                        seen.iter()
+                            .map(|(k, s)| Value::Tuple(vec![Value::String(k.clone()), recorded(s)]))
+                            .collect(),
+                    )
+                })
+                .await?;
                 let answer = match response {
                     Value::Result(Ok(Some(list))) => {
                         let Value::List(items) = *list else {
