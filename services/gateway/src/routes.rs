@@ -291,14 +291,19 @@ impl Pattern {
 
 /// A host as routes name it: lower case, no port, no trailing dot.
 pub fn normal_host(host: &str) -> String {
-    let host = host.trim().trim_end_matches('.');
+    let host = host.trim();
+    // An IPv6 literal keeps its brackets and loses its port.
+    if let Some(rest) = host.strip_prefix('[') {
+        return match rest.split_once(']') {
+            Some((address, _)) => format!("[{}]", address.to_ascii_lowercase()),
+            None => host.to_ascii_lowercase(),
+        };
+    }
     let host = match host.rsplit_once(':') {
-        Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) && !name.ends_with(']') => {
-            name
-        }
+        Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
         _ => host,
     };
-    host.to_ascii_lowercase()
+    host.trim_end_matches('.').to_ascii_lowercase()
 }
 
 fn valid_host(host: &str) -> bool {
@@ -410,6 +415,13 @@ pub fn check(mut spec: RouteSpec) -> Result<(RouteSpec, Pattern), String> {
     if let Some(cors) = &spec.cors {
         if cors.origins.is_empty() || cors.origins.len() > 32 {
             return Err("`cors.origins` lists 1 to 32 origins, or `*`".into());
+        }
+        if cors.headers.len() > 32 {
+            return Err("`cors.headers` lists at most 32 headers".into());
+        }
+        if let Some(origin) = cors.origins.iter().find(|o| o.len() > 256) {
+            let start: String = origin.chars().take(32).collect();
+            return Err(format!("the origin `{start}…` is longer than 256 bytes"));
         }
         for header in &cors.headers {
             axum::http::HeaderName::try_from(header.as_str())
@@ -770,6 +782,9 @@ mod tests {
     fn hosts_are_normalised() {
         assert_eq!(normal_host("API.Example.com:8080"), "api.example.com");
         assert_eq!(normal_host("example.com."), "example.com");
+        assert_eq!(normal_host("example.com.:443"), "example.com");
+        assert_eq!(normal_host("[::1]:8081"), "[::1]");
+        assert_eq!(normal_host("[::1]"), "[::1]");
     }
 
     proptest! {
