@@ -272,14 +272,13 @@ pub(crate) async fn get_upload(
 }
 
 #[utoipa::path(post, path = "/v1/components/{component}", tag = "components",
-    params(("component" = String, Path, description = "The component's name"),
-        ("Prefer" = Option<String>, Header, description = "`respond-async`: answer 202 at once, compile in the background")),
+    params(("component" = String, Path, description = "The component's name")),
     request_body(description = "The component's bytes",
         content((crate::openapi::WasmBytes = "application/wasm"), (crate::openapi::WasmBytes = "application/octet-stream"))),
     responses(
         (status = 201, description = "A new version", body = crate::openapi::Component),
         (status = 200, description = "These bytes are already a version", body = crate::openapi::Component),
-        (status = 202, description = "Answered early (`Prefer: respond-async`): compiling; `Location` says how it goes", body = crate::openapi::UploadAccepted,
+        (status = 202, description = "Answered early, when the request says `Prefer: respond-async`: the bytes are in and compiling; `Location` says how it goes", body = crate::openapi::UploadAccepted,
             headers(("Location" = String, description = "The upload's status"))),
     ))]
 pub(crate) async fn upload_component(
