@@ -251,6 +251,39 @@ async fn handler_components_serve_behind_urls_and_refusals_are_problems() -> any
     let own = api.key.clone().unwrap_or_default();
     let answer = send(http.get(format!("{public}{keyed}")).bearer_auth(&own)).await?;
     assert_eq!(answer.status, 200, "{}", answer.text);
+    let base_headers = route(
+        &api,
+        "open",
+        json!({ "path": "/open/{*rest}", "target": { "kind": "handler", "component": "hello" } }),
+    )
+    .await?
+    .replace("{*rest}", "headers");
+    // The route's own credential is not the handler's; anything else, `Authorization` on a
+    // public route included, is.
+    let seen = route(
+        &api,
+        "seen",
+        json!({ "path": "/seen/{*rest}", "auth": { "kind": "key" },
+                "target": { "kind": "handler", "component": "hello" } }),
+    )
+    .await?;
+    let answer = send(
+        http.get(format!("{public}{}", seen.replace("{*rest}", "headers")))
+            .bearer_auth(&own)
+            .header("x-mine", "1"),
+    )
+    .await?;
+    assert!(
+        answer.text.contains("x-mine") && !answer.text.contains("authorization"),
+        "{}",
+        answer.text
+    );
+    let answer = send(
+        http.get(format!("{public}{base_headers}"))
+            .header("authorization", "Basic dXNlcjpwYXNz"),
+    )
+    .await?;
+    assert!(answer.text.contains("authorization"), "{}", answer.text);
     let theirs = other.key.clone().unwrap_or_default();
     let answer = send(http.get(format!("{public}{keyed}")).bearer_auth(&theirs)).await?;
     assert_eq!((answer.status, answer.code().as_str()), (403, "forbidden"));

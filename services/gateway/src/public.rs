@@ -410,7 +410,7 @@ async fn handle(
             let mut headers: Vec<(String, Vec<u8>)> = parts
                 .headers
                 .iter()
-                .filter(|(k, _)| !is_hop_by_hop(k) && *k != header::AUTHORIZATION)
+                .filter(|(k, _)| !is_hop_by_hop(k) && !is_credential(&spec.auth, k))
                 .map(|(k, v)| (k.as_str().to_string(), v.as_bytes().to_vec()))
                 .collect();
             if !matched.prefix.is_empty() {
@@ -624,6 +624,17 @@ fn preflight_answer(route: &Compiled) -> Response {
         HeaderValue::from(cors.max_age_s),
     );
     response
+}
+
+/// Whether a header carries the route's own credential (the tenant's key, or the route's
+/// secret), which the handler is not given; any other, `Authorization` on a public route
+/// included, is the handler's.
+fn is_credential(auth: &Auth, name: &HeaderName) -> bool {
+    match auth {
+        Auth::Public => false,
+        Auth::Key => *name == header::AUTHORIZATION,
+        Auth::Secret { header, .. } => name.as_str() == header,
+    }
 }
 
 fn is_hop_by_hop(name: &HeaderName) -> bool {

@@ -37,6 +37,13 @@ async fn main(request: Request<Body>) -> Result<Response<Body>, Error> {
             let (_, body) = request.into_parts();
             Ok(Response::new(body))
         }
+        "headers" => {
+            // The names of the headers the handler was given, sorted.
+            let mut names: Vec<String> =
+                request.headers().keys().map(|k| k.as_str().to_string()).collect();
+            names.sort();
+            Ok(Response::new(names.join(",").into()))
+        }
         "teapot" => Ok(Response::builder()
             .status(StatusCode::IM_A_TEAPOT)
             .body("short and stout".to_string().into())?),
