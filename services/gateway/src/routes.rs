@@ -671,7 +671,9 @@ impl Tables {
 
     /// Forgets the table: the next request reads the store again (after a change made here).
     pub fn invalidate(&self) {
-        self.lock().2 = None;
+        let mut state = self.lock();
+        // Stale at once, but kept to serve from while the next request reloads.
+        state.2 = state.2.and_then(|at| at.checked_sub(TABLE_STALE));
     }
 
     /// The current table.
@@ -682,8 +684,21 @@ impl Tables {
                 return Ok(state.0.clone());
             }
         }
-        // One request reloads; the others wait for it and take its table.
-        let _reloading = self.reload.lock().await;
+        // One request reloads; meanwhile the others take the table as it was (they wait only
+        // for the very first load).
+        let _reloading = match self.reload.try_lock() {
+            Ok(guard) => guard,
+            Err(_) => {
+                let loaded = {
+                    let state = self.lock();
+                    state.2.is_some().then(|| state.0.clone())
+                };
+                match loaded {
+                    Some(table) => return Ok(table),
+                    None => self.reload.lock().await,
+                }
+            }
+        };
         {
             let state = self.lock();
             if state.2.is_some_and(|at| at.elapsed() < TABLE_STALE) {
