@@ -248,6 +248,7 @@ async fn handler_components_serve_behind_urls_and_refusals_are_problems() -> any
         (answer.status, answer.code().as_str()),
         (401, "unauthorized")
     );
+    assert_eq!(answer.header("www-authenticate"), "Bearer");
     let own = api.key.clone().unwrap_or_default();
     let answer = send(http.get(format!("{public}{keyed}")).bearer_auth(&own)).await?;
     assert_eq!(answer.status, 200, "{}", answer.text);

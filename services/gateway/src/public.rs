@@ -223,7 +223,20 @@ async fn serve(State(state): State<PublicState>, request: Request) -> Response {
     let origin = request.headers().get(header::ORIGIN).cloned();
     let (response, route) = match handle(&state, request).await {
         Ok((response, route)) => (response, Some(route)),
-        Err((problem, route)) => (problem.into_response(), route),
+        Err((problem, route)) => {
+            // A keyed route says how to authenticate, as the API does.
+            let keyed = problem.status == StatusCode::UNAUTHORIZED
+                && route
+                    .as_ref()
+                    .is_some_and(|r| matches!(r.route.spec.auth, Auth::Key));
+            let mut response = problem.into_response();
+            if keyed {
+                response
+                    .headers_mut()
+                    .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            (response, route)
+        }
     };
     match (route, origin) {
         (Some(route), Some(origin)) => with_cors(response, &route, &origin),
