@@ -117,6 +117,30 @@ pub(crate) fn workspace_root() -> PathBuf {
     manifest.parent().unwrap_or(manifest).to_path_buf()
 }
 
+/// The guest components' directory (`tests/components/wasm` unless given).
+pub(crate) struct Guests(PathBuf);
+
+impl Guests {
+    pub(crate) fn at(given: Option<&Path>) -> Guests {
+        Guests(
+            given
+                .map(Path::to_path_buf)
+                .unwrap_or_else(|| workspace_root().join("tests/components/wasm")),
+        )
+    }
+
+    /// The bytes of guest `name`.
+    pub(crate) fn read(&self, name: &str) -> anyhow::Result<Vec<u8>> {
+        let path = self.0.join(format!("{name}.wasm"));
+        std::fs::read(&path).with_context(|| {
+            format!(
+                "read {} (build the guests with `make components`)",
+                path.display()
+            )
+        })
+    }
+}
+
 pub(crate) fn server_binary(given: Option<&Path>) -> anyhow::Result<PathBuf> {
     if let Some(path) = given {
         return Ok(path.to_path_buf());
@@ -193,19 +217,8 @@ struct Restart {
 async fn run_async(args: &Args) -> anyhow::Result<()> {
     let counts = Counts::new(args.quick);
     let binary = server_binary(args.server_bin.as_deref())?;
-    let components = args
-        .components
-        .clone()
-        .unwrap_or_else(|| workspace_root().join("tests/components/wasm"));
-    let read = |name: &str| {
-        let path = components.join(format!("{name}.wasm"));
-        std::fs::read(&path).with_context(|| {
-            format!(
-                "read {} (build the guests with `make components`)",
-                path.display()
-            )
-        })
-    };
+    let guests = Guests::at(args.components.as_deref());
+    let read = |name: &str| guests.read(name);
     let (counter, burner, fetcher, caller, waiter) = (
         read("counter")?,
         read("burner")?,

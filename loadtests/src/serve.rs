@@ -13,7 +13,7 @@ use anyhow::{Context, bail};
 use invicta_tests::Server;
 use serde_json::json;
 
-use crate::invoke::{Load, duration, load, server_binary, workspace_root};
+use crate::invoke::{Guests, Load, duration, load, server_binary};
 use crate::stats::Summary;
 
 #[derive(Debug, clap::Args)]
@@ -47,20 +47,8 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
 
 async fn measure(args: &Args) -> anyhow::Result<()> {
     let binary = server_binary(args.server_bin.as_deref())?;
-    let components = args
-        .components
-        .clone()
-        .unwrap_or_else(|| workspace_root().join("tests/components/wasm"));
-    let read = |name: &str| {
-        let path = components.join(format!("{name}.wasm"));
-        std::fs::read(&path).with_context(|| {
-            format!(
-                "read {} (build the guests with `make components`)",
-                path.display()
-            )
-        })
-    };
-    let (hello, counter) = (read("http_hello")?, read("counter")?);
+    let guests = Guests::at(args.components.as_deref());
+    let (hello, counter) = (guests.read("http_hello")?, guests.read("counter")?);
     let root = tempfile::tempdir_in(".")?;
     let server = Server::start_with(
         &binary,

@@ -5,11 +5,11 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use invicta_tests::Server;
 use serde_json::json;
 
-use crate::invoke::{duration, server_binary, workspace_root};
+use crate::invoke::{Guests, duration, server_binary};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -37,10 +37,7 @@ const GUESTS: [(&str, &str, &str); 3] = [
 
 async fn measure(args: &Args) -> anyhow::Result<()> {
     let binary = server_binary(args.server_bin.as_deref())?;
-    let components = args
-        .components
-        .clone()
-        .unwrap_or_else(|| workspace_root().join("tests/components/wasm"));
+    let guests = Guests::at(args.components.as_deref());
     let root = tempfile::tempdir_in(".")?;
     let server = Server::start(&binary, &root.path().join("data"))?;
     let api = server.operator().new_tenant("bench", "unlimited").await?;
@@ -53,13 +50,7 @@ async fn measure(args: &Args) -> anyhow::Result<()> {
         "component", "bytes", "wasmtime compile", "upload → call", "ratio"
     );
     for (name, function, params) in GUESTS {
-        let path = components.join(format!("{name}.wasm"));
-        let bytes = std::fs::read(&path).with_context(|| {
-            format!(
-                "read {} (build the guests with `make components`)",
-                path.display()
-            )
-        })?;
+        let bytes = guests.read(name)?;
         let plain = {
             let (engine, bytes) = (engine.engine.clone(), bytes.clone());
             tokio::task::spawn_blocking(move || {

@@ -64,6 +64,44 @@ fn shape(reply: &invicta_tests::Reply) -> Value {
     })
 }
 
+/// A scheduler, an executor and a gateway as separate processes on one store.
+struct Apart {
+    // Fields drop in order: the gateway first.
+    gateway: Server,
+    _executor: Server,
+    _scheduler: Server,
+}
+
+impl Apart {
+    /// Starts the roles under `scratch`, the gateway with `gateway_config` besides its peers.
+    fn start(scratch: &std::path::Path, gateway_config: &str) -> anyhow::Result<Apart> {
+        let dir = scratch.join("data");
+        std::fs::create_dir_all(&dir)?;
+        let scheduler = Server::start_role(
+            INVICTA.as_ref(),
+            &dir,
+            "scheduler",
+            "[scheduler]\nlisten = \"127.0.0.1:0\"\nlease_ms = 2000\n",
+        )?;
+        let peers = format!(
+            "[grpc]\nexecutor_listen = \"127.0.0.1:0\"\nscheduler = \"{}\"\n",
+            scheduler.url
+        );
+        let executor = Server::start_role(INVICTA.as_ref(), &dir, "executor", &peers)?;
+        let gateway = Server::start_role(
+            INVICTA.as_ref(),
+            &dir,
+            "gateway",
+            &format!("{gateway_config}{peers}"),
+        )?;
+        Ok(Apart {
+            gateway,
+            _executor: executor,
+            _scheduler: scheduler,
+        })
+    }
+}
+
 #[tokio::test]
 async fn failures_answer_the_same_in_one_process_and_apart() -> anyhow::Result<()> {
     let one = tempfile::tempdir()?;
@@ -72,22 +110,9 @@ async fn failures_answer_the_same_in_one_process_and_apart() -> anyhow::Result<(
     drop(all_in_one);
 
     let apart = tempfile::tempdir()?;
-    let dir = apart.path().join("data");
-    std::fs::create_dir_all(&dir)?;
-    let scheduler = Server::start_role(
-        INVICTA.as_ref(),
-        &dir,
-        "scheduler",
-        "[scheduler]\nlisten = \"127.0.0.1:0\"\nlease_ms = 2000\n",
-    )?;
-    let peers = format!(
-        "[grpc]\nexecutor_listen = \"127.0.0.1:0\"\nscheduler = \"{}\"\n",
-        scheduler.url
-    );
-    let executor = Server::start_role(INVICTA.as_ref(), &dir, "executor", &peers)?;
-    let gateway = Server::start_role(INVICTA.as_ref(), &dir, "gateway", &peers)?;
-    let separate = failures(&gateway).await?;
-    drop((gateway, executor, scheduler));
+    let roles = Apart::start(apart.path(), "")?;
+    let separate = failures(&roles.gateway).await?;
+    drop(roles);
 
     for ((what, a), (_, b)) in together.iter().zip(&separate) {
         assert_eq!(a, b, "{what}: one process {a}, apart {b}");
@@ -113,27 +138,11 @@ async fn failures_answer_the_same_in_one_process_and_apart() -> anyhow::Result<(
 #[tokio::test]
 async fn handlers_run_on_executors_when_the_roles_are_apart() -> anyhow::Result<()> {
     let apart = tempfile::tempdir()?;
-    let dir = apart.path().join("data");
-    std::fs::create_dir_all(&dir)?;
-    let scheduler = Server::start_role(
-        INVICTA.as_ref(),
-        &dir,
-        "scheduler",
-        "[scheduler]\nlisten = \"127.0.0.1:0\"\nlease_ms = 2000\n",
+    let roles = Apart::start(
+        apart.path(),
+        "[gateway]\npublic_listen = \"127.0.0.1:0\"\n[executor]\nfuel_per_invocation = 1\n",
     )?;
-    let peers = format!(
-        "[grpc]\nexecutor_listen = \"127.0.0.1:0\"\nscheduler = \"{}\"\n",
-        scheduler.url
-    );
-    let _executor = Server::start_role(INVICTA.as_ref(), &dir, "executor", &peers)?;
-    let gateway = Server::start_role(
-        INVICTA.as_ref(),
-        &dir,
-        "gateway",
-        &format!(
-            "[gateway]\npublic_listen = \"127.0.0.1:0\"\n[executor]\nfuel_per_invocation = 1\n{peers}"
-        ),
-    )?;
+    let gateway = &roles.gateway;
     let public = gateway
         .public_url
         .clone()

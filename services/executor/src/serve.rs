@@ -179,6 +179,8 @@ pub(crate) struct Head {
     parts: http::response::Parts,
     body: wasmtime_wasi_http::p2::body::HyperOutgoingBody,
     run: tokio::task::JoinHandle<Ran>,
+    /// The fuel the run used, told when it ends.
+    fuel: tokio::sync::oneshot::Receiver<u64>,
     deadline: Duration,
     started: Instant,
 }
@@ -250,6 +252,7 @@ pub(crate) async fn begin(
         .map_err(engine_error)?;
     let deadline = Duration::from_millis(ctx.config.invocation_timeout_ms.max(1));
     let started = Instant::now();
+    let (fuel_tx, fuel_rx) = tokio::sync::oneshot::channel();
     let run = tokio::spawn(async move {
         let outcome = tokio::time::timeout(deadline, async {
             let proxy = pre.instantiate_async(&mut store).await?;
@@ -259,9 +262,15 @@ pub(crate) async fn begin(
                 .await
         })
         .await;
+        let fuel_consumed = fuel.saturating_sub(store.get_fuel().unwrap_or(0));
+        if let Ok(Err(e)) = &outcome {
+            tracing::debug!(error = %format!("{e:#}"), "a handler failed");
+        }
+        // Whoever streams the body meters the fuel when the run ends.
+        let _ = fuel_tx.send(fuel_consumed);
         Ran {
             outcome,
-            fuel_consumed: fuel.saturating_sub(store.get_fuel().unwrap_or(0)),
+            fuel_consumed,
             memory_refused: store.data().limiter.memory_refused,
         }
     });
@@ -279,6 +288,7 @@ pub(crate) async fn begin(
         parts,
         body,
         run,
+        fuel: fuel_rx,
         deadline,
         started,
     })
@@ -320,6 +330,7 @@ pub(crate) async fn collect(head: Head) -> Result<HandlerResponse> {
         run,
         deadline,
         started,
+        ..
     } = head;
     let left = deadline.saturating_sub(started.elapsed());
     let collected = tokio::time::timeout(
@@ -372,18 +383,10 @@ pub(crate) async fn collect(head: Head) -> Result<HandlerResponse> {
 /// [`RESPONSE_BYTES_MAX`]; a run that fails or passes its deadline cuts it off), and `done`
 /// says the fuel the request used once the guest has finished.
 pub(crate) fn stream(head: Head) -> StreamedResponse {
+    // The run goes on, detached, while the body streams; its fuel comes on `fuel`.
     let Head {
-        parts, body, run, ..
+        parts, body, fuel, ..
     } = head;
-    let (fuel, done) = tokio::sync::oneshot::channel();
-    tokio::spawn(async move {
-        if let Ok(ran) = run.await {
-            if let Ok(Err(e)) = &ran.outcome {
-                tracing::debug!(error = %format!("{e:#}"), "a streaming handler failed after its head");
-            }
-            let _ = fuel.send(ran.fuel_consumed);
-        }
-    });
     let body = http_body_util::Limited::new(body, RESPONSE_BYTES_MAX)
         .map_err(|e| e.to_string())
         .boxed_unsync();
@@ -391,7 +394,7 @@ pub(crate) fn stream(head: Head) -> StreamedResponse {
         status: parts.status.as_u16(),
         headers: pairs(&parts.headers),
         body,
-        done,
+        done: fuel,
     }
 }
 
