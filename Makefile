@@ -19,9 +19,11 @@ KV_VERSION := 1.37.0
 KV_VENV ?= $(HOME)/.cache/invicta/kubernetes-validate-$(KV_VERSION)
 
 ## run: build the server and the example components, then start the all-in-one server on
-## $(LISTEN) (tenants' routes on $(PUBLIC_LISTEN)), data under $(DATA_DIR)
+## $(LISTEN) (tenants' routes on $(PUBLIC_LISTEN)), data under $(DATA_DIR); the first time it
+## makes a demo tenant with a worker and prints its key for the console at /console
 run: build components
-	$(INVICTA) server --listen $(LISTEN) --public-listen $(PUBLIC_LISTEN) --data-dir $(DATA_DIR)
+	$(INVICTA) server --listen $(LISTEN) --public-listen $(PUBLIC_LISTEN) --data-dir $(DATA_DIR) \
+		--demo tests/components/wasm/counter.wasm
 
 # The server alone resolves the same features as the test build (shared/feature-set), so
 # `make run`, `make test` and `make api-fuzz` compile the dependencies once between them.

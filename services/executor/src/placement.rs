@@ -126,10 +126,17 @@ pub(crate) fn take_all(
     lease_ms: u64,
 ) -> Result<Vec<(u32, u64)>, Error> {
     let mut granted = Vec::with_capacity(SHARDS as usize);
+    let mut failovers = Vec::new();
     for shard in 0..SHARDS {
         let key = lease_key(shard);
         let epoch = match tx.get(&key)? {
-            Some(bytes) => decode_json::<ShardLease>("shard lease", &bytes)?.epoch + 1,
+            Some(bytes) => {
+                let previous = decode_json::<ShardLease>("shard lease", &bytes)?;
+                if previous.owner != owner {
+                    failovers.push((shard, previous.owner, owner.to_string()));
+                }
+                previous.epoch + 1
+            }
             None => 1,
         };
         let lease = ShardLease {
@@ -141,6 +148,7 @@ pub(crate) fn take_all(
         tx.set(&key, &encode_json(&lease))?;
         granted.push((shard, epoch));
     }
+    invicta_worker_scheduler::record_failovers(tx, now_ms, &failovers)?;
     Ok(granted)
 }
 

@@ -104,4 +104,44 @@ impl Executor {
             })
             .await
     }
+
+    /// Up to `limit` of the worker's promises in id order, after `after` if given.
+    pub async fn promises(
+        &self,
+        id: &WorkerId,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, PromiseRecord)>> {
+        let (id_c, after) = (id.clone(), after.map(str::to_string));
+        self.inner
+            .store
+            .read(move |tx| {
+                if tx.get(&records::worker_key(&id_c))?.is_none() {
+                    return Err(Error::WorkerNotFound(id_c.to_string()));
+                }
+                let prefix = suspend::promises_prefix(&id_c);
+                let (mut begin, end) = invicta_store::keys::prefix_range(&prefix);
+                if let Some(after) = &after {
+                    begin = suspend::promise_key(&id_c, after);
+                    begin.push(0);
+                }
+                let rows =
+                    tx.get_range(&begin, &end, invicta_store::RangeOptions::limit(limit.max(1)))?;
+                let mut out = Vec::with_capacity(rows.len());
+                for row in rows {
+                    let Ok((_, _, _, _, promise)) = invicta_store::keys::unpack::<(
+                        String,
+                        String,
+                        String,
+                        String,
+                        String,
+                    )>(&row.key) else {
+                        continue;
+                    };
+                    out.push((promise, records::decode_json("promise", &row.value)?));
+                }
+                Ok(out)
+            })
+            .await
+    }
 }

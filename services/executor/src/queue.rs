@@ -342,6 +342,41 @@ impl Executor {
         Ok(())
     }
 
+    /// Up to `limit` of the worker's invocations accepted and not completed yet, in
+    /// idempotency-key order after `after` if given.
+    pub async fn pending_invocations(
+        &self,
+        id: &WorkerId,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, PendingRecord)>> {
+        let (id_c, after) = (id.clone(), after.map(str::to_string));
+        self.inner
+            .store
+            .read(move |tx| {
+                if tx.get(&records::worker_key(&id_c))?.is_none() {
+                    return Err(Error::WorkerNotFound(id_c.to_string()));
+                }
+                let (mut begin, end) =
+                    invicta_store::keys::prefix_range(&records::pending_prefix(&id_c));
+                if let Some(after) = &after {
+                    begin = records::pending_key(&id_c, after);
+                    begin.push(0);
+                }
+                let rows =
+                    tx.get_range(&begin, &end, invicta_store::RangeOptions::limit(limit.max(1)))?;
+                let mut out = Vec::with_capacity(rows.len());
+                for row in rows {
+                    let Some((_, key)) = records::parse_pending_key(&row.key) else {
+                        continue;
+                    };
+                    out.push((key, records::decode_json("pending invocation", &row.value)?));
+                }
+                Ok(out)
+            })
+            .await
+    }
+
     /// Where an invocation made with `idempotency_key` stands.
     pub async fn invocation(
         &self,

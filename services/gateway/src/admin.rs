@@ -434,3 +434,18 @@ pub(crate) async fn invoice(
         state.billing.invoice(&query.tenant, &month).await?
     )))
 }
+
+/// The operator's view of placement: executors, each shard's lease and epoch, workers per
+/// executor (stored workers of the shards it holds) and the failovers of the last week.
+#[utoipa::path(get, path = "/v1/admin/cluster", tag = "admin",
+    responses((status = 200, description = "Executors, shards and recent failovers", body = crate::openapi::Cluster)))]
+pub(crate) async fn cluster(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+) -> ApiResult<Json<serde_json::Value>> {
+    caller.operator()?;
+    let view = invicta_worker_scheduler::cluster(&state.store)
+        .await
+        .map_err(crate::api::Problem::internal)?;
+    Ok(Json(json!(view)))
+}

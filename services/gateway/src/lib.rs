@@ -9,6 +9,8 @@ mod api;
 mod auth;
 mod config_api;
 mod connection;
+mod console;
+mod inspect;
 mod logs;
 mod openapi;
 mod problem;
@@ -476,6 +478,14 @@ fn router(config: &Config, state: AppState) -> Router {
             post(api::resume_schedule),
         )
         .route(
+            "/v1/components/{component}/workers/{worker}/promises",
+            get(inspect::list_promises),
+        )
+        .route(
+            "/v1/components/{component}/workers/{worker}/invocations",
+            get(inspect::pending_invocations),
+        )
+        .route(
             "/v1/components/{component}/workers/{worker}/promises/{promise}",
             get(api::get_promise),
         )
@@ -552,6 +562,7 @@ fn router(config: &Config, state: AppState) -> Router {
         .route("/v1/admin/plans", get(admin::list_plans))
         .route("/v1/admin/usage", get(admin::admin_usage))
         .route("/v1/admin/invoices", get(admin::invoice))
+        .route("/v1/admin/cluster", get(admin::cluster))
         .route(
             "/v1/admin/plans/{plan}",
             put(admin::put_plan).layer(json_limit),
@@ -566,6 +577,10 @@ fn router(config: &Config, state: AppState) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/v1/openapi.json", get(openapi::openapi_json))
+        .route("/console", get(console::index))
+        .route("/console/", get(console::index))
+        .route("/console/console.js", get(console::script))
+        .route("/console/console.css", get(console::style))
         // No key: the token is the credential; calls are limited per client address.
         .route(
             "/v1/webhooks/{token}",

@@ -8,7 +8,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{ContentBuilder, OpenApi as Document, Ref, ResponseBuilder};
 use utoipa::{Modify, OpenApi, ToSchema};
 
-use crate::{admin, api, config_api, logs, route_api};
+use crate::{admin, api, config_api, inspect, logs, route_api};
 
 /// Every error: an RFC 9457 problem with a stable `code`.
 #[derive(Serialize, ToSchema)]
@@ -75,6 +75,24 @@ pub(crate) struct WorkerCreated {
     component: String,
     component_version: u64,
     created_at_ms: u64,
+}
+
+/// The cluster as the store says it is now (see `invicta_worker_scheduler::ClusterView`).
+#[derive(Serialize, ToSchema)]
+pub(crate) struct Cluster {
+    /// Each executor: `id`, `address` (`null` for the all-in-one server's), `live`, `leaving`,
+    /// `shards` held and `workers` stored in them.
+    #[schema(value_type = Vec<Object>)]
+    executors: Vec<serde_json::Value>,
+    /// Each shard: `shard`, `owner`, `epoch`, `expires_ms`, `live`, `handoff_to`, `workers`.
+    #[schema(value_type = Vec<Object>)]
+    shards: Vec<serde_json::Value>,
+    /// The failovers of the last week, newest first: `at_ms`, `from`, `to`, `shards`.
+    #[schema(value_type = Vec<Object>)]
+    failovers: Vec<serde_json::Value>,
+    workers_counted: u64,
+    /// More workers exist than were counted: the counts are lower bounds.
+    workers_truncated: bool,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -333,6 +351,8 @@ pub(crate) struct RouteWithUsage {
         api::resume_schedule,
         api::delete_schedule,
         api::get_promise,
+        inspect::list_promises,
+        inspect::pending_invocations,
         api::webhook,
         api::complete_promise,
         config_api::set_component_config,
@@ -361,6 +381,7 @@ pub(crate) struct RouteWithUsage {
         admin::put_plan,
         admin::admin_usage,
         admin::invoice,
+        admin::cluster,
     ),
     modifiers(&Conventions),
 )]

@@ -2,6 +2,7 @@
 //! default); the client subcommands talk to a running server's public API.
 
 mod client;
+mod demo;
 mod follow;
 mod profile;
 mod server;

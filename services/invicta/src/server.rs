@@ -39,6 +39,11 @@ pub struct Args {
     /// `http://10.1.2.3:7200` in a pod) [default: http:// and the address it listens on]
     #[arg(long, env = "INVICTA_ADVERTISE")]
     advertise: Option<String>,
+    /// The first time, make a `demo` tenant (its key in the data directory) with this component
+    /// uploaded as `counter` and a worker that ran once, and say where to sign in to the
+    /// console (what `make run` does; all-in-one only)
+    #[arg(long, env = "INVICTA_DEMO", value_name = "COMPONENT")]
+    demo: Option<PathBuf>,
 }
 
 impl Args {
@@ -231,7 +236,7 @@ pub fn main(args: Args) -> anyhow::Result<()> {
             args.role.len() == 1,
             "--role all runs every service; it cannot be combined with other roles"
         );
-        return runtime.block_on(run(config));
+        return runtime.block_on(run(config, args.demo.clone()));
     }
     runtime.block_on(run_roles(config, &args.role))
 }
@@ -565,7 +570,7 @@ async fn heartbeats(
     }
 }
 
-async fn run(config: Config) -> anyhow::Result<()> {
+async fn run(config: Config, demo: Option<PathBuf>) -> anyhow::Result<()> {
     let data_dir = config.data_dir();
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("create data directory {}", data_dir.display()))?;
@@ -590,6 +595,17 @@ async fn run(config: Config) -> anyhow::Result<()> {
         "invicta listening on http://{addr} (data in {})",
         data_dir.display()
     );
+    match demo {
+        // The listener is bound: the demo's calls wait in its backlog until it serves.
+        Some(component) => {
+            tokio::spawn(crate::demo::seed(
+                format!("http://{addr}"),
+                data_dir.clone(),
+                component,
+            ));
+        }
+        None => println!("console on http://{addr}/console"),
+    }
     gateway.run(shutdown_signal()).await?;
     tracing::info!("invicta server stopped");
     Ok(())

@@ -29,6 +29,7 @@ use std::time::Duration;
 
 use invicta_model::WorkerId;
 use invicta_model::shards::{
+    FailoverRecord, failovers_prefix, shard_of_names,
     ExecutorRecord, Handoff, SHARDS, ShardGrant, ShardLease, executor_key, executors_prefix,
     lease_key, parse_executor_key, shard_of,
 };
@@ -145,6 +146,35 @@ fn live_executors(tx: &mut Transaction<'_>, now: u64) -> Result<HashMap<String, 
         }
     }
     Ok(live)
+}
+
+/// Records `failovers` (grouped by previous and new owner) at `now_ms`, and forgets those older
+/// than [`FAILOVERS_KEPT_MS`](invicta_model::shards::FAILOVERS_KEPT_MS); a write of its own in the transaction that granted the shards.
+pub fn record_failovers(
+    tx: &mut Transaction<'_>,
+    now_ms: u64,
+    failovers: &[(u32, String, String)],
+) -> invicta_store::Result<()> {
+    let mut grouped: std::collections::BTreeMap<(&str, &str), Vec<u32>> = Default::default();
+    for (shard, from, to) in failovers {
+        grouped.entry((from, to)).or_default().push(*shard);
+    }
+    for ((from, to), shards) in grouped {
+        let record = invicta_model::shards::FailoverRecord {
+            at_ms: now_ms,
+            from: from.to_string(),
+            to: to.to_string(),
+            shards,
+        };
+        let value = serde_json::to_vec(&record).unwrap_or_default();
+        tx.set(&invicta_model::shards::failover_key(now_ms, &format!("{to}/{from}")), &value)?;
+    }
+    if !failovers.is_empty() {
+        let (begin, _) = invicta_store::keys::prefix_range(&invicta_model::shards::failovers_prefix());
+        let end = invicta_store::keys::pack(&("failover", now_ms.saturating_sub(invicta_model::shards::FAILOVERS_KEPT_MS)));
+        tx.clear_range(&begin, &end)?;
+    }
+    Ok(())
 }
 
 impl Scheduler {
@@ -322,6 +352,7 @@ impl Scheduler {
                         *n += 1;
                     }
                 }
+                let mut failovers = Vec::new();
                 for (shard, lease) in leases.iter().enumerate() {
                     let orphaned = match lease {
                         None => true,
@@ -344,8 +375,12 @@ impl Scheduler {
                     if let Some(n) = load.get_mut(owner.as_str()) {
                         *n += 1;
                     }
+                    if let Some(previous) = lease {
+                        failovers.push((shard, previous.owner.clone(), owner.clone()));
+                    }
                     moved.push((shard, owner));
                 }
+                record_failovers(tx, now, &failovers)?;
                 // The shards of executors shutting down are handed to the least loaded others.
                 for (shard, lease) in leases.iter().enumerate() {
                     let Some(lease) = lease else { continue };
@@ -458,4 +493,180 @@ impl Scheduler {
             }
         });
     }
+}
+
+/// An executor in the operator's view of the cluster.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ExecutorView {
+    pub id: String,
+    /// Where it serves gRPC (`None`: the all-in-one server's executor, which holds every shard
+    /// without registering).
+    pub address: Option<String>,
+    /// Its membership (or, unregistered, a lease) has not expired.
+    pub live: bool,
+    pub leaving: bool,
+    pub shards: u32,
+    /// Workers stored in the shards it holds (see [`ClusterView::workers_truncated`]).
+    pub workers: u64,
+}
+
+/// A shard in the operator's view of the cluster.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ShardView {
+    pub shard: u32,
+    /// `None`: never granted.
+    pub owner: Option<String>,
+    pub epoch: u64,
+    pub expires_ms: u64,
+    /// Its lease has not expired.
+    pub live: bool,
+    /// The executor it is being handed to.
+    pub handoff_to: Option<String>,
+    pub workers: u64,
+}
+
+/// What the operator sees of placement: executors, shards with their leases and epochs,
+/// workers per executor and the failovers of the last week, newest first.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ClusterView {
+    pub executors: Vec<ExecutorView>,
+    pub shards: Vec<ShardView>,
+    pub failovers: Vec<FailoverRecord>,
+    /// Worker records counted (at most [`WORKERS_COUNTED_MAX`]).
+    pub workers_counted: u64,
+    /// More workers exist than were counted: the per-shard counts are lower bounds.
+    pub workers_truncated: bool,
+}
+
+/// The most worker records [`cluster`] counts.
+pub const WORKERS_COUNTED_MAX: u64 = 200_000;
+
+/// The failovers [`cluster`] lists.
+const FAILOVERS_LISTED: usize = 50;
+
+/// The cluster as the store says it is now.
+pub async fn cluster(store: &Store) -> Result<ClusterView> {
+    let (executors, leases, failovers) = store
+        .read(|tx| {
+            let mut executors = Vec::new();
+            for row in tx.get_prefix(&executors_prefix(), Default::default())? {
+                let Some(id) = parse_executor_key(&row.key) else {
+                    continue;
+                };
+                let record: ExecutorRecord = decode("executor record", &row.value)?;
+                executors.push((id, record));
+            }
+            let (begin, end) = invicta_store::keys::prefix_range(&failovers_prefix());
+            let failovers = tx
+                .get_range(
+                    &begin,
+                    &end,
+                    invicta_store::RangeOptions {
+                        limit: Some(FAILOVERS_LISTED),
+                        reverse: true,
+                    },
+                )?
+                .iter()
+                .map(|row| decode::<FailoverRecord>("failover record", &row.value))
+                .collect::<Result<Vec<_>>>()?;
+            Ok::<_, Error>((executors, leases(tx)?, failovers))
+        })
+        .await?;
+    // Workers per shard, a page of keys per read.
+    const PAGE: usize = 1_000;
+    let mut per_shard = vec![0u64; SHARDS as usize];
+    let (mut begin, end) = invicta_store::keys::prefix_range(&invicta_store::keys::pack(&(
+        "worker",
+    )));
+    let mut counted = 0u64;
+    let mut truncated = false;
+    loop {
+        let (b, e) = (begin.clone(), end.clone());
+        let rows = store
+            .read(move |tx| tx.get_range(&b, &e, invicta_store::RangeOptions::limit(PAGE)))
+            .await?;
+        for row in &rows {
+            if let Ok((_, tenant, component, worker)) =
+                invicta_store::keys::unpack::<(String, String, String, String)>(&row.key)
+            {
+                let shard = shard_of_names(&tenant, &component, &worker) as usize;
+                if let Some(n) = per_shard.get_mut(shard) {
+                    *n += 1;
+                }
+                counted += 1;
+            }
+        }
+        match rows.last() {
+            Some(last) if rows.len() == PAGE => {
+                if counted >= WORKERS_COUNTED_MAX {
+                    truncated = true;
+                    break;
+                }
+                begin = last.key.clone();
+                begin.push(0);
+            }
+            _ => break,
+        }
+    }
+    let now = now_ms();
+    let shards: Vec<ShardView> = leases
+        .iter()
+        .enumerate()
+        .map(|(shard, lease)| ShardView {
+            shard: u32::try_from(shard).unwrap_or(u32::MAX),
+            owner: lease.as_ref().map(|l| l.owner.clone()),
+            epoch: lease.as_ref().map_or(0, |l| l.epoch),
+            expires_ms: lease.as_ref().map_or(0, |l| l.expires_ms),
+            live: lease.as_ref().is_some_and(|l| l.expires_ms > now),
+            handoff_to: lease
+                .as_ref()
+                .and_then(|l| l.handoff.as_ref().map(|h| h.to.clone())),
+            workers: per_shard.get(shard).copied().unwrap_or(0),
+        })
+        .collect();
+    let mut views: Vec<ExecutorView> = executors
+        .into_iter()
+        .map(|(id, record)| ExecutorView {
+            id,
+            address: Some(record.address),
+            live: record.expires_ms > now,
+            leaving: record.leaving,
+            shards: 0,
+            workers: 0,
+        })
+        .collect();
+    let mut held: HashMap<&str, (u32, u64)> = HashMap::new();
+    for shard in shards.iter().filter(|s| s.live) {
+        if let Some(owner) = &shard.owner {
+            let entry = held.entry(owner.as_str()).or_default();
+            entry.0 += 1;
+            entry.1 += shard.workers;
+        }
+    }
+    for (owner, _) in &held {
+        if !views.iter().any(|v| v.id == *owner) {
+            views.push(ExecutorView {
+                id: owner.to_string(),
+                address: None,
+                live: true,
+                leaving: false,
+                shards: 0,
+                workers: 0,
+            });
+        }
+    }
+    for view in &mut views {
+        if let Some((shards, workers)) = held.get(view.id.as_str()) {
+            view.shards = *shards;
+            view.workers = *workers;
+        }
+    }
+    views.sort_by(|a, b| b.live.cmp(&a.live).then(a.id.cmp(&b.id)));
+    Ok(ClusterView {
+        executors: views,
+        shards,
+        failovers,
+        workers_counted: counted,
+        workers_truncated: truncated,
+    })
 }

@@ -16,15 +16,16 @@ pub const SHARDS: u32 = 64;
 
 /// The shard a worker belongs to: a hash of its full name, stable across builds and hosts.
 pub fn shard_of(worker: &WorkerId) -> u32 {
-    let digest = Sha256::digest(
-        format!(
-            "{}/{}/{}",
-            worker.tenant.as_str(),
-            worker.component.as_str(),
-            worker.worker.as_str()
-        )
-        .as_bytes(),
-    );
+    shard_of_names(
+        worker.tenant.as_str(),
+        worker.component.as_str(),
+        worker.worker.as_str(),
+    )
+}
+
+/// [`shard_of`], from the names as stored.
+pub fn shard_of_names(tenant: &str, component: &str, worker: &str) -> u32 {
+    let digest = Sha256::digest(format!("{tenant}/{component}/{worker}").as_bytes());
     let first = u32::from_be_bytes([digest[0], digest[1], digest[2], digest[3]]);
     first % SHARDS
 }
@@ -94,6 +95,33 @@ pub fn executors_prefix() -> Vec<u8> {
 pub fn parse_executor_key(key: &[u8]) -> Option<String> {
     let (_, id): (String, String) = unpack(key).ok()?;
     Some(id)
+}
+
+/// Shards that changed owner because their owner was gone (its lease or membership expired, or
+/// the process restarted): what the operator's cluster view lists as recent failovers. Planned
+/// hand-offs are not failovers and are not recorded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FailoverRecord {
+    /// When the shards were granted again (ms since the epoch).
+    pub at_ms: u64,
+    /// The owner that was gone.
+    pub from: String,
+    /// The executor that took them.
+    pub to: String,
+    pub shards: Vec<u32>,
+}
+
+/// How long failover records are kept.
+pub const FAILOVERS_KEPT_MS: u64 = 7 * 24 * 3_600_000;
+
+/// `("failover", at_ms, to)`.
+pub fn failover_key(at_ms: u64, to: &str) -> Vec<u8> {
+    pack(&("failover", at_ms, to))
+}
+
+/// The prefix of every failover record.
+pub fn failovers_prefix() -> Vec<u8> {
+    pack(&("failover",))
 }
 
 #[cfg(test)]
