@@ -8,7 +8,8 @@ PUBLIC_LISTEN ?= 127.0.0.1:8081
 DATA_DIR ?= ./.invicta
 INVICTA := $(CARGO_TARGET_DIR)/debug/invicta
 
-.PHONY: run build test check deps fmt-check clippy fdb-check unit-tests api-fuzz infra-check bench components
+.PHONY: run build test check deps fmt-check clippy fdb-check unit-tests api-fuzz infra-check bench components \
+	browser-deps browser-tests
 
 # schemathesis (from PyPI) in a virtualenv beside the target directory.
 SCHEMATHESIS_VERSION := 4.32.5
@@ -33,7 +34,7 @@ build:
 ## test: install what the tests need, then every check and every test
 test: deps components check
 
-check: fmt-check clippy fdb-check infra-check unit-tests api-fuzz
+check: fmt-check clippy fdb-check infra-check unit-tests api-fuzz browser-tests
 
 deps:
 	@rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip2 || rustup target add wasm32-wasip2
@@ -62,6 +63,24 @@ unit-tests:
 	else \
 		cargo test --workspace --no-fail-fast; \
 	fi
+
+# Selenium (from PyPI) in a virtualenv; Chromium and its driver from the distribution.
+SELENIUM_VERSION := 4.38.0
+SELENIUM_VENV ?= $(HOME)/.cache/invicta/selenium-$(SELENIUM_VERSION)
+SCREENSHOTS ?= $(CARGO_TARGET_DIR)/console-screenshots
+
+browser-deps:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+		{ (apt-get update -qq || sudo apt-get update -qq) && \
+		  (DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver || \
+		   sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver); }
+	@test -x $(SELENIUM_VENV)/bin/python -a -d $(SELENIUM_VENV)/lib || { python3 -m venv $(SELENIUM_VENV) && \
+		$(SELENIUM_VENV)/bin/pip install -q 'selenium==$(SELENIUM_VERSION)'; }
+
+## browser-tests: the console in headless Chromium against a real server (screenshots in
+## $(SCREENSHOTS))
+browser-tests: browser-deps build components
+	$(SELENIUM_VENV)/bin/python tests/browser/run.py $(INVICTA) tests/components/wasm $(SCREENSHOTS)
 
 ## infra-check: the Kubernetes manifests in infra/k8s against the API's schemas, strictly
 infra-check:

@@ -212,8 +212,12 @@ async function render() {
     showProblem(e);
   }
   // The new view's heading takes the focus, as a page load would for a screen reader.
+  // (A view that put the focus on its first field, as sign-in does, keeps it.)
   const heading = main.querySelector('h1');
-  if (heading) { heading.tabIndex = -1; heading.focus({ preventScroll: true }); }
+  if (heading && !main.contains(document.activeElement)) {
+    heading.tabIndex = -1;
+    heading.focus({ preventScroll: true });
+  }
 }
 
 window.addEventListener('hashchange', render);
@@ -451,19 +455,27 @@ async function workerPage(root, { parts, signal }) {
   root.append(h('h1', {}, `Worker ${worker}`));
   root.append(h('p', {}, 'Of ', h('a', { href: `#/components/${enc(component)}` }, component), ' · ',
     h('a', { href: `#/components/${enc(component)}/workers` }, 'all its workers')));
-  root.append(facts([
-    ['Status', h('span', { class: `status status-${status.status}`, id: 'worker-status' }, status.status)],
-    ['Component version', String(status.component_version)], ['Oplog entries', String(status.oplog_length)],
-    ['Pending invocations', String(status.pending_invocations)],
-    ...(status.error ? [['Error', h('span', { class: 'status-failed' }, status.error)]] : []),
-  ]));
+  const workerFacts = (st) => facts([
+    ['Status', h('span', { class: `status status-${st.status}`, id: 'worker-status' }, st.status)],
+    ['Component version', String(st.component_version)], ['Oplog entries', String(st.oplog_length)],
+    ['Pending invocations', String(st.pending_invocations)],
+    ...(st.error ? [['Error', h('span', { class: 'status-failed' }, st.error)]] : []),
+  ]);
+  const about = h('div', {}, workerFacts(status));
+  root.append(about);
   root.append(h('div', { class: 'actions' },
     h('button', { type: 'button', class: 'secondary', onclick: () => attempt(async () => { await api('POST', `${base}/interrupt`); render(); }) }, 'Interrupt'),
     h('button', { type: 'button', class: 'secondary', onclick: () => attempt(async () => { await api('POST', `${base}/resume`); render(); }) }, 'Resume'),
     h('button', { type: 'button', class: 'danger', onclick: confirmThen(`Delete worker ${worker}?`, async () => { await api('DELETE', base); location.hash = `#/components/${enc(component)}/workers`; }) }, 'Delete')));
-  root.append(invokeForm(base, comp.exports));
+  const oplog = h('div', {}, await timeline(base));
+  // After each call the timeline shows what it recorded.
+  const invoked = async () => {
+    oplog.replaceChildren(await timeline(base));
+    about.replaceChildren(workerFacts(await api('GET', base)));
+  };
+  root.append(invokeForm(base, comp.exports, invoked));
   const logs = logsPanel(base, signal);
-  root.append(h('h2', {}, 'Oplog'), await timeline(base), h('h2', {}, 'Logs'), logs);
+  root.append(h('h2', {}, 'Oplog'), oplog, h('h2', {}, 'Logs'), logs);
   const [pending, promises, schedules] = await Promise.all([
     api('GET', `${base}/invocations?limit=50`), api('GET', `${base}/promises?limit=50`), api('GET', `${base}/schedules`),
   ]);
@@ -622,7 +634,7 @@ function describe(t) {
   return t.kind;
 }
 
-function invokeForm(base, exports) {
+function invokeForm(base, exports, invoked) {
   const select = h('select', { name: 'function' }, exports.map((f) => h('option', { value: f.name }, f.name)));
   const params = h('div', {});
   const key = h('input', { type: 'text', name: 'idempotency-key', maxlength: 256 });
@@ -643,7 +655,8 @@ function invokeForm(base, exports) {
   };
   select.addEventListener('change', draw);
   draw();
-  const form = h('form', { class: 'panel', 'aria-labelledby': 'invoke-title' },
+  // Values are checked by the script (`wave()`), which says what is wrong in words.
+  const form = h('form', { class: 'panel', 'aria-labelledby': 'invoke-title', novalidate: true },
     h('h2', { id: 'invoke-title' }, 'Invoke'), field('Function', select), params,
     field('Idempotency key', key, 'Optional: the same key returns the same result without running again.'),
     h('button', { type: 'submit' }, 'Invoke'), h('h3', {}, 'Result'), result);
@@ -658,8 +671,10 @@ function invokeForm(base, exports) {
         result.textContent = `${json(answer.result)}\n(fuel ${fmtNum(answer.fuel_consumed)})`;
       } catch (e) {
         result.textContent = 'Failed: see the message above.';
+        await invoked().catch(() => {});
         throw e;
       }
+      await invoked();
     });
   });
   return form;
@@ -693,29 +708,38 @@ function entrySummary(e) {
   }
 }
 
+/** The oplog's latest 100 entries, oldest first, with a button for the 100 before them. */
 async function timeline(base) {
+  const status = await api('GET', base);
   const list = h('ol', { class: 'timeline', 'aria-label': 'Oplog entries' });
-  const more = h('button', { type: 'button', class: 'secondary' }, 'Load more');
-  let next = 1;
-  let lastTime = null;
-  const load = async () => {
-    const page = await api('GET', `${base}/oplog?from=${next}&count=100`);
-    for (const e of page.entries) {
+  const earlier = h('button', { type: 'button', class: 'secondary' }, 'Show earlier entries');
+  const PAGE = 100;
+  let first = Math.max(1, status.oplog_length - PAGE + 1);
+  const rows = (entries) => {
+    let lastTime = null;
+    return entries.map((e) => {
       let when = '';
       if (e.timestamp_ms) {
-        when = lastTime === null ? fmtTime(e.timestamp_ms).slice(11) : `+${(e.timestamp_ms - lastTime).toLocaleString('en')} ms`;
+        when = lastTime === null ? fmtTime(e.timestamp_ms).slice(11, 19) : `+${(e.timestamp_ms - lastTime).toLocaleString('en')} ms`;
         lastTime = e.timestamp_ms;
       }
-      list.append(h('li', { class: `k-${e.kind}` },
+      return h('li', { class: `k-${e.kind}` },
         h('span', { class: 'mono' }, `#${e.index}`), h('span', { class: 'kind' }, KIND_WORDS[e.kind] || e.kind),
-        h('span', { class: 'when' }, when), h('span', { class: 'mono' }, entrySummary(e))));
-    }
-    if (page.next) next = page.next;
-    more.hidden = page.entries.length < 100;
+        h('span', { class: 'when' }, when), h('span', { class: 'mono' }, entrySummary(e)));
+    });
   };
-  more.addEventListener('click', () => attempt(load));
-  await load();
-  return h('div', {}, list, more);
+  const page = await api('GET', `${base}/oplog?from=${first}&count=${PAGE}`);
+  list.append(...rows(page.entries));
+  earlier.hidden = first <= 1;
+  earlier.addEventListener('click', () => attempt(async () => {
+    const from = Math.max(1, first - PAGE);
+    const before = await api('GET', `${base}/oplog?from=${from}&count=${first - from}`);
+    list.prepend(...rows(before.entries));
+    first = from;
+    earlier.hidden = first <= 1;
+  }));
+  return h('div', {}, earlier, list,
+    h('p', { class: 'muted' }, `${status.oplog_length.toLocaleString('en')} entries; times are of the entries that carry one.`));
 }
 
 // --- Live logs over server-sent events -------------------------------------------------------
@@ -821,7 +845,12 @@ function meterRow(label, used, limit, format) {
 }
 
 async function usageReport(root, data) {
-  const days = [...new Set(data.rows.map((r) => r.period))].sort();
+  // Every day of the report's month up to today (or its last), so that bars keep one width.
+  const month = data.month || new Date().toISOString().slice(0, 7);
+  const seen = [...new Set(data.rows.map((r) => r.period))].sort();
+  const today = new Date().toISOString().slice(0, 10);
+  const last = today.startsWith(month) ? Number(today.slice(8, 10)) : new Date(Date.UTC(Number(month.slice(0, 4)), Number(month.slice(5, 7)), 0)).getUTCDate();
+  const days = [...new Set([...Array.from({ length: last }, (_, n) => `${month}-${String(n + 1).padStart(2, '0')}`), ...seen])].sort();
   const series = (f) => days.map((d) => ({ label: d, value: data.rows.filter((r) => r.period === d).reduce((a, r) => a + f(r), 0) }));
   root.append(barChart('Invocations', series((r) => r.invocations), 'invocations'));
   root.append(barChart('Fuel', series((r) => r.fuel), 'fuel'));
