@@ -17,7 +17,10 @@ fn routed_paths() -> anyhow::Result<BTreeSet<String>> {
         let Some(rest) = rest.strip_prefix('"') else {
             continue;
         };
-        if let Some(end) = rest.find('"') {
+        // The console's page and assets are the web UI, not the API.
+        if let Some(end) = rest.find('"')
+            && !rest[..end].starts_with("/console")
+        {
             paths.insert(rest[..end].to_string());
         }
     }

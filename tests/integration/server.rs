@@ -202,3 +202,45 @@ fn logs_to_a_pipe_have_no_colours() -> anyhow::Result<()> {
     assert!(!line.contains('\u{1b}'), "{line:?}");
     Ok(())
 }
+
+/// The console is served without a key (the key is the browser's, sent with each API call),
+/// under a policy that allows scripts and styles from the server only; what the page refers
+/// to is served.
+#[tokio::test]
+async fn serves_the_console_under_a_strict_policy() -> anyhow::Result<()> {
+    let data = tempfile::tempdir()?;
+    let server = Server::start(INVICTA.as_ref(), data.path())?;
+    let client = reqwest::Client::new();
+    let page = client.get(format!("{}/console", server.url)).send().await?;
+    assert_eq!(page.status(), 200);
+    let policy = page
+        .headers()
+        .get("content-security-policy")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    assert!(policy.contains("script-src 'self'"), "{policy}");
+    assert!(policy.contains("frame-ancestors 'none'"), "{policy}");
+    assert!(!policy.contains("unsafe-inline"), "{policy}");
+    let html = page.text().await?;
+    for (asset, kind) in [
+        ("/console/console.js", "text/javascript"),
+        ("/console/console.css", "text/css"),
+    ] {
+        assert!(html.contains(asset), "the page refers to {asset}");
+        let served = client.get(format!("{}{asset}", server.url)).send().await?;
+        assert_eq!(served.status(), 200, "{asset}");
+        let content_type = served
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
+        assert!(content_type.starts_with(kind), "{asset}: {content_type}");
+    }
+    let missing = client
+        .get(format!("{}/console/nothing.js", server.url))
+        .send()
+        .await?;
+    assert_eq!(missing.status(), 404);
+    Ok(())
+}

@@ -189,12 +189,75 @@ async fn an_awaited_promise_suspends_the_worker_until_completed() -> anyhow::Res
     enqueue(&api, "p", "wait-for", json!([id]), "awaiting").await?;
     suspended(&api, "p").await?;
     assert_eq!(status_of(&api, "p", "awaiting").await?["status"], "pending");
+    let waiting = |body: &Value| {
+        body["invocations"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|i| (i["idempotency_key"].clone(), i["function"].clone()))
+                    .collect::<Vec<_>>()
+            })
+            .unwrap_or_default()
+    };
+    let pending = api
+        .get("/v1/components/waiter/workers/p/invocations")
+        .await?;
+    assert_eq!(pending.status, 200, "{pending:?}");
+    assert_eq!(
+        waiting(&pending.body),
+        vec![(json!("awaiting"), json!("wait-for"))],
+        "{pending:?}"
+    );
+    let promises = api.get("/v1/components/waiter/workers/p/promises").await?;
+    assert_eq!(
+        promises.body["promises"][0]["id"],
+        json!(id),
+        "{promises:?}"
+    );
+    assert_eq!(promises.body["promises"][0]["completed"], Value::Null);
+    for bad in ["limit=0", "limit=1001", "limit=x", "other=1"] {
+        let refused = api
+            .get(&format!("/v1/components/waiter/workers/p/promises?{bad}"))
+            .await?;
+        assert_eq!(
+            (refused.status, refused.code()),
+            (400, "invalid_query"),
+            "{bad}"
+        );
+    }
+    let nobody = api
+        .get("/v1/components/waiter/workers/nobody/invocations")
+        .await?;
+    assert_eq!((nobody.status, nobody.code()), (404, "worker_not_found"));
 
     // A crash while it waits, then the completion.
     server.kill()?;
     let server = Server::start_with(INVICTA.as_ref(), &dir, &["--config", &config])?;
     let api = api.at(&server.url);
     assert_eq!(status_of(&api, "p", "awaiting").await?["status"], "pending");
+    // The operator sees the restart as a failover of every shard, to the new executor.
+    let cluster = server.operator().get("/v1/admin/cluster").await?;
+    assert_eq!(cluster.status, 200, "{cluster:?}");
+    let executors = cluster.body["executors"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(executors.len(), 1, "{cluster:?}");
+    assert_eq!(executors[0]["shards"], json!(64));
+    assert!(executors[0]["workers"].as_u64() >= Some(1), "{cluster:?}");
+    let failover = &cluster.body["failovers"][0];
+    assert_eq!(failover["to"], executors[0]["id"], "{cluster:?}");
+    assert_eq!(failover["shards"].as_array().map(Vec::len), Some(64));
+    let refused = api.get("/v1/admin/cluster").await?;
+    assert_eq!(refused.status, 403, "a tenant does not see the cluster");
+    let pending = api
+        .get("/v1/components/waiter/workers/p/invocations")
+        .await?;
+    assert_eq!(
+        waiting(&pending.body).len(),
+        1,
+        "still waiting after the crash"
+    );
     let data = json!({ "approved": true, "by": "ops" });
     let completed = api
         .post_json(&format!("{path}/complete"), &json!({ "data": data }), None)
@@ -202,6 +265,12 @@ async fn an_awaited_promise_suspends_the_worker_until_completed() -> anyhow::Res
     assert_eq!(completed.status, 200, "{completed:?}");
     let awaited = outcome(&api, "p", "awaiting").await?;
     assert_eq!(awaited["status"], "completed", "{awaited}");
+    let pending = api
+        .get("/v1/components/waiter/workers/p/invocations")
+        .await?;
+    assert!(waiting(&pending.body).is_empty(), "{pending:?}");
+    let promises = api.get("/v1/components/waiter/workers/p/promises").await?;
+    assert_eq!(promises.body["promises"][0]["completed"], data);
     let text = awaited["result"]["ok"].as_str().unwrap_or_default();
     assert_eq!(serde_json::from_str::<Value>(text)?, data);
 

@@ -125,17 +125,18 @@ impl Executor {
                     begin = suspend::promise_key(&id_c, after);
                     begin.push(0);
                 }
-                let rows =
-                    tx.get_range(&begin, &end, invicta_store::RangeOptions::limit(limit.max(1)))?;
+                let rows = tx.get_range(
+                    &begin,
+                    &end,
+                    invicta_store::RangeOptions::limit(limit.max(1)),
+                )?;
                 let mut out = Vec::with_capacity(rows.len());
                 for row in rows {
-                    let Ok((_, _, _, _, promise)) = invicta_store::keys::unpack::<(
-                        String,
-                        String,
-                        String,
-                        String,
-                        String,
-                    )>(&row.key) else {
+                    let Ok((_, _, _, _, promise)) =
+                        invicta_store::keys::unpack::<(String, String, String, String, String)>(
+                            &row.key,
+                        )
+                    else {
                         continue;
                     };
                     out.push((promise, records::decode_json("promise", &row.value)?));

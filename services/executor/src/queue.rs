@@ -363,8 +363,11 @@ impl Executor {
                     begin = records::pending_key(&id_c, after);
                     begin.push(0);
                 }
-                let rows =
-                    tx.get_range(&begin, &end, invicta_store::RangeOptions::limit(limit.max(1)))?;
+                let rows = tx.get_range(
+                    &begin,
+                    &end,
+                    invicta_store::RangeOptions::limit(limit.max(1)),
+                )?;
                 let mut out = Vec::with_capacity(rows.len());
                 for row in rows {
                     let Some((_, key)) = records::parse_pending_key(&row.key) else {

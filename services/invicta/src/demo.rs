@@ -38,7 +38,8 @@ async fn seed_once(api: &str, data_dir: &Path, component: &Path) -> anyhow::Resu
         .with_context(|| format!("read the demo component {}", component.display()))?;
     let http = reqwest::Client::new();
     let call = |method: reqwest::Method, path: &str, key: &str| {
-        http.request(method, format!("{api}{path}")).bearer_auth(key)
+        http.request(method, format!("{api}{path}"))
+            .bearer_auth(key)
     };
     let tenant = answer(
         call(reqwest::Method::POST, "/v1/admin/tenants", &operator).json(&json!({"name": "demo"})),

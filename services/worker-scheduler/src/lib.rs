@@ -29,9 +29,8 @@ use std::time::Duration;
 
 use invicta_model::WorkerId;
 use invicta_model::shards::{
-    FailoverRecord, failovers_prefix, shard_of_names,
-    ExecutorRecord, Handoff, SHARDS, ShardGrant, ShardLease, executor_key, executors_prefix,
-    lease_key, parse_executor_key, shard_of,
+    ExecutorRecord, FailoverRecord, Handoff, SHARDS, ShardGrant, ShardLease, executor_key,
+    executors_prefix, failovers_prefix, lease_key, parse_executor_key, shard_of, shard_of_names,
 };
 use invicta_store::{Store, Transaction};
 
@@ -167,11 +166,18 @@ pub fn record_failovers(
             shards,
         };
         let value = serde_json::to_vec(&record).unwrap_or_default();
-        tx.set(&invicta_model::shards::failover_key(now_ms, &format!("{to}/{from}")), &value)?;
+        tx.set(
+            &invicta_model::shards::failover_key(now_ms, &format!("{to}/{from}")),
+            &value,
+        )?;
     }
     if !failovers.is_empty() {
-        let (begin, _) = invicta_store::keys::prefix_range(&invicta_model::shards::failovers_prefix());
-        let end = invicta_store::keys::pack(&("failover", now_ms.saturating_sub(invicta_model::shards::FAILOVERS_KEPT_MS)));
+        let (begin, _) =
+            invicta_store::keys::prefix_range(&invicta_model::shards::failovers_prefix());
+        let end = invicta_store::keys::pack(&(
+            "failover",
+            now_ms.saturating_sub(invicta_model::shards::FAILOVERS_KEPT_MS),
+        ));
         tx.clear_range(&begin, &end)?;
     }
     Ok(())
@@ -575,9 +581,8 @@ pub async fn cluster(store: &Store) -> Result<ClusterView> {
     // Workers per shard, a page of keys per read.
     const PAGE: usize = 1_000;
     let mut per_shard = vec![0u64; SHARDS as usize];
-    let (mut begin, end) = invicta_store::keys::prefix_range(&invicta_store::keys::pack(&(
-        "worker",
-    )));
+    let (mut begin, end) =
+        invicta_store::keys::prefix_range(&invicta_store::keys::pack(&("worker",)));
     let mut counted = 0u64;
     let mut truncated = false;
     loop {
@@ -643,7 +648,7 @@ pub async fn cluster(store: &Store) -> Result<ClusterView> {
             entry.1 += shard.workers;
         }
     }
-    for (owner, _) in &held {
+    for owner in held.keys() {
         if !views.iter().any(|v| v.id == *owner) {
             views.push(ExecutorView {
                 id: owner.to_string(),

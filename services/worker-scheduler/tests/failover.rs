@@ -25,7 +25,7 @@ async fn held(scheduler: &Scheduler, id: &str) -> Result<Vec<(u32, u64)>, Error>
 async fn a_silent_executors_shards_move_to_the_live_ones() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let store = Store::open(&Config::embedded_in(dir.path()))?;
-    let scheduler = Scheduler::new(store, LEASE);
+    let scheduler = Scheduler::new(store.clone(), LEASE);
     assert!(
         scheduler.assign().await?.is_empty(),
         "no executor, nothing to assign"
@@ -80,6 +80,28 @@ async fn a_silent_executors_shards_move_to_the_live_ones() -> anyhow::Result<()>
         ("a", "127.0.0.1:7001")
     );
 
+    // The operator's view: b is gone, a holds every shard, and the move is a failover.
+    let view = invicta_worker_scheduler::cluster(&store).await?;
+    let a_view = view
+        .executors
+        .iter()
+        .find(|e| e.id == "a")
+        .expect("a listed");
+    let b_view = view
+        .executors
+        .iter()
+        .find(|e| e.id == "b")
+        .expect("b listed");
+    assert!(a_view.live && !b_view.live);
+    assert_eq!((a_view.shards, b_view.shards), (SHARDS, 0));
+    assert_eq!(view.shards.len(), SHARDS as usize);
+    assert_eq!(view.failovers.len(), 1, "{:?}", view.failovers);
+    let failover = &view.failovers[0];
+    assert_eq!((failover.from.as_str(), failover.to.as_str()), ("b", "a"));
+    let mut moved_shards: Vec<u32> = b.iter().map(|(s, _)| *s).collect();
+    moved_shards.sort_unstable();
+    assert_eq!(failover.shards, moved_shards);
+
     // Back again, `b` is a member and gets half the shards from `a` by hand-off: `a` is told
     // to drain them, keeps them (at their epochs) until it releases them, and they then go to
     // `b` at the next epoch.
@@ -116,6 +138,14 @@ async fn a_silent_executors_shards_move_to_the_live_ones() -> anyhow::Result<()>
     let a = held(&scheduler, "a").await?;
     let b = held(&scheduler, "b").await?;
     assert_eq!((a.len(), b.len()), (32, 32));
+    assert_eq!(
+        invicta_worker_scheduler::cluster(&store)
+            .await?
+            .failovers
+            .len(),
+        1,
+        "a planned hand-off is not a failover"
+    );
     for (shard, epoch) in &b {
         assert!(
             before.contains(&(*shard, epoch - 1)),
