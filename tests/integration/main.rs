@@ -21,6 +21,7 @@ mod quickstart;
 mod routes;
 mod schedules;
 mod server;
+mod snapshots;
 mod tenancy;
 mod topology;
 mod traces;

@@ -40,6 +40,12 @@ pub struct Config {
     /// the same key. The server sets `<data_dir>/secrets.key` when unset; without either, an
     /// executor makes a key of its own that dies with it.
     pub secrets_key_file: Option<std::path::PathBuf>,
+    /// A worker whose component exports `invicta:host/snapshot` is snapshotted after this many
+    /// invocations since its last snapshot (default 1,000; 0: not by count).
+    pub snapshot_every_invocations: u64,
+    /// … or after this many oplog entries since it (default 20,000; 0: not by size). Entries
+    /// are the oplog's unit of size: each is at most a store value (90 kB) or a chunked one.
+    pub snapshot_every_entries: u64,
 }
 
 /// Who decides which shards an executor runs.
@@ -66,6 +72,8 @@ impl Default for Config {
             lease_ms: 10_000,
             http: HttpConfig::default(),
             secrets_key_file: None,
+            snapshot_every_invocations: 1_000,
+            snapshot_every_entries: 20_000,
         }
     }
 }

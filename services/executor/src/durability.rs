@@ -109,6 +109,13 @@ pub(crate) enum Readiness {
     Unrecorded,
 }
 
+/// A point in the record to come back to ([`Durability::mark`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Mark {
+    next_index: OplogIndex,
+    pending: usize,
+}
+
 /// Records live host calls, or replays recorded ones.
 pub(crate) struct Durability {
     mode: Mode,
@@ -267,6 +274,22 @@ impl Durability {
         self.next_index += 1;
         self.pending.push((index, entry));
         index
+    }
+
+    /// Where the record stands: what is appended after it can be forgotten with
+    /// [`Durability::rewind`].
+    pub(crate) fn mark(&self) -> Mark {
+        Mark {
+            next_index: self.next_index,
+            pending: self.pending.len(),
+        }
+    }
+
+    /// Forgets what was appended since `mark`: host calls made outside the worker's history
+    /// (a snapshot's save or load), which no replay will ask for.
+    pub(crate) fn rewind(&mut self, mark: Mark) {
+        self.pending.truncate(mark.pending);
+        self.next_index = mark.next_index;
     }
 
     pub(crate) fn take_pending(&mut self) -> Vec<(OplogIndex, OplogEntry)> {
@@ -531,6 +554,20 @@ mod tests {
         assert_ne!(a, key_at(&id("v"), "i1", 5), "another worker");
         assert_eq!(a.len(), 32);
         assert_ne!(new_incarnation(), new_incarnation());
+    }
+
+    #[test]
+    fn calls_made_after_a_mark_can_be_forgotten() {
+        let mut d = Durability::new(5);
+        d.append(call("a", Value::U64(1)));
+        let mark = d.mark();
+        d.append(call("b", Value::U64(2)));
+        d.append(call("c", Value::U64(3)));
+        d.rewind(mark);
+        assert_eq!(d.next_index(), 6);
+        d.append(call("d", Value::U64(4)));
+        let indices: Vec<_> = d.take_pending().into_iter().map(|(i, _)| i).collect();
+        assert_eq!(indices, vec![5, 6], "indices stay contiguous");
     }
 
     #[test]

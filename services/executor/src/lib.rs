@@ -40,6 +40,7 @@ mod remote;
 mod schedules;
 mod serve;
 mod settings;
+mod snapshots;
 mod support;
 mod suspend;
 mod timers;

@@ -26,6 +26,9 @@ pub(crate) struct Metrics {
     /// Activations that replayed an oplog (first use, resume, after a failure or a crash).
     pub replays: Counter,
     pub replayed_invocations: Counter,
+    pub snapshots_taken: Counter,
+    pub snapshot_recoveries: Counter,
+    pub snapshot_fallbacks: Counter,
     pub suspensions: Counter,
     pub active_workers: Gauge,
     pub suspended_workers: Gauge,
@@ -43,6 +46,9 @@ impl Metrics {
             commit_batch: Histogram::new(exponential_buckets(1.0, 2.0, 11)),
             replays: Counter::default(),
             replayed_invocations: Counter::default(),
+            snapshots_taken: Counter::default(),
+            snapshot_recoveries: Counter::default(),
+            snapshot_fallbacks: Counter::default(),
             suspensions: Counter::default(),
             active_workers: Gauge::default(),
             suspended_workers: Gauge::default(),
@@ -84,6 +90,21 @@ impl Metrics {
                 "replayed_invocations",
                 "Invocations re-run by replay",
                 metrics.replayed_invocations.clone(),
+            );
+            r.register(
+                "snapshots_taken",
+                "Worker snapshots saved to the blob store",
+                metrics.snapshots_taken.clone(),
+            );
+            r.register(
+                "snapshot_recoveries",
+                "Worker activations that started from a snapshot",
+                metrics.snapshot_recoveries.clone(),
+            );
+            r.register(
+                "snapshot_fallbacks",
+                "Snapshots that could not be used, passed over for an earlier one or a full replay",
+                metrics.snapshot_fallbacks.clone(),
             );
             r.register(
                 "suspensions",

@@ -28,6 +28,7 @@ use crate::context::Context;
 use crate::error::Error;
 use crate::host::{self, Durability, WorkerCtx};
 use crate::records::{self, InvocationRecord, StoredOutcome, WorkerRecord};
+use crate::snapshots;
 use crate::support::now_ms;
 use crate::suspend::{Waits, Wake};
 use crate::types::{Completed, Outcome};
@@ -281,6 +282,14 @@ struct Actor {
     deferred: VecDeque<(Arc<Invocation>, oneshot::Sender<Outcome>)>,
     /// The wake-up key this worker has in the store (its deadline, ms).
     wake_set: Option<u64>,
+    /// The component's exported snapshot interface, when it has a whole one.
+    snapshot_interface: Option<String>,
+    /// Invocations completed since the last snapshot (or the recovery), and the next oplog
+    /// index then.
+    since_snapshot: u64,
+    snapshot_at: OplogIndex,
+    /// The worker's snapshot record as last read or written: this actor is its only writer.
+    snapshots: snapshots::SnapshotRecord,
 }
 
 /// An invocation suspended in a wait.
@@ -366,6 +375,14 @@ pub(crate) fn spawn(
         Duration::from_millis(inner.config.suspend_wait_ms),
     );
     let handle_compiled = compiled.clone();
+    let snapshot_interface = match snapshots::exports(&pre) {
+        Some((name, true)) => Some(name),
+        Some((name, false)) => {
+            tracing::warn!(worker = %id, interface = %name, "the component exports a snapshot interface without save-snapshot and load-snapshot: it is not snapshotted");
+            None
+        }
+        None => None,
+    };
     let actor = Actor {
         inner,
         workers,
@@ -386,6 +403,10 @@ pub(crate) fn spawn(
         parked: None,
         deferred: VecDeque::new(),
         wake_set: None,
+        snapshot_interface,
+        since_snapshot: 0,
+        snapshot_at: 0,
+        snapshots: snapshots::SnapshotRecord::default(),
     };
     tokio::spawn(actor.run());
     WorkerHandle {
@@ -817,6 +838,7 @@ impl Actor {
                 }
                 tx.clear(&records::running_key(&id))?;
                 tx.clear(&records::worker_key(&id))?;
+                tx.clear(&snapshots::record_key(&id))?;
                 let (begin, end) =
                     invicta_store::keys::prefix_range(&crate::suspend::promises_prefix(&id));
                 // Their webhooks go with them.
@@ -841,12 +863,20 @@ impl Actor {
                 Ok(())
             })
             .await?;
-        // Its large response bodies go too; one left behind costs space, not correctness.
+        // Its large response bodies and its snapshots go too; one left behind costs space,
+        // not correctness.
         let blobs = self.inner.registry.blobs();
-        if let Ok(kept) = blobs.list(&crate::http::bodies_prefix(&self.id)).await {
+        let prefixes = [
+            crate::http::bodies_prefix(&self.id),
+            snapshots::blob_prefix(&self.id, &self.record.incarnation),
+        ];
+        for prefix in prefixes {
+            let Ok(kept) = blobs.list(&prefix).await else {
+                continue;
+            };
             for blob in kept {
                 if let Err(e) = blobs.delete(&blob.key).await {
-                    tracing::warn!(worker = %self.id, key = %blob.key, error = %e, "delete a response body");
+                    tracing::warn!(worker = %self.id, key = %blob.key, error = %e, "delete a blob of the worker");
                 }
             }
         }
@@ -984,8 +1014,7 @@ impl Actor {
         self.wait_for_commits().await;
         let mut attempts = 0;
         let result = loop {
-            let (entries, next_index) = self.read_oplog().await?;
-            match self.replay(entries, next_index).await {
+            match self.recover().await {
                 // Every instance slot is taken: suspend the longest-idle workers and try again.
                 Err(Error::PoolExhausted(_)) if attempts < EVICTION_ATTEMPTS => {
                     attempts += 1;
@@ -1020,6 +1049,7 @@ impl Actor {
         &mut self,
         entries: Vec<(OplogIndex, OplogEntry)>,
         next_index: OplogIndex,
+        snapshot: Option<bytes::Bytes>,
     ) -> Result<(), Error> {
         let incarnation = match entries.first() {
             Some((1, OplogEntry::Create { incarnation, .. })) => incarnation.clone(),
@@ -1138,6 +1168,9 @@ impl Actor {
             instance,
             durability,
         };
+        if let Some(bytes) = snapshot {
+            self.load_snapshot(&mut active, &bytes).await?;
+        }
         let mut replayed = 0_u64;
         while pos < entries.len() {
             let (index, entry) = &entries[pos];
@@ -1306,11 +1339,52 @@ impl Actor {
             }
         }
         host::lock(&active.durability).go_live();
+        self.since_snapshot = replayed;
         self.inner.metrics.replays.inc();
         self.inner.metrics.replayed_invocations.inc_by(replayed);
         tracing::debug!(worker = %self.id, replayed, "worker active");
         self.active = Some(active);
         Ok(())
+    }
+
+    /// Puts a fresh instance in a snapshot's state (`load-snapshot`, not recorded).
+    async fn load_snapshot(&mut self, active: &mut Active, bytes: &[u8]) -> Result<(), Error> {
+        let failed = |what: String| Error::WorkerFailed(format!("load-snapshot: {what}"));
+        let interface = self
+            .snapshot_interface
+            .as_deref()
+            .ok_or_else(|| failed("the component exports no snapshot interface".into()))?;
+        let (_, load) =
+            snapshots::functions(&self.pre, &active.instance, &mut active.store, interface)
+                .ok_or_else(|| failed("the snapshot exports are gone".into()))?;
+        let typed = load
+            .typed::<(&[u8],), (Result<(), String>,)>(&active.store)
+            .map_err(|e| failed(format!("{e:#}")))?;
+        active
+            .store
+            .set_fuel(self.inner.config.fuel_per_invocation)
+            .map_err(|e| failed(format!("{e:#}")))?;
+        let mark = {
+            let mut d = host::lock(&active.durability);
+            d.go_live();
+            d.mark()
+        };
+        let loaded = tokio::time::timeout(
+            self.timeout(),
+            typed.call_async(&mut active.store, (bytes,)),
+        )
+        .await;
+        host::lock(&active.durability).rewind(mark);
+        let answer = match loaded {
+            Ok(Ok((answer,))) => answer,
+            Ok(Err(e)) => return Err(failed(format!("trapped: {e:#}"))),
+            Err(_) => return Err(failed("ran past the invocation deadline".into())),
+        };
+        active
+            .store
+            .set_fuel(REPLAY_FUEL)
+            .map_err(|e| failed(format!("{e:#}")))?;
+        answer.map_err(|message| failed(format!("the component refused it: {message}")))
     }
 
     /// Makes the instance template the one for `memory`: pooled up to a pool slot, on demand
@@ -1351,8 +1425,213 @@ impl Actor {
     /// `ensure_active` again after a resumed invocation failed (which dropped the instance).
     async fn ensure_active_inner(&mut self) -> Result<(), Error> {
         self.wait_for_commits().await;
+        Box::pin(self.recover()).await
+    }
+
+    /// Makes the instance from the latest usable snapshot and the oplog after it, or else by
+    /// replaying the whole oplog. A snapshot that cannot be used (its blob, its load, or the
+    /// replay after it fails) is passed over for the one before it, then for a full replay.
+    async fn recover(&mut self) -> Result<(), Error> {
+        if self.snapshot_interface.is_some() {
+            let id = self.id.clone();
+            let record: snapshots::SnapshotRecord = self
+                .inner
+                .store
+                .read(move |tx| {
+                    records::read_value(tx, &snapshots::record_key(&id))?
+                        .map(|b| records::decode_json("snapshot record", &b))
+                        .transpose()
+                })
+                .await?
+                .unwrap_or_default();
+            self.snapshots = record.clone();
+            let version = self.record.component_version;
+            for snapshot in record
+                .snapshots
+                .iter()
+                .filter(|s| s.component_version == version)
+            {
+                let start = match self.snapshot_start(snapshot).await {
+                    Ok(Some(start)) => start,
+                    Ok(None) => continue,
+                    Err(e) => {
+                        tracing::warn!(worker = %self.id, index = snapshot.index, error = %e, "snapshot unreadable: trying an earlier one");
+                        self.inner.metrics.snapshot_fallbacks.inc();
+                        continue;
+                    }
+                };
+                let (entries, next_index, bytes) = start;
+                match self.replay(entries, next_index, Some(bytes)).await {
+                    Ok(()) => {
+                        self.inner.metrics.snapshot_recoveries.inc();
+                        self.snapshot_at = snapshot.index;
+                        return Ok(());
+                    }
+                    Err(e @ (Error::PoolExhausted(_) | Error::Store(_))) => return Err(e),
+                    Err(e) => {
+                        self.active = None;
+                        tracing::warn!(worker = %self.id, index = snapshot.index, error = %e, "snapshot unusable: trying an earlier one");
+                        self.inner.metrics.snapshot_fallbacks.inc();
+                    }
+                }
+            }
+        }
         let (entries, next_index) = self.read_oplog().await?;
-        Box::pin(self.replay(entries, next_index)).await
+        self.snapshot_at = 0;
+        self.replay(entries, next_index, None).await
+    }
+
+    /// What a recovery from `snapshot` replays, the index after it, and the snapshot's bytes
+    /// (checked against their SHA-256); `None` if a later jump reaches back over it.
+    async fn snapshot_start(
+        &mut self,
+        snapshot: &snapshots::Snapshot,
+    ) -> Result<Option<(Vec<(OplogIndex, OplogEntry)>, OplogIndex, bytes::Bytes)>, Error> {
+        const HEAD: usize = 256;
+        let (id, at) = (self.id.clone(), snapshot.index);
+        let (head, tail) = self
+            .inner
+            .store
+            .read(move |tx| {
+                Ok::<_, Error>((
+                    records::read_entries(tx, &id, 1, HEAD)?,
+                    records::read_entries(tx, &id, at + 1, usize::MAX)?,
+                ))
+            })
+            .await?;
+        let next_index = tail.last().map_or(snapshot.index + 1, |(i, _)| i + 1);
+        // Jumps are checked as written (one reaching back over the snapshot makes it unusable),
+        // then applied.
+        let Some(entries) = snapshots::recovery_entries(&head, tail, snapshot.index) else {
+            return Ok(None);
+        };
+        let entries = apply_jumps(entries);
+        let bytes = self
+            .inner
+            .registry
+            .blobs()
+            .get_verified(&invicta_blob::BlobRef {
+                key: snapshot.blob_key.clone(),
+                size: snapshot.size,
+                sha256: snapshot.sha256.clone(),
+            })
+            .await
+            .map_err(|e| Error::WorkerFailed(format!("snapshot blob: {e}")))?;
+        Ok(Some((entries, next_index, bytes)))
+    }
+
+    /// After a completed invocation: a snapshot, when one is due.
+    async fn after_invocation(&mut self) {
+        let Some(interface) = self.snapshot_interface.clone() else {
+            return;
+        };
+        self.since_snapshot += 1;
+        let Some(active) = &self.active else { return };
+        let next = host::lock(&active.durability).next_index();
+        let policy = snapshots::Policy {
+            every_invocations: self.inner.config.snapshot_every_invocations,
+            every_entries: self.inner.config.snapshot_every_entries,
+        };
+        if !policy.due(self.since_snapshot, next.saturating_sub(self.snapshot_at)) {
+            return;
+        }
+        // Counted from now even if it fails: a component whose save fails is not asked again
+        // after every invocation.
+        self.since_snapshot = 0;
+        self.snapshot_at = next;
+        if let Err(e) = self.take_snapshot(&interface).await {
+            tracing::warn!(worker = %self.id, error = %e, "snapshot not taken");
+        }
+    }
+
+    /// Saves the worker's state (`save-snapshot`, not recorded), puts it in the blob store and
+    /// commits its `Snapshot` entry with the worker's snapshot record.
+    async fn take_snapshot(&mut self, interface: &str) -> Result<(), Error> {
+        let fuel = self.inner.config.fuel_per_invocation;
+        let deadline = self.timeout();
+        let Some(active) = self.active.as_mut() else {
+            return Ok(());
+        };
+        let (save, _) =
+            snapshots::functions(&self.pre, &active.instance, &mut active.store, interface)
+                .ok_or_else(|| Error::Engine("the snapshot exports are gone".into()))?;
+        let typed = save
+            .typed::<(), (Vec<u8>,)>(&active.store)
+            .map_err(|e| Error::Engine(format!("save-snapshot: {e:#}")))?;
+        active
+            .store
+            .set_fuel(fuel)
+            .map_err(|e| Error::Engine(format!("{e:#}")))?;
+        let mark = host::lock(&active.durability).mark();
+        let saved = tokio::time::timeout(deadline, typed.call_async(&mut active.store, ())).await;
+        host::lock(&active.durability).rewind(mark);
+        let bytes = match saved {
+            Ok(Ok((bytes,))) => bytes,
+            Ok(Err(e)) => {
+                // A trap leaves the instance unusable: the next invocation replays.
+                self.active = None;
+                return Err(Error::Engine(format!("save-snapshot trapped: {e:#}")));
+            }
+            Err(_) => {
+                self.active = None;
+                return Err(Error::Engine(format!(
+                    "save-snapshot ran longer than {} ms",
+                    deadline.as_millis()
+                )));
+            }
+        };
+        let blobs = self.inner.registry.blobs().clone();
+        let blob = blobs
+            .put_bytes(
+                &snapshots::blob_prefix(&self.id, &self.record.incarnation),
+                &bytes,
+            )
+            .await
+            .map_err(|e| Error::Engine(format!("store a snapshot: {e}")))?;
+        let Some(active) = &self.active else {
+            return Ok(());
+        };
+        let entries = {
+            let mut d = host::lock(&active.durability);
+            d.append(OplogEntry::Snapshot {
+                blob_key: blob.key.clone(),
+                size: blob.size,
+                sha256: blob.sha256.clone(),
+            });
+            d.take_pending()
+        };
+        let Some(index) = entries.last().map(|(i, _)| *i) else {
+            return Ok(());
+        };
+        let (record, dropped) = self.snapshots.clone().with(snapshots::Snapshot {
+            index,
+            component_version: self.record.component_version,
+            blob_key: blob.key,
+            size: blob.size,
+            sha256: blob.sha256,
+            taken_at_ms: now_ms(),
+        });
+        let commit = Commit::new(&self.id).entries(entries).set(
+            snapshots::record_key(&self.id),
+            records::encode_json(&record),
+        );
+        let (done, wait) = commit::done_channel();
+        self.inner.committer.submit(commit.request(done)).await;
+        match wait.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(e),
+            Err(_) => return Err(Error::ShuttingDown),
+        }
+        self.inner.metrics.snapshots_taken.inc();
+        tracing::debug!(worker = %self.id, index, size = bytes.len(), "snapshot taken");
+        // Blobs of snapshots no longer kept go, unless a kept one has the same content.
+        for old in dropped {
+            if !record.snapshots.iter().any(|s| s.blob_key == old.blob_key) {
+                let _ = blobs.delete(&old.blob_key).await;
+            }
+        }
+        self.snapshots = record;
+        Ok(())
     }
 
     /// The worker's oplog as replay sees it (what jumps skip left out), and the index its next
@@ -1610,6 +1889,8 @@ impl Actor {
             // The failed invocation's effects on memory must not survive it.
             self.active = None;
             self.set_phase(Phase::Suspended);
+        } else {
+            self.after_invocation().await;
         }
     }
 
