@@ -226,7 +226,7 @@ async fn every_accepted_invocation_applies_exactly_once_across_sigkills() -> any
     Ok(())
 }
 
-fn rand_u64() -> u64 {
+pub(crate) fn rand_u64() -> u64 {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
     h.write_u128(

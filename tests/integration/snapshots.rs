@@ -96,6 +96,14 @@ async fn a_worker_comes_back_from_its_latest_snapshot_and_falls_back_past_a_bad_
     assert_eq!(taken.len(), 2, "after the 10th and the 20th: {taken:?}");
     assert_eq!(metric(&api, "invicta_snapshots_taken_total").await?, 2.0);
     let expected = json!([325, 25]);
+    // What came before the latest snapshot is archived; the oplog reads whole across both.
+    let (_, last_snapshot) = (taken[1].0, &taken[1].1);
+    assert_eq!(
+        metric(&api, "invicta_archived_entries_total").await?,
+        (taken[1].0 - 1) as f64,
+        "{last_snapshot}"
+    );
+    assert_contiguous(&api, "s").await?;
 
     // SIGKILL: back from the snapshot after the 20th, replaying the 5 after it.
     server.kill()?;
@@ -218,6 +226,134 @@ async fn a_revert_over_a_snapshot_is_not_undone_by_it() -> anyhow::Result<()> {
         api.call("snap", "r", "add", json!([1000])).await?,
         json!(1120)
     );
+    Ok(())
+}
+
+/// The worker's oplog, read through the API a page at a time, has every index once, in order.
+async fn assert_contiguous(api: &Api, worker: &str) -> anyhow::Result<u64> {
+    let mut expected = 1;
+    loop {
+        let page = api
+            .get(&format!(
+                "/v1/components/snap/workers/{worker}/oplog?from={expected}&count=7"
+            ))
+            .await?;
+        anyhow::ensure!(page.status == 200, "{page:?}");
+        let entries = page.body["entries"].as_array().cloned().unwrap_or_default();
+        if entries.is_empty() {
+            return Ok(expected - 1);
+        }
+        for e in &entries {
+            anyhow::ensure!(
+                e["index"].as_u64() == Some(expected),
+                "expected entry {expected}, read {e}"
+            );
+            expected += 1;
+        }
+    }
+}
+
+/// Calls `add` with a key until it is answered, following the server across restarts.
+async fn add_until_answered(
+    url: &std::sync::RwLock<String>,
+    key: &str,
+    tenant_key: &str,
+    worker: &str,
+    delta: i64,
+) -> anyhow::Result<i64> {
+    let started = std::time::Instant::now();
+    loop {
+        let base = url.read().map_err(|_| anyhow::anyhow!("lock"))?.clone();
+        let api = Api::new(&base).with_key(tenant_key);
+        match api
+            .invoke("snap", worker, "add", json!([delta]), Some(key))
+            .await
+        {
+            Ok(reply) if reply.status == 200 => {
+                return reply.body["result"]
+                    .as_i64()
+                    .ok_or_else(|| anyhow::anyhow!("{reply:?}"));
+            }
+            Ok(reply) if reply.status >= 500 => {}
+            Ok(reply) => anyhow::bail!("unexpected reply to {key}: {reply:?}"),
+            Err(_) => {}
+        }
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(60),
+            "{key} unanswered for 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// SIGKILL at random moments while a worker snapshots and archives every 3 invocations: every
+/// accepted addition is applied once, and the oplog, read across archive and store, has every
+/// index once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn archival_cut_off_by_sigkill_loses_and_doubles_nothing() -> anyhow::Result<()> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex, RwLock};
+    let tmp = tempfile::tempdir()?;
+    let config = tmp.path().join("invicta.toml");
+    std::fs::write(&config, "[executor]\nsnapshot_every_invocations = 3\n")?;
+    let config = config.to_string_lossy().into_owned();
+    let dir = tmp.path().join("data");
+    let server = Server::start_with(INVICTA.as_ref(), &dir, &["--config", &config])?;
+    let api = server.operator().new_tenant("archivers", "pro").await?;
+    api.upload("snap", component("snapshotter")).await?;
+    let tenant_key = api.key.clone().unwrap_or_default();
+    let url = Arc::new(RwLock::new(server.url.clone()));
+    let server = Arc::new(Mutex::new(Some(server)));
+    let killing = Arc::new(AtomicBool::new(true));
+    let killer = {
+        let (url, server, killing, config, dir) = (
+            url.clone(),
+            server.clone(),
+            killing.clone(),
+            config.clone(),
+            dir.clone(),
+        );
+        tokio::spawn(async move {
+            for _ in 0..4 {
+                let pause = 150 + crate::crash::rand_u64() % 350;
+                tokio::time::sleep(Duration::from_millis(pause)).await;
+                if let Some(running) = server.lock().map_err(|_| anyhow::anyhow!("lock"))?.take() {
+                    running.kill()?;
+                }
+                let (dir, config) = (dir.clone(), config.clone());
+                let fresh = tokio::task::spawn_blocking(move || {
+                    Server::start_with(INVICTA.as_ref(), &dir, &["--config", &config])
+                })
+                .await??;
+                *url.write().map_err(|_| anyhow::anyhow!("lock"))? = fresh.url.clone();
+                *server.lock().map_err(|_| anyhow::anyhow!("lock"))? = Some(fresh);
+            }
+            killing.store(false, Ordering::Release);
+            Ok::<_, anyhow::Error>(())
+        })
+    };
+    let mut total = 0_i64;
+    let mut round = 0;
+    while round < 60 || killing.load(Ordering::Acquire) {
+        let delta = (crate::crash::rand_u64() % 100) as i64 + 1;
+        total += delta;
+        let got = add_until_answered(&url, &format!("k{round}"), &tenant_key, "c", delta).await?;
+        anyhow::ensure!(got == total, "call {round}: got {got}, expected {total}");
+        round += 1;
+        anyhow::ensure!(round < 20_000, "runaway loop");
+    }
+    killer.await??;
+    let base = url.read().map_err(|_| anyhow::anyhow!("lock"))?.clone();
+    let api = Api::new(&base).with_key(&tenant_key);
+    assert_eq!(state(&api, "c").await?, json!([total, round]));
+    let length = assert_contiguous(&api, "c").await?;
+    let status = api.get("/v1/components/snap/workers/c").await?;
+    assert_eq!(status.body["oplog_length"], json!(length), "{status:?}");
+    let archived_files = walk(&dir.join("blobs"))
+        .into_iter()
+        .filter(|p| p.to_string_lossy().contains("oplog-archive"))
+        .count();
+    assert!(archived_files > 0, "segments were archived");
     Ok(())
 }
 

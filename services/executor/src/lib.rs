@@ -13,6 +13,7 @@
 //! **Boundary:** only this crate runs guest code.
 
 mod admission;
+mod archive;
 mod calls;
 mod commit;
 mod config;

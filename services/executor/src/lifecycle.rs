@@ -6,6 +6,7 @@ use invicta_model::oplog::{OplogEntry, OplogIndex};
 use tokio::sync::oneshot;
 
 use crate::Executor;
+use crate::archive;
 use crate::error::{Error, Result};
 use crate::records::{self, WorkerRecord};
 use crate::worker::{Command, WorkerHandle};
@@ -116,6 +117,10 @@ impl Executor {
         // Its instance holds what is reverted: gone first, and again after (an invocation
         // that slipped in meanwhile cannot commit past the jump: appends are contiguous).
         self.stop_actor(id).await;
+        // The archived part of the history is read first; the transaction reads the store's
+        // part and checks the archive is still as read.
+        let (segments, archived) =
+            archive::archived(&self.inner.store, self.inner.registry.blobs(), id).await?;
         let (id_c, fencing) = (id.clone(), self.inner.fencing.clone());
         let skipped = self
             .inner
@@ -130,7 +135,19 @@ impl Executor {
                         "an invocation is running or waiting; interrupt it first".into(),
                     ));
                 }
-                let all = records::read_entries(tx, &id_c, 1, usize::MAX)?;
+                if archive::segments(tx, &id_c)? != segments {
+                    return Err(Error::Engine(
+                        "the worker's oplog was archived meanwhile; try again".into(),
+                    ));
+                }
+                let archived_to = segments.last().map_or(0, |s| s.last);
+                let mut all = archived.clone();
+                all.extend(records::read_entries(
+                    tx,
+                    &id_c,
+                    archived_to + 1,
+                    usize::MAX,
+                )?);
                 let last = all.last().map_or(0, |(i, _)| *i);
                 let visible = crate::worker::apply_jumps(all.clone());
                 if !revert_point(&visible, to) {
@@ -173,12 +190,14 @@ impl Executor {
         id: &WorkerId,
         count: u32,
     ) -> Result<OplogIndex> {
-        let id_c = id.clone();
-        let all = self
-            .inner
-            .store
-            .read(move |tx| records::read_entries(tx, &id_c, 1, usize::MAX))
-            .await?;
+        let all = archive::history(
+            &self.inner.store,
+            self.inner.registry.blobs(),
+            id,
+            1,
+            usize::MAX,
+        )
+        .await?;
         if all.is_empty() {
             return Err(Error::WorkerNotFound(id.to_string()));
         }
@@ -221,12 +240,14 @@ impl Executor {
             .worker_record(source)
             .await?
             .ok_or_else(|| Error::WorkerNotFound(source.to_string()))?;
-        let source_c = source.clone();
-        let all = self
-            .inner
-            .store
-            .read(move |tx| records::read_entries(tx, &source_c, 1, usize::MAX))
-            .await?;
+        let all = archive::history(
+            &self.inner.store,
+            self.inner.registry.blobs(),
+            source,
+            1,
+            usize::MAX,
+        )
+        .await?;
         let visible = crate::worker::apply_jumps(all.clone());
         let at = match at {
             Some(at) if revert_point(&visible, at) => at,
@@ -365,12 +386,14 @@ impl Executor {
             let current = registry
                 .compiled(&id.tenant, &id.component, record.component_version)
                 .await?;
-            let id_c = id.clone();
-            let entries = self
-                .inner
-                .store
-                .read(move |tx| records::read_entries(tx, &id_c, 1, usize::MAX))
-                .await?;
+            let entries = archive::history(
+                &self.inner.store,
+                self.inner.registry.blobs(),
+                id,
+                1,
+                usize::MAX,
+            )
+            .await?;
             for (_, entry) in crate::worker::apply_jumps(entries) {
                 if let OplogEntry::ExportedFunctionInvoked { function, .. } = entry {
                     let before = current.function(&function).map(|f| f.signature());

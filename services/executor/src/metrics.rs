@@ -29,6 +29,7 @@ pub(crate) struct Metrics {
     pub snapshots_taken: Counter,
     pub snapshot_recoveries: Counter,
     pub snapshot_fallbacks: Counter,
+    pub archived_entries: Counter,
     pub suspensions: Counter,
     pub active_workers: Gauge,
     pub suspended_workers: Gauge,
@@ -49,6 +50,7 @@ impl Metrics {
             snapshots_taken: Counter::default(),
             snapshot_recoveries: Counter::default(),
             snapshot_fallbacks: Counter::default(),
+            archived_entries: Counter::default(),
             suspensions: Counter::default(),
             active_workers: Gauge::default(),
             suspended_workers: Gauge::default(),
@@ -105,6 +107,11 @@ impl Metrics {
                 "snapshot_fallbacks",
                 "Snapshots that could not be used, passed over for an earlier one or a full replay",
                 metrics.snapshot_fallbacks.clone(),
+            );
+            r.register(
+                "archived_entries",
+                "Oplog entries moved from the store to archived segments",
+                metrics.archived_entries.clone(),
             );
             r.register(
                 "suspensions",

@@ -79,11 +79,14 @@ impl Executor {
         if self.worker_record(id).await?.is_none() {
             return Err(Error::WorkerNotFound(id.to_string()));
         }
-        let id = id.clone();
-        self.inner
-            .store
-            .read(move |tx| records::read_entries(tx, &id, from, count))
-            .await
+        crate::archive::history(
+            &self.inner.store,
+            self.inner.registry.blobs(),
+            id,
+            from,
+            count,
+        )
+        .await
     }
 
     /// The workers of a component in name order, filtered; with the name to continue after

@@ -222,6 +222,17 @@ pub(crate) fn oplog_key(id: &WorkerId, index: OplogIndex) -> Vec<u8> {
     ))
 }
 
+/// Where the chunks of entry `index` start (and those of earlier entries end).
+pub(crate) fn chunks_at(id: &WorkerId, index: OplogIndex) -> Vec<u8> {
+    pack(&(
+        "oplog-chunk",
+        id.tenant.as_str(),
+        id.component.as_str(),
+        id.worker.as_str(),
+        index,
+    ))
+}
+
 fn chunk_key(id: &WorkerId, index: OplogIndex, n: u32) -> Vec<u8> {
     pack(&(
         "oplog-chunk",
@@ -445,6 +456,24 @@ pub(crate) fn read_entries(
     from: OplogIndex,
     count: usize,
 ) -> Result<Vec<(OplogIndex, OplogEntry)>, Error> {
+    read_raw_entries(tx, id, from, count)?
+        .into_iter()
+        .map(|(index, bytes)| {
+            OplogEntry::decode(&bytes)
+                .map(|entry| (index, entry))
+                .map_err(|e| Error::Corrupt(format!("oplog entry {index}: {e}")))
+        })
+        .collect()
+}
+
+/// Reads up to `count` entries from index `from` on, as encoded (a chunked entry whole), with
+/// the bytes each takes in the store.
+pub(crate) fn read_raw_entries(
+    tx: &mut Transaction<'_>,
+    id: &WorkerId,
+    from: OplogIndex,
+    count: usize,
+) -> Result<Vec<(OplogIndex, Vec<u8>)>, Error> {
     let prefix = oplog_prefix(id);
     let begin = oplog_key(id, from.max(1));
     let (_, end) = prefix_range(&prefix);
@@ -470,9 +499,7 @@ pub(crate) fn read_entries(
         } else {
             row.value
         };
-        let entry = OplogEntry::decode(&bytes)
-            .map_err(|e| Error::Corrupt(format!("oplog entry {index}: {e}")))?;
-        out.push((index, entry));
+        out.push((index, bytes));
     }
     Ok(out)
 }

@@ -23,6 +23,7 @@ use tokio::sync::{Notify, mpsc, oneshot};
 use tracing::Instrument;
 use wasmtime::component::{Instance, InstancePre};
 
+use crate::archive;
 use crate::commit::{self, Commit};
 use crate::context::Context;
 use crate::error::Error;
@@ -839,6 +840,7 @@ impl Actor {
                 tx.clear(&records::running_key(&id))?;
                 tx.clear(&records::worker_key(&id))?;
                 tx.clear(&snapshots::record_key(&id))?;
+                stored += archive::clear(tx, &id)?;
                 let (begin, end) =
                     invicta_store::keys::prefix_range(&crate::suspend::promises_prefix(&id));
                 // Their webhooks go with them.
@@ -869,6 +871,7 @@ impl Actor {
         let prefixes = [
             crate::http::bodies_prefix(&self.id),
             snapshots::blob_prefix(&self.id, &self.record.incarnation),
+            archive::blob_prefix(&self.id),
         ];
         for prefix in prefixes {
             let Ok(kept) = blobs.list(&prefix).await else {
@@ -1488,17 +1491,9 @@ impl Actor {
         snapshot: &snapshots::Snapshot,
     ) -> Result<Option<(Vec<(OplogIndex, OplogEntry)>, OplogIndex, bytes::Bytes)>, Error> {
         const HEAD: usize = 256;
-        let (id, at) = (self.id.clone(), snapshot.index);
-        let (head, tail) = self
-            .inner
-            .store
-            .read(move |tx| {
-                Ok::<_, Error>((
-                    records::read_entries(tx, &id, 1, HEAD)?,
-                    records::read_entries(tx, &id, at + 1, usize::MAX)?,
-                ))
-            })
-            .await?;
+        let (store, blobs) = (&self.inner.store, self.inner.registry.blobs());
+        let head = archive::history(store, blobs, &self.id, 1, HEAD).await?;
+        let tail = archive::history(store, blobs, &self.id, snapshot.index + 1, usize::MAX).await?;
         let next_index = tail.last().map_or(snapshot.index + 1, |(i, _)| i + 1);
         // Jumps are checked as written (one reaching back over the snapshot makes it unusable),
         // then applied.
@@ -1631,18 +1626,29 @@ impl Actor {
             }
         }
         self.snapshots = record;
+        // What the snapshot makes unneeded for recovery leaves the store for the archive.
+        match archive::archive(&self.inner.store, &blobs, &self.id, index).await {
+            Ok(0) => {}
+            Ok(moved) => {
+                self.inner.metrics.archived_entries.inc_by(moved);
+                tracing::debug!(worker = %self.id, moved, below = index, "oplog archived");
+            }
+            Err(e) => tracing::warn!(worker = %self.id, error = %e, "archive the oplog"),
+        }
         Ok(())
     }
 
     /// The worker's oplog as replay sees it (what jumps skip left out), and the index its next
     /// entry takes (after every entry, skipped or not).
     async fn read_oplog(&mut self) -> Result<(Vec<(OplogIndex, OplogEntry)>, OplogIndex), Error> {
-        let id = self.id.clone();
-        let entries = self
-            .inner
-            .store
-            .read(move |tx| records::read_entries(tx, &id, 1, usize::MAX))
-            .await?;
+        let entries = archive::history(
+            &self.inner.store,
+            self.inner.registry.blobs(),
+            &self.id,
+            1,
+            usize::MAX,
+        )
+        .await?;
         let next_index = entries.last().map_or(1, |(i, _)| i + 1);
         Ok((apply_jumps(entries), next_index))
     }
