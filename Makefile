@@ -102,6 +102,7 @@ bench: components
 	$(CARGO_TARGET_DIR)/release/invicta-loadtests admission
 	$(CARGO_TARGET_DIR)/release/invicta-loadtests serve --server-bin $(CARGO_TARGET_DIR)/release/invicta
 	$(CARGO_TARGET_DIR)/release/invicta-loadtests upload --server-bin $(CARGO_TARGET_DIR)/release/invicta
+	$(CARGO_TARGET_DIR)/release/invicta-loadtests recovery --server-bin $(CARGO_TARGET_DIR)/release/invicta
 
 ## components: the guest components under tests/components (wasm32-wasip2) into tests/components/wasm
 components:

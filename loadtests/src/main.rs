@@ -5,6 +5,7 @@
 mod admission;
 mod invoke;
 mod metering;
+mod recovery;
 mod serve;
 mod stats;
 mod store;
@@ -33,6 +34,9 @@ enum Scenario {
     Serve(serve::Args),
     /// Upload to first call of guests, beside plain wasmtime's compile of the same bytes.
     Upload(upload::Args),
+    /// Long-lived workers coming back: from a snapshot after SIGKILL, resumed after idle
+    /// suspension, and without snapshots (the replay rate).
+    Recovery(recovery::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -42,5 +46,6 @@ fn main() -> anyhow::Result<()> {
         Scenario::Admission(args) => admission::run(&args),
         Scenario::Serve(args) => serve::run(&args),
         Scenario::Upload(args) => upload::run(&args),
+        Scenario::Recovery(args) => recovery::run(&args),
     }
 }

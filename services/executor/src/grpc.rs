@@ -85,6 +85,7 @@ fn status_message(id: &WorkerId, s: WorkerStatus) -> pb::WorkerStatus {
         pending_invocations: s.pending_invocations,
         interrupted: false,
         error: s.error,
+        archived_entries: s.archived_entries,
     }
 }
 

@@ -47,10 +47,16 @@ impl Executor {
             .await?
             .ok_or_else(|| Error::WorkerNotFound(id.to_string()))?;
         let id_c = id.clone();
-        let oplog_length = self
+        let (oplog_length, archived_entries) = self
             .inner
             .store
-            .read(move |tx| records::last_index(tx, &id_c))
+            .read(move |tx| {
+                let archived = crate::archive::segments(tx, &id_c)?
+                    .iter()
+                    .map(|s| s.last + 1 - s.first)
+                    .sum::<u64>();
+                Ok::<_, Error>((records::last_index(tx, &id_c)?, archived))
+            })
             .await?;
         let handle = self.lock_workers().get(id).cloned();
         let (status, pending, error) = match handle {
@@ -65,6 +71,7 @@ impl Executor {
             component_version: record.component_version,
             oplog_length,
             pending_invocations: pending,
+            archived_entries,
             error,
         })
     }

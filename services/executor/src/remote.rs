@@ -391,6 +391,7 @@ impl Router {
             oplog_length: status.oplog_length,
             pending_invocations: status.pending_invocations,
             error: status.error,
+            archived_entries: status.archived_entries,
         })
     }
 

@@ -15,6 +15,9 @@ pub struct WorkerStatus {
     pub pending_invocations: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// Entries moved from the store to archived segments in the blob store (those before its
+    /// latest snapshot); the store keeps the rest.
+    pub archived_entries: u64,
 }
 
 /// A worker in a listing.

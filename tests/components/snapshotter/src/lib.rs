@@ -32,6 +32,16 @@ impl Guest for Component {
     fn state() -> (i64, u64) {
         STATE.with_borrow(|s| (s.total, s.history.len() as u64))
     }
+
+    fn churn(n: u32) -> u64 {
+        (0..n).fold(0u64, |sum, _| {
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| u64::from(d.subsec_nanos()))
+                .unwrap_or(0);
+            sum.wrapping_add(nanos)
+        })
+    }
 }
 
 impl exports::invicta::host::snapshot::Guest for Component {
