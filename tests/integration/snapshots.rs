@@ -147,9 +147,16 @@ async fn a_worker_comes_back_from_its_latest_snapshot_and_falls_back_past_a_bad_
         17.0,
         "the 15 additions after the first snapshot, and the 2 reads of the state since"
     );
-    // (That read is the 10th invocation since the first snapshot: a new one is taken.)
-    let taken = snapshots(&api, "s").await?;
-    assert_eq!(taken.len(), 3, "{taken:?}");
+    // (That read is the 10th invocation since the first snapshot: a new one is taken, after
+    // the read is answered.)
+    let taken = eventually("a third snapshot", Duration::from_secs(10), || {
+        let api = api.clone();
+        async move {
+            let taken = snapshots(&api, "s").await?;
+            Ok((taken.len() == 3).then_some(taken))
+        }
+    })
+    .await?;
 
     // Every snapshot gone: a full replay, the same state.
     server.kill()?;
@@ -371,4 +378,201 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
         }
     }
     out
+}
+
+/// A version whose history does not replay (`add` became `deposit`) takes a worker over by a
+/// snapshot: the old version saves, the new one loads; the worker recovers from that snapshot
+/// after SIGKILL, cannot be reverted or forked back past it, and a bulk update says how each
+/// worker moved.
+#[tokio::test]
+async fn a_version_whose_history_does_not_replay_takes_over_by_a_snapshot() -> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let config = config(tmp.path())?;
+    let dir = tmp.path().join("data");
+    let server = Server::start_with(INVICTA.as_ref(), &dir, &["--config", &config])?;
+    let api = server.operator().new_tenant("movers", "pro").await?;
+    api.upload("snap", component("snapshotter")).await?;
+    for delta in 1..=5 {
+        api.call("snap", "u", "add", json!([delta])).await?;
+    }
+    let uploaded = api.upload("snap", component("snapshotter_v2")).await?;
+    assert_eq!(uploaded.body["version"], json!(2), "{uploaded:?}");
+    let version = "/v1/components/snap/workers/u/version";
+
+    let planned = api
+        .put_json(version, &json!({ "version": 2, "dry_run": true }))
+        .await?;
+    assert_eq!(planned.status, 200, "{planned:?}");
+    assert_eq!(planned.body["method"], "snapshot", "{planned:?}");
+    assert!(
+        planned.body["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("`add`")),
+        "{planned:?}"
+    );
+    let by_replay = api
+        .put_json(version, &json!({ "version": 2, "method": "replay" }))
+        .await?;
+    assert_eq!(
+        (by_replay.status, by_replay.code()),
+        (409, "incompatible_version"),
+        "{by_replay:?}"
+    );
+    assert_eq!(
+        state(&api, "u").await?,
+        json!([15, 5]),
+        "still on version 1"
+    );
+
+    let moved = api.put_json(version, &json!({ "version": 2 })).await?;
+    assert_eq!(moved.status, 200, "{moved:?}");
+    assert_eq!(moved.body["component_version"], json!(2), "{moved:?}");
+    assert_eq!(state(&api, "u").await?, json!([15, 5]));
+    assert_eq!(
+        api.call("snap", "u", "deposit", json!([10])).await?,
+        json!(25)
+    );
+    let refused = api
+        .post_json(
+            "/v1/components/snap/workers/u/revert",
+            &json!({ "last_invocations": 3 }),
+            None,
+        )
+        .await?;
+    assert_eq!(
+        (refused.status, refused.code()),
+        (400, "invalid_revert"),
+        "{refused:?}"
+    );
+    let fork = api
+        .post_json(
+            "/v1/components/snap/workers/u/fork",
+            &json!({ "name": "u2" }),
+            None,
+        )
+        .await?;
+    assert_eq!(fork.status, 400, "{fork:?}");
+
+    server.kill()?;
+    let server = Server::start_with(INVICTA.as_ref(), &dir, &["--config", &config])?;
+    let api = api.at(&server.url);
+    assert_eq!(state(&api, "u").await?, json!([25, 6]));
+    assert_eq!(
+        api.call("snap", "u", "deposit", json!([1])).await?,
+        json!(26)
+    );
+
+    // A bulk update: two workers of version 1, planned, then moved, each by a snapshot.
+    for name in ["b1", "b2"] {
+        let created = api
+            .post_json(
+                "/v1/components/snap/workers",
+                &json!({ "name": name, "version": 1 }),
+                None,
+            )
+            .await?;
+        assert_eq!(created.status, 201, "{created:?}");
+        api.call("snap", name, "add", json!([7])).await?;
+    }
+    let plan = api
+        .post_json(
+            "/v1/components/snap/update",
+            &json!({ "version": 2, "dry_run": true }),
+            None,
+        )
+        .await?;
+    assert_eq!(plan.status, 200, "{plan:?}");
+    let outcomes = |body: &Value| -> Vec<(String, String, String)> {
+        body["results"]
+            .as_array()
+            .map(|rs| {
+                rs.iter()
+                    .map(|r| {
+                        (
+                            r["worker"].as_str().unwrap_or_default().to_string(),
+                            r["outcome"].as_str().unwrap_or_default().to_string(),
+                            r["method"].as_str().unwrap_or_default().to_string(),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let triple = |w: &str, o: &str, m: &str| (w.to_string(), o.to_string(), m.to_string());
+    assert_eq!(
+        outcomes(&plan.body),
+        vec![
+            triple("b1", "would_update", "snapshot"),
+            triple("b2", "would_update", "snapshot"),
+            triple("u", "unchanged", ""),
+        ]
+    );
+    let done = api
+        .post_json("/v1/components/snap/update", &json!({ "version": 2 }), None)
+        .await?;
+    assert_eq!(
+        outcomes(&done.body),
+        vec![
+            triple("b1", "updated", "snapshot"),
+            triple("b2", "updated", "snapshot"),
+            triple("u", "unchanged", ""),
+        ],
+        "{done:?}"
+    );
+    assert_eq!(
+        api.call("snap", "b1", "deposit", json!([1])).await?,
+        json!(8)
+    );
+    Ok(())
+}
+
+/// A component's own snapshot policy overrides the executor's, is checked, and goes with it.
+#[tokio::test]
+async fn a_component_may_have_its_own_snapshot_policy() -> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let config = config(tmp.path())?;
+    let dir = tmp.path().join("data");
+    let server = Server::start_with(INVICTA.as_ref(), &dir, &["--config", &config])?;
+    let api = server.operator().new_tenant("policies", "pro").await?;
+    api.upload("snap", component("snapshotter")).await?;
+    let path = "/v1/components/snap/snapshots";
+    let none = api.get(path).await?;
+    assert_eq!((none.status, none.code()), (404, "snapshots_not_found"));
+    let set = api
+        .put_json(path, &json!({ "every_invocations": 2, "every_entries": 0 }))
+        .await?;
+    assert_eq!(set.status, 200, "{set:?}");
+    assert_eq!(api.get(path).await?.body["every_invocations"], json!(2));
+    for bad in [
+        json!({ "every_invocations": 2 }),
+        json!({ "every_invocations": -1, "every_entries": 0 }),
+        json!({ "every_invocations": 2_000_000_000_000_u64, "every_entries": 0 }),
+    ] {
+        let refused = api.put_json(path, &bad).await?;
+        assert_eq!(refused.status, 400, "{bad}: {refused:?}");
+    }
+    for delta in 1..=4 {
+        api.call("snap", "p", "add", json!([delta])).await?;
+    }
+    // (The second is taken after the fourth addition is answered.)
+    eventually(
+        "a snapshot every 2 invocations",
+        Duration::from_secs(10),
+        || {
+            let api = api.clone();
+            async move { Ok((snapshots(&api, "p").await?.len() == 2).then_some(())) }
+        },
+    )
+    .await?;
+    let removed = api.delete(path).await?;
+    assert_eq!(removed.status, 204);
+    assert_eq!(api.get(path).await?.status, 404);
+    let missing = api
+        .put_json(
+            "/v1/components/nothing/snapshots",
+            &json!({ "every_invocations": 2, "every_entries": 0 }),
+        )
+        .await?;
+    assert_eq!(missing.status, 404, "{missing:?}");
+    Ok(())
 }

@@ -45,6 +45,7 @@ impl Executor {
             args,
             created_at_ms: now_ms(),
             incarnation: new_incarnation(),
+            snapshot_base: None,
         };
         let create = OplogEntry::Create {
             timestamp_ms: record.created_at_ms,

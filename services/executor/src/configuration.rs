@@ -127,6 +127,49 @@ impl Executor {
 }
 
 impl Executor {
+    /// Sets when the component's workers are snapshotted (over the executor's default); `None`
+    /// removes it. The component must exist. A worker uses it from its next activation, or
+    /// after its next snapshot.
+    pub async fn set_component_snapshots(
+        &self,
+        tenant: &TenantId,
+        component: &ComponentName,
+        policy: Option<crate::snapshots::Policy>,
+    ) -> Result<()> {
+        self.inner.registry.get(tenant, component, None).await?;
+        if let Some(policy) = &policy {
+            policy
+                .check()
+                .map_err(|reason| Error::InvalidRequest(format!("snapshots: {reason}")))?;
+        }
+        let key = crate::snapshots::policy_key(tenant.as_str(), component.as_str());
+        let bytes = policy.as_ref().map(crate::records::encode_json);
+        self.inner
+            .store
+            .transact(move |tx| {
+                match &bytes {
+                    Some(bytes) => tx.set(&key, bytes)?,
+                    None => tx.clear(&key)?,
+                }
+                Ok::<_, Error>(())
+            })
+            .await
+    }
+
+    /// The component's own snapshot policy, if it has one.
+    pub async fn component_snapshots(
+        &self,
+        tenant: &TenantId,
+        component: &ComponentName,
+    ) -> Result<Option<crate::snapshots::Policy>> {
+        self.inner.registry.get(tenant, component, None).await?;
+        let key = crate::snapshots::policy_key(tenant.as_str(), component.as_str());
+        let bytes = self.inner.store.read(move |tx| tx.get(&key)).await?;
+        bytes
+            .map(|b| crate::records::decode_json("snapshot policy", &b))
+            .transpose()
+    }
+
     /// Removes what the component was given over the API (configuration, secrets, retry
     /// policy), once it is deleted.
     pub async fn forget_component(
@@ -134,9 +177,10 @@ impl Executor {
         tenant: &TenantId,
         component: &ComponentName,
     ) -> Result<()> {
-        let (config, retry) = (
+        let (config, retry, snapshots) = (
             settings::component_prefix(tenant, component),
             retry_key(tenant, component),
+            crate::snapshots::policy_key(tenant.as_str(), component.as_str()),
         );
         self.inner
             .store
@@ -144,6 +188,7 @@ impl Executor {
                 let (begin, end) = invicta_store::keys::prefix_range(&config);
                 tx.clear_range(&begin, &end)?;
                 tx.clear(&retry)?;
+                tx.clear(&snapshots)?;
                 Ok::<_, Error>(())
             })
             .await?;

@@ -271,8 +271,11 @@ impl ExecutorRpc for ExecutorService {
     ) -> Result<Response<pb::WorkerStatus>, Status> {
         let r = request.into_inner();
         let id = self.owned(r.worker)?;
+        let method = crate::lifecycle::UpdateMethod::parse(&r.method).ok_or_else(|| {
+            Status::invalid_argument(format!("unknown update method `{}`", r.method))
+        })?;
         self.executor
-            .set_version(&id, r.version)
+            .set_version(&id, r.version, method)
             .await
             .map_err(|e| crate::problem::to_status(&e))?;
         self.status_reply(&id).await

@@ -60,12 +60,13 @@ use invicta_store::Store;
 
 pub use http::HttpConfig;
 pub use invicta_model::retry::RetryPolicy;
-pub use lifecycle::VersionPlan;
+pub use lifecycle::{UpdateMethod, VersionPlan};
 pub use limits::Limits;
 pub use placed::RevertTo;
 pub use records::{InvocationRecord, PendingRecord, StoredOutcome, WorkerRecord};
 pub use schedules::Schedule;
 pub use settings::{ConfigEntry, SecretsKey};
+pub use snapshots::Policy as SnapshotPolicy;
 pub use suspend::{PROMISE_BYTES_MAX, PromiseRecord};
 
 use crate::commit::Committer;

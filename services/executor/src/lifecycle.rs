@@ -70,19 +70,24 @@ impl Executor {
             .await
     }
 
-    /// Moves the worker to another version of its component. Allowed only when its history
-    /// replays on that version: every function it was invoked with must exist there with the
-    /// same signature, and a trial replay must reproduce every recorded result; otherwise the
-    /// worker stays where it was and the reason is returned.
+    /// Moves the worker to another version of its component: by replay when its history
+    /// replays there (every function it was invoked with exported alike, and a trial replay
+    /// reproducing every recorded result), else — when `method` allows and both versions
+    /// export `invicta:host/snapshot` — by a snapshot. Otherwise the worker stays where it
+    /// was and the reason is returned.
     pub(crate) async fn set_version_here(
         &self,
         id: &WorkerId,
         version: u64,
+        method: UpdateMethod,
     ) -> Result<WorkerRecord> {
-        let plan = self.plan_version(id, version).await?;
+        let plan = self.plan_version(id, version, method).await?;
         let record = plan.record;
         if record.component_version == version {
             return Ok(record);
+        }
+        if plan.method == UpdateMethod::Snapshot {
+            return self.move_by_snapshot(id, &record, version).await;
         }
         self.stop_actor(id).await;
         self.write_version(id, version).await?;
@@ -96,6 +101,16 @@ impl Executor {
             Err(Error::WorkerFailed(reason)) => {
                 self.stop_actor(id).await;
                 self.write_version(id, record.component_version).await?;
+                // The history does not replay after all: by a snapshot, if that may be tried.
+                if method == UpdateMethod::Auto
+                    && self
+                        .plan_version(id, version, UpdateMethod::Snapshot)
+                        .await
+                        .is_ok()
+                {
+                    tracing::info!(worker = %id, %reason, "history does not replay on the new version: moving by a snapshot");
+                    return self.move_by_snapshot(id, &record, version).await;
+                }
                 Err(Error::IncompatibleVersion(format!(
                     "its history does not replay on version {version}: {reason}"
                 )))
@@ -127,8 +142,17 @@ impl Executor {
             .store
             .transact(move |tx| {
                 fencing.check(tx, &id_c, &mut std::collections::HashMap::new())?;
-                if tx.get(&records::worker_key(&id_c))?.is_none() {
+                let Some(bytes) = tx.get(&records::worker_key(&id_c))? else {
                     return Err(Error::WorkerNotFound(id_c.to_string()));
+                };
+                let record: WorkerRecord = records::decode_json("worker record", &bytes)?;
+                if let Some(base) = record.snapshot_base
+                    && to < base
+                {
+                    return Err(Error::InvalidRevert(format!(
+                        "the worker moved to version {} by the snapshot at entry {base}: it cannot go back before it",
+                        record.component_version
+                    )));
                 }
                 if tx.get(&records::running_key(&id_c))?.is_some() {
                     return Err(Error::InvalidRevert(
@@ -240,6 +264,12 @@ impl Executor {
             .worker_record(source)
             .await?
             .ok_or_else(|| Error::WorkerNotFound(source.to_string()))?;
+        if source_record.snapshot_base.is_some() {
+            return Err(Error::InvalidFork(format!(
+                "the worker moved to version {} by a snapshot; its history before it does not replay, so a fork could not be rebuilt",
+                source_record.component_version
+            )));
+        }
         let all = archive::history(
             &self.inner.store,
             self.inner.registry.blobs(),
@@ -269,6 +299,7 @@ impl Executor {
             args: source_record.args.clone(),
             created_at_ms: crate::now_ms(),
             incarnation: crate::durability::new_incarnation(),
+            snapshot_base: None,
         };
         // Response bodies kept in the blob store are the source's: the fork gets copies of its
         // own, so that it outlives the source.
@@ -368,50 +399,184 @@ impl Executor {
         Ok((record, at))
     }
 
-    /// What moving the worker to `version` would do, checked without moving it: every
-    /// function its history was invoked with must be exported alike there (otherwise
-    /// `incompatible_version`, naming the first that is not); a move then replays the whole
-    /// history on the new version and keeps the worker where it was if any result differs.
-    pub async fn plan_version(&self, id: &WorkerId, version: u64) -> Result<VersionPlan> {
+    /// What moving the worker to `version` by `method` would do, checked without moving it.
+    ///
+    /// By replay, every function its history was invoked with must be exported alike there
+    /// (otherwise `incompatible_version`, naming the first that is not); a move then replays
+    /// the whole history on the new version and keeps the worker where it was if any result
+    /// differs. By snapshot, both versions must export `invicta:host/snapshot`: the old one
+    /// saves the worker's state and the new one loads it. `auto` is replay when the history
+    /// passes that check, else snapshot when both versions can.
+    pub async fn plan_version(
+        &self,
+        id: &WorkerId,
+        version: u64,
+        method: UpdateMethod,
+    ) -> Result<VersionPlan> {
         let record = self
             .worker_record(id)
             .await?
             .ok_or_else(|| Error::WorkerNotFound(id.to_string()))?;
+        let mut plan = VersionPlan {
+            record: record.clone(),
+            version,
+            functions: Vec::new(),
+            method: UpdateMethod::Replay,
+            reason: None,
+        };
+        if record.component_version == version {
+            return Ok(plan);
+        }
         let registry = &self.inner.registry;
-        let mut functions = std::collections::BTreeSet::new();
-        if record.component_version != version {
-            let target = registry
-                .compiled(&id.tenant, &id.component, version)
-                .await?;
-            let current = registry
-                .compiled(&id.tenant, &id.component, record.component_version)
-                .await?;
-            let entries = archive::history(
-                &self.inner.store,
-                self.inner.registry.blobs(),
-                id,
-                1,
-                usize::MAX,
-            )
+        let target = registry
+            .compiled(&id.tenant, &id.component, version)
             .await?;
-            for (_, entry) in crate::worker::apply_jumps(entries) {
-                if let OplogEntry::ExportedFunctionInvoked { function, .. } = entry {
-                    let before = current.function(&function).map(|f| f.signature());
-                    let after = target.function(&function).map(|f| f.signature());
-                    if after.is_none() || before != after {
-                        return Err(Error::IncompatibleVersion(format!(
-                            "the worker was invoked with `{function}`, which version {version} does not export with the same signature"
-                        )));
-                    }
-                    functions.insert(function);
-                }
+        let current = registry
+            .compiled(&id.tenant, &id.component, record.component_version)
+            .await?;
+        let snapshots =
+            crate::snapshots::exported_by(&current) && crate::snapshots::exported_by(&target);
+        let replay = if record.snapshot_base.is_some() {
+            Err(format!(
+                "the worker moved to version {} by a snapshot: its history before it does not replay",
+                record.component_version
+            ))
+        } else if method == UpdateMethod::Snapshot {
+            Err("a snapshot-based move was asked for".to_string())
+        } else {
+            self.replay_check(id, &current, &target, version).await?
+        };
+        match replay {
+            Ok(functions) => plan.functions = functions,
+            Err(reason) if method != UpdateMethod::Replay && snapshots => {
+                plan.method = UpdateMethod::Snapshot;
+                plan.reason = Some(reason);
+            }
+            Err(reason) if method == UpdateMethod::Replay || snapshots => {
+                return Err(Error::IncompatibleVersion(reason));
+            }
+            Err(reason) => {
+                return Err(Error::IncompatibleVersion(format!(
+                    "{reason}; a move by snapshot needs versions {} and {version} both to export invicta:host/snapshot",
+                    record.component_version
+                )));
             }
         }
-        Ok(VersionPlan {
-            record,
-            version,
-            functions: functions.into_iter().collect(),
-        })
+        Ok(plan)
+    }
+
+    /// The functions the worker's history was invoked with, if each is exported alike by
+    /// `target`; else why not.
+    async fn replay_check(
+        &self,
+        id: &WorkerId,
+        current: &invicta_component_registry::Compiled,
+        target: &invicta_component_registry::Compiled,
+        version: u64,
+    ) -> Result<std::result::Result<Vec<String>, String>> {
+        let entries = archive::history(
+            &self.inner.store,
+            self.inner.registry.blobs(),
+            id,
+            1,
+            usize::MAX,
+        )
+        .await?;
+        let mut functions = std::collections::BTreeSet::new();
+        for (_, entry) in crate::worker::apply_jumps(entries) {
+            if let OplogEntry::ExportedFunctionInvoked { function, .. } = entry {
+                let before = current.function(&function).map(|f| f.signature());
+                let after = target.function(&function).map(|f| f.signature());
+                if after.is_none() || before != after {
+                    return Ok(Err(format!(
+                        "the worker was invoked with `{function}`, which version {version} does not export with the same signature"
+                    )));
+                }
+                functions.insert(function);
+            }
+        }
+        Ok(Ok(functions.into_iter().collect()))
+    }
+
+    /// Moves the worker to `version` by a snapshot: its old version saves its state now, the
+    /// worker record names the new version and that snapshot as where its recovery starts
+    /// (and the snapshot as one of the new version's), and the new version loads it. If the
+    /// new version cannot, everything is put back and the worker stays where it was.
+    async fn move_by_snapshot(
+        &self,
+        id: &WorkerId,
+        record: &WorkerRecord,
+        version: u64,
+    ) -> Result<WorkerRecord> {
+        self.ask(id, |_| (), Command::Snapshot).await?;
+        self.stop_actor(id).await;
+        let (id_c, from) = (id.clone(), record.component_version);
+        let undo = self
+            .inner
+            .store
+            .transact(move |tx| {
+                let key = records::worker_key(&id_c);
+                let bytes = tx
+                    .get(&key)?
+                    .ok_or_else(|| Error::WorkerNotFound(id_c.to_string()))?;
+                let before: WorkerRecord = records::decode_json("worker record", &bytes)?;
+                let snapshot_key = crate::snapshots::record_key(&id_c);
+                let snapshots_before = tx.get(&snapshot_key)?;
+                let mut snapshots: crate::snapshots::SnapshotRecord = snapshots_before
+                    .as_deref()
+                    .map(|b| records::decode_json("snapshot record", b))
+                    .transpose()?
+                    .unwrap_or_default();
+                let latest = snapshots
+                    .snapshots
+                    .first()
+                    .filter(|s| s.component_version == from)
+                    .cloned()
+                    .ok_or_else(|| {
+                        Error::Engine("the snapshot just taken is not recorded".into())
+                    })?;
+                let base = latest.index;
+                snapshots.snapshots.insert(
+                    0,
+                    crate::snapshots::Snapshot {
+                        component_version: version,
+                        ..latest
+                    },
+                );
+                let mut after = before.clone();
+                after.component_version = version;
+                after.snapshot_base = Some(base);
+                tx.set(&key, &records::encode_json(&after))?;
+                tx.set(&snapshot_key, &records::encode_json(&snapshots))?;
+                Ok::<_, Error>((before, snapshots_before, after))
+            })
+            .await?;
+        let (before, snapshots_before, after) = undo;
+        match self.resume_here(id).await {
+            Ok(()) => {
+                tracing::info!(worker = %id, from, to = version, base = ?after.snapshot_base, "worker moved by a snapshot");
+                Ok(after)
+            }
+            Err(e) => {
+                self.stop_actor(id).await;
+                let id_c = id.clone();
+                self.inner
+                    .store
+                    .transact(move |tx| {
+                        tx.set(&records::worker_key(&id_c), &records::encode_json(&before))?;
+                        let snapshot_key = crate::snapshots::record_key(&id_c);
+                        match &snapshots_before {
+                            Some(bytes) => tx.set(&snapshot_key, bytes)?,
+                            None => tx.clear(&snapshot_key)?,
+                        }
+                        Ok::<_, Error>(())
+                    })
+                    .await?;
+                Err(Error::IncompatibleVersion(format!(
+                    "version {version} could not take over the snapshot of version {from}: {e}"
+                )))
+            }
+        }
     }
 
     /// Stops the worker's actor, if it runs, once its commits are durable.
@@ -472,4 +637,50 @@ pub struct VersionPlan {
     /// The functions its history was invoked with, each exported alike there: the trial
     /// replay of a move calls them again.
     pub functions: Vec<String>,
+    /// How it would move: `Replay` or `Snapshot`.
+    pub method: UpdateMethod,
+    /// Why not by replay, for a move by snapshot.
+    pub reason: Option<String>,
+}
+
+/// How a worker moves to another version of its component.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    serde::Serialize,
+    serde::Deserialize,
+    utoipa::ToSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum UpdateMethod {
+    /// By replay if its history replays there, else by a snapshot if both versions can.
+    #[default]
+    Auto,
+    /// Only by replaying its history on the new version.
+    Replay,
+    /// Only by a snapshot: the old version saves the state, the new one loads it.
+    Snapshot,
+}
+
+impl UpdateMethod {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UpdateMethod::Auto => "auto",
+            UpdateMethod::Replay => "replay",
+            UpdateMethod::Snapshot => "snapshot",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<UpdateMethod> {
+        match text {
+            "" | "auto" => Some(UpdateMethod::Auto),
+            "replay" => Some(UpdateMethod::Replay),
+            "snapshot" => Some(UpdateMethod::Snapshot),
+            _ => None,
+        }
+    }
 }

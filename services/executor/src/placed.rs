@@ -12,6 +12,7 @@ use invicta_model::oplog::OplogIndex;
 
 use crate::Executor;
 use crate::error::{Error, Result};
+use crate::lifecycle::UpdateMethod;
 use crate::limits::Limits;
 use crate::records::WorkerRecord;
 use crate::remote::{Control, Router};
@@ -60,7 +61,7 @@ pub(crate) trait WorkerAt {
     async fn delete(&self) -> Result<()>;
 
     /// Moves it to another version of its component, if its history replays there.
-    async fn set_version(&self, version: u64) -> Result<WorkerRecord>;
+    async fn set_version(&self, version: u64, method: UpdateMethod) -> Result<WorkerRecord>;
 
     /// Where it stands.
     async fn status(&self) -> Result<WorkerStatus>;
@@ -232,8 +233,13 @@ impl Executor {
     /// replays on that version: every function it was invoked with must exist there with the
     /// same signature, and a trial replay must reproduce every recorded result; otherwise the
     /// worker stays where it was and the reason is returned.
-    pub async fn set_version(&self, id: &WorkerId, version: u64) -> Result<WorkerRecord> {
-        self.at(id).set_version(version).await
+    pub async fn set_version(
+        &self,
+        id: &WorkerId,
+        version: u64,
+        method: UpdateMethod,
+    ) -> Result<WorkerRecord> {
+        self.at(id).set_version(version, method).await
     }
 
     /// A worker's status.
@@ -337,8 +343,10 @@ impl WorkerAt for Local<'_> {
         self.executor.delete_here(self.id).await
     }
 
-    async fn set_version(&self, version: u64) -> Result<WorkerRecord> {
-        self.executor.set_version_here(self.id, version).await
+    async fn set_version(&self, version: u64, method: UpdateMethod) -> Result<WorkerRecord> {
+        self.executor
+            .set_version_here(self.id, version, method)
+            .await
     }
 
     async fn status(&self) -> Result<WorkerStatus> {
@@ -428,9 +436,9 @@ impl WorkerAt for Remote<'_> {
         self.router.control(self.id, Control::Delete).await
     }
 
-    async fn set_version(&self, version: u64) -> Result<WorkerRecord> {
+    async fn set_version(&self, version: u64, method: UpdateMethod) -> Result<WorkerRecord> {
         self.router
-            .control(self.id, Control::SetVersion(version))
+            .control(self.id, Control::SetVersion(version, method))
             .await?;
         self.record().await
     }
@@ -533,10 +541,10 @@ impl WorkerAt for Placed<'_> {
         }
     }
 
-    async fn set_version(&self, version: u64) -> Result<WorkerRecord> {
+    async fn set_version(&self, version: u64, method: UpdateMethod) -> Result<WorkerRecord> {
         match self {
-            Placed::Local(w) => w.set_version(version).await,
-            Placed::Remote(w) => w.set_version(version).await,
+            Placed::Local(w) => w.set_version(version, method).await,
+            Placed::Remote(w) => w.set_version(version, method).await,
         }
     }
 

@@ -39,6 +39,11 @@ pub struct WorkerRecord {
     /// worker include it. Empty for workers made before incarnations existed.
     #[serde(default)]
     pub incarnation: String,
+    /// Set when the worker moved to its version by a snapshot (its history before it does not
+    /// replay there): recovery starts from that snapshot (the index of its `Snapshot` entry) or
+    /// a later one, never from the beginning.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot_base: Option<OplogIndex>,
 }
 
 /// The outcome of an invocation, kept under its idempotency key.

@@ -27,7 +27,7 @@ const ROUTE_BUDGET: Duration = Duration::from_secs(30);
 pub(crate) enum Control {
     Resume,
     Delete,
-    SetVersion(u64),
+    SetVersion(u64, crate::lifecycle::UpdateMethod),
 }
 
 pub(crate) struct Router {
@@ -354,11 +354,12 @@ impl Router {
                         .delete_worker(invicta_telemetry::propagation::request(get()))
                         .await
                         .map(drop),
-                    Control::SetVersion(version) => client
+                    Control::SetVersion(version, method) => client
                         .set_version(invicta_telemetry::propagation::request(
                             pb::SetVersionRequest {
                                 worker: worker.clone(),
                                 version,
+                                method: method.as_str().to_string(),
                             },
                         ))
                         .await

@@ -85,19 +85,50 @@ pub(crate) fn blob_prefix(id: &WorkerId, incarnation: &str) -> String {
     format!("snapshots/{}/{incarnation}", hex::encode(&digest[..16]))
 }
 
-/// When a snapshot is due: after this many invocations, or this many oplog entries, since the
-/// last one.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Policy {
-    pub(crate) every_invocations: u64,
-    pub(crate) every_entries: u64,
+/// When a component's workers are snapshotted: after `every_invocations` invocations, or
+/// `every_entries` oplog entries, since the last snapshot (0: not by that count; both 0: never).
+/// The executor's `[executor]` settings are the default; a component may have its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Policy {
+    pub every_invocations: u64,
+    pub every_entries: u64,
+}
+
+/// The largest count a policy may name.
+const POLICY_COUNT_MAX: u64 = 1_000_000_000_000;
+
+/// `("component-snapshots", tenant, component)`: a component's own policy.
+pub(crate) fn policy_key(tenant: &str, component: &str) -> Vec<u8> {
+    pack(&("component-snapshots", tenant, component))
 }
 
 impl Policy {
+    /// Why the policy cannot be used, if it cannot.
+    pub fn check(&self) -> Result<(), String> {
+        if self.every_invocations > POLICY_COUNT_MAX || self.every_entries > POLICY_COUNT_MAX {
+            return Err(format!("a count is at most {POLICY_COUNT_MAX}"));
+        }
+        Ok(())
+    }
+
     pub(crate) fn due(&self, invocations: u64, entries: u64) -> bool {
         (self.every_invocations > 0 && invocations >= self.every_invocations)
             || (self.every_entries > 0 && entries >= self.every_entries)
     }
+}
+
+/// Whether the component exports a whole snapshot interface.
+pub(crate) fn exported_by(compiled: &invicta_component_registry::Compiled) -> bool {
+    let has = |name: &str| {
+        compiled.exports.iter().any(|f| {
+            f.function == name
+                && f.instance
+                    .as_deref()
+                    .is_some_and(|i| i.starts_with(INTERFACE))
+        })
+    };
+    has(SAVE) && has(LOAD)
 }
 
 /// Where the `save-snapshot` and `load-snapshot` exports are, if the component has them.

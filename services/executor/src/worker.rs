@@ -88,6 +88,8 @@ pub(crate) enum Command {
     Stop(oneshot::Sender<()>),
     /// Delete the worker: its record, oplog, invocation records and pending invocations.
     Delete(oneshot::Sender<Result<(), Error>>),
+    /// Take a snapshot now (activating the worker first), for a snapshot-based update.
+    Snapshot(oneshot::Sender<Result<(), Error>>),
 }
 
 pub(crate) enum SendError {
@@ -291,6 +293,9 @@ struct Actor {
     snapshot_at: OplogIndex,
     /// The worker's snapshot record as last read or written: this actor is its only writer.
     snapshots: snapshots::SnapshotRecord,
+    /// When it is snapshotted: its component's policy, else the executor's (read at each
+    /// activation and after each snapshot).
+    snapshot_policy: snapshots::Policy,
 }
 
 /// An invocation suspended in a wait.
@@ -408,6 +413,10 @@ pub(crate) fn spawn(
         since_snapshot: 0,
         snapshot_at: 0,
         snapshots: snapshots::SnapshotRecord::default(),
+        snapshot_policy: snapshots::Policy {
+            every_invocations: 0,
+            every_entries: 0,
+        },
     };
     tokio::spawn(actor.run());
     WorkerHandle {
@@ -529,6 +538,18 @@ impl Actor {
                     let result = match self.failure() {
                         Some(error) => Err(Error::WorkerFailed(error)),
                         None => self.ensure_active().await,
+                    };
+                    let _ = reply.send(result);
+                }
+                Command::Snapshot(reply) if self.parked.is_some() => {
+                    let _ = reply.send(Err(Error::IncompatibleVersion(
+                        "the worker is waiting inside an invocation: a snapshot is taken between invocations".into(),
+                    )));
+                }
+                Command::Snapshot(reply) => {
+                    let result = match self.failure() {
+                        Some(error) => Err(Error::WorkerFailed(error)),
+                        None => self.snapshot_now().await,
                     };
                     let _ = reply.send(result);
                 }
@@ -799,7 +820,7 @@ impl Actor {
                 Command::Activate(reply) => {
                     let _ = reply.send(Err(Error::Retry));
                 }
-                Command::Delete(reply) => {
+                Command::Delete(reply) | Command::Snapshot(reply) => {
                     let _ = reply.send(Err(Error::Retry));
                 }
                 Command::Stop(reply) => {
@@ -1113,11 +1134,20 @@ impl Actor {
             .fuel_async_yield_interval(Some(self.inner.engine.config.fuel_yield_interval.max(1)))
             .map_err(engine_error)?;
 
-        // The host calls of instantiation come right after `Create`.
+        // The host calls of instantiation come right after `Create`; a worker moved to its
+        // version by a snapshot instantiates it unrecorded (the snapshot's load sets its state).
         let mut pos = 1;
         let init = side_entries(&entries, &mut pos);
         let tail = pos >= entries.len();
-        host::lock(&durability).replay(init, tail);
+        let unrecorded_start = snapshot.is_some() && self.record.snapshot_base.is_some();
+        let start_mark = if unrecorded_start {
+            let mut d = host::lock(&durability);
+            d.go_live();
+            Some(d.mark())
+        } else {
+            host::lock(&durability).replay(init, tail);
+            None
+        };
         let deadline = self.timeout();
         let shared = self.shared.clone();
         let instantiated = {
@@ -1165,7 +1195,10 @@ impl Actor {
             }
         };
         store.set_fuel(REPLAY_FUEL).map_err(engine_error)?;
-        check_consumed(&durability, "instantiation")?;
+        match start_mark {
+            Some(mark) => host::lock(&durability).rewind(mark),
+            None => check_consumed(&durability, "instantiation")?,
+        }
         let mut active = Active {
             store,
             instance,
@@ -1436,6 +1469,7 @@ impl Actor {
     /// replay after it fails) is passed over for the one before it, then for a full replay.
     async fn recover(&mut self) -> Result<(), Error> {
         if self.snapshot_interface.is_some() {
+            self.read_snapshot_policy().await?;
             let id = self.id.clone();
             let record: snapshots::SnapshotRecord = self
                 .inner
@@ -1449,10 +1483,11 @@ impl Actor {
                 .unwrap_or_default();
             self.snapshots = record.clone();
             let version = self.record.component_version;
+            let base = self.record.snapshot_base.unwrap_or(0);
             for snapshot in record
                 .snapshots
                 .iter()
-                .filter(|s| s.component_version == version)
+                .filter(|s| s.component_version == version && s.index >= base)
             {
                 let start = match self.snapshot_start(snapshot).await {
                     Ok(Some(start)) => start,
@@ -1479,6 +1514,12 @@ impl Actor {
                 }
             }
         }
+        if let Some(base) = self.record.snapshot_base {
+            return Err(Error::WorkerFailed(format!(
+                "no usable snapshot at or after entry {base}, where the worker moved to version {} by a snapshot: its history before it does not replay there",
+                self.record.component_version
+            )));
+        }
         let (entries, next_index) = self.read_oplog().await?;
         self.snapshot_at = 0;
         self.replay(entries, next_index, None).await
@@ -1492,7 +1533,14 @@ impl Actor {
     ) -> Result<Option<(Vec<(OplogIndex, OplogEntry)>, OplogIndex, bytes::Bytes)>, Error> {
         const HEAD: usize = 256;
         let (store, blobs) = (&self.inner.store, self.inner.registry.blobs());
-        let head = archive::history(store, blobs, &self.id, 1, HEAD).await?;
+        // A worker moved to its version by a snapshot instantiates that version unrecorded (its
+        // recorded instantiation is the old version's): only its `Create` entry is kept.
+        let head_len = if self.record.snapshot_base.is_some() {
+            1
+        } else {
+            HEAD
+        };
+        let head = archive::history(store, blobs, &self.id, 1, head_len).await?;
         let tail = archive::history(store, blobs, &self.id, snapshot.index + 1, usize::MAX).await?;
         let next_index = tail.last().map_or(snapshot.index + 1, |(i, _)| i + 1);
         // Jumps are checked as written (one reaching back over the snapshot makes it unusable),
@@ -1515,6 +1563,35 @@ impl Actor {
         Ok(Some((entries, next_index, bytes)))
     }
 
+    /// The component's snapshot policy, else the executor's.
+    async fn read_snapshot_policy(&mut self) -> Result<(), Error> {
+        let key = snapshots::policy_key(self.id.tenant.as_str(), self.id.component.as_str());
+        let own = self.inner.store.read(move |tx| tx.get(&key)).await?;
+        self.snapshot_policy = match own {
+            Some(bytes) => records::decode_json("snapshot policy", &bytes)?,
+            None => snapshots::Policy {
+                every_invocations: self.inner.config.snapshot_every_invocations,
+                every_entries: self.inner.config.snapshot_every_entries,
+            },
+        };
+        Ok(())
+    }
+
+    /// A snapshot now, whatever the policy says (for a snapshot-based update).
+    async fn snapshot_now(&mut self) -> Result<(), Error> {
+        let interface = self.snapshot_interface.clone().ok_or_else(|| {
+            Error::IncompatibleVersion("its component version exports no snapshot interface".into())
+        })?;
+        self.ensure_active().await?;
+        self.wait_for_commits().await;
+        self.take_snapshot(&interface).await?;
+        if let Some(active) = &self.active {
+            self.snapshot_at = host::lock(&active.durability).next_index();
+        }
+        self.since_snapshot = 0;
+        Ok(())
+    }
+
     /// After a completed invocation: a snapshot, when one is due.
     async fn after_invocation(&mut self) {
         let Some(interface) = self.snapshot_interface.clone() else {
@@ -1523,11 +1600,10 @@ impl Actor {
         self.since_snapshot += 1;
         let Some(active) = &self.active else { return };
         let next = host::lock(&active.durability).next_index();
-        let policy = snapshots::Policy {
-            every_invocations: self.inner.config.snapshot_every_invocations,
-            every_entries: self.inner.config.snapshot_every_entries,
-        };
-        if !policy.due(self.since_snapshot, next.saturating_sub(self.snapshot_at)) {
+        if !self
+            .snapshot_policy
+            .due(self.since_snapshot, next.saturating_sub(self.snapshot_at))
+        {
             return;
         }
         // Counted from now even if it fails: a component whose save fails is not asked again
@@ -1536,6 +1612,9 @@ impl Actor {
         self.snapshot_at = next;
         if let Err(e) = self.take_snapshot(&interface).await {
             tracing::warn!(worker = %self.id, error = %e, "snapshot not taken");
+        }
+        if let Err(e) = self.read_snapshot_policy().await {
+            tracing::warn!(worker = %self.id, error = %e, "read the snapshot policy");
         }
     }
 

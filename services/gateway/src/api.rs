@@ -130,6 +130,7 @@ const CODES: &[(&str, StatusCode)] = &[
     ("route_exists", StatusCode::CONFLICT),
     ("config_not_found", StatusCode::NOT_FOUND),
     ("retry_not_found", StatusCode::NOT_FOUND),
+    ("snapshots_not_found", StatusCode::NOT_FOUND),
     ("upload_not_found", StatusCode::NOT_FOUND),
     ("host_taken", StatusCode::CONFLICT),
     ("quota_exceeded", StatusCode::TOO_MANY_REQUESTS),
@@ -676,9 +677,13 @@ pub(crate) async fn resume_worker(
 #[serde(deny_unknown_fields)]
 pub(crate) struct SetVersion {
     version: u64,
-    /// Only say what a move would do (checked as a move checks, before its trial replay).
+    /// Only say what a move would do, and how (checked as a move checks, before it runs).
     #[serde(default)]
     dry_run: bool,
+    /// `auto` (the default: by replay if the history replays there, else by a snapshot when
+    /// both versions export `invicta:host/snapshot`), `replay` or `snapshot`.
+    #[serde(default)]
+    method: invicta_executor::UpdateMethod,
 }
 
 /// What a dry run found a move would do.
@@ -689,10 +694,14 @@ pub(crate) struct VersionPlanned {
     from: u64,
     to: u64,
     /// `replay` (the history is replayed on the new version, which must reproduce every
-    /// result) or `none` (it runs that version already).
+    /// result), `snapshot` (the old version saves the state, the new one loads it) or `none`
+    /// (it runs that version already).
     method: &'static str,
-    /// The functions its history was invoked with, each exported alike there.
+    /// The functions its history was invoked with, each exported alike there (by replay).
     checked_functions: Vec<String>,
+    /// Why not by replay, for a move by snapshot.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<String>,
     detail: String,
 }
 
@@ -709,6 +718,16 @@ impl From<&invicta_executor::VersionPlan> for VersionPlanned {
         let from = plan.record.component_version;
         let (method, detail) = if from == plan.version {
             ("none", format!("the worker runs version {from} already"))
+        } else if plan.method == invicta_executor::UpdateMethod::Snapshot {
+            (
+                "snapshot",
+                format!(
+                    "version {from} saves the worker's state and version {} loads it; the \
+                     worker keeps version {from} if the load fails, and its recovery starts from \
+                     that snapshot from then on",
+                    plan.version
+                ),
+            )
         } else {
             (
                 "replay",
@@ -726,6 +745,7 @@ impl From<&invicta_executor::VersionPlan> for VersionPlanned {
             to: plan.version,
             method,
             checked_functions: plan.functions.clone(),
+            reason: plan.reason.clone(),
             detail,
         }
     }
@@ -745,10 +765,16 @@ pub(crate) async fn set_worker_version(
     let id = worker_id(caller.tenant(Scope::Deploy)?, component, worker)?;
     let request: SetVersion = json_body(&headers, &body(read_body(incoming).await)?)?;
     if request.dry_run {
-        let plan = state.executor.plan_version(&id, request.version).await?;
+        let plan = state
+            .executor
+            .plan_version(&id, request.version, request.method)
+            .await?;
         return Ok(Json(VersionReply::Planned(VersionPlanned::from(&plan))));
     }
-    state.executor.set_version(&id, request.version).await?;
+    state
+        .executor
+        .set_version(&id, request.version, request.method)
+        .await?;
     let status = state.executor.status(&id).await?;
     Ok(Json(VersionReply::Moved(status)))
 }
@@ -770,6 +796,9 @@ pub(crate) struct UpdateWorkers {
     /// Only say what would happen to each (`would_update`, `unchanged`, `refused`).
     #[serde(default)]
     dry_run: bool,
+    /// How each moves: `auto` (the default), `replay` or `snapshot`, as for one worker.
+    #[serde(default)]
+    method: invicta_executor::UpdateMethod,
 }
 
 /// One worker's outcome in a bulk update.
@@ -779,6 +808,9 @@ pub(crate) struct WorkerUpdate {
     /// `updated`, `unchanged` (it ran that version already), `refused`, or for a dry run
     /// `would_update`.
     outcome: &'static str,
+    /// How it moved (or would): `replay` or `snapshot`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    method: Option<&'static str>,
     /// Why it was refused (its history does not replay there, …), as a problem's code and words.
     #[serde(skip_serializing_if = "Option::is_none")]
     code: Option<String>,
@@ -832,41 +864,53 @@ pub(crate) async fn update_workers(
     let mut results = Vec::with_capacity(workers.len());
     for worker in workers {
         let id = worker_id(tenant.clone(), component.clone(), worker.name.clone())?;
+        let refused = |name: String, e: invicta_executor::Error| WorkerUpdate {
+            worker: name,
+            outcome: "refused",
+            method: None,
+            code: Some(e.code().to_string()),
+            reason: Some(e.to_string()),
+        };
         let result = if worker.component_version == request.version {
             WorkerUpdate {
                 worker: worker.name,
                 outcome: "unchanged",
+                method: None,
                 code: None,
                 reason: None,
             }
-        } else if request.dry_run {
-            match state.executor.plan_version(&id, request.version).await {
-                Ok(_) => WorkerUpdate {
+        } else {
+            match state
+                .executor
+                .plan_version(&id, request.version, request.method)
+                .await
+            {
+                Err(e) => refused(worker.name, e),
+                Ok(plan) if request.dry_run => WorkerUpdate {
                     worker: worker.name,
                     outcome: "would_update",
+                    method: Some(plan.method.as_str()),
                     code: None,
-                    reason: None,
+                    reason: plan.reason,
                 },
-                Err(e) => WorkerUpdate {
-                    worker: worker.name,
-                    outcome: "refused",
-                    code: Some(e.code().to_string()),
-                    reason: Some(e.to_string()),
-                },
-            }
-        } else {
-            match state.executor.set_version(&id, request.version).await {
-                Ok(_) => WorkerUpdate {
-                    worker: worker.name,
-                    outcome: "updated",
-                    code: None,
-                    reason: None,
-                },
-                Err(e) => WorkerUpdate {
-                    worker: worker.name,
-                    outcome: "refused",
-                    code: Some(e.code().to_string()),
-                    reason: Some(e.to_string()),
+                Ok(plan) => match state
+                    .executor
+                    .set_version(&id, request.version, request.method)
+                    .await
+                {
+                    Ok(moved) => WorkerUpdate {
+                        worker: worker.name,
+                        outcome: "updated",
+                        // A replay that failed its trial falls back to a snapshot under `auto`.
+                        method: Some(if moved.snapshot_base != plan.record.snapshot_base {
+                            "snapshot"
+                        } else {
+                            "replay"
+                        }),
+                        code: None,
+                        reason: None,
+                    },
+                    Err(e) => refused(worker.name, e),
                 },
             }
         };

@@ -248,3 +248,66 @@ pub(crate) async fn delete_component_retry(
         .await?;
     Ok(StatusCode::NO_CONTENT)
 }
+
+#[utoipa::path(put, path = "/v1/components/{component}/snapshots", tag = "config",
+    params(("component" = String, Path)),
+    request_body = invicta_executor::SnapshotPolicy,
+    responses((status = 200, description = "When the component's workers are snapshotted (if it exports invicta:host/snapshot), over the executor's default; used from each worker's next activation or snapshot", body = invicta_executor::SnapshotPolicy)))]
+pub(crate) async fn set_component_snapshots(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(component): Path<String>,
+    headers: HeaderMap,
+    incoming: axum::extract::Request,
+) -> ApiResult<Json<invicta_executor::SnapshotPolicy>> {
+    let tenant = caller.tenant(Scope::Deploy)?;
+    let (component, _) = names(component, None)?;
+    let policy: invicta_executor::SnapshotPolicy =
+        json_body(&headers, &body(read_body(incoming).await)?)?;
+    state
+        .executor
+        .set_component_snapshots(&tenant, &component, Some(policy))
+        .await?;
+    Ok(Json(policy))
+}
+
+#[utoipa::path(get, path = "/v1/components/{component}/snapshots", tag = "config",
+    params(("component" = String, Path)),
+    responses((status = 200, description = "The component's snapshot policy (404 `snapshots_not_found` without one of its own)", body = invicta_executor::SnapshotPolicy)))]
+pub(crate) async fn get_component_snapshots(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(component): Path<String>,
+) -> ApiResult<Json<invicta_executor::SnapshotPolicy>> {
+    let tenant = caller.tenant(Scope::Read)?;
+    let (component, _) = names(component, None)?;
+    state
+        .executor
+        .component_snapshots(&tenant, &component)
+        .await?
+        .map(Json)
+        .ok_or_else(|| {
+            Problem::new(
+                StatusCode::NOT_FOUND,
+                "snapshots_not_found",
+                "the component has no snapshot policy of its own",
+            )
+        })
+}
+
+#[utoipa::path(delete, path = "/v1/components/{component}/snapshots", tag = "config",
+    params(("component" = String, Path)),
+    responses((status = 204, description = "Removed: the executor's default applies again")))]
+pub(crate) async fn delete_component_snapshots(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(component): Path<String>,
+) -> ApiResult<StatusCode> {
+    let tenant = caller.tenant(Scope::Deploy)?;
+    let (component, _) = names(component, None)?;
+    state
+        .executor
+        .set_component_snapshots(&tenant, &component, None)
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -512,6 +512,13 @@ fn router(config: &Config, state: AppState) -> Router {
                 .delete(config_api::unset_component_config),
         )
         .route(
+            "/v1/components/{component}/snapshots",
+            put(config_api::set_component_snapshots)
+                .layer(json_limit)
+                .get(config_api::get_component_snapshots)
+                .delete(config_api::delete_component_snapshots),
+        )
+        .route(
             "/v1/components/{component}/retry",
             put(config_api::set_component_retry)
                 .layer(json_limit)

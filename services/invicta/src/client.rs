@@ -47,14 +47,18 @@ pub enum ComponentCommand {
     Show { name: String },
     /// Delete a component and all its versions (refused while workers use it)
     Delete { name: String },
-    /// Move every worker of a component to a version (each one whose history replays there)
+    /// Move every worker of a component to a version (each by replay if its history replays
+    /// there, else by a snapshot when both versions export invicta:host/snapshot)
     Update {
         name: String,
         #[arg(long)]
         version: u64,
-        /// Only say what would happen to each worker
+        /// Only say what would happen to each worker, and how
         #[arg(long)]
         dry_run: bool,
+        /// `auto`, `replay` or `snapshot`
+        #[arg(long, default_value = "auto", value_parser = ["auto", "replay", "snapshot"])]
+        method: String,
     },
 }
 
@@ -179,16 +183,19 @@ pub enum WorkerCommand {
         #[arg(long)]
         last: Option<u32>,
     },
-    /// Move the worker to another version of its component (refused unless its history replays
-    /// there)
+    /// Move the worker to another version of its component: by replay if its history replays
+    /// there, else by a snapshot when both versions export invicta:host/snapshot
     Update {
         component: String,
         name: String,
         #[arg(long)]
         version: u64,
-        /// Only say what the move would do
+        /// Only say what the move would do, and how
         #[arg(long)]
         dry_run: bool,
+        /// `auto`, `replay` or `snapshot`
+        #[arg(long, default_value = "auto", value_parser = ["auto", "replay", "snapshot"])]
+        method: String,
     },
     /// Delete the worker with its oplog and its queued invocations
     Delete { component: String, name: String },
@@ -795,12 +802,14 @@ async fn run(connection: &Connection, request: Request) -> Result<Output, Failur
             name,
             version,
             dry_run,
+            method,
         }) => {
             let mut rows = Vec::new();
             let mut results = Vec::new();
             let mut after: Option<String> = None;
             loop {
-                let mut request = json!({ "version": version, "dry_run": dry_run });
+                let mut request =
+                    json!({ "version": version, "dry_run": dry_run, "method": method });
                 if let Some(after) = &after {
                     request["after"] = json!(after);
                 }
@@ -811,6 +820,7 @@ async fn run(connection: &Connection, request: Request) -> Result<Output, Failur
                     rows.push(vec![
                         text(&result["worker"]),
                         text(&result["outcome"]),
+                        text(&result["method"]),
                         text(&result["reason"]),
                     ]);
                     results.push(result);
@@ -824,7 +834,7 @@ async fn run(connection: &Connection, request: Request) -> Result<Output, Failur
             }
             Ok(Output::Table(
                 json!({ "results": results }),
-                vec!["worker", "outcome", "reason"],
+                vec!["worker", "outcome", "method", "reason"],
                 rows,
             ))
         }
@@ -1114,11 +1124,12 @@ async fn run(connection: &Connection, request: Request) -> Result<Output, Failur
             name,
             version,
             dry_run,
+            method,
         }) => {
             let body = client
                 .put(
                     &format!("/v1/components/{component}/workers/{name}/version"),
-                    json!({ "version": version, "dry_run": dry_run }),
+                    json!({ "version": version, "dry_run": dry_run, "method": method }),
                 )
                 .await?;
             let text = if dry_run {
