@@ -576,3 +576,63 @@ async fn a_component_may_have_its_own_snapshot_policy() -> anyhow::Result<()> {
     assert_eq!(missing.status, 404, "{missing:?}");
     Ok(())
 }
+
+/// A plan's retention: archived segments past it are deleted (but the first, which holds the
+/// worker's creation), and the worker recovers from its latest snapshot on, after SIGKILL too;
+/// it cannot be reverted back past that snapshot.
+#[tokio::test]
+async fn archived_history_past_the_plans_retention_is_deleted() -> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let config = config(tmp.path())?;
+    let dir = tmp.path().join("data");
+    let server = Server::start_with(INVICTA.as_ref(), &dir, &["--config", &config])?;
+    let operator = server.operator();
+    let plans = operator.get("/v1/admin/plans").await?;
+    let mut brief = plans.body["plans"]
+        .as_array()
+        .and_then(|ps| ps.iter().find(|p| p["name"] == "pro"))
+        .cloned()
+        .ok_or_else(|| anyhow::anyhow!("no pro plan: {plans:?}"))?;
+    brief["name"] = json!("brief");
+    brief["archive_retention_days"] = json!(0);
+    let put = operator.put_json("/v1/admin/plans/brief", &brief).await?;
+    assert_eq!(put.status, 200, "{put:?}");
+    let api = operator.new_tenant("forgetters", "brief").await?;
+    api.upload("snap", component("snapshotter")).await?;
+    for delta in 1..=35 {
+        api.call("snap", "f", "add", json!([delta])).await?;
+    }
+    let segments = || {
+        walk(&dir.join("blobs"))
+            .into_iter()
+            .filter(|p| p.to_string_lossy().contains("oplog-archive"))
+            .count()
+    };
+    // Archived after the 10th, 20th and 30th: the second (and maybe the third) expired.
+    assert!(segments() < 3, "{} segments kept", segments());
+    let first = api
+        .get("/v1/components/snap/workers/f/oplog?from=1&count=1")
+        .await?;
+    assert_eq!(first.body["entries"][0]["kind"], "create", "{first:?}");
+    let refused = api
+        .post_json(
+            "/v1/components/snap/workers/f/revert",
+            &json!({ "last_invocations": 20 }),
+            None,
+        )
+        .await?;
+    assert_eq!(
+        (refused.status, refused.code()),
+        (400, "invalid_revert"),
+        "{refused:?}"
+    );
+    server.kill()?;
+    let server = Server::start_with(INVICTA.as_ref(), &dir, &["--config", &config])?;
+    let api = api.at(&server.url);
+    assert_eq!(state(&api, "f").await?, json!([630, 35]));
+    assert_eq!(
+        metric(&api, "invicta_snapshot_recoveries_total").await?,
+        1.0
+    );
+    Ok(())
+}

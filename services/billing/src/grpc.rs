@@ -149,6 +149,7 @@ fn plan_to(plan: &Plan) -> pb::Plan {
             .as_ref()
             .and_then(|r| serde_json::to_string(r).ok())
             .unwrap_or_default(),
+        archive_retention_days: plan.archive_retention_days,
     }
 }
 
@@ -185,6 +186,7 @@ fn plan_from(plan: pb::Plan) -> Result<Plan> {
                 Some(serde_json::from_str(json).map_err(|e| invalid(format!("retry_json: {e}")))?)
             }
         },
+        archive_retention_days: plan.archive_retention_days,
     })
 }
 

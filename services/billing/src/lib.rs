@@ -265,6 +265,11 @@ pub struct Plan {
     /// never.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry: Option<invicta_model::retry::RetryPolicy>,
+    /// Archived oplog segments (the history before a worker's latest snapshot, in the blob
+    /// store) older than this many days are deleted, but for the first (its creation); a worker
+    /// then recovers only from its latest snapshot on. `null` (the default): kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub archive_retention_days: Option<u32>,
 }
 
 /// A plan's prices, as exact decimals (sent and stored as strings: no floats for money).
@@ -396,6 +401,7 @@ impl Plan {
                 prices: Prices::default(),
                 egress_hosts: None,
                 retry: None,
+                archive_retention_days: None,
             },
             Plan {
                 name: "pro".into(),
@@ -411,6 +417,7 @@ impl Plan {
                 prices: Prices::new(49, 10, 200, 140),
                 egress_hosts: None,
                 retry: None,
+                archive_retention_days: None,
             },
             Plan {
                 name: "unlimited".into(),
@@ -426,6 +433,7 @@ impl Plan {
                 prices: Prices::new(999, 5, 100, 100),
                 egress_hosts: None,
                 retry: None,
+                archive_retention_days: None,
             },
         ]
     }

@@ -286,6 +286,7 @@ impl Executor {
             workers_max: limits.workers_max,
             concurrent_invocations: limits.concurrent_invocations,
             retry: None,
+            archive_retention_days: limits.archive_retention_days,
             runs: 0,
             pending: None,
             fuel: limits

@@ -293,6 +293,54 @@ pub(crate) async fn archive(
     }
 }
 
+/// Deletes the worker's segments archived before `before_ms`, but for its first (which holds
+/// its `Create` entry) and, in the same transaction, makes `floor` (its latest snapshot's index)
+/// where its recovery starts from now on: the history before it no longer replays whole.
+/// Returns how many segments went.
+pub(crate) async fn expire(
+    store: &Store,
+    blobs: &BlobStore,
+    id: &WorkerId,
+    before_ms: u64,
+    floor: OplogIndex,
+) -> Result<usize, Error> {
+    let id_c = id.clone();
+    let gone = store
+        .transact(move |tx| {
+            let segments = segments(tx, &id_c)?;
+            let gone: Vec<Segment> = segments
+                .into_iter()
+                .skip(1)
+                .filter(|s| s.archived_at_ms < before_ms && s.last < floor)
+                .collect();
+            if gone.is_empty() {
+                return Ok(gone);
+            }
+            let key = records::worker_key(&id_c);
+            let bytes = tx
+                .get(&key)?
+                .ok_or_else(|| Error::WorkerNotFound(id_c.to_string()))?;
+            let mut record: records::WorkerRecord = records::decode_json("worker record", &bytes)?;
+            record.snapshot_base = Some(record.snapshot_base.unwrap_or(0).max(floor));
+            tx.set(&key, &records::encode_json(&record))?;
+            let mut freed = 0_i64;
+            for segment in &gone {
+                tx.clear(&segment_key(&id_c, segment.first))?;
+                freed += i64::try_from(segment.size).unwrap_or(i64::MAX);
+            }
+            let (counter, _) = records::stored_add(&id_c, &[]);
+            tx.atomic_add(&counter, -freed)?;
+            Ok::<_, Error>(gone)
+        })
+        .await?;
+    for segment in &gone {
+        if let Err(e) = blobs.delete(&segment.blob_key).await {
+            tracing::warn!(worker = %id, key = %segment.blob_key, error = %e, "delete an expired oplog segment");
+        }
+    }
+    Ok(gone.len())
+}
+
 /// The worker's segment records and their bytes, cleared in a deletion's transaction; the
 /// bytes the segments counted for.
 pub(crate) fn clear(tx: &mut invicta_store::Transaction<'_>, id: &WorkerId) -> Result<i64, Error> {

@@ -150,7 +150,7 @@ impl Executor {
                     && to < base
                 {
                     return Err(Error::InvalidRevert(format!(
-                        "the worker moved to version {} by the snapshot at entry {base}: it cannot go back before it",
+                        "the worker recovers from its snapshot at entry {base} on (it moved to version {} by a snapshot, or its archived history expired): it cannot go back before it",
                         record.component_version
                     )));
                 }
@@ -265,10 +265,9 @@ impl Executor {
             .await?
             .ok_or_else(|| Error::WorkerNotFound(source.to_string()))?;
         if source_record.snapshot_base.is_some() {
-            return Err(Error::InvalidFork(format!(
-                "the worker moved to version {} by a snapshot; its history before it does not replay, so a fork could not be rebuilt",
-                source_record.component_version
-            )));
+            return Err(Error::InvalidFork(
+                "the worker recovers from a snapshot (it moved to its version by one, or its archived history expired): its history does not replay whole, so a fork could not be rebuilt".into(),
+            ));
         }
         let all = archive::history(
             &self.inner.store,
@@ -436,9 +435,9 @@ impl Executor {
             .await?;
         let snapshots =
             crate::snapshots::exported_by(&current) && crate::snapshots::exported_by(&target);
-        let replay = if record.snapshot_base.is_some() {
+        let replay = if let Some(base) = record.snapshot_base {
             Err(format!(
-                "the worker moved to version {} by a snapshot: its history before it does not replay",
+                "the worker recovers from its snapshot at entry {base} on (it moved to version {} by a snapshot, or its archived history expired): its history before it does not replay",
                 record.component_version
             ))
         } else if method == UpdateMethod::Snapshot {

@@ -18,6 +18,8 @@ pub struct Limits {
     pub concurrent_invocations: u64,
     /// When a background invocation that failed runs again (`None`: never).
     pub retry: Option<invicta_model::retry::RetryPolicy>,
+    /// Archived oplog segments older than this many days are deleted (`None`: kept).
+    pub archive_retention_days: Option<u32>,
 }
 
 impl Limits {
@@ -31,6 +33,7 @@ impl Limits {
             egress_hosts: None,
             concurrent_invocations: u64::MAX,
             retry: None,
+            archive_retention_days: None,
         }
     }
 }

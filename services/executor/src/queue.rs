@@ -319,6 +319,7 @@ impl Executor {
                 egress_hosts: record.egress_hosts.clone(),
                 concurrent_invocations: u64::MAX,
                 retry: None,
+                archive_retention_days: None,
             };
             let prepared = self
                 .prepare(&id, &record.function, &record.params, Some(key), &limits)

@@ -266,6 +266,7 @@ impl Executor {
             egress_hosts: s.limits.egress_hosts.clone(),
             concurrent_invocations: u64::MAX,
             retry: None,
+            archive_retention_days: None,
         };
         let (mut invocation, running) = self
             .prepare(id, &s.function, &s.params, Some(key), &limits)

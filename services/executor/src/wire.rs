@@ -21,6 +21,7 @@ pub fn limits_from(limits: Option<pb::Limits>) -> Limits {
             },
             // Checked where it was given; one that does not read here is no policy.
             retry: serde_json::from_str(&l.retry_json).ok(),
+            archive_retention_days: l.archive_retention_days,
         },
     }
 }
@@ -43,5 +44,6 @@ pub fn limits_to(limits: &Limits) -> pb::Limits {
             .as_ref()
             .and_then(|r| serde_json::to_string(r).ok())
             .unwrap_or_default(),
+        archive_retention_days: limits.archive_retention_days,
     }
 }

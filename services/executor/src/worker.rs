@@ -70,6 +70,8 @@ pub(crate) struct Invocation {
     pub concurrent_invocations: u64,
     /// When it runs again after a failure (background invocations only).
     pub retry: Option<invicta_model::retry::RetryPolicy>,
+    /// The plan's retention of archived oplog segments, in days.
+    pub archive_retention_days: Option<u32>,
     /// Its runs that failed before this one.
     pub runs: u32,
     /// Its pending record as accepted, rewritten when a failed run is retried.
@@ -372,6 +374,7 @@ pub(crate) fn spawn(
             egress_hosts: None,
             concurrent_invocations: u64::MAX,
             retry: None,
+            archive_retention_days: None,
         })),
     });
     let (checkpoint_tx, checkpoint_rx) = mpsc::unbounded_channel();
@@ -526,6 +529,7 @@ impl Actor {
                         egress_hosts: invocation.egress_hosts.clone(),
                         concurrent_invocations: invocation.concurrent_invocations,
                         retry: None,
+                        archive_retention_days: invocation.archive_retention_days,
                     };
                     self.invoke(invocation, reply).await;
                 }
@@ -1304,6 +1308,7 @@ impl Actor {
                         workers_max: limits.workers_max,
                         concurrent_invocations: u64::MAX,
                         retry: None,
+                        archive_retention_days: None,
                         runs: 0,
                         pending: None,
                     };
@@ -1322,6 +1327,7 @@ impl Actor {
                         egress_hosts: limits.egress_hosts.clone(),
                         concurrent_invocations: u64::MAX,
                         retry: None,
+                        archive_retention_days: None,
                     };
                     // Its start is durable already; this serves the checkpoints its outgoing
                     // requests ask for.
@@ -1516,7 +1522,7 @@ impl Actor {
         }
         if let Some(base) = self.record.snapshot_base {
             return Err(Error::WorkerFailed(format!(
-                "no usable snapshot at or after entry {base}, where the worker moved to version {} by a snapshot: its history before it does not replay there",
+                "no usable snapshot at or after entry {base} (where the worker moved to version {} by a snapshot, or from which its history is kept): its history before it does not replay",
                 self.record.component_version
             )));
         }
@@ -1713,6 +1719,21 @@ impl Actor {
                 tracing::debug!(worker = %self.id, moved, below = index, "oplog archived");
             }
             Err(e) => tracing::warn!(worker = %self.id, error = %e, "archive the oplog"),
+        }
+        // The plan's retention: older segments go, and the worker recovers from this snapshot
+        // (or a later one) from now on.
+        let retention = lock(&self.shared.limits).archive_retention_days;
+        if let Some(days) = retention {
+            let before = now_ms().saturating_sub(u64::from(days) * 86_400_000);
+            match archive::expire(&self.inner.store, &blobs, &self.id, before, index).await {
+                Ok(0) => {}
+                Ok(gone) => {
+                    self.record.snapshot_base =
+                        Some(self.record.snapshot_base.unwrap_or(0).max(index));
+                    tracing::info!(worker = %self.id, gone, days, "expired archived oplog segments");
+                }
+                Err(e) => tracing::warn!(worker = %self.id, error = %e, "expire archived segments"),
+            }
         }
         Ok(())
     }

@@ -1248,6 +1248,7 @@ pub(crate) fn limits(plan: &invicta_billing::Plan) -> Limits {
         egress_hosts: plan.egress_hosts.clone(),
         concurrent_invocations: u64::from(plan.concurrent_invocations),
         retry: plan.retry.clone(),
+        archive_retention_days: plan.archive_retention_days,
     }
 }
 
