@@ -18,6 +18,7 @@ mod limits;
 mod metering;
 mod openapi;
 mod quickstart;
+mod resources;
 mod routes;
 mod schedules;
 mod server;

@@ -252,19 +252,50 @@ impl Executor {
                     .await?
             }
         };
-        let export = export_of(&compiled, id, function, params.len())?;
-        // A request for an HTTP handler is its own kind of parameter: the request, whole.
-        let values = if crate::incoming::is_handler(export) {
-            params
-                .iter()
-                .map(crate::incoming::request_value)
-                .collect::<Result<Vec<_>, _>>()?
+        let mut name = function.to_string();
+        let values = if function == crate::worker::DROP_FUNCTION {
+            // Dropping a handle: its one parameter is the handle.
+            let [handle] = params else {
+                return Err(Error::ParamCount {
+                    function: function.to_string(),
+                    expected: 1,
+                    got: params.len(),
+                });
+            };
+            let Some(handle_id) = handle.get("handle").and_then(serde_json::Value::as_str) else {
+                return Err(Error::InvalidParam(invicta_engine::values::ValueError {
+                    param: "handle".into(),
+                    path: String::new(),
+                    expected: "a handle, {\"resource\": …, \"handle\": …}".into(),
+                    got: handle.to_string().chars().take(100).collect(),
+                }));
+            };
+            vec![invicta_model::Value::Handle {
+                resource: handle
+                    .get("resource")
+                    .and_then(serde_json::Value::as_str)
+                    .unwrap_or_default()
+                    .chars()
+                    .take(128)
+                    .collect(),
+                handle: handle_id.chars().take(128).collect(),
+            }]
         } else {
-            params
-                .iter()
-                .zip(&export.params)
-                .map(|(json, (name, ty))| json_to_value(name, json, ty))
-                .collect::<Result<Vec<_>, _>>()?
+            let export = export_of(&compiled, id, function, params.len())?;
+            name = export.name.clone();
+            // A request for an HTTP handler is its own kind of parameter: the request, whole.
+            if crate::incoming::is_handler(export) {
+                params
+                    .iter()
+                    .map(crate::incoming::request_value)
+                    .collect::<Result<Vec<_>, _>>()?
+            } else {
+                params
+                    .iter()
+                    .zip(&export.params)
+                    .map(|(json, (name, ty))| json_to_value(name, json, ty))
+                    .collect::<Result<Vec<_>, _>>()?
+            }
         };
         let (generated, key) = match key {
             Some(key) => (false, key),
@@ -273,10 +304,10 @@ impl Executor {
         let fingerprint = if generated {
             String::new()
         } else {
-            records::fingerprint(&export.name, &values)
+            records::fingerprint(&name, &values)
         };
         let invocation = Invocation {
-            function: export.name.clone(),
+            function: name,
             params: values,
             idempotency_key: key,
             fingerprint,

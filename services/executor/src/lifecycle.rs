@@ -484,6 +484,9 @@ impl Executor {
         let mut functions = std::collections::BTreeSet::new();
         for (_, entry) in crate::worker::apply_jumps(entries) {
             if let OplogEntry::ExportedFunctionInvoked { function, .. } = entry {
+                if function == crate::worker::DROP_FUNCTION {
+                    continue;
+                }
                 let before = current.function(&function).map(|f| f.signature());
                 let after = target.function(&function).map(|f| f.signature());
                 if after.is_none() || before != after {

@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use invicta_component_registry::Compiled;
-use invicta_engine::values::{placeholder, val_to_value, value_to_val};
+use invicta_engine::values::{placeholder, val_to_value_with, value_to_val_with};
 use invicta_model::oplog::{FailureKind, InvocationLimits, OplogEntry, OplogIndex};
 use invicta_model::{Value, WorkerId, usage};
 use tokio::sync::{Notify, mpsc, oneshot};
@@ -255,6 +255,10 @@ struct Active {
     store: wasmtime::Store<WorkerCtx>,
     instance: Instance,
     durability: host::Shared,
+    /// The resources the worker returned and still owns on the API's behalf, by handle.
+    handles: HashMap<String, wasmtime::component::ResourceAny>,
+    /// The names of the resources the instance exports, by their type in this instance.
+    resource_names: Vec<(wasmtime::component::ResourceType, String)>,
 }
 
 struct Actor {
@@ -298,6 +302,9 @@ struct Actor {
     /// When it is snapshotted: its component's policy, else the executor's (read at each
     /// activation and after each snapshot).
     snapshot_policy: snapshots::Policy,
+    /// The names of the resources its component exports, by type (from their constructors
+    /// and methods), for the handles the API shows.
+    resource_names: Vec<(wasmtime::component::ResourceType, String)>,
 }
 
 /// An invocation suspended in a wait.
@@ -420,6 +427,7 @@ pub(crate) fn spawn(
             every_invocations: 0,
             every_entries: 0,
         },
+        resource_names: resource_names(&handle_compiled),
     };
     tokio::spawn(actor.run());
     WorkerHandle {
@@ -1203,10 +1211,13 @@ impl Actor {
             Some(mark) => host::lock(&durability).rewind(mark),
             None => check_consumed(&durability, "instantiation")?,
         }
+        let resource_names = instance_resource_names(&self.pre, &instance, &mut store);
         let mut active = Active {
             store,
             instance,
             durability,
+            handles: HashMap::new(),
+            resource_names,
         };
         if let Some(bytes) = snapshot {
             self.load_snapshot(&mut active, &bytes).await?;
@@ -1236,7 +1247,7 @@ impl Actor {
                     pos += 1;
                     host::lock(&active.durability).replay(side, false);
                     match self
-                        .call(&mut active, function, params, REPLAY_FUEL, None)
+                        .call(&mut active, *index, function, params, REPLAY_FUEL, None)
                         .await
                     {
                         Ran::Completed { results: got, .. } if got == results => {}
@@ -1340,6 +1351,7 @@ impl Actor {
                     let ran = self
                         .call(
                             &mut active,
+                            *index,
                             function,
                             params,
                             limits.fuel,
@@ -1605,6 +1617,10 @@ impl Actor {
         };
         self.since_snapshot += 1;
         let Some(active) = &self.active else { return };
+        // Resources held for the API are not in a snapshot: none is taken while any is held.
+        if !active.handles.is_empty() {
+            return;
+        }
         let next = host::lock(&active.durability).next_index();
         if !self
             .snapshot_policy
@@ -1757,6 +1773,7 @@ impl Actor {
     async fn call(
         &mut self,
         active: &mut Active,
+        at: OplogIndex,
         function: &str,
         params: &[Value],
         fuel: u64,
@@ -1767,6 +1784,9 @@ impl Actor {
             message,
             fuel_consumed: 0,
         };
+        if function == DROP_FUNCTION {
+            return drop_handle(active, params).await;
+        }
         let Some(export) = self.compiled.function(function) else {
             return failed(
                 FailureKind::Divergence,
@@ -1807,7 +1827,46 @@ impl Actor {
                 Err(message) => return failed(FailureKind::Trap, message),
             }
         } else {
-            (params.iter().map(value_to_val).collect(), None)
+            // Handles are resolved against the worker's table; an owned one passes to the
+            // guest and leaves the table.
+            let mut taken = Vec::new();
+            let converted = params
+                .iter()
+                .zip(&export.params)
+                .map(|(value, (_, ty))| {
+                    value_to_val_with(value, ty, &mut |handle, owned, expected| {
+                        let any = active.handles.get(handle).copied().ok_or_else(|| {
+                            format!(
+                                "no handle `{handle}` on this worker (unknown, dropped, or another worker's)"
+                            )
+                        })?;
+                        // The parameter's type is the component's, the handle's the
+                        // instance's: they are compared by the resource's name.
+                        let wants = name_of(&self.resource_names, expected);
+                        let has = name_of(&active.resource_names, &any.ty());
+                        if let (Some(wants), Some(has)) = (wants, has)
+                            && wants != has
+                        {
+                            return Err(format!(
+                                "handle `{handle}` is a {has}; the parameter takes a {wants}"
+                            ));
+                        }
+                        if owned {
+                            taken.push(handle.to_string());
+                        }
+                        Ok(any)
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>();
+            match converted {
+                Ok(args) => {
+                    for handle in taken {
+                        active.handles.remove(&handle);
+                    }
+                    (args, None)
+                }
+                Err(e) => return failed(FailureKind::InvalidHandle, e.0),
+            }
         };
         let mut results = vec![placeholder(); export.results.len()];
         let started = std::time::Instant::now();
@@ -1892,11 +1951,35 @@ impl Actor {
                 failed(kind, message)
             }
             Ok(Ok(())) => match match collector {
-                None => results.iter().map(val_to_value).collect::<Option<Vec<_>>>(),
+                None => {
+                    // Each resource returned is kept, under a handle made from this
+                    // invocation's place in the oplog: a replay makes the same ones.
+                    let mut made = 0_usize;
+                    let names = &active.resource_names;
+                    let handles = &mut active.handles;
+                    results
+                        .iter()
+                        .map(|v| {
+                            val_to_value_with(v, &mut |any| {
+                                let handle = format!("h{at}-{made}");
+                                made += 1;
+                                let resource = names
+                                    .iter()
+                                    .find(|(ty, _)| *ty == any.ty())
+                                    .map_or("resource", |(_, name)| name.as_str())
+                                    .to_string();
+                                handles.insert(handle.clone(), any);
+                                Value::Handle { resource, handle }
+                            })
+                        })
+                        .collect::<Option<Vec<_>>>()
+                }
                 Some(collector) => match collector.await {
                     Ok(Ok(response)) => Some(vec![response]),
                     Ok(Err(message)) => return failed(FailureKind::Trap, message),
-                    Err(e) => return failed(FailureKind::Trap, format!("the handler's response: {e}")),
+                    Err(e) => {
+                        return failed(FailureKind::Trap, format!("the handler's response: {e}"));
+                    }
                 },
             } {
                 Some(results) => Ran::Completed {
@@ -1909,7 +1992,8 @@ impl Actor {
                 },
                 None => failed(
                     FailureKind::Trap,
-                    "the function returned a resource, stream or future, which cannot leave the worker".into(),
+                    "the function returned a stream or a future, which cannot leave the worker"
+                        .into(),
                 ),
             },
         }
@@ -1939,7 +2023,7 @@ impl Actor {
             );
             return;
         };
-        {
+        let at = {
             let mut d = host::lock(&active.durability);
             d.go_live();
             d.append(OplogEntry::ExportedFunctionInvoked {
@@ -1954,8 +2038,8 @@ impl Actor {
                     egress_hosts: invocation.egress_hosts.clone(),
                     workers_max: invocation.workers_max,
                 }),
-            });
-        }
+            })
+        };
         let start = StartCommit {
             inner: self.inner.clone(),
             id: self.id.clone(),
@@ -1966,6 +2050,7 @@ impl Actor {
         let ran = self
             .call(
                 &mut active,
+                at,
                 &invocation.function,
                 &invocation.params,
                 invocation.fuel,
@@ -2406,6 +2491,122 @@ fn side_entries(
         *pos += 1;
     }
     side
+}
+
+/// The function that drops a resource handle: `{"function": "[drop]", "params": [handle]}`.
+/// Recorded like any invocation, so a replay drops it again at the same place.
+pub(crate) const DROP_FUNCTION: &str = "[drop]";
+
+/// Drops the resource a handle holds (its destructor runs in the guest).
+async fn drop_handle(active: &mut Active, params: &[Value]) -> Ran {
+    let failed = |message: String| Ran::Failed {
+        kind: FailureKind::InvalidHandle,
+        message,
+        fuel_consumed: 0,
+    };
+    let [Value::Handle { handle, .. }] = params else {
+        return failed("`[drop]` takes one handle".into());
+    };
+    let Some(any) = active.handles.remove(handle) else {
+        return failed(format!(
+            "no handle `{handle}` on this worker (unknown, dropped, or another worker's)"
+        ));
+    };
+    let started = std::time::Instant::now();
+    if let Err(e) = any.resource_drop_async(&mut active.store).await {
+        return Ran::Failed {
+            kind: FailureKind::Trap,
+            message: format!("the resource's destructor failed: {e:#}"),
+            fuel_consumed: 0,
+        };
+    }
+    Ran::Completed {
+        results: Vec::new(),
+        fuel_consumed: 0,
+        usage: CallUsage {
+            wall_us: u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
+            memory_bytes: active.store.data().limiter.memory_peak as u64,
+        },
+    }
+}
+
+/// The name of the resource of type `ty`, if known.
+fn name_of<'a>(
+    names: &'a [(wasmtime::component::ResourceType, String)],
+    ty: &wasmtime::component::ResourceType,
+) -> Option<&'a str> {
+    names
+        .iter()
+        .find(|(t, _)| t == ty)
+        .map(|(_, name)| name.as_str())
+}
+
+/// The names of the resources an instance exports (at the top level or one interface deep),
+/// by their type in that instance.
+fn instance_resource_names(
+    pre: &InstancePre<WorkerCtx>,
+    instance: &Instance,
+    store: &mut wasmtime::Store<WorkerCtx>,
+) -> Vec<(wasmtime::component::ResourceType, String)> {
+    use wasmtime::component::types::ComponentItem;
+    let component = pre.component();
+    let engine = pre.engine();
+    let mut out = Vec::new();
+    for (name, item) in component.component_type().exports(engine) {
+        match &item.ty {
+            ComponentItem::Resource(_) => {
+                if let Some(index) = component.get_export_index(None, name)
+                    && let Some(ty) = instance.get_resource(&mut *store, index)
+                {
+                    out.push((ty, name.to_string()));
+                }
+            }
+            ComponentItem::ComponentInstance(inner) => {
+                let Some(at) = component.get_export_index(None, name) else {
+                    continue;
+                };
+                for (rname, ritem) in inner.exports(engine) {
+                    if let ComponentItem::Resource(_) = ritem.ty
+                        && let Some(index) = component.get_export_index(Some(&at), rname)
+                        && let Some(ty) = instance.get_resource(&mut *store, index)
+                    {
+                        out.push((ty, rname.to_string()));
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+/// The names of the resources a component exports, by type: from the results of their
+/// constructors and the `self` of their methods.
+fn resource_names(compiled: &Compiled) -> Vec<(wasmtime::component::ResourceType, String)> {
+    use wasmtime::component::Type;
+    let mut out: Vec<(wasmtime::component::ResourceType, String)> = Vec::new();
+    for f in &compiled.exports {
+        let named = if let Some(name) = f.function.strip_prefix("[constructor]") {
+            f.results.first().and_then(|t| match t {
+                Type::Own(ty) => Some((*ty, name.to_string())),
+                _ => None,
+            })
+        } else if let Some(rest) = f.function.strip_prefix("[method]") {
+            let name = rest.split('.').next().unwrap_or(rest);
+            f.params.first().and_then(|(_, t)| match t {
+                Type::Borrow(ty) => Some((*ty, name.to_string())),
+                _ => None,
+            })
+        } else {
+            None
+        };
+        if let Some((ty, name)) = named
+            && !out.iter().any(|(t, _)| *t == ty)
+        {
+            out.push((ty, name));
+        }
+    }
+    out
 }
 
 /// The oplog as replay sees it: without the entries a `Jump` skips (and the jumps).

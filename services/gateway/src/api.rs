@@ -146,6 +146,7 @@ const CODES: &[(&str, StatusCode)] = &[
     ("divergence", StatusCode::UNPROCESSABLE_ENTITY),
     ("result_too_large", StatusCode::UNPROCESSABLE_ENTITY),
     ("interrupted", StatusCode::UNPROCESSABLE_ENTITY),
+    ("invalid_handle", StatusCode::BAD_REQUEST),
 ];
 
 impl From<BillingError> for Problem {

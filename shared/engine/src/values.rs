@@ -11,7 +11,7 @@
 
 use invicta_model::Value;
 use serde_json::Value as Json;
-use wasmtime::component::{Type, Val};
+use wasmtime::component::{ResourceAny, ResourceType, Type, Val};
 
 /// The deepest nesting of values accepted from outside: bounds recursion on hostile input.
 pub const VALUE_DEPTH_MAX: usize = 64;
@@ -250,6 +250,43 @@ impl Cx<'_> {
                 }
                 Ok(Value::Flags(out))
             }
+            Type::Own(_) | Type::Borrow(_) => {
+                // A handle the worker returned earlier: `{"resource": "R", "handle": "…"}`
+                // (the resource's name may be left out). It is resolved by the worker.
+                let handle = json
+                    .get("handle")
+                    .and_then(Json::as_str)
+                    .filter(|h| !h.is_empty() && h.len() <= 128)
+                    .ok_or_else(|| {
+                        self.error_msg(
+                            format!(
+                                "a handle, {{\"resource\": …, \"handle\": …}}, for {}",
+                                type_name(ty)
+                            ),
+                            describe(json),
+                        )
+                    })?;
+                let resource = match json.get("resource") {
+                    None => String::new(),
+                    Some(Json::String(r)) if r.len() <= 128 => r.clone(),
+                    Some(other) => {
+                        return Err(self.error_msg("a resource name".into(), describe(other)));
+                    }
+                };
+                let extra = json
+                    .as_object()
+                    .is_some_and(|m| m.keys().any(|k| k != "handle" && k != "resource"));
+                if extra {
+                    return Err(self.error_msg(
+                        "a handle with only `resource` and `handle`".into(),
+                        describe(json),
+                    ));
+                }
+                Ok(Value::Handle {
+                    resource,
+                    handle: handle.to_string(),
+                })
+            }
             _ => Err(self.error_msg(
                 format!("{} (not supported over JSON)", type_name(ty)),
                 describe(json),
@@ -314,7 +351,111 @@ pub fn value_to_val(value: &Value) -> Val {
         Value::Result(Err(e)) => Val::Result(Err(boxed(e))),
         Value::Flags(names) => Val::Flags(names.clone()),
         Value::Bytes(bytes) => Val::List(bytes.iter().map(|b| Val::U8(*b)).collect()),
+        // Resolved by the worker that holds it (`value_to_val_with`); none here.
+        Value::Handle { .. } => Val::Bool(false),
     }
+}
+
+/// A handle that could not be passed: unknown to the worker, dropped, or of another resource.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HandleError(pub String);
+
+/// What resolves a handle: given its id, whether the parameter owns it, and the resource type
+/// the parameter takes (as the component's type says it), the resource or why not.
+pub type Resolve<'a> = dyn FnMut(&str, bool, &ResourceType) -> Result<ResourceAny, String> + 'a;
+
+/// [`value_to_val`] for a parameter of type `ty`, with handles resolved by `resolve`.
+pub fn value_to_val_with(
+    value: &Value,
+    ty: &Type,
+    resolve: &mut Resolve<'_>,
+) -> Result<Val, HandleError> {
+    let err = |m: String| HandleError(m);
+    let nested = |v: &Value, t: &Type, resolve: &mut Resolve<'_>| value_to_val_with(v, t, resolve);
+    Ok(match (value, ty) {
+        (Value::Handle { handle, .. }, Type::Own(expected) | Type::Borrow(expected)) => {
+            let owned = matches!(ty, Type::Own(_));
+            Val::Resource(resolve(handle, owned, expected).map_err(err)?)
+        }
+        (Value::Handle { handle, .. }, _) => {
+            return Err(err(format!("handle `{handle}` where no resource is taken")));
+        }
+        (Value::List(items), Type::List(l)) => Val::List(
+            items
+                .iter()
+                .map(|v| nested(v, &l.ty(), resolve))
+                .collect::<Result<_, _>>()?,
+        ),
+        (Value::Record(fields), Type::Record(r)) => Val::Record(
+            fields
+                .iter()
+                .zip(r.fields())
+                .map(|((n, v), f)| Ok((n.clone(), nested(v, &f.ty, resolve)?)))
+                .collect::<Result<_, HandleError>>()?,
+        ),
+        (Value::Tuple(items), Type::Tuple(t)) => Val::Tuple(
+            items
+                .iter()
+                .zip(t.types())
+                .map(|(v, t)| nested(v, &t, resolve))
+                .collect::<Result<_, _>>()?,
+        ),
+        (Value::Variant(case, Some(payload)), Type::Variant(v)) => {
+            let case_ty = v.cases().find(|c| c.name == case).and_then(|c| c.ty);
+            match case_ty {
+                Some(t) => {
+                    Val::Variant(case.clone(), Some(Box::new(nested(payload, &t, resolve)?)))
+                }
+                None => value_to_val(value),
+            }
+        }
+        (Value::Option(Some(v)), Type::Option(o)) => {
+            Val::Option(Some(Box::new(nested(v, &o.ty(), resolve)?)))
+        }
+        (Value::Result(Ok(Some(v))), Type::Result(r)) => match r.ok() {
+            Some(t) => Val::Result(Ok(Some(Box::new(nested(v, &t, resolve)?)))),
+            None => value_to_val(value),
+        },
+        (Value::Result(Err(Some(v))), Type::Result(r)) => match r.err() {
+            Some(t) => Val::Result(Err(Some(Box::new(nested(v, &t, resolve)?)))),
+            None => value_to_val(value),
+        },
+        _ => value_to_val(value),
+    })
+}
+
+/// [`val_to_value`], with each resource the guest returned given to `keep`, which answers the
+/// value the API shows for it (a handle).
+pub fn val_to_value_with(val: &Val, keep: &mut dyn FnMut(ResourceAny) -> Value) -> Option<Value> {
+    let nested = |v: &Val, keep: &mut dyn FnMut(ResourceAny) -> Value| val_to_value_with(v, keep);
+    Some(match val {
+        Val::Resource(any) => keep(*any),
+        Val::List(items) | Val::FixedLengthList(items) => Value::List(
+            items
+                .iter()
+                .map(|v| nested(v, keep))
+                .collect::<Option<Vec<_>>>()?,
+        ),
+        Val::Record(fields) => Value::Record(
+            fields
+                .iter()
+                .map(|(n, v)| Some((n.clone(), nested(v, keep)?)))
+                .collect::<Option<Vec<_>>>()?,
+        ),
+        Val::Tuple(items) => Value::Tuple(
+            items
+                .iter()
+                .map(|v| nested(v, keep))
+                .collect::<Option<Vec<_>>>()?,
+        ),
+        Val::Variant(case, Some(payload)) => {
+            Value::Variant(case.clone(), Some(Box::new(nested(payload, keep)?)))
+        }
+        Val::Option(Some(v)) => Value::Option(Some(Box::new(nested(v, keep)?))),
+        Val::Result(Ok(Some(v))) => Value::Result(Ok(Some(Box::new(nested(v, keep)?)))),
+        Val::Result(Err(Some(v))) => Value::Result(Err(Some(Box::new(nested(v, keep)?)))),
+        other => val_to_value(other)?,
+    })
 }
 
 /// The value the guest returned, for the oplog; `None` for values that cannot leave the

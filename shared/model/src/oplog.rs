@@ -53,6 +53,9 @@ pub enum FailureKind {
     ResultTooLarge,
     /// Stopped by a request (`interrupt`); the worker stays usable.
     Interrupted,
+    /// A resource handle given as a parameter is not the worker's: unknown, dropped, or of
+    /// another resource. (Last, so that entries encoded before it decode as they were.)
+    InvalidHandle,
 }
 
 impl FailureKind {
@@ -67,6 +70,7 @@ impl FailureKind {
             FailureKind::Divergence => "divergence",
             FailureKind::ResultTooLarge => "result_too_large",
             FailureKind::Interrupted => "interrupted",
+            FailureKind::InvalidHandle => "invalid_handle",
         }
     }
 
@@ -81,6 +85,7 @@ impl FailureKind {
             FailureKind::Divergence,
             FailureKind::ResultTooLarge,
             FailureKind::Interrupted,
+            FailureKind::InvalidHandle,
         ]
         .into_iter()
         .find(|k| k.code() == code)

@@ -32,6 +32,13 @@ pub enum Value {
     /// byte. It equals the `List` of `U8` with the same bytes, and shows as that list does.
     /// (Last, so that entries encoded before it existed decode as they were.)
     Bytes(Vec<u8>),
+    /// A resource the worker returned (`own<R>`), held by its instance: the API's handle to
+    /// it, valid for later calls on the same worker. Its id is made from the place of the
+    /// invocation that returned it, so a replay makes the same handles in the same order.
+    Handle {
+        resource: String,
+        handle: String,
+    },
 }
 
 /// Equality for replay: floats compare by their bits, so a NaN result replays as equal to
@@ -61,6 +68,16 @@ impl PartialEq for Value {
             (Result(a), Result(b)) => a == b,
             (Flags(a), Flags(b)) => a == b,
             (Bytes(a), Bytes(b)) => a == b,
+            (
+                Handle {
+                    resource: r,
+                    handle: h,
+                },
+                Handle {
+                    resource: s,
+                    handle: g,
+                },
+            ) => r == s && h == g,
             (Bytes(bytes), List(items)) | (List(items), Bytes(bytes)) => {
                 bytes.len() == items.len()
                     && bytes
@@ -130,6 +147,7 @@ impl Value {
             Result(Err(e)) => json!({ "err": boxed(e) }),
             Flags(names) => json!(names),
             Bytes(bytes) => json!(bytes),
+            Handle { resource, handle } => json!({ "resource": resource, "handle": handle }),
         }
     }
 }
