@@ -1,6 +1,7 @@
 //! Compatibility, call by call: guests built in different ways — wit-bindgen exports of every
 //! WIT type (`types`), a wit-bindgen guest with state (`counter`), and a plain Rust `std`
-//! program, a command exporting `wasi:cli/run` (`hello-cli`) — answer through Invicta as they
+//! program, a command exporting `wasi:cli/run` (`hello-cli`), a guest importing WASI 0.2.0
+//! through the `wasi` crate's 0.13 bindings (`wasi020`) — answer through Invicta as they
 //! answer under plain wasmtime (the same crate, its own WASI, no Invicta in between), print the
 //! same, and answer on after a SIGKILL replays them. (HTTP guests built with `wstd`, `waki` and
 //! the raw `wasi` bindings are compared with a loopback server in `http.rs` and `routes.rs`.)
@@ -102,6 +103,9 @@ async fn blocking(
     tokio::task::spawn_blocking(move || plain_call(&engine, &component, &function, &params)).await?
 }
 
+/// The guests compared: wit-bindgen over Rust std, a std command, and WASI 0.2.0 bindings.
+const GUESTS: [&str; 4] = ["types", "counter", "hello_cli", "wasi020"];
+
 #[tokio::test]
 async fn guests_answer_as_under_plain_wasmtime_and_again_after_a_kill() -> anyhow::Result<()> {
     let calls: Vec<(&str, &str, Value)> = vec![
@@ -125,12 +129,15 @@ async fn guests_answer_as_under_plain_wasmtime_and_again_after_a_kill() -> anyho
         ("types", "nothing", json!([])),
         ("counter", "add", json!([5])),
         ("hello_cli", "run", json!([])),
+        ("wasi020", "shout", json!(["from WASI 0.2.0"])),
+        ("wasi020", "env-count", json!([])),
+        ("wasi020", "args", json!([])),
     ];
     let data = tempfile::tempdir()?;
     let dir = data.path().join("data");
     let server = Server::start(INVICTA.as_ref(), &dir)?;
     let api = server.operator().new_tenant("compat", "pro").await?;
-    for guest in ["types", "counter", "hello_cli"] {
+    for guest in GUESTS {
         assert_eq!(
             api.upload(guest, component(guest)).await?.status,
             201,
@@ -140,9 +147,15 @@ async fn guests_answer_as_under_plain_wasmtime_and_again_after_a_kill() -> anyho
     // Each guest compiled once for plain wasmtime.
     let engine = wasmtime::Engine::default();
     let mut compiled = std::collections::HashMap::new();
-    for guest in ["types", "counter", "hello_cli"] {
+    for guest in GUESTS {
         compiled.insert(guest, Component::new(&engine, component(guest))?);
     }
+    // The 0.2.0 guest imports WASI 0.2.0 itself, not a later 0.2 release.
+    let bytes = component("wasi020");
+    let imports_020 = bytes
+        .windows(b"wasi:cli/stdout@0.2.0".len())
+        .any(|w| w == b"wasi:cli/stdout@0.2.0");
+    assert!(imports_020, "wasi020 imports wasi:cli/stdout@0.2.0");
     // The command's `run`, by the name its WASI version gives it.
     let shown = api.get("/v1/components/hello_cli").await?;
     let run = shown.body["exports"]
@@ -184,6 +197,22 @@ async fn guests_answer_as_under_plain_wasmtime_and_again_after_a_kill() -> anyho
     assert!(printed.starts_with("hello from a command"), "{printed}");
     assert_eq!(logged, printed, "{logs:?}");
 
+    // The 0.2.0 guest's output, logged as plain wasmtime printed it.
+    let (_, printed) = blocking(
+        &engine,
+        &compiled["wasi020"],
+        "shout",
+        vec![json!("from WASI 0.2.0")],
+    )
+    .await?;
+    let logs = api.get("/v1/components/wasi020/workers/w/logs").await?;
+    let logged: String = logs.body["lines"]
+        .as_array()
+        .map(|lines| lines.iter().filter_map(|l| l["text"].as_str()).collect())
+        .unwrap_or_default();
+    assert_eq!(printed, "from WASI 0.2.0\n");
+    assert_eq!(logged, printed, "{logs:?}");
+
     // After SIGKILL the workers replay, and answer on as they did.
     server.kill()?;
     let server = Server::start(INVICTA.as_ref(), &dir)?;
@@ -193,6 +222,10 @@ async fn guests_answer_as_under_plain_wasmtime_and_again_after_a_kill() -> anyho
         api.call("types", "w", "echo-string", json!(["again"]))
             .await?,
         json!("again")
+    );
+    assert_eq!(
+        api.call("wasi020", "w", "shout", json!(["again"])).await?,
+        json!(5)
     );
     Ok(())
 }

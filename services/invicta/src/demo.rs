@@ -14,10 +14,15 @@ pub const DEMO_KEY_FILE: &str = "demo.key";
 /// Seeds the demo once, then prints where to sign in. Failures are reported, never fatal.
 pub async fn seed(api: String, data_dir: PathBuf, component: PathBuf) {
     match seed_once(&api, &data_dir, &component).await {
-        Ok(key) => println!(
-            "console on {api}/console: sign in with the demo tenant's key {key} (also in {})",
-            data_dir.join(DEMO_KEY_FILE).display()
-        ),
+        Ok(key) => {
+            // Whoever started the server may have stopped reading its output: no panic then.
+            use std::io::Write;
+            let _ = writeln!(
+                std::io::stdout(),
+                "console on {api}/console: sign in with the demo tenant's key {key} (also in {})",
+                data_dir.join(DEMO_KEY_FILE).display()
+            );
+        }
         Err(e) => tracing::warn!(error = format!("{e:#}"), "the demo could not be set up"),
     }
 }

@@ -590,21 +590,21 @@ async fn run(config: Config, demo: Option<PathBuf>) -> anyhow::Result<()> {
     let addr = gateway.local_addr()?;
     announce_public(&gateway)?;
     tracing::info!(%addr, data_dir = %data_dir.display(), "invicta server started");
+    if demo.is_none() {
+        println!("console on http://{addr}/console");
+    }
     // The one line a user running `make run` looks for; scripts read it to find the port.
     println!(
         "invicta listening on http://{addr} (data in {})",
         data_dir.display()
     );
-    match demo {
+    if let Some(component) = demo {
         // The listener is bound: the demo's calls wait in its backlog until it serves.
-        Some(component) => {
-            tokio::spawn(crate::demo::seed(
-                format!("http://{addr}"),
-                data_dir.clone(),
-                component,
-            ));
-        }
-        None => println!("console on http://{addr}/console"),
+        tokio::spawn(crate::demo::seed(
+            format!("http://{addr}"),
+            data_dir.clone(),
+            component,
+        ));
     }
     gateway.run(shutdown_signal()).await?;
     tracing::info!("invicta server stopped");
