@@ -457,7 +457,8 @@ async function workerPage(root, { parts, signal }) {
     h('a', { href: `#/components/${enc(component)}/workers` }, 'all its workers')));
   const workerFacts = (st) => facts([
     ['Status', h('span', { class: `status status-${st.status}`, id: 'worker-status' }, st.status)],
-    ['Component version', String(st.component_version)], ['Oplog entries', String(st.oplog_length)],
+    ['Component version', String(st.component_version)],
+    ['Oplog entries', `${fmtNum(st.oplog_length)}${st.archived_entries ? ` (${fmtNum(st.archived_entries)} archived)` : ''}`],
     ['Pending invocations', String(st.pending_invocations)],
     ...(st.error ? [['Error', h('span', { class: 'status-failed' }, st.error)]] : []),
   ]);
