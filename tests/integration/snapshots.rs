@@ -564,6 +564,26 @@ async fn a_component_may_have_its_own_snapshot_policy() -> anyhow::Result<()> {
         },
     )
     .await?;
+    // By size alone: a snapshot once 300 bytes of oplog have been written since the last.
+    let by_size = api
+        .put_json(
+            path,
+            &json!({ "every_invocations": 0, "every_entries": 0, "every_oplog_bytes": 300 }),
+        )
+        .await?;
+    assert_eq!(by_size.status, 200, "{by_size:?}");
+    for delta in 1..=12 {
+        api.call("snap", "q", "add", json!([delta])).await?;
+    }
+    let taken = eventually("snapshots by size", Duration::from_secs(10), || {
+        let api = api.clone();
+        async move {
+            let n = snapshots(&api, "q").await?.len();
+            Ok((n > 0).then_some(n))
+        }
+    })
+    .await?;
+    assert!(taken < 12, "by size, not at every invocation: {taken}");
     let removed = api.delete(path).await?;
     assert_eq!(removed.status, 204);
     assert_eq!(api.get(path).await?.status, 404);

@@ -43,9 +43,11 @@ pub struct Config {
     /// A worker whose component exports `invicta:host/snapshot` is snapshotted after this many
     /// invocations since its last snapshot (default 1,000; 0: not by count).
     pub snapshot_every_invocations: u64,
-    /// … or after this many oplog entries since it (default 20,000; 0: not by size). Entries
-    /// are the oplog's unit of size: each is at most a store value (90 kB) or a chunked one.
+    /// … or after this many oplog entries since it (default 20,000; 0: not by that count) …
     pub snapshot_every_entries: u64,
+    /// … or after this many bytes of oplog since it (encoded entries; default 8 MiB; 0: not by
+    /// size), whichever comes first.
+    pub snapshot_every_oplog_bytes: u64,
 }
 
 /// Who decides which shards an executor runs.
@@ -74,6 +76,7 @@ impl Default for Config {
             secrets_key_file: None,
             snapshot_every_invocations: 1_000,
             snapshot_every_entries: 20_000,
+            snapshot_every_oplog_bytes: 8 * 1024 * 1024,
         }
     }
 }

@@ -85,14 +85,18 @@ pub(crate) fn blob_prefix(id: &WorkerId, incarnation: &str) -> String {
     format!("snapshots/{}/{incarnation}", hex::encode(&digest[..16]))
 }
 
-/// When a component's workers are snapshotted: after `every_invocations` invocations, or
-/// `every_entries` oplog entries, since the last snapshot (0: not by that count; both 0: never).
-/// The executor's `[executor]` settings are the default; a component may have its own.
+/// When a component's workers are snapshotted: after `every_invocations` invocations,
+/// `every_entries` oplog entries or `every_oplog_bytes` bytes of oplog, whichever comes first,
+/// since the last snapshot (0: not by that count; all 0: never). The executor's `[executor]`
+/// settings are the default; a component may have its own.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Policy {
     pub every_invocations: u64,
     pub every_entries: u64,
+    /// Encoded bytes of oplog entries (0 if left out).
+    #[serde(default)]
+    pub every_oplog_bytes: u64,
 }
 
 /// The largest count a policy may name.
@@ -106,15 +110,19 @@ pub(crate) fn policy_key(tenant: &str, component: &str) -> Vec<u8> {
 impl Policy {
     /// Why the policy cannot be used, if it cannot.
     pub fn check(&self) -> Result<(), String> {
-        if self.every_invocations > POLICY_COUNT_MAX || self.every_entries > POLICY_COUNT_MAX {
+        if self.every_invocations > POLICY_COUNT_MAX
+            || self.every_entries > POLICY_COUNT_MAX
+            || self.every_oplog_bytes > POLICY_COUNT_MAX
+        {
             return Err(format!("a count is at most {POLICY_COUNT_MAX}"));
         }
         Ok(())
     }
 
-    pub(crate) fn due(&self, invocations: u64, entries: u64) -> bool {
+    pub(crate) fn due(&self, invocations: u64, entries: u64, bytes: u64) -> bool {
         (self.every_invocations > 0 && invocations >= self.every_invocations)
             || (self.every_entries > 0 && entries >= self.every_entries)
+            || (self.every_oplog_bytes > 0 && bytes >= self.every_oplog_bytes)
     }
 }
 
@@ -280,14 +288,17 @@ mod tests {
         let p = Policy {
             every_invocations: 10,
             every_entries: 100,
+            every_oplog_bytes: 1_000,
         };
-        assert!(!p.due(9, 99));
-        assert!(p.due(10, 0));
-        assert!(p.due(0, 100));
+        assert!(!p.due(9, 99, 999));
+        assert!(p.due(10, 0, 0));
+        assert!(p.due(0, 100, 0));
+        assert!(p.due(0, 0, 1_000));
         let never = Policy {
             every_invocations: 0,
             every_entries: 0,
+            every_oplog_bytes: 0,
         };
-        assert!(!never.due(u64::MAX, u64::MAX));
+        assert!(!never.due(u64::MAX, u64::MAX, u64::MAX));
     }
 }

@@ -121,6 +121,9 @@ enum Phase {
 /// State the actor shares with its handles and its commit watchers.
 struct Shared {
     queued: AtomicU64,
+    /// The encoded bytes of the oplog entries this actor has committed (for the snapshot
+    /// policy's size trigger).
+    oplog_bytes: AtomicU64,
     /// The memory limit the next activation uses.
     memory_bytes: AtomicU64,
     /// When the worker last took an invocation (ms since the epoch): eviction takes the oldest.
@@ -297,6 +300,8 @@ struct Actor {
     /// index then.
     since_snapshot: u64,
     snapshot_at: OplogIndex,
+    /// [`Shared::oplog_bytes`] then.
+    snapshot_at_bytes: u64,
     /// The worker's snapshot record as last read or written: this actor is its only writer.
     snapshots: snapshots::SnapshotRecord,
     /// When it is snapshotted: its component's policy, else the executor's (read at each
@@ -363,6 +368,7 @@ pub(crate) fn spawn(
         inflight: Mutex::new(HashMap::new()),
         inflight_fingerprints: Mutex::new(HashMap::new()),
         commits_in_flight: AtomicUsize::new(0),
+        oplog_bytes: AtomicU64::new(0),
         commits_done: Notify::new(),
         poisoned: AtomicBool::new(false),
         interrupt: Notify::new(),
@@ -422,10 +428,12 @@ pub(crate) fn spawn(
         snapshot_interface,
         since_snapshot: 0,
         snapshot_at: 0,
+        snapshot_at_bytes: 0,
         snapshots: snapshots::SnapshotRecord::default(),
         snapshot_policy: snapshots::Policy {
             every_invocations: 0,
             every_entries: 0,
+            every_oplog_bytes: 0,
         },
         resource_names: resource_names(&handle_compiled),
     };
@@ -744,6 +752,9 @@ impl Actor {
         self.active = None;
         self.set_phase(Phase::Suspended);
         let mut commit = Commit::new(&self.id).entries(entries);
+        self.shared
+            .oplog_bytes
+            .fetch_add(commit.oplog_bytes(), Ordering::Relaxed);
         if fuel_consumed > 0 {
             // The fuel it burnt before the wait is billed now; the rest with its completion.
             let now = now_ms();
@@ -1394,6 +1405,7 @@ impl Actor {
         }
         host::lock(&active.durability).go_live();
         self.since_snapshot = replayed;
+        self.snapshot_at_bytes = self.shared.oplog_bytes.load(Ordering::Relaxed);
         self.inner.metrics.replays.inc();
         self.inner.metrics.replayed_invocations.inc_by(replayed);
         tracing::debug!(worker = %self.id, replayed, "worker active");
@@ -1590,6 +1602,7 @@ impl Actor {
             None => snapshots::Policy {
                 every_invocations: self.inner.config.snapshot_every_invocations,
                 every_entries: self.inner.config.snapshot_every_entries,
+                every_oplog_bytes: self.inner.config.snapshot_every_oplog_bytes,
             },
         };
         Ok(())
@@ -1622,16 +1635,19 @@ impl Actor {
             return;
         }
         let next = host::lock(&active.durability).next_index();
-        if !self
-            .snapshot_policy
-            .due(self.since_snapshot, next.saturating_sub(self.snapshot_at))
-        {
+        let bytes = self.shared.oplog_bytes.load(Ordering::Relaxed);
+        if !self.snapshot_policy.due(
+            self.since_snapshot,
+            next.saturating_sub(self.snapshot_at),
+            bytes.saturating_sub(self.snapshot_at_bytes),
+        ) {
             return;
         }
         // Counted from now even if it fails: a component whose save fails is not asked again
         // after every invocation.
         self.since_snapshot = 0;
         self.snapshot_at = next;
+        self.snapshot_at_bytes = bytes;
         if let Err(e) = self.take_snapshot(&interface).await {
             tracing::warn!(worker = %self.id, error = %e, "snapshot not taken");
         }
@@ -2180,6 +2196,9 @@ impl Actor {
             (d.take_pending(), record, outcome)
         };
         let mut commit = Commit::new(&self.id).entries(entries);
+        self.shared
+            .oplog_bytes
+            .fetch_add(commit.oplog_bytes(), Ordering::Relaxed);
         let oplog_bytes = commit.oplog_bytes();
         // A background run that failed for a cause its policy retries runs again later: its
         // pending record, not an outcome, is written, with the count and the next run's time.
@@ -2362,6 +2381,9 @@ impl StartCommit {
         let commit = Commit::new(&self.id)
             .entries(entries)
             .set(records::running_key(&self.id), Vec::new());
+        self.shared
+            .oplog_bytes
+            .fetch_add(commit.oplog_bytes(), Ordering::Relaxed);
         let shared = self.shared.clone();
         let worker = self.id.clone();
         let done: commit::Done = Box::new(move |result| {
