@@ -10,6 +10,7 @@ operator's (tenants, plans, invoices, the cluster), checks accessibility basics 
     run.py <invicta binary> <components dir> <screenshots dir>
 """
 
+import json
 import os
 import re
 import signal
@@ -255,6 +256,29 @@ def tenant_journey(j, demo_key, components):
     j.button("Invoke").click()
     j.wait_text("#invoke-result", '"green"')
     j.page_done("08-generated-form")
+
+    # A resource: made by one call, its handle given to another.
+    j.go("/components")
+    j.heading("Components")
+    j.field("Name").send_keys("objects")
+    j.field("Component file (.wasm)").send_keys(os.path.join(components, "objects.wasm"))
+    j.button("Upload").click()
+    j.heading("Component objects")
+    j.go("/components/objects/workers")
+    j.heading("Workers of objects")
+    j.field("Worker name").send_keys("o1")
+    j.button("Create").click()
+    j.heading("Worker o1")
+    Select(j.field("Function")).select_by_visible_text("invicta:objects/tallies.{make}")
+    j.field("start").send_keys("3")
+    j.button("Invoke").click()
+    j.wait_text("#invoke-result", '"handle"')
+    handle = json.loads(j.text("#invoke-result").split("\n")[0])["handle"]
+    Select(j.field("Function")).select_by_visible_text("invicta:objects/tallies.{peek}")
+    j.field("t").send_keys(handle)
+    j.button("Invoke").click()
+    j.wait(lambda d: j.text("#invoke-result").startswith("3\n"), "the tally read through its handle")
+    j.page_done("09-resource-handles")
 
     # Workers: filter, interrupt and delete from the list.
     j.go("/components/types/workers?status=active")

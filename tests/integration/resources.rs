@@ -120,6 +120,15 @@ async fn resources_are_durable_handles() -> anyhow::Result<()> {
         call(&api, "w", &f("[method]tally.get"), json!([a])).await?,
         json!(16)
     );
+    // In WAVE text (as the console sends), a handle is its id as a string.
+    let by_wave = api
+        .post_json(
+            "/v1/components/objects/workers/w/invoke",
+            &json!({ "function": f("peek"), "wave": [serde_json::to_string(&a["handle"])?] }),
+            None,
+        )
+        .await?;
+    assert_eq!(by_wave.body["result"], json!(16), "{by_wave:?}");
     assert_eq!(
         refused(&api, "w", &f("peek"), json!([c])).await?,
         (400, "invalid_handle".into()),

@@ -521,6 +521,12 @@ function parseType(text) {
       take('}');
       return { kind: word, items };
     }
+    if ((word === 'own' || word === 'borrow') && peek() === '<') {
+      take('<');
+      const resource = take();
+      take('>');
+      return { kind: word, resource };
+    }
     if (['list', 'option', 'result', 'tuple'].includes(word) && peek() === '<') {
       take('<');
       const args = [];
@@ -581,6 +587,19 @@ function control(t, label, typeText) {
   if (t.kind === 'string' || t.kind === 'char') {
     const input = h('input', { type: 'text', maxlength: t.kind === 'char' ? 2 : null });
     return { el: field(label, input, hint), wave: () => waveString(input.value, t.kind === 'char' ? "'" : '"') };
+  }
+  if (t.kind === 'own' || t.kind === 'borrow') {
+    // A handle the worker returned earlier (`h12-0`), sent as a string.
+    const input = h('input', { type: 'text', required: true, spellcheck: 'false', maxlength: 128 });
+    return {
+      el: field(label, input, `${hint}: a handle this worker returned, e.g. h12-0`),
+      wave: () => {
+        const text = input.value.trim();
+        let handle = text;
+        try { const parsed = JSON.parse(text); handle = parsed.handle || parsed; } catch (_) { handle = text; }
+        return waveString(String(handle), '"');
+      },
+    };
   }
   if (t.kind === 'enum') {
     const select = h('select', {}, t.items.map((i) => h('option', { value: i.name }, i.name)));

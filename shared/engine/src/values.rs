@@ -588,6 +588,17 @@ pub fn wave_to_json(param: &str, text: &str, ty: &Type) -> Result<Json, ValueErr
             "values nested deeper than {VALUE_DEPTH_MAX}"
         )));
     }
+    // WAVE has no handles: a resource parameter takes the handle as a string (`"h12-0"`) or
+    // as the JSON the API shows it in.
+    if let Type::Own(_) | Type::Borrow(_) = ty {
+        let trimmed = text.trim();
+        let json = match serde_json::from_str::<Json>(trimmed) {
+            Ok(Json::String(handle)) => serde_json::json!({ "handle": handle }),
+            Ok(object @ Json::Object(_)) => object,
+            _ => serde_json::json!({ "handle": trimmed }),
+        };
+        return json_to_value(param, &json, ty).map(|v| v.to_json());
+    }
     let val = Val::from_wave(ty, text).map_err(|e| error(format!("`{text}` ({e})")))?;
     val_to_value(&val)
         .map(|v| v.to_json())
