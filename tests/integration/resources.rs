@@ -17,6 +17,10 @@ fn f(name: &str) -> String {
     format!("invicta:objects/tallies.{{{name}}}")
 }
 
+fn f_name(name: &str) -> Value {
+    Value::String(f(name))
+}
+
 async fn call(api: &Api, worker: &str, function: &str, params: Value) -> anyhow::Result<Value> {
     api.call("objects", worker, function, params).await
 }
@@ -43,6 +47,16 @@ async fn resources_are_durable_handles() -> anyhow::Result<()> {
     let server = Server::start_with(INVICTA.as_ref(), &dir, &["--config", &config])?;
     let api = server.operator().new_tenant("objects", "pro").await?;
     api.upload("objects", component("objects")).await?;
+    // Signatures name the resource.
+    let shown = api.get("/v1/components/objects").await?;
+    let signature = |name: &str| {
+        shown.body["exports"]
+            .as_array()
+            .and_then(|e| e.iter().find(|f| f["name"] == f_name(name)).cloned())
+            .unwrap_or_default()
+    };
+    assert_eq!(signature("[constructor]tally")["result"], "own<tally>");
+    assert_eq!(signature("peek")["params"][0]["type"], "borrow<tally>");
 
     let a = call(&api, "w", &f("[constructor]tally"), json!(["a", 5])).await?;
     assert_eq!(a["resource"], "tally", "{a}");

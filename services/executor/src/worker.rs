@@ -435,7 +435,11 @@ pub(crate) fn spawn(
             every_entries: 0,
             every_oplog_bytes: 0,
         },
-        resource_names: resource_names(&handle_compiled),
+        resource_names: handle_compiled
+            .exports
+            .first()
+            .map(|f| f.resources.as_ref().clone())
+            .unwrap_or_default(),
     };
     tokio::spawn(actor.run());
     WorkerHandle {
@@ -2597,35 +2601,6 @@ fn instance_resource_names(
                 }
             }
             _ => {}
-        }
-    }
-    out
-}
-
-/// The names of the resources a component exports, by type: from the results of their
-/// constructors and the `self` of their methods.
-fn resource_names(compiled: &Compiled) -> Vec<(wasmtime::component::ResourceType, String)> {
-    use wasmtime::component::Type;
-    let mut out: Vec<(wasmtime::component::ResourceType, String)> = Vec::new();
-    for f in &compiled.exports {
-        let named = if let Some(name) = f.function.strip_prefix("[constructor]") {
-            f.results.first().and_then(|t| match t {
-                Type::Own(ty) => Some((*ty, name.to_string())),
-                _ => None,
-            })
-        } else if let Some(rest) = f.function.strip_prefix("[method]") {
-            let name = rest.split('.').next().unwrap_or(rest);
-            f.params.first().and_then(|(_, t)| match t {
-                Type::Borrow(ty) => Some((*ty, name.to_string())),
-                _ => None,
-            })
-        } else {
-            None
-        };
-        if let Some((ty, name)) = named
-            && !out.iter().any(|(t, _)| *t == ty)
-        {
-            out.push((ty, name));
         }
     }
     out

@@ -4,9 +4,9 @@
 use serde::{Deserialize, Serialize};
 use wasmtime::Engine;
 use wasmtime::component::types::{ComponentFunc, ComponentItem};
-use wasmtime::component::{Component, Type};
+use wasmtime::component::{Component, ResourceType, Type};
 
-use crate::values::type_name;
+use crate::values::type_name_with;
 
 /// An exported function with its wasmtime types, for calling it.
 #[derive(Clone)]
@@ -19,6 +19,9 @@ pub struct ExportedFunction {
     pub function: String,
     pub params: Vec<(String, Type)>,
     pub results: Vec<Type>,
+    /// The names of the component's exported resources, by type (from their constructors
+    /// and methods), to spell `own<R>` and `borrow<R>`.
+    pub resources: std::sync::Arc<Vec<(ResourceType, String)>>,
 }
 
 /// An exported function's signature as the API shows it.
@@ -46,15 +49,18 @@ impl ExportedFunction {
                 .iter()
                 .map(|(name, ty)| ParamSignature {
                     name: name.clone(),
-                    ty: type_name(ty),
+                    ty: type_name_with(ty, &self.resources),
                 })
                 .collect(),
             result: match self.results.as_slice() {
                 [] => None,
-                [one] => Some(type_name(one)),
+                [one] => Some(type_name_with(one, &self.resources)),
                 many => Some(format!(
                     "tuple<{}>",
-                    many.iter().map(type_name).collect::<Vec<_>>().join(", ")
+                    many.iter()
+                        .map(|t| type_name_with(t, &self.resources))
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 )),
             },
         }
@@ -89,7 +95,36 @@ fn function(
         function: function.to_string(),
         params: ty.params().map(|(n, t)| (n.to_string(), t)).collect(),
         results: ty.results().collect(),
+        resources: Default::default(),
     }
+}
+
+/// The names of the resources among `functions`, by type: from the results of their
+/// constructors and the `self` of their methods.
+fn resource_names(functions: &[ExportedFunction]) -> Vec<(ResourceType, String)> {
+    let mut out: Vec<(ResourceType, String)> = Vec::new();
+    for f in functions {
+        let named = if let Some(name) = f.function.strip_prefix("[constructor]") {
+            f.results.first().and_then(|t| match t {
+                Type::Own(ty) => Some((*ty, name.to_string())),
+                _ => None,
+            })
+        } else if let Some(rest) = f.function.strip_prefix("[method]") {
+            let name = rest.split('.').next().unwrap_or(rest);
+            f.params.first().and_then(|(_, t)| match t {
+                Type::Borrow(ty) => Some((*ty, name.to_string())),
+                _ => None,
+            })
+        } else {
+            None
+        };
+        if let Some((ty, name)) = named
+            && !out.iter().any(|(t, _)| *t == ty)
+        {
+            out.push((ty, name));
+        }
+    }
+    out
 }
 
 /// Every function the component exports, at the top level and one instance deep (WIT
@@ -116,5 +151,9 @@ pub fn exported_functions(engine: &Engine, component: &Component) -> Vec<Exporte
         }
     }
     out.sort_by(|a, b| a.name.cmp(&b.name));
+    let resources = std::sync::Arc::new(resource_names(&out));
+    for f in &mut out {
+        f.resources = resources.clone();
+    }
     out
 }

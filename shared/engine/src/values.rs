@@ -510,14 +510,26 @@ pub fn placeholder() -> Val {
 /// The WIT spelling of a type: `u32`, `list<string>`, `option<person>` … Named types (records,
 /// variants, enums, flags) are spelled out structurally, since the API has no type names.
 pub fn type_name(ty: &Type) -> String {
-    type_name_depth(ty, 0)
+    type_name_depth(ty, &[], 0)
 }
 
-fn type_name_depth(ty: &Type, depth: usize) -> String {
+/// [`type_name`], with resources named (`own<tally>`) when `resources` knows them.
+pub fn type_name_with(ty: &Type, resources: &[(ResourceType, String)]) -> String {
+    type_name_depth(ty, resources, 0)
+}
+
+fn type_name_depth(ty: &Type, resources: &[(ResourceType, String)], depth: usize) -> String {
     if depth > VALUE_DEPTH_MAX {
         return "…".into();
     }
-    let name = |t: &Type| type_name_depth(t, depth + 1);
+    let name = |t: &Type| type_name_depth(t, resources, depth + 1);
+    let resource = |r: &ResourceType| {
+        resources
+            .iter()
+            .find(|(t, _)| t == r)
+            .map_or("resource", |(_, n)| n.as_str())
+            .to_string()
+    };
     match ty {
         Type::Bool => "bool".into(),
         Type::S8 => "s8".into(),
@@ -565,8 +577,8 @@ fn type_name_depth(ty: &Type, depth: usize) -> String {
             (Some(ok), Some(err)) => format!("result<{}, {}>", name(&ok), name(&err)),
         },
         Type::Flags(f) => format!("flags {{ {} }}", f.names().collect::<Vec<_>>().join(", ")),
-        Type::Own(_) => "own<resource>".into(),
-        Type::Borrow(_) => "borrow<resource>".into(),
+        Type::Own(r) => format!("own<{}>", resource(r)),
+        Type::Borrow(r) => format!("borrow<{}>", resource(r)),
         Type::Future(_) => "future".into(),
         Type::Stream(_) => "stream".into(),
         Type::ErrorContext => "error-context".into(),
