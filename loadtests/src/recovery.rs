@@ -150,7 +150,7 @@ async fn measure(args: &Args) -> anyhow::Result<()> {
     println!(
         "filled `big`: {entries} entries in {} ({churns} invocations); {archived} archived, {} in the store",
         duration(t.elapsed()),
-        entries - archived
+        entries.saturating_sub(archived)
     );
     // 2. A snapshotting worker with 100,000 invocations, and 3. one without snapshots.
     let t = Instant::now();
@@ -202,16 +202,13 @@ async fn measure(args: &Args) -> anyhow::Result<()> {
     // Resumes of `many` after idle suspension.
     let mut resumes = Vec::new();
     for _ in 0..RESUMES {
-        let t0 = Instant::now();
-        loop {
-            if status(&api, "snap", "many").await?["status"] == "suspended" {
-                break;
+        invicta_tests::eventually("`many` suspended", Duration::from_secs(30), || {
+            let api = api.clone();
+            async move {
+                Ok((status(&api, "snap", "many").await?["status"] == "suspended").then_some(()))
             }
-            if t0.elapsed() > Duration::from_secs(30) {
-                bail!("`many` never suspended");
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        })
+        .await?;
         let t = Instant::now();
         let (took, value) = first_call(&api, t, "snap", "many", "state").await?;
         if value["result"][1].as_u64() != Some(args.invocations as u64) {
@@ -224,8 +221,10 @@ async fn measure(args: &Args) -> anyhow::Result<()> {
     let after = status(&api, "snap", "big").await?;
     server.kill()?;
 
-    let store_entries = after["oplog_length"].as_u64().unwrap_or(0)
-        - after["archived_entries"].as_u64().unwrap_or(0);
+    let store_entries = after["oplog_length"]
+        .as_u64()
+        .unwrap_or(0)
+        .saturating_sub(after["archived_entries"].as_u64().unwrap_or(0));
     println!("{:<64} {:>10} {:>12}", "measurement", "value", "target");
     println!(
         "{:<64} {:>10} {:>12}",

@@ -1226,7 +1226,12 @@ impl Actor {
             Some(mark) => host::lock(&durability).rewind(mark),
             None => check_consumed(&durability, "instantiation")?,
         }
-        let resource_names = instance_resource_names(&self.pre, &instance, &mut store);
+        // Only a component that exports resources pays for naming them.
+        let resource_names = if self.resource_names.is_empty() {
+            Vec::new()
+        } else {
+            instance_resource_names(&self.pre, &instance, &mut store)
+        };
         let mut active = Active {
             store,
             instance,
