@@ -116,20 +116,9 @@ impl Executor {
         self.inner
             .store
             .read(move |tx| {
-                if tx.get(&records::worker_key(&id_c))?.is_none() {
-                    return Err(Error::WorkerNotFound(id_c.to_string()));
-                }
-                let prefix = suspend::promises_prefix(&id_c);
-                let (mut begin, end) = invicta_store::keys::prefix_range(&prefix);
-                if let Some(after) = &after {
-                    begin = suspend::promise_key(&id_c, after);
-                    begin.push(0);
-                }
-                let rows = tx.get_range(
-                    &begin,
-                    &end,
-                    invicta_store::RangeOptions::limit(limit.max(1)),
-                )?;
+                let after = after.as_deref().map(|a| suspend::promise_key(&id_c, a));
+                let rows =
+                    records::page(tx, &id_c, &suspend::promises_prefix(&id_c), after, limit)?;
                 let mut out = Vec::with_capacity(rows.len());
                 for row in rows {
                     let Ok((_, _, _, _, promise)) =

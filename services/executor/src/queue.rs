@@ -355,20 +355,8 @@ impl Executor {
         self.inner
             .store
             .read(move |tx| {
-                if tx.get(&records::worker_key(&id_c))?.is_none() {
-                    return Err(Error::WorkerNotFound(id_c.to_string()));
-                }
-                let (mut begin, end) =
-                    invicta_store::keys::prefix_range(&records::pending_prefix(&id_c));
-                if let Some(after) = &after {
-                    begin = records::pending_key(&id_c, after);
-                    begin.push(0);
-                }
-                let rows = tx.get_range(
-                    &begin,
-                    &end,
-                    invicta_store::RangeOptions::limit(limit.max(1)),
-                )?;
+                let after = after.as_deref().map(|a| records::pending_key(&id_c, a));
+                let rows = records::page(tx, &id_c, &records::pending_prefix(&id_c), after, limit)?;
                 let mut out = Vec::with_capacity(rows.len());
                 for row in rows {
                     let Some((_, key)) = records::parse_pending_key(&row.key) else {

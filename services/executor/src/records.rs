@@ -129,6 +129,26 @@ pub(crate) fn pending_prefix_all() -> Vec<u8> {
     pack(&("pending",))
 }
 
+/// A page of a worker's records under `prefix`: those after the key `after_key` (the previous
+/// page's last, when there was one), at most `limit`; `WorkerNotFound` if the worker is gone.
+pub(crate) fn page(
+    tx: &mut Transaction<'_>,
+    id: &WorkerId,
+    prefix: &[u8],
+    after_key: Option<Vec<u8>>,
+    limit: usize,
+) -> Result<Vec<invicta_store::KeyValue>, Error> {
+    if tx.get(&worker_key(id))?.is_none() {
+        return Err(Error::WorkerNotFound(id.to_string()));
+    }
+    let (mut begin, end) = prefix_range(prefix);
+    if let Some(mut after) = after_key {
+        after.push(0);
+        begin = after;
+    }
+    Ok(tx.get_range(&begin, &end, RangeOptions::limit(limit.max(1)))?)
+}
+
 /// The worker and idempotency key of a [`pending_key`].
 pub(crate) fn parse_pending_key(key: &[u8]) -> Option<(WorkerId, String)> {
     let (_, tenant, component, worker, idempotency_key): (String, String, String, String, String) =

@@ -47,6 +47,23 @@ pub enum ComponentCommand {
     Show { name: String },
     /// Delete a component and all its versions (refused while workers use it)
     Delete { name: String },
+    /// Show or set when the component's workers are snapshotted (if it exports
+    /// invicta:host/snapshot): every N invocations, M oplog entries or B bytes of oplog
+    Snapshots {
+        name: String,
+        /// Every this many invocations (0: not by count)
+        #[arg(long, value_name = "N", conflicts_with = "unset")]
+        every_invocations: Option<u64>,
+        /// Every this many oplog entries (0: not by entries)
+        #[arg(long, value_name = "M", conflicts_with = "unset")]
+        every_entries: Option<u64>,
+        /// Every this many bytes of oplog (0: not by size)
+        #[arg(long, value_name = "B", conflicts_with = "unset")]
+        every_oplog_bytes: Option<u64>,
+        /// Remove the component's own policy: the server's default applies
+        #[arg(long)]
+        unset: bool,
+    },
     /// Move every worker of a component to a version (each by replay if its history replays
     /// there, else by a snapshot when both versions export invicta:host/snapshot)
     Update {
@@ -837,6 +854,42 @@ async fn run(connection: &Connection, request: Request) -> Result<Output, Failur
                 vec!["worker", "outcome", "method", "reason"],
                 rows,
             ))
+        }
+        Request::Component(ComponentCommand::Snapshots {
+            name,
+            every_invocations,
+            every_entries,
+            every_oplog_bytes,
+            unset,
+        }) => {
+            let path = format!("/v1/components/{name}/snapshots");
+            if unset {
+                let body = client.delete(&path).await?;
+                return Ok(Output::Text(
+                    body,
+                    format!("{name}: the server's default snapshot policy applies"),
+                ));
+            }
+            let body = if every_invocations.is_none()
+                && every_entries.is_none()
+                && every_oplog_bytes.is_none()
+            {
+                client.get(&path).await?
+            } else {
+                let policy = json!({
+                    "every_invocations": every_invocations.unwrap_or(0),
+                    "every_entries": every_entries.unwrap_or(0),
+                    "every_oplog_bytes": every_oplog_bytes.unwrap_or(0),
+                });
+                client.put(&path, policy).await?
+            };
+            let text = format!(
+                "{name}: a snapshot every {} invocations, {} entries or {} bytes of oplog (0: not by that)",
+                text(&body["every_invocations"]),
+                text(&body["every_entries"]),
+                text(&body["every_oplog_bytes"])
+            );
+            Ok(Output::Text(body, text))
         }
         Request::Component(ComponentCommand::Delete { name }) => {
             let body = client.delete(&format!("/v1/components/{name}")).await?;
