@@ -9,7 +9,7 @@ DATA_DIR ?= ./.invicta
 INVICTA := $(CARGO_TARGET_DIR)/debug/invicta
 
 .PHONY: run build test check deps fmt-check clippy fdb-check unit-tests api-fuzz infra-check bench components \
-	browser-deps browser-tests
+	browser-deps browser-tests compat-reference
 
 # schemathesis (from PyPI) in a virtualenv beside the target directory.
 SCHEMATHESIS_VERSION := 4.32.5
@@ -34,7 +34,7 @@ build:
 ## test: install what the tests need, then every check and every test
 test: deps components check
 
-check: fmt-check clippy fdb-check infra-check unit-tests api-fuzz browser-tests
+check: fmt-check clippy fdb-check infra-check unit-tests api-fuzz browser-tests compat-reference
 
 deps:
 	@rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip2 || rustup target add wasm32-wasip2
@@ -81,6 +81,16 @@ browser-deps:
 ## $(SCREENSHOTS))
 browser-tests: browser-deps build components
 	$(SELENIUM_VENV)/bin/python tests/browser/run.py $(INVICTA) tests/components/wasm $(SCREENSHOTS)
+
+# wasmtime from PyPI: a second reference host, its own build and its own WASI.
+WASMTIME_PY_VERSION := 51.0.0
+WASMTIME_PY_VENV ?= $(HOME)/.cache/invicta/wasmtime-py-$(WASMTIME_PY_VERSION)
+
+## compat-reference: guests through Invicta against wasmtime-py, call by call, and after SIGKILL
+compat-reference: build components
+	@test -x $(WASMTIME_PY_VENV)/bin/python -a -d $(WASMTIME_PY_VENV)/lib || { python3 -m venv $(WASMTIME_PY_VENV) && \
+		$(WASMTIME_PY_VENV)/bin/pip install -q 'wasmtime==$(WASMTIME_PY_VERSION)'; }
+	$(WASMTIME_PY_VENV)/bin/python tests/compat/reference.py $(INVICTA) tests/components/wasm
 
 ## infra-check: the Kubernetes manifests in infra/k8s against the API's schemas, strictly
 infra-check:
