@@ -45,8 +45,12 @@ CALLS = [
     ("wasi020", "shout", ["from WASI 0.2.0"]),
     ("wasi020", "args", []),
     ("hello_cli", "run", []),
+    ("types_old", "echo-record", [{"name": "Grace", "age": 85, "email": "g@navy.mil", "tags": []}]),
+    ("types_old", "echo-variant", [{"square": 2.0}]),
+    ("types_old", "echo-list", [[[1, 2], [], [3]]]),
+    ("types_old", "add", [3]),
 ]
-AFTER_KILL = [("counter", "add", [1]), ("types", "echo-string", ["again"])]
+AFTER_KILL = [("counter", "add", [1]), ("types", "echo-string", ["again"]), ("types_old", "add", [4])]
 
 
 def to_python(value, function):

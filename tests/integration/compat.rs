@@ -1,7 +1,8 @@
 //! Compatibility, call by call: guests built in different ways — wit-bindgen exports of every
 //! WIT type (`types`), a wit-bindgen guest with state (`counter`), and a plain Rust `std`
 //! program, a command exporting `wasi:cli/run` (`hello-cli`), a guest importing WASI 0.2.0
-//! through the `wasi` crate's 0.13 bindings (`wasi020`) — answer through Invicta as they
+//! through the `wasi` crate's 0.13 bindings (`wasi020`), a guest bound by wit-bindgen 0.34
+//! (`types_old`) — answer through Invicta as they
 //! answer under plain wasmtime (the same crate, its own WASI, no Invicta in between), print the
 //! same, and answer on after a SIGKILL replays them. (HTTP guests built with `wstd`, `waki` and
 //! the raw `wasi` bindings are compared with a loopback server in `http.rs` and `routes.rs`.)
@@ -103,8 +104,9 @@ async fn blocking(
     tokio::task::spawn_blocking(move || plain_call(&engine, &component, &function, &params)).await?
 }
 
-/// The guests compared: wit-bindgen over Rust std, a std command, and WASI 0.2.0 bindings.
-const GUESTS: [&str; 4] = ["types", "counter", "hello_cli", "wasi020"];
+/// The guests compared: wit-bindgen over Rust std, a std command, WASI 0.2.0 bindings, and an
+/// older wit-bindgen (0.34).
+const GUESTS: [&str; 5] = ["types", "counter", "hello_cli", "wasi020", "types_old"];
 
 #[tokio::test]
 async fn guests_answer_as_under_plain_wasmtime_and_again_after_a_kill() -> anyhow::Result<()> {
@@ -132,6 +134,16 @@ async fn guests_answer_as_under_plain_wasmtime_and_again_after_a_kill() -> anyho
         ("wasi020", "shout", json!(["from WASI 0.2.0"])),
         ("wasi020", "env-count", json!([])),
         ("wasi020", "args", json!([])),
+        (
+            "types_old",
+            "echo-record",
+            json!([{ "name": "Grace", "age": 85, "email": "g@navy.mil", "tags": [] }]),
+        ),
+        ("types_old", "echo-variant", json!([{ "square": 2.0 }])),
+        ("types_old", "echo-list", json!([[[1, 2], [], [3]]])),
+        ("types_old", "echo-result", json!([{ "ok": "fine" }])),
+        ("types_old", "echo-result", json!([{ "err": 7 }])),
+        ("types_old", "add", json!([3])),
     ];
     let data = tempfile::tempdir()?;
     let dir = data.path().join("data");
