@@ -9,7 +9,7 @@ DATA_DIR ?= ./.invicta
 INVICTA := $(CARGO_TARGET_DIR)/debug/invicta
 
 .PHONY: run build test check deps fmt-check clippy fdb-check unit-tests api-fuzz infra-check bench components \
-	browser-deps browser-tests compat-reference
+	browser-deps browser-tests compat-reference examples
 
 # schemathesis (from PyPI) in a virtualenv beside the target directory.
 SCHEMATHESIS_VERSION := 4.32.5
@@ -32,7 +32,7 @@ build:
 	cargo build -p invicta
 
 ## test: install what the tests need, then every check and every test
-test: deps components check
+test: deps components examples check
 
 check: fmt-check clippy fdb-check infra-check unit-tests api-fuzz browser-tests compat-reference
 
@@ -113,6 +113,18 @@ bench: components
 	$(CARGO_TARGET_DIR)/release/invicta-loadtests serve --server-bin $(CARGO_TARGET_DIR)/release/invicta
 	$(CARGO_TARGET_DIR)/release/invicta-loadtests upload --server-bin $(CARGO_TARGET_DIR)/release/invicta
 	$(CARGO_TARGET_DIR)/release/invicta-loadtests recovery --server-bin $(CARGO_TARGET_DIR)/release/invicta
+
+# componentize-py (from PyPI) for the Python example.
+COMPONENTIZE_PY_VERSION := 0.25.1
+COMPONENTIZE_PY_VENV ?= $(HOME)/.cache/invicta/componentize-py-$(COMPONENTIZE_PY_VERSION)
+
+## examples: the examples under examples/ (other languages than Rust) into examples/wasm
+examples:
+	@test -x $(COMPONENTIZE_PY_VENV)/bin/componentize-py || { python3 -m venv $(COMPONENTIZE_PY_VENV) && \
+		$(COMPONENTIZE_PY_VENV)/bin/pip install -q 'componentize-py==$(COMPONENTIZE_PY_VERSION)'; }
+	@mkdir -p examples/wasm
+	cd examples/python && $(COMPONENTIZE_PY_VENV)/bin/componentize-py -d wit -w counter componentize app \
+		-o ../wasm/counter_py.wasm
 
 ## components: the guest components under tests/components (wasm32-wasip2) into tests/components/wasm
 components:

@@ -14,6 +14,7 @@ mod guests;
 mod hostapi;
 mod hostile;
 mod http;
+mod languages;
 mod limits;
 mod metering;
 mod openapi;

@@ -1,0 +1,117 @@
+//! Guests from other languages than Rust, built by their own toolchains (`make examples`): the
+//! examples' counter in Python (componentize-py) runs durably and unchanged — invoked, killed
+//! with SIGKILL, and back with its exact state; and again after idle suspension.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use invicta_tests::{Api, Server, eventually};
+use serde_json::json;
+
+use crate::INVICTA;
+
+/// An example built by `make examples`.
+fn example(name: &str) -> Vec<u8> {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../examples/wasm")
+        .join(format!("{name}.wasm"));
+    std::fs::read(&path).unwrap_or_else(|e| {
+        panic!(
+            "example {} is missing ({e}): run `make examples`",
+            path.display()
+        )
+    })
+}
+
+/// Uploads a large component answered early (`Prefer: respond-async`) and waits until it is
+/// compiled: a language runtime takes the debug build a while.
+async fn upload(api: &Api, name: &str, bytes: Vec<u8>) -> anyhow::Result<()> {
+    let accepted = api
+        .http
+        .post(format!("{}/v1/components/{name}", api.base))
+        .bearer_auth(api.key.clone().unwrap_or_default())
+        .header("content-type", "application/wasm")
+        .header("prefer", "respond-async")
+        .body(bytes)
+        .send()
+        .await?;
+    anyhow::ensure!(accepted.status() == 202, "{}", accepted.text().await?);
+    let location = accepted
+        .headers()
+        .get("location")
+        .and_then(|v| v.to_str().ok())
+        .ok_or_else(|| anyhow::anyhow!("no Location"))?
+        .to_string();
+    eventually(
+        &format!("{name} compiled"),
+        Duration::from_secs(600),
+        || {
+            let (api, location) = (api.clone(), location.clone());
+            async move {
+                let status = api.get(&location).await?;
+                match status.body["status"].as_str() {
+                    Some("ready") => Ok(Some(())),
+                    Some("compiling") => Ok(None),
+                    _ => anyhow::bail!("upload of {name}: {status:?}"),
+                }
+            }
+        },
+    )
+    .await
+}
+
+#[tokio::test]
+async fn a_python_guest_keeps_its_state_across_sigkill_and_suspension() -> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let config = tmp.path().join("invicta.toml");
+    std::fs::write(
+        &config,
+        "[executor]\nidle_suspend_ms = 500\n\n[registry]\ncompile_timeout_ms = 900000\n",
+    )?;
+    let config = config.to_string_lossy().into_owned();
+    let dir = tmp.path().join("data");
+    let server = Server::start_with(INVICTA.as_ref(), &dir, &["--config", &config])?;
+    let api = server
+        .operator()
+        .new_tenant("pythonistas", "unlimited")
+        .await?;
+    upload(&api, "counter_py", example("counter_py")).await?;
+    assert_eq!(
+        api.call("counter_py", "p", "add", json!([5])).await?,
+        json!(5)
+    );
+    assert_eq!(
+        api.call("counter_py", "p", "add", json!([-2])).await?,
+        json!(3)
+    );
+    assert_eq!(
+        api.call("counter_py", "p", "add", json!([40])).await?,
+        json!(43)
+    );
+
+    server.kill()?;
+    let server = Server::start_with(INVICTA.as_ref(), &dir, &["--config", &config])?;
+    let api = api.at(&server.url);
+    assert_eq!(
+        api.call("counter_py", "p", "get", json!([])).await?,
+        json!(43)
+    );
+    assert_eq!(
+        api.call("counter_py", "p", "add", json!([1])).await?,
+        json!(44)
+    );
+
+    eventually("the worker suspended", Duration::from_secs(30), || {
+        let api = api.clone();
+        async move {
+            let status = api.get("/v1/components/counter_py/workers/p").await?;
+            Ok((status.body["status"] == "suspended").then_some(()))
+        }
+    })
+    .await?;
+    assert_eq!(
+        api.call("counter_py", "p", "get", json!([])).await?,
+        json!(44)
+    );
+    Ok(())
+}
