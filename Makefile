@@ -118,13 +118,29 @@ bench: components
 COMPONENTIZE_PY_VERSION := 0.25.1
 COMPONENTIZE_PY_VENV ?= $(HOME)/.cache/invicta/componentize-py-$(COMPONENTIZE_PY_VERSION)
 
+# jco and ComponentizeJS (from npm) for the JavaScript example (jco 1.35 cannot read WIT files).
+JCO_VERSION := 1.34.0
+COMPONENTIZE_JS_VERSION := 0.23.0
+JCO_DIR ?= $(HOME)/.cache/invicta/jco-$(JCO_VERSION)-$(COMPONENTIZE_JS_VERSION)
+
 ## examples: the examples under examples/ (other languages than Rust) into examples/wasm
 examples:
 	@test -x $(COMPONENTIZE_PY_VENV)/bin/componentize-py || { python3 -m venv $(COMPONENTIZE_PY_VENV) && \
 		$(COMPONENTIZE_PY_VENV)/bin/pip install -q 'componentize-py==$(COMPONENTIZE_PY_VERSION)'; }
+	@command -v node >/dev/null && command -v npm >/dev/null || \
+		{ (apt-get update -qq || sudo apt-get update -qq) && \
+		  (DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm || \
+		   sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm); }
+	@test -x $(JCO_DIR)/node_modules/.bin/jco || npm install --silent --no-audit --no-fund --prefix $(JCO_DIR) \
+		'@bytecodealliance/jco@$(JCO_VERSION)' '@bytecodealliance/componentize-js@$(COMPONENTIZE_JS_VERSION)'
 	@mkdir -p examples/wasm
 	cd examples/python && $(COMPONENTIZE_PY_VENV)/bin/componentize-py -d wit -w counter componentize app \
 		-o ../wasm/counter_py.wasm
+	$(JCO_DIR)/node_modules/.bin/jco componentize examples/javascript/counter.js \
+		--wit examples/javascript/wit/counter.wit --world-name counter -o examples/wasm/counter_js.wasm
+	CARGO_TARGET_DIR=$(HOME)/.cache/invicta/examples-target cargo build -q --release \
+		--target wasm32-wasip2 --manifest-path examples/rust/Cargo.toml
+	cp $(HOME)/.cache/invicta/examples-target/wasm32-wasip2/release/counter_rs.wasm examples/wasm/
 
 ## components: the guest components under tests/components (wasm32-wasip2) into tests/components/wasm
 components:

@@ -1,6 +1,7 @@
-//! Guests from other languages than Rust, built by their own toolchains (`make examples`): the
-//! examples' counter in Python (componentize-py) runs durably and unchanged — invoked, killed
-//! with SIGKILL, and back with its exact state; and again after idle suspension.
+//! The examples' counter from three languages, each built by its own toolchain (`make
+//! examples`): Rust (wit-bindgen), Python (componentize-py) and JavaScript (ComponentizeJS through jco)
+//! runs durably and unchanged — invoked, killed with SIGKILL, and back with its exact state; and
+//! again after idle suspension.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -60,8 +61,8 @@ async fn upload(api: &Api, name: &str, bytes: Vec<u8>) -> anyhow::Result<()> {
     .await
 }
 
-#[tokio::test]
-async fn a_python_guest_keeps_its_state_across_sigkill_and_suspension() -> anyhow::Result<()> {
+/// The example `name` keeps its exact state across SIGKILL and idle suspension.
+async fn durable(name: &str) -> anyhow::Result<()> {
     let tmp = tempfile::tempdir()?;
     let config = tmp.path().join("invicta.toml");
     std::fs::write(
@@ -73,45 +74,43 @@ async fn a_python_guest_keeps_its_state_across_sigkill_and_suspension() -> anyho
     let server = Server::start_with(INVICTA.as_ref(), &dir, &["--config", &config])?;
     let api = server
         .operator()
-        .new_tenant("pythonistas", "unlimited")
+        .new_tenant("polyglots", "unlimited")
         .await?;
-    upload(&api, "counter_py", example("counter_py")).await?;
-    assert_eq!(
-        api.call("counter_py", "p", "add", json!([5])).await?,
-        json!(5)
-    );
-    assert_eq!(
-        api.call("counter_py", "p", "add", json!([-2])).await?,
-        json!(3)
-    );
-    assert_eq!(
-        api.call("counter_py", "p", "add", json!([40])).await?,
-        json!(43)
-    );
+    upload(&api, name, example(name)).await?;
+    assert_eq!(api.call(name, "p", "add", json!([5])).await?, json!(5));
+    assert_eq!(api.call(name, "p", "add", json!([-2])).await?, json!(3));
+    assert_eq!(api.call(name, "p", "add", json!([40])).await?, json!(43));
 
     server.kill()?;
     let server = Server::start_with(INVICTA.as_ref(), &dir, &["--config", &config])?;
     let api = api.at(&server.url);
-    assert_eq!(
-        api.call("counter_py", "p", "get", json!([])).await?,
-        json!(43)
-    );
-    assert_eq!(
-        api.call("counter_py", "p", "add", json!([1])).await?,
-        json!(44)
-    );
+    assert_eq!(api.call(name, "p", "get", json!([])).await?, json!(43));
+    assert_eq!(api.call(name, "p", "add", json!([1])).await?, json!(44));
 
     eventually("the worker suspended", Duration::from_secs(30), || {
         let api = api.clone();
+        let path = format!("/v1/components/{name}/workers/p");
         async move {
-            let status = api.get("/v1/components/counter_py/workers/p").await?;
+            let status = api.get(&path).await?;
             Ok((status.body["status"] == "suspended").then_some(()))
         }
     })
     .await?;
-    assert_eq!(
-        api.call("counter_py", "p", "get", json!([])).await?,
-        json!(44)
-    );
+    assert_eq!(api.call(name, "p", "get", json!([])).await?, json!(44));
     Ok(())
+}
+
+#[tokio::test]
+async fn a_rust_guest_keeps_its_state_across_sigkill_and_suspension() -> anyhow::Result<()> {
+    durable("counter_rs").await
+}
+
+#[tokio::test]
+async fn a_python_guest_keeps_its_state_across_sigkill_and_suspension() -> anyhow::Result<()> {
+    durable("counter_py").await
+}
+
+#[tokio::test]
+async fn a_javascript_guest_keeps_its_state_across_sigkill_and_suspension() -> anyhow::Result<()> {
+    durable("counter_js").await
 }
