@@ -105,7 +105,7 @@ api-fuzz: build components
 	python3 tests/api-fuzz/run.py $(INVICTA) $(ST_VENV)/bin/st
 
 ## bench: the benchmark scenarios of loadtests/, in release mode
-bench: components
+bench: components examples
 	cargo build --release -p invicta -p invicta-loadtests
 	$(CARGO_TARGET_DIR)/release/invicta-loadtests store
 	$(CARGO_TARGET_DIR)/release/invicta-loadtests invoke --server-bin $(CARGO_TARGET_DIR)/release/invicta

@@ -35,9 +35,15 @@ const GUESTS: [(&str, &str, &str); 3] = [
     ("wstd_fetcher", "", ""),
 ];
 
+/// The examples measured (`make examples`): the same counter from JavaScript and Python, each
+/// with its language runtime inside.
+const EXAMPLES: [(&str, &str, &str); 2] =
+    [("counter_js", "add", "[1]"), ("counter_py", "add", "[1]")];
+
 async fn measure(args: &Args) -> anyhow::Result<()> {
     let binary = server_binary(args.server_bin.as_deref())?;
     let guests = Guests::at(args.components.as_deref());
+    let examples = Guests::at(Some(&crate::invoke::workspace_root().join("examples/wasm")));
     let root = tempfile::tempdir_in(".")?;
     let server = Server::start(&binary, &root.path().join("data"))?;
     let api = server.operator().new_tenant("bench", "unlimited").await?;
@@ -49,8 +55,12 @@ async fn measure(args: &Args) -> anyhow::Result<()> {
         "{:<16} {:>10} {:>16} {:>16} {:>10}",
         "component", "bytes", "wasmtime compile", "upload → call", "ratio"
     );
-    for (name, function, params) in GUESTS {
-        let bytes = guests.read(name)?;
+    let all = GUESTS
+        .iter()
+        .map(|g| (&guests, g))
+        .chain(EXAMPLES.iter().map(|g| (&examples, g)));
+    for (from, &(name, function, params)) in all {
+        let bytes = from.read(name)?;
         let plain = {
             let (engine, bytes) = (engine.engine.clone(), bytes.clone());
             tokio::task::spawn_blocking(move || {
@@ -86,6 +96,8 @@ async fn measure(args: &Args) -> anyhow::Result<()> {
             served.as_secs_f64() / plain.as_secs_f64().max(f64::MIN_POSITIVE)
         );
     }
-    println!("(wstd_fetcher: upload only; its functions call out)");
+    println!(
+        "(wstd_fetcher: upload only; its functions call out. counter_js and counter_py: `make examples`)"
+    );
     Ok(())
 }
