@@ -538,6 +538,18 @@ impl Executor {
                         Error::Engine("the snapshot just taken is not recorded".into())
                     })?;
                 let base = latest.index;
+                // An invocation that ran between the snapshot and the actor's stop would be the
+                // old version's history on the new version: none may have.
+                let after = records::read_entries(tx, &id_c, base + 1, usize::MAX)?;
+                if after
+                    .iter()
+                    .any(|(_, e)| matches!(e, OplogEntry::ExportedFunctionInvoked { .. }))
+                {
+                    return Err(Error::IncompatibleVersion(
+                        "the worker ran an invocation after its snapshot was taken; try the move again"
+                            .into(),
+                    ));
+                }
                 snapshots.snapshots.insert(
                     0,
                     crate::snapshots::Snapshot {
