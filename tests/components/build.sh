@@ -5,7 +5,7 @@ set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 export CARGO_TARGET_DIR="${COMPONENTS_TARGET_DIR:-$HOME/.cache/invicta/components-target}"
-components=(counter clocks burner logger types fetcher caller waiter wstd_fetcher raw_fetcher hostile http_hello raw_handler configured hello_cli snapshotter snapshotter_v2 objects wasi020 types_old)
+components=(counter clocks burner logger types fetcher caller waiter wstd_fetcher raw_fetcher hostile http_hello raw_handler configured hello_cli snapshotter snapshotter_v2 objects wasi020 types_old files)
 
 if command -v rustup >/dev/null 2>&1 \
     && ! rustup target list --installed | grep -qx wasm32-wasip2; then

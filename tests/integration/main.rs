@@ -10,6 +10,7 @@ mod control;
 mod crash;
 mod divergence;
 mod failover;
+mod files;
 mod guests;
 mod hostapi;
 mod hostile;

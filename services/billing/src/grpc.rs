@@ -150,6 +150,8 @@ fn plan_to(plan: &Plan) -> pb::Plan {
             .and_then(|r| serde_json::to_string(r).ok())
             .unwrap_or_default(),
         archive_retention_days: plan.archive_retention_days,
+        files_per_worker_bytes: (plan.files_per_worker_bytes != crate::NO_LIMIT)
+            .then_some(plan.files_per_worker_bytes),
     }
 }
 
@@ -187,6 +189,7 @@ fn plan_from(plan: pb::Plan) -> Result<Plan> {
             }
         },
         archive_retention_days: plan.archive_retention_days,
+        files_per_worker_bytes: plan.files_per_worker_bytes.unwrap_or(crate::NO_LIMIT),
     })
 }
 

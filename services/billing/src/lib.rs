@@ -270,6 +270,15 @@ pub struct Plan {
     /// then recovers only from its latest snapshot on. `null` (the default): kept.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub archive_retention_days: Option<u32>,
+    /// Bytes of files one worker may hold (its version's files and what it writes). `null`: no
+    /// limit but the executor's. Plans stored before files existed allow 64 MiB.
+    #[serde(default = "default_files_per_worker_bytes", with = "no_limit")]
+    #[schema(value_type = Option<u64>, minimum = 0)]
+    pub files_per_worker_bytes: u64,
+}
+
+fn default_files_per_worker_bytes() -> u64 {
+    64 * 1024 * 1024
 }
 
 /// A plan's prices, as exact decimals (sent and stored as strings: no floats for money).
@@ -402,6 +411,7 @@ impl Plan {
                 egress_hosts: None,
                 retry: None,
                 archive_retention_days: None,
+                files_per_worker_bytes: 16 * MIB,
             },
             Plan {
                 name: "pro".into(),
@@ -418,6 +428,7 @@ impl Plan {
                 egress_hosts: None,
                 retry: None,
                 archive_retention_days: None,
+                files_per_worker_bytes: 1024 * MIB,
             },
             Plan {
                 name: "unlimited".into(),
@@ -434,6 +445,7 @@ impl Plan {
                 egress_hosts: None,
                 retry: None,
                 archive_retention_days: None,
+                files_per_worker_bytes: NO_LIMIT,
             },
         ]
     }

@@ -76,6 +76,20 @@ fn version_to(v: &ComponentVersion, tenant: &str) -> pb::ComponentVersion {
             sha256: b.sha256.clone(),
         }),
         created_at_ms: v.created_at_ms,
+        files: v
+            .files
+            .iter()
+            .map(|f| pb::InitialFile {
+                path: f.path.clone(),
+                size: f.size,
+                read_only: f.read_only,
+            })
+            .collect(),
+        files_blob: v.files_blob.as_ref().map(|b| common::BlobRef {
+            key: b.key.clone(),
+            size: b.size,
+            sha256: b.sha256.clone(),
+        }),
     }
 }
 
@@ -103,6 +117,20 @@ fn version_from(v: pb::ComponentVersion) -> ComponentVersion {
             })
             .collect(),
         blob: v.blob.map(|b| BlobRef {
+            key: b.key,
+            size: b.size,
+            sha256: b.sha256,
+        }),
+        files: v
+            .files
+            .into_iter()
+            .map(|f| crate::files::InitialFile {
+                path: f.path,
+                size: f.size,
+                read_only: f.read_only,
+            })
+            .collect(),
+        files_blob: v.files_blob.map(|b| BlobRef {
             key: b.key,
             size: b.size,
             sha256: b.sha256,

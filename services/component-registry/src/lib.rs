@@ -21,6 +21,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 pub mod compiler;
+pub mod files;
 pub mod grpc;
 
 use invicta_blob::{BlobRef, BlobStore};
@@ -39,6 +40,8 @@ pub enum Error {
     NotAComponent(String),
     #[error("the component is not valid: {0}")]
     Invalid(String),
+    #[error("the upload is not a usable archive: {0}")]
+    InvalidArchive(String),
     #[error("the component imports what no executor provides: {0}")]
     UnsupportedImports(String),
     #[error("the component is {size} bytes; the limit is {limit}")]
@@ -85,6 +88,7 @@ impl Error {
     pub fn code(&self) -> &str {
         match self {
             Error::NotAComponent(_) | Error::Invalid(_) => "invalid_component",
+            Error::InvalidArchive(_) => "invalid_archive",
             Error::UnsupportedImports(_) => "unsupported_imports",
             Error::TooLarge { .. } => "payload_too_large",
             Error::QuotaExceeded { .. } => "quota_exceeded",
@@ -142,13 +146,20 @@ pub struct ComponentRecord {
 pub struct ComponentVersion {
     pub name: String,
     pub version: u64,
-    /// SHA-256 of the component's bytes.
+    /// SHA-256 of the component's bytes (with files: of its hash and their canonical archive).
     pub hash: String,
+    /// Bytes stored: the component and its files' archive.
     pub size: u64,
     pub created_at_ms: u64,
     pub exports: Vec<FunctionSignature>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub blob: Option<BlobRef>,
+    /// The files its workers start with (see [`files`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub files: Vec<files::InitialFile>,
+    /// Their canonical archive.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub files_blob: Option<BlobRef>,
 }
 
 /// What a tenant's plan allows it to store.
@@ -328,7 +339,25 @@ impl Registry {
                 limit: inner.config.component_bytes_max,
             });
         }
-        let hash = hex::encode(Sha256::digest(&bytes));
+        // An archive carries files besides the component; the version is both.
+        let (bytes, files, files_archive) = if files::is_archive(&bytes) {
+            let unpacked = files::unpack(&bytes).map_err(Error::InvalidArchive)?;
+            (unpacked.wasm, unpacked.files, unpacked.archive)
+        } else {
+            (bytes, Vec::new(), None)
+        };
+        // Artifacts are the component's alone; a version is the component and its files.
+        let wasm_hash = hex::encode(Sha256::digest(&bytes));
+        let hash = match &files_archive {
+            None => wasm_hash.clone(),
+            Some(archive) => {
+                let mut digest = Sha256::new();
+                digest.update(wasm_hash.as_bytes());
+                digest.update(archive);
+                hex::encode(digest.finalize())
+            }
+        };
+        let files_size = files_archive.as_ref().map_or(0, |a| a.len() as u64);
         if let Some(existing) = self.version_by_hash(tenant, name, &hash).await? {
             return Ok(Uploaded {
                 version: existing,
@@ -336,7 +365,11 @@ impl Registry {
             });
         }
         // Refuse early what the quota cannot take (the transaction checks again, exactly).
-        let (t, n, size) = (tenant.clone(), name.clone(), bytes.len() as u64);
+        let (t, n, size) = (
+            tenant.clone(),
+            name.clone(),
+            (bytes.len() as u64).saturating_add(files_size),
+        );
         inner
             .store
             .read(move |tx| {
@@ -366,10 +399,10 @@ impl Registry {
             });
         }
         // The same bytes compiled before, for any tenant, are not compiled again.
-        let reused = match self.artifact_by_hash(&hash).await {
+        let reused = match self.artifact_by_hash(&wasm_hash).await {
             Ok(reused) => reused,
             Err(e) => {
-                tracing::warn!(%hash, error = %e, "a shared artifact is unusable; compiling again");
+                tracing::warn!(hash = %wasm_hash, error = %e, "a shared artifact is unusable; compiling again");
                 None
             }
         };
@@ -394,15 +427,21 @@ impl Registry {
         .map_err(|e| Error::Compile(e.to_string()))??;
 
         let blob = inner.blobs.put_bytes("components", &bytes).await?;
+        let files_blob = match &files_archive {
+            Some(archive) => Some(inner.blobs.put_bytes("component-files", archive).await?),
+            None => None,
+        };
         let engine = inner.engine.clone();
         let mut version = ComponentVersion {
             name: name.to_string(),
             version: 0,
             hash: hash.clone(),
-            size: bytes.len() as u64,
+            size: (bytes.len() as u64).saturating_add(files_size),
             created_at_ms: now_ms(),
             exports: exports.iter().map(ExportedFunction::signature).collect(),
             blob: Some(blob),
+            files,
+            files_blob,
         };
         let (tenant_c, name_c, template) = (tenant.clone(), name.clone(), version.clone());
         let (stored, created) = inner
@@ -451,7 +490,7 @@ impl Registry {
                     &encode(&artifact),
                 )?;
                 tx.set(
-                    &shared_artifact_key(&record.hash, &engine),
+                    &shared_artifact_key(&wasm_hash, &engine),
                     &encode(&artifact),
                 )?;
                 tx.set(

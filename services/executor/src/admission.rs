@@ -318,6 +318,7 @@ impl Executor {
             concurrent_invocations: limits.concurrent_invocations,
             retry: None,
             archive_retention_days: limits.archive_retention_days,
+            files_per_worker_bytes: limits.files_per_worker_bytes,
             runs: 0,
             pending: None,
             fuel: limits

@@ -48,6 +48,12 @@ pub struct Config {
     /// … or after this many bytes of oplog since it (encoded entries; default 8 MiB; 0: not by
     /// size), whichever comes first.
     pub snapshot_every_oplog_bytes: u64,
+    /// Where the files of the workers running here live (a directory per worker, made afresh
+    /// from its version's files when it is rebuilt). The server sets `<data_dir>/worker-files`
+    /// when unset; without either, a directory under the system's temporary directory.
+    pub worker_files_dir: Option<std::path::PathBuf>,
+    /// The most bytes of files one worker may hold, whatever its plan says (default 1 GiB).
+    pub worker_files_bytes_max: u64,
 }
 
 /// Who decides which shards an executor runs.
@@ -77,6 +83,8 @@ impl Default for Config {
             snapshot_every_invocations: 1_000,
             snapshot_every_entries: 20_000,
             snapshot_every_oplog_bytes: 8 * 1024 * 1024,
+            worker_files_dir: None,
+            worker_files_bytes_max: 1024 * 1024 * 1024,
         }
     }
 }

@@ -105,6 +105,15 @@ pub enum Error {
     /// The worker's actor stopped as the invocation reached it; the caller sends it again.
     #[error("the worker was suspending; try again")]
     Retry,
+    /// Nothing at this path of the worker's files.
+    #[error("the worker has no file or directory `{0}`")]
+    FileNotFound(String),
+    /// A path of a worker's files that is not one, or that the API does not follow.
+    #[error("{0}")]
+    InvalidPath(String),
+    /// A file larger than the API returns.
+    #[error("the file is {size} bytes; the API returns files of at most {limit} bytes")]
+    FileTooLarge { size: u64, limit: u64 },
 }
 
 impl Error {
@@ -138,6 +147,9 @@ impl Error {
             Error::NotAHandler(_) => "not_a_handler",
             Error::HandlerFailed(_) => "handler_failed",
             Error::InvalidRequest(_) => "invalid_request",
+            Error::FileNotFound(_) => "file_not_found",
+            Error::InvalidPath(_) => "invalid_path",
+            Error::FileTooLarge { .. } => "file_too_large",
             Error::Remote { code, .. } => code,
             Error::Store(_) | Error::OplogGap { .. } | Error::Corrupt(_) | Error::Engine(_) => {
                 "internal"

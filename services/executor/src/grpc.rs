@@ -165,6 +165,20 @@ impl ExecutorRpc for ExecutorService {
         self.status_reply(&id).await
     }
 
+    async fn read_files(
+        &self,
+        request: Request<pb::ReadFilesRequest>,
+    ) -> Result<Response<pb::ReadFilesResponse>, Status> {
+        let r = request.into_inner();
+        let id = self.owned(r.worker)?;
+        let view = self
+            .executor
+            .files(&id, &r.path)
+            .await
+            .map_err(|e| crate::problem::to_status(&e))?;
+        Ok(Response::new(crate::wire::files_to(view)))
+    }
+
     async fn read_oplog(
         &self,
         request: Request<pb::ReadOplogRequest>,

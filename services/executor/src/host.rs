@@ -4,8 +4,9 @@
 //! `ImportedFunctionInvoked` entry with its response; in replay, it returns the next recorded
 //! response instead, and a call that does not match the record is a divergence that fails the
 //! worker. The WASI clocks, random sources and stdout/stderr are overridden with such calls;
-//! the rest of WASI is deterministic here (no preopened directories, no sockets, an empty stdin,
-//! the environment and arguments fixed at the worker's creation).
+//! the rest of WASI is deterministic here: the worker's own files (rebuilt by replay, seen
+//! through [`crate::fsview`]), no sockets, an empty stdin, the environment and arguments fixed
+//! at the worker's creation.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -37,6 +38,8 @@ pub(crate) struct WorkerCtx {
     pub durability: Shared,
     /// Where its long waits ask to suspend it.
     pub waits: crate::suspend::Waits,
+    /// Its files.
+    pub files: crate::files::Files,
 }
 
 impl wasmtime_wasi_http::WasiHttpView for WorkerCtx {
@@ -86,8 +89,12 @@ impl WorkerCtx {
         durability: Shared,
         hooks: crate::http::DurableHttp,
         waits: crate::suspend::Waits,
-    ) -> WorkerCtx {
+        files: crate::files::Files,
+    ) -> wasmtime::Result<WorkerCtx> {
         let mut wasi = wasmtime_wasi::WasiCtxBuilder::new();
+        if let Some(root) = &files.root {
+            wasi.preopened_dir(root, "/", wasmtime_wasi::FsPerms::ReadWrite)?;
+        }
         wasi.envs(env)
             .args(args)
             .stdout(DurableOutput {
@@ -101,7 +108,7 @@ impl WorkerCtx {
             .allow_tcp(false)
             .allow_udp(false)
             .allow_ip_name_lookup(false);
-        WorkerCtx {
+        Ok(WorkerCtx {
             host: None,
             wasi: wasi.build(),
             table: ResourceTable::new(),
@@ -110,6 +117,18 @@ impl WorkerCtx {
             limiter: Limiter::new(memory_bytes_max),
             durability,
             waits,
+            files,
+        })
+    }
+
+    /// The filesystem as the worker sees it.
+    fn fs_view(&mut self) -> crate::fsview::FsView<'_> {
+        crate::fsview::FsView {
+            inner: wasmtime_wasi::filesystem::WasiFilesystemCtxView {
+                ctx: self.wasi.filesystem(),
+                table: &mut self.table,
+            },
+            files: &mut self.files,
         }
     }
 }
@@ -231,6 +250,7 @@ pub(crate) fn linker(engine: &wasmtime::Engine) -> wasmtime::Result<Linker<Worke
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
     wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
     linker.allow_shadowing(true);
+    crate::fsview::add_to_linker(&mut linker, WorkerCtx::fs_view)?;
     // wasmtime-wasi defines these interfaces at 0.2.12; components importing any 0.2.x match.
     {
         let mut clock = linker.instance("wasi:clocks/wall-clock@0.2.12")?;

@@ -21,6 +21,8 @@ mod configuration;
 mod context;
 mod durability;
 mod error;
+mod files;
+mod fsview;
 pub mod grpc;
 mod host;
 mod hostapi;
@@ -75,6 +77,7 @@ pub(crate) use crate::support::now_ms;
 
 pub use config::{Config, Placement};
 pub use error::{Error, Result};
+pub use files::{FileEntry, FileView};
 pub use types::{
     Completed, HandlerRequest, HandlerResponse, InvocationState, LogLine, RequestBody,
     StreamedResponse, WorkerFilter, WorkerStatus, WorkerSummary,
@@ -181,6 +184,15 @@ impl Executor {
             .map_err(|e| Error::Engine(format!("[executor] secrets_key_file: {e}")))?;
         let http_tls = http::tls_config(&config.http)
             .map_err(|e| Error::Engine(format!("[executor.http] {e}")))?;
+        let files_dir = config.worker_files_dir.clone().unwrap_or_else(|| {
+            std::env::temp_dir().join(format!("invicta-worker-files-{}", std::process::id()))
+        });
+        std::fs::create_dir_all(&files_dir).map_err(|e| {
+            Error::Engine(format!(
+                "[executor] worker_files_dir {}: {e}",
+                files_dir.display()
+            ))
+        })?;
         let metrics = Arc::new(metrics::Metrics::new());
         let fencing = Arc::new(placement::Fencing::new(placement::new_id()));
         if config.placement == Placement::All {
@@ -200,6 +212,7 @@ impl Executor {
                     http_config: Arc::new(config.http.clone()),
                     http_tls,
                     secrets,
+                    files_dir,
                     config,
                     store,
                     registry,

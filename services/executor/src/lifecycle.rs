@@ -63,6 +63,31 @@ impl Executor {
         Err(Error::ShuttingDown)
     }
 
+    /// What is at `path` of the worker's files, from its actor here.
+    pub(crate) async fn files_here(
+        &self,
+        id: &WorkerId,
+        path: &str,
+    ) -> Result<crate::files::FileView> {
+        for _ in 0..3 {
+            let handle = self.handle(id).await?;
+            let (reply, result) = oneshot::channel();
+            if handle
+                .send(Command::Files(path.to_string(), reply))
+                .await
+                .is_err()
+            {
+                self.lock_workers().remove(id);
+                continue;
+            }
+            match result.await.unwrap_or(Err(Error::ShuttingDown)) {
+                Err(Error::Retry) => continue,
+                other => return other,
+            }
+        }
+        Err(Error::ShuttingDown)
+    }
+
     /// Deletes the worker: its running invocation is interrupted, its queued and pending ones
     /// are dropped, and its record, oplog and invocation records are removed.
     pub(crate) async fn delete_here(&self, id: &WorkerId) -> Result<()> {

@@ -20,6 +20,8 @@ pub struct Limits {
     pub retry: Option<invicta_model::retry::RetryPolicy>,
     /// Archived oplog segments older than this many days are deleted (`None`: kept).
     pub archive_retention_days: Option<u32>,
+    /// Bytes of files one worker may hold (`None`: the executor's `worker_files_bytes_max`).
+    pub files_per_worker_bytes: Option<u64>,
 }
 
 impl Limits {
@@ -34,6 +36,7 @@ impl Limits {
             concurrent_invocations: u64::MAX,
             retry: None,
             archive_retention_days: None,
+            files_per_worker_bytes: None,
         }
     }
 }

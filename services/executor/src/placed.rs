@@ -76,6 +76,9 @@ pub(crate) trait WorkerAt {
         at: Option<OplogIndex>,
         limits: &Limits,
     ) -> Result<OplogIndex>;
+
+    /// What is at `path` of its files.
+    async fn files(&self, path: &str) -> Result<crate::files::FileView>;
 }
 
 /// Where [`Executor::revert`] takes a worker back to.
@@ -247,6 +250,21 @@ impl Executor {
         self.at(id).status().await
     }
 
+    /// What is at `path` of the worker's files (`""` or `/`: its root): a directory's entries,
+    /// sorted, or a file's bytes. Links are not followed. A suspended worker is activated.
+    pub async fn files(&self, id: &WorkerId, path: &str) -> Result<crate::files::FileView> {
+        if path.len() > 4_096 {
+            return Err(Error::InvalidPath(format!(
+                "a path of {} bytes; the limit is 4096",
+                path.len()
+            )));
+        }
+        if self.worker_record(id).await?.is_none() {
+            return Err(Error::WorkerNotFound(id.to_string()));
+        }
+        self.at(id).files(path).await
+    }
+
     /// Forks `source` into the new worker `target`: its history up to entry `at` (one that
     /// ends an invocation; `None`: the last), then its own. Returns the fork's record and the
     /// entry it forked at.
@@ -353,6 +371,10 @@ impl WorkerAt for Local<'_> {
         self.executor.status_here(self.id).await
     }
 
+    async fn files(&self, path: &str) -> Result<crate::files::FileView> {
+        self.executor.files_here(self.id, path).await
+    }
+
     async fn revert(&self, to: OplogIndex) -> Result<(OplogIndex, OplogIndex)> {
         self.executor.revert_here(self.id, to).await
     }
@@ -454,6 +476,10 @@ impl WorkerAt for Remote<'_> {
 
     async fn revert(&self, to: OplogIndex) -> Result<(OplogIndex, OplogIndex)> {
         self.router.revert(self.id, to).await
+    }
+
+    async fn files(&self, path: &str) -> Result<crate::files::FileView> {
+        self.router.files(self.id, path).await
     }
 
     async fn fork_from(
@@ -571,6 +597,13 @@ impl WorkerAt for Placed<'_> {
         match self {
             Placed::Local(w) => w.fork_from(source, at, limits).await,
             Placed::Remote(w) => w.fork_from(source, at, limits).await,
+        }
+    }
+
+    async fn files(&self, path: &str) -> Result<crate::files::FileView> {
+        match self {
+            Placed::Local(w) => w.files(path).await,
+            Placed::Remote(w) => w.files(path).await,
         }
     }
 }

@@ -320,6 +320,7 @@ impl Executor {
                 concurrent_invocations: u64::MAX,
                 retry: None,
                 archive_retention_days: None,
+                files_per_worker_bytes: None,
             };
             let prepared = self
                 .prepare(&id, &record.function, &record.params, Some(key), &limits)

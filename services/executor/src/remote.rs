@@ -396,6 +396,25 @@ impl Router {
         })
     }
 
+    /// What is at `path` of the worker's files, from its executor.
+    pub(crate) async fn files(&self, id: &WorkerId, path: &str) -> Result<crate::files::FileView> {
+        let mut client = self.client(id).await?;
+        let reply = client
+            .read_files(invicta_telemetry::propagation::request(
+                pb::ReadFilesRequest {
+                    worker: Some(wire(id)),
+                    path: path.to_string(),
+                },
+            ))
+            .await
+            .map_err(|s| {
+                self.forget(id);
+                crate::problem::from_status(&s)
+            })?
+            .into_inner();
+        Ok(crate::wire::files_from(reply))
+    }
+
     /// Forks `source` into `id` at `id`'s executor; the entry it forked at.
     pub(crate) async fn fork(
         &self,

@@ -267,6 +267,7 @@ impl Executor {
             concurrent_invocations: u64::MAX,
             retry: None,
             archive_retention_days: None,
+            files_per_worker_bytes: None,
         };
         let (mut invocation, running) = self
             .prepare(id, &s.function, &s.params, Some(key), &limits)

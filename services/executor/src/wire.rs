@@ -22,6 +22,7 @@ pub fn limits_from(limits: Option<pb::Limits>) -> Limits {
             // Checked where it was given; one that does not read here is no policy.
             retry: serde_json::from_str(&l.retry_json).ok(),
             archive_retention_days: l.archive_retention_days,
+            files_per_worker_bytes: l.files_per_worker_bytes,
         },
     }
 }
@@ -45,5 +46,49 @@ pub fn limits_to(limits: &Limits) -> pb::Limits {
             .and_then(|r| serde_json::to_string(r).ok())
             .unwrap_or_default(),
         archive_retention_days: limits.archive_retention_days,
+        files_per_worker_bytes: limits.files_per_worker_bytes,
     }
+}
+
+/// The wire form of what is at a path of a worker's files.
+pub(crate) fn files_to(view: crate::files::FileView) -> pb::ReadFilesResponse {
+    match view {
+        crate::files::FileView::File(content) => pb::ReadFilesResponse {
+            is_file: true,
+            content,
+            entries: Vec::new(),
+        },
+        crate::files::FileView::Directory(entries) => pb::ReadFilesResponse {
+            is_file: false,
+            content: Vec::new(),
+            entries: entries
+                .into_iter()
+                .map(|e| pb::FileEntry {
+                    name: e.name,
+                    kind: e.kind,
+                    size: e.size,
+                    read_only: e.read_only,
+                })
+                .collect(),
+        },
+    }
+}
+
+/// [`files_to`]'s inverse.
+pub(crate) fn files_from(reply: pb::ReadFilesResponse) -> crate::files::FileView {
+    if reply.is_file {
+        return crate::files::FileView::File(reply.content);
+    }
+    crate::files::FileView::Directory(
+        reply
+            .entries
+            .into_iter()
+            .map(|e| crate::files::FileEntry {
+                name: e.name,
+                kind: e.kind,
+                size: e.size,
+                read_only: e.read_only,
+            })
+            .collect(),
+    )
 }

@@ -72,6 +72,8 @@ pub(crate) struct Invocation {
     pub retry: Option<invicta_model::retry::RetryPolicy>,
     /// The plan's retention of archived oplog segments, in days.
     pub archive_retention_days: Option<u32>,
+    /// The plan's bytes of files per worker (`None`: the executor's ceiling).
+    pub files_per_worker_bytes: Option<u64>,
     /// Its runs that failed before this one.
     pub runs: u32,
     /// Its pending record as accepted, rewritten when a failed run is retried.
@@ -92,6 +94,11 @@ pub(crate) enum Command {
     Delete(oneshot::Sender<Result<(), Error>>),
     /// Take a snapshot now (activating the worker first), for a snapshot-based update.
     Snapshot(oneshot::Sender<Result<(), Error>>),
+    /// What is at a path of the worker's files (activating it first).
+    Files(
+        String,
+        oneshot::Sender<Result<crate::files::FileView, Error>>,
+    ),
 }
 
 pub(crate) enum SendError {
@@ -388,6 +395,7 @@ pub(crate) fn spawn(
             concurrent_invocations: u64::MAX,
             retry: None,
             archive_retention_days: None,
+            files_per_worker_bytes: None,
         })),
     });
     let (checkpoint_tx, checkpoint_rx) = mpsc::unbounded_channel();
@@ -541,6 +549,11 @@ impl Actor {
                         .memory_bytes
                         .store(invocation.memory_bytes, Ordering::Relaxed);
                     lock(&self.shared.egress).hosts = invocation.egress_hosts.clone();
+                    // Background invocations do not carry the plan's files quota: the last
+                    // one known stays.
+                    let files_per_worker_bytes = invocation
+                        .files_per_worker_bytes
+                        .or(lock(&self.shared.limits).files_per_worker_bytes);
                     *lock(&self.shared.limits) = crate::limits::Limits {
                         fuel_per_invocation: invocation.fuel,
                         fuel_per_month: u64::MAX,
@@ -550,6 +563,7 @@ impl Actor {
                         concurrent_invocations: invocation.concurrent_invocations,
                         retry: None,
                         archive_retention_days: invocation.archive_retention_days,
+                        files_per_worker_bytes,
                     };
                     self.invoke(invocation, reply).await;
                 }
@@ -574,6 +588,19 @@ impl Actor {
                     let result = match self.failure() {
                         Some(error) => Err(Error::WorkerFailed(error)),
                         None => self.snapshot_now().await,
+                    };
+                    let _ = reply.send(result);
+                }
+                Command::Files(path, reply) => {
+                    // A worker waiting inside an invocation has its files as it left them.
+                    let ready = match self.failure() {
+                        Some(error) => Err(Error::WorkerFailed(error)),
+                        None if self.parked.is_some() => Ok(()),
+                        None => self.ensure_active().await,
+                    };
+                    let result = match ready {
+                        Ok(()) => self.read_files(path).await,
+                        Err(e) => Err(e),
                     };
                     let _ = reply.send(result);
                 }
@@ -634,9 +661,54 @@ impl Actor {
         if !self.rx.is_empty() {
             return false;
         }
+        self.remove_files().await;
         // Whatever slips in meanwhile goes back to its caller, who starts a new actor.
         self.leave();
         true
+    }
+
+    /// What is at `path` of the worker's files.
+    fn read_files(
+        &self,
+        path: String,
+    ) -> impl Future<Output = Result<crate::files::FileView, Error>> + use<> {
+        let root = crate::files::worker_dir(&self.inner.files_dir, &self.id);
+        let read_only = self
+            .active
+            .as_ref()
+            .map(|a| a.store.data().files.read_only.clone())
+            .unwrap_or_default();
+        async move {
+            let shown = path.clone();
+            tokio::task::spawn_blocking(move || crate::files::read(&root, &read_only, &path))
+                .await
+                .map_err(|e| Error::Engine(format!("read the worker's files: {e}")))?
+                .map_err(|e| match e {
+                    crate::files::ReadError::InvalidPath(m) => Error::InvalidPath(m),
+                    crate::files::ReadError::NotFound => Error::FileNotFound(shown),
+                    crate::files::ReadError::Link => Error::InvalidPath(format!(
+                        "`{shown}` goes through a symbolic link, which the API does not follow"
+                    )),
+                    crate::files::ReadError::TooLarge(size) => Error::FileTooLarge {
+                        size,
+                        limit: crate::files::READ_BYTES_MAX,
+                    },
+                    crate::files::ReadError::Io(m) => Error::Engine(m),
+                })
+        }
+    }
+
+    /// Removes the worker's directory (before the actor leaves: a new actor makes it again).
+    fn remove_files(&self) -> impl Future<Output = ()> + use<> {
+        let dir = crate::files::worker_dir(&self.inner.files_dir, &self.id);
+        let id = self.id.clone();
+        async move {
+            match tokio::task::spawn_blocking(move || crate::files::remove(&dir)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!(worker = %id, error = %e, "remove the worker's files"),
+                Err(e) => tracing::warn!(worker = %id, error = %e, "remove the worker's files"),
+            }
+        }
     }
 
     async fn wait_for_commits(&mut self) {
@@ -820,6 +892,7 @@ impl Actor {
     /// actor, or hear that the worker is gone).
     async fn stop(&mut self) {
         self.wait_for_commits().await;
+        self.remove_files().await;
         self.leave();
     }
 
@@ -848,6 +921,9 @@ impl Actor {
                     let _ = reply.send(Err(Error::Retry));
                 }
                 Command::Delete(reply) | Command::Snapshot(reply) => {
+                    let _ = reply.send(Err(Error::Retry));
+                }
+                Command::Files(_, reply) => {
                     let _ = reply.send(Err(Error::Retry));
                 }
                 Command::Stop(reply) => {
@@ -1128,6 +1204,7 @@ impl Actor {
         let memory =
             cut_off_memory.unwrap_or_else(|| self.shared.memory_bytes.load(Ordering::Relaxed));
         self.choose_pre(memory).await?;
+        let files = self.prepare_files().await?;
         let ctx = WorkerCtx::new(
             &self.record.env,
             &self.record.args,
@@ -1142,7 +1219,9 @@ impl Actor {
                 blobs: self.inner.registry.blobs().clone(),
             },
             self.waits.clone(),
-        );
+            files,
+        )
+        .map_err(|e| Error::Engine(format!("the worker's files: {e:#}")))?;
         let mut ctx = ctx;
         ctx.host = Some(crate::hostapi::HostApi {
             workers: self.calls.clone(),
@@ -1324,6 +1403,7 @@ impl Actor {
                         egress_hosts: lock(&self.shared.egress).hosts.clone(),
                         workers_max: lock(&self.shared.limits).workers_max,
                     });
+                    let files_per_worker_bytes = lock(&self.shared.limits).files_per_worker_bytes;
                     let invocation = Invocation {
                         function: function.clone(),
                         params: params.clone(),
@@ -1340,6 +1420,7 @@ impl Actor {
                         concurrent_invocations: u64::MAX,
                         retry: None,
                         archive_retention_days: None,
+                        files_per_worker_bytes,
                         runs: 0,
                         pending: None,
                     };
@@ -1359,6 +1440,7 @@ impl Actor {
                         concurrent_invocations: u64::MAX,
                         retry: None,
                         archive_retention_days: None,
+                        files_per_worker_bytes,
                     };
                     // Its start is durable already; this serves the checkpoints its outgoing
                     // requests ask for.
@@ -1640,7 +1722,8 @@ impl Actor {
         self.since_snapshot += 1;
         let Some(active) = &self.active else { return };
         // Resources held for the API are not in a snapshot: none is taken while any is held.
-        if !active.handles.is_empty() {
+        // Nor are files the worker wrote (replay rebuilds them from the start).
+        if !active.handles.is_empty() || active.store.data().files.changed() {
             return;
         }
         let next = host::lock(&active.durability).next_index();
@@ -1777,6 +1860,14 @@ impl Actor {
             }
         }
         Ok(())
+    }
+
+    /// The worker's directory, made afresh from its version's files: replay re-does the rest.
+    fn prepare_files(&self) -> impl Future<Output = Result<crate::files::Files, Error>> + use<> {
+        let blob = self.compiled.version.files_blob.clone();
+        let blobs = self.inner.registry.blobs().clone();
+        let dir = crate::files::worker_dir(&self.inner.files_dir, &self.id);
+        prepare_files(blob, blobs, dir)
     }
 
     /// The worker's oplog as replay sees it (what jumps skip left out), and the index its next
@@ -2007,14 +2098,25 @@ impl Actor {
                     }
                 },
             } {
-                Some(results) => Ran::Completed {
-                    results,
-                    fuel_consumed,
-                    usage: CallUsage {
-                        wall_us: u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
-                        memory_bytes: active.store.data().limiter.memory_peak as u64,
-                    },
-                },
+                Some(results) => {
+                    // A live invocation that left more files than the plan allows fails, and
+                    // its writes go with its instance.
+                    if start_commit.is_some()
+                        && let Some((root, limit)) = self.files_to_check(active)
+                        && let Some(message) = files_over_quota(root, limit).await
+                    {
+                        return failed(FailureKind::FilesTooLarge, message);
+                    }
+                    Ran::Completed {
+                        results,
+                        fuel_consumed,
+                        usage: CallUsage {
+                            wall_us: u64::try_from(started.elapsed().as_micros())
+                                .unwrap_or(u64::MAX),
+                            memory_bytes: active.store.data().limiter.memory_peak as u64,
+                        },
+                    }
+                }
                 None => failed(
                     FailureKind::Trap,
                     "the function returned a stream or a future, which cannot leave the worker"
@@ -2022,6 +2124,21 @@ impl Actor {
                 ),
             },
         }
+    }
+
+    /// The worker's directory and the bytes it may hold, if it may have written since the
+    /// last check.
+    fn files_to_check(&self, active: &mut Active) -> Option<(std::path::PathBuf, u64)> {
+        let files = &mut active.store.data_mut().files;
+        if !files.may_have_grown() {
+            return None;
+        }
+        files.dirty = false;
+        files.touched = true;
+        let root = files.root.clone()?;
+        let plan = lock(&self.shared.limits).files_per_worker_bytes;
+        let ceiling = self.inner.config.worker_files_bytes_max;
+        Some((root, plan.unwrap_or(ceiling).min(ceiling)))
     }
 
     fn timeout(&self) -> Duration {
@@ -2688,4 +2805,39 @@ pub(crate) fn classify(error: &wasmtime::Error, memory_refused: bool) -> (Failur
     }
     let text = format!("{error:#}");
     (FailureKind::Trap, text.chars().take(2_000).collect())
+}
+
+/// Makes a worker's directory `dir` afresh from its version's files (`blob`, their archive).
+async fn prepare_files(
+    blob: Option<invicta_blob::BlobRef>,
+    blobs: invicta_blob::BlobStore,
+    dir: std::path::PathBuf,
+) -> Result<crate::files::Files, Error> {
+    let archive = match &blob {
+        Some(blob) => Some(
+            blobs
+                .get_verified(blob)
+                .await
+                .map_err(|e| Error::Engine(format!("the version's files: {e}")))?,
+        ),
+        None => None,
+    };
+    tokio::task::spawn_blocking(move || crate::files::prepare(&dir, archive.as_deref()))
+        .await
+        .map_err(|e| Error::Engine(format!("prepare the worker's files: {e}")))?
+        .map_err(|e| Error::Engine(format!("prepare the worker's files: {e}")))
+}
+
+/// Why the files under `root` are more than `limit` bytes, if they are.
+async fn files_over_quota(root: std::path::PathBuf, limit: u64) -> Option<String> {
+    let used = match tokio::task::spawn_blocking(move || crate::files::usage(&root)).await {
+        Ok(Ok(used)) => used,
+        Ok(Err(e)) => return Some(format!("the worker's files could not be measured: {e}")),
+        Err(e) => return Some(format!("the worker's files could not be measured: {e}")),
+    };
+    (used > limit).then(|| {
+        format!(
+            "the worker's files would take {used} bytes; `files_per_worker_bytes` allows {limit}: the invocation's writes are undone"
+        )
+    })
 }

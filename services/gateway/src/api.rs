@@ -33,6 +33,9 @@ impl From<RegistryError> for Problem {
             RegistryError::NotAComponent(_) | RegistryError::Invalid(_) => {
                 Problem::new(StatusCode::BAD_REQUEST, "invalid_component", e.to_string())
             }
+            RegistryError::InvalidArchive(_) => {
+                Problem::new(StatusCode::BAD_REQUEST, "invalid_archive", e.to_string())
+            }
             RegistryError::UnsupportedImports(_) => Problem::new(
                 StatusCode::BAD_REQUEST,
                 "unsupported_imports",
@@ -99,6 +102,10 @@ const CODES: &[(&str, StatusCode)] = &[
     ("tenant_exists", StatusCode::CONFLICT),
     ("invalid_request", StatusCode::BAD_REQUEST),
     ("invalid_component", StatusCode::BAD_REQUEST),
+    ("invalid_archive", StatusCode::BAD_REQUEST),
+    ("file_not_found", StatusCode::NOT_FOUND),
+    ("invalid_path", StatusCode::BAD_REQUEST),
+    ("file_too_large", StatusCode::PAYLOAD_TOO_LARGE),
     ("unsupported_imports", StatusCode::BAD_REQUEST),
     ("compile_timeout", StatusCode::UNPROCESSABLE_ENTITY),
     ("payload_too_large", StatusCode::PAYLOAD_TOO_LARGE),
@@ -147,6 +154,7 @@ const CODES: &[(&str, StatusCode)] = &[
     ("result_too_large", StatusCode::UNPROCESSABLE_ENTITY),
     ("interrupted", StatusCode::UNPROCESSABLE_ENTITY),
     ("invalid_handle", StatusCode::BAD_REQUEST),
+    ("files_too_large", StatusCode::UNPROCESSABLE_ENTITY),
 ];
 
 impl From<BillingError> for Problem {
@@ -240,14 +248,18 @@ pub(crate) fn json_body<T: serde::de::DeserializeOwned>(
 }
 
 fn component_json(v: &invicta_component_registry::ComponentVersion) -> serde_json::Value {
-    json!({
+    let mut body = json!({
         "name": v.name,
         "version": v.version,
         "hash": v.hash,
         "size": v.size,
         "created_at_ms": v.created_at_ms,
         "exports": v.exports,
-    })
+    });
+    if !v.files.is_empty() {
+        body["files"] = json!(v.files);
+    }
+    body
 }
 
 #[utoipa::path(get, path = "/v1/components/{component}/uploads/{upload}", tag = "components",
@@ -275,8 +287,8 @@ pub(crate) async fn get_upload(
 
 #[utoipa::path(post, path = "/v1/components/{component}", tag = "components",
     params(("component" = String, Path, description = "The component's name")),
-    request_body(description = "The component's bytes",
-        content((crate::openapi::WasmBytes = "application/wasm"), (crate::openapi::WasmBytes = "application/octet-stream"))),
+    request_body(description = "The component's bytes; or an uncompressed tar archive of `component.wasm` and, under `files/`, the files its workers start with (a file without its owner's write bit is read-only)",
+        content((crate::openapi::WasmBytes = "application/wasm"), (crate::openapi::WasmBytes = "application/octet-stream"), (crate::openapi::WasmBytes = "application/x-tar"))),
     responses(
         (status = 201, description = "A new version", body = crate::openapi::Component),
         (status = 200, description = "These bytes are already a version", body = crate::openapi::Component),
@@ -301,11 +313,14 @@ pub(crate) async fn upload_component(
     let name = component_name(component)?;
     if let Some(ct) = headers.get(header::CONTENT_TYPE) {
         let ct = ct.to_str().unwrap_or("");
-        if !(ct.starts_with("application/wasm") || ct.starts_with("application/octet-stream")) {
+        if !(ct.starts_with("application/wasm")
+            || ct.starts_with("application/octet-stream")
+            || ct.starts_with("application/x-tar"))
+        {
             return Err(Problem::new(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 "unsupported_media_type",
-                "upload the component's bytes with Content-Type: application/wasm",
+                "upload the component's bytes with Content-Type: application/wasm, or an archive of it and its files with Content-Type: application/x-tar",
             ));
         }
     }
@@ -1250,6 +1265,8 @@ pub(crate) fn limits(plan: &invicta_billing::Plan) -> Limits {
         concurrent_invocations: u64::from(plan.concurrent_invocations),
         retry: plan.retry.clone(),
         archive_retention_days: plan.archive_retention_days,
+        files_per_worker_bytes: (plan.files_per_worker_bytes != invicta_billing::NO_LIMIT)
+            .then_some(plan.files_per_worker_bytes),
     }
 }
 

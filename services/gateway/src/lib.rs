@@ -10,6 +10,7 @@ mod auth;
 mod config_api;
 mod connection;
 mod console;
+mod files_api;
 mod inspect;
 mod logs;
 mod openapi;
@@ -480,6 +481,14 @@ fn router(config: &Config, state: AppState) -> Router {
         .route(
             "/v1/components/{component}/workers/{worker}/promises",
             get(inspect::list_promises),
+        )
+        .route(
+            "/v1/components/{component}/workers/{worker}/files",
+            get(files_api::root),
+        )
+        .route(
+            "/v1/components/{component}/workers/{worker}/files/{*path}",
+            get(files_api::at_path),
         )
         .route(
             "/v1/components/{component}/workers/{worker}/invocations",

@@ -55,13 +55,25 @@ pub(crate) struct Function {
 pub(crate) struct Component {
     name: String,
     version: u64,
-    /// SHA-256 of its bytes.
+    /// SHA-256 of its bytes (with files: of that hash and the files' canonical archive).
     hash: String,
+    /// Bytes stored: the component and its files.
     size: u64,
     created_at_ms: u64,
     exports: Vec<Function>,
     /// Every version's number (when one component is shown).
     versions: Option<Vec<u64>>,
+    /// The files each of its workers starts with (absent: none).
+    files: Option<Vec<InitialFile>>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub(crate) struct InitialFile {
+    /// Its path under the worker's `/`.
+    path: String,
+    size: u64,
+    /// Workers may read it, not change, replace or remove it.
+    read_only: bool,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -353,6 +365,8 @@ pub(crate) struct RouteWithUsage {
         api::get_promise,
         inspect::list_promises,
         inspect::pending_invocations,
+        crate::files_api::root,
+        crate::files_api::at_path,
         api::webhook,
         api::complete_promise,
         config_api::set_component_config,

@@ -206,6 +206,9 @@ impl Config {
         if executor.secrets_key_file.is_none() {
             executor.secrets_key_file = Some(self.data_dir().join("secrets.key"));
         }
+        if executor.worker_files_dir.is_none() {
+            executor.worker_files_dir = Some(self.data_dir().join("worker-files"));
+        }
         executor
     }
 

@@ -56,6 +56,9 @@ pub enum FailureKind {
     /// A resource handle given as a parameter is not the worker's: unknown, dropped, or of
     /// another resource. (Last, so that entries encoded before it decode as they were.)
     InvalidHandle,
+    /// What the invocation left in the worker's files is more than its plan's
+    /// `files_per_worker_bytes`; its writes are undone with it.
+    FilesTooLarge,
 }
 
 impl FailureKind {
@@ -71,6 +74,7 @@ impl FailureKind {
             FailureKind::ResultTooLarge => "result_too_large",
             FailureKind::Interrupted => "interrupted",
             FailureKind::InvalidHandle => "invalid_handle",
+            FailureKind::FilesTooLarge => "files_too_large",
         }
     }
 
@@ -86,6 +90,7 @@ impl FailureKind {
             FailureKind::ResultTooLarge,
             FailureKind::Interrupted,
             FailureKind::InvalidHandle,
+            FailureKind::FilesTooLarge,
         ]
         .into_iter()
         .find(|k| k.code() == code)

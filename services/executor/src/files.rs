@@ -1,0 +1,330 @@
+//! A worker's files: a directory per worker on the executor that runs it, preopened as the
+//! worker's `/`.
+//!
+//! **Rebuilt by replay.** The directory is made afresh from the version's files whenever the
+//! worker's instance is made (recovery, resumption after suspension, a move, an update), and
+//! replay re-does every write an accepted invocation made. Nothing of it is stored but the
+//! version's files: a crash, a move or a failed invocation leaves nothing to reconcile (a failed
+//! invocation is not replayed, so its writes are gone with its instance). The price is that a
+//! worker's files cost replay time, like the rest of its state, and live on one executor's
+//! disk while it runs there (the snapshot of a worker with files is not taken: see
+//! `after_invocation`).
+//!
+//! **What a worker sees is deterministic.** Listings come sorted by name; timestamps are absent
+//! from `stat` (they would differ on replay); metadata hashes are numbered in the order the worker
+//! first asks for them. Read-only files are refused to open for writing, to truncate, remove,
+//! rename or replace, by their inode (so a hard link is no way around it); they are a copy per
+//! worker, so no worker can change another's.
+
+use std::collections::{HashMap, HashSet};
+use std::io;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use invicta_model::WorkerId;
+
+/// The largest file the API returns, in bytes.
+pub(crate) const READ_BYTES_MAX: u64 = 16 * 1024 * 1024;
+/// The most entries one directory listing returns.
+pub(crate) const LIST_MAX: usize = 10_000;
+
+/// A worker's files while its instance lives.
+#[derive(Debug, Default)]
+pub(crate) struct Files {
+    /// Its directory on this executor (none: the worker has no filesystem).
+    pub root: Option<PathBuf>,
+    /// The read-only files, by device and inode.
+    pub read_only: HashSet<(u64, u64)>,
+    /// The directories that hold read-only files (which cannot be renamed or removed).
+    pub read_only_dirs: HashSet<(u64, u64)>,
+    /// Listings being read, by resource, sorted.
+    pub listings: HashMap<u32, std::collections::VecDeque<(String, u8)>>,
+    /// The resource number of the next listing.
+    pub next_listing: u32,
+    /// The descriptors open for writing, by resource.
+    pub writable: HashSet<u32>,
+    /// Metadata hashes as the worker sees them: numbered in the order it first asked.
+    pub hashes: HashMap<(u64, u64), u64>,
+    /// Whether the worker may have changed its files since the last check.
+    pub dirty: bool,
+    /// Whether it changed them before the last check.
+    pub touched: bool,
+}
+
+impl Files {
+    /// Whether what the worker holds may have grown since the last check.
+    pub(crate) fn may_have_grown(&self) -> bool {
+        self.dirty || !self.writable.is_empty()
+    }
+
+    /// Whether the worker may have changed its files at all (in this instance's life, replay
+    /// included).
+    pub(crate) fn changed(&self) -> bool {
+        self.touched || self.may_have_grown()
+    }
+}
+
+/// The worker's directory under the executor's `base`.
+pub(crate) fn worker_dir(base: &Path, id: &WorkerId) -> PathBuf {
+    base.join(id.tenant.as_str())
+        .join(id.component.as_str())
+        .join(id.worker.as_str())
+}
+
+/// Makes the worker's directory afresh with its version's files (`archive`: their canonical
+/// archive), and says which are read-only. Blocking.
+pub(crate) fn prepare(dir: &Path, archive: Option<&[u8]>) -> io::Result<Files> {
+    remove(dir)?;
+    std::fs::create_dir_all(dir)?;
+    let mut files = Files {
+        root: Some(dir.to_path_buf()),
+        ..Files::default()
+    };
+    let Some(archive) = archive else {
+        return Ok(files);
+    };
+    for (path, read_only, content) in invicta_component_registry::files::entries(archive)? {
+        let target = dir.join(&path);
+        if let Some(parent) = target.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        std::fs::write(&target, &content)?;
+        if read_only {
+            let meta = std::fs::metadata(&target)?;
+            let mut perms = meta.permissions();
+            perms.set_readonly(true);
+            std::fs::set_permissions(&target, perms)?;
+            files.read_only.insert((meta.dev(), meta.ino()));
+            let mut parent = target.parent();
+            while let Some(at) = parent.filter(|at| at.starts_with(dir) && *at != dir) {
+                let meta = std::fs::metadata(at)?;
+                files.read_only_dirs.insert((meta.dev(), meta.ino()));
+                parent = at.parent();
+            }
+        }
+    }
+    Ok(files)
+}
+
+/// Removes the worker's directory, if there is one. Blocking.
+pub(crate) fn remove(dir: &Path) -> io::Result<()> {
+    match std::fs::remove_dir_all(dir) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => {
+            // Read-only directories inside (the worker may make them) are made writable first.
+            make_writable(dir);
+            match std::fs::remove_dir_all(dir) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+                _ => Ok(()),
+            }
+        }
+        _ => Ok(()),
+    }
+}
+
+fn make_writable(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    if let Ok(meta) = std::fs::symlink_metadata(dir) {
+        let mut perms = meta.permissions();
+        #[allow(clippy::permissions_set_readonly_false)]
+        perms.set_readonly(false);
+        let _ = std::fs::set_permissions(dir, perms);
+    }
+    for entry in entries.flatten() {
+        if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            make_writable(&entry.path());
+        }
+    }
+}
+
+/// The bytes the files under `dir` take (file sizes; directories and links count as one
+/// block each, so that a worker cannot hold unbounded names for free). Blocking.
+pub(crate) fn usage(dir: &Path) -> io::Result<u64> {
+    const ENTRY_BYTES: u64 = 512;
+    let mut total = 0_u64;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(at) = stack.pop() {
+        for entry in std::fs::read_dir(&at)? {
+            let entry = entry?;
+            let meta = entry.metadata()?;
+            total = total.saturating_add(ENTRY_BYTES);
+            if meta.is_dir() {
+                stack.push(entry.path());
+            } else if meta.is_file() {
+                total = total.saturating_add(meta.len());
+            }
+        }
+    }
+    Ok(total)
+}
+
+/// What is at a path of a worker's files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FileView {
+    /// A directory: its entries, sorted by name.
+    Directory(Vec<FileEntry>),
+    /// A file's bytes.
+    File(Vec<u8>),
+}
+
+/// One entry of a directory of a worker's files.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct FileEntry {
+    pub name: String,
+    /// `file`, `directory` or `symlink`.
+    pub kind: String,
+    pub size: u64,
+    pub read_only: bool,
+}
+
+/// Why a path of a worker's files cannot be shown.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum ReadError {
+    /// The path is not a path of plain names.
+    InvalidPath(String),
+    NotFound,
+    /// A file larger than the API returns.
+    TooLarge(u64),
+    /// A symbolic link (the API does not follow them).
+    Link,
+    Io(String),
+}
+
+/// What is at `path` (`""` or `/`: the root) in the worker's directory `root`, whose read-only
+/// inodes are `read_only`. Links are not followed. Blocking.
+pub(crate) fn read(
+    root: &Path,
+    read_only: &HashSet<(u64, u64)>,
+    path: &str,
+) -> Result<FileView, ReadError> {
+    let mut at = root.to_path_buf();
+    for part in path.split('/').filter(|p| !p.is_empty()) {
+        if part == "." || part == ".." || part.contains('\0') || part.len() > 255 {
+            return Err(ReadError::InvalidPath(format!(
+                "`{path}`: a path is made of plain names (no `.` or `..`)"
+            )));
+        }
+        at.push(part);
+        let meta = std::fs::symlink_metadata(&at).map_err(not_found)?;
+        if meta.file_type().is_symlink() {
+            return Err(ReadError::Link);
+        }
+    }
+    let meta = std::fs::symlink_metadata(&at).map_err(not_found)?;
+    if meta.is_file() {
+        if meta.len() > READ_BYTES_MAX {
+            return Err(ReadError::TooLarge(meta.len()));
+        }
+        return std::fs::read(&at)
+            .map(FileView::File)
+            .map_err(|e| ReadError::Io(e.to_string()));
+    }
+    let mut entries = Vec::new();
+    for entry in std::fs::read_dir(&at).map_err(|e| ReadError::Io(e.to_string()))? {
+        let entry = entry.map_err(|e| ReadError::Io(e.to_string()))?;
+        let meta = entry.metadata().map_err(|e| ReadError::Io(e.to_string()))?;
+        let kind = if meta.is_dir() {
+            "directory"
+        } else if meta.file_type().is_symlink() {
+            "symlink"
+        } else {
+            "file"
+        };
+        entries.push(FileEntry {
+            name: entry.file_name().to_string_lossy().into_owned(),
+            kind: kind.into(),
+            size: if meta.is_file() { meta.len() } else { 0 },
+            read_only: read_only.contains(&(meta.dev(), meta.ino())),
+        });
+        if entries.len() > LIST_MAX {
+            break;
+        }
+    }
+    entries.sort_by(|a, b| a.name.cmp(&b.name));
+    entries.truncate(LIST_MAX);
+    Ok(FileView::Directory(entries))
+}
+
+fn not_found(e: io::Error) -> ReadError {
+    if e.kind() == io::ErrorKind::NotFound {
+        ReadError::NotFound
+    } else {
+        ReadError::Io(e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn archive(files: &[(&str, &[u8], bool)]) -> Vec<u8> {
+        let mut builder = tar::Builder::new(Vec::new());
+        for (path, content, read_only) in files {
+            let mut header = tar::Header::new_gnu();
+            header.set_size(content.len() as u64);
+            header.set_mode(if *read_only { 0o444 } else { 0o644 });
+            header.set_entry_type(tar::EntryType::Regular);
+            builder.append_data(&mut header, path, *content).unwrap();
+        }
+        builder.into_inner().unwrap()
+    }
+
+    #[test]
+    fn prepares_reads_and_lists_a_workers_files() {
+        let base = tempfile::tempdir().unwrap();
+        let dir = base.path().join("w");
+        let bytes = archive(&[
+            ("etc/app.toml", b"x = 1", true),
+            ("notes.txt", b"hi", false),
+        ]);
+        let files = prepare(&dir, Some(&bytes)).unwrap();
+        assert_eq!(files.read_only.len(), 1);
+        assert_eq!(
+            read(&dir, &files.read_only, "/etc/app.toml").unwrap(),
+            FileView::File(b"x = 1".to_vec())
+        );
+        let FileView::Directory(root) = read(&dir, &files.read_only, "/").unwrap() else {
+            panic!("the root is a directory");
+        };
+        let names: Vec<_> = root
+            .iter()
+            .map(|e| (e.name.as_str(), e.kind.as_str()))
+            .collect();
+        assert_eq!(names, [("etc", "directory"), ("notes.txt", "file")]);
+        let FileView::Directory(etc) = read(&dir, &files.read_only, "etc").unwrap() else {
+            panic!("etc is a directory");
+        };
+        assert!(etc[0].read_only);
+        assert_eq!(
+            read(&dir, &files.read_only, "etc/../notes.txt"),
+            Err(ReadError::InvalidPath(
+                "`etc/../notes.txt`: a path is made of plain names (no `.` or `..`)".into()
+            ))
+        );
+        assert_eq!(
+            read(&dir, &files.read_only, "missing"),
+            Err(ReadError::NotFound)
+        );
+        // What the worker wrote is gone when it is made again.
+        std::fs::write(dir.join("scratch"), b"written").unwrap();
+        let again = prepare(&dir, Some(&bytes)).unwrap();
+        assert!(!dir.join("scratch").exists());
+        assert_eq!(again.read_only.len(), 1);
+        assert!(usage(&dir).unwrap() >= 7);
+        remove(&dir).unwrap();
+        assert!(!dir.exists());
+    }
+
+    #[test]
+    fn links_are_not_followed() {
+        let base = tempfile::tempdir().unwrap();
+        let dir = base.path().join("w");
+        let files = prepare(&dir, None).unwrap();
+        std::os::unix::fs::symlink("/etc", dir.join("out")).unwrap();
+        assert_eq!(
+            read(&dir, &files.read_only, "out/passwd"),
+            Err(ReadError::Link)
+        );
+    }
+}
