@@ -13,12 +13,13 @@ fn plan() -> Value {
         "fuel_per_invocation": 5_000_000_u64,
         "fuel_per_month": 1_000_000_000_000_u64,
         "memory_per_worker_bytes": 268_435_456_u64,
-        "workers_max": 1,
+        "workers_max": 2,
         "components_max": 100,
         "component_bytes_max": 100_000_000_u64,
         "requests_per_second": 10_000,
         "burst": 10_000,
         "concurrent_invocations": 100,
+        "files_per_worker_bytes": 2048,
     })
 }
 
@@ -30,6 +31,14 @@ async fn failures(gateway: &Server) -> anyhow::Result<Vec<(String, Value)>> {
     let api: Api = operator.new_tenant("small", "small").await?;
     anyhow::ensure!(api.upload("burner", component("burner")).await?.status == 201);
     anyhow::ensure!(api.call("burner", "b", "add", json!([1])).await? == json!(1));
+    // A worker's files, read where the worker runs.
+    anyhow::ensure!(api.upload("files", component("files")).await?.status == 201);
+    let kept = api
+        .call("files", "f", "write-text", json!(["/kept", "here"]))
+        .await?;
+    anyhow::ensure!(kept == json!({ "ok": null }), "{kept}");
+    let listed = api.get("/v1/components/files/workers/f/files").await?;
+    assert_eq!(listed.body["entries"][0]["name"], "kept", "{listed:?}");
     let cases: Vec<(&str, &str, &str, Value)> = vec![
         ("unknown function", "b", "nope", json!([])),
         ("wrong parameters", "b", "add", json!(["one"])),
@@ -40,12 +49,25 @@ async fn failures(gateway: &Server) -> anyhow::Result<Vec<(String, Value)>> {
             json!([1_000_000_000_u64]),
         ),
         ("a trap", "b", "trap", json!(["boom"])),
-        ("a second worker past the quota", "c", "add", json!([1])),
+        ("a third worker past the quota", "c", "add", json!([1])),
     ];
     let mut seen = Vec::new();
     for (what, worker, function, params) in cases {
         let reply = api.invoke("burner", worker, function, params, None).await?;
         seen.push((what.to_string(), shape(&reply)));
+    }
+    let over = api
+        .invoke("files", "f", "fill-file", json!(["/big", 4096]), None)
+        .await?;
+    seen.push(("files past the plan".into(), shape(&over)));
+    for (what, path) in [
+        ("a file the worker has not", "/nope"),
+        ("a path through `..`", "/a%2F..%2Fkept"),
+    ] {
+        let reply = api
+            .get(&format!("/v1/components/files/workers/f/files{path}"))
+            .await?;
+        seen.push((what.into(), shape(&reply)));
     }
     let missing = api.invoke("absent", "w", "f", json!([]), None).await?;
     seen.push(("a component that does not exist".into(), shape(&missing)));
@@ -119,11 +141,15 @@ async fn failures_answer_the_same_in_one_process_and_apart() -> anyhow::Result<(
         assert!(a["status"].as_u64() >= Some(400), "{what}: {a}");
     }
     assert_eq!(together.len(), separate.len());
+    let codes: Vec<_> = together.iter().map(|(_, v)| v["code"].clone()).collect();
+    for code in ["files_too_large", "file_not_found", "invalid_path"] {
+        assert!(codes.contains(&json!(code)), "{code} in {codes:?}");
+    }
     // The quota's fields cross too.
     let quota = &together[4].1;
     assert_eq!(
         (&quota["code"], &quota["quota"], &quota["limit"]),
-        (&json!("quota_exceeded"), &json!("workers"), &json!(1)),
+        (&json!("quota_exceeded"), &json!("workers"), &json!(2)),
         "{quota}"
     );
     let fuel = &together[2].1;

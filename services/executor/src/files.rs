@@ -198,13 +198,17 @@ pub(crate) fn read(
     read_only: &HashSet<(u64, u64)>,
     path: &str,
 ) -> Result<FileView, ReadError> {
+    let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();
+    if parts
+        .iter()
+        .any(|p| *p == "." || *p == ".." || p.contains('\0') || p.len() > 255)
+    {
+        return Err(ReadError::InvalidPath(format!(
+            "`{path}`: a path is made of plain names (no `.` or `..`)"
+        )));
+    }
     let mut at = root.to_path_buf();
-    for part in path.split('/').filter(|p| !p.is_empty()) {
-        if part == "." || part == ".." || part.contains('\0') || part.len() > 255 {
-            return Err(ReadError::InvalidPath(format!(
-                "`{path}`: a path is made of plain names (no `.` or `..`)"
-            )));
-        }
+    for part in parts {
         at.push(part);
         let meta = std::fs::symlink_metadata(&at).map_err(not_found)?;
         if meta.file_type().is_symlink() {
@@ -302,6 +306,10 @@ mod tests {
                 "`etc/../notes.txt`: a path is made of plain names (no `.` or `..`)".into()
             ))
         );
+        assert!(matches!(
+            read(&dir, &files.read_only, "missing/../etc"),
+            Err(ReadError::InvalidPath(_))
+        ));
         assert_eq!(
             read(&dir, &files.read_only, "missing"),
             Err(ReadError::NotFound)
