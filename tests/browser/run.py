@@ -10,12 +10,14 @@ operator's (tenants, plans, invoices, the cluster), checks accessibility basics 
     run.py <invicta binary> <components dir> <screenshots dir>
 """
 
+import io
 import json
 import os
 import re
 import signal
 import subprocess
 import sys
+import tarfile
 import tempfile
 import threading
 
@@ -215,7 +217,7 @@ def tenant_journey(j, demo_key, components):
     j.go("/components")
     j.heading("Components")
     j.field("Name").send_keys("logger")
-    j.field("Component file (.wasm)").send_keys(os.path.join(components, "logger.wasm"))
+    j.field("Component file (.wasm, or .tar with its files)").send_keys(os.path.join(components, "logger.wasm"))
     j.button("Upload").click()
     j.heading("Component logger")
     j.go("/components/logger/workers")
@@ -236,7 +238,7 @@ def tenant_journey(j, demo_key, components):
     j.go("/components")
     j.heading("Components")
     j.field("Name").send_keys("types")
-    j.field("Component file (.wasm)").send_keys(os.path.join(components, "types.wasm"))
+    j.field("Component file (.wasm, or .tar with its files)").send_keys(os.path.join(components, "types.wasm"))
     j.button("Upload").click()
     j.heading("Component types")
     j.go("/components/types/workers")
@@ -261,7 +263,7 @@ def tenant_journey(j, demo_key, components):
     j.go("/components")
     j.heading("Components")
     j.field("Name").send_keys("objects")
-    j.field("Component file (.wasm)").send_keys(os.path.join(components, "objects.wasm"))
+    j.field("Component file (.wasm, or .tar with its files)").send_keys(os.path.join(components, "objects.wasm"))
     j.button("Upload").click()
     j.heading("Component objects")
     j.go("/components/objects/workers")
@@ -279,6 +281,41 @@ def tenant_journey(j, demo_key, components):
     j.button("Invoke").click()
     j.wait(lambda d: j.text("#invoke-result").startswith("3\n"), "the tally read through its handle")
     j.page_done("09-resource-handles")
+
+    # A component with files, uploaded as a tar archive; a worker's files, browsed.
+    bundle = os.path.join(j.shots, "files-bundle.tar")
+    with tarfile.open(bundle, "w", format=tarfile.USTAR_FORMAT) as tar:
+        tar.add(os.path.join(components, "files.wasm"), arcname="component.wasm")
+        readme = tarfile.TarInfo("files/etc/readme.txt")
+        text = b"shipped with the version\n"
+        readme.size, readme.mode = len(text), 0o444
+        tar.addfile(readme, io.BytesIO(text))
+    j.go("/components")
+    j.heading("Components")
+    j.field("Name").send_keys("files")
+    j.field("Component file (.wasm, or .tar with its files)").send_keys(bundle)
+    j.button("Upload").click()
+    j.heading("Component files")
+    j.go("/components/files/workers")
+    j.heading("Workers of files")
+    j.field("Worker name").send_keys("f1")
+    j.button("Create").click()
+    j.heading("Worker f1")
+    Select(j.field("Function")).select_by_visible_text("write-text")
+    j.field("path").send_keys("/notes.txt")
+    j.field("content").send_keys("written by the worker")
+    j.button("Invoke").click()
+    j.wait_text("#invoke-result", "ok")
+    j.button("Show files").click()
+    j.wait_text("#files table", "notes.txt")
+    j.driver.find_element(By.XPATH, "//div[@id='files']//button[text()='etc/']").click()
+    j.wait_text("#files table", "read-only")
+    j.driver.find_element(By.XPATH, "//div[@id='files']//button[text()='readme.txt']").click()
+    j.wait_text("#files pre", "shipped with the version")
+    j.driver.find_element(By.XPATH, "//div[@id='files']//button[text()='/']").click()
+    j.driver.find_element(By.XPATH, "//div[@id='files']//button[text()='notes.txt']").click()
+    j.wait_text("#files pre", "written by the worker")
+    j.page_done("10-worker-files")
 
     # Workers: filter, interrupt and delete from the list.
     j.go("/components/types/workers?status=active")

@@ -2,8 +2,9 @@
 //! `component.wasm` and `files/…`; a file without its owner's write bit is read-only); each
 //! worker sees them at `/` through ordinary `std::fs` calls, writes its own, and finds them
 //! again after SIGKILL and after idle suspension (rebuilt by replay). Read-only files cannot be
-//! changed, removed or renamed; listings are sorted; timestamps are absent (the epoch); the plan's
-//! `files_per_worker_bytes` fails an invocation that leaves more, and undoes its writes;
+//! changed, removed or renamed; listings are sorted; timestamps are absent (the epoch); a write
+//! past the plan's `files_per_worker_bytes` fails as a full disk, and an invocation that leaves
+//! more anyway fails and has its writes undone;
 //! `GET …/files/{path}` lists and reads them.
 
 use std::time::Duration;
@@ -296,12 +297,36 @@ async fn files_beyond_the_plan_undo_the_invocation() -> anyhow::Result<()> {
         call(&api, "w", "fill-file", json!(["/kept", 100 * 1024])).await?,
         json!({ "ok": null })
     );
-    let over = api
+    // A write past what the plan leaves stops the invocation at once (no invocation writes
+    // unbounded bytes before its end is checked); it fails, and its writes are undone.
+    let stopped = api
         .invoke(
             "files",
             "w",
             "fill-file",
-            json!(["/too-much", 200 * 1024]),
+            json!(["/partial", 200 * 1024]),
+            None,
+        )
+        .await?;
+    assert_eq!(
+        (stopped.status, stopped.code()),
+        (422, "files_too_large"),
+        "{stopped:?}"
+    );
+    assert!(
+        stopped.body["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("goes past what `files_per_worker_bytes` leaves")),
+        "{stopped:?}"
+    );
+    // Growth the budget does not see (a sparse file's length) is measured at the end: the
+    // invocation fails, and its writes are undone.
+    let over = api
+        .invoke(
+            "files",
+            "w",
+            "grow-file",
+            json!(["/sparse", 1024 * 1024]),
             None,
         )
         .await?;
@@ -324,6 +349,21 @@ async fn files_beyond_the_plan_undo_the_invocation() -> anyhow::Result<()> {
     assert_eq!(
         call(&api, "w", "stat-file", json!(["/kept"])).await?,
         json!({ "ok": [102400, 0] })
+    );
+    // So does a worker's count of entries (measuring them after an invocation costs).
+    let many = api
+        .invoke("files", "w", "make-many", json!(["/many", 10_001]), None)
+        .await?;
+    assert_eq!(
+        (many.status, many.code()),
+        (422, "files_too_large"),
+        "{many:?}"
+    );
+    assert!(
+        many.body["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("10000 entries")),
+        "{many:?}"
     );
     // And after a crash, the failed invocation is not replayed.
     server.kill()?;

@@ -23,6 +23,9 @@ use std::path::{Path, PathBuf};
 
 use invicta_model::WorkerId;
 
+/// The most files, directories and links one worker may hold (a bound on what measuring them
+/// after an invocation costs).
+pub(crate) const ENTRIES_MAX: u64 = 10_000;
 /// The largest file the API returns, in bytes.
 pub(crate) const READ_BYTES_MAX: u64 = 16 * 1024 * 1024;
 /// The most entries one directory listing returns.
@@ -49,6 +52,15 @@ pub(crate) struct Files {
     pub dirty: bool,
     /// Whether it changed them before the last check.
     pub touched: bool,
+    /// What they took at the last check (or when made).
+    pub last_usage: u64,
+    /// The bytes the running invocation may still write (shared with the streams it writes
+    /// through): a write past it stops the invocation, which fails with `files_too_large`, so
+    /// that none writes unbounded bytes before its end is checked. (It is not an error the guest
+    /// could handle: a replay, which re-does only what succeeded, would not meet it.)
+    pub budget: std::sync::Arc<std::sync::atomic::AtomicI64>,
+    /// Whether the running invocation went past its budget.
+    pub exceeded: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Files {
@@ -61,6 +73,38 @@ impl Files {
     /// included).
     pub(crate) fn changed(&self) -> bool {
         self.touched || self.may_have_grown()
+    }
+
+    /// Sets what the next invocation may write: `limit` less what the files take (`None`:
+    /// unbounded, for replay, which re-does writes that were allowed).
+    pub(crate) fn allow(&self, limit: Option<u64>) {
+        let budget = limit.map_or(i64::MAX, |limit| {
+            i64::try_from(limit.saturating_sub(self.last_usage)).unwrap_or(i64::MAX)
+        });
+        self.budget
+            .store(budget, std::sync::atomic::Ordering::Relaxed);
+        self.exceeded
+            .store(false, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Takes `bytes` from the budget; past it, says so (and remembers it) in words that stop
+    /// the invocation.
+    pub(crate) fn spend(
+        budget: &std::sync::atomic::AtomicI64,
+        exceeded: &std::sync::atomic::AtomicBool,
+        bytes: usize,
+    ) -> Result<(), String> {
+        let bytes = i64::try_from(bytes).unwrap_or(i64::MAX);
+        let before = budget.fetch_sub(bytes, std::sync::atomic::Ordering::Relaxed);
+        if before < bytes {
+            budget.fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
+            exceeded.store(true, std::sync::atomic::Ordering::Relaxed);
+            return Err(format!(
+                "a write of {bytes} bytes goes past what `files_per_worker_bytes` leaves ({} bytes)",
+                before.max(0)
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -80,6 +124,7 @@ pub(crate) fn prepare(dir: &Path, archive: Option<&[u8]>) -> io::Result<Files> {
         root: Some(dir.to_path_buf()),
         ..Files::default()
     };
+    files.allow(None);
     let Some(archive) = archive else {
         return Ok(files);
     };
@@ -89,12 +134,16 @@ pub(crate) fn prepare(dir: &Path, archive: Option<&[u8]>) -> io::Result<Files> {
             std::fs::create_dir_all(parent)?;
         }
         std::fs::write(&target, &content)?;
+        if !read_only {
+            files.last_usage = files.last_usage.saturating_add(content.len() as u64);
+        }
         if read_only {
             let meta = std::fs::metadata(&target)?;
             let mut perms = meta.permissions();
             perms.set_readonly(true);
             std::fs::set_permissions(&target, perms)?;
             files.read_only.insert((meta.dev(), meta.ino()));
+            files.last_usage = files.last_usage.saturating_add(meta.len());
             let mut parent = target.parent();
             while let Some(at) = parent.filter(|at| at.starts_with(dir) && *at != dir) {
                 let meta = std::fs::metadata(at)?;
@@ -138,15 +187,22 @@ fn make_writable(dir: &Path) {
     }
 }
 
-/// The bytes the files under `dir` take (file sizes; directories and links count as one
-/// block each, so that a worker cannot hold unbounded names for free). Blocking.
-pub(crate) fn usage(dir: &Path) -> io::Result<u64> {
+/// What the files under `dir` take: bytes (file sizes, and 512 bytes per entry, so that a worker
+/// cannot hold unbounded names for free) and entries, counted up to just past [`ENTRIES_MAX`].
+/// Blocking.
+pub(crate) fn usage(dir: &Path) -> io::Result<(u64, u64)> {
     const ENTRY_BYTES: u64 = 512;
     let mut total = 0_u64;
+    let mut entries = 0_u64;
     let mut stack = vec![dir.to_path_buf()];
     while let Some(at) = stack.pop() {
         for entry in std::fs::read_dir(&at)? {
             let entry = entry?;
+            entries += 1;
+            if entries > ENTRIES_MAX {
+                return Ok((total, entries));
+            }
+            // Not followed: a link is an entry, not what it points at.
             let meta = entry.metadata()?;
             total = total.saturating_add(ENTRY_BYTES);
             if meta.is_dir() {
@@ -156,7 +212,7 @@ pub(crate) fn usage(dir: &Path) -> io::Result<u64> {
             }
         }
     }
-    Ok(total)
+    Ok((total, entries))
 }
 
 /// What is at a path of a worker's files.
@@ -319,7 +375,11 @@ mod tests {
         let again = prepare(&dir, Some(&bytes)).unwrap();
         assert!(!dir.join("scratch").exists());
         assert_eq!(again.read_only.len(), 1);
-        assert!(usage(&dir).unwrap() >= 7);
+        let (bytes, entries) = usage(&dir).unwrap();
+        assert!(
+            bytes >= 7 && entries == 3,
+            "{bytes} bytes, {entries} entries"
+        );
         remove(&dir).unwrap();
         assert!(!dir.exists());
     }

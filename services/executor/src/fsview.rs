@@ -14,7 +14,10 @@ use wasmtime_wasi::p2::bindings::filesystem::types::{
     DescriptorFlags, ErrorCode, HostDescriptor, HostDirectoryEntryStream, OpenFlags, PathFlags,
 };
 use wasmtime_wasi::p2::bindings::filesystem::{preopens, types};
-use wasmtime_wasi::p2::{DynInputStream, DynOutputStream, FsError, FsResult, ReaddirIterator};
+use wasmtime_wasi::p2::{
+    DynInputStream, DynOutputStream, FsError, FsResult, OutputStream, Pollable, ReaddirIterator,
+    StreamError, StreamResult,
+};
 
 use crate::files::Files;
 
@@ -68,6 +71,54 @@ impl FsView<'_> {
             }
             _ => Ok(()),
         }
+    }
+}
+
+impl FsView<'_> {
+    /// `stream`, writing within the invocation's budget.
+    fn budgeted(
+        &mut self,
+        stream: Resource<DynOutputStream>,
+    ) -> FsResult<Resource<DynOutputStream>> {
+        let trap =
+            |e: wasmtime::component::ResourceTableError| FsError::trap(wasmtime::Error::new(e));
+        let inner = self.inner.table.delete(stream).map_err(trap)?;
+        let wrapped: DynOutputStream = Box::new(Budgeted {
+            inner,
+            budget: self.files.budget.clone(),
+            exceeded: self.files.exceeded.clone(),
+        });
+        self.inner.table.push(wrapped).map_err(trap)
+    }
+}
+
+/// A file's output stream that takes what it writes from the invocation's budget.
+struct Budgeted {
+    inner: DynOutputStream,
+    budget: std::sync::Arc<std::sync::atomic::AtomicI64>,
+    exceeded: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl OutputStream for Budgeted {
+    fn write(&mut self, bytes: bytes::Bytes) -> StreamResult<()> {
+        Files::spend(&self.budget, &self.exceeded, bytes.len())
+            .map_err(|m| StreamError::trap(&m))?;
+        self.inner.write(bytes)
+    }
+
+    fn flush(&mut self) -> StreamResult<()> {
+        self.inner.flush()
+    }
+
+    fn check_write(&mut self) -> StreamResult<usize> {
+        self.inner.check_write()
+    }
+}
+
+#[wasmtime_wasi::async_trait]
+impl Pollable for Budgeted {
+    async fn ready(&mut self) {
+        self.inner.ready().await;
     }
 }
 
@@ -143,6 +194,8 @@ impl HostDescriptor for FsView<'_> {
         offset: types::Filesize,
     ) -> FsResult<types::Filesize> {
         self.files.dirty = true;
+        Files::spend(&self.files.budget, &self.files.exceeded, buf.len())
+            .map_err(|m| FsError::trap(wasmtime::Error::msg(m)))?;
         self.inner.write(fd, buf, offset).await
     }
 
@@ -311,7 +364,8 @@ impl HostDescriptor for FsView<'_> {
         offset: types::Filesize,
     ) -> FsResult<Resource<DynOutputStream>> {
         self.files.dirty = true;
-        self.inner.write_via_stream(fd, offset)
+        let stream = self.inner.write_via_stream(fd, offset)?;
+        self.budgeted(stream)
     }
 
     fn append_via_stream(
@@ -319,7 +373,8 @@ impl HostDescriptor for FsView<'_> {
         fd: Resource<Descriptor>,
     ) -> FsResult<Resource<DynOutputStream>> {
         self.files.dirty = true;
-        self.inner.append_via_stream(fd)
+        let stream = self.inner.append_via_stream(fd)?;
+        self.budgeted(stream)
     }
 
     async fn is_same_object(

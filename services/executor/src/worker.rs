@@ -1934,6 +1934,9 @@ impl Actor {
             return failed(FailureKind::Trap, format!("set fuel: {e:#}"));
         }
         active.store.data_mut().limiter.memory_refused = false;
+        // A live call may write what the plan leaves; a replayed one re-does what it did.
+        let files_limit = start_commit.map(|_| self.files_limit());
+        active.store.data().files.allow(files_limit);
         let deadline = self.timeout();
         // An HTTP handler is given its request and response slot as resources; its response,
         // collected meanwhile, is the invocation's result.
@@ -2061,6 +2064,13 @@ impl Actor {
                 FailureKind::Timeout,
                 format!("the invocation ran longer than {} ms", deadline.as_millis()),
             ),
+            Ok(Err(e)) if active.store.data().files.exceeded.load(Ordering::Relaxed) => failed(
+                FailureKind::FilesTooLarge,
+                format!(
+                    "{e:#}: the invocation stopped, and its writes are undone (`files_per_worker_bytes` is {})",
+                    self.files_limit()
+                ),
+            ),
             Ok(Err(e)) => {
                 let memory = active.store.data().limiter.memory_refused;
                 let (kind, message) = classify(&e, memory);
@@ -2103,9 +2113,11 @@ impl Actor {
                     // its writes go with its instance.
                     if start_commit.is_some()
                         && let Some((root, limit)) = self.files_to_check(active)
-                        && let Some(message) = files_over_quota(root, limit).await
                     {
-                        return failed(FailureKind::FilesTooLarge, message);
+                        match files_usage(root, limit).await {
+                            Ok(used) => active.store.data_mut().files.last_usage = used,
+                            Err(message) => return failed(FailureKind::FilesTooLarge, message),
+                        }
                     }
                     Ran::Completed {
                         results,
@@ -2136,9 +2148,14 @@ impl Actor {
         files.dirty = false;
         files.touched = true;
         let root = files.root.clone()?;
+        Some((root, self.files_limit()))
+    }
+
+    /// The bytes of files the worker may hold: its plan's, at most the executor's ceiling.
+    fn files_limit(&self) -> u64 {
         let plan = lock(&self.shared.limits).files_per_worker_bytes;
         let ceiling = self.inner.config.worker_files_bytes_max;
-        Some((root, plan.unwrap_or(ceiling).min(ceiling)))
+        plan.unwrap_or(ceiling).min(ceiling)
     }
 
     fn timeout(&self) -> Duration {
@@ -2828,16 +2845,24 @@ async fn prepare_files(
         .map_err(|e| Error::Engine(format!("prepare the worker's files: {e}")))
 }
 
-/// Why the files under `root` are more than `limit` bytes, if they are.
-async fn files_over_quota(root: std::path::PathBuf, limit: u64) -> Option<String> {
-    let used = match tokio::task::spawn_blocking(move || crate::files::usage(&root)).await {
-        Ok(Ok(used)) => used,
-        Ok(Err(e)) => return Some(format!("the worker's files could not be measured: {e}")),
-        Err(e) => return Some(format!("the worker's files could not be measured: {e}")),
-    };
-    (used > limit).then(|| {
-        format!(
+/// The bytes the files under `root` take, or why they are more than `limit` bytes (or entries).
+async fn files_usage(root: std::path::PathBuf, limit: u64) -> Result<u64, String> {
+    let (used, entries) =
+        match tokio::task::spawn_blocking(move || crate::files::usage(&root)).await {
+            Ok(Ok(used)) => used,
+            Ok(Err(e)) => return Err(format!("the worker's files could not be measured: {e}")),
+            Err(e) => return Err(format!("the worker's files could not be measured: {e}")),
+        };
+    if entries > crate::files::ENTRIES_MAX {
+        return Err(format!(
+            "the worker's files would be more than {} entries (files, directories, links): the invocation's writes are undone",
+            crate::files::ENTRIES_MAX
+        ));
+    }
+    if used > limit {
+        return Err(format!(
             "the worker's files would take {used} bytes; `files_per_worker_bytes` allows {limit}: the invocation's writes are undone"
-        )
-    })
+        ));
+    }
+    Ok(used)
 }

@@ -104,6 +104,8 @@ async function api(method, path, options = {}) {
       detail: text.slice(0, 300) || 'no detail', code: `http_${response.status}`,
     });
   }
+  // A file's bytes, as text, when the caller takes them.
+  if (options.raw && !(response.headers.get('content-type') || '').includes('json')) return { raw: text };
   return data;
 }
 
@@ -277,14 +279,14 @@ async function componentsPage(root) {
 
 function uploadForm(fixedName) {
   const name = h('input', { type: 'text', name: 'name', required: true, maxlength: 128, pattern: '[a-z0-9][a-z0-9_\\-]*', value: fixedName || '' });
-  const file = h('input', { type: 'file', name: 'file', accept: '.wasm,application/wasm', required: true });
+  const file = h('input', { type: 'file', name: 'file', accept: '.wasm,.tar,application/wasm,application/x-tar', required: true });
   const bar = h('progress', { max: 100, value: 0, id: 'upload-progress' });
   const status = h('p', { class: 'muted', role: 'status', id: 'upload-status' }, 'Nothing uploading.');
   const button = h('button', { type: 'submit' }, fixedName ? 'Upload a new version' : 'Upload');
   const form = h('form', { class: 'panel', 'aria-labelledby': 'upload-title' },
     h('h2', { id: 'upload-title' }, fixedName ? 'New version' : 'Upload a component'),
     fixedName ? null : field('Name', name, 'Lowercase letters, digits, - and _.'),
-    field('Component file (.wasm)', file),
+    field('Component file (.wasm, or .tar with its files)', file),
     h('div', { class: 'field' }, h('label', { for: 'upload-progress' }, 'Progress'), bar), status, button);
   form.addEventListener('submit', (event) => {
     event.preventDefault();
@@ -315,7 +317,8 @@ function upload(component, blob, progress) {
     const xhr = new XMLHttpRequest();
     xhr.open('POST', `/v1/components/${enc(component)}`);
     xhr.setRequestHeader('authorization', `Bearer ${key()}`);
-    xhr.setRequestHeader('content-type', 'application/wasm');
+    // A tar archive carries the component and the files its workers start with.
+    xhr.setRequestHeader('content-type', /\.tar$/i.test(blob.name || '') ? 'application/x-tar' : 'application/wasm');
     xhr.setRequestHeader('prefer', 'respond-async');
     xhr.upload.onprogress = (e) => {
       if (e.lengthComputable) progress(0.9 * (e.loaded / e.total), `Sending: ${fmtBytes(e.loaded)} of ${fmtBytes(e.total)}`);
@@ -491,6 +494,30 @@ async function workerPage(root, { parts, signal }) {
     h('code', {}, s.id), h('code', {}, `${s.function}(${s.params.map(json).join(', ')})`), h('code', {}, s.cron),
     s.paused ? 'paused' : 'running', fmtTime(s.next_at_ms), fmtNum(s.fired),
   ])));
+  root.append(h('h2', {}, 'Files'), filesPanel(base));
+}
+
+/** The worker's files, on demand (reading them activates a suspended worker). */
+function filesPanel(base) {
+  const panel = h('div', { class: 'panel', id: 'files' });
+  const show = async (path) => {
+    const at = await api('GET', `${base}/files/${path.split('/').filter(Boolean).map(enc).join('/')}`, { raw: true });
+    const crumbs = h('p', {}, h('button', { type: 'button', class: 'link', onclick: () => attempt(() => show('')) }, '/'));
+    const parts = path.split('/').filter(Boolean);
+    parts.forEach((part, i) => crumbs.append(' ', h('button', { type: 'button', class: 'link',
+      onclick: () => attempt(() => show(parts.slice(0, i + 1).join('/'))) }, `${part}/`)));
+    if (at && at.raw !== undefined) {
+      panel.replaceChildren(crumbs, h('pre', { class: 'file', 'aria-label': `Contents of /${path}` }, at.raw.slice(0, 65536)));
+      return;
+    }
+    panel.replaceChildren(crumbs, table(['Name', 'Kind', 'Size', 'Access'], at.entries.map((e) => [
+      e.kind === 'symlink' ? e.name : h('button', { type: 'button', class: 'link', onclick: () => attempt(() => show([...parts, e.name].join('/'))) }, e.kind === 'directory' ? `${e.name}/` : e.name),
+      e.kind, e.kind === 'file' ? fmtNum(e.size) : '—', e.read_only ? 'read-only' : 'read-write',
+    ])));
+  };
+  panel.append(h('p', {}, 'What the worker has at / (its version’s files and what it wrote).'),
+    h('button', { type: 'button', class: 'secondary', onclick: () => attempt(() => show('')) }, 'Show files'));
+  return panel;
 }
 
 // --- The invoke form, generated from the function's WIT types -------------------------------

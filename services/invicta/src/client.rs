@@ -110,6 +110,13 @@ pub enum WorkerCommand {
     },
     /// Show a worker's status
     Show { component: String, name: String },
+    /// List a directory of a worker's files, or print a file's bytes to stdout
+    Files {
+        component: String,
+        name: String,
+        /// A path under the worker's `/` (its root if absent)
+        path: Option<String>,
+    },
     /// Invoke a function and wait for its result: each argument is one parameter, as JSON
     /// (`5`, `'"text"'`, `'{"a":1}'`) or, with --wave, as WAVE text (`5`, `'"text"'`, `'{a: 1}'`)
     Invoke {
@@ -517,6 +524,42 @@ impl Client {
             .1)
     }
 
+    /// `GET path`, answering JSON as JSON and anything else as its bytes.
+    async fn get_any(&self, path: &str) -> Result<Result<Value, Vec<u8>>, Failure> {
+        let request = self.http.get(format!("{}{path}", self.base));
+        let request = match &self.key {
+            Some(key) => request.bearer_auth(key),
+            None => request,
+        };
+        let response = request
+            .send()
+            .await
+            .map_err(|e| Failure::Network(format!("cannot reach {}: {e}", self.base)))?;
+        let status = response.status().as_u16();
+        let json = response
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|ct| ct.contains("json"));
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|e| Failure::Network(e.to_string()))?;
+        if status >= 400 || json {
+            let body: Value = serde_json::from_slice(&bytes).map_err(|_| {
+                Failure::Network(format!(
+                    "{} answered {status} with something that is not JSON",
+                    self.base
+                ))
+            })?;
+            if status >= 400 {
+                return Err(Failure::Api(status, body));
+            }
+            return Ok(Ok(body));
+        }
+        Ok(Err(bytes.to_vec()))
+    }
+
     async fn post(
         &self,
         path: &str,
@@ -711,7 +754,15 @@ async fn upload(
     let request = client
         .http
         .post(format!("{}/v1/components/{name}", client.base))
-        .header("content-type", "application/wasm")
+        // A tar archive carries the component and its files.
+        .header(
+            "content-type",
+            if bytes.get(257..262) == Some(b"ustar".as_slice()) {
+                "application/x-tar"
+            } else {
+                "application/wasm"
+            },
+        )
         .header("content-length", total)
         // Answered once the bytes are in; the compile is followed below.
         .header("prefer", "respond-async")
@@ -1197,6 +1248,49 @@ async fn run(connection: &Connection, request: Request) -> Result<Output, Failur
                 .delete(&format!("/v1/components/{component}/workers/{name}"))
                 .await?;
             Ok(Output::Text(body, format!("deleted worker {name}")))
+        }
+        Request::Worker(WorkerCommand::Files {
+            component,
+            name,
+            path,
+        }) => {
+            let path = path.unwrap_or_default();
+            let at = format!(
+                "/v1/components/{component}/workers/{name}/files/{}",
+                path.trim_start_matches('/')
+            );
+            match client.get_any(&at).await? {
+                Ok(body) => {
+                    let rows = body["entries"]
+                        .as_array()
+                        .map(|entries| {
+                            entries
+                                .iter()
+                                .map(|e| {
+                                    vec![
+                                        text(&e["name"]),
+                                        text(&e["kind"]),
+                                        text(&e["size"]),
+                                        if e["read_only"] == Value::Bool(true) {
+                                            "read-only".into()
+                                        } else {
+                                            String::new()
+                                        },
+                                    ]
+                                })
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                    Ok(Output::Table(body, vec!["name", "kind", "size", ""], rows))
+                }
+                Err(bytes) => {
+                    use std::io::Write;
+                    std::io::stdout()
+                        .write_all(&bytes)
+                        .map_err(|e| Failure::Usage(format!("write to stdout: {e}")))?;
+                    Ok(Output::Nothing)
+                }
+            }
         }
         Request::Worker(WorkerCommand::Show { component, name }) => {
             let body = client

@@ -61,6 +61,19 @@ impl Guest for Component {
         Ok(())
     }
 
+    fn grow_file(path: String, bytes: u64) -> Result<(), String> {
+        let file = text(std::fs::OpenOptions::new().write(true).create(true).open(path))?;
+        text(file.set_len(bytes))
+    }
+
+    fn make_many(dir: String, count: u32) -> Result<(), String> {
+        text(std::fs::create_dir_all(&dir))?;
+        for n in 0..count {
+            text(std::fs::write(format!("{dir}/{n}"), b""))?;
+        }
+        Ok(())
+    }
+
     fn stat_file(path: String) -> Result<(u64, u64), String> {
         let meta = text(std::fs::metadata(path))?;
         let modified = text(meta.modified())?
