@@ -26,6 +26,7 @@ mod schedules;
 mod server;
 mod snapshots;
 mod tenancy;
+mod tiers;
 mod topology;
 mod traces;
 mod waits;

@@ -194,6 +194,7 @@ fn child() -> Result<Vec<u8>> {
     // Compiling needs no instance pool: the same settings, allocated on demand.
     let engine = Engine::new(&invicta_engine::Config {
         pooling: false,
+        baseline_tier: false,
         ..config
     })
     .map_err(|e| Error::Compile(format!("configure the engine: {e:#}")))?;

@@ -90,6 +90,7 @@ fn version_to(v: &ComponentVersion, tenant: &str) -> pb::ComponentVersion {
             size: b.size,
             sha256: b.sha256.clone(),
         }),
+        baseline: v.baseline,
     }
 }
 
@@ -135,6 +136,7 @@ fn version_from(v: pb::ComponentVersion) -> ComponentVersion {
             size: b.size,
             sha256: b.sha256,
         }),
+        baseline: v.baseline,
     }
 }
 

@@ -160,6 +160,9 @@ pub struct ComponentVersion {
     /// Their canonical archive.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub files_blob: Option<BlobRef>,
+    /// Its code is the baseline tier's: the optimized is being compiled.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub baseline: bool,
 }
 
 /// What a tenant's plan allows it to store.
@@ -220,6 +223,11 @@ pub struct Compiled {
     pub version: ComponentVersion,
     pub component: Component,
     pub exports: Vec<ExportedFunction>,
+    /// Compiled by the baseline tier (Winch, instances on demand); the optimized code
+    /// replaces it when ready.
+    pub baseline: bool,
+    /// When it was loaded (a baseline one is looked at again for the optimized code).
+    pub loaded_at: std::time::Instant,
 }
 
 impl Compiled {
@@ -248,6 +256,8 @@ struct Inner {
     compiled: Mutex<HashMap<(TenantId, ComponentName, u64), Arc<Compiled>>>,
     /// The same components, loaded into the on-demand engine (instances over a pool slot).
     large: Mutex<HashMap<(TenantId, ComponentName, u64), Component>>,
+    /// The versions this process is optimizing (compiling with Cranelift after the baseline).
+    optimizing: Mutex<std::collections::HashSet<(TenantId, ComponentName, u64)>>,
     /// The registry role's process, when it is not this one.
     remote: std::sync::OnceLock<grpc::RegistryClient>,
 }
@@ -299,6 +309,7 @@ impl Registry {
                 tenant_compiles: Mutex::new(HashMap::new()),
                 compiled: Mutex::new(HashMap::new()),
                 large: Mutex::new(HashMap::new()),
+                optimizing: Mutex::new(Default::default()),
                 remote: std::sync::OnceLock::new(),
             }),
         }
@@ -406,17 +417,33 @@ impl Registry {
                 None
             }
         };
-        let (component, artifact, bytes) = match reused {
-            Some((component, artifact)) => (component, artifact, bytes),
+        // New bytes are compiled by the baseline tier when there is one (the version runs at
+        // once), and optimized in the background.
+        // Bytes compiled by the baseline tier before (their optimizing compile cut off, say) are
+        // not compiled again either.
+        let reused = match (reused, inner.engine.baseline.as_deref()) {
+            (None, Some(baseline)) => self
+                .artifact_by_hash_for(baseline, &wasm_hash)
+                .await
+                .ok()
+                .flatten()
+                .map(|(component, artifact)| (component, artifact, baseline.clone())),
+            (reused, _) => reused.map(|(c, a)| (c, a, inner.engine.clone())),
+        };
+        let (component, artifact, bytes, artifact_engine) = match reused {
+            Some((component, artifact, engine)) => (component, artifact, bytes, engine),
             None => {
-                let (component, artifact, bytes) = self.compile_in_turn(tenant, bytes).await?;
+                let engine = inner.engine.baseline.as_deref().unwrap_or(&inner.engine);
+                let (component, artifact, bytes) =
+                    self.compile_in_turn(tenant, engine, bytes).await?;
                 let artifact = inner
                     .blobs
-                    .put_bytes(&artifact_prefix(&inner.engine), &artifact)
+                    .put_bytes(&artifact_prefix(engine), &artifact)
                     .await?;
-                (component, artifact, bytes)
+                (component, artifact, bytes, engine.clone())
             }
         };
+        let baseline = inner.engine.is_baseline(&component);
         let import_check = inner.import_check.clone();
         let (component, exports) = tokio::task::spawn_blocking(move || {
             import_check(&component).map_err(Error::UnsupportedImports)?;
@@ -427,11 +454,12 @@ impl Registry {
         .map_err(|e| Error::Compile(e.to_string()))??;
 
         let blob = inner.blobs.put_bytes("components", &bytes).await?;
+        let wasm_blob = blob.clone();
         let files_blob = match &files_archive {
             Some(archive) => Some(inner.blobs.put_bytes("component-files", archive).await?),
             None => None,
         };
-        let engine = inner.engine.clone();
+        let engine = artifact_engine;
         let mut version = ComponentVersion {
             name: name.to_string(),
             version: 0,
@@ -442,8 +470,10 @@ impl Registry {
             blob: Some(blob),
             files,
             files_blob,
+            baseline,
         };
         let (tenant_c, name_c, template) = (tenant.clone(), name.clone(), version.clone());
+        let shared_key = shared_artifact_key(&wasm_hash, &engine);
         let (stored, created) = inner
             .store
             .transact(move |tx| {
@@ -489,10 +519,7 @@ impl Registry {
                     &artifact_key(&tenant_c, &name_c, record.version, &engine),
                     &encode(&artifact),
                 )?;
-                tx.set(
-                    &shared_artifact_key(&wasm_hash, &engine),
-                    &encode(&artifact),
-                )?;
+                tx.set(&shared_key, &encode(&artifact))?;
                 tx.set(
                     &component_key(&tenant_c, &name_c),
                     &encode(&ComponentRecord {
@@ -513,10 +540,127 @@ impl Registry {
                     version: version.clone(),
                     component,
                     exports,
+                    baseline,
+                    loaded_at: std::time::Instant::now(),
                 },
             );
+            if baseline {
+                self.optimize_later(tenant, name, &version, wasm_hash, wasm_blob);
+            }
         }
         Ok(Uploaded { version, created })
+    }
+
+    /// Compiles a version that runs on the baseline tier with the optimizing engine, in the
+    /// background: the artifact is stored for every process, and the version's cached code
+    /// here replaced, so that workers move to it at their next activation.
+    fn optimize_later(
+        &self,
+        tenant: &TenantId,
+        name: &ComponentName,
+        version: &ComponentVersion,
+        wasm_hash: String,
+        wasm: BlobRef,
+    ) {
+        let key = (tenant.clone(), name.clone(), version.version);
+        if !self
+            .inner
+            .optimizing
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key.clone())
+        {
+            return;
+        }
+        let (this, tenant, name, version) =
+            (self.clone(), tenant.clone(), name.clone(), version.clone());
+        tokio::spawn(async move {
+            let _done = scopeguard(&this, key);
+            let started = std::time::Instant::now();
+            match this
+                .optimize(&tenant, &name, &version, &wasm_hash, &wasm)
+                .await
+            {
+                Ok(()) => {
+                    tracing::info!(tenant = %tenant, component = %name, version = version.version, elapsed_ms = started.elapsed().as_millis() as u64, "optimized code ready")
+                }
+                Err(e) => {
+                    tracing::warn!(tenant = %tenant, component = %name, version = version.version, error = %e, "optimizing compile failed: the version stays on the baseline tier")
+                }
+            }
+        });
+    }
+
+    /// Compiles with the optimizing engine, now (see [`Registry::optimize_later`]).
+    async fn optimize(
+        &self,
+        tenant: &TenantId,
+        name: &ComponentName,
+        version: &ComponentVersion,
+        wasm_hash: &str,
+        wasm: &BlobRef,
+    ) -> Result<()> {
+        let inner = &self.inner;
+        let bytes = inner.blobs.get_verified(wasm).await?;
+        let (component, artifact) = match self.artifact_by_hash(wasm_hash).await {
+            Ok(Some(found)) => found,
+            _ => {
+                // A compile slot like any upload's, without a deadline to wait for it.
+                let _turn = inner
+                    .compiles
+                    .clone()
+                    .acquire_owned()
+                    .await
+                    .map_err(|_| Error::Busy)?;
+                let (component, artifact, _) = compiler::compile(
+                    inner.config.compiler.as_deref(),
+                    &inner.engine,
+                    bytes.to_vec(),
+                    inner.config.compile_deadline(),
+                )
+                .await?;
+                let artifact = inner
+                    .blobs
+                    .put_bytes(&artifact_prefix(&inner.engine), &artifact)
+                    .await?;
+                (component, artifact)
+            }
+        };
+        let key = artifact_key(tenant, name, version.version, &inner.engine);
+        let shared = shared_artifact_key(wasm_hash, &inner.engine);
+        let exists = version_key(tenant, name, version.version);
+        let stored = inner
+            .store
+            .transact(move |tx| {
+                // A version deleted meanwhile is not brought back.
+                let Some(record) = tx.get(&exists)? else {
+                    return Ok::<_, Error>(false);
+                };
+                let mut record: ComponentVersion = decode(&record)?;
+                record.baseline = false;
+                tx.set(&exists, &encode(&record))?;
+                tx.set(&key, &encode(&artifact))?;
+                tx.set(&shared, &encode(&artifact))?;
+                Ok(true)
+            })
+            .await?;
+        if stored {
+            let exports = exported_functions(component.engine(), &component);
+            self.lock().insert(
+                (tenant.clone(), name.clone(), version.version),
+                Arc::new(Compiled {
+                    version: ComponentVersion {
+                        baseline: false,
+                        ..version.clone()
+                    },
+                    component,
+                    exports,
+                    baseline: false,
+                    loaded_at: std::time::Instant::now(),
+                }),
+            );
+        }
+        Ok(())
     }
 
     async fn version_by_hash(
@@ -692,29 +836,88 @@ impl Registry {
         version: u64,
     ) -> Result<Arc<Compiled>> {
         let key = (tenant.clone(), name.clone(), version);
-        if let Some(hit) = self.lock().get(&key) {
+        let hit = self.lock().get(&key).cloned();
+        if let Some(hit) = &hit
+            && (!hit.baseline || hit.loaded_at.elapsed() < BASELINE_RECHECK)
+        {
             return Ok(hit.clone());
         }
-        let meta = self.get(tenant, name, Some(version)).await?;
-        let component = match self.load_artifact(tenant, name, version).await {
-            Ok(Some(component)) => component,
-            Ok(None) => self.recompile(tenant, name, &meta).await?,
+        let meta = match &hit {
+            Some(hit) => hit.version.clone(),
+            None => self.get(tenant, name, Some(version)).await?,
+        };
+        let engine = self.inner.engine.clone();
+        let optimized = match self.load_artifact(tenant, name, version, &engine).await {
+            Ok(found) => found,
             Err(e) => {
                 tracing::warn!(tenant = %tenant, component = %name, version, error = %e, "precompiled artifact unusable; compiling again");
-                self.recompile(tenant, name, &meta).await?
+                None
             }
         };
-        let exports = exported_functions(component.engine(), &component);
-        Ok(self.cache(
-            tenant,
-            name,
-            version,
-            Compiled {
-                version: meta,
-                component,
-                exports,
+        let (component, baseline) = match (optimized, hit) {
+            (Some(component), _) => (component, false),
+            // Still on the baseline tier: looked at again later.
+            (None, Some(hit)) => {
+                let again = Compiled {
+                    version: hit.version.clone(),
+                    component: hit.component.clone(),
+                    exports: hit.exports.clone(),
+                    baseline: true,
+                    loaded_at: std::time::Instant::now(),
+                };
+                let again = Arc::new(again);
+                self.lock().insert(key, again.clone());
+                return Ok(again);
+            }
+            (None, None) => match self.load_baseline(tenant, name, version).await {
+                Some(component) => {
+                    // Its optimizing compile was cut off (a restart, say): it starts again.
+                    if let Some(wasm) = meta.blob.clone() {
+                        let wasm_hash = wasm_hash_of(&meta);
+                        if let Some(wasm_hash) = wasm_hash {
+                            self.optimize_later(tenant, name, &meta, wasm_hash, wasm);
+                        }
+                    }
+                    (component, true)
+                }
+                None => (self.recompile(tenant, name, &meta).await?, false),
             },
-        ))
+        };
+        let exports = exported_functions(component.engine(), &component);
+        let compiled = Arc::new(Compiled {
+            version: meta,
+            component,
+            exports,
+            baseline,
+            loaded_at: std::time::Instant::now(),
+        });
+        // The optimized code replaces the baseline; otherwise the first loaded stays (export
+        // indices and instance templates belong to one `Component` value).
+        let mut cache = self.lock();
+        match cache.get(&key) {
+            Some(cached) if !(cached.baseline && !baseline) => Ok(cached.clone()),
+            _ => {
+                cache.insert(key, compiled.clone());
+                Ok(compiled)
+            }
+        }
+    }
+
+    /// The version's baseline artifact, if it has one (its optimized code is not ready).
+    async fn load_baseline(
+        &self,
+        tenant: &TenantId,
+        name: &ComponentName,
+        version: u64,
+    ) -> Option<Component> {
+        let baseline = self.inner.engine.baseline.as_deref()?.clone();
+        match self.load_artifact(tenant, name, version, &baseline).await {
+            Ok(found) => found,
+            Err(e) => {
+                tracing::warn!(tenant = %tenant, component = %name, version, error = %e, "baseline artifact unusable");
+                None
+            }
+        }
     }
 
     /// The component version loaded into the on-demand engine, for workers larger than a pool
@@ -764,6 +967,7 @@ impl Registry {
     async fn compile_in_turn(
         &self,
         tenant: &TenantId,
+        engine: &Engine,
         bytes: Vec<u8>,
     ) -> Result<(Component, Vec<u8>, Vec<u8>)> {
         let inner = &self.inner;
@@ -793,7 +997,7 @@ impl Registry {
         };
         compiler::compile(
             inner.config.compiler.as_deref(),
-            &inner.engine,
+            engine,
             bytes,
             inner.config.compile_deadline(),
         )
@@ -802,19 +1006,28 @@ impl Registry {
 
     /// The artifact compiled for this engine from bytes with SHA-256 `hash`, by any upload.
     async fn artifact_by_hash(&self, hash: &str) -> Result<Option<(Component, BlobRef)>> {
-        let key = shared_artifact_key(hash, &self.inner.engine);
+        self.artifact_by_hash_for(&self.inner.engine, hash).await
+    }
+
+    /// The artifact compiled for `engine` from bytes with SHA-256 `hash`, by any upload.
+    async fn artifact_by_hash_for(
+        &self,
+        engine: &Engine,
+        hash: &str,
+    ) -> Result<Option<(Component, BlobRef)>> {
+        let key = shared_artifact_key(hash, engine);
         let Some(bytes) = self.inner.store.read(move |tx| tx.get(&key)).await? else {
             return Ok(None);
         };
         let blob: BlobRef = decode(&bytes)?;
-        let component = self.deserialize(&blob).await?;
+        let component = self.deserialize_for(engine, &blob).await?;
         Ok(Some((component, blob)))
     }
 
-    /// Loads an artifact this registry stored for this engine.
-    async fn deserialize(&self, blob: &BlobRef) -> Result<Component> {
+    /// Loads an artifact this registry stored for `engine` (this engine or its baseline tier).
+    async fn deserialize_for(&self, engine: &Engine, blob: &BlobRef) -> Result<Component> {
         let artifact = self.inner.blobs.get_verified(blob).await?;
-        let engine = self.inner.engine.clone();
+        let engine = engine.clone();
         tokio::task::spawn_blocking(move || {
             // The artifact was made by `Component::serialize` on an engine with this engine's
             // fingerprint (it is stored under it), and its bytes were just checked against the
@@ -831,13 +1044,14 @@ impl Registry {
         tenant: &TenantId,
         name: &ComponentName,
         version: u64,
+        engine: &Engine,
     ) -> Result<Option<Component>> {
-        let key = artifact_key(tenant, name, version, &self.inner.engine);
+        let key = artifact_key(tenant, name, version, engine);
         let Some(bytes) = self.inner.store.read(move |tx| tx.get(&key)).await? else {
             return Ok(None);
         };
         let blob: BlobRef = decode(&bytes)?;
-        Ok(Some(self.deserialize(&blob).await?))
+        Ok(Some(self.deserialize_for(engine, &blob).await?))
     }
 
     /// Compiles a version from its bytes and stores the artifact for this engine.
@@ -919,6 +1133,32 @@ fn artifact_key(tenant: &TenantId, name: &ComponentName, version: u64, engine: &
 
 /// Compiles and validates `bytes`, telling a core module or non-wasm apart from a broken
 /// component.
+/// Forgets that a version is being optimized when its task ends, however it ends.
+fn scopeguard(registry: &Registry, key: (TenantId, ComponentName, u64)) -> impl Drop + use<> {
+    struct Done(Registry, (TenantId, ComponentName, u64));
+    impl Drop for Done {
+        fn drop(&mut self) {
+            self.0
+                .inner
+                .optimizing
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&self.1);
+        }
+    }
+    Done(registry.clone(), key)
+}
+
+/// The SHA-256 of a version's component bytes (its blob's; the version's own hash covers its
+/// files too).
+fn wasm_hash_of(version: &ComponentVersion) -> Option<String> {
+    version.blob.as_ref().map(|b| b.sha256.clone())
+}
+
+/// How often a version cached on the baseline tier is looked at again for its optimized code
+/// (which another process may have stored).
+const BASELINE_RECHECK: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// How long an upload waits for its turn to compile before it is told to come back (503).
 pub const COMPILE_QUEUE_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
 

@@ -148,19 +148,15 @@ impl Executor {
             .instance_pres
             .lock()
             .unwrap_or_else(|p| p.into_inner());
-        if let Some(pre) = pres.get(&key) {
+        // Made for this very code (a version moves from the baseline tier to the optimized).
+        if let Some(pre) = pres.get(&key)
+            && wasmtime::Engine::same(pre.engine(), compiled.component.engine())
+        {
             return Ok(pre.clone());
         }
-        // A component too large for a pool slot was loaded into the on-demand engine.
-        let linker = match (&self.inner.large_linker, &self.inner.engine.large) {
-            (Some(linker), Some(large))
-                if wasmtime::Engine::same(compiled.component.engine(), large) =>
-            {
-                linker
-            }
-            _ => &self.inner.linker,
-        };
-        let pre = linker
+        let pre = self
+            .inner
+            .linker_for(&compiled.component)
             .instantiate_pre(&compiled.component)
             .map_err(|e| Error::Engine(format!("{e:#}")))?;
         pres.insert(key, pre.clone());

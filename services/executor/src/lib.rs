@@ -118,7 +118,7 @@ pub(crate) struct Inner {
     /// Told when a shard joins `released`.
     pub release_ready: tokio::sync::Notify,
     /// What ephemeral HTTP handlers may import, and the handlers prepared to serve.
-    pub handler_linker: wasmtime::component::Linker<serve::HandlerCtx>,
+    pub handler_linker: serve::HandlerLinkers,
     pub handlers: serve::Handlers,
     /// Components' retry policies as last read, and when (`configuration.rs`).
     pub retries: configuration::Retries,
@@ -149,9 +149,24 @@ impl Executor {
             )),
             None => None,
         };
+        // And uploads compiled by the baseline tier into its engine.
+        let baseline = match &engine.baseline {
+            Some(b) => Some((
+                b.engine.clone(),
+                host::linker(&b.engine).map_err(|e| Error::Engine(format!("{e:#}")))?,
+            )),
+            None => None,
+        };
         Ok(Arc::new(move |component| {
-            let linker = match &large {
-                Some((engine, linker)) if wasmtime::Engine::same(component.engine(), engine) => {
+            let linker = match (&large, &baseline) {
+                (Some((engine, linker)), _)
+                    if wasmtime::Engine::same(component.engine(), engine) =>
+                {
+                    linker
+                }
+                (_, Some((engine, linker)))
+                    if wasmtime::Engine::same(component.engine(), engine) =>
+                {
                     linker
                 }
                 _ => &linker,
@@ -179,7 +194,13 @@ impl Executor {
             .transpose()
             .map_err(|e| Error::Engine(format!("{e:#}")))?;
         let handler_linker =
-            serve::linker(&engine.engine).map_err(|e| Error::Engine(format!("{e:#}")))?;
+            serve::HandlerLinkers::new(&engine).map_err(|e| Error::Engine(format!("{e:#}")))?;
+        let baseline_linker = engine
+            .baseline
+            .as_ref()
+            .map(|b| host::linker(&b.engine))
+            .transpose()
+            .map_err(|e| Error::Engine(format!("{e:#}")))?;
         let secrets = settings::load_key(config.secrets_key_file.as_deref())
             .map_err(|e| Error::Engine(format!("[executor] secrets_key_file: {e}")))?;
         let http_tls = http::tls_config(&config.http)
@@ -193,6 +214,11 @@ impl Executor {
                 files_dir.display()
             ))
         })?;
+        let baseline_slots = Arc::new(tokio::sync::Semaphore::new(
+            usize::try_from(engine.config.pool_instances / 4)
+                .unwrap_or(1)
+                .max(1),
+        ));
         let metrics = Arc::new(metrics::Metrics::new());
         let fencing = Arc::new(placement::Fencing::new(placement::new_id()));
         if config.placement == Placement::All {
@@ -217,8 +243,10 @@ impl Executor {
                     store,
                     registry,
                     engine,
+                    baseline_slots,
                     linker,
                     large_linker,
+                    baseline_linker,
                 }),
                 fencing,
                 router: std::sync::OnceLock::new(),

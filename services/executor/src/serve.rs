@@ -84,6 +84,34 @@ struct Prepared {
     version: u64,
     checked: Instant,
     pre: ProxyPre<HandlerCtx>,
+    /// Made from the baseline tier's code (prepared again when the optimized is ready).
+    baseline: bool,
+}
+
+/// The handler linkers: the engine's, and its baseline tier's.
+pub(crate) struct HandlerLinkers {
+    pub optimized: Linker<HandlerCtx>,
+    pub baseline: Option<(wasmtime::Engine, Linker<HandlerCtx>)>,
+}
+
+impl HandlerLinkers {
+    pub(crate) fn new(engine: &invicta_engine::Engine) -> wasmtime::Result<HandlerLinkers> {
+        Ok(HandlerLinkers {
+            optimized: linker(&engine.engine)?,
+            baseline: match &engine.baseline {
+                Some(b) => Some((b.engine.clone(), linker(&b.engine)?)),
+                None => None,
+            },
+        })
+    }
+
+    /// The linker of `component`'s engine.
+    fn of(&self, component: &wasmtime::component::Component) -> &Linker<HandlerCtx> {
+        match &self.baseline {
+            Some((engine, linker)) if wasmtime::Engine::same(component.engine(), engine) => linker,
+            _ => &self.optimized,
+        }
+    }
 }
 
 impl Handlers {
@@ -95,7 +123,7 @@ impl Handlers {
     async fn prepared(
         &self,
         ctx: &Context,
-        linker: &Linker<HandlerCtx>,
+        linker: &HandlerLinkers,
         tenant: &TenantId,
         component: &ComponentName,
     ) -> Result<ProxyPre<HandlerCtx>> {
@@ -109,6 +137,7 @@ impl Handlers {
         let version = ctx.registry.get(tenant, component, None).await?.version;
         if let Some(mut known) = known
             && known.version == version
+            && !known.baseline
         {
             known.checked = Instant::now();
             let pre = known.pre.clone();
@@ -122,6 +151,7 @@ impl Handlers {
             ))
         };
         let pre = linker
+            .of(&compiled.component)
             .instantiate_pre(&compiled.component)
             .map_err(not_a_handler)?;
         let pre = ProxyPre::new(pre).map_err(not_a_handler)?;
@@ -131,6 +161,7 @@ impl Handlers {
                 version,
                 checked: Instant::now(),
                 pre: pre.clone(),
+                baseline: compiled.baseline,
             },
         );
         Ok(pre)
@@ -169,7 +200,7 @@ struct Ran {
 #[derive(Clone, Copy)]
 pub(crate) struct Host<'a> {
     pub ctx: &'a Context,
-    pub linker: &'a Linker<HandlerCtx>,
+    pub linker: &'a HandlerLinkers,
     pub handlers: &'a Handlers,
 }
 
@@ -205,8 +236,9 @@ pub(crate) async fn begin(
     let memory = limits
         .memory_per_worker_bytes
         .min(ctx.engine.config.memory_bytes_max);
+    // The engine of the handler's code (the baseline tier's, until it is optimized).
     let mut store = wasmtime::Store::new(
-        &ctx.engine.engine,
+        pre.engine(),
         HandlerCtx {
             wasi: WasiCtx::builder()
                 .allow_tcp(false)

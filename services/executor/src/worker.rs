@@ -269,6 +269,8 @@ struct Active {
     handles: HashMap<String, wasmtime::component::ResourceAny>,
     /// The names of the resources the instance exports, by their type in this instance.
     resource_names: Vec<(wasmtime::component::ResourceType, String)>,
+    /// Its slot among the baseline tier's instances, if it runs there.
+    _baseline_slot: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 struct Actor {
@@ -1204,6 +1206,22 @@ impl Actor {
         let memory =
             cut_off_memory.unwrap_or_else(|| self.shared.memory_bytes.load(Ordering::Relaxed));
         self.choose_pre(memory).await?;
+        // The baseline tier's instances are allocated on demand: they are counted here.
+        let baseline_slot = if self.compiled.baseline {
+            Some(
+                self.inner
+                    .baseline_slots
+                    .clone()
+                    .try_acquire_owned()
+                    .map_err(|_| {
+                        Error::PoolExhausted(
+                            "every instance of the baseline tier is taken (the version's optimized code is not ready)".into(),
+                        )
+                    })?,
+            )
+        } else {
+            None
+        };
         let files = self.prepare_files().await?;
         let ctx = WorkerCtx::new(
             &self.record.env,
@@ -1317,6 +1335,7 @@ impl Actor {
             durability,
             handles: HashMap::new(),
             resource_names,
+            _baseline_slot: baseline_slot,
         };
         if let Some(bytes) = snapshot {
             self.load_snapshot(&mut active, &bytes).await?;
@@ -1547,7 +1566,31 @@ impl Actor {
     /// Makes the instance template the one for `memory`: pooled up to a pool slot, on demand
     /// above it (loaded once).
     async fn choose_pre(&mut self, memory: u64) -> Result<(), Error> {
-        if !self.inner.engine.is_large(memory) {
+        // A version on the baseline tier moves to its optimized code at an activation.
+        if self.compiled.baseline {
+            let latest = self
+                .inner
+                .registry
+                .compiled(
+                    &self.id.tenant,
+                    &self.id.component,
+                    self.compiled.version.version,
+                )
+                .await?;
+            if !latest.baseline {
+                let pre = self
+                    .inner
+                    .linker_for(&latest.component)
+                    .instantiate_pre(&latest.component)
+                    .map_err(|e| Error::Engine(format!("{e:#}")))?;
+                tracing::debug!(worker = %self.id, "moves to the optimized code");
+                self.pooled_pre = pre;
+                self.large_pre = None;
+                self.compiled = latest;
+            }
+        }
+        // The baseline tier's engine allocates on demand, whatever the memory.
+        if self.compiled.baseline || !self.inner.engine.is_large(memory) {
             self.pre = self.pooled_pre.clone();
             return Ok(());
         }

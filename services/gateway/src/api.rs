@@ -255,6 +255,7 @@ fn component_json(v: &invicta_component_registry::ComponentVersion) -> serde_jso
         "size": v.size,
         "created_at_ms": v.created_at_ms,
         "exports": v.exports,
+        "code": if v.baseline { "baseline" } else { "optimized" },
     });
     if !v.files.is_empty() {
         body["files"] = json!(v.files);

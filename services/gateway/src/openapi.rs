@@ -65,6 +65,9 @@ pub(crate) struct Component {
     versions: Option<Vec<u64>>,
     /// The files each of its workers starts with (absent: none).
     files: Option<Vec<InitialFile>>,
+    /// `baseline`: it runs code from the fast baseline compiler while the optimized code is
+    /// compiled in the background; `optimized` once that is ready.
+    code: String,
 }
 
 #[derive(Serialize, ToSchema)]

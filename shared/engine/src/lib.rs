@@ -52,6 +52,25 @@ pub struct Config {
     /// no page faults and the machine no TLB shootdowns. What an instance per request costs
     /// is mostly that (measured by `make bench`'s `serve`).
     pub memory_keep_resident_bytes: u64,
+    /// Compile uploads first with Winch, wasmtime's baseline compiler (default `true`): a
+    /// component runs within about a fifth of Cranelift's compile time, in instances allocated
+    /// on demand, while Cranelift compiles it again in the background; workers move to the
+    /// optimized code at their next activation.
+    pub baseline_tier: bool,
+    /// The compiler of this engine's code: `cranelift` (the default) or `winch`. The baseline
+    /// tier's engine is this engine's with `winch` and no pool.
+    pub compiler: Compiler,
+}
+
+/// The code generator an engine compiles with.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Compiler {
+    /// Optimizing: slower to compile, faster to run.
+    #[default]
+    Cranelift,
+    /// Baseline: several times faster to compile, slower to run.
+    Winch,
 }
 
 impl Default for Config {
@@ -64,6 +83,8 @@ impl Default for Config {
             memory_ceiling_bytes: 4 * 1024 * 1024 * 1024,
             fuel_yield_interval: 2_000_000,
             memory_keep_resident_bytes: 2 * 1024 * 1024,
+            baseline_tier: true,
+            compiler: Compiler::Cranelift,
         }
     }
 }
@@ -80,10 +101,23 @@ pub struct Engine {
     /// the component's hash *and* this, since an engine rejects artifacts of another.
     pub fingerprint: String,
     pub config: Config,
+    /// The baseline tier (Winch, instances on demand) that uploads are compiled with first,
+    /// when the configuration asks for it.
+    pub baseline: Option<Box<Engine>>,
 }
 
 impl Engine {
     pub fn new(config: &Config) -> Result<Engine> {
+        let baseline = if config.baseline_tier && config.compiler == Compiler::Cranelift {
+            Some(Box::new(Engine::new(&Config {
+                compiler: Compiler::Winch,
+                pooling: false,
+                baseline_tier: false,
+                ..config.clone()
+            })?))
+        } else {
+            None
+        };
         let engine = Self::build(config, config.pooling)?;
         let large = if config.pooling && config.memory_ceiling_bytes > config.memory_bytes_max {
             let large = Self::build(config, false)?;
@@ -99,8 +133,12 @@ impl Engine {
             None
         };
         let fingerprint = format!(
-            "wasmtime{}-{:016x}",
+            "wasmtime{}{}-{:016x}",
             wasmtime_version(),
+            match config.compiler {
+                Compiler::Cranelift => "",
+                Compiler::Winch => "-winch",
+            },
             compatibility(&engine)
         );
         Ok(Engine {
@@ -108,7 +146,15 @@ impl Engine {
             large,
             fingerprint,
             config: config.clone(),
+            baseline,
         })
+    }
+
+    /// Whether `component` was compiled by the baseline tier.
+    pub fn is_baseline(&self, component: &wasmtime::component::Component) -> bool {
+        self.baseline
+            .as_ref()
+            .is_some_and(|b| wasmtime::Engine::same(component.engine(), &b.engine))
     }
 
     /// The most linear memory any worker may have: the ceiling, or a pool slot where instances
@@ -132,10 +178,18 @@ impl Engine {
         let mut wasm = wasmtime::Config::new();
         wasm.wasm_component_model(true)
             .consume_fuel(true)
-            // Determinism: NaNs have one bit pattern whatever the CPU did.
-            .cranelift_nan_canonicalization(true)
             .wasm_threads(false)
             .parallel_compilation(true);
+        match config.compiler {
+            Compiler::Cranelift => {
+                // Determinism: NaNs have one bit pattern whatever the CPU did.
+                wasm.strategy(wasmtime::Strategy::Cranelift)
+                    .cranelift_nan_canonicalization(true);
+            }
+            Compiler::Winch => {
+                wasm.strategy(wasmtime::Strategy::Winch);
+            }
+        }
         if pooling {
             let instances = config.pool_instances.max(1);
             let memory = usize::try_from(config.memory_bytes_max).unwrap_or(usize::MAX);
