@@ -895,7 +895,7 @@ impl Registry {
         // indices and instance templates belong to one `Component` value).
         let mut cache = self.lock();
         match cache.get(&key) {
-            Some(cached) if !(cached.baseline && !baseline) => Ok(cached.clone()),
+            Some(cached) if !cached.baseline || baseline => Ok(cached.clone()),
             _ => {
                 cache.insert(key, compiled.clone());
                 Ok(compiled)
