@@ -501,7 +501,8 @@ async function workerPage(root, { parts, signal }) {
 function filesPanel(base) {
   const panel = h('div', { class: 'panel', id: 'files' });
   const show = async (path) => {
-    const at = await api('GET', `${base}/files/${path.split('/').filter(Boolean).map(enc).join('/')}`, { raw: true });
+    const rest = path.split('/').filter(Boolean).map(enc).join('/');
+    const at = await api('GET', rest ? `${base}/files/${rest}` : `${base}/files`, { raw: true });
     const crumbs = h('p', {}, h('button', { type: 'button', class: 'link', onclick: () => attempt(() => show('')) }, '/'));
     const parts = path.split('/').filter(Boolean);
     parts.forEach((part, i) => crumbs.append(' ', h('button', { type: 'button', class: 'link',
