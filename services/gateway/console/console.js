@@ -505,9 +505,10 @@ function filesPanel(base) {
     const at = await api('GET', rest ? `${base}/files/${rest}` : `${base}/files`, { raw: true });
     const crumbs = h('p', {}, h('button', { type: 'button', class: 'link', onclick: () => attempt(() => show('')) }, '/'));
     const parts = path.split('/').filter(Boolean);
+    const isFile = at && at.raw !== undefined;
     parts.forEach((part, i) => crumbs.append(' ', h('button', { type: 'button', class: 'link',
-      onclick: () => attempt(() => show(parts.slice(0, i + 1).join('/'))) }, `${part}/`)));
-    if (at && at.raw !== undefined) {
+      onclick: () => attempt(() => show(parts.slice(0, i + 1).join('/'))) }, isFile && i === parts.length - 1 ? part : `${part}/`)));
+    if (isFile) {
       panel.replaceChildren(crumbs, h('pre', { class: 'file', 'aria-label': `Contents of /${path}` }, at.raw.slice(0, 65536)));
       return;
     }
