@@ -1759,6 +1759,26 @@ impl Actor {
 
     /// After a completed invocation: a snapshot, when one is due.
     async fn after_invocation(&mut self) {
+        // A busy worker on the baseline tier would keep its instance, and the slower code,
+        // for as long as it stays busy: once the optimized code is ready, the instance goes,
+        // and the next invocation replays onto that code.
+        if self.compiled.baseline {
+            let latest = self
+                .inner
+                .registry
+                .compiled(
+                    &self.id.tenant,
+                    &self.id.component,
+                    self.compiled.version.version,
+                )
+                .await;
+            if latest.is_ok_and(|latest| !latest.baseline) {
+                tracing::debug!(worker = %self.id, "the optimized code is ready: the instance goes");
+                self.active = None;
+                self.set_phase(Phase::Suspended);
+                return;
+            }
+        }
         let Some(interface) = self.snapshot_interface.clone() else {
             return;
         };
