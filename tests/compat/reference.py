@@ -11,12 +11,14 @@ and the workers must answer on as the reference instance does.
 """
 
 import importlib.metadata
+import io
 import json
 import os
 import re
 import signal
 import subprocess
 import sys
+import tarfile
 import tempfile
 import threading
 import urllib.error
@@ -50,7 +52,35 @@ CALLS = [
     ("types_old", "echo-list", [[[1, 2], [], [3]]]),
     ("types_old", "add", [3]),
 ]
-AFTER_KILL = [("counter", "add", [1]), ("types", "echo-string", ["again"]), ("types_old", "add", [4])]
+# A worker's files (Rust `std::fs`), against wasmtime-py with a directory preopened at `/` that
+# holds the same initial file: what it reads, writes and lists is the same (listings compare as
+# sets: Invicta sorts them, a host directory has its own order).
+FILES = [
+    ("files", "read-text", ["/data/notes.txt"]),
+    ("files", "append-text", ["/data/notes.txt", " second"]),
+    ("files", "make-dir", ["/out/deep"]),
+    ("files", "write-text", ["/out/c.txt", "c"]),
+    ("files", "write-text", ["/out/a.txt", "a"]),
+    ("files", "write-text", ["/out/deep/b.txt", "bee"]),
+    ("files", "list-dir", ["/out"]),
+    ("files", "remove-file", ["/out/a.txt"]),
+    ("files", "rename-file", ["/out/c.txt", "/out/deep/c.txt"]),
+    ("files", "list-dir", ["/out/deep"]),
+    ("files", "read-text", ["/data/notes.txt"]),
+    ("files", "read-text", ["/missing"]),
+    ("files", "read-text", ["/out"]),
+]
+CALLS += FILES
+AFTER_KILL = [
+    ("counter", "add", [1]),
+    ("types", "echo-string", ["again"]),
+    ("types_old", "add", [4]),
+    ("files", "read-text", ["/data/notes.txt"]),
+    ("files", "list-dir", ["/out/deep"]),
+    ("files", "read-text", ["/out/deep/c.txt"]),
+]
+# The initial files the `files` guest's version carries.
+INITIAL_FILES = {"data/notes.txt": b"first"}
 
 
 def to_python(value, function):
@@ -84,22 +114,27 @@ def to_api(value):
 
 
 def comparable(value):
-    """Flags compare as sets: the API lists them in declaration order."""
+    """Flags and listings compare as sets: the API lists flags in declaration order, and a
+    worker's directory listings sorted."""
     if isinstance(value, list) and all(isinstance(v, str) for v in value):
         return sorted(value)
+    if isinstance(value, dict):
+        return {k: comparable(v) for k, v in value.items()}
     return value
 
 
 class Reference:
     """One instance per guest under wasmtime-py, with its stdout in a file."""
 
-    def __init__(self, engine, path, out):
+    def __init__(self, engine, path, out, root=None):
         component = wc.Component.from_file(engine, path)
         linker = wc.Linker(engine)
         linker.add_wasip2()
         self.store = wasmtime.Store(engine)
         wasi = wasmtime.WasiConfig()
         wasi.stdout_file = out
+        if root is not None:
+            wasi.preopen_dir(root, "/")
         self.store.set_wasi(wasi)
         self.instance = linker.instantiate(self.store, component)
         self.out = out
@@ -177,11 +212,29 @@ def main():
         runs = {}
         reference = {}
         for guest in guests:
-            with open(os.path.join(components, f"{guest}.wasm"), "rb") as f:
-                status, shown = request("POST", f"{base}/v1/components/{guest}", key, f.read(), "application/wasm")
+            path = os.path.join(components, f"{guest}.wasm")
+            root = None
+            if guest == "files":
+                # The same files: in the version's archive, and in the reference's directory.
+                root = os.path.join(tmp, "reference-root")
+                bundle = io.BytesIO()
+                with tarfile.open(fileobj=bundle, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+                    tar.add(path, arcname="component.wasm")
+                    for name, content in INITIAL_FILES.items():
+                        os.makedirs(os.path.dirname(os.path.join(root, name)), exist_ok=True)
+                        with open(os.path.join(root, name), "wb") as f:
+                            f.write(content)
+                        info = tarfile.TarInfo(f"files/{name}")
+                        info.size = len(content)
+                        tar.addfile(info, io.BytesIO(content))
+                body, content_type = bundle.getvalue(), "application/x-tar"
+            else:
+                with open(path, "rb") as f:
+                    body, content_type = f.read(), "application/wasm"
+            status, shown = request("POST", f"{base}/v1/components/{guest}", key, body, content_type)
             assert status == 201, (guest, shown)
             runs[guest] = next((e["name"] for e in shown["exports"] if e["name"].startswith("wasi:cli/run@")), None)
-            reference[guest] = Reference(engine, os.path.join(components, f"{guest}.wasm"), os.path.join(tmp, f"{guest}.out"))
+            reference[guest] = Reference(engine, path, os.path.join(tmp, f"{guest}.out"), root)
 
         def invoke(guest, function, params):
             name = runs[guest] if function == "run" else function
@@ -196,7 +249,12 @@ def main():
                 # `wasi:cli/run@0.2.x.{run}`: the interface, then the function.
                 interface = runs[guest].removesuffix(".{run}")
                 return reference[guest].call("run", [], interface)
-            return reference[guest].call(function, [to_python(p, function) for p in params])
+            answer = reference[guest].call(function, [to_python(p, function) for p in params])
+            # wasmtime-py answers a `result`'s `ok` bare when its type tells it from `err` (None
+            # for `result<_, E>`), and as a variant when it cannot; the API always as {"ok": …}.
+            if guest == "files" and not (isinstance(answer, dict) and set(answer) <= {"ok", "err"}):
+                return {"ok": answer}
+            return answer
 
         for guest, function, params in CALLS:
             want = expect(guest, function, params)
@@ -216,7 +274,7 @@ def main():
         for guest, function, params in AFTER_KILL:
             want = expect(guest, function, params)
             got = invoke(guest, function, params)
-            if got != want:
+            if comparable(got) != comparable(want):
                 failures.append(f"after SIGKILL {guest}.{function}{params}: Invicta {got!r}, wasmtime-py {want!r}")
         server.send_signal(signal.SIGTERM)
         server.wait(30)
