@@ -136,6 +136,8 @@ examples:
 	@mkdir -p examples/wasm
 	cd examples/python && $(COMPONENTIZE_PY_VENV)/bin/componentize-py -d wit -w counter componentize app \
 		-o ../wasm/counter_py.wasm
+	cd examples/python-notes && $(COMPONENTIZE_PY_VENV)/bin/componentize-py -d wit -w notes componentize app \
+		-o ../wasm/notes_py.wasm
 	$(JCO_DIR)/node_modules/.bin/jco componentize examples/javascript/counter.js \
 		--wit examples/javascript/wit/counter.wit --world-name counter -o examples/wasm/counter_js.wasm
 	CARGO_TARGET_DIR=$(HOME)/.cache/invicta/examples-target cargo build -q --release \
