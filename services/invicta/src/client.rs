@@ -39,7 +39,8 @@ pub struct Connection {
 
 #[derive(Debug, clap::Subcommand)]
 pub enum ComponentCommand {
-    /// Upload a component (a new version if the bytes are new)
+    /// Upload a component, a .wasm or a tar archive of component.wasm and files/ (a new
+    /// version if the bytes are new)
     Add { name: String, file: PathBuf },
     /// List your components with their latest versions
     List,
