@@ -156,8 +156,55 @@ async fn a_new_users_journey() -> anyhow::Result<()> {
     let oplog = text(&url, &key, &["worker", "oplog", "counter", "w1"])?;
     assert!(oplog.contains("exported_function_completed"), "{oplog}");
     assert!(text(&url, &key, &["worker", "list", "counter"])?.contains("w1"));
+
     let usage = json(&url, &key, &["usage"])?;
     assert_eq!(usage["invocations"], 2);
+
+    // A component with files, from a tar archive; a worker's files listed and read.
+    let bundle = data.path().join("files.tar");
+    {
+        let mut tar = tar::Builder::new(std::fs::File::create(&bundle)?);
+        let wasm = invicta_tests::component("files");
+        let mut header = tar::Header::new_ustar();
+        header.set_size(wasm.len() as u64);
+        header.set_mode(0o644);
+        tar.append_data(&mut header, "component.wasm", wasm.as_slice())?;
+        let mut header = tar::Header::new_ustar();
+        header.set_size(3);
+        header.set_mode(0o444);
+        tar.append_data(&mut header, "files/etc/app.toml", b"x=1".as_slice())?;
+        tar.finish()?;
+    }
+    let added = json(
+        &url,
+        &key,
+        &["component", "add", "files", &bundle.to_string_lossy()],
+    )?;
+    assert_eq!(added["files"][0]["path"], "etc/app.toml", "{added}");
+    text(
+        &url,
+        &key,
+        &[
+            "worker",
+            "invoke",
+            "files",
+            "f",
+            "write-text",
+            r#""/notes.txt""#,
+            r#""kept""#,
+        ],
+    )?;
+    let listed = text(&url, &key, &["worker", "files", "files", "f"])?;
+    assert!(
+        listed.contains("etc") && listed.contains("notes.txt"),
+        "{listed}"
+    );
+    let etc = text(&url, &key, &["worker", "files", "files", "f", "/etc"])?;
+    assert!(etc.contains("read-only"), "{etc}");
+    assert_eq!(
+        text(&url, &key, &["worker", "files", "files", "f", "/notes.txt"])?,
+        "kept"
+    );
     let created = json(&url, &key, &["key", "create", "--scope", "read"])?;
     let id = created["id"].as_str().unwrap_or_default().to_string();
     assert!(text(&url, &key, &["key", "list"])?.contains(&id));

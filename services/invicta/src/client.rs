@@ -1256,10 +1256,12 @@ async fn run(connection: &Connection, request: Request) -> Result<Output, Failur
             path,
         }) => {
             let path = path.unwrap_or_default();
-            let at = format!(
-                "/v1/components/{component}/workers/{name}/files/{}",
-                path.trim_start_matches('/')
-            );
+            let rest = path.trim_matches('/');
+            let at = if rest.is_empty() {
+                format!("/v1/components/{component}/workers/{name}/files")
+            } else {
+                format!("/v1/components/{component}/workers/{name}/files/{rest}")
+            };
             match client.get_any(&at).await? {
                 Ok(body) => {
                     let rows = body["entries"]
