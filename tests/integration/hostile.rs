@@ -463,3 +463,52 @@ async fn the_same_bytes_are_compiled_once_for_every_tenant() -> anyhow::Result<(
     );
     Ok(())
 }
+
+/// A compile nobody waits for any more stops with its server: a compile (in a child process)
+/// is killed with a server killed by SIGKILL, rather than burn a core to its end.
+#[tokio::test]
+async fn a_killed_server_takes_its_compiles_with_it() -> anyhow::Result<()> {
+    let data = tempfile::tempdir()?;
+    let server = Server::start(INVICTA.as_ref(), &data.path().join("data"))?;
+    let api = server.operator().new_tenant("big", "unlimited").await?;
+    // A language runtime: its compile takes the debug build a while.
+    let runtime = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../examples/wasm/counter_py.wasm");
+    let bytes = std::fs::read(&runtime)
+        .map_err(|e| anyhow::anyhow!("{} ({e}): run `make examples`", runtime.display()))?;
+    let accepted = api
+        .http
+        .post(format!("{}/v1/components/py", api.base))
+        .bearer_auth(api.key.clone().unwrap_or_default())
+        .header("content-type", "application/wasm")
+        .header("prefer", "respond-async")
+        .body(bytes)
+        .send()
+        .await?;
+    assert_eq!(accepted.status(), 202);
+    let compiling = invicta_tests::eventually("a compile", Duration::from_secs(30), || {
+        let children = server.children();
+        async move { Ok((!children.is_empty()).then_some(children)) }
+    })
+    .await?;
+    server.kill()?;
+    invicta_tests::eventually(
+        "the compile gone with its server",
+        Duration::from_secs(10),
+        || {
+            let alive: Vec<_> = compiling
+                .iter()
+                .filter(|pid| {
+                    // Gone, or a zombie waiting for init to reap it.
+                    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+                        stat.rsplit_once(')')
+                            .is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z'))
+                    })
+                })
+                .collect();
+            async move { Ok(alive.is_empty().then_some(())) }
+        },
+    )
+    .await?;
+    Ok(())
+}

@@ -156,9 +156,18 @@ fn refusal(output: &std::process::Output) -> Error {
 /// on success, 2 when the component was refused (a [`Refusal`] on stderr), 1 otherwise.
 pub fn child_main() -> i32 {
     #[allow(unsafe_code)]
-    // SAFETY: nice(2) only changes this process's scheduling priority.
+    // SAFETY: nice(2) only changes this process's scheduling priority; prctl(2) with
+    // PR_SET_PDEATHSIG only asks for a signal when the parent goes.
     unsafe {
         libc::nice(NICENESS);
+        // A compile nobody waits for any more (the server was killed) stops with its server,
+        // rather than burn a core to the end.
+        #[cfg(target_os = "linux")]
+        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+    }
+    // The server may have gone before the request above: then nobody reads the artifact.
+    if std::os::unix::process::parent_id() == 1 {
+        return 1;
     }
     match child() {
         Ok(artifact) => match std::io::stdout().lock().write_all(&artifact) {
