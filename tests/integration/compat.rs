@@ -4,8 +4,9 @@
 //! through the `wasi` crate's 0.13 bindings (`wasi020`), a guest bound by wit-bindgen 0.34
 //! (`types_old`) — answer through Invicta as they
 //! answer under plain wasmtime (the same crate, its own WASI, no Invicta in between), print the
-//! same, and answer on after a SIGKILL replays them. (HTTP guests built with `wstd`, `waki` and
-//! the raw `wasi` bindings are compared with a loopback server in `http.rs` and `routes.rs`.)
+//! same, and answer on after a SIGKILL replays them. HTTP guests built with `wstd`, `waki` and
+//! the raw `wasi` bindings (polling several requests at once) fetch from a loopback server under
+//! both, with `wasi:http` as wasmtime-wasi-http provides it, and answer the same.
 
 use invicta_engine::values::{json_to_value, val_to_value, value_to_val};
 use invicta_tests::{Server, component};
@@ -239,5 +240,146 @@ async fn guests_answer_as_under_plain_wasmtime_and_again_after_a_kill() -> anyho
         api.call("wasi020", "w", "shout", json!(["again"])).await?,
         json!(5)
     );
+    Ok(())
+}
+
+struct PlainHttp {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    http: wasmtime_wasi_http::WasiHttpCtx,
+}
+
+impl WasiView for PlainHttp {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl wasmtime_wasi_http::WasiHttpView for PlainHttp {
+    fn http(&mut self) -> wasmtime_wasi_http::WasiHttpCtxView<'_> {
+        wasmtime_wasi_http::WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: wasmtime_wasi_http::default_hooks(),
+        }
+    }
+}
+
+/// Calls `function` of an HTTP guest under plain wasmtime with WASI and `wasi:http`, in a
+/// fresh instance; its result as the API shows results.
+async fn plain_http_call(
+    engine: &wasmtime::Engine,
+    component: &Component,
+    function: &str,
+    params: &[Value],
+) -> anyhow::Result<Value> {
+    let mut linker = Linker::<PlainHttp>::new(engine);
+    wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+    wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
+    let mut store = wasmtime::Store::new(
+        engine,
+        PlainHttp {
+            wasi: WasiCtx::builder().build(),
+            table: ResourceTable::new(),
+            http: wasmtime_wasi_http::WasiHttpCtx::new(),
+        },
+    );
+    let instance = linker.instantiate_async(&mut store, component).await?;
+    let exports = invicta_engine::exports::exported_functions(engine, component);
+    let export = exports
+        .iter()
+        .find(|f| f.is_named(function))
+        .ok_or_else(|| anyhow::anyhow!("{function} is not exported"))?;
+    let index = component
+        .get_export_index(None, &export.function)
+        .ok_or_else(|| anyhow::anyhow!("no function {function}"))?;
+    let func = instance
+        .get_func(&mut store, index)
+        .ok_or_else(|| anyhow::anyhow!("{function} is not a function"))?;
+    let args = params
+        .iter()
+        .zip(&export.params)
+        .map(|(json, (name, ty))| json_to_value(name, json, ty).map(|v| value_to_val(&v)))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut results = vec![Val::Bool(false); export.results.len()];
+    func.call_async(&mut store, &args, &mut results).await?;
+    let value = results
+        .first()
+        .and_then(val_to_value)
+        .ok_or_else(|| anyhow::anyhow!("no result"))?;
+    Ok(value.to_json())
+}
+
+/// What the loopback server answers: the method, the path and the body, so that what a guest
+/// sent shows in what it answers.
+async fn echo(method: axum::http::Method, uri: axum::http::Uri, body: String) -> String {
+    format!("{method} {} [{body}]", uri.path())
+}
+
+#[tokio::test]
+async fn http_guests_answer_as_under_plain_wasmtime() -> anyhow::Result<()> {
+    let app = axum::Router::new().fallback(echo);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let base = format!("http://{}", listener.local_addr()?);
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let (a, b) = (format!("{base}/a"), format!("{base}/b"));
+    let calls: Vec<(&str, &str, Value)> = vec![
+        ("fetcher", "fetch", json!([a])),
+        ("fetcher", "post", json!([b, "from waki"])),
+        ("fetcher", "fetch-each", json!([[a, b]])),
+        ("wstd_fetcher", "fetch", json!([a])),
+        (
+            "wstd_fetcher",
+            "post",
+            json!([b, ["one ", "two ", "three"]]),
+        ),
+        ("wstd_fetcher", "fetch-both", json!([a, b])),
+        ("raw_fetcher", "fetch-all", json!([[a, b, a]])),
+        ("raw_fetcher", "post", json!([b, ["x", "y", "z"]])),
+    ];
+    let data = tempfile::tempdir()?;
+    let configured = invicta_tests::Configured::new(
+        INVICTA.as_ref(),
+        data.path(),
+        "[executor.http]\nallow_private_hosts = [\"127.0.0.1\"]\ntimeout_ms = 5000\n",
+    )?;
+    let server = configured.start()?;
+    let api = server.operator().new_tenant("compat", "pro").await?;
+    let engine = wasmtime::Engine::default();
+    let mut compiled = std::collections::HashMap::new();
+    for guest in ["fetcher", "wstd_fetcher", "raw_fetcher"] {
+        assert_eq!(
+            api.upload(guest, component(guest)).await?.status,
+            201,
+            "{guest}"
+        );
+        compiled.insert(guest, Component::new(&engine, component(guest))?);
+    }
+    for (guest, function, params) in &calls {
+        let params_list = params.as_array().cloned().unwrap_or_default();
+        let expected = plain_http_call(&engine, &compiled[guest], function, &params_list).await?;
+        assert!(
+            expected.to_string().contains("GET /a") || expected.to_string().contains("POST /b"),
+            "{guest}.{function}: the plain host fetched {expected}"
+        );
+        let got = api.call(guest, "w", function, params.clone()).await?;
+        assert_eq!(
+            got, expected,
+            "{guest}.{function}{params}: Invicta against plain wasmtime"
+        );
+    }
+    // After SIGKILL, each replays its history (sending nothing again) and answers on the same.
+    server.kill()?;
+    let server = configured.start()?;
+    let api = api.at(&server.url);
+    for (guest, function, params) in calls.iter().step_by(2) {
+        let params_list = params.as_array().cloned().unwrap_or_default();
+        let expected = plain_http_call(&engine, &compiled[guest], function, &params_list).await?;
+        let got = api.call(guest, "w", function, params.clone()).await?;
+        assert_eq!(got, expected, "after SIGKILL {guest}.{function}{params}");
+    }
     Ok(())
 }
