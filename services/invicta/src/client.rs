@@ -490,6 +490,19 @@ impl Client {
     }
 
     async fn send(&self, request: reqwest::RequestBuilder) -> Result<(u16, Value), Failure> {
+        match self.exchange(request, true).await? {
+            (status, Ok(body)) => Ok((status, body)),
+            (status, Err(_)) => Ok((status, Value::Null)),
+        }
+    }
+
+    /// Sends `request` with the key; a problem (4xx, 5xx) is an error. The body is JSON when
+    /// `json` (or the response says so), else its bytes.
+    async fn exchange(
+        &self,
+        request: reqwest::RequestBuilder,
+        json: bool,
+    ) -> Result<(u16, Result<Value, Vec<u8>>), Failure> {
         let request = match &self.key {
             Some(key) => request.bearer_auth(key),
             None => request,
@@ -499,12 +512,20 @@ impl Client {
             .await
             .map_err(|e| Failure::Network(format!("cannot reach {}: {e}", self.base)))?;
         let status = response.status().as_u16();
+        let says_json = response
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|ct| ct.contains("json"));
         let bytes = response
             .bytes()
             .await
             .map_err(|e| Failure::Network(e.to_string()))?;
         if status == 204 {
-            return Ok((status, Value::Null));
+            return Ok((status, Ok(Value::Null)));
+        }
+        if !(json || says_json || status >= 400) {
+            return Ok((status, Err(bytes.to_vec())));
         }
         let body: Value = serde_json::from_slice(&bytes).map_err(|_| {
             Failure::Network(format!(
@@ -515,7 +536,7 @@ impl Client {
         if status >= 400 {
             return Err(Failure::Api(status, body));
         }
-        Ok((status, body))
+        Ok((status, Ok(body)))
     }
 
     async fn get(&self, path: &str) -> Result<Value, Failure> {
@@ -528,37 +549,7 @@ impl Client {
     /// `GET path`, answering JSON as JSON and anything else as its bytes.
     async fn get_any(&self, path: &str) -> Result<Result<Value, Vec<u8>>, Failure> {
         let request = self.http.get(format!("{}{path}", self.base));
-        let request = match &self.key {
-            Some(key) => request.bearer_auth(key),
-            None => request,
-        };
-        let response = request
-            .send()
-            .await
-            .map_err(|e| Failure::Network(format!("cannot reach {}: {e}", self.base)))?;
-        let status = response.status().as_u16();
-        let json = response
-            .headers()
-            .get("content-type")
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|ct| ct.contains("json"));
-        let bytes = response
-            .bytes()
-            .await
-            .map_err(|e| Failure::Network(e.to_string()))?;
-        if status >= 400 || json {
-            let body: Value = serde_json::from_slice(&bytes).map_err(|_| {
-                Failure::Network(format!(
-                    "{} answered {status} with something that is not JSON",
-                    self.base
-                ))
-            })?;
-            if status >= 400 {
-                return Err(Failure::Api(status, body));
-            }
-            return Ok(Ok(body));
-        }
-        Ok(Err(bytes.to_vec()))
+        Ok(self.exchange(request, false).await?.1)
     }
 
     async fn post(
