@@ -659,3 +659,45 @@ async fn archived_history_past_the_plans_retention_is_deleted() -> anyhow::Resul
     );
     Ok(())
 }
+
+/// A snapshot holds the files the worker wrote: a worker recovered from its latest snapshot,
+/// with the history before it archived, reads every line it wrote, and writes on.
+#[tokio::test]
+async fn a_snapshot_holds_the_workers_files() -> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let config = config(tmp.path())?;
+    let dir = tmp.path().join("data");
+    let server = Server::start_with(INVICTA.as_ref(), &dir, &["--config", &config])?;
+    let api = server.operator().new_tenant("notes", "pro").await?;
+    api.upload("snap", component("snapshotter")).await?;
+    for n in 1..=12_u32 {
+        let lines = api
+            .call("snap", "s", "note", json!([format!("line {n}")]))
+            .await?;
+        assert_eq!(lines, json!(n));
+    }
+    let taken = snapshots(&api, "s").await?;
+    assert_eq!(taken.len(), 1, "after the 10th: {taken:?}");
+    let all: String = (1..=12).map(|n| format!("line {n}\n")).collect();
+
+    // SIGKILL: back from the snapshot (the history before it archived, not replayed), with
+    // every line, and writing on.
+    server.kill()?;
+    let server = Server::start_with(INVICTA.as_ref(), &dir, &["--config", &config])?;
+    let api = api.at(&server.url);
+    assert_eq!(api.call("snap", "s", "notes", json!([])).await?, json!(all));
+    assert_eq!(
+        metric(&api, "invicta_snapshot_recoveries_total").await?,
+        1.0
+    );
+    assert_eq!(
+        metric(&api, "invicta_replayed_invocations_total").await?,
+        2.0,
+        "only the two notes after the snapshot are replayed"
+    );
+    assert_eq!(
+        api.call("snap", "s", "note", json!(["line 13"])).await?,
+        json!(13)
+    );
+    Ok(())
+}

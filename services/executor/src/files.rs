@@ -155,6 +155,60 @@ pub(crate) fn prepare(dir: &Path, archive: Option<&[u8]>) -> io::Result<Files> {
     Ok(files)
 }
 
+/// The most bytes of files a snapshot holds: a worker holding more is not snapshotted.
+pub(crate) const SNAPSHOT_BYTES_MAX: u64 = 64 * 1024 * 1024;
+
+/// The worker's directory as an archive, for a snapshot (links kept as links, modes kept, so
+/// that read-only files stay so); `None` when it holds more than [`SNAPSHOT_BYTES_MAX`].
+/// Blocking.
+pub(crate) fn archive(dir: &Path) -> io::Result<Option<Vec<u8>>> {
+    if usage(dir)?.0 > SNAPSHOT_BYTES_MAX {
+        return Ok(None);
+    }
+    let mut builder = tar::Builder::new(Vec::new());
+    builder.follow_symlinks(false);
+    builder.append_dir_all(".", dir)?;
+    builder.into_inner().map(Some)
+}
+
+/// Makes the worker's directory afresh from a snapshot's archive of it. Blocking.
+pub(crate) fn restore(dir: &Path, archive: &[u8]) -> io::Result<Files> {
+    remove(dir)?;
+    std::fs::create_dir_all(dir)?;
+    let mut unpacking = tar::Archive::new(archive);
+    unpacking.set_preserve_permissions(true);
+    unpacking.set_overwrite(false);
+    unpacking.unpack(dir)?;
+    let mut files = Files {
+        root: Some(dir.to_path_buf()),
+        // Not the version's files any more: a later snapshot holds them too.
+        touched: true,
+        ..Files::default()
+    };
+    files.allow(None);
+    files.last_usage = usage(dir)?.0;
+    // The read-only files are those without their owner's write bit, as `prepare` left them.
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(at) = stack.pop() {
+        for entry in std::fs::read_dir(&at)? {
+            let entry = entry?;
+            let meta = entry.metadata()?;
+            if meta.is_dir() {
+                stack.push(entry.path());
+            } else if meta.is_file() && meta.permissions().readonly() {
+                files.read_only.insert((meta.dev(), meta.ino()));
+                let mut parent = entry.path().parent().map(Path::to_path_buf);
+                while let Some(up) = parent.filter(|up| up.starts_with(dir) && up != dir) {
+                    let meta = std::fs::metadata(&up)?;
+                    files.read_only_dirs.insert((meta.dev(), meta.ino()));
+                    parent = up.parent().map(Path::to_path_buf);
+                }
+            }
+        }
+    }
+    Ok(files)
+}
+
 /// Removes the worker's directory, if there is one. Blocking.
 pub(crate) fn remove(dir: &Path) -> io::Result<()> {
     match std::fs::remove_dir_all(dir) {
@@ -370,6 +424,15 @@ mod tests {
             read(&dir, &files.read_only, "missing"),
             Err(ReadError::NotFound)
         );
+        // A snapshot's archive of the directory brings it back as it was, read-only files too.
+        std::fs::write(dir.join("kept"), b"kept").unwrap();
+        let archived = super::archive(&dir).unwrap().unwrap();
+        std::fs::remove_file(dir.join("kept")).unwrap();
+        let restored = restore(&dir, &archived).unwrap();
+        assert_eq!(std::fs::read(dir.join("kept")).unwrap(), b"kept");
+        assert_eq!(restored.read_only.len(), 1);
+        assert_eq!(restored.read_only_dirs.len(), 1);
+        assert!(restored.touched);
         // What the worker wrote is gone when it is made again.
         std::fs::write(dir.join("scratch"), b"written").unwrap();
         let again = prepare(&dir, Some(&bytes)).unwrap();

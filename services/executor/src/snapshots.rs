@@ -41,6 +41,9 @@ pub(crate) struct Snapshot {
     pub(crate) size: u64,
     pub(crate) sha256: String,
     pub(crate) taken_at_ms: u64,
+    /// The worker's files as they were (an archive of its directory), when it had written any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) files: Option<invicta_blob::BlobRef>,
 }
 
 /// A worker's snapshots, newest first.
@@ -269,6 +272,7 @@ mod tests {
             size: 1,
             sha256: String::new(),
             taken_at_ms: 0,
+            files: None,
         };
         let mut record = SnapshotRecord::default();
         let mut dropped_all = Vec::new();

@@ -1178,8 +1178,12 @@ impl Actor {
         &mut self,
         entries: Vec<(OplogIndex, OplogEntry)>,
         next_index: OplogIndex,
-        snapshot: Option<bytes::Bytes>,
+        snapshot: Option<(bytes::Bytes, Option<bytes::Bytes>)>,
     ) -> Result<(), Error> {
+        let (snapshot, snapshot_files) = match snapshot {
+            Some((bytes, files)) => (Some(bytes), files),
+            None => (None, None),
+        };
         let incarnation = match entries.first() {
             Some((1, OplogEntry::Create { incarnation, .. })) => incarnation.clone(),
             _ => {
@@ -1222,7 +1226,7 @@ impl Actor {
         } else {
             None
         };
-        let files = self.prepare_files().await?;
+        let files = self.prepare_files(snapshot_files).await?;
         let ctx = WorkerCtx::new(
             &self.record.env,
             &self.record.args,
@@ -1662,8 +1666,8 @@ impl Actor {
                         continue;
                     }
                 };
-                let (entries, next_index, bytes) = start;
-                match self.replay(entries, next_index, Some(bytes)).await {
+                let (entries, next_index, bytes, files) = start;
+                match self.replay(entries, next_index, Some((bytes, files))).await {
                     Ok(()) => {
                         self.inner.metrics.snapshot_recoveries.inc();
                         self.snapshot_at = snapshot.index;
@@ -1694,7 +1698,7 @@ impl Actor {
     async fn snapshot_start(
         &mut self,
         snapshot: &snapshots::Snapshot,
-    ) -> Result<Option<(Vec<(OplogIndex, OplogEntry)>, OplogIndex, bytes::Bytes)>, Error> {
+    ) -> Result<SnapshotStart, Error> {
         const HEAD: usize = 256;
         let (store, blobs) = (&self.inner.store, self.inner.registry.blobs());
         // A worker moved to its version by a snapshot instantiates that version unrecorded (its
@@ -1724,7 +1728,18 @@ impl Actor {
             })
             .await
             .map_err(|e| Error::WorkerFailed(format!("snapshot blob: {e}")))?;
-        Ok(Some((entries, next_index, bytes)))
+        let files = match &snapshot.files {
+            Some(blob) => Some(
+                self.inner
+                    .registry
+                    .blobs()
+                    .get_verified(blob)
+                    .await
+                    .map_err(|e| Error::WorkerFailed(format!("snapshot files blob: {e}")))?,
+            ),
+            None => None,
+        };
+        Ok(Some((entries, next_index, bytes, files)))
     }
 
     /// The component's snapshot policy, else the executor's.
@@ -1785,8 +1800,7 @@ impl Actor {
         self.since_snapshot += 1;
         let Some(active) = &self.active else { return };
         // Resources held for the API are not in a snapshot: none is taken while any is held.
-        // Nor are files the worker wrote (replay rebuilds them from the start).
-        if !active.handles.is_empty() || active.store.data().files.changed() {
+        if !active.handles.is_empty() {
             return;
         }
         let next = host::lock(&active.durability).next_index();
@@ -1848,6 +1862,36 @@ impl Actor {
             }
         };
         let blobs = self.inner.registry.blobs().clone();
+        // The files it wrote go with it: recovery from the snapshot restores them.
+        let files_root = self.active.as_ref().and_then(|a| {
+            let files = &a.store.data().files;
+            files.changed().then(|| files.root.clone()).flatten()
+        });
+        let files = match files_root {
+            None => None,
+            Some(root) => {
+                let archived = tokio::task::spawn_blocking(move || crate::files::archive(&root))
+                    .await
+                    .map_err(|e| Error::Engine(format!("archive the worker's files: {e}")))?
+                    .map_err(|e| Error::Engine(format!("archive the worker's files: {e}")))?
+                    .ok_or_else(|| {
+                        Error::Engine(format!(
+                            "the worker's files are more than {} bytes, which a snapshot does not hold",
+                            crate::files::SNAPSHOT_BYTES_MAX
+                        ))
+                    })?;
+                let prefix = format!(
+                    "{}/files",
+                    snapshots::blob_prefix(&self.id, &self.record.incarnation)
+                );
+                Some(
+                    blobs
+                        .put_bytes(&prefix, &archived)
+                        .await
+                        .map_err(|e| Error::Engine(format!("store a snapshot's files: {e}")))?,
+                )
+            }
+        };
         let blob = blobs
             .put_bytes(
                 &snapshots::blob_prefix(&self.id, &self.record.incarnation),
@@ -1877,6 +1921,7 @@ impl Actor {
             size: blob.size,
             sha256: blob.sha256,
             taken_at_ms: now_ms(),
+            files,
         });
         let commit = Commit::new(&self.id).entries(entries).set(
             snapshots::record_key(&self.id),
@@ -1895,6 +1940,14 @@ impl Actor {
         for old in dropped {
             if !record.snapshots.iter().any(|s| s.blob_key == old.blob_key) {
                 let _ = blobs.delete(&old.blob_key).await;
+            }
+            if let Some(files) = &old.files
+                && !record
+                    .snapshots
+                    .iter()
+                    .any(|s| s.files.as_ref().is_some_and(|f| f.key == files.key))
+            {
+                let _ = blobs.delete(&files.key).await;
             }
         }
         self.snapshots = record;
@@ -1926,11 +1979,15 @@ impl Actor {
     }
 
     /// The worker's directory, made afresh from its version's files: replay re-does the rest.
-    fn prepare_files(&self) -> impl Future<Output = Result<crate::files::Files, Error>> + use<> {
+    /// (From a snapshot's archive of it, when recovery starts from a snapshot that has one.)
+    fn prepare_files(
+        &self,
+        snapshot: Option<bytes::Bytes>,
+    ) -> impl Future<Output = Result<crate::files::Files, Error>> + use<> {
         let blob = self.compiled.version.files_blob.clone();
         let blobs = self.inner.registry.blobs().clone();
         let dir = crate::files::worker_dir(&self.inner.files_dir, &self.id);
-        prepare_files(blob, blobs, dir)
+        prepare_files(blob, blobs, dir, snapshot)
     }
 
     /// The worker's oplog as replay sees it (what jumps skip left out), and the index its next
@@ -2887,12 +2944,30 @@ pub(crate) fn classify(error: &wasmtime::Error, memory_refused: bool) -> (Failur
     (FailureKind::Trap, text.chars().take(2_000).collect())
 }
 
-/// Makes a worker's directory `dir` afresh from its version's files (`blob`, their archive).
+/// Where a recovery from a snapshot starts: the entries it replays, the index after them, the
+/// snapshot's bytes and its archive of the worker's files (`None`: a later jump reaches back
+/// over the snapshot).
+type SnapshotStart = Option<(
+    Vec<(OplogIndex, OplogEntry)>,
+    OplogIndex,
+    bytes::Bytes,
+    Option<bytes::Bytes>,
+)>;
+
+/// Makes a worker's directory `dir` afresh from its version's files (`blob`, their archive), or
+/// from a snapshot's archive of it.
 async fn prepare_files(
     blob: Option<invicta_blob::BlobRef>,
     blobs: invicta_blob::BlobStore,
     dir: std::path::PathBuf,
+    snapshot: Option<bytes::Bytes>,
 ) -> Result<crate::files::Files, Error> {
+    if let Some(archive) = snapshot {
+        return tokio::task::spawn_blocking(move || crate::files::restore(&dir, &archive))
+            .await
+            .map_err(|e| Error::Engine(format!("restore the worker's files: {e}")))?
+            .map_err(|e| Error::Engine(format!("restore the worker's files: {e}")));
+    }
     let archive = match &blob {
         Some(blob) => Some(
             blobs

@@ -33,6 +33,23 @@ impl Guest for Component {
         STATE.with_borrow(|s| (s.total, s.history.len() as u64))
     }
 
+    fn note(text: String) -> u32 {
+        use std::io::Write;
+        let appended = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open("/notes.txt")
+            .and_then(|mut f| writeln!(f, "{text}"));
+        match appended {
+            Ok(()) => Self::notes().lines().count() as u32,
+            Err(_) => 0,
+        }
+    }
+
+    fn notes() -> String {
+        std::fs::read_to_string("/notes.txt").unwrap_or_default()
+    }
+
     fn churn(n: u32) -> u64 {
         (0..n).fold(0u64, |sum, _| {
             let nanos = std::time::SystemTime::now()
