@@ -9,7 +9,7 @@
 
 use std::time::Duration;
 
-use invicta_tests::{Api, Server, component, eventually};
+use invicta_tests::{Api, Configured, Server, component, eventually};
 use serde_json::{Value, json};
 
 use crate::INVICTA;
@@ -73,11 +73,13 @@ fn on_disk(data: &std::path::Path, worker: &str) -> bool {
 #[tokio::test]
 async fn workers_have_files_of_their_own_that_survive_crashes() -> anyhow::Result<()> {
     let tmp = tempfile::tempdir()?;
-    let config = tmp.path().join("invicta.toml");
-    std::fs::write(&config, "[executor]\nidle_suspend_ms = 300\n")?;
-    let config = config.to_string_lossy().into_owned();
-    let dir = tmp.path().join("data");
-    let server = Server::start_with(INVICTA.as_ref(), &dir, &["--config", &config])?;
+    let configured = Configured::new(
+        INVICTA.as_ref(),
+        tmp.path(),
+        "[executor]\nidle_suspend_ms = 300\n",
+    )?;
+    let dir = configured.dir.clone();
+    let server = configured.start()?;
     let api = server.operator().new_tenant("files", "pro").await?;
     let wasm = component("files");
 
@@ -230,7 +232,7 @@ async fn workers_have_files_of_their_own_that_survive_crashes() -> anyhow::Resul
 
     // SIGKILL: replay makes the files again, and writes nothing twice.
     server.kill()?;
-    let server = Server::start_with(INVICTA.as_ref(), &dir, &["--config", &config])?;
+    let server = configured.start()?;
     let api = api.at(&server.url);
     assert_eq!(
         call(&api, "w", "read-text", json!(["/data/notes.txt"])).await?,
@@ -242,14 +244,8 @@ async fn workers_have_files_of_their_own_that_survive_crashes() -> anyhow::Resul
         (200, b"c".to_vec())
     );
     // Idle suspension: the directory leaves the disk, and comes back as it was.
-    eventually("the worker suspended", Duration::from_secs(10), || {
-        let api = api.clone();
-        async move {
-            let status = api.get("/v1/components/files/workers/w").await?;
-            Ok((status.body["status"] == "suspended").then_some(()))
-        }
-    })
-    .await?;
+    api.until_suspended("files", "w", Duration::from_secs(10))
+        .await?;
     eventually(
         "the suspended worker's directory removed",
         Duration::from_secs(10),

@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use invicta_tests::{Api, Server, eventually};
+use invicta_tests::{Api, Configured, Server, eventually};
 use serde_json::json;
 
 use crate::INVICTA;
@@ -130,14 +130,12 @@ async fn a_javascript_guest_keeps_its_state_across_sigkill_and_suspension() -> a
 #[tokio::test]
 async fn a_python_guest_keeps_its_files_across_sigkill_and_suspension() -> anyhow::Result<()> {
     let tmp = tempfile::tempdir()?;
-    let config = tmp.path().join("invicta.toml");
-    std::fs::write(
-        &config,
+    let configured = Configured::new(
+        INVICTA.as_ref(),
+        tmp.path(),
         "[executor]\nidle_suspend_ms = 500\n\n[registry]\ncompile_timeout_ms = 900000\n",
     )?;
-    let config = config.to_string_lossy().into_owned();
-    let dir = tmp.path().join("data");
-    let server = Server::start_with(INVICTA.as_ref(), &dir, &["--config", &config])?;
+    let server = configured.start()?;
     let api = server.operator().new_tenant("notes", "unlimited").await?;
     let mut bundle = tar::Builder::new(Vec::new());
     for (path, content, mode) in [
@@ -170,7 +168,7 @@ async fn a_python_guest_keeps_its_files_across_sigkill_and_suspension() -> anyho
     );
 
     server.kill()?;
-    let server = Server::start_with(INVICTA.as_ref(), &dir, &["--config", &config])?;
+    let server = configured.start()?;
     let api = api.at(&server.url);
     assert_eq!(
         api.call("notes", "n", "read-notes", json!([])).await?,
@@ -180,14 +178,8 @@ async fn a_python_guest_keeps_its_files_across_sigkill_and_suspension() -> anyho
         api.call("notes", "n", "add-note", json!(["third"])).await?,
         json!(3)
     );
-    eventually("the worker suspended", Duration::from_secs(30), || {
-        let api = api.clone();
-        async move {
-            let status = api.get("/v1/components/notes/workers/n").await?;
-            Ok((status.body["status"] == "suspended").then_some(()))
-        }
-    })
-    .await?;
+    api.until_suspended("notes", "n", Duration::from_secs(30))
+        .await?;
     assert_eq!(
         api.call("notes", "n", "read-notes", json!([])).await?,
         json!("first\nsecond\nthird\n")

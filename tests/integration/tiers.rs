@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use invicta_tests::{Server, component, eventually};
+use invicta_tests::{Configured, component, eventually};
 use serde_json::json;
 
 use crate::INVICTA;
@@ -13,11 +13,12 @@ use crate::INVICTA;
 #[tokio::test]
 async fn uploads_run_at_once_and_move_to_optimized_code() -> anyhow::Result<()> {
     let tmp = tempfile::tempdir()?;
-    let config = tmp.path().join("invicta.toml");
-    std::fs::write(&config, "[executor]\nidle_suspend_ms = 300\n")?;
-    let config = config.to_string_lossy().into_owned();
-    let dir = tmp.path().join("data");
-    let server = Server::start_with(INVICTA.as_ref(), &dir, &["--config", &config])?;
+    let configured = Configured::new(
+        INVICTA.as_ref(),
+        tmp.path(),
+        "[executor]\nidle_suspend_ms = 300\n",
+    )?;
+    let server = configured.start()?;
     let api = server.operator().new_tenant("tiers", "pro").await?;
     let uploaded = api.upload("counter", component("counter")).await?;
     assert_eq!(uploaded.status, 201, "{uploaded:?}");
@@ -33,14 +34,8 @@ async fn uploads_run_at_once_and_move_to_optimized_code() -> anyhow::Result<()> 
     })
     .await?;
     // The worker moves to it when it is made again (after idle suspension), with its state.
-    eventually("the worker suspended", Duration::from_secs(10), || {
-        let api = api.clone();
-        async move {
-            let status = api.get("/v1/components/counter/workers/w").await?;
-            Ok((status.body["status"] == "suspended").then_some(()))
-        }
-    })
-    .await?;
+    api.until_suspended("counter", "w", Duration::from_secs(10))
+        .await?;
     assert_eq!(api.call("counter", "w", "add", json!([1])).await?, json!(6));
     // The same bytes again are the same version, optimized.
     let again = api.upload("counter", component("counter")).await?;
@@ -57,7 +52,7 @@ async fn uploads_run_at_once_and_move_to_optimized_code() -> anyhow::Result<()> 
     );
     // After SIGKILL, the optimized code is loaded, not compiled again, and the state is back.
     server.kill()?;
-    let server = Server::start_with(INVICTA.as_ref(), &dir, &["--config", &config])?;
+    let server = configured.start()?;
     let api = api.at(&server.url);
     assert_eq!(api.call("counter", "w", "add", json!([1])).await?, json!(7));
     assert_eq!(

@@ -218,6 +218,25 @@ impl Api {
         .await
     }
 
+    /// Waits (at most `timeout`) until the worker's status is `suspended`: idle suspension has
+    /// dropped its instance, and its next call replays.
+    pub async fn until_suspended(
+        &self,
+        component: &str,
+        worker: &str,
+        timeout: Duration,
+    ) -> anyhow::Result<()> {
+        let path = format!("/v1/components/{component}/workers/{worker}");
+        crate::eventually(&format!("{worker} suspended"), timeout, || {
+            let (api, path) = (self.clone(), path.clone());
+            async move {
+                let status = api.get(&path).await?;
+                Ok((status.body["status"] == "suspended").then_some(()))
+            }
+        })
+        .await
+    }
+
     /// Invokes and expects success; returns the result.
     pub async fn call(
         &self,

@@ -75,6 +75,24 @@ impl Files {
         self.touched || self.may_have_grown()
     }
 
+    /// Marks the file at `path` (under the worker's directory `dir`) read-only, and the
+    /// directories that hold it.
+    fn mark_read_only(
+        &mut self,
+        dir: &Path,
+        path: &Path,
+        meta: &std::fs::Metadata,
+    ) -> io::Result<()> {
+        self.read_only.insert((meta.dev(), meta.ino()));
+        let mut parent = path.parent();
+        while let Some(at) = parent.filter(|at| at.starts_with(dir) && *at != dir) {
+            let meta = std::fs::metadata(at)?;
+            self.read_only_dirs.insert((meta.dev(), meta.ino()));
+            parent = at.parent();
+        }
+        Ok(())
+    }
+
     /// Sets what the next invocation may write: `limit` less what the files take (`None`:
     /// unbounded, for replay, which re-does writes that were allowed).
     pub(crate) fn allow(&self, limit: Option<u64>) {
@@ -142,14 +160,8 @@ pub(crate) fn prepare(dir: &Path, archive: Option<&[u8]>) -> io::Result<Files> {
             let mut perms = meta.permissions();
             perms.set_readonly(true);
             std::fs::set_permissions(&target, perms)?;
-            files.read_only.insert((meta.dev(), meta.ino()));
             files.last_usage = files.last_usage.saturating_add(meta.len());
-            let mut parent = target.parent();
-            while let Some(at) = parent.filter(|at| at.starts_with(dir) && *at != dir) {
-                let meta = std::fs::metadata(at)?;
-                files.read_only_dirs.insert((meta.dev(), meta.ino()));
-                parent = at.parent();
-            }
+            files.mark_read_only(dir, &target, &meta)?;
         }
     }
     Ok(files)
@@ -196,13 +208,7 @@ pub(crate) fn restore(dir: &Path, archive: &[u8]) -> io::Result<Files> {
             if meta.is_dir() {
                 stack.push(entry.path());
             } else if meta.is_file() && meta.permissions().readonly() {
-                files.read_only.insert((meta.dev(), meta.ino()));
-                let mut parent = entry.path().parent().map(Path::to_path_buf);
-                while let Some(up) = parent.filter(|up| up.starts_with(dir) && up != dir) {
-                    let meta = std::fs::metadata(&up)?;
-                    files.read_only_dirs.insert((meta.dev(), meta.ino()));
-                    parent = up.parent().map(Path::to_path_buf);
-                }
+                files.mark_read_only(dir, &entry.path(), &meta)?;
             }
         }
     }
