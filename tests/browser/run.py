@@ -22,7 +22,13 @@ import tempfile
 import threading
 
 from selenium import webdriver
-from selenium.common.exceptions import TimeoutException, WebDriverException
+from selenium.common.exceptions import (
+    ElementNotInteractableException,
+    NoSuchElementException,
+    StaleElementReferenceException,
+    TimeoutException,
+    WebDriverException,
+)
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
@@ -98,6 +104,18 @@ class Journey:
         return self.driver.execute_script(
             "const el = document.querySelector(arguments[0]); return el ? el.innerText : '';", css
         )
+
+    def click(self, xpath, what):
+        """Clicks an element once it is there: views are drawn after their data arrives."""
+
+        def clicked(d):
+            try:
+                d.find_element(By.XPATH, xpath).click()
+                return True
+            except (NoSuchElementException, StaleElementReferenceException, ElementNotInteractableException):
+                return False
+
+        self.wait(clicked, what)
 
     def wait_text(self, css, needle):
         self.wait(lambda d: needle in self.text(css), f"`{needle}` in {css}")
@@ -308,12 +326,12 @@ def tenant_journey(j, demo_key, components):
     j.wait_text("#invoke-result", "ok")
     j.button("Show files").click()
     j.wait_text("#files table", "notes.txt")
-    j.driver.find_element(By.XPATH, "//div[@id='files']//button[text()='etc/']").click()
-    j.wait_text("#files table", "read-only")
-    j.driver.find_element(By.XPATH, "//div[@id='files']//button[text()='readme.txt']").click()
+    j.click("//div[@id='files']//button[text()='etc/']", "the etc/ directory")
+    j.wait(lambda d: all(w in j.text("#files table") for w in ("readme.txt", "read-only")), "etc/ listed, read-only")
+    j.click("//div[@id='files']//button[text()='readme.txt']", "readme.txt in etc/")
     j.wait_text("#files pre", "shipped with the version")
-    j.driver.find_element(By.XPATH, "//div[@id='files']//button[text()='/']").click()
-    j.driver.find_element(By.XPATH, "//div[@id='files']//button[text()='notes.txt']").click()
+    j.click("//div[@id='files']//button[text()='/']", "the way back to /")
+    j.click("//div[@id='files']//button[text()='notes.txt']", "notes.txt at /")
     j.wait_text("#files pre", "written by the worker")
     j.page_done("10-worker-files")
 
@@ -321,7 +339,7 @@ def tenant_journey(j, demo_key, components):
     j.go("/components/types/workers?status=active")
     j.heading("Workers of types")
     j.wait_text("main table", "t1")
-    j.driver.find_element(By.XPATH, "//button[@aria-label='Delete t1']").click()
+    j.click("//button[@aria-label='Delete t1']", "the delete button of t1")
     j.wait(EC.alert_is_present(), "the confirmation")
     d.switch_to.alert.accept()
     j.wait(lambda d: "t1" not in j.text("main table"), "t1 gone from the list")
