@@ -1,6 +1,8 @@
 //! `serve`: tenants' traffic on the public listener. An ephemeral `wasi:http/incoming-handler`
 //! (the `wstd` hello server, a fresh instance per request) at 32 clients, beside the limit of
-//! this machine measured in the same run: a plain hyper server answering the same bytes. And a
+//! this machine measured in the same run: a plain hyper server answering the same bytes, and
+//! plain wasmtime serving the same component the way `wasmtime serve` does (hyper, a fresh
+//! pooled instance per request, nothing else), which is what the model itself costs. And a
 //! worker's function behind a route, one call after the other, beside the same durable call
 //! over the API.
 
@@ -10,6 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use http_body_util::BodyExt;
 use invicta_tests::Server;
 use serde_json::json;
 
@@ -113,8 +116,10 @@ async fn measure(args: &Args) -> anyhow::Result<()> {
     let http = reqwest::Client::builder().no_proxy().build()?;
     let time = Duration::from_secs(args.seconds.max(1));
 
-    // The limit: plain hyper answering the same bytes, on its own runtime.
+    // The limit: plain hyper answering the same bytes, on its own runtime; and plain wasmtime
+    // serving the component.
     let plain = plain_hyper().await?;
+    let wasmtime_url = plain_wasmtime(&hello)?;
     let get = |url: String, expect: &'static str| {
         let (http, url) = (http.clone(), Arc::new(url));
         move |_| {
@@ -132,9 +137,12 @@ async fn measure(args: &Args) -> anyhow::Result<()> {
     };
     // Warm both: the handler's first request compiles nothing but prepares the instance.
     load(1, 50, time, get(hello_url.clone(), HELLO)).await?;
+    load(1, 50, time, get(wasmtime_url.clone(), HELLO)).await?;
     let plain_load = load(CLIENTS, usize::MAX, time, get(plain.clone(), HELLO)).await?;
+    let wasmtime_load = load(CLIENTS, usize::MAX, time, get(wasmtime_url.clone(), HELLO)).await?;
     let handler_load = load(CLIENTS, usize::MAX, time, get(hello_url.clone(), HELLO)).await?;
     check("plain hyper", &plain_load)?;
+    check("plain wasmtime", &wasmtime_load)?;
     check("ephemeral handler", &handler_load)?;
 
     // A durable call: through a route, and through the API.
@@ -188,6 +196,9 @@ async fn measure(args: &Args) -> anyhow::Result<()> {
         durable.median.as_secs_f64() / invoke.median.as_secs_f64().max(1e-12);
 
     let handler_share = handler_load.summary.per_second / plain_load.summary.per_second.max(1e-9);
+    let wasmtime_share = wasmtime_load.summary.per_second / plain_load.summary.per_second.max(1e-9);
+    let handler_of_wasmtime =
+        handler_load.summary.per_second / wasmtime_load.summary.per_second.max(1e-9);
     let durable_ratio = route.median.as_secs_f64() / invoke.median.as_secs_f64().max(1e-12);
     println!(
         "serve bench: the public listener, {CLIENTS} clients, {}s per load",
@@ -210,6 +221,12 @@ async fn measure(args: &Args) -> anyhow::Result<()> {
         &plain_load.summary,
         String::new(),
         String::new(),
+    );
+    row(
+        "plain wasmtime serving it, instance per request",
+        &wasmtime_load.summary,
+        format!("{wasmtime_share:.2}×"),
+        "(the model)".to_string(),
     );
     row(
         "ephemeral wstd handler, fresh instance per request",
@@ -251,6 +268,11 @@ async fn measure(args: &Args) -> anyhow::Result<()> {
                 "MISSED"
             }
         ),
+    );
+    println!(
+        "the ephemeral handler serves {:.2}× what plain wasmtime serves of the same component \
+         (both fresh pooled instances; Invicta adds routing, the plan's limits and metering)",
+        handler_of_wasmtime
     );
     Ok(())
 }
@@ -294,6 +316,131 @@ async fn plain_hyper() -> anyhow::Result<String> {
                             bytes::Bytes::from_static(HELLO.as_bytes()),
                         )))
                     });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+    });
+    Ok(url)
+}
+
+/// The data of a request's store under plain wasmtime.
+struct Plain {
+    wasi: wasmtime_wasi::WasiCtx,
+    table: wasmtime::component::ResourceTable,
+    http: wasmtime_wasi_http::WasiHttpCtx,
+}
+
+impl wasmtime_wasi::WasiView for Plain {
+    fn ctx(&mut self) -> wasmtime_wasi::WasiCtxView<'_> {
+        wasmtime_wasi::WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl wasmtime_wasi_http::WasiHttpView for Plain {
+    fn http(&mut self) -> wasmtime_wasi_http::WasiHttpCtxView<'_> {
+        wasmtime_wasi_http::WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: wasmtime_wasi_http::default_hooks(),
+        }
+    }
+}
+
+/// Plain wasmtime serving `component` as `wasmtime serve` does: hyper, and per request a fresh
+/// instance of the pooled engine Invicta runs (its default configuration), with WASI and
+/// `wasi:http`, on a runtime of its own with as many threads as the server's; its URL.
+fn plain_wasmtime(component: &[u8]) -> anyhow::Result<String> {
+    use wasmtime_wasi_http::WasiHttpView;
+    use wasmtime_wasi_http::p2::bindings::ProxyPre;
+    use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
+
+    let engine = invicta_engine::Engine::new(&invicta_engine::Config::default())?.engine;
+    let component = wasmtime::component::Component::new(&engine, component)?;
+    let mut linker = wasmtime::component::Linker::<Plain>::new(&engine);
+    wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+    wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
+    let pre = ProxyPre::new(linker.instantiate_pre(&component)?)?;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    listener.set_nonblocking(true)?;
+    let url = format!("http://{}/hello?name=bench", listener.local_addr()?);
+    std::thread::spawn(move || {
+        let Ok(runtime) = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+        else {
+            return;
+        };
+        runtime.block_on(async move {
+            let Ok(listener) = tokio::net::TcpListener::from_std(listener) else {
+                return;
+            };
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let pre = pre.clone();
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(
+                        move |request: hyper::Request<hyper::body::Incoming>| {
+                            let pre = pre.clone();
+                            async move {
+                                let mut store = wasmtime::Store::new(
+                                    pre.engine(),
+                                    Plain {
+                                        wasi: wasmtime_wasi::WasiCtx::builder().build(),
+                                        table: wasmtime::component::ResourceTable::new(),
+                                        http: wasmtime_wasi_http::WasiHttpCtx::new(),
+                                    },
+                                );
+                                store.set_fuel(u64::MAX)?;
+                                let (sender, receiver) = tokio::sync::oneshot::channel();
+                                // As `wasmtime serve` does: the request's URI made absolute.
+                                let (mut parts, body) = request.into_parts();
+                                parts.uri = hyper::Uri::builder()
+                                    .scheme("http")
+                                    .authority("127.0.0.1")
+                                    .path_and_query(
+                                        parts.uri.path_and_query().map_or("/", |p| p.as_str()),
+                                    )
+                                    .build()?;
+                                let body = body
+                                    .map_err(|e: hyper::Error| {
+                                        wasmtime_wasi_http::Error::InternalError(Some(
+                                            e.to_string(),
+                                        ))
+                                    })
+                                    .boxed_unsync();
+                                let req = store.data_mut().http().new_incoming_request(
+                                    Scheme::Http,
+                                    hyper::Request::from_parts(parts, body),
+                                )?;
+                                let out = store.data_mut().http().new_response_outparam(sender)?;
+                                let run = tokio::spawn(async move {
+                                    let proxy = pre.instantiate_async(&mut store).await?;
+                                    proxy
+                                        .wasi_http_incoming_handler()
+                                        .call_handle(&mut store, req, out)
+                                        .await
+                                });
+                                match receiver.await {
+                                    Ok(Ok(response)) => Ok(response),
+                                    Ok(Err(code)) => {
+                                        Err(anyhow::anyhow!("the handler failed: {code:?}"))
+                                    }
+                                    Err(_) => Err(match run.await {
+                                        Ok(Err(e)) => anyhow::anyhow!("the handler failed: {e:#}"),
+                                        _ => anyhow::anyhow!("the handler answered nothing"),
+                                    }),
+                                }
+                            }
+                        },
+                    );
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
                         .await;
