@@ -12,6 +12,13 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+/// mimalloc: the server allocates and frees many small, short-lived buffers per request on
+/// every thread, which glibc's allocator serves with more locking and consolidation. Measured
+/// by `make bench`'s `invoke`, side by side: 8% more invocations a second over 1,000 workers,
+/// 20–35% more on one worker, and 30–60 µs less per sequential call.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "invicta",
