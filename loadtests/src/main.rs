@@ -13,6 +13,11 @@ mod upload;
 
 use clap::{Parser, Subcommand};
 
+/// The allocator the server runs with: the load generator and the plain servers measured as
+/// limits (hyper, wasmtime) allocate the same way.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Debug, Parser)]
 #[command(name = "invicta-loadtests", about = "Invicta's benchmark scenarios")]
 struct Cli {
