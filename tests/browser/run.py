@@ -161,7 +161,7 @@ class Journey:
         active.send_keys(key + Keys.ENTER)
 
     def sign_out(self):
-        self.driver.find_element(By.XPATH, "//header//button[normalize-space(.)='Sign out']").click()
+        self.click("//header//button[normalize-space(.)='Sign out']", "the sign-out button")
         self.heading("Sign in")
 
 
@@ -190,15 +190,15 @@ def tenant_journey(j, demo_key, components):
         j.failures.append(f"Tab reached only {len(seen)} elements")
 
     # The demo worker's oplog, from the component's page.
-    d.find_element(By.LINK_TEXT, "counter").click()
+    j.click("//a[normalize-space(.)='counter']", "the link counter")
     j.heading("Component counter")
     j.wait_text("main table", "delta: s64")
     j.page_done("03-component")
-    d.find_element(By.LINK_TEXT, "Workers of counter").click()
+    j.click("//a[normalize-space(.)='Workers of counter']", "the link Workers of counter")
     j.heading("Workers of counter")
     j.wait_text("main table", "w1")
     j.page_done("04-workers")
-    d.find_element(By.LINK_TEXT, "w1").click()
+    j.click("//a[normalize-space(.)='w1']", "the link w1")
     j.heading("Worker w1")
     j.wait_text("ol.timeline", "Invoked")
     assert "add(1)" in j.text("ol.timeline"), j.text("ol.timeline")
@@ -402,8 +402,8 @@ def operator_journey(j, operator_key):
     j.go("/cluster")
     j.heading("Cluster")
     j.wait_text("main", "in process (all-in-one)")
-    shards = d.find_elements(By.XPATH, "//h2[text()='Shards']/following-sibling::table[1]/tbody/tr")
-    assert len(shards) == 64, f"{len(shards)} shards listed"
+    shard_rows = "//h2[text()='Shards']/following-sibling::table[1]/tbody/tr"
+    j.wait(lambda d: len(d.find_elements(By.XPATH, shard_rows)) == 64, "the 64 shards listed")
     j.page_done("15-cluster")
     j.sign_out()
 
