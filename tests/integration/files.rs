@@ -60,14 +60,24 @@ async fn raw(api: &Api, path: &str) -> anyhow::Result<(u16, Vec<u8>)> {
     Ok((status, response.bytes().await?.to_vec()))
 }
 
-/// Whether worker `w` of component `files` has a directory on the executor's disk.
+/// The executors' directories of worker files (`<data>/worker-files/<executor id>`), sorted.
+fn executor_dirs(data: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut dirs: Vec<_> = std::fs::read_dir(data.join("worker-files"))
+        .map(|entries| entries.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    dirs.sort();
+    dirs
+}
+
+/// Whether worker `w` of component `files` has a directory on an executor's disk.
 fn on_disk(data: &std::path::Path, worker: &str) -> bool {
-    let Ok(tenants) = std::fs::read_dir(data.join("worker-files")) else {
-        return false;
-    };
-    tenants
-        .flatten()
-        .any(|t| t.path().join("files").join(worker).exists())
+    executor_dirs(data).iter().any(|executor| {
+        std::fs::read_dir(executor).is_ok_and(|tenants| {
+            tenants
+                .flatten()
+                .any(|t| t.path().join("files").join(worker).exists())
+        })
+    })
 }
 
 #[tokio::test]
@@ -230,9 +240,20 @@ async fn workers_have_files_of_their_own_that_survive_crashes() -> anyhow::Resul
     let no_worker = api.get("/v1/components/files/workers/nobody/files").await?;
     assert_eq!(no_worker.code(), "worker_not_found", "{no_worker:?}");
 
-    // SIGKILL: replay makes the files again, and writes nothing twice.
+    // SIGKILL: replay makes the files again, and writes nothing twice. What the killed
+    // executor left on disk is removed by the next one as it starts.
+    let killed = executor_dirs(&dir);
+    assert_eq!(killed.len(), 1, "one executor's directory: {killed:?}");
+    assert!(on_disk(&dir, "w"));
     server.kill()?;
+    assert!(killed[0].exists(), "a SIGKILL leaves the directory behind");
     let server = configured.start()?;
+    let now = executor_dirs(&dir);
+    assert!(
+        !killed[0].exists(),
+        "left behind after the restart: {now:?}"
+    );
+    assert_eq!(now.len(), 1, "{now:?}");
     let api = api.at(&server.url);
     assert_eq!(
         call(&api, "w", "read-text", json!(["/data/notes.txt"])).await?,

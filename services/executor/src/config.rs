@@ -48,9 +48,11 @@ pub struct Config {
     /// … or after this many bytes of oplog since it (encoded entries; default 8 MiB; 0: not by
     /// size), whichever comes first.
     pub snapshot_every_oplog_bytes: u64,
-    /// Where the files of the workers running here live (a directory per worker, made afresh
-    /// from its version's files when it is rebuilt). The server sets `<data_dir>/worker-files`
-    /// when unset; without either, a directory under the system's temporary directory.
+    /// Where the files of the workers running here live: a directory per executor (named by
+    /// its id, locked while it lives, removed by the next executor to start if it crashed) and
+    /// in it one per worker, made afresh from its version's files when it is rebuilt. Executors
+    /// may share it. The server sets `<data_dir>/worker-files` when unset; without either,
+    /// `invicta-worker-files` under the system's temporary directory.
     pub worker_files_dir: Option<std::path::PathBuf>,
     /// The most bytes of files one worker may hold, whatever its plan says (default 1 GiB).
     pub worker_files_bytes_max: u64,

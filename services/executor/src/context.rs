@@ -33,8 +33,8 @@ pub(crate) struct Context {
     pub http_tls: Arc<rustls::ClientConfig>,
     /// The key that seals configuration secrets.
     pub secrets: crate::settings::SecretsKey,
-    /// Where the workers running here keep their files.
-    pub files_dir: std::path::PathBuf,
+    /// Where the workers running here keep their files: this executor's own directory.
+    pub files: crate::files::Claim,
 }
 
 impl Context {

@@ -31,6 +31,81 @@ pub(crate) const READ_BYTES_MAX: u64 = 16 * 1024 * 1024;
 /// The most entries one directory listing returns.
 pub(crate) const LIST_MAX: usize = 10_000;
 
+/// The lock file that marks an executor's directory of worker files as in use.
+const LOCK: &str = ".lock";
+
+/// This executor's directory of worker files, under a root that executors may share: held by
+/// an exclusive lock on its `.lock` for the executor's life, and removed when it ends.
+///
+/// The operating system lets the lock go when its process dies, SIGKILL included: an executor
+/// starting finds the directories of those that crashed by taking their locks, and removes them
+/// (their workers' files are rebuilt by replay wherever the workers run next). A directory
+/// whose lock is held belongs to a live executor and is left alone.
+#[derive(Debug)]
+pub(crate) struct Claim {
+    dir: PathBuf,
+    _lock: std::fs::File,
+}
+
+impl Claim {
+    /// Makes and locks `<root>/<id>`, then removes what crashed executors left under `root`.
+    /// Blocking.
+    pub(crate) fn take(root: &Path, id: &str) -> io::Result<Claim> {
+        std::fs::create_dir_all(root)?;
+        // Made under a hidden name and locked before it is renamed into place: a sweeping
+        // executor never sees the directory without its lock held.
+        let making = root.join(format!(".{id}.new"));
+        std::fs::create_dir(&making)?;
+        let lock = std::fs::File::create(making.join(LOCK))?;
+        lock.try_lock().map_err(io::Error::other)?;
+        let dir = root.join(id);
+        std::fs::rename(&making, &dir)?;
+        let removed = sweep(root, id);
+        if removed > 0 {
+            tracing::info!(
+                removed,
+                root = %root.display(),
+                "removed the worker files of executors that are gone"
+            );
+        }
+        Ok(Claim { dir, _lock: lock })
+    }
+
+    /// The directory the workers running here keep their files under.
+    pub(crate) fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Removes the directories under `root` whose lock nobody holds (their executor is gone), but
+/// `own`; how many. A directory without a lock file is of no executor and is left alone.
+fn sweep(root: &Path, own: &str) -> usize {
+    let Ok(entries) = std::fs::read_dir(root) else {
+        return 0;
+    };
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        if entry.file_name() == own || !entry.file_type().is_ok_and(|t| t.is_dir()) {
+            continue;
+        }
+        let path = entry.path();
+        let Ok(lock) = std::fs::File::open(path.join(LOCK)) else {
+            continue;
+        };
+        // Held while the directory goes, so that no other sweeper races it.
+        if lock.try_lock().is_ok() && std::fs::remove_dir_all(&path).is_ok() {
+            removed += 1;
+        }
+    }
+    removed
+}
+
 /// A worker's files while its instance lives.
 #[derive(Debug, Default)]
 pub(crate) struct Files {
@@ -388,6 +463,32 @@ mod tests {
             builder.append_data(&mut header, path, *content).unwrap();
         }
         builder.into_inner().unwrap()
+    }
+
+    #[test]
+    fn an_executor_removes_what_crashed_executors_left_and_nothing_of_live_ones() {
+        let root = tempfile::tempdir().unwrap();
+        let live = Claim::take(root.path(), "exec-live").unwrap();
+        std::fs::create_dir_all(live.dir().join("t/c/w")).unwrap();
+        // What a crash leaves: a directory whose lock file nobody holds.
+        let gone = root.path().join("exec-gone");
+        std::fs::create_dir_all(gone.join("t/c/w")).unwrap();
+        std::fs::write(gone.join(LOCK), b"").unwrap();
+        std::fs::write(gone.join("t/c/w/notes.txt"), b"left behind").unwrap();
+        // A directory of no executor (no lock file) is not ours to remove.
+        std::fs::create_dir_all(root.path().join("other/x")).unwrap();
+
+        let next = Claim::take(root.path(), "exec-next").unwrap();
+        assert!(!gone.exists(), "the crashed executor's files are removed");
+        assert!(live.dir().join("t/c/w").is_dir(), "a live executor's stay");
+        assert!(root.path().join("other/x").is_dir());
+        assert_eq!(next.dir(), root.path().join("exec-next"));
+
+        // An executor that ends removes its own; one that is taken twice is refused.
+        let dir = live.dir().to_path_buf();
+        drop(live);
+        assert!(!dir.exists());
+        assert!(Claim::take(root.path(), "exec-next").is_err());
     }
 
     #[test]

@@ -205,15 +205,10 @@ impl Executor {
             .map_err(|e| Error::Engine(format!("[executor] secrets_key_file: {e}")))?;
         let http_tls = http::tls_config(&config.http)
             .map_err(|e| Error::Engine(format!("[executor.http] {e}")))?;
-        let files_dir = config.worker_files_dir.clone().unwrap_or_else(|| {
-            std::env::temp_dir().join(format!("invicta-worker-files-{}", std::process::id()))
-        });
-        std::fs::create_dir_all(&files_dir).map_err(|e| {
-            Error::Engine(format!(
-                "[executor] worker_files_dir {}: {e}",
-                files_dir.display()
-            ))
-        })?;
+        let files_root = config
+            .worker_files_dir
+            .clone()
+            .unwrap_or_else(|| std::env::temp_dir().join("invicta-worker-files"));
         let baseline_slots = Arc::new(tokio::sync::Semaphore::new(
             usize::try_from(engine.config.pool_instances / 4)
                 .unwrap_or(1)
@@ -221,6 +216,18 @@ impl Executor {
         ));
         let metrics = Arc::new(metrics::Metrics::new());
         let fencing = Arc::new(placement::Fencing::new(placement::new_id()));
+        // This executor's own directory of worker files, named by its id; what executors that
+        // crashed left beside it goes now.
+        let (root, id) = (files_root.clone(), fencing.id.clone());
+        let files = tokio::task::spawn_blocking(move || files::Claim::take(&root, &id))
+            .await
+            .map_err(|e| Error::Engine(format!("[executor] worker_files_dir: {e}")))?
+            .map_err(|e| {
+                Error::Engine(format!(
+                    "[executor] worker_files_dir {}: {e}",
+                    files_root.display()
+                ))
+            })?;
         if config.placement == Placement::All {
             let (owner, lease_ms) = (fencing.id.clone(), config.lease_ms);
             let granted = store
@@ -238,7 +245,7 @@ impl Executor {
                     http_config: Arc::new(config.http.clone()),
                     http_tls,
                     secrets,
-                    files_dir,
+                    files,
                     config,
                     store,
                     registry,

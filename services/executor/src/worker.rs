@@ -674,7 +674,7 @@ impl Actor {
         &self,
         path: String,
     ) -> impl Future<Output = Result<crate::files::FileView, Error>> + use<> {
-        let root = crate::files::worker_dir(&self.inner.files_dir, &self.id);
+        let root = crate::files::worker_dir(self.inner.files.dir(), &self.id);
         let read_only = self
             .active
             .as_ref()
@@ -702,7 +702,7 @@ impl Actor {
 
     /// Removes the worker's directory (before the actor leaves: a new actor makes it again).
     fn remove_files(&self) -> impl Future<Output = ()> + use<> {
-        let dir = crate::files::worker_dir(&self.inner.files_dir, &self.id);
+        let dir = crate::files::worker_dir(self.inner.files.dir(), &self.id);
         let id = self.id.clone();
         async move {
             match tokio::task::spawn_blocking(move || crate::files::remove(&dir)).await {
@@ -1986,7 +1986,7 @@ impl Actor {
     ) -> impl Future<Output = Result<crate::files::Files, Error>> + use<> {
         let blob = self.compiled.version.files_blob.clone();
         let blobs = self.inner.registry.blobs().clone();
-        let dir = crate::files::worker_dir(&self.inner.files_dir, &self.id);
+        let dir = crate::files::worker_dir(self.inner.files.dir(), &self.id);
         prepare_files(blob, blobs, dir, snapshot)
     }
 
