@@ -118,7 +118,7 @@ async fn measure(args: &Args) -> anyhow::Result<()> {
 
     // The limit: plain hyper answering the same bytes, on its own runtime; and plain wasmtime
     // serving the component.
-    let plain = plain_hyper().await?;
+    let plain = plain_hyper()?;
     let wasmtime_url = plain_wasmtime(&hello)?;
     let get = |url: String, expect: &'static str| {
         let (http, url) = (http.clone(), Arc::new(url));
@@ -289,12 +289,20 @@ fn check(what: &str, load: &Load) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A plain hyper HTTP/1.1 server answering [`HELLO`], on a runtime of its own with as many
-/// threads as the server's; its URL.
-async fn plain_hyper() -> anyhow::Result<String> {
+/// Serves HTTP/1.1 on a loopback port, answering every request with `answer`, on a runtime of
+/// its own with as many threads as the server's; the port's address.
+fn serve_plain<F, Fut, B, E>(answer: F) -> anyhow::Result<std::net::SocketAddr>
+where
+    F: Fn(hyper::Request<hyper::body::Incoming>) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = Result<hyper::Response<B>, E>> + Send + 'static,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    E: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
     listener.set_nonblocking(true)?;
-    let url = format!("http://{}/hello", listener.local_addr()?);
+    let address = listener.local_addr()?;
     std::thread::spawn(move || {
         let Ok(runtime) = tokio::runtime::Builder::new_multi_thread()
             .enable_all()
@@ -310,20 +318,29 @@ async fn plain_hyper() -> anyhow::Result<String> {
                 let Ok((stream, _)) = listener.accept().await else {
                     return;
                 };
+                let answer = answer.clone();
                 tokio::spawn(async move {
-                    let service = hyper::service::service_fn(|_request| async {
-                        Ok::<_, Infallible>(hyper::Response::new(http_body_util::Full::new(
-                            bytes::Bytes::from_static(HELLO.as_bytes()),
-                        )))
-                    });
                     let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                        .serve_connection(
+                            hyper_util::rt::TokioIo::new(stream),
+                            hyper::service::service_fn(answer),
+                        )
                         .await;
                 });
             }
         });
     });
-    Ok(url)
+    Ok(address)
+}
+
+/// A plain hyper HTTP/1.1 server answering [`HELLO`]; its URL.
+fn plain_hyper() -> anyhow::Result<String> {
+    let address = serve_plain(|_request| async {
+        Ok::<_, Infallible>(hyper::Response::new(http_body_util::Full::new(
+            bytes::Bytes::from_static(HELLO.as_bytes()),
+        )))
+    })?;
+    Ok(format!("http://{address}/hello"))
 }
 
 /// The data of a request's store under plain wasmtime.
@@ -366,87 +383,52 @@ fn plain_wasmtime(component: &[u8]) -> anyhow::Result<String> {
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
     wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
     let pre = ProxyPre::new(linker.instantiate_pre(&component)?)?;
-    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
-    listener.set_nonblocking(true)?;
-    let url = format!("http://{}/hello?name=bench", listener.local_addr()?);
-    std::thread::spawn(move || {
-        let Ok(runtime) = tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()
-        else {
-            return;
-        };
-        runtime.block_on(async move {
-            let Ok(listener) = tokio::net::TcpListener::from_std(listener) else {
-                return;
-            };
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    return;
-                };
-                let pre = pre.clone();
-                tokio::spawn(async move {
-                    let service = hyper::service::service_fn(
-                        move |request: hyper::Request<hyper::body::Incoming>| {
-                            let pre = pre.clone();
-                            async move {
-                                let mut store = wasmtime::Store::new(
-                                    pre.engine(),
-                                    Plain {
-                                        wasi: wasmtime_wasi::WasiCtx::builder().build(),
-                                        table: wasmtime::component::ResourceTable::new(),
-                                        http: wasmtime_wasi_http::WasiHttpCtx::new(),
-                                    },
-                                );
-                                store.set_fuel(u64::MAX)?;
-                                let (sender, receiver) = tokio::sync::oneshot::channel();
-                                // As `wasmtime serve` does: the request's URI made absolute.
-                                let (mut parts, body) = request.into_parts();
-                                parts.uri = hyper::Uri::builder()
-                                    .scheme("http")
-                                    .authority("127.0.0.1")
-                                    .path_and_query(
-                                        parts.uri.path_and_query().map_or("/", |p| p.as_str()),
-                                    )
-                                    .build()?;
-                                let body = body
-                                    .map_err(|e: hyper::Error| {
-                                        wasmtime_wasi_http::Error::InternalError(Some(
-                                            e.to_string(),
-                                        ))
-                                    })
-                                    .boxed_unsync();
-                                let req = store.data_mut().http().new_incoming_request(
-                                    Scheme::Http,
-                                    hyper::Request::from_parts(parts, body),
-                                )?;
-                                let out = store.data_mut().http().new_response_outparam(sender)?;
-                                let run = tokio::spawn(async move {
-                                    let proxy = pre.instantiate_async(&mut store).await?;
-                                    proxy
-                                        .wasi_http_incoming_handler()
-                                        .call_handle(&mut store, req, out)
-                                        .await
-                                });
-                                match receiver.await {
-                                    Ok(Ok(response)) => Ok(response),
-                                    Ok(Err(code)) => {
-                                        Err(anyhow::anyhow!("the handler failed: {code:?}"))
-                                    }
-                                    Err(_) => Err(match run.await {
-                                        Ok(Err(e)) => anyhow::anyhow!("the handler failed: {e:#}"),
-                                        _ => anyhow::anyhow!("the handler answered nothing"),
-                                    }),
-                                }
-                            }
-                        },
-                    );
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
-                        .await;
-                });
+    let address = serve_plain(move |request: hyper::Request<hyper::body::Incoming>| {
+        let pre = pre.clone();
+        async move {
+            let mut store = wasmtime::Store::new(
+                pre.engine(),
+                Plain {
+                    wasi: wasmtime_wasi::WasiCtx::builder().build(),
+                    table: wasmtime::component::ResourceTable::new(),
+                    http: wasmtime_wasi_http::WasiHttpCtx::new(),
+                },
+            );
+            store.set_fuel(u64::MAX)?;
+            let (sender, receiver) = tokio::sync::oneshot::channel();
+            // As `wasmtime serve` does: the request's URI made absolute.
+            let (mut parts, body) = request.into_parts();
+            parts.uri = hyper::Uri::builder()
+                .scheme("http")
+                .authority("127.0.0.1")
+                .path_and_query(parts.uri.path_and_query().map_or("/", |p| p.as_str()))
+                .build()?;
+            let body = body
+                .map_err(|e: hyper::Error| {
+                    wasmtime_wasi_http::Error::InternalError(Some(e.to_string()))
+                })
+                .boxed_unsync();
+            let req = store
+                .data_mut()
+                .http()
+                .new_incoming_request(Scheme::Http, hyper::Request::from_parts(parts, body))?;
+            let out = store.data_mut().http().new_response_outparam(sender)?;
+            let run = tokio::spawn(async move {
+                let proxy = pre.instantiate_async(&mut store).await?;
+                proxy
+                    .wasi_http_incoming_handler()
+                    .call_handle(&mut store, req, out)
+                    .await
+            });
+            match receiver.await {
+                Ok(Ok(response)) => Ok(response),
+                Ok(Err(code)) => Err(anyhow::anyhow!("the handler failed: {code:?}")),
+                Err(_) => Err(match run.await {
+                    Ok(Err(e)) => anyhow::anyhow!("the handler failed: {e:#}"),
+                    _ => anyhow::anyhow!("the handler answered nothing"),
+                }),
             }
-        });
-    });
-    Ok(url)
+        }
+    })?;
+    Ok(format!("http://{address}/hello?name=bench"))
 }

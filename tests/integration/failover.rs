@@ -113,15 +113,15 @@ async fn invoke_placed(
     params: Value,
     key: &str,
 ) -> anyhow::Result<Result<Value, String>> {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let outcome = invoke_on(address, worker.clone(), function, params.clone(), key).await?;
-        if outcome.as_ref().is_err_and(|code| code == "worker_moved") && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-            continue;
-        }
-        return Ok(outcome);
-    }
+    invicta_tests::eventually(
+        "the executor the worker was placed at takes its shard",
+        Duration::from_secs(20),
+        || async {
+            let outcome = invoke_on(address, worker.clone(), function, params.clone(), key).await?;
+            Ok((outcome != Err("worker_moved".to_string())).then_some(outcome))
+        },
+    )
+    .await
 }
 
 /// The first 1,000 entries of a worker's oplog, as the executor at `address` reads them.
