@@ -1567,20 +1567,28 @@ impl Actor {
         answer.map_err(|message| failed(format!("the component refused it: {message}")))
     }
 
+    /// The worker's version as the registry holds its code now: the optimized code once it is
+    /// ready, for a version that started on the baseline tier.
+    fn compiled_now(
+        &self,
+    ) -> impl std::future::Future<
+        Output = Result<
+            Arc<invicta_component_registry::Compiled>,
+            invicta_component_registry::Error,
+        >,
+    > + Send
+    + 'static {
+        let (registry, id) = (self.inner.registry.clone(), self.id.clone());
+        let version = self.compiled.version.version;
+        async move { registry.compiled(&id.tenant, &id.component, version).await }
+    }
+
     /// Makes the instance template the one for `memory`: pooled up to a pool slot, on demand
     /// above it (loaded once).
     async fn choose_pre(&mut self, memory: u64) -> Result<(), Error> {
         // A version on the baseline tier moves to its optimized code at an activation.
         if self.compiled.baseline {
-            let latest = self
-                .inner
-                .registry
-                .compiled(
-                    &self.id.tenant,
-                    &self.id.component,
-                    self.compiled.version.version,
-                )
-                .await?;
+            let latest = self.compiled_now().await?;
             if !latest.baseline {
                 let pre = self
                     .inner
@@ -1778,15 +1786,7 @@ impl Actor {
         // for as long as it stays busy: once the optimized code is ready, the instance goes,
         // and the next invocation replays onto that code.
         if self.compiled.baseline {
-            let latest = self
-                .inner
-                .registry
-                .compiled(
-                    &self.id.tenant,
-                    &self.id.component,
-                    self.compiled.version.version,
-                )
-                .await;
+            let latest = self.compiled_now().await;
             if latest.is_ok_and(|latest| !latest.baseline) {
                 tracing::debug!(worker = %self.id, "the optimized code is ready: the instance goes");
                 self.active = None;
