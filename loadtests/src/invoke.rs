@@ -291,7 +291,10 @@ async fn run_async(args: &Args) -> anyhow::Result<()> {
             warm.first_error.unwrap_or_default()
         );
     }
+    let commits_before = api.commit_totals().await?;
     let many = load_adds(&api, &urls, CLIENTS_MANY, usize::MAX, counts.load_time).await?;
+    let commits = api.commit_totals().await?.since(&commits_before);
+    notes.push(commits.describe(counts.load_time));
     server.kill()?;
 
     // Server 3: one worker under load, filled up, killed and restarted.
@@ -612,6 +615,28 @@ impl Api {
         Ok(())
     }
 
+    /// The group committer's totals so far, from the server's metrics.
+    async fn commit_totals(&self) -> anyhow::Result<CommitTotals> {
+        let text = self
+            .http
+            .get(format!("{}/metrics", self.base))
+            .send()
+            .await?
+            .text()
+            .await?;
+        let value = |name: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+                .and_then(|v| v.trim().parse::<f64>().ok())
+                .ok_or_else(|| anyhow::anyhow!("the server's metrics have no {name}"))
+        };
+        Ok(CommitTotals {
+            commits: value("invicta_commit_seconds_count")?,
+            seconds: value("invicta_commit_seconds_sum")?,
+            requests: value("invicta_commit_batch_requests_sum")?,
+        })
+    }
+
     async fn status(&self, component: &str, worker: &str) -> anyhow::Result<Value> {
         let response = self
             .http
@@ -927,6 +952,35 @@ pub(crate) struct Load {
     pub summary_count: usize,
     pub errors: usize,
     pub first_error: Option<String>,
+}
+
+/// What the group committer did: its transactions, the time they took, the requests in them.
+struct CommitTotals {
+    commits: f64,
+    seconds: f64,
+    requests: f64,
+}
+
+impl CommitTotals {
+    fn since(&self, before: &CommitTotals) -> CommitTotals {
+        CommitTotals {
+            commits: self.commits - before.commits,
+            seconds: self.seconds - before.seconds,
+            requests: self.requests - before.requests,
+        }
+    }
+
+    /// A line on the group commits of a load that lasted `time`.
+    fn describe(&self, time: Duration) -> String {
+        let commits = self.commits.max(1.0);
+        format!(
+            "group commits under the load on many workers: {:.0}, {:.1} requests and {} each on average, the committer busy {:.0}% of the time",
+            self.commits,
+            self.requests / commits,
+            duration(Duration::from_secs_f64(self.seconds / commits)),
+            100.0 * self.seconds / time.as_secs_f64()
+        )
+    }
 }
 
 /// `clients` tasks run `op(ticket)` with tickets 0, 1, 2, … until `max` tickets are out or
