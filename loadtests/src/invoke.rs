@@ -615,8 +615,8 @@ impl Api {
         Ok(())
     }
 
-    /// The group committer's totals so far, from the server's metrics.
-    async fn commit_totals(&self) -> anyhow::Result<CommitTotals> {
+    /// The server's metrics now, as the text it serves.
+    async fn metrics(&self) -> anyhow::Result<Metrics> {
         let text = self
             .http
             .get(format!("{}/metrics", self.base))
@@ -624,10 +624,15 @@ impl Api {
             .await?
             .text()
             .await?;
+        Ok(Metrics(text))
+    }
+
+    /// The group committer's totals so far, from the server's metrics.
+    async fn commit_totals(&self) -> anyhow::Result<CommitTotals> {
+        let metrics = self.metrics().await?;
         let value = |name: &str| {
-            text.lines()
-                .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
-                .and_then(|v| v.trim().parse::<f64>().ok())
+            metrics
+                .value(name)
                 .ok_or_else(|| anyhow::anyhow!("the server's metrics have no {name}"))
         };
         Ok(CommitTotals {
@@ -801,17 +806,10 @@ async fn sleepers(api: &Api, n: usize, nap: Duration) -> anyhow::Result<Sleep> {
     let mut active_while_asleep = None;
     if asleep_at < nap {
         tokio::time::sleep(nap / 2).await;
-        let metrics = api
-            .http
-            .get(format!("{}/metrics", api.base))
-            .send()
+        active_while_asleep = api
+            .metrics()
             .await?
-            .text()
-            .await?;
-        active_while_asleep = metrics
-            .lines()
-            .find_map(|l| l.strip_prefix("invicta_active_workers "))
-            .and_then(|v| v.trim().parse::<f64>().ok())
+            .value("invicta_active_workers")
             .map(|v| v as u64);
     }
     let mut tasks = tokio::task::JoinSet::new();
@@ -952,6 +950,19 @@ pub(crate) struct Load {
     pub summary_count: usize,
     pub errors: usize,
     pub first_error: Option<String>,
+}
+
+/// The server's metrics in Prometheus' text format.
+struct Metrics(String);
+
+impl Metrics {
+    /// The value of the sample `name` (without labels).
+    fn value(&self, name: &str) -> Option<f64> {
+        self.0
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+    }
 }
 
 /// What the group committer did: its transactions, the time they took, the requests in them.
