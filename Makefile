@@ -8,7 +8,7 @@ PUBLIC_LISTEN ?= 127.0.0.1:8081
 DATA_DIR ?= ./.invicta
 INVICTA := $(CARGO_TARGET_DIR)/debug/invicta
 
-.PHONY: run build test check deps fmt-check clippy fdb-check unit-tests api-fuzz infra-check bench components \
+.PHONY: run build test check deps fmt-check clippy fdb-check unit-tests api-fuzz infra-check bench profile components \
 	browser-deps browser-tests compat-reference examples
 
 # schemathesis (from PyPI) in a virtualenv beside the target directory.
@@ -113,6 +113,17 @@ bench: components examples
 	$(CARGO_TARGET_DIR)/release/invicta-loadtests serve --server-bin $(CARGO_TARGET_DIR)/release/invicta
 	$(CARGO_TARGET_DIR)/release/invicta-loadtests upload --server-bin $(CARGO_TARGET_DIR)/release/invicta
 	$(CARGO_TARGET_DIR)/release/invicta-loadtests recovery --server-bin $(CARGO_TARGET_DIR)/release/invicta
+
+# A CPU profile of the server and the load generator under the invoke scenario: a release build
+# with frame pointers (in a target directory of its own, so the ordinary one is not rebuilt),
+# recorded by perf with call graphs. Read it with `perf report -i $(PROFILE_DATA)`.
+PROFILE_TARGET_DIR ?= $(CARGO_TARGET_DIR)-frame-pointers
+PROFILE_DATA ?= $(PROFILE_TARGET_DIR)/perf.data
+profile: components
+	@command -v perf >/dev/null || { echo "perf is missing: apt-get install linux-perf"; exit 1; }
+	CARGO_TARGET_DIR=$(PROFILE_TARGET_DIR) RUSTFLAGS=-Cforce-frame-pointers=yes cargo build --release -p invicta -p invicta-loadtests
+	perf record -F 999 -g -o $(PROFILE_DATA) -- $(PROFILE_TARGET_DIR)/release/invicta-loadtests invoke --server-bin $(PROFILE_TARGET_DIR)/release/invicta
+	@echo "profile in $(PROFILE_DATA): perf report -i $(PROFILE_DATA) --comm oplog-committer (or tokio-rt-worker)"
 
 # componentize-py (from PyPI) for the Python example.
 COMPONENTIZE_PY_VERSION := 0.25.1
