@@ -20,7 +20,7 @@ use reqwest::header::CONTENT_TYPE;
 use serde_json::{Value, json};
 
 use crate::metering::{Burner, Metering};
-use crate::stats::Summary;
+use crate::stats::{Summary, Timed};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -99,6 +99,9 @@ impl Counts {
     }
 }
 
+/// Rounds in which raw fdatasync and sequential invocations alternate: the disk's speed moves
+/// by a third between runs minutes apart, and both figures of the ratio should see the same.
+const SEQUENTIAL_ROUNDS: usize = 4;
 /// Concurrent clients of the many-workers load and of the one-worker load.
 const CLIENTS_MANY: usize = 64;
 const CLIENTS_ONE: usize = 32;
@@ -263,15 +266,26 @@ async fn run_async(args: &Args) -> anyhow::Result<()> {
     api.upload("fetcher", &fetcher).await?;
     api.upload("caller", &caller).await?;
     let remote = loopback_server().await?;
-    let raw = crate::store::raw_append_fdatasync(&data.join("raw-fsync.log"), counts.fsyncs)?;
     // The sequential client on a thread of its own, as its figures hold its own wakes.
     let n = counts.sequential;
     let healthz_sequential = on_one_thread(&api, move |api| async move {
         healthz(&api, 1, n, WARM_TIME_MAX).await
     })
     .await?;
-    let sequential =
-        on_one_thread(&api, move |api| async move { sequential(&api, n).await }).await?;
+    let (raw, sequential) = sequential_beside_fdatasync(
+        &api,
+        &data,
+        SEQUENTIAL_ROUNDS,
+        counts.fsyncs / SEQUENTIAL_ROUNDS,
+        counts.sequential / SEQUENTIAL_ROUNDS,
+    )
+    .await?;
+    let (raw, sequential) = (raw.summary(), sequential.summary());
+    notes.push(format!(
+        "raw fdatasync and the sequential invocations alternate in {SEQUENTIAL_ROUNDS} rounds of {} and {}",
+        counts.fsyncs / SEQUENTIAL_ROUNDS,
+        counts.sequential / SEQUENTIAL_ROUNDS
+    ));
     let cold = cold_starts(&api, counts.cold).await?;
     let raw_get = raw_gets(&http, &remote, counts.http).await?;
     let fetch = fetches(&api, &remote, counts.http).await?;
@@ -683,7 +697,7 @@ async fn expect(response: reqwest::Response, ok: &[u16]) -> anyhow::Result<Value
 }
 
 /// `n` invocations of `add(1)` one after the other on one warm worker.
-async fn sequential(api: &Api, n: usize) -> anyhow::Result<Summary> {
+async fn sequential(api: &Api, n: usize) -> anyhow::Result<Timed> {
     let url = api.invoke_url("counter", "seq");
     let first = api.post(&url, ADD_ONE).await?["result"]
         .as_u64()
@@ -702,7 +716,10 @@ async fn sequential(api: &Api, n: usize) -> anyhow::Result<Summary> {
             );
         }
     }
-    Ok(Summary::of(&mut samples, start.elapsed()))
+    Ok(Timed {
+        samples,
+        total: start.elapsed(),
+    })
 }
 
 /// Runs `work` with a client of its own on a current-thread runtime, in a thread of its own.
@@ -731,32 +748,45 @@ where
     .await?
 }
 
-/// Rounds of raw fdatasync and sequential invocations, alternated: each round's figures, then
-/// the ratio of the medians of all.
-async fn sequential_rounds(api: &Api, data: &Path, rounds: usize, n: usize) -> anyhow::Result<()> {
-    let (mut raws, mut calls) = (Vec::new(), Vec::new());
+/// `rounds` rounds of `fsyncs` raw fdatasyncs then `calls` sequential invocations, each round's
+/// figures printed: the pooled times of each.
+async fn sequential_beside_fdatasync(
+    api: &Api,
+    data: &Path,
+    rounds: usize,
+    fsyncs: usize,
+    calls: usize,
+) -> anyhow::Result<(Timed, Timed)> {
+    let (mut raws, mut invocations) = (Timed::default(), Timed::default());
     for round in 0..rounds.max(1) {
-        let raw = crate::store::raw_append_fdatasync(&data.join("raw-fsync.log"), n)?;
-        let call = on_one_thread(api, move |api| async move { sequential(&api, n).await }).await?;
+        let raw = crate::store::raw_append_fdatasync_timed(&data.join("raw-fsync.log"), fsyncs)?;
+        let call =
+            on_one_thread(api, move |api| async move { sequential(&api, calls).await }).await?;
+        let (r, c) = (raw.summary(), call.summary());
         eprintln!(
-            "round {round}: fdatasync p50 {}, invoke p50 {} p99 {}: {:.2}×",
-            duration(raw.median),
-            duration(call.median),
-            duration(call.p99),
-            ratio(call.median, raw.median)
+            "          sequential round {round}: fdatasync p50 {}, invoke p50 {} p99 {}: {:.2}×",
+            duration(r.median),
+            duration(c.median),
+            duration(c.p99),
+            ratio(c.median, r.median)
         );
-        raws.push(raw.median);
-        calls.push(call.median);
+        raws.append(raw);
+        invocations.append(call);
     }
-    raws.sort();
-    calls.sort();
-    let (raw, call) = (raws[raws.len() / 2], calls[calls.len() / 2]);
+    Ok((raws, invocations))
+}
+
+/// `--sequential-only`: the sequential latency beside fdatasync, alone.
+async fn sequential_rounds(api: &Api, data: &Path, rounds: usize, n: usize) -> anyhow::Result<()> {
+    let (raw, calls) = sequential_beside_fdatasync(api, data, rounds, n, n).await?;
+    let (raw, calls) = (raw.summary(), calls.summary());
     println!(
-        "median of {} rounds: fdatasync p50 {}, invoke p50 {}: {:.2}×",
-        raws.len(),
-        duration(raw),
-        duration(call),
-        ratio(call, raw)
+        "{} rounds of {n}: fdatasync p50 {}, invoke p50 {} p99 {}: {:.2}× fdatasync",
+        rounds.max(1),
+        duration(raw.median),
+        duration(calls.median),
+        duration(calls.p99),
+        ratio(calls.median, raw.median)
     );
     Ok(())
 }

@@ -27,6 +27,24 @@ impl Summary {
     }
 }
 
+/// The times of runs of one operation and their wall time, pooled into one summary.
+#[derive(Default, Clone)]
+pub struct Timed {
+    pub samples: Vec<Duration>,
+    pub total: Duration,
+}
+
+impl Timed {
+    pub fn append(&mut self, run: Timed) {
+        self.samples.extend(run.samples);
+        self.total += run.total;
+    }
+
+    pub fn summary(&self) -> Summary {
+        Summary::of(&mut self.samples.clone(), self.total)
+    }
+}
+
 pub fn micros(d: Duration) -> f64 {
     d.as_secs_f64() * 1e6
 }

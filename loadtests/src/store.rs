@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use invicta_store::{Config, Store};
 
-use crate::stats::{Summary, micros};
+use crate::stats::{Summary, Timed, micros};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -137,6 +137,11 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
 /// `n` appends of 256 bytes to a new file at `path`, each followed by fdatasync: the latency
 /// floor of anything durable on that disk.
 pub fn raw_append_fdatasync(path: &Path, n: usize) -> std::io::Result<Summary> {
+    Ok(raw_append_fdatasync_timed(path, n)?.summary())
+}
+
+/// [`raw_append_fdatasync`]'s times, to pool with other runs'.
+pub fn raw_append_fdatasync_timed(path: &Path, n: usize) -> std::io::Result<Timed> {
     let value = [0xAB_u8; VALUE_BYTES];
     let mut file = std::fs::File::create(path)?;
     let mut samples = Vec::with_capacity(n);
@@ -147,10 +152,10 @@ pub fn raw_append_fdatasync(path: &Path, n: usize) -> std::io::Result<Summary> {
         file.sync_data()?;
         samples.push(t.elapsed());
     }
-    let summary = Summary::of(&mut samples, start.elapsed());
+    let total = start.elapsed();
     drop(file);
     std::fs::remove_file(path)?;
-    Ok(summary)
+    Ok(Timed { samples, total })
 }
 
 fn time_commits<E: Into<anyhow::Error>>(
