@@ -19,6 +19,7 @@ use invicta_tests::Server;
 use reqwest::header::CONTENT_TYPE;
 use serde_json::{Value, json};
 
+use crate::lean::{self, Template};
 use crate::metering::{Burner, Metering};
 use crate::stats::{Summary, Timed};
 
@@ -625,24 +626,6 @@ impl Api {
         expect(response, &[200]).await
     }
 
-    /// As `post` without parsing the reply: the load generator's hot path.
-    async fn post_ok(&self, url: &str, body: &'static str) -> anyhow::Result<()> {
-        let response = self
-            .http
-            .post(url)
-            .bearer_auth(&self.key)
-            .header(CONTENT_TYPE, "application/json")
-            .body(body)
-            .send()
-            .await?;
-        let status = response.status();
-        let bytes = response.bytes().await?;
-        if status != reqwest::StatusCode::OK {
-            bail!("HTTP {status}: {}", String::from_utf8_lossy(&bytes));
-        }
-        Ok(())
-    }
-
     /// The server's metrics now, as the text it serves.
     async fn metrics(&self) -> anyhow::Result<Metrics> {
         let text = self
@@ -698,21 +681,25 @@ async fn expect(response: reqwest::Response, ok: &[u16]) -> anyhow::Result<Value
 
 /// `n` invocations of `add(1)` one after the other on one warm worker.
 async fn sequential(api: &Api, n: usize) -> anyhow::Result<Timed> {
-    let url = api.invoke_url("counter", "seq");
-    let first = api.post(&url, ADD_ONE).await?["result"]
-        .as_u64()
-        .context("add(1) returned no number")?;
+    let add = Template::post_json(&api.invoke_url("counter", "seq"), &api.key, ADD_ONE)?;
+    let mut connection = lean::Connection::new(Template::address(&api.base)?);
+    let result = |body: &[u8]| {
+        serde_json::from_slice::<Value>(body)
+            .ok()
+            .and_then(|reply| reply["result"].as_u64())
+    };
+    let first = result(&connection.send_ok(&add).await?).context("add(1) returned no number")?;
     let mut samples = Vec::with_capacity(n);
     let start = Instant::now();
     for i in 0..n {
         let t = Instant::now();
-        let reply = api.post(&url, ADD_ONE).await?;
+        let reply = connection.send_ok(&add).await?;
         samples.push(t.elapsed());
         let expected = first + i as u64 + 1;
-        if reply["result"].as_u64() != Some(expected) {
+        if result(&reply) != Some(expected) {
             bail!(
                 "add(1) returned {} where {expected} was expected",
-                reply["result"]
+                String::from_utf8_lossy(&reply)
             );
         }
     }
@@ -1109,46 +1096,118 @@ where
     Fut: Future<Output = anyhow::Result<()>> + Send + 'static,
 {
     let op = Arc::new(op);
-    let next = Arc::new(AtomicUsize::new(0));
-    let start = Instant::now();
-    let deadline = start + time;
+    let tickets = Tickets::new(max, time);
     let tasks: Vec<_> = (0..clients)
         .map(|_| {
-            let (op, next) = (op.clone(), next.clone());
+            let (op, tickets) = (op.clone(), tickets.clone());
             tokio::spawn(async move {
-                let (mut samples, mut errors, mut first_error) = (Vec::new(), 0, None);
-                while Instant::now() < deadline {
-                    let ticket = next.fetch_add(1, Ordering::Relaxed);
-                    if ticket >= max {
-                        break;
-                    }
+                let mut tally = Tally::default();
+                while let Some(ticket) = tickets.take() {
                     let t = Instant::now();
-                    match op(ticket).await {
-                        Ok(()) => samples.push(t.elapsed()),
-                        Err(e) => {
-                            errors += 1;
-                            first_error.get_or_insert_with(|| format!("{e:#}"));
-                        }
-                    }
+                    tally.record(t, op(ticket).await);
                 }
-                (samples, errors, first_error)
+                tally
             })
         })
         .collect();
-    let (mut samples, mut errors, mut first_error) = (Vec::new(), 0, None);
-    for task in tasks {
-        let (s, e, f) = task.await?;
-        samples.extend(s);
-        errors += e;
-        first_error = first_error.or(f);
+    Tally::gather(tasks, tickets.start).await
+}
+
+/// [`load`] with the lean client: each of `clients` tasks keeps a connection of its own to
+/// `address` and sends `requests[ticket % len]`, expecting 200.
+async fn load_lean(
+    address: std::net::SocketAddr,
+    requests: Arc<Vec<Template>>,
+    clients: usize,
+    max: usize,
+    time: Duration,
+) -> anyhow::Result<Load> {
+    let tickets = Tickets::new(max, time);
+    let tasks: Vec<_> = (0..clients)
+        .map(|_| {
+            let (requests, tickets) = (requests.clone(), tickets.clone());
+            tokio::spawn(async move {
+                let mut connection = lean::Connection::new(address);
+                let mut tally = Tally::default();
+                while let Some(ticket) = tickets.take() {
+                    let t = Instant::now();
+                    let request = &requests[ticket % requests.len().max(1)];
+                    tally.record(t, connection.send_ok(request).await.map(drop));
+                }
+                tally
+            })
+        })
+        .collect();
+    Tally::gather(tasks, tickets.start).await
+}
+
+/// The tickets of a load: 0, 1, 2, … until `max` are out or the deadline has passed.
+#[derive(Clone)]
+struct Tickets {
+    next: Arc<AtomicUsize>,
+    max: usize,
+    start: Instant,
+    deadline: Instant,
+}
+
+impl Tickets {
+    fn new(max: usize, time: Duration) -> Tickets {
+        let start = Instant::now();
+        Tickets {
+            next: Arc::new(AtomicUsize::new(0)),
+            max,
+            start,
+            deadline: start + time,
+        }
     }
-    let summary_count = samples.len();
-    Ok(Load {
-        summary: Summary::of(&mut samples, start.elapsed()),
-        summary_count,
-        errors,
-        first_error,
-    })
+
+    fn take(&self) -> Option<usize> {
+        if Instant::now() >= self.deadline {
+            return None;
+        }
+        let ticket = self.next.fetch_add(1, Ordering::Relaxed);
+        (ticket < self.max).then_some(ticket)
+    }
+}
+
+/// What one client task of a load saw.
+#[derive(Default)]
+struct Tally {
+    samples: Vec<Duration>,
+    errors: usize,
+    first_error: Option<String>,
+}
+
+impl Tally {
+    fn record(&mut self, started: Instant, result: anyhow::Result<()>) {
+        match result {
+            Ok(()) => self.samples.push(started.elapsed()),
+            Err(e) => {
+                self.errors += 1;
+                self.first_error.get_or_insert_with(|| format!("{e:#}"));
+            }
+        }
+    }
+
+    async fn gather(
+        tasks: Vec<tokio::task::JoinHandle<Tally>>,
+        start: Instant,
+    ) -> anyhow::Result<Load> {
+        let mut all = Tally::default();
+        for task in tasks {
+            let tally = task.await?;
+            all.samples.extend(tally.samples);
+            all.errors += tally.errors;
+            all.first_error = all.first_error.or(tally.first_error);
+        }
+        let summary_count = all.samples.len();
+        Ok(Load {
+            summary: Summary::of(&mut all.samples, start.elapsed()),
+            summary_count,
+            errors: all.errors,
+            first_error: all.first_error,
+        })
+    }
 }
 
 /// `add(1)` on `urls` in turn from `clients` tasks.
@@ -1159,31 +1218,19 @@ async fn load_adds(
     max: usize,
     time: Duration,
 ) -> anyhow::Result<Load> {
-    let (api, urls) = (api.clone(), urls.clone());
-    load(clients, max, time, move |ticket| {
-        let (api, urls) = (api.clone(), urls.clone());
-        async move { api.post_ok(&urls[ticket % urls.len()], ADD_ONE).await }
-    })
-    .await
+    let requests = urls
+        .iter()
+        .map(|url| Template::post_json(url, &api.key, ADD_ONE))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let address = Template::address(&api.base)?;
+    load_lean(address, Arc::new(requests), clients, max, time).await
 }
 
 /// The HTTP layer's own limit on this machine: `GET /healthz`, which does no work.
 async fn healthz(api: &Api, clients: usize, max: usize, time: Duration) -> anyhow::Result<Load> {
-    let url = Arc::new(format!("{}/healthz", api.base));
-    let http = api.http.clone();
-    load(clients, max, time, move |_| {
-        let (http, url) = (http.clone(), url.clone());
-        async move {
-            let response = http.get(url.as_str()).send().await?;
-            let status = response.status();
-            response.bytes().await?;
-            if !status.is_success() {
-                bail!("HTTP {status}");
-            }
-            Ok(())
-        }
-    })
-    .await
+    let url = format!("{}/healthz", api.base);
+    let requests = Arc::new(vec![Template::get(&url)?]);
+    load_lean(Template::address(&api.base)?, requests, clients, max, time).await
 }
 
 pub(crate) fn duration(d: Duration) -> String {

@@ -4,6 +4,7 @@
 
 mod admission;
 mod invoke;
+mod lean;
 mod metering;
 mod recovery;
 mod serve;
