@@ -1114,10 +1114,11 @@ where
 }
 
 /// [`load`] with the lean client: each of `clients` tasks keeps a connection of its own to
-/// `address` and sends `requests[ticket % len]`, expecting 200.
-async fn load_lean(
+/// `address` and sends `requests[ticket % len]`, expecting 200 (and the body `expect`, if given).
+pub(crate) async fn load_lean(
     address: std::net::SocketAddr,
     requests: Arc<Vec<Template>>,
+    expect: Option<&'static str>,
     clients: usize,
     max: usize,
     time: Duration,
@@ -1132,7 +1133,17 @@ async fn load_lean(
                 while let Some(ticket) = tickets.take() {
                     let t = Instant::now();
                     let request = &requests[ticket % requests.len().max(1)];
-                    tally.record(t, connection.send_ok(request).await.map(drop));
+                    let answer = connection.send_ok(request).await;
+                    tally.record(
+                        t,
+                        answer.and_then(|body| match expect {
+                            Some(expected) if body != expected.as_bytes() => bail!(
+                                "answered {:?}, not {expected:?}",
+                                String::from_utf8_lossy(&body)
+                            ),
+                            _ => Ok(()),
+                        }),
+                    );
                 }
                 tally
             })
@@ -1223,14 +1234,22 @@ async fn load_adds(
         .map(|url| Template::post_json(url, &api.key, ADD_ONE))
         .collect::<anyhow::Result<Vec<_>>>()?;
     let address = Template::address(&api.base)?;
-    load_lean(address, Arc::new(requests), clients, max, time).await
+    load_lean(address, Arc::new(requests), None, clients, max, time).await
 }
 
 /// The HTTP layer's own limit on this machine: `GET /healthz`, which does no work.
 async fn healthz(api: &Api, clients: usize, max: usize, time: Duration) -> anyhow::Result<Load> {
     let url = format!("{}/healthz", api.base);
     let requests = Arc::new(vec![Template::get(&url)?]);
-    load_lean(Template::address(&api.base)?, requests, clients, max, time).await
+    load_lean(
+        Template::address(&api.base)?,
+        requests,
+        None,
+        clients,
+        max,
+        time,
+    )
+    .await
 }
 
 pub(crate) fn duration(d: Duration) -> String {

@@ -16,7 +16,8 @@ use http_body_util::BodyExt;
 use invicta_tests::Server;
 use serde_json::json;
 
-use crate::invoke::{Guests, Load, duration, load, server_binary};
+use crate::invoke::{Guests, Load, duration, load_lean, server_binary};
+use crate::lean::Template;
 use crate::stats::Summary;
 
 #[derive(Debug, clap::Args)]
@@ -120,27 +121,22 @@ async fn measure(args: &Args) -> anyhow::Result<()> {
     // serving the component.
     let plain = plain_hyper()?;
     let wasmtime_url = plain_wasmtime(&hello)?;
-    let get = |url: String, expect: &'static str| {
-        let (http, url) = (http.clone(), Arc::new(url));
-        move |_| {
-            let (http, url) = (http.clone(), url.clone());
-            async move {
-                let response = http.get(url.as_str()).send().await?;
-                let status = response.status();
-                let body = response.bytes().await?;
-                if !status.is_success() || body != expect.as_bytes() {
-                    bail!("HTTP {status}: {}", String::from_utf8_lossy(&body));
-                }
-                Ok(())
-            }
-        }
+    // The loads through the lean client (`lean.rs`), as the invoke scenario's.
+    let get = |url: &str| -> anyhow::Result<_> {
+        let template = Template::get(url)?;
+        Ok((Template::address(url)?, Arc::new(vec![template])))
     };
+    let (hello_at, hello_get) = get(&hello_url)?;
+    let (wasmtime_at, wasmtime_get) = get(&wasmtime_url)?;
+    let (plain_at, plain_get) = get(&plain)?;
+    let expect = Some(HELLO);
     // Warm both: the handler's first request compiles nothing but prepares the instance.
-    load(1, 50, time, get(hello_url.clone(), HELLO)).await?;
-    load(1, 50, time, get(wasmtime_url.clone(), HELLO)).await?;
-    let plain_load = load(CLIENTS, usize::MAX, time, get(plain.clone(), HELLO)).await?;
-    let wasmtime_load = load(CLIENTS, usize::MAX, time, get(wasmtime_url.clone(), HELLO)).await?;
-    let handler_load = load(CLIENTS, usize::MAX, time, get(hello_url.clone(), HELLO)).await?;
+    load_lean(hello_at, hello_get.clone(), expect, 1, 50, time).await?;
+    load_lean(wasmtime_at, wasmtime_get.clone(), expect, 1, 50, time).await?;
+    let plain_load = load_lean(plain_at, plain_get, expect, CLIENTS, usize::MAX, time).await?;
+    let wasmtime_load =
+        load_lean(wasmtime_at, wasmtime_get, expect, CLIENTS, usize::MAX, time).await?;
+    let handler_load = load_lean(hello_at, hello_get, expect, CLIENTS, usize::MAX, time).await?;
     check("plain hyper", &plain_load)?;
     check("plain wasmtime", &wasmtime_load)?;
     check("ephemeral handler", &handler_load)?;
