@@ -19,6 +19,7 @@ use invicta_tests::Server;
 use reqwest::header::CONTENT_TYPE;
 use serde_json::{Value, json};
 
+use crate::cpu;
 use crate::lean::{self, Template};
 use crate::metering::{Burner, Metering};
 use crate::stats::{Summary, Timed};
@@ -46,6 +47,9 @@ pub struct Args {
     /// their medians (for comparing builds and for profiling).
     #[arg(long, value_name = "ROUNDS")]
     sequential_only: Option<usize>,
+    /// Only the load on many workers (server 2), with where the server's CPU went.
+    #[arg(long, conflicts_with = "sequential_only")]
+    many_only: bool,
 }
 
 /// The sizes of the measurements.
@@ -247,6 +251,31 @@ async fn run_async(args: &Args) -> anyhow::Result<()> {
     let start = Instant::now();
     let progress = |what: &str| eprintln!("[{:>6.1}s] {what}", start.elapsed().as_secs_f64());
 
+    if args.many_only {
+        let (healthz, many) = many_workers(
+            &binary,
+            &root.path().join("s2"),
+            &counter,
+            &http,
+            &counts,
+            &mut notes,
+        )
+        .await?;
+        println!(
+            "{CLIENTS_MANY} clients × {} workers: {:.0}/s, p50 {}, p99 {} ({} errors); /healthz {:.0}/s",
+            counts.workers,
+            many.summary.per_second,
+            duration(many.summary.median),
+            duration(many.summary.p99),
+            many.errors,
+            healthz.summary.per_second
+        );
+        for note in notes {
+            println!("{note}");
+        }
+        return Ok(());
+    }
+
     // Server 1, default configuration: fdatasync, sequential latency, cold start, the burner.
     progress("server 1: raw fdatasync, sequential invocations, cold starts, burner");
     let data = root.path().join("s1");
@@ -300,31 +329,15 @@ async fn run_async(args: &Args) -> anyhow::Result<()> {
         "server 2: {CLIENTS_MANY} clients over {} workers",
         counts.workers
     ));
-    let data = root.path().join("s2");
-    std::fs::create_dir(&data)?;
-    let server = Server::start(&binary, &data)?;
-    let api = Api::new_tenant(&server, &http).await?;
-    api.upload("counter", &counter).await?;
-    let healthz_many = healthz(&api, CLIENTS_MANY, usize::MAX, counts.load_time).await?;
-    let urls: Arc<Vec<String>> = Arc::new(
-        (0..counts.workers)
-            .map(|i| api.invoke_url("counter", &format!("w{i}")))
-            .collect(),
-    );
-    let warm = load_adds(&api, &urls, CLIENTS_MANY, urls.len(), WARM_TIME_MAX).await?;
-    if warm.errors > 0 {
-        bail!(
-            "warming {} workers: {} errors, the first: {}",
-            urls.len(),
-            warm.errors,
-            warm.first_error.unwrap_or_default()
-        );
-    }
-    let commits_before = api.commit_totals().await?;
-    let many = load_adds(&api, &urls, CLIENTS_MANY, usize::MAX, counts.load_time).await?;
-    let commits = api.commit_totals().await?.since(&commits_before);
-    notes.push(commits.describe(counts.load_time));
-    server.kill()?;
+    let (healthz_many, many) = many_workers(
+        &binary,
+        &root.path().join("s2"),
+        &counter,
+        &http,
+        &counts,
+        &mut notes,
+    )
+    .await?;
 
     // Server 3: one worker under load, filled up, killed and restarted.
     progress(&format!(
@@ -677,6 +690,48 @@ async fn expect(response: reqwest::Response, ok: &[u16]) -> anyhow::Result<Value
         return Ok(Value::Null);
     }
     serde_json::from_slice(&bytes).context("a JSON reply")
+}
+
+/// Server 2: `/healthz` at 64 clients, then `add(1)` from 64 clients over 1,000 workers (warmed
+/// first), with what the committer and the server's threads did meanwhile in `notes`.
+async fn many_workers(
+    binary: &Path,
+    data: &Path,
+    counter: &[u8],
+    http: &reqwest::Client,
+    counts: &Counts,
+    notes: &mut Vec<String>,
+) -> anyhow::Result<(Load, Load)> {
+    std::fs::create_dir(data)?;
+    let server = Server::start(binary, data)?;
+    let api = Api::new_tenant(&server, http).await?;
+    api.upload("counter", counter).await?;
+    let healthz_many = healthz(&api, CLIENTS_MANY, usize::MAX, counts.load_time).await?;
+    let urls: Arc<Vec<String>> = Arc::new(
+        (0..counts.workers)
+            .map(|i| api.invoke_url("counter", &format!("w{i}")))
+            .collect(),
+    );
+    let warm = load_adds(&api, &urls, CLIENTS_MANY, urls.len(), WARM_TIME_MAX).await?;
+    if warm.errors > 0 {
+        bail!(
+            "warming {} workers: {} errors, the first: {}",
+            urls.len(),
+            warm.errors,
+            warm.first_error.unwrap_or_default()
+        );
+    }
+    let commits_before = api.commit_totals().await?;
+    let cpu_before = cpu::Snapshot::take(server.pid());
+    let many = load_adds(&api, &urls, CLIENTS_MANY, usize::MAX, counts.load_time).await?;
+    let commits = api.commit_totals().await?.since(&commits_before);
+    notes.push(commits.describe(counts.load_time));
+    if let (Some(before), Some(after)) = (cpu_before, cpu::Snapshot::take(server.pid())) {
+        let spent = after.since(&before, many.summary_count);
+        notes.push(spent.describe("the load on many workers"));
+    }
+    server.kill()?;
+    Ok((healthz_many, many))
 }
 
 /// `n` invocations of `add(1)` one after the other on one warm worker.

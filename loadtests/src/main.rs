@@ -3,6 +3,7 @@
 //! absolute numbers mean little, ratios to the limit do.
 
 mod admission;
+mod cpu;
 mod invoke;
 mod lean;
 mod metering;
