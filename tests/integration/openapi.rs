@@ -104,6 +104,41 @@ async fn the_openapi_document_lists_every_route() -> anyhow::Result<()> {
             }
         }
     }
+    // Every name in a path carries the rule the server checks it by, and the server keeps to it:
+    // a name the rule allows is looked up (not found), one it refuses is refused as a name.
+    let mut names = 0;
+    for (path, item) in documented {
+        let operations = item.as_object().into_iter().flat_map(|o| o.values());
+        for parameter in operations.flat_map(|o| o["parameters"].as_array().into_iter().flatten()) {
+            let name = parameter["name"].as_str().unwrap_or_default();
+            if parameter["in"] == "path"
+                && ["tenant", "component", "worker", "route"].contains(&name)
+            {
+                let schema = &parameter["schema"];
+                assert_eq!(
+                    schema["pattern"],
+                    invicta_model::ids::NAME_PATTERN,
+                    "{path}: {name}"
+                );
+                assert_eq!(
+                    schema["maxLength"],
+                    invicta_model::ids::NAME_BYTES_MAX,
+                    "{path}: {name}"
+                );
+                names += 1;
+            }
+        }
+    }
+    assert!(names >= 20, "only {names} name parameters documented");
+    for (component, code) in [
+        ("allowed_name-1.x", "component_not_found"),
+        (".hidden", "invalid_name"),
+        ("with%20space", "invalid_name"),
+    ] {
+        let answer = api.get(&format!("/v1/components/{component}")).await?;
+        assert_eq!(answer.code(), code, "{component}: {answer:?}");
+    }
+
     // Errors axum makes by itself are problems too.
     let bad_path = api.get("/v1/components/%FF%FE/workers").await?;
     assert_eq!(bad_path.status, 400);

@@ -465,7 +465,28 @@ impl Modify for Conventions {
             .flatten()
             {
                 add_errors(operation, &problem, public);
+                constrain_names(operation);
             }
+        }
+    }
+}
+
+/// The path parameters that are names (of a tenant, component, worker or route) carry the
+/// rule every name follows, from the model, where it is checked.
+fn constrain_names(operation: &mut Operation) {
+    use utoipa::openapi::path::ParameterIn;
+    use utoipa::openapi::schema::{ObjectBuilder, Type};
+    const NAMES: [&str; 4] = ["tenant", "component", "worker", "route"];
+    for parameter in operation.parameters.iter_mut().flatten() {
+        if parameter.parameter_in == ParameterIn::Path && NAMES.contains(&parameter.name.as_str()) {
+            parameter.schema = Some(
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .pattern(Some(invicta_model::ids::NAME_PATTERN))
+                    .min_length(Some(1))
+                    .max_length(Some(invicta_model::ids::NAME_BYTES_MAX))
+                    .into(),
+            );
         }
     }
 }

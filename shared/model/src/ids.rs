@@ -6,6 +6,10 @@ use serde::{Deserialize, Serialize};
 /// The longest name accepted for a tenant, component or worker.
 pub const NAME_BYTES_MAX: usize = 128;
 
+/// The names [`validate`] accepts, as a regular expression: the API's schema gives it for every
+/// name, so that a client can check one before sending it.
+pub const NAME_PATTERN: &str = "^[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}$";
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("invalid {kind} name {name:?}: {reason}")]
 pub struct InvalidName {
@@ -126,6 +130,25 @@ impl std::fmt::Display for WorkerId {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// The pattern the API's schema gives is the validation itself, written another way.
+        #[test]
+        fn the_pattern_accepts_what_validation_accepts(
+            name in "[A-Za-z0-9._ /%-]{0,3}[a-z.é_-]{0,130}",
+        ) {
+            let pattern = regex::Regex::new(NAME_PATTERN).expect("the pattern compiles");
+            prop_assert_eq!(pattern.is_match(&name), validate("worker", &name).is_ok(), "{:?}", name);
+        }
+    }
+
+    #[test]
+    fn the_pattern_holds_the_length_limit() {
+        let pattern = regex::Regex::new(NAME_PATTERN).expect("the pattern compiles");
+        assert!(pattern.is_match(&"x".repeat(NAME_BYTES_MAX)));
+        assert!(!pattern.is_match(&"x".repeat(NAME_BYTES_MAX + 1)));
+    }
 
     #[test]
     fn names_are_validated() {
