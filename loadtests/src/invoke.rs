@@ -251,16 +251,10 @@ async fn run_async(args: &Args) -> anyhow::Result<()> {
     let start = Instant::now();
     let progress = |what: &str| eprintln!("[{:>6.1}s] {what}", start.elapsed().as_secs_f64());
 
+    let s2 = root.path().join("s2");
+    let server_2 = async || many_workers(&binary, &s2, &counter, &http, &counts).await;
     if args.many_only {
-        let (healthz, many) = many_workers(
-            &binary,
-            &root.path().join("s2"),
-            &counter,
-            &http,
-            &counts,
-            &mut notes,
-        )
-        .await?;
+        let (healthz, many, notes) = server_2().await?;
         println!(
             "{CLIENTS_MANY} clients × {} workers: {:.0}/s, p50 {}, p99 {} ({} errors); /healthz {:.0}/s",
             counts.workers,
@@ -329,15 +323,8 @@ async fn run_async(args: &Args) -> anyhow::Result<()> {
         "server 2: {CLIENTS_MANY} clients over {} workers",
         counts.workers
     ));
-    let (healthz_many, many) = many_workers(
-        &binary,
-        &root.path().join("s2"),
-        &counter,
-        &http,
-        &counts,
-        &mut notes,
-    )
-    .await?;
+    let (healthz_many, many, server_2_notes) = server_2().await?;
+    notes.extend(server_2_notes);
 
     // Server 3: one worker under load, filled up, killed and restarted.
     progress(&format!(
@@ -693,15 +680,15 @@ async fn expect(response: reqwest::Response, ok: &[u16]) -> anyhow::Result<Value
 }
 
 /// Server 2: `/healthz` at 64 clients, then `add(1)` from 64 clients over 1,000 workers (warmed
-/// first), with what the committer and the server's threads did meanwhile in `notes`.
+/// first), with notes on what the committer and the server's threads did meanwhile.
 async fn many_workers(
     binary: &Path,
     data: &Path,
     counter: &[u8],
     http: &reqwest::Client,
     counts: &Counts,
-    notes: &mut Vec<String>,
-) -> anyhow::Result<(Load, Load)> {
+) -> anyhow::Result<(Load, Load, Vec<String>)> {
+    let mut notes = Vec::new();
     std::fs::create_dir(data)?;
     let server = Server::start(binary, data)?;
     let api = Api::new_tenant(&server, http).await?;
@@ -731,7 +718,7 @@ async fn many_workers(
         notes.push(spent.describe("the load on many workers"));
     }
     server.kill()?;
-    Ok((healthz_many, many))
+    Ok((healthz_many, many, notes))
 }
 
 /// `n` invocations of `add(1)` one after the other on one warm worker.
