@@ -724,7 +724,7 @@ async fn many_workers(
 /// `n` invocations of `add(1)` one after the other on one warm worker.
 async fn sequential(api: &Api, n: usize) -> anyhow::Result<Timed> {
     let add = Template::post_json(&api.invoke_url("counter", "seq"), &api.key, ADD_ONE)?;
-    let mut connection = lean::Connection::new(Template::address(&api.base)?);
+    let mut connection = lean::Connection::default();
     let result = |body: &[u8]| {
         serde_json::from_slice::<Value>(body)
             .ok()
@@ -751,7 +751,8 @@ async fn sequential(api: &Api, n: usize) -> anyhow::Result<Timed> {
     })
 }
 
-/// Runs `work` with a client of its own on a current-thread runtime, in a thread of its own.
+/// Runs `work` on a current-thread runtime, in a thread of its own; it makes its own connection
+/// (the lean client), not through `api.http`, whose connections belong to the main runtime.
 /// A sequential client on the multi-threaded runtime passes each response between its threads:
 /// two or three wakes per request, which its latency holds (~30 µs here). Not for loads of many
 /// clients, which one thread cannot generate.
@@ -766,13 +767,7 @@ where
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
-        runtime.block_on(async move {
-            let http = reqwest::Client::builder()
-                .no_proxy()
-                .timeout(Duration::from_secs(60))
-                .build()?;
-            work(Api { http, ..api }).await
-        })
+        runtime.block_on(work(api))
     })
     .await?
 }
@@ -1155,10 +1150,9 @@ where
     Tally::gather(tasks, tickets.start).await
 }
 
-/// [`load`] with the lean client: each of `clients` tasks keeps a connection of its own to
-/// `address` and sends `requests[ticket % len]`, expecting 200 (and the body `expect`, if given).
+/// [`load`] with the lean client: each of `clients` tasks keeps a connection of its own and sends
+/// `requests[ticket % len]` (all to one server), expecting 200 (and the body `expect`, if given).
 pub(crate) async fn load_lean(
-    address: std::net::SocketAddr,
     requests: Arc<Vec<Template>>,
     expect: Option<&'static str>,
     clients: usize,
@@ -1170,7 +1164,7 @@ pub(crate) async fn load_lean(
         .map(|_| {
             let (requests, tickets) = (requests.clone(), tickets.clone());
             tokio::spawn(async move {
-                let mut connection = lean::Connection::new(address);
+                let mut connection = lean::Connection::default();
                 let mut tally = Tally::default();
                 while let Some(ticket) = tickets.take() {
                     let t = Instant::now();
@@ -1275,23 +1269,14 @@ async fn load_adds(
         .iter()
         .map(|url| Template::post_json(url, &api.key, ADD_ONE))
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let address = Template::address(&api.base)?;
-    load_lean(address, Arc::new(requests), None, clients, max, time).await
+    load_lean(Arc::new(requests), None, clients, max, time).await
 }
 
 /// The HTTP layer's own limit on this machine: `GET /healthz`, which does no work.
 async fn healthz(api: &Api, clients: usize, max: usize, time: Duration) -> anyhow::Result<Load> {
     let url = format!("{}/healthz", api.base);
     let requests = Arc::new(vec![Template::get(&url)?]);
-    load_lean(
-        Template::address(&api.base)?,
-        requests,
-        None,
-        clients,
-        max,
-        time,
-    )
-    .await
+    load_lean(requests, None, clients, max, time).await
 }
 
 pub(crate) fn duration(d: Duration) -> String {

@@ -16,9 +16,11 @@ use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HOST, HeaderValue};
 use hyper::{Method, Request, StatusCode, Uri};
 use hyper_util::rt::TokioIo;
 
-/// A request made again and again: its parts parsed once.
+/// A request made again and again: its parts parsed once, and the address it goes to (its URL's
+/// host is an IP address and port, as the loads' servers are on loopback).
 #[derive(Clone)]
 pub(crate) struct Template {
+    address: SocketAddr,
     method: Method,
     uri: Uri,
     host: HeaderValue,
@@ -52,6 +54,9 @@ impl Template {
         let host = full.authority().context("a URL with a host")?.as_str();
         let path = full.path_and_query().map_or("/", |p| p.as_str());
         Ok(Template {
+            address: host
+                .parse()
+                .with_context(|| format!("{url}: an IP address and port"))?,
             method,
             uri: path.parse()?,
             host: HeaderValue::from_str(host)?,
@@ -60,13 +65,6 @@ impl Template {
                 .transpose()?,
             body,
         })
-    }
-
-    /// The address to connect to, from `url`.
-    pub(crate) fn address(url: &str) -> anyhow::Result<SocketAddr> {
-        let full: Uri = url.parse().with_context(|| format!("the URL {url}"))?;
-        let authority = full.authority().context("a URL with a host")?;
-        Ok(authority.as_str().parse()?)
     }
 
     fn request(&self) -> anyhow::Result<Request<Full<Bytes>>> {
@@ -88,46 +86,34 @@ impl Template {
     }
 }
 
-/// One keep-alive connection, made again after a failure.
+/// One keep-alive connection, made at the first request (to its template's address) and again
+/// after a failure. The requests sent on one connection go to one server.
+#[derive(Default)]
 pub(crate) struct Connection {
-    address: SocketAddr,
     sender: Option<SendRequest<Full<Bytes>>>,
 }
 
 impl Connection {
-    pub(crate) fn new(address: SocketAddr) -> Connection {
-        Connection {
-            address,
-            sender: None,
-        }
-    }
-
-    /// Sends the request; its status and body. A failed connection is dropped, and the next
-    /// request makes a new one.
-    pub(crate) async fn send(
-        &mut self,
-        template: &Template,
-    ) -> anyhow::Result<(StatusCode, Bytes)> {
-        let result = self.try_send(template).await;
-        if result.is_err() {
-            self.sender = None;
-        }
-        result
-    }
-
-    /// Sends the request and fails unless the answer is 200.
+    /// Sends the request; its body, or an error unless the answer is 200. A failed connection is
+    /// dropped, and the next request makes a new one.
     pub(crate) async fn send_ok(&mut self, template: &Template) -> anyhow::Result<Bytes> {
-        let (status, body) = self.send(template).await?;
+        let (status, body) = match self.send(template).await {
+            Ok(answer) => answer,
+            Err(e) => {
+                self.sender = None;
+                return Err(e);
+            }
+        };
         if status != StatusCode::OK {
             bail!("HTTP {status}: {}", String::from_utf8_lossy(&body));
         }
         Ok(body)
     }
 
-    async fn try_send(&mut self, template: &Template) -> anyhow::Result<(StatusCode, Bytes)> {
+    async fn send(&mut self, template: &Template) -> anyhow::Result<(StatusCode, Bytes)> {
         let sender = match &mut self.sender {
             Some(sender) => sender,
-            None => self.sender.insert(connect(self.address).await?),
+            None => self.sender.insert(connect(template.address).await?),
         };
         sender.ready().await?;
         let response = sender.send_request(template.request()?).await?;
@@ -142,7 +128,7 @@ async fn connect(address: SocketAddr) -> anyhow::Result<SendRequest<Full<Bytes>>
     stream.set_nodelay(true)?;
     let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
     tokio::spawn(async move {
-        // Ends when the sender is dropped or the server closes; a failure shows in `send`.
+        // Ends when the sender is dropped or the server closes; a failure shows in `send_ok`.
         let _ = connection.await;
     });
     Ok(sender)

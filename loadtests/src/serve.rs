@@ -122,21 +122,16 @@ async fn measure(args: &Args) -> anyhow::Result<()> {
     let plain = plain_hyper()?;
     let wasmtime_url = plain_wasmtime(&hello)?;
     // The loads through the lean client (`lean.rs`), as the invoke scenario's.
-    let get = |url: &str| -> anyhow::Result<_> {
-        let template = Template::get(url)?;
-        Ok((Template::address(url)?, Arc::new(vec![template])))
-    };
-    let (hello_at, hello_get) = get(&hello_url)?;
-    let (wasmtime_at, wasmtime_get) = get(&wasmtime_url)?;
-    let (plain_at, plain_get) = get(&plain)?;
+    let get = |url: &str| -> anyhow::Result<_> { Ok(Arc::new(vec![Template::get(url)?])) };
+    let (hello_get, wasmtime_get, plain_get) =
+        (get(&hello_url)?, get(&wasmtime_url)?, get(&plain)?);
     let expect = Some(HELLO);
     // Warm both: the handler's first request compiles nothing but prepares the instance.
-    load_lean(hello_at, hello_get.clone(), expect, 1, 50, time).await?;
-    load_lean(wasmtime_at, wasmtime_get.clone(), expect, 1, 50, time).await?;
-    let plain_load = load_lean(plain_at, plain_get, expect, CLIENTS, usize::MAX, time).await?;
-    let wasmtime_load =
-        load_lean(wasmtime_at, wasmtime_get, expect, CLIENTS, usize::MAX, time).await?;
-    let handler_load = load_lean(hello_at, hello_get, expect, CLIENTS, usize::MAX, time).await?;
+    load_lean(hello_get.clone(), expect, 1, 50, time).await?;
+    load_lean(wasmtime_get.clone(), expect, 1, 50, time).await?;
+    let plain_load = load_lean(plain_get, expect, CLIENTS, usize::MAX, time).await?;
+    let wasmtime_load = load_lean(wasmtime_get, expect, CLIENTS, usize::MAX, time).await?;
+    let handler_load = load_lean(hello_get, expect, CLIENTS, usize::MAX, time).await?;
     check("plain hyper", &plain_load)?;
     check("plain wasmtime", &wasmtime_load)?;
     check("ephemeral handler", &handler_load)?;
