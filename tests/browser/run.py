@@ -409,8 +409,15 @@ def operator_journey(j, operator_key):
 
 
 def start_server(invicta, components, data_dir):
+    # Workers stay active for the whole journey: the list filtered by status must not depend on
+    # how long the pages before it took (idle suspension after the default minute did, on a slow
+    # machine).
+    config = os.path.join(data_dir, "browser.toml")
+    os.makedirs(data_dir, exist_ok=True)
+    with open(config, "w") as f:
+        f.write("[executor]\nidle_suspend_ms = 3600000\n")
     server = subprocess.Popen(
-        [invicta, "server", "--listen", "127.0.0.1:0", "--data-dir", data_dir,
+        [invicta, "server", "--listen", "127.0.0.1:0", "--data-dir", data_dir, "--config", config,
          "--demo", os.path.join(components, "counter.wasm")],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=dict(os.environ, NO_COLOR="1"),
     )
