@@ -4,7 +4,9 @@
 //!
 //! The committer is a thread of its own that runs the store's transactions directly and calls
 //! each request's completion when it is durable: from an invocation's end to its caller's reply,
-//! the only hand-offs are to this thread and back.
+//! the only hand-offs are to this thread and back. After a group of one request, the committer
+//! polls for the next for a moment (`commit_poll_us`) rather than sleeping, so that a caller
+//! calling again and again does not wait each time for the committer to wake.
 //!
 //! **Invariant:** appends are contiguous. Each request says which index its first entry has; the
 //! transaction checks that the entry before it is in the oplog and that index itself is not
@@ -16,6 +18,7 @@ use invicta_store::Store;
 use tokio::sync::{mpsc, oneshot};
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use crate::error::Error;
 use crate::metrics::Metrics;
@@ -188,11 +191,12 @@ impl Committer {
         store: Store,
         metrics: Arc<Metrics>,
         fencing: Arc<Fencing>,
+        poll: Duration,
     ) -> Result<Committer, Error> {
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
         std::thread::Builder::new()
             .name("oplog-committer".into())
-            .spawn(move || run(store, rx, &metrics, &fencing))
+            .spawn(move || run(store, rx, &metrics, &fencing, poll))
             .map_err(|e| Error::Engine(format!("start the committer thread: {e}")))?;
         Ok(Committer { tx })
     }
@@ -210,8 +214,11 @@ fn run(
     mut rx: mpsc::Receiver<CommitRequest>,
     metrics: &Metrics,
     fencing: &Arc<Fencing>,
+    poll: Duration,
 ) {
-    while let Some(first) = rx.blocking_recv() {
+    // Whether the last group was one request: the next is polled for before sleeping.
+    let mut alone = false;
+    while let Some(first) = next(&mut rx, if alone { poll } else { Duration::ZERO }) {
         let mut bytes = first.bytes();
         let mut batch = vec![first];
         while batch.len() < BATCH_REQUESTS_MAX && bytes < BATCH_BYTES_MAX {
@@ -223,8 +230,28 @@ fn run(
                 Err(_) => break,
             }
         }
+        alone = batch.len() == 1;
         commit_batch(&store, batch, metrics, fencing);
     }
+}
+
+/// The next request: polled for during `poll` (yielding the CPU to whoever else wants it between
+/// tries), then waited for asleep. `None` once every sender is gone.
+fn next<T>(rx: &mut mpsc::Receiver<T>, poll: Duration) -> Option<T> {
+    if !poll.is_zero() {
+        let started = Instant::now();
+        loop {
+            match rx.try_recv() {
+                Ok(request) => return Some(request),
+                Err(mpsc::error::TryRecvError::Disconnected) => return None,
+                Err(mpsc::error::TryRecvError::Empty) if started.elapsed() < poll => {
+                    std::thread::yield_now();
+                }
+                Err(mpsc::error::TryRecvError::Empty) => break,
+            }
+        }
+    }
+    rx.blocking_recv()
 }
 
 /// The requests' content, moved into the transaction body (which may run more than once).
@@ -242,7 +269,7 @@ fn commit_batch(
     metrics: &Metrics,
     fencing: &Arc<Fencing>,
 ) {
-    let started = std::time::Instant::now();
+    let started = Instant::now();
     let requests = batch.len();
     // One commit serves many invocations: it is part of the first one's trace, and follows
     // from the others' (links, in OpenTelemetry).
@@ -360,4 +387,27 @@ fn apply(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn polling_takes_what_comes_meanwhile_and_sleeps_after() {
+        let (tx, mut rx) = mpsc::channel::<u32>(4);
+        let sender = std::thread::spawn(move || {
+            // Sent while the receiver polls (its first try finds nothing: it waits on us).
+            tx.blocking_send(1).unwrap();
+            // Most likely sent once the receiver has stopped polling and sleeps; either way it
+            // must get it.
+            std::thread::sleep(Duration::from_millis(50));
+            tx.blocking_send(2).unwrap();
+        });
+        assert_eq!(next(&mut rx, Duration::from_secs(5)), Some(1));
+        assert_eq!(next(&mut rx, Duration::from_micros(100)), Some(2));
+        sender.join().unwrap();
+        assert_eq!(next(&mut rx, Duration::from_micros(100)), None);
+        assert_eq!(next(&mut rx, Duration::ZERO), None);
+    }
 }

@@ -240,7 +240,12 @@ impl Executor {
         let executor = Executor {
             inner: Arc::new(Inner {
                 ctx: Arc::new(context::Context {
-                    committer: Committer::start(store.clone(), metrics.clone(), fencing.clone())?,
+                    committer: Committer::start(
+                        store.clone(),
+                        metrics.clone(),
+                        fencing.clone(),
+                        std::time::Duration::from_micros(config.commit_poll_us),
+                    )?,
                     metrics,
                     http_config: Arc::new(config.http.clone()),
                     http_tls,
