@@ -116,8 +116,21 @@ impl Default for Config {
     }
 }
 
+/// What every handler shares, behind one reference count: a request clones it several times
+/// (each middleware's copy, the handler's), which for the fields themselves was a dozen atomic
+/// increments and as many decrements.
 #[derive(Clone)]
-pub(crate) struct AppState {
+pub(crate) struct AppState(Arc<Shared>);
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+pub(crate) struct Shared {
     store: Store,
     blobs: BlobStore,
     registry: Registry,
@@ -173,7 +186,7 @@ impl Service {
             None => None,
         };
         let (stop, stopped) = tokio::sync::watch::channel(false);
-        let state = AppState {
+        let state = AppState(Arc::new(Shared {
             store: backends.store.clone(),
             blobs: backends.blobs,
             registry: backends.registry,
@@ -183,7 +196,7 @@ impl Service {
             routes: Arc::new(routes::Tables::new(backends.store.clone())),
             uploads: Default::default(),
             stop: stopped,
-        };
+        }));
         let meter = Arc::new(public::Meter::default());
         let public = public_listener.map(|listener| {
             let router = public::router(public::PublicState {
