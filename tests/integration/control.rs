@@ -104,6 +104,15 @@ async fn components_and_workers_are_listed_and_deleted() -> anyhow::Result<()> {
     }
     let gone = api.get("/v1/components/counter/workers/a2").await?;
     assert_eq!((gone.status, gone.code()), (404, "worker_not_found"));
+    // a2 was active: its actor answered for it until it was deleted, not any more.
+    let invoked = api
+        .post_json(
+            "/v1/components/counter/workers/a2/invoke",
+            &json!({ "function": "add", "params": [1], "create": false }),
+            None,
+        )
+        .await?;
+    assert_eq!((invoked.status, invoked.code()), (404, "worker_not_found"));
     let again = api.delete("/v1/components/counter/workers/a2").await?;
     assert_eq!(again.status, 404);
     let after = api.get("/v1/usage").await?;

@@ -34,8 +34,14 @@ impl Executor {
         Ok((lines, next))
     }
 
-    /// Whether the worker exists (its record is in the store).
+    /// Whether the worker exists: it has an actor here, or its record is in the store. An actor
+    /// answers for its worker without a store read (a read is a hop to the blocking pool and
+    /// back, on every call); a worker deleted meanwhile answers `worker_not_found` from its
+    /// actor all the same.
     pub async fn worker_exists(&self, id: &WorkerId) -> Result<bool> {
+        if self.lock_workers().contains_key(id) {
+            return Ok(true);
+        }
         Ok(self.worker_record(id).await?.is_some())
     }
 
