@@ -232,19 +232,30 @@ impl Committer {
                 .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
                 .is_ok()
         {
+            // Lets the next submitter poll once this one is done, or dropped while it waits for
+            // room in the queue.
+            let turn = Turn(&self.polling);
             let (handoff, done) = Handoff::new(request.done);
             request.done = done;
-            Some(handoff)
+            Some((handoff, turn))
         } else {
             None
         };
         if let Err(mpsc::error::SendError(request)) = self.tx.send(request).await {
             (request.done)(Err(Error::ShuttingDown));
         }
-        if let Some(handoff) = handoff {
+        if let Some((handoff, _turn)) = handoff {
             handoff.wait(self.poll);
-            self.polling.store(false, Ordering::Release);
         }
+    }
+}
+
+/// A submitter's turn to poll; over when dropped.
+struct Turn<'a>(&'a AtomicBool);
+
+impl Drop for Turn<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
     }
 }
 
