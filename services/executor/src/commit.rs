@@ -36,6 +36,10 @@ const BATCH_BYTES_MAX: usize = 8_000_000;
 /// Most requests in one group transaction.
 const BATCH_REQUESTS_MAX: usize = 1_024;
 
+/// The longest a thread polls (`commit_poll_us` above it is cut to this): a submitter that polls
+/// holds a runtime thread meanwhile, which a slow disk must not make long.
+const POLL_MAX: Duration = Duration::from_millis(10);
+
 /// Called on the committer thread once a request is durable, or failed; it must be quick.
 pub(crate) type Done = Box<dyn FnOnce(Result<(), Error>) + Send>;
 
@@ -202,6 +206,7 @@ impl Committer {
         poll: Duration,
     ) -> Result<Committer, Error> {
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
+        let poll = poll.min(POLL_MAX);
         let alone = Arc::new(AtomicBool::new(false));
         let flag = alone.clone();
         std::thread::Builder::new()

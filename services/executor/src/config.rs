@@ -20,12 +20,12 @@ pub struct Config {
     /// commit their start with their completion, in one transaction.
     pub start_commit_delay_ms: u64,
     /// While commits come one at a time (the last group was one request), the committer polls
-    /// for the next request for this long (microseconds; default 500; 0: never) before it
-    /// sleeps, and one submitter at a time polls for its commit on its own thread rather than
-    /// being woken when it is durable. Waking a sleeping thread on an idle CPU is slow on a
-    /// virtual machine: the two took ~130 µs off a sequential call here (~390 → ~260 µs). Once
-    /// commits serve several requests each, nobody polls, which lets the next group gather
-    /// (polling then made groups smaller and cost more CPU a call).
+    /// for the next request for this long (microseconds; default 500, at most 10,000; 0: never)
+    /// before it sleeps, and one submitter at a time polls for its commit on its own thread
+    /// rather than being woken when it is durable. Waking a sleeping thread on an idle CPU is
+    /// slow on a virtual machine: the two took ~130 µs off a sequential call here (~390 → ~260
+    /// µs). Once commits serve several requests each, nobody polls, which lets the next group
+    /// gather (polling then made groups smaller and cost more CPU a call).
     pub commit_poll_us: u64,
     /// Invocations one worker may have waiting (default 1,024); more are refused with
     /// `queue_full`.
