@@ -6,8 +6,9 @@
 //! each request's completion when it is durable: from an invocation's end to its caller's reply,
 //! the only hand-offs are to this thread and back. While groups are of one request, neither
 //! hand-off sleeps (`commit_poll_us`): the committer polls for the next request, and the
-//! submitter polls for its commit and completes it on its own thread ([`Committer::submit`]),
-//! so that a caller calling again and again does not wait each time for threads to wake.
+//! submitter, if it has nothing else to do, polls for its commit and completes it on its own
+//! thread ([`Committer::submit_polling`]), so that a caller calling again and again does not
+//! wait each time for threads to wake.
 //!
 //! **Invariant:** appends are contiguous. Each request says which index its first entry has; the
 //! transaction checks that the entry before it is in the oplog and that index itself is not
@@ -40,7 +41,8 @@ const BATCH_REQUESTS_MAX: usize = 1_024;
 /// holds a runtime thread meanwhile, which a slow disk must not make long.
 const POLL_MAX: Duration = Duration::from_millis(10);
 
-/// Called on the committer thread once a request is durable, or failed; it must be quick.
+/// Called once a request is durable, or failed: on the committer's thread, or on its submitter's
+/// when that one polls for it ([`Committer::submit_polling`]); it must be quick and never block.
 pub(crate) type Done = Box<dyn FnOnce(Result<(), Error>) + Send>;
 
 /// One worker's appends and the records that go with them, committed together or not at all.
@@ -221,16 +223,28 @@ impl Committer {
         })
     }
 
-    /// Queues a request; its `done` is called once it is durable (or failed).
+    /// Queues a request; its `done` is called once it is durable (or failed), on the committer's
+    /// thread.
+    pub(crate) async fn submit(&self, request: CommitRequest) {
+        self.send(request, false).await;
+    }
+
+    /// Queues a request of a submitter that has nothing else to do until it is durable (an actor
+    /// with nothing queued after its invocation's outcome).
     ///
-    /// While commits come one at a time, one submitter at a time stays on its thread polling
-    /// for its commit (up to `poll`) and calls `done` itself: what `done` wakes then runs on
-    /// this thread next, without waking a sleeping one (a runtime thread that went idle meanwhile
-    /// takes tens of microseconds to come back on a virtual machine), which is most of what a
-    /// sequential caller waits for beside the commit. Under load, when groups are larger, it
-    /// returns at once and `done` runs on the committer's thread.
-    pub(crate) async fn submit(&self, mut request: CommitRequest) {
-        let handoff = if !self.poll.is_zero()
+    /// While commits come one at a time, one such submitter at a time stays on its thread
+    /// polling for its commit (up to `poll`) and calls `done` itself: what `done` wakes then
+    /// runs on this thread next, without waking a sleeping one (a runtime thread that went idle
+    /// meanwhile takes tens of microseconds to come back on a virtual machine), which is most
+    /// of what a sequential caller waits for beside the commit. Under load, when groups are
+    /// larger, it returns at once and `done` runs on the committer's thread.
+    pub(crate) async fn submit_polling(&self, request: CommitRequest) {
+        self.send(request, true).await;
+    }
+
+    async fn send(&self, mut request: CommitRequest, may_poll: bool) {
+        let handoff = if may_poll
+            && !self.poll.is_zero()
             && self.alone.load(Ordering::Relaxed)
             && self
                 .polling

@@ -2616,8 +2616,14 @@ impl Actor {
         let request = commit.request(done);
         self.shared.commits_in_flight.fetch_add(1, Ordering::AcqRel);
         // Submitted here, in the actor, so that the worker's appends reach the committer in
-        // order; the queue is bounded, so this waits when the disk falls behind.
-        self.inner.committer.submit(request).await;
+        // order; the queue is bounded, so this waits when the disk falls behind. With nothing
+        // queued the actor has nothing to do until it is durable, and may wait for it here;
+        // otherwise it goes on with the next invocation meanwhile.
+        if self.rx.is_empty() {
+            self.inner.committer.submit_polling(request).await;
+        } else {
+            self.inner.committer.submit(request).await;
+        }
         notify_rx
     }
 }
