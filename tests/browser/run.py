@@ -20,6 +20,8 @@ import sys
 import tarfile
 import tempfile
 import threading
+import time
+import urllib.request
 
 from selenium import webdriver
 from selenium.common.exceptions import (
@@ -81,6 +83,21 @@ for (const el of document.querySelectorAll('body *')) {
 if (!checked) problems.push('no text checked for contrast');
 return problems;
 """
+
+
+def wait_optimized(base, key, component):
+    """Waits until the component's optimized code is ready (an upload runs at once on the
+    baseline tier, and a worker on it leaves its instance when that code comes)."""
+    deadline = time.monotonic() + 300
+    while True:
+        request = urllib.request.Request(f"{base}/v1/components/{component}",
+                                         headers={"Authorization": f"Bearer {key}"})
+        with urllib.request.urlopen(request, timeout=10) as reply:
+            if json.load(reply).get("code") == "optimized":
+                return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{component} was not optimized within 300 s")
+        time.sleep(0.05)
 
 
 class Journey:
@@ -259,6 +276,9 @@ def tenant_journey(j, demo_key, components):
     j.field("Component file (.wasm, or .tar with its files)").send_keys(os.path.join(components, "types.wasm"))
     j.button("Upload").click()
     j.heading("Component types")
+    # Its worker's status is read further on (the list filtered to active workers), and a worker
+    # on the baseline tier leaves its instance, and that status, when the optimized code comes.
+    wait_optimized(j.base, demo_key, "types")
     j.go("/components/types/workers")
     j.heading("Workers of types")
     j.field("Worker name").send_keys("t1")

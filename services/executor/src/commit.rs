@@ -13,6 +13,9 @@
 //! **Invariant:** appends are contiguous. Each request says which index its first entry has; the
 //! transaction checks that the entry before it is in the oplog and that index itself is not
 //! (`index == last + 1`), so a lost or reordered append can never be followed by a later one.
+//!
+//! **Invariant:** each request's `done` runs exactly once, once its outcome is known: on the
+//! committer's thread, or on its submitter's when that one polled for it ([`Handoff`]).
 
 use invicta_model::WorkerId;
 use invicta_model::oplog::{OplogEntry, OplogIndex};
