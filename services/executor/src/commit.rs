@@ -310,10 +310,7 @@ impl Handoff {
         });
         let theirs = handoff.clone();
         let committer_side: Done = Box::new(move |result| {
-            let mut state = theirs
-                .state
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut state = crate::support::lock(&theirs.state);
             match std::mem::replace(&mut *state, Slot::Over) {
                 Slot::Polling(done) => {
                     *state = Slot::Ready(done, result);
@@ -336,10 +333,7 @@ impl Handoff {
         while !self.ready.load(Ordering::Acquire) && started.elapsed() < poll {
             std::thread::yield_now();
         }
-        let mut state = self
-            .state
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut state = crate::support::lock(&self.state);
         match std::mem::replace(&mut *state, Slot::Over) {
             Slot::Ready(done, result) => {
                 drop(state);

@@ -73,7 +73,7 @@ pub use suspend::{PROMISE_BYTES_MAX, PromiseRecord};
 
 use crate::commit::Committer;
 use crate::host::WorkerCtx;
-pub(crate) use crate::support::now_ms;
+pub(crate) use crate::support::{lock, now_ms};
 
 pub use config::{Config, Placement};
 pub use error::{Error, Result};
@@ -130,10 +130,6 @@ impl std::ops::Deref for Inner {
     fn deref(&self) -> &context::Context {
         &self.ctx
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Executor {

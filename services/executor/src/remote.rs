@@ -17,6 +17,7 @@ use tonic::transport::Channel;
 
 use crate::error::{Error, Result};
 use crate::limits::Limits;
+use crate::support::lock;
 use crate::types::Completed;
 
 /// How long a call keeps looking for the worker's executor (a failover takes about a lease).
@@ -35,10 +36,6 @@ pub(crate) struct Router {
     /// Where each shard's worker ran last, until a call finds it moved.
     placements: Mutex<HashMap<u32, String>>,
     clients: Mutex<HashMap<String, ExecutorClient<Channel>>>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn wire(id: &WorkerId) -> common::WorkerId {

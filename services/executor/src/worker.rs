@@ -30,7 +30,7 @@ use crate::error::Error;
 use crate::host::{self, Durability, WorkerCtx};
 use crate::records::{self, InvocationRecord, StoredOutcome, WorkerRecord};
 use crate::snapshots;
-use crate::support::now_ms;
+use crate::support::{lock, now_ms};
 use crate::suspend::{Waits, Wake};
 use crate::types::{Completed, Outcome};
 
@@ -255,10 +255,6 @@ impl WorkerHandle {
             }
         }
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 struct Active {
