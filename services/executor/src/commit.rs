@@ -537,18 +537,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn polling_takes_what_comes_meanwhile_and_sleeps_after() {
+    fn polling_takes_what_comes_meanwhile_and_sleeping_what_comes_later() {
         let (tx, mut rx) = mpsc::channel::<u32>(4);
+        let (go, gone) = std::sync::mpsc::channel::<()>();
         let sender = std::thread::spawn(move || {
-            // Sent while the receiver polls (its first try finds nothing: it waits on us).
+            // Sent while the receiver polls (its first try may find nothing: it waits on us).
             tx.blocking_send(1).unwrap();
-            // Most likely sent once the receiver has stopped polling and sleeps; either way it
-            // must get it.
-            std::thread::sleep(Duration::from_millis(50));
+            // Sent once the receiver is on its way to sleep for it, without polling.
+            gone.recv().unwrap();
             tx.blocking_send(2).unwrap();
         });
-        assert_eq!(next(&mut rx, Duration::from_secs(5)), Some(1));
-        assert_eq!(next(&mut rx, Duration::from_micros(100)), Some(2));
+        assert_eq!(next(&mut rx, Duration::from_secs(60)), Some(1));
+        go.send(()).unwrap();
+        assert_eq!(next(&mut rx, Duration::ZERO), Some(2));
         sender.join().unwrap();
         assert_eq!(next(&mut rx, Duration::from_micros(100)), None);
         assert_eq!(next(&mut rx, Duration::ZERO), None);
