@@ -130,6 +130,28 @@ async fn the_openapi_document_lists_every_route() -> anyhow::Result<()> {
         }
     }
     assert!(names >= 20, "only {names} name parameters documented");
+    // So does every name a body gives, and the server keeps to it there too.
+    for schema in ["CreateWorker", "Fork", "NewTenant"] {
+        let name = &doc.body["components"]["schemas"][schema]["properties"]["name"];
+        assert_eq!(
+            name["pattern"],
+            invicta_model::ids::NAME_PATTERN,
+            "{schema}"
+        );
+        assert_eq!(
+            name["maxLength"],
+            invicta_model::ids::NAME_BYTES_MAX,
+            "{schema}"
+        );
+    }
+    let refused = api
+        .post_json(
+            "/v1/components/counter/workers",
+            &serde_json::json!({ "name": ".hidden" }),
+            None,
+        )
+        .await?;
+    assert_eq!(refused.code(), "invalid_name", "{refused:?}");
     for (component, code) in [
         ("allowed_name-1.x", "component_not_found"),
         (".hidden", "invalid_name"),

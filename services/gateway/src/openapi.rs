@@ -445,6 +445,18 @@ impl Modify for Conventions {
                     .build(),
             ),
         );
+        // The names bodies give (a new worker's, a fork's, a new tenant's) follow the same rule
+        // as the names in paths.
+        for schema in ["CreateWorker", "Fork", "NewTenant"] {
+            if let Some(utoipa::openapi::RefOr::T(utoipa::openapi::schema::Schema::Object(
+                object,
+            ))) = components.schemas.get_mut(schema)
+            {
+                object
+                    .properties
+                    .insert("name".into(), name_schema().into());
+            }
+        }
         let problem = ResponseBuilder::new()
             .content(
                 "application/problem+json",
@@ -475,20 +487,23 @@ impl Modify for Conventions {
 /// rule every name follows, from the model, where it is checked.
 fn constrain_names(operation: &mut Operation) {
     use utoipa::openapi::path::ParameterIn;
-    use utoipa::openapi::schema::{ObjectBuilder, Type};
     const NAMES: [&str; 4] = ["tenant", "component", "worker", "route"];
     for parameter in operation.parameters.iter_mut().flatten() {
         if parameter.parameter_in == ParameterIn::Path && NAMES.contains(&parameter.name.as_str()) {
-            parameter.schema = Some(
-                ObjectBuilder::new()
-                    .schema_type(Type::String)
-                    .pattern(Some(invicta_model::ids::NAME_PATTERN))
-                    .min_length(Some(1))
-                    .max_length(Some(invicta_model::ids::NAME_BYTES_MAX))
-                    .into(),
-            );
+            parameter.schema = Some(name_schema().into());
         }
     }
+}
+
+/// The rule every name follows (`invicta_model::ids`), as a schema.
+fn name_schema() -> utoipa::openapi::schema::Object {
+    use utoipa::openapi::schema::{ObjectBuilder, Type};
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .pattern(Some(invicta_model::ids::NAME_PATTERN))
+        .min_length(Some(1))
+        .max_length(Some(invicta_model::ids::NAME_BYTES_MAX))
+        .build()
 }
 
 fn add_errors(operation: &mut Operation, problem: &utoipa::openapi::Response, public: bool) {
