@@ -168,3 +168,143 @@ async fn the_openapi_document_lists_every_route() -> anyhow::Result<()> {
     assert_eq!(bad_path.code(), "invalid_request");
     Ok(())
 }
+
+/// The bound a schema documents, as a whole number.
+fn bound(schema: &serde_json::Value, which: &str) -> anyhow::Result<u64> {
+    schema[which]
+        .as_u64()
+        .or_else(|| schema[which].as_f64().map(|v| v as u64))
+        .ok_or_else(|| anyhow::anyhow!("no {which} in {schema}"))
+}
+
+/// The schema of query parameter `name` of `GET path`.
+fn query_schema<'d>(
+    doc: &'d serde_json::Value,
+    path: &str,
+    name: &str,
+) -> anyhow::Result<&'d serde_json::Value> {
+    doc["paths"][path]["get"]["parameters"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|p| p["in"] == "query" && p["name"] == name)
+        .map(|p| &p["schema"])
+        .ok_or_else(|| anyhow::anyhow!("GET {path} documents no query parameter {name}"))
+}
+
+/// What the document says a value may be is what the server takes: each bound it gives, read
+/// from it, is accepted at its edge and refused one past it.
+#[tokio::test]
+async fn documented_bounds_are_the_servers() -> anyhow::Result<()> {
+    let data = tempfile::tempdir()?;
+    let server = Server::start(INVICTA.as_ref(), data.path())?;
+    let api = server.operator().new_tenant("bounds", "pro").await?;
+    assert_eq!(
+        api.upload("counter", invicta_tests::component("counter"))
+            .await?
+            .status,
+        201
+    );
+    api.call("counter", "w", "add", serde_json::json!([1]))
+        .await?;
+    let doc = api.anonymous().get("/v1/openapi.json").await?.body;
+
+    // Page sizes of the lists.
+    for (path, concrete) in [
+        (
+            "/v1/components/{component}/workers",
+            "/v1/components/counter/workers",
+        ),
+        (
+            "/v1/components/{component}/workers/{worker}/invocations",
+            "/v1/components/counter/workers/w/invocations",
+        ),
+        (
+            "/v1/components/{component}/workers/{worker}/promises",
+            "/v1/components/counter/workers/w/promises",
+        ),
+    ] {
+        let limit = query_schema(&doc, path, "limit")?;
+        let (min, max) = (bound(limit, "minimum")?, bound(limit, "maximum")?);
+        for (value, ok) in [(min, true), (max, true), (min - 1, false), (max + 1, false)] {
+            let answer = api.get(&format!("{concrete}?limit={value}")).await?;
+            assert_eq!(answer.status == 200, ok, "{path}?limit={value}: {answer:?}");
+        }
+    }
+    let status = query_schema(&doc, "/v1/components/{component}/workers", "status")?;
+    assert_eq!(status["pattern"], "^(active|suspended|failed)$", "{status}");
+    for (value, ok) in [
+        ("active", true),
+        ("suspended", true),
+        ("failed", true),
+        ("running", false),
+    ] {
+        let answer = api
+            .get(&format!("/v1/components/counter/workers?status={value}"))
+            .await?;
+        assert_eq!(answer.status == 200, ok, "status={value}: {answer:?}");
+    }
+
+    // Bodies: a retry policy, a snapshot policy, a bulk update's page, a key's scopes.
+    let schemas = &doc["components"]["schemas"];
+    let attempts = &schemas["RetryPolicy"]["properties"]["max_attempts"];
+    let (min, max) = (bound(attempts, "minimum")?, bound(attempts, "maximum")?);
+    for (value, ok) in [(min, true), (max, true), (min - 1, false), (max + 1, false)] {
+        let answer = api
+            .put_json(
+                "/v1/components/counter/retry",
+                &serde_json::json!({ "max_attempts": value }),
+            )
+            .await?;
+        assert_eq!(answer.status < 300, ok, "max_attempts {value}: {answer:?}");
+    }
+    for field in ["every_invocations", "every_entries", "every_oplog_bytes"] {
+        let max = bound(&schemas["Policy"]["properties"][field], "maximum")?;
+        for (value, ok) in [(max, true), (max + 1, false)] {
+            let mut policy = serde_json::json!({ "every_invocations": 0, "every_entries": 0 });
+            policy[field] = value.into();
+            let answer = api
+                .put_json("/v1/components/counter/snapshots", &policy)
+                .await?;
+            assert_eq!(answer.status < 300, ok, "{field} {value}: {answer:?}");
+        }
+    }
+    let page = &schemas["UpdateWorkers"]["properties"]["limit"];
+    let max = bound(page, "maximum")?;
+    for (value, ok) in [(max, true), (max + 1, false)] {
+        let answer = api
+            .post_json(
+                "/v1/components/counter/update",
+                &serde_json::json!({ "version": 1, "limit": value, "dry_run": true }),
+                None,
+            )
+            .await?;
+        assert_eq!(answer.status == 200, ok, "update limit {value}: {answer:?}");
+    }
+    let scopes = &schemas["NewKey"]["properties"]["scopes"];
+    assert_eq!(bound(scopes, "minItems")?, 1, "{scopes}");
+    let none = api
+        .post_json("/v1/keys", &serde_json::json!({ "scopes": [] }), None)
+        .await?;
+    assert_eq!(none.status, 400, "{none:?}");
+
+    // `invoke` documents no field it refuses.
+    let now = &schemas["InvokeNow"]["properties"];
+    assert!(now["function"].is_object(), "{now}");
+    for background in ["retry", "schedule_at"] {
+        assert!(now[background].is_null(), "invoke documents {background}");
+        assert!(
+            schemas["Invoke"]["properties"][background].is_object(),
+            "enqueue documents {background}"
+        );
+    }
+    let refused = api
+        .post_json(
+            "/v1/components/counter/workers/w/invoke",
+            &serde_json::json!({ "function": "add", "params": [1], "schedule_at": 1 }),
+            None,
+        )
+        .await?;
+    assert_eq!(refused.status, 400, "{refused:?}");
+    Ok(())
+}

@@ -95,10 +95,13 @@ pub(crate) fn blob_prefix(id: &WorkerId, incarnation: &str) -> String {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Policy {
+    #[schema(maximum = 1_000_000_000_000_u64)]
     pub every_invocations: u64,
+    #[schema(maximum = 1_000_000_000_000_u64)]
     pub every_entries: u64,
     /// Encoded bytes of oplog entries (0 if left out).
     #[serde(default)]
+    #[schema(maximum = 1_000_000_000_000_u64)]
     pub every_oplog_bytes: u64,
 }
 

@@ -87,6 +87,8 @@ pub(crate) async fn set_tenant_plan(
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct NewKey {
+    /// What the key may do: at least one of `admin`, `deploy`, `invoke`, `read`.
+    #[schema(value_type = Vec<invicta_billing::Scope>, min_items = 1)]
     scopes: Vec<String>,
     #[serde(default)]
     description: String,
@@ -210,9 +212,15 @@ pub(crate) async fn revoke_key(
 pub(crate) struct UsageQuery {
     /// First hour: `YYYY-MM-DD`, `YYYY-MM-DDTHH` (UTC) or seconds since the epoch.
     #[serde(default)]
+    #[param(
+        pattern = "^((19[7-9][0-9]|[2-9][0-9]{3})-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])(T([01][0-9]|2[0-3]))?|[0-9]{1,12})$"
+    )]
     from: Option<String>,
     /// End (excluded), in the same forms.
     #[serde(default)]
+    #[param(
+        pattern = "^((19[7-9][0-9]|[2-9][0-9]{3})-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])(T([01][0-9]|2[0-3]))?|[0-9]{1,12})$"
+    )]
     to: Option<String>,
     #[serde(default)]
     granularity: Option<Granularity>,
@@ -404,9 +412,11 @@ pub(crate) async fn admin_usage(
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub(crate) struct InvoiceQuery {
+    #[param(min_length = 1, max_length = 128)]
     tenant: String,
     /// `YYYY-MM`; this month by default.
     #[serde(default)]
+    #[param(pattern = "^(19[7-9][0-9]|[2-9][0-9]{3})-(0[1-9]|1[0-2])$")]
     month: Option<String>,
 }
 

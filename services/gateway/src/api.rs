@@ -468,9 +468,15 @@ pub const WORKERS_PAGE_MAX: usize = 1_000;
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub(crate) struct WorkersQuery {
+    /// Only workers in this state.
+    #[param(pattern = "^(active|suspended|failed)$")]
     status: Option<String>,
+    /// Only workers whose name starts with this.
     prefix: Option<String>,
+    /// Continue after this worker name (the previous page's `next`).
     cursor: Option<String>,
+    /// At most this many (1 to 1000, 100 by default).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<usize>,
 }
 
@@ -809,6 +815,7 @@ pub(crate) struct UpdateWorkers {
     after: Option<String>,
     /// Workers in this page (default 20, at most 100).
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 100)]
     limit: Option<usize>,
     /// Only say what would happen to each (`would_update`, `unchanged`, `refused`).
     #[serde(default)]
@@ -1095,6 +1102,7 @@ fn invocation_json(key: &str, state: invicta_executor::InvocationState) -> serde
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct Invoke {
+    #[schema(min_length = 1)]
     function: String,
     /// The parameters as JSON values.
     #[serde(default)]
@@ -1299,7 +1307,9 @@ pub(crate) async fn not_found() -> Problem {
 #[serde(deny_unknown_fields)]
 pub(crate) struct NewSchedule {
     /// Six fields, seconds first, in UTC: `*/10 * * * * *` is every ten seconds.
+    #[schema(min_length = 11)]
     cron: String,
+    #[schema(min_length = 1)]
     function: String,
     #[serde(default)]
     params: Vec<serde_json::Value>,

@@ -106,7 +106,7 @@ async fn list(
 }
 
 #[utoipa::path(put, path = "/v1/components/{component}/config/{key}", tag = "config",
-    params(("component" = String, Path), ("key" = String, Path)),
+    params(("component" = String, Path), ("key" = String, Path, description = "1 to 256 letters, digits, `_`, `-`, `.` or `/`", pattern = "^[A-Za-z0-9_./-]{1,256}$")),
     request_body = SetConfig,
     responses((status = 200, description = "Set: every worker of the component reads it (unless the worker has its own)", body = ConfigEntry)))]
 pub(crate) async fn set_component_config(
@@ -120,7 +120,7 @@ pub(crate) async fn set_component_config(
 }
 
 #[utoipa::path(put, path = "/v1/components/{component}/workers/{worker}/config/{key}", tag = "config",
-    params(("component" = String, Path), ("worker" = String, Path), ("key" = String, Path)),
+    params(("component" = String, Path), ("worker" = String, Path), ("key" = String, Path, description = "1 to 256 letters, digits, `_`, `-`, `.` or `/`", pattern = "^[A-Za-z0-9_./-]{1,256}$")),
     request_body = SetConfig,
     responses((status = 200, description = "Set for this worker alone, over the component's", body = ConfigEntry)))]
 pub(crate) async fn set_worker_config(
@@ -143,7 +143,7 @@ pub(crate) async fn set_worker_config(
 }
 
 #[utoipa::path(delete, path = "/v1/components/{component}/config/{key}", tag = "config",
-    params(("component" = String, Path), ("key" = String, Path)),
+    params(("component" = String, Path), ("key" = String, Path, description = "1 to 256 letters, digits, `_`, `-`, `.` or `/`", pattern = "^[A-Za-z0-9_./-]{1,256}$")),
     responses((status = 204, description = "Removed (404 `config_not_found` if it was not set)")))]
 pub(crate) async fn unset_component_config(
     State(state): State<AppState>,
@@ -154,7 +154,7 @@ pub(crate) async fn unset_component_config(
 }
 
 #[utoipa::path(delete, path = "/v1/components/{component}/workers/{worker}/config/{key}", tag = "config",
-    params(("component" = String, Path), ("worker" = String, Path), ("key" = String, Path)),
+    params(("component" = String, Path), ("worker" = String, Path), ("key" = String, Path, description = "1 to 256 letters, digits, `_`, `-`, `.` or `/`", pattern = "^[A-Za-z0-9_./-]{1,256}$")),
     responses((status = 204, description = "Removed (404 `config_not_found` if it was not set)")))]
 pub(crate) async fn unset_worker_config(
     State(state): State<AppState>,

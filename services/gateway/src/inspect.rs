@@ -22,6 +22,7 @@ pub(crate) struct PageQuery {
     /// Continue after this idempotency key or promise id (the previous page's `next`).
     cursor: Option<String>,
     /// At most this many (1 to 1000, 100 by default).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<usize>,
 }
 

@@ -457,6 +457,9 @@ impl Modify for Conventions {
                     .insert("name".into(), name_schema().into());
             }
         }
+        invoke_now(doc);
+        operator_names_the_tenant(doc);
+        open_stored_route(doc);
         let problem = ResponseBuilder::new()
             .content(
                 "application/problem+json",
@@ -479,6 +482,83 @@ impl Modify for Conventions {
                 add_errors(operation, &problem, public);
                 constrain_names(operation);
             }
+        }
+    }
+}
+
+/// `invoke` takes `enqueue`'s body without what only a background run has (`retry`,
+/// `schedule_at`, which it refuses): its schema is that one's, less those two.
+fn invoke_now(doc: &mut Document) {
+    use utoipa::openapi::schema::Schema;
+    use utoipa::openapi::{Content, RefOr};
+    const INVOKE: &str = "/v1/components/{component}/workers/{worker}/invoke";
+    let Some(components) = doc.components.as_mut() else {
+        return;
+    };
+    let Some(RefOr::T(Schema::Object(invoke))) = components.schemas.get("Invoke") else {
+        return;
+    };
+    let mut now = invoke.clone();
+    for background in ["retry", "schedule_at"] {
+        now.properties.shift_remove(background);
+        now.required.retain(|name| name != background);
+    }
+    components
+        .schemas
+        .insert("InvokeNow".into(), Schema::Object(now).into());
+    let body = doc
+        .paths
+        .paths
+        .get_mut(INVOKE)
+        .and_then(|item| item.post.as_mut())
+        .and_then(|operation| operation.request_body.as_mut());
+    if let Some(body) = body {
+        body.content.insert(
+            "application/json".into(),
+            Content::new(Some(Ref::from_schema_name("InvokeNow"))),
+        );
+    }
+}
+
+/// A stored route is the spec the API takes plus what the server adds (its name, creation time,
+/// URL). The spec refuses unknown fields, so as one part of an `allOf` it would refuse those
+/// too: the stored route refers to the same fields without that rule (`RouteFields`).
+fn open_stored_route(doc: &mut Document) {
+    use utoipa::openapi::RefOr;
+    use utoipa::openapi::schema::Schema;
+    let Some(components) = doc.components.as_mut() else {
+        return;
+    };
+    let Some(RefOr::T(Schema::Object(spec))) = components.schemas.get("RouteSpec") else {
+        return;
+    };
+    let mut fields = spec.clone();
+    fields.additional_properties = None;
+    components
+        .schemas
+        .insert("RouteFields".into(), Schema::Object(fields).into());
+    if let Some(RefOr::T(Schema::AllOf(route))) = components.schemas.get_mut("Route") {
+        for part in &mut route.items {
+            if matches!(part, RefOr::Ref(r) if r.ref_location.ends_with("/RouteSpec")) {
+                *part = Ref::from_schema_name("RouteFields").into();
+            }
+        }
+    }
+}
+
+/// The usage report's query serves the tenant's report and the operator's, which must name the
+/// tenant: there the parameter is required.
+fn operator_names_the_tenant(doc: &mut Document) {
+    use utoipa::openapi::Required;
+    let parameters = doc
+        .paths
+        .paths
+        .get_mut("/v1/admin/usage")
+        .and_then(|item| item.get.as_mut())
+        .and_then(|operation| operation.parameters.as_mut());
+    for parameter in parameters.into_iter().flatten() {
+        if parameter.name == "tenant" {
+            parameter.required = Required::True;
         }
     }
 }

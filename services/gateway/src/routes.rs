@@ -41,6 +41,7 @@ pub struct RouteSpec {
     pub host: Option<String>,
     /// The path: `/`-separated segments, each literal or a parameter `{name}`; the last may be
     /// `{*name}`, the rest of the path.
+    #[schema(pattern = "^/", max_length = 256)]
     pub path: String,
     /// The methods it answers (upper case); none: every method.
     #[serde(default)]
@@ -53,6 +54,7 @@ pub struct RouteSpec {
     pub cors: Option<Cors>,
     /// The largest request body accepted, in bytes (default 1 MiB, at most 16 MiB).
     #[serde(default = "body_bytes_default")]
+    #[schema(maximum = 16_777_216_u64)]
     pub body_bytes_max: u64,
 }
 

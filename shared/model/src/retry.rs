@@ -22,12 +22,16 @@ const RETRIABLE: &[&str] = &["timeout", "trap", "out_of_fuel", "out_of_memory"];
 #[serde(deny_unknown_fields)]
 pub struct RetryPolicy {
     /// Runs in all, the first included (1 to 20).
+    #[schema(minimum = 1, maximum = 20)]
     pub max_attempts: u32,
-    /// The wait before the second run, in ms; doubled before each next one (default 1,000).
+    /// The wait before the second run, in ms; doubled before each next one (default 1,000;
+    /// at most `backoff_max_ms`).
     #[serde(default = "default_backoff_min_ms")]
+    #[schema(minimum = 1, maximum = 86_400_000)]
     pub backoff_min_ms: u64,
     /// The longest wait, in ms (default 60,000; at most a day).
     #[serde(default = "default_backoff_max_ms")]
+    #[schema(minimum = 1, maximum = 86_400_000)]
     pub backoff_max_ms: u64,
     /// The failure codes retried (default `["timeout"]`): any of `timeout`, `trap`,
     /// `out_of_fuel`, `out_of_memory`.
