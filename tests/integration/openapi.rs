@@ -114,17 +114,7 @@ async fn the_openapi_document_lists_every_route() -> anyhow::Result<()> {
             if parameter["in"] == "path"
                 && ["tenant", "component", "worker", "route"].contains(&name)
             {
-                let schema = &parameter["schema"];
-                assert_eq!(
-                    schema["pattern"],
-                    invicta_model::ids::NAME_PATTERN,
-                    "{path}: {name}"
-                );
-                assert_eq!(
-                    schema["maxLength"],
-                    invicta_model::ids::NAME_BYTES_MAX,
-                    "{path}: {name}"
-                );
+                assert_name_rule(&parameter["schema"], &format!("{path}: {name}"));
                 names += 1;
             }
         }
@@ -133,16 +123,7 @@ async fn the_openapi_document_lists_every_route() -> anyhow::Result<()> {
     // So does every name a body gives, and the server keeps to it there too.
     for schema in ["CreateWorker", "Fork", "NewTenant"] {
         let name = &doc.body["components"]["schemas"][schema]["properties"]["name"];
-        assert_eq!(
-            name["pattern"],
-            invicta_model::ids::NAME_PATTERN,
-            "{schema}"
-        );
-        assert_eq!(
-            name["maxLength"],
-            invicta_model::ids::NAME_BYTES_MAX,
-            "{schema}"
-        );
+        assert_name_rule(name, schema);
     }
     let refused = api
         .post_json(
@@ -167,6 +148,20 @@ async fn the_openapi_document_lists_every_route() -> anyhow::Result<()> {
     assert_eq!(bad_path.content_type, "application/problem+json");
     assert_eq!(bad_path.code(), "invalid_request");
     Ok(())
+}
+
+/// `schema` (of `what`) carries the rule every name follows, as the model states it.
+fn assert_name_rule(schema: &serde_json::Value, what: &str) {
+    assert_eq!(
+        schema["pattern"],
+        invicta_model::ids::NAME_PATTERN,
+        "{what}"
+    );
+    assert_eq!(
+        schema["maxLength"],
+        invicta_model::ids::NAME_BYTES_MAX,
+        "{what}"
+    );
 }
 
 /// The bound a schema documents, as a whole number.
