@@ -253,6 +253,24 @@ async fn documented_bounds_are_the_servers() -> anyhow::Result<()> {
             .await?;
         assert_eq!(answer.status < 300, ok, "max_attempts {value}: {answer:?}");
     }
+    let failures = schemas["RetriableFailure"]["enum"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert!(failures.len() >= 2, "{failures:?}");
+    for (failure, ok) in failures
+        .into_iter()
+        .map(|f| (f, true))
+        .chain([(serde_json::json!("divergence"), false)])
+    {
+        let answer = api
+            .put_json(
+                "/v1/components/counter/retry",
+                &serde_json::json!({ "max_attempts": 2, "on": [failure] }),
+            )
+            .await?;
+        assert_eq!(answer.status < 300, ok, "on {failure}: {answer:?}");
+    }
     for field in ["every_invocations", "every_entries", "every_oplog_bytes"] {
         let max = bound(&schemas["Policy"]["properties"][field], "maximum")?;
         for (value, ok) in [(max, true), (max + 1, false)] {

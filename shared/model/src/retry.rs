@@ -17,6 +17,26 @@ pub const BACKOFF_MAX_MS: u64 = 24 * 60 * 60 * 1000;
 /// result too large or an interrupt would fail again, or were asked for.
 const RETRIABLE: &[&str] = &["timeout", "trap", "out_of_fuel", "out_of_memory"];
 
+/// [`RETRIABLE`] as the API's document shows the items of `on`. The policy keeps them as
+/// strings, so that an unknown one is answered with the list.
+#[derive(Debug, Clone, Copy, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RetriableFailure {
+    Timeout,
+    Trap,
+    OutOfFuel,
+    OutOfMemory,
+}
+
+impl RetriableFailure {
+    pub const ALL: [RetriableFailure; 4] = [
+        RetriableFailure::Timeout,
+        RetriableFailure::Trap,
+        RetriableFailure::OutOfFuel,
+        RetriableFailure::OutOfMemory,
+    ];
+}
+
 /// When a failed background invocation runs again.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -36,6 +56,7 @@ pub struct RetryPolicy {
     /// The failure codes retried (default `["timeout"]`): any of `timeout`, `trap`,
     /// `out_of_fuel`, `out_of_memory`.
     #[serde(default = "default_on")]
+    #[schema(value_type = Vec<RetriableFailure>)]
     pub on: Vec<String>,
 }
 
@@ -103,6 +124,15 @@ mod tests {
             backoff_max_ms: max,
             on: vec!["timeout".into(), "trap".into()],
         }
+    }
+
+    #[test]
+    fn the_documented_failures_are_the_retriable_ones() {
+        let documented: Vec<String> = RetriableFailure::ALL
+            .iter()
+            .filter_map(|f| serde_json::to_value(f).ok()?.as_str().map(str::to_string))
+            .collect();
+        assert_eq!(documented, RETRIABLE);
     }
 
     #[test]
