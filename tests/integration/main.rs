@@ -25,6 +25,7 @@ mod routes;
 mod schedules;
 mod server;
 mod snapshots;
+mod tail;
 mod tenancy;
 mod tiers;
 mod topology;

@@ -151,12 +151,15 @@ async fn fetch(
 /// Up to `count` entries of the worker's oplog from index `from`, from its segments and then
 /// the store, as one oplog.
 pub(crate) async fn history(
+    committer: &crate::commit::Committer,
     store: &Store,
     blobs: &BlobStore,
     id: &WorkerId,
     from: OplogIndex,
     count: usize,
 ) -> Result<Vec<(OplogIndex, OplogEntry)>, Error> {
+    // Entries still in the oplog's tail are at their keys first.
+    committer.evict(id).await?;
     let from = from.max(1);
     let id_c = id.clone();
     // One read: the segments and the store's entries as of the same moment.
@@ -206,11 +209,14 @@ pub(crate) async fn archived(
 /// [`SEGMENT_ENTRIES_MAX`]; returns how many moved. (Called after each snapshot, a segment holds
 /// what came between two snapshots.)
 pub(crate) async fn archive(
+    committer: &crate::commit::Committer,
     store: &Store,
     blobs: &BlobStore,
     id: &WorkerId,
     below: OplogIndex,
 ) -> Result<u64, Error> {
+    // The entries moved are read from their keys, and cleared there: none may be in the tail.
+    committer.evict(id).await?;
     let mut moved = 0;
     loop {
         let id_c = id.clone();

@@ -14,6 +14,13 @@
 //! transaction checks that the entry before it is in the oplog and that index itself is not
 //! (`index == last + 1`), so a lost or reordered append can never be followed by a later one.
 //!
+//! With the oplog's tail (an executor owning every shard for good), a request's small entries are
+//! appended as one record of the tail, and workers' records move to their keys several at a time
+//! ([`crate::tail`]); the committer then knows each such worker's last index, and the transaction
+//! checks that its entry is still where the committer put it. Whoever reads or removes a worker's
+//! entries first calls [`Committer::evict`]; a new run drains what an earlier one left
+//! ([`drain_tails`]) before any worker is read.
+//!
 //! **Invariant:** each request's `done` runs exactly once, once its outcome is known: on the
 //! committer's thread, or on its submitter's when that one polled for it ([`Handoff`]).
 
@@ -30,6 +37,7 @@ use crate::error::Error;
 use crate::metrics::Metrics;
 use crate::placement::Fencing;
 use crate::records::{self, oplog_key};
+use crate::tail::{self, Entries, Placed, Previous, Tail};
 
 /// Requests waiting for the committer; a full queue makes workers wait (back-pressure).
 const QUEUE_DEPTH: usize = 4_096;
@@ -51,8 +59,13 @@ pub(crate) type Done = Box<dyn FnOnce(Result<(), Error>) + Send>;
 /// One worker's appends and the records that go with them, committed together or not at all.
 pub(crate) struct CommitRequest {
     pub worker: WorkerId,
-    /// The index of the first entry appended (`None`: the request appends no entries).
-    pub first_index: Option<OplogIndex>,
+    /// The index of the first and last entry appended (`None`: the request appends none).
+    pub indices: Option<(OplogIndex, OplogIndex)>,
+    /// Its entries small enough for one store value, encoded, in index order: appended to the
+    /// tail or written at their keys (larger ones are in `sets`, as chunks).
+    pub entries: Entries,
+    /// The worker's records leave the tail (a read of its oplog follows); nothing else.
+    pub evict: bool,
     pub sets: Vec<(Vec<u8>, Vec<u8>)>,
     pub clears: Vec<Vec<u8>>,
     /// Counters to add to (usage), committed with the work they measure.
@@ -78,7 +91,8 @@ pub(crate) fn done_channel() -> (Done, oneshot::Receiver<Result<(), Error>>) {
 /// bytes the oplog stores are counted as they are.
 pub(crate) struct Commit {
     worker: WorkerId,
-    first_index: Option<OplogIndex>,
+    span: Option<(OplogIndex, OplogIndex)>,
+    entries: Entries,
     sets: Vec<(Vec<u8>, Vec<u8>)>,
     clears: Vec<Vec<u8>>,
     adds: Vec<(Vec<u8>, i64)>,
@@ -92,7 +106,8 @@ impl Commit {
     pub(crate) fn new(worker: &WorkerId) -> Commit {
         Commit {
             worker: worker.clone(),
-            first_index: None,
+            span: None,
+            entries: Vec::new(),
             sets: Vec::new(),
             clears: Vec::new(),
             adds: Vec::new(),
@@ -120,8 +135,16 @@ impl Commit {
 
     fn push_entry(&mut self, index: OplogIndex, entry: &OplogEntry) {
         let encoded = entry.encode();
-        self.first_index.get_or_insert(index);
+        self.span = Some(
+            self.span
+                .map_or((index, index), |(first, _)| (first, index)),
+        );
         self.oplog_bytes = self.oplog_bytes.saturating_add(encoded.len() as u64);
+        if encoded.len() <= records::ENTRY_CHUNK_BYTES {
+            self.stored_bytes = self.stored_bytes.saturating_add(encoded.len() as u64);
+            self.entries.push((index, encoded));
+            return;
+        }
         for (key, value) in records::entry_writes(&self.worker, index, encoded) {
             self.stored_bytes = self.stored_bytes.saturating_add(value.len() as u64);
             self.sets.push((key, value));
@@ -171,7 +194,9 @@ impl Commit {
         }
         CommitRequest {
             worker,
-            first_index: commit.first_index,
+            indices: commit.span,
+            entries: commit.entries,
+            evict: false,
             sets: commit.sets,
             clears: commit.clears,
             adds: commit.adds,
@@ -182,11 +207,31 @@ impl Commit {
 }
 
 impl CommitRequest {
+    /// A request that takes `worker`'s records out of the tail.
+    fn evict(worker: &WorkerId, done: Done) -> CommitRequest {
+        CommitRequest {
+            worker: worker.clone(),
+            indices: None,
+            entries: Vec::new(),
+            evict: true,
+            sets: Vec::new(),
+            clears: Vec::new(),
+            adds: Vec::new(),
+            done,
+            span: tracing::Span::current(),
+        }
+    }
+
     fn bytes(&self) -> usize {
-        self.sets
+        self.entries
             .iter()
-            .map(|(k, v)| k.len() + v.len())
+            .map(|(_, e)| e.len() + 40)
             .sum::<usize>()
+            + self
+                .sets
+                .iter()
+                .map(|(k, v)| k.len() + v.len())
+                .sum::<usize>()
             + self.clears.iter().map(Vec::len).sum::<usize>()
             + self.adds.iter().map(|(k, _)| k.len() + 8).sum::<usize>()
     }
@@ -201,6 +246,8 @@ pub(crate) struct Committer {
     alone: Arc<AtomicBool>,
     /// Whether a submitter polls for its commit now: one at a time.
     polling: Arc<AtomicBool>,
+    /// The oplog's tail, when appends go through it (an executor owning every shard for good).
+    tail: Option<Arc<std::sync::Mutex<Tail>>>,
 }
 
 impl Committer {
@@ -209,21 +256,69 @@ impl Committer {
         metrics: Arc<Metrics>,
         fencing: Arc<Fencing>,
         poll: Duration,
+        with_tail: bool,
     ) -> Result<Committer, Error> {
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
         let poll = poll.min(POLL_MAX);
         let alone = Arc::new(AtomicBool::new(false));
         let flag = alone.clone();
+        let tail =
+            with_tail.then(|| Arc::new(std::sync::Mutex::new(Tail::new(fencing.id.clone()))));
+        let theirs = tail.clone();
         std::thread::Builder::new()
             .name("oplog-committer".into())
-            .spawn(move || run(store, rx, &metrics, &fencing, poll, &flag))
+            .spawn(move || {
+                run(
+                    store,
+                    rx,
+                    &metrics,
+                    &fencing,
+                    poll,
+                    &flag,
+                    theirs.as_deref(),
+                )
+            })
             .map_err(|e| Error::Engine(format!("start the committer thread: {e}")))?;
         Ok(Committer {
             tx,
             poll,
             alone,
             polling: Arc::new(AtomicBool::new(false)),
+            tail,
         })
+    }
+
+    /// Moves every record out of the tail (a clean stop leaves each oplog whole at its keys).
+    pub(crate) async fn flush(&self) -> Result<(), Error> {
+        let Some(tail) = &self.tail else {
+            return Ok(());
+        };
+        let held = crate::support::lock(tail).held();
+        let mut waits = Vec::with_capacity(held.len());
+        for worker in &held {
+            let (done, wait) = done_channel();
+            self.submit(CommitRequest::evict(worker, done)).await;
+            waits.push(wait);
+        }
+        for wait in waits {
+            wait.await.unwrap_or(Err(Error::ShuttingDown))?;
+        }
+        Ok(())
+    }
+
+    /// Makes the worker's oplog whole at its keys: moves its records out of the tail, if it has
+    /// any. Whoever reads a worker's oplog from the store (its replay, a query, a fork, an
+    /// archive) or removes entries from it (a delete, a revert) calls this first.
+    pub(crate) async fn evict(&self, worker: &WorkerId) -> Result<(), Error> {
+        let Some(tail) = &self.tail else {
+            return Ok(());
+        };
+        if !crate::support::lock(tail).holds(worker) {
+            return Ok(());
+        }
+        let (done, wait) = done_channel();
+        self.submit(CommitRequest::evict(worker, done)).await;
+        wait.await.unwrap_or(Err(Error::ShuttingDown))
     }
 
     /// Queues a request; its `done` is called once it is durable (or failed), on the committer's
@@ -352,6 +447,7 @@ fn run(
     fencing: &Arc<Fencing>,
     poll: Duration,
     alone: &AtomicBool,
+    tail: Option<&std::sync::Mutex<Tail>>,
 ) {
     // While the last group was one request, the next is polled for before sleeping.
     while let Some(first) = next(
@@ -374,7 +470,7 @@ fn run(
             }
         }
         alone.store(batch.len() == 1, Ordering::Relaxed);
-        commit_batch(&store, batch, metrics, fencing);
+        commit_batch(&store, batch, metrics, fencing, tail);
     }
 }
 
@@ -397,13 +493,26 @@ fn next<T>(rx: &mut mpsc::Receiver<T>, poll: Duration) -> Option<T> {
     rx.blocking_recv()
 }
 
-/// The requests' content, moved into the transaction body (which may run more than once).
+/// The requests' content, borrowed by the transaction body (which may run more than once).
 struct Work {
     worker: WorkerId,
-    first_index: Option<OplogIndex>,
+    indices: Option<(OplogIndex, OplogIndex)>,
+    entries: Entries,
+    evict: bool,
     sets: Vec<(Vec<u8>, Vec<u8>)>,
     clears: Vec<Vec<u8>>,
     adds: Vec<(Vec<u8>, i64)>,
+}
+
+impl Work {
+    fn planned(&self) -> tail::Request<'_> {
+        tail::Request {
+            worker: &self.worker,
+            entries: &self.entries,
+            span: self.indices,
+            evict: self.evict,
+        }
+    }
 }
 
 fn commit_batch(
@@ -411,6 +520,7 @@ fn commit_batch(
     batch: Vec<CommitRequest>,
     metrics: &Metrics,
     fencing: &Arc<Fencing>,
+    tail: Option<&std::sync::Mutex<Tail>>,
 ) {
     let started = Instant::now();
     let requests = batch.len();
@@ -430,7 +540,9 @@ fn commit_batch(
             (
                 Work {
                     worker: r.worker,
-                    first_index: r.first_index,
+                    indices: r.indices,
+                    entries: r.entries,
+                    evict: r.evict,
                     sets: r.sets,
                     clears: r.clears,
                     adds: r.adds,
@@ -439,27 +551,111 @@ fn commit_batch(
             )
         })
         .unzip();
-    let work = std::sync::Arc::new(work);
-    let all = work.clone();
     // Usage counters of the whole batch are summed first: one atomic add per counter.
-    let mut merged: std::collections::HashMap<Vec<u8>, i64> = std::collections::HashMap::new();
-    for w in work.iter() {
+    let mut merged: std::collections::HashMap<&[u8], i64> = std::collections::HashMap::new();
+    for w in &work {
         for (key, delta) in &w.adds {
-            let sum = merged.entry(key.clone()).or_insert(0);
+            let sum = merged.entry(key.as_slice()).or_insert(0);
             *sum = sum.saturating_add(*delta);
         }
     }
-    let fence = fencing.clone();
-    let result = store.transact_blocking(move |tx| {
+    let now = crate::support::now_ms();
+    // The tail's lock is held to plan and to apply, never across the transaction.
+    let plan = tail.map(|t| {
+        let planned: Vec<_> = work.iter().map(Work::planned).collect();
+        crate::support::lock(t).plan(&planned, now, true)
+    });
+    let writer = tail.map(|t| crate::support::lock(t).writer().to_string());
+    let result = store.transact_blocking(|tx| {
         let mut checked = std::collections::HashMap::new();
-        for w in all.iter() {
-            apply(tx, w, false, &fence, &mut checked)?;
+        if let Some(plan) = &plan {
+            move_records(tx, plan, fencing, &mut checked)?;
+        }
+        for (i, w) in work.iter().enumerate() {
+            let placed = plan.as_ref().and_then(|p| p.requests.get(i));
+            apply(
+                tx,
+                w,
+                placed,
+                writer.as_deref(),
+                false,
+                fencing,
+                &mut checked,
+            )?;
         }
         for (key, delta) in &merged {
             tx.atomic_add(key, *delta)?;
         }
+        if let (Some(plan), Some(writer)) = (&plan, &writer) {
+            for seq in &plan.clears {
+                tx.clear(&tail::record_key(writer, *seq))?;
+            }
+        }
         Ok::<_, Error>(())
     });
+    if let (Some(t), Some(plan), Ok(())) = (tail, plan, &result) {
+        let mut work = work;
+        let appended = work
+            .iter_mut()
+            .map(|w| (w.worker.clone(), w.indices, std::mem::take(&mut w.entries)))
+            .collect();
+        let mut t = crate::support::lock(t);
+        t.apply(plan, appended, now);
+        metrics.tail_records.set(t.len() as i64);
+        drop(t);
+        finish(result, done, metrics, started, requests);
+        return;
+    }
+    match result {
+        Err(_) if work.len() > 1 => {
+            observe(metrics, started, requests, false);
+            // One request's failure (a gap, a limit) must not fail the others: commit them one
+            // by one to find out whose it was.
+            for (w, d) in work.into_iter().zip(done) {
+                d(commit_alone(store, w, fencing, tail, now));
+            }
+        }
+        other => finish(other, done, metrics, started, requests),
+    }
+}
+
+/// Records drained by one transaction at most.
+const DRAIN_RECORDS: usize = 512;
+
+/// Moves every record left in the oplog's tail by an earlier run (of any executor) to its
+/// worker's keys, where an entry is not there yet, and clears it. Run before any worker is read,
+/// by an executor owning every shard (each record's shard is fenced all the same). Returns the
+/// records drained.
+pub(crate) fn drain_tails(store: &Store, fencing: &Fencing) -> Result<usize, Error> {
+    let prefix = tail::records_prefix();
+    let mut drained = 0;
+    loop {
+        let moved = store.transact_blocking(|tx| {
+            let rows = tx.get_prefix(&prefix, invicta_store::RangeOptions::limit(DRAIN_RECORDS))?;
+            let mut checked = std::collections::HashMap::new();
+            for row in &rows {
+                let (worker, entries) = tail::decode_record(&row.value).ok_or_else(|| {
+                    Error::Corrupt("an oplog tail record that does not decode".into())
+                })?;
+                fencing.check(tx, &worker, &mut checked)?;
+                for (index, bytes) in entries {
+                    let key = oplog_key(&worker, index);
+                    if tx.get(&key)?.is_none() {
+                        tx.set(&key, &bytes)?;
+                    }
+                }
+                tx.clear(&row.key)?;
+            }
+            Ok::<_, Error>(rows.len())
+        })?;
+        drained += moved;
+        if moved < DRAIN_RECORDS {
+            return Ok(drained);
+        }
+    }
+}
+
+fn observe(metrics: &Metrics, started: Instant, requests: usize, ok: bool) {
     metrics
         .commit_seconds
         .observe(started.elapsed().as_secs_f64());
@@ -467,22 +663,23 @@ fn commit_batch(
     tracing::trace!(
         requests,
         elapsed_us = started.elapsed().as_micros() as u64,
-        ok = result.is_ok(),
+        ok,
         "group commit"
     );
+}
+
+fn finish(
+    result: Result<(), Error>,
+    done: Vec<Done>,
+    metrics: &Metrics,
+    started: Instant,
+    requests: usize,
+) {
+    observe(metrics, started, requests, result.is_ok());
     match result {
         Ok(()) => {
             for d in done {
                 d(Ok(()));
-            }
-        }
-        Err(_) if work.len() > 1 => {
-            // One request's failure (a gap, a limit) must not fail the others: commit them one
-            // by one to find out whose it was.
-            for (i, d) in done.into_iter().enumerate() {
-                d(store.transact_blocking(|tx| {
-                    apply(tx, &work[i], true, fencing, &mut Default::default())
-                }));
             }
         }
         Err(e) => {
@@ -493,23 +690,114 @@ fn commit_batch(
     }
 }
 
+/// Commits one request of a group that failed, alone (appending to the tail, moving nothing
+/// but what an eviction moves).
+fn commit_alone(
+    store: &Store,
+    mut w: Work,
+    fencing: &Fencing,
+    tail: Option<&std::sync::Mutex<Tail>>,
+    now: u64,
+) -> Result<(), Error> {
+    let plan = tail.map(|t| crate::support::lock(t).plan(&[w.planned()], now, false));
+    let writer = tail.map(|t| crate::support::lock(t).writer().to_string());
+    store.transact_blocking(|tx| {
+        let mut checked = std::collections::HashMap::new();
+        if let Some(plan) = &plan {
+            move_records(tx, plan, fencing, &mut checked)?;
+        }
+        let placed = plan.as_ref().and_then(|p| p.requests.first());
+        apply(
+            tx,
+            &w,
+            placed,
+            writer.as_deref(),
+            true,
+            fencing,
+            &mut checked,
+        )?;
+        if let (Some(plan), Some(writer)) = (&plan, &writer) {
+            for seq in &plan.clears {
+                tx.clear(&tail::record_key(writer, *seq))?;
+            }
+        }
+        Ok::<_, Error>(())
+    })?;
+    if let (Some(t), Some(plan)) = (tail, plan) {
+        let entries = std::mem::take(&mut w.entries);
+        crate::support::lock(t).apply(plan, vec![(w.worker, w.indices, entries)], now);
+    }
+    Ok(())
+}
+
+/// Writes the records a plan moves at their workers' keys (each worker's shard fenced).
+fn move_records(
+    tx: &mut invicta_store::Transaction<'_>,
+    plan: &tail::Plan,
+    fencing: &Fencing,
+    checked: &mut std::collections::HashMap<u32, bool>,
+) -> Result<(), Error> {
+    for (worker, entries) in &plan.writes {
+        fencing.check(tx, worker, checked)?;
+        for (index, bytes) in entries {
+            tx.set(&oplog_key(worker, *index), bytes)?;
+        }
+    }
+    Ok(())
+}
+
 fn apply(
     tx: &mut invicta_store::Transaction<'_>,
     w: &Work,
+    placed: Option<&(Placed, Previous)>,
+    writer: Option<&str>,
     with_adds: bool,
     fencing: &Fencing,
     checked: &mut std::collections::HashMap<u32, bool>,
 ) -> Result<(), Error> {
     // The fence: only the executor holding the worker's shard, at its epoch, writes for it.
     fencing.check(tx, &w.worker, checked)?;
-    if let Some(first) = w.first_index {
-        let previous_present = first == 1 || tx.get(&oplog_key(&w.worker, first - 1))?.is_some();
-        let slot_free = tx.get(&oplog_key(&w.worker, first))?.is_none();
-        if !previous_present || !slot_free {
-            return Err(Error::OplogGap {
-                worker: w.worker.to_string(),
-                index: first,
-            });
+    if let Some((first, _)) = w.indices {
+        let gap = || Error::OplogGap {
+            worker: w.worker.to_string(),
+            index: first,
+        };
+        match (placed.map(|(_, previous)| *previous), writer) {
+            // The worker has records in this committer's tail: it knows the last index, and
+            // the entry at it must still be where it put it.
+            (Some(Previous::Known(last, at)), Some(writer)) => {
+                if first != last + 1 {
+                    return Err(gap());
+                }
+                let present = match at {
+                    Some(seq) => tx.get(&tail::record_key(writer, seq))?.is_some(),
+                    None => last == 0 || tx.get(&oplog_key(&w.worker, last))?.is_some(),
+                };
+                if !present {
+                    return Err(gap());
+                }
+            }
+            _ => {
+                let previous_present =
+                    first == 1 || tx.get(&oplog_key(&w.worker, first - 1))?.is_some();
+                let slot_free = tx.get(&oplog_key(&w.worker, first))?.is_none();
+                if !previous_present || !slot_free {
+                    return Err(gap());
+                }
+            }
+        }
+    }
+    match (placed, writer) {
+        (Some((Placed::Tail { seq }, _)), Some(writer)) => {
+            tx.set(
+                &tail::record_key(writer, *seq),
+                &tail::encode_record(&w.worker, &w.entries),
+            )?;
+        }
+        _ => {
+            for (index, bytes) in &w.entries {
+                tx.set(&oplog_key(&w.worker, *index), bytes)?;
+            }
         }
     }
     for (key, value) in &w.sets {

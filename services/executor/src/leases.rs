@@ -110,6 +110,15 @@ impl Executor {
         Ok(())
     }
 
+    /// A clean stop's last step: every record of the oplog's tail moves to its worker's keys,
+    /// so that the store holds each oplog whole (what a kill leaves, the next start drains).
+    pub async fn stop(&self) {
+        match self.inner.committer.flush().await {
+            Ok(()) => tracing::debug!("the oplog's tail moved to the workers' keys"),
+            Err(e) => tracing::warn!(error = %e, "the oplog's tail is left for the next start"),
+        }
+    }
+
     /// The shards drained for a hand-off, which the next heartbeat releases.
     pub fn released(&self) -> Vec<u32> {
         lock(&self.inner.released).iter().copied().collect()

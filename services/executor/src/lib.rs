@@ -46,6 +46,7 @@ mod settings;
 mod snapshots;
 mod support;
 mod suspend;
+mod tail;
 mod timers;
 mod types;
 mod wasiconfig;
@@ -232,6 +233,20 @@ impl Executor {
             for (shard, epoch) in granted {
                 fencing.set(shard, Some(epoch));
             }
+            // What an earlier run left in the oplog's tail goes to its workers' keys before any
+            // worker is read.
+            let (drain_store, drain_fencing) = (store.clone(), fencing.clone());
+            let drained = tokio::task::spawn_blocking(move || {
+                commit::drain_tails(&drain_store, &drain_fencing)
+            })
+            .await
+            .map_err(|e| Error::Engine(format!("drain the oplog's tail: {e}")))??;
+            if drained > 0 {
+                tracing::info!(
+                    records = drained,
+                    "oplog tail records of an earlier run moved"
+                );
+            }
         }
         let executor = Executor {
             inner: Arc::new(Inner {
@@ -241,6 +256,7 @@ impl Executor {
                         metrics.clone(),
                         fencing.clone(),
                         std::time::Duration::from_micros(config.commit_poll_us),
+                        config.placement == Placement::All,
                     )?,
                     metrics,
                     http_config: Arc::new(config.http.clone()),

@@ -157,6 +157,7 @@ impl Executor {
         // Its instance holds what is reverted: gone first, and again after (an invocation
         // that slipped in meanwhile cannot commit past the jump: appends are contiguous).
         self.stop_actor(id).await;
+        self.inner.committer.evict(id).await?;
         // The archived part of the history is read first; the transaction reads the store's
         // part and checks the archive is still as read.
         let (segments, archived) =
@@ -240,6 +241,7 @@ impl Executor {
         count: u32,
     ) -> Result<OplogIndex> {
         let all = archive::history(
+            &self.inner.committer,
             &self.inner.store,
             self.inner.registry.blobs(),
             id,
@@ -295,6 +297,7 @@ impl Executor {
             ));
         }
         let all = archive::history(
+            &self.inner.committer,
             &self.inner.store,
             self.inner.registry.blobs(),
             source,
@@ -499,6 +502,7 @@ impl Executor {
         version: u64,
     ) -> Result<std::result::Result<Vec<String>, String>> {
         let entries = archive::history(
+            &self.inner.committer,
             &self.inner.store,
             self.inner.registry.blobs(),
             id,
@@ -537,6 +541,7 @@ impl Executor {
     ) -> Result<WorkerRecord> {
         self.ask(id, |_| (), Command::Snapshot).await?;
         self.stop_actor(id).await;
+        self.inner.committer.evict(id).await?;
         let (id_c, from) = (id.clone(), record.component_version);
         let undo = self
             .inner

@@ -33,6 +33,7 @@ pub(crate) struct Metrics {
     pub suspensions: Counter,
     pub active_workers: Gauge,
     pub suspended_workers: Gauge,
+    pub tail_records: Gauge,
     registry: Mutex<Registry>,
 }
 
@@ -54,6 +55,7 @@ impl Metrics {
             suspensions: Counter::default(),
             active_workers: Gauge::default(),
             suspended_workers: Gauge::default(),
+            tail_records: Gauge::default(),
             registry: Mutex::new(Registry::with_prefix("invicta")),
         };
         {
@@ -127,6 +129,11 @@ impl Metrics {
                 "suspended_workers",
                 "Workers without an instance in memory (all tenants', on this store)",
                 metrics.suspended_workers.clone(),
+            );
+            r.register(
+                "oplog_tail_records",
+                "Records of appended entries in the oplog's tail, not yet cleared",
+                metrics.tail_records.clone(),
             );
         }
         metrics

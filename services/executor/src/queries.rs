@@ -52,6 +52,7 @@ impl Executor {
             .worker_record(id)
             .await?
             .ok_or_else(|| Error::WorkerNotFound(id.to_string()))?;
+        self.inner.committer.evict(id).await?;
         let id_c = id.clone();
         let (oplog_length, archived_entries) = self
             .inner
@@ -93,6 +94,7 @@ impl Executor {
             return Err(Error::WorkerNotFound(id.to_string()));
         }
         crate::archive::history(
+            &self.inner.committer,
             &self.inner.store,
             self.inner.registry.blobs(),
             id,

@@ -4,6 +4,8 @@
 //! - `("oplog", tenant, component, worker, index)` → an encoded [`OplogEntry`], or a chunk
 //!   header when the entry is larger than a store value may be
 //! - `("oplog-chunk", tenant, component, worker, index, n)` → chunk `n` of a large entry
+//! - `("oplog-tail", executor, seq)` → entries appended by an executor owning every shard, on
+//!   their way to the keys above (see `tail`): reads of a worker's oplog move its records first
 //! - `("invocation", tenant, component, worker, idempotency key)` → [`InvocationRecord`]
 //! - `("running", tenant, component, worker)` → present while an invocation whose start is
 //!   durable has not completed: what recovery resumes after a crash

@@ -746,12 +746,16 @@ impl Actor {
         };
         self.set_phase(Phase::Suspended);
         let id = self.id.clone();
-        let last = match self
-            .inner
-            .store
-            .read(move |tx| records::last_index(tx, &id))
-            .await
-        {
+        let last = match self.inner.committer.evict(&self.id).await {
+            Ok(()) => {
+                self.inner
+                    .store
+                    .read(move |tx| records::last_index(tx, &id))
+                    .await
+            }
+            Err(e) => Err(e),
+        };
+        let last = match last {
             Ok(last) => last,
             Err(e) => {
                 tracing::warn!(worker = %self.id, error = %e, "interrupt a waiting invocation");
@@ -934,6 +938,8 @@ impl Actor {
 
     /// Removes everything the worker has in the store, with its counts, in one transaction.
     async fn delete(&mut self) -> Result<(), Error> {
+        // Its records leave the oplog's tail first: none may bring entries back after.
+        self.inner.committer.evict(&self.id).await?;
         let id = self.id.clone();
         let wake_set = self.wake_set;
         self.inner
@@ -1712,8 +1718,17 @@ impl Actor {
         } else {
             HEAD
         };
-        let head = archive::history(store, blobs, &self.id, 1, head_len).await?;
-        let tail = archive::history(store, blobs, &self.id, snapshot.index + 1, usize::MAX).await?;
+        let head =
+            archive::history(&self.inner.committer, store, blobs, &self.id, 1, head_len).await?;
+        let tail = archive::history(
+            &self.inner.committer,
+            store,
+            blobs,
+            &self.id,
+            snapshot.index + 1,
+            usize::MAX,
+        )
+        .await?;
         let next_index = tail.last().map_or(snapshot.index + 1, |(i, _)| i + 1);
         // Jumps are checked as written (one reaching back over the snapshot makes it unusable),
         // then applied.
@@ -1948,7 +1963,15 @@ impl Actor {
         }
         self.snapshots = record;
         // What the snapshot makes unneeded for recovery leaves the store for the archive.
-        match archive::archive(&self.inner.store, &blobs, &self.id, index).await {
+        match archive::archive(
+            &self.inner.committer,
+            &self.inner.store,
+            &blobs,
+            &self.id,
+            index,
+        )
+        .await
+        {
             Ok(0) => {}
             Ok(moved) => {
                 self.inner.metrics.archived_entries.inc_by(moved);
@@ -1990,6 +2013,7 @@ impl Actor {
     /// entry takes (after every entry, skipped or not).
     async fn read_oplog(&mut self) -> Result<(Vec<(OplogIndex, OplogEntry)>, OplogIndex), Error> {
         let entries = archive::history(
+            &self.inner.committer,
             &self.inner.store,
             self.inner.registry.blobs(),
             &self.id,

@@ -589,7 +589,7 @@ async fn run(config: Config, demo: Option<PathBuf>) -> anyhow::Result<()> {
     .await
     .context("start the executor")?;
     let billing = start_billing(&config, &data_dir, store.clone()).await?;
-    let gateway = bind_gateway(&config, store, blobs, registry, executor, billing).await?;
+    let gateway = bind_gateway(&config, store, blobs, registry, executor.clone(), billing).await?;
     let addr = gateway.local_addr()?;
     announce_public(&gateway)?;
     tracing::info!(%addr, data_dir = %data_dir.display(), "invicta server started");
@@ -610,6 +610,7 @@ async fn run(config: Config, demo: Option<PathBuf>) -> anyhow::Result<()> {
         ));
     }
     gateway.run(shutdown_signal()).await?;
+    executor.stop().await;
     tracing::info!("invicta server stopped");
     Ok(())
 }

@@ -1,0 +1,111 @@
+//! The oplog's tail: entries a SIGKILL leaves in it come back whole at the next start, and a
+//! clean stop leaves each oplog whole at its workers' keys.
+
+use invicta_store::keys::{pack, prefix_range};
+use invicta_store::{Config, Store};
+use invicta_tests::{Api, Server, component};
+use serde_json::json;
+
+use crate::INVICTA;
+
+const WORKERS: usize = 3;
+const CALLS: i64 = 4;
+
+/// Records in the tail, and each worker's oplog indices at its keys.
+fn stored(data: &std::path::Path, tenant: &str) -> anyhow::Result<(usize, Vec<Vec<u64>>)> {
+    let store = Store::open(&Config::embedded_in(data))?;
+    let (tail, indices) = store.read_blocking(|tx| {
+        let tail = tx
+            .get_prefix(&pack(&("oplog-tail",)), Default::default())?
+            .len();
+        let mut indices = Vec::new();
+        for w in 0..WORKERS {
+            let prefix = pack(&("oplog", tenant, "counter", format!("w{w}").as_str()));
+            let (begin, end) = prefix_range(&prefix);
+            let rows = tx.get_range(&begin, &end, Default::default())?;
+            let mut found = Vec::new();
+            for row in rows {
+                let (_, _, _, _, index): (String, String, String, String, u64) =
+                    invicta_store::keys::unpack(&row.key)
+                        .map_err(|e| invicta_store::Error::Task(e.to_string()))?;
+                found.push(index);
+            }
+            indices.push(found);
+        }
+        Ok::<_, invicta_store::Error>((tail, indices))
+    })?;
+    Ok((tail, indices))
+}
+
+fn whole(indices: &[u64]) -> bool {
+    !indices.is_empty() && indices.iter().copied().eq(1..=indices.len() as u64)
+}
+
+#[tokio::test]
+async fn entries_in_the_tail_survive_a_kill_and_a_clean_stop_leaves_none() -> anyhow::Result<()> {
+    let data = tempfile::tempdir()?;
+    let server = Server::start(INVICTA.as_ref(), data.path())?;
+    let api = server.operator().new_tenant("acme", "pro").await?;
+    let tenant_key = api.key.clone().unwrap_or_default();
+    let tenant = api.get("/v1/usage").await?.body["tenant"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    api.upload("counter", component("counter")).await?;
+    for call in 1..=CALLS {
+        for w in 0..WORKERS {
+            assert_eq!(
+                api.call("counter", &format!("w{w}"), "add", json!([call]))
+                    .await?,
+                json!(call * (call + 1) / 2)
+            );
+        }
+    }
+    server.kill()?;
+
+    // The last commits' entries are in the tail, not yet at their workers' keys.
+    let (records, indices) = stored(data.path(), &tenant)?;
+    assert!(records > 0, "nothing was left in the tail");
+    assert!(
+        indices
+            .iter()
+            .any(|i| !whole(i) || i.len() < 2 * CALLS as usize),
+        "the keys alone hold every entry: {indices:?}"
+    );
+
+    // The next start drains them: each worker replays every call, and goes on.
+    let server = Server::start(INVICTA.as_ref(), data.path())?;
+    let api = Api::new(&server.url).with_key(&tenant_key);
+    let total = CALLS * (CALLS + 1) / 2;
+    for w in 0..WORKERS {
+        let worker = format!("w{w}");
+        assert_eq!(
+            api.call("counter", &worker, "get", json!([])).await?,
+            json!(total)
+        );
+        assert_eq!(
+            api.call("counter", &worker, "add", json!([1])).await?,
+            json!(total + 1)
+        );
+    }
+    // The oplog the API shows is whole (its reads take the worker's records out of the tail).
+    let oplog = api
+        .get("/v1/components/counter/workers/w0/oplog?count=1000")
+        .await?;
+    assert_eq!(oplog.status, 200, "{oplog:?}");
+    let shown: Vec<u64> = oplog.body["entries"]
+        .as_array()
+        .map(|entries| entries.iter().filter_map(|e| e["index"].as_u64()).collect())
+        .unwrap_or_default();
+    assert!(whole(&shown), "the oplog shown: {shown:?}");
+    assert!(server.stop()?, "clean stop");
+
+    // A clean stop moves everything to the workers' keys.
+    let (records, indices) = stored(data.path(), &tenant)?;
+    assert_eq!(records, 0, "a clean stop left records in the tail");
+    for (w, found) in indices.iter().enumerate() {
+        assert!(whole(found), "w{w}'s oplog at its keys: {found:?}");
+    }
+    assert_eq!(indices[0].len(), shown.len(), "every entry shown is stored");
+    Ok(())
+}
