@@ -587,9 +587,7 @@ fn commit_batch(
             tx.atomic_add(key, *delta)?;
         }
         if let (Some(plan), Some(writer)) = (&plan, &writer) {
-            for seq in &plan.clears {
-                tx.clear(&tail::record_key(writer, *seq))?;
-            }
+            clear_records(tx, plan, writer)?;
         }
         Ok::<_, Error>(())
     });
@@ -717,15 +715,31 @@ fn commit_alone(
             &mut checked,
         )?;
         if let (Some(plan), Some(writer)) = (&plan, &writer) {
-            for seq in &plan.clears {
-                tx.clear(&tail::record_key(writer, *seq))?;
-            }
+            clear_records(tx, plan, writer)?;
         }
         Ok::<_, Error>(())
     })?;
     if let (Some(t), Some(plan)) = (tail, plan) {
         let entries = std::mem::take(&mut w.entries);
         crate::support::lock(t).apply(plan, vec![(w.worker, w.indices, entries)], now);
+    }
+    Ok(())
+}
+
+/// Clears the records a plan clears: the oldest as one range, an evicted worker's one by one.
+fn clear_records(
+    tx: &mut invicta_store::Transaction<'_>,
+    plan: &tail::Plan,
+    writer: &str,
+) -> Result<(), Error> {
+    if let Some((first, last)) = plan.front {
+        tx.clear_range(
+            &tail::record_key(writer, first),
+            &tail::record_key(writer, last.saturating_add(1)),
+        )?;
+    }
+    for seq in &plan.clears {
+        tx.clear(&tail::record_key(writer, *seq))?;
     }
     Ok(())
 }

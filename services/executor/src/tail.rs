@@ -7,7 +7,8 @@
 //! writing them and syncing them. Appended one after another the group's entries share a page
 //! or two; a worker's entries reach its own keys when it has [`MOVE_RECORDS`] records waiting (or
 //! its oldest waited [`AGE_MAX_MS`]), so that one page write carries many entries. Records are
-//! cleared from the tail once moved, oldest first, so that clearing empties whole pages.
+//! cleared from the tail once moved, the oldest as one range, so that clearing empties whole
+//! pages.
 //!
 //! This module is the committer's memory of the tail, without the store: which records wait,
 //! whose they are, what each group moves and clears ([`Tail::plan`]), and what changes once the
@@ -29,10 +30,10 @@ use invicta_model::oplog::OplogIndex;
 use invicta_store::keys::{pack, unpack};
 
 /// Records of one worker moved to its keys together.
-pub(crate) const MOVE_RECORDS: usize = 8;
+pub(crate) const MOVE_RECORDS: usize = 16;
 
 /// The longest a record waits to be moved (a worker that appends seldom).
-pub(crate) const AGE_MAX_MS: u64 = 500;
+pub(crate) const AGE_MAX_MS: u64 = 1_000;
 
 /// Records kept in the tail at most; past it, the oldest workers' records move at once.
 pub(crate) const RECORDS_MAX: usize = 65_536;
@@ -198,8 +199,13 @@ pub(crate) struct Plan {
     /// What the moves write: each moved worker's entries (copied: the transaction runs
     /// without the tail's lock).
     pub writes: Vec<(WorkerId, Entries)>,
-    /// Records cleared from the tail.
+    /// Records cleared from the tail one by one (an evicted worker's).
     pub clears: Vec<u64>,
+    /// The oldest records, cleared as one range (first and last seq, both in): each is moved,
+    /// by now or in this group, or an evicted worker's.
+    pub front: Option<(u64, u64)>,
+    /// How many records `front` spans.
+    front_len: usize,
     /// Workers evicted: none of their records is left once the group is durable.
     pub evicted: Vec<WorkerId>,
 }
@@ -369,18 +375,26 @@ impl Tail {
                 }
             }
             // The oldest records, once moved, are cleared: whole pages of the tail at a time.
-            for slot in &self.order {
-                if plan.clears.len() >= CLEARS_MAX {
+            let mut span = 0;
+            for (i, slot) in self.order.iter().enumerate() {
+                if i >= CLEARS_MAX {
                     break;
                 }
-                if evicted.contains_key(&slot.worker) {
-                    continue;
-                }
-                if slot.moved || moved_now.contains_key(&slot.worker) {
-                    plan.clears.push(slot.seq);
+                if evicted.contains_key(&slot.worker)
+                    || slot.moved
+                    || moved_now.contains_key(&slot.worker)
+                {
+                    span = i + 1;
                 } else {
                     break;
                 }
+            }
+            if let (Some(first), Some(last)) = (
+                self.order.front(),
+                span.checked_sub(1).and_then(|i| self.order.get(i)),
+            ) {
+                plan.front = Some((first.seq, last.seq));
+                plan.front_len = span;
             }
         }
         plan.writes = plan
@@ -416,6 +430,14 @@ impl Tail {
                 if let Some(slot) = self.slot_mut(*seq) {
                     slot.moved = true;
                 }
+            }
+        }
+        for _ in 0..plan.front_len {
+            if let Some(slot) = self.order.pop_front()
+                && let Some(w) = self.workers.get_mut(&slot.worker)
+            {
+                w.live.retain(|s| *s != slot.seq);
+                touched.push(slot.worker);
             }
         }
         for seq in &plan.clears {
@@ -649,6 +671,11 @@ mod tests {
             for seq in &plan.clears {
                 stored.records.remove(&(writer.clone(), *seq));
             }
+            if let Some((first, last)) = plan.front {
+                stored
+                    .records
+                    .retain(|(w, seq), _| *w != writer || *seq < first || *seq > last);
+            }
             if fails {
                 return;
             }
@@ -765,8 +792,8 @@ mod tests {
         assert_eq!(plan.moves.len(), 1);
         assert_eq!(plan.moves[0].1.len(), MOVE_RECORDS);
         assert_eq!(
-            plan.clears.len(),
-            MOVE_RECORDS,
+            plan.front,
+            Some((1, MOVE_RECORDS as u64)),
             "moved and oldest: cleared at once"
         );
         tail.apply(plan, Vec::new(), 0);
