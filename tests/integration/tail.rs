@@ -109,3 +109,55 @@ async fn entries_in_the_tail_survive_a_kill_and_a_clean_stop_leaves_none() -> an
     assert_eq!(indices[0].len(), shown.len(), "every entry shown is stored");
     Ok(())
 }
+
+/// Records an all-in-one run left in the tail are drained by an executor under a scheduler when
+/// it takes their shards, before it reads their workers.
+#[tokio::test]
+async fn an_executor_under_a_scheduler_drains_what_an_all_in_one_run_left() -> anyhow::Result<()> {
+    let scratch = tempfile::tempdir()?;
+    let data = scratch.path().join("data");
+    std::fs::create_dir_all(&data)?;
+    let server = Server::start(INVICTA.as_ref(), &data)?;
+    let api = server.operator().new_tenant("acme", "pro").await?;
+    let tenant_key = api.key.clone().unwrap_or_default();
+    let tenant = api.get("/v1/usage").await?.body["tenant"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    api.upload("counter", component("counter")).await?;
+    for call in 1..=CALLS {
+        for w in 0..WORKERS {
+            api.call("counter", &format!("w{w}"), "add", json!([call]))
+                .await?;
+        }
+    }
+    server.kill()?;
+    let (records, _) = stored(&data, &tenant)?;
+    assert!(records > 0, "nothing was left in the tail");
+
+    let scheduler = Server::start_role(
+        INVICTA.as_ref(),
+        &data,
+        "scheduler",
+        "[scheduler]\nlisten = \"127.0.0.1:0\"\nlease_ms = 2000\n",
+    )?;
+    let peers = format!(
+        "[grpc]\nexecutor_listen = \"127.0.0.1:0\"\nscheduler = \"{}\"\n",
+        scheduler.url
+    );
+    let executor = Server::start_role(INVICTA.as_ref(), &data, "executor", &peers)?;
+    let gateway = Server::start_role(INVICTA.as_ref(), &data, "gateway", &peers)?;
+    let api = Api::new(&gateway.url).with_key(&tenant_key);
+    let total = CALLS * (CALLS + 1) / 2;
+    for w in 0..WORKERS {
+        assert_eq!(
+            api.call("counter", &format!("w{w}"), "get", json!([]))
+                .await?,
+            json!(total)
+        );
+    }
+    let (records, indices) = stored(&data, &tenant)?;
+    assert_eq!(records, 0, "records left in the tail: {indices:?}");
+    drop((gateway, executor, scheduler));
+    Ok(())
+}

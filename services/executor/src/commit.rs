@@ -18,8 +18,8 @@
 //! appended as one record of the tail, and workers' records move to their keys several at a time
 //! ([`crate::tail`]); the committer then knows each such worker's last index, and the transaction
 //! checks that its entry is still where the committer put it. Whoever reads or removes a worker's
-//! entries first calls [`Committer::evict`]; a new run drains what an earlier one left
-//! ([`drain_tails`]) before any worker is read.
+//! entries first calls [`Committer::evict`]; an executor taking shards drains what earlier runs
+//! left for their workers ([`drain_tails`]) before any of them is read.
 //!
 //! **Invariant:** each request's `done` runs exactly once, once its outcome is known: on the
 //! committer's thread, or on its submitter's when that one polled for it ([`Handoff`]).
@@ -620,22 +620,59 @@ fn commit_batch(
 /// Records drained by one transaction at most.
 const DRAIN_RECORDS: usize = 512;
 
-/// Moves every record left in the oplog's tail by an earlier run (of any executor) to its
-/// worker's keys, where an entry is not there yet, and clears it. Run before any worker is read,
-/// by an executor owning every shard (each record's shard is fenced all the same). Returns the
-/// records drained.
-pub(crate) fn drain_tails(store: &Store, fencing: &Fencing) -> Result<usize, Error> {
+/// Moves the records left in the oplog's tail by an earlier run (of any executor) for workers of
+/// `shards` (taken at the epochs given) to their workers' keys, where an entry is not there yet,
+/// and clears them; records of other shards stay for their owners. Run when shards are taken,
+/// before any of their workers is read: each record's shard lease is checked in the transaction
+/// (`owner` at that epoch). Returns the records drained.
+pub(crate) fn drain_tails(
+    store: &Store,
+    owner: &str,
+    shards: &std::collections::HashMap<u32, u64>,
+) -> Result<usize, Error> {
     let prefix = tail::records_prefix();
+    let (mut from, end) = invicta_store::keys::prefix_range(&prefix);
     let mut drained = 0;
     loop {
-        let moved = store.transact_blocking(|tx| {
-            let rows = tx.get_prefix(&prefix, invicta_store::RangeOptions::limit(DRAIN_RECORDS))?;
-            let mut checked = std::collections::HashMap::new();
+        let (read, moved, last) = store.transact_blocking(|tx| {
+            let rows = tx.get_range(
+                &from,
+                &end,
+                invicta_store::RangeOptions::limit(DRAIN_RECORDS),
+            )?;
+            let mut held: std::collections::HashMap<u32, bool> = std::collections::HashMap::new();
+            let mut moved = 0;
             for row in &rows {
                 let (worker, entries) = tail::decode_record(&row.value).ok_or_else(|| {
                     Error::Corrupt("an oplog tail record that does not decode".into())
                 })?;
-                fencing.check(tx, &worker, &mut checked)?;
+                let shard = invicta_model::shards::shard_of(&worker);
+                let Some(epoch) = shards.get(&shard).copied() else {
+                    continue;
+                };
+                let ours = match held.get(&shard) {
+                    Some(ours) => *ours,
+                    None => {
+                        let lease = tx.get(&invicta_model::shards::lease_key(shard))?;
+                        let ours = lease
+                            .map(|bytes| {
+                                records::decode_json::<invicta_model::shards::ShardLease>(
+                                    "shard lease",
+                                    &bytes,
+                                )
+                            })
+                            .transpose()?
+                            .is_some_and(|l| l.owner == owner && l.epoch == epoch);
+                        held.insert(shard, ours);
+                        ours
+                    }
+                };
+                if !ours {
+                    return Err(Error::Fenced {
+                        worker: worker.to_string(),
+                        shard,
+                    });
+                }
                 for (index, bytes) in entries {
                     let key = oplog_key(&worker, index);
                     if tx.get(&key)?.is_none() {
@@ -643,12 +680,17 @@ pub(crate) fn drain_tails(store: &Store, fencing: &Fencing) -> Result<usize, Err
                     }
                 }
                 tx.clear(&row.key)?;
+                moved += 1;
             }
-            Ok::<_, Error>(rows.len())
+            Ok::<_, Error>((rows.len(), moved, rows.last().map(|r| r.key.clone())))
         })?;
         drained += moved;
-        if moved < DRAIN_RECORDS {
-            return Ok(drained);
+        match last {
+            Some(mut key) if read == DRAIN_RECORDS => {
+                key.push(0);
+                from = key;
+            }
+            _ => return Ok(drained),
         }
     }
 }

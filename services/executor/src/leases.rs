@@ -81,6 +81,27 @@ impl Executor {
             }
         }
         lock(&self.inner.released).retain(|shard| now.contains_key(shard));
+        // Records an all-in-one run left in the oplog's tail for the shards taken go to their
+        // workers' keys before any of their workers is read.
+        let taken: HashMap<u32, u64> = granted
+            .iter()
+            .filter(|g| !before.contains(&(g.shard, g.epoch)))
+            .map(|g| (g.shard, g.epoch))
+            .collect();
+        if !taken.is_empty() {
+            let (store, owner) = (self.inner.store.clone(), self.inner.fencing.id.clone());
+            let drained = tokio::task::spawn_blocking(move || {
+                crate::commit::drain_tails(&store, &owner, &taken)
+            })
+            .await
+            .map_err(|e| Error::Engine(format!("drain the oplog's tail: {e}")))??;
+            if drained > 0 {
+                tracing::info!(
+                    records = drained,
+                    "oplog tail records moved for shards taken"
+                );
+            }
+        }
         let mut gained = false;
         for grant in granted {
             let shard = grant.shard;

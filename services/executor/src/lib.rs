@@ -230,14 +230,12 @@ impl Executor {
             let granted = store
                 .transact(move |tx| placement::take_all(tx, &owner, now_ms(), lease_ms))
                 .await?;
-            for (shard, epoch) in granted {
-                fencing.set(shard, Some(epoch));
-            }
             // What an earlier run left in the oplog's tail goes to its workers' keys before any
             // worker is read.
-            let (drain_store, drain_fencing) = (store.clone(), fencing.clone());
+            let shards: HashMap<u32, u64> = granted.iter().copied().collect();
+            let (drain_store, owner) = (store.clone(), fencing.id.clone());
             let drained = tokio::task::spawn_blocking(move || {
-                commit::drain_tails(&drain_store, &drain_fencing)
+                commit::drain_tails(&drain_store, &owner, &shards)
             })
             .await
             .map_err(|e| Error::Engine(format!("drain the oplog's tail: {e}")))??;
@@ -246,6 +244,9 @@ impl Executor {
                     records = drained,
                     "oplog tail records of an earlier run moved"
                 );
+            }
+            for (shard, epoch) in granted {
+                fencing.set(shard, Some(epoch));
             }
         }
         let executor = Executor {
