@@ -3,7 +3,7 @@
 
 use invicta_store::keys::{pack, prefix_range};
 use invicta_store::{Config, Store};
-use invicta_tests::{Api, Server, component};
+use invicta_tests::{Apart, Api, Server, component};
 use serde_json::json;
 
 use crate::INVICTA;
@@ -37,14 +37,10 @@ fn stored(data: &std::path::Path, tenant: &str) -> anyhow::Result<(usize, Vec<Ve
     Ok((tail, indices))
 }
 
-fn whole(indices: &[u64]) -> bool {
-    !indices.is_empty() && indices.iter().copied().eq(1..=indices.len() as u64)
-}
-
-#[tokio::test]
-async fn entries_in_the_tail_survive_a_kill_and_a_clean_stop_leaves_none() -> anyhow::Result<()> {
-    let data = tempfile::tempdir()?;
-    let server = Server::start(INVICTA.as_ref(), data.path())?;
+/// Runs an all-in-one server on `data`: a tenant, the counter, [`CALLS`] calls on each worker;
+/// then kills it. Returns the tenant's key and id.
+async fn call_then_kill(data: &std::path::Path) -> anyhow::Result<(String, String)> {
+    let server = Server::start(INVICTA.as_ref(), data)?;
     let api = server.operator().new_tenant("acme", "pro").await?;
     let tenant_key = api.key.clone().unwrap_or_default();
     let tenant = api.get("/v1/usage").await?.body["tenant"]
@@ -62,6 +58,17 @@ async fn entries_in_the_tail_survive_a_kill_and_a_clean_stop_leaves_none() -> an
         }
     }
     server.kill()?;
+    Ok((tenant_key, tenant))
+}
+
+fn whole(indices: &[u64]) -> bool {
+    !indices.is_empty() && indices.iter().copied().eq(1..=indices.len() as u64)
+}
+
+#[tokio::test]
+async fn entries_in_the_tail_survive_a_kill_and_a_clean_stop_leaves_none() -> anyhow::Result<()> {
+    let data = tempfile::tempdir()?;
+    let (tenant_key, tenant) = call_then_kill(data.path()).await?;
 
     // The last commits' entries are in the tail, not yet at their workers' keys.
     let (records, indices) = stored(data.path(), &tenant)?;
@@ -117,37 +124,12 @@ async fn an_executor_under_a_scheduler_drains_what_an_all_in_one_run_left() -> a
     let scratch = tempfile::tempdir()?;
     let data = scratch.path().join("data");
     std::fs::create_dir_all(&data)?;
-    let server = Server::start(INVICTA.as_ref(), &data)?;
-    let api = server.operator().new_tenant("acme", "pro").await?;
-    let tenant_key = api.key.clone().unwrap_or_default();
-    let tenant = api.get("/v1/usage").await?.body["tenant"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
-    api.upload("counter", component("counter")).await?;
-    for call in 1..=CALLS {
-        for w in 0..WORKERS {
-            api.call("counter", &format!("w{w}"), "add", json!([call]))
-                .await?;
-        }
-    }
-    server.kill()?;
+    let (tenant_key, tenant) = call_then_kill(&data).await?;
     let (records, _) = stored(&data, &tenant)?;
     assert!(records > 0, "nothing was left in the tail");
 
-    let scheduler = Server::start_role(
-        INVICTA.as_ref(),
-        &data,
-        "scheduler",
-        "[scheduler]\nlisten = \"127.0.0.1:0\"\nlease_ms = 2000\n",
-    )?;
-    let peers = format!(
-        "[grpc]\nexecutor_listen = \"127.0.0.1:0\"\nscheduler = \"{}\"\n",
-        scheduler.url
-    );
-    let executor = Server::start_role(INVICTA.as_ref(), &data, "executor", &peers)?;
-    let gateway = Server::start_role(INVICTA.as_ref(), &data, "gateway", &peers)?;
-    let api = Api::new(&gateway.url).with_key(&tenant_key);
+    let roles = Apart::start(INVICTA.as_ref(), &data, "")?;
+    let api = Api::new(&roles.gateway.url).with_key(&tenant_key);
     let total = CALLS * (CALLS + 1) / 2;
     for w in 0..WORKERS {
         assert_eq!(
@@ -158,6 +140,6 @@ async fn an_executor_under_a_scheduler_drains_what_an_all_in_one_run_left() -> a
     }
     let (records, indices) = stored(&data, &tenant)?;
     assert_eq!(records, 0, "records left in the tail: {indices:?}");
-    drop((gateway, executor, scheduler));
+    drop(roles);
     Ok(())
 }

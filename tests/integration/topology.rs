@@ -1,7 +1,7 @@
 //! The same request answers the same status, code and fields whether the executor runs in the
 //! gateway's process or in another: one failure table, run against both.
 
-use invicta_tests::{Api, Server, component};
+use invicta_tests::{Apart, Api, Server, component};
 use serde_json::{Value, json};
 
 use crate::INVICTA;
@@ -86,44 +86,6 @@ fn shape(reply: &invicta_tests::Reply) -> Value {
     })
 }
 
-/// A scheduler, an executor and a gateway as separate processes on one store.
-struct Apart {
-    // Fields drop in order: the gateway first.
-    gateway: Server,
-    _executor: Server,
-    _scheduler: Server,
-}
-
-impl Apart {
-    /// Starts the roles under `scratch`, the gateway with `gateway_config` besides its peers.
-    fn start(scratch: &std::path::Path, gateway_config: &str) -> anyhow::Result<Apart> {
-        let dir = scratch.join("data");
-        std::fs::create_dir_all(&dir)?;
-        let scheduler = Server::start_role(
-            INVICTA.as_ref(),
-            &dir,
-            "scheduler",
-            "[scheduler]\nlisten = \"127.0.0.1:0\"\nlease_ms = 2000\n",
-        )?;
-        let peers = format!(
-            "[grpc]\nexecutor_listen = \"127.0.0.1:0\"\nscheduler = \"{}\"\n",
-            scheduler.url
-        );
-        let executor = Server::start_role(INVICTA.as_ref(), &dir, "executor", &peers)?;
-        let gateway = Server::start_role(
-            INVICTA.as_ref(),
-            &dir,
-            "gateway",
-            &format!("{gateway_config}{peers}"),
-        )?;
-        Ok(Apart {
-            gateway,
-            _executor: executor,
-            _scheduler: scheduler,
-        })
-    }
-}
-
 #[tokio::test]
 async fn failures_answer_the_same_in_one_process_and_apart() -> anyhow::Result<()> {
     let one = tempfile::tempdir()?;
@@ -132,7 +94,7 @@ async fn failures_answer_the_same_in_one_process_and_apart() -> anyhow::Result<(
     drop(all_in_one);
 
     let apart = tempfile::tempdir()?;
-    let roles = Apart::start(apart.path(), "")?;
+    let roles = Apart::start(INVICTA.as_ref(), &apart.path().join("data"), "")?;
     let separate = failures(&roles.gateway).await?;
     drop(roles);
 
@@ -165,7 +127,8 @@ async fn failures_answer_the_same_in_one_process_and_apart() -> anyhow::Result<(
 async fn handlers_run_on_executors_when_the_roles_are_apart() -> anyhow::Result<()> {
     let apart = tempfile::tempdir()?;
     let roles = Apart::start(
-        apart.path(),
+        INVICTA.as_ref(),
+        &apart.path().join("data"),
         "[gateway]\npublic_listen = \"127.0.0.1:0\"\n[executor]\nfuel_per_invocation = 1\n",
     )?;
     let gateway = &roles.gateway;

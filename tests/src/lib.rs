@@ -269,6 +269,44 @@ impl Drop for Server {
     }
 }
 
+/// A scheduler, an executor and a gateway as separate processes on one store.
+pub struct Apart {
+    // Fields drop in order: the gateway first.
+    pub gateway: Server,
+    pub executor: Server,
+    pub scheduler: Server,
+}
+
+impl Apart {
+    /// Starts the roles on the data in `data_dir`, the gateway with `gateway_config` besides
+    /// its peers.
+    pub fn start(binary: &Path, data_dir: &Path, gateway_config: &str) -> anyhow::Result<Apart> {
+        std::fs::create_dir_all(data_dir)?;
+        let scheduler = Server::start_role(
+            binary,
+            data_dir,
+            "scheduler",
+            "[scheduler]\nlisten = \"127.0.0.1:0\"\nlease_ms = 2000\n",
+        )?;
+        let peers = format!(
+            "[grpc]\nexecutor_listen = \"127.0.0.1:0\"\nscheduler = \"{}\"\n",
+            scheduler.url
+        );
+        let executor = Server::start_role(binary, data_dir, "executor", &peers)?;
+        let gateway = Server::start_role(
+            binary,
+            data_dir,
+            "gateway",
+            &format!("{gateway_config}{peers}"),
+        )?;
+        Ok(Apart {
+            gateway,
+            executor,
+            scheduler,
+        })
+    }
+}
+
 /// Waits until `condition` holds, checking every 50 ms, for at most `timeout`; fails naming
 /// `what` (and the last value seen) otherwise. Tests wait for observable state with this, never
 /// for a fixed time.

@@ -695,6 +695,30 @@ pub(crate) fn drain_tails(
     }
 }
 
+/// [`drain_tails`] on a blocking thread, saying how much it moved.
+pub(crate) async fn drain_tails_of(
+    store: &Store,
+    owner: &str,
+    shards: std::collections::HashMap<u32, u64>,
+) -> Result<(), Error> {
+    if shards.is_empty() {
+        return Ok(());
+    }
+    let (store, owner) = (store.clone(), owner.to_string());
+    let count = shards.len();
+    let drained = tokio::task::spawn_blocking(move || drain_tails(&store, &owner, &shards))
+        .await
+        .map_err(|e| Error::Engine(format!("drain the oplog's tail: {e}")))??;
+    if drained > 0 {
+        tracing::info!(
+            records = drained,
+            shards = count,
+            "oplog tail records of earlier runs moved to their workers' keys"
+        );
+    }
+    Ok(())
+}
+
 fn observe(metrics: &Metrics, started: Instant, requests: usize, ok: bool) {
     metrics
         .commit_seconds

@@ -88,20 +88,7 @@ impl Executor {
             .filter(|g| !before.contains(&(g.shard, g.epoch)))
             .map(|g| (g.shard, g.epoch))
             .collect();
-        if !taken.is_empty() {
-            let (store, owner) = (self.inner.store.clone(), self.inner.fencing.id.clone());
-            let drained = tokio::task::spawn_blocking(move || {
-                crate::commit::drain_tails(&store, &owner, &taken)
-            })
-            .await
-            .map_err(|e| Error::Engine(format!("drain the oplog's tail: {e}")))??;
-            if drained > 0 {
-                tracing::info!(
-                    records = drained,
-                    "oplog tail records moved for shards taken"
-                );
-            }
-        }
+        crate::commit::drain_tails_of(&self.inner.store, &self.inner.fencing.id, taken).await?;
         let mut gained = false;
         for grant in granted {
             let shard = grant.shard;

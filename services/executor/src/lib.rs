@@ -233,18 +233,7 @@ impl Executor {
             // What an earlier run left in the oplog's tail goes to its workers' keys before any
             // worker is read.
             let shards: HashMap<u32, u64> = granted.iter().copied().collect();
-            let (drain_store, owner) = (store.clone(), fencing.id.clone());
-            let drained = tokio::task::spawn_blocking(move || {
-                commit::drain_tails(&drain_store, &owner, &shards)
-            })
-            .await
-            .map_err(|e| Error::Engine(format!("drain the oplog's tail: {e}")))??;
-            if drained > 0 {
-                tracing::info!(
-                    records = drained,
-                    "oplog tail records of an earlier run moved"
-                );
-            }
+            commit::drain_tails_of(&store, &fencing.id, shards).await?;
             for (shard, epoch) in granted {
                 fencing.set(shard, Some(epoch));
             }
