@@ -42,8 +42,9 @@ use crate::tail::{self, Entries, Placed, Previous, Tail};
 /// Requests waiting for the committer; a full queue makes workers wait (back-pressure).
 const QUEUE_DEPTH: usize = 4_096;
 
-/// Most bytes one group transaction writes: below the store's 10 MB transaction limit.
-const BATCH_BYTES_MAX: usize = 8_000_000;
+/// Most bytes of requests one group transaction writes: below the store's 10 MB transaction
+/// limit with the tail's moves (at most 2 MiB a group) besides.
+const BATCH_BYTES_MAX: usize = 7_000_000;
 
 /// Most requests in one group transaction.
 const BATCH_REQUESTS_MAX: usize = 1_024;

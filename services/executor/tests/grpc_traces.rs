@@ -83,7 +83,16 @@ async fn a_routed_invocation_is_one_trace_across_grpc() -> anyhow::Result<()> {
         .await?;
     assert_eq!(done.result, serde_json::json!(3));
 
-    let spans = traces.finished(&["request", "group commit"]).await?;
+    // The server's spans may end after the caller's: every span the test reads is waited for.
+    let spans = traces
+        .finished(&[
+            "request",
+            "group commit",
+            "scheduler locate",
+            "executor invoke",
+            "run invocation",
+        ])
+        .await?;
     let find = |name: &str| spans::find(&spans, name);
     let request = find("request")?;
     let locate = find("scheduler locate")?;

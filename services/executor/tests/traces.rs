@@ -24,7 +24,9 @@ async fn an_invocation_is_one_trace_down_to_its_commit() -> anyhow::Result<()> {
         .await?;
     assert_eq!(done.result, serde_json::json!(3));
     drop(executor);
-    let spans = traces.finished(&["request", "group commit"]).await?;
+    let spans = traces
+        .finished(&["request", "group commit", "run invocation"])
+        .await?;
     let find = |name: &str| spans::find(&spans, name);
     let request = find("request")?;
     let run = find("run invocation")?;
