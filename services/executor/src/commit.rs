@@ -76,6 +76,13 @@ pub(crate) struct CommitRequest {
     pub span: tracing::Span,
 }
 
+/// The oplog's tail as the committer and its callers share it: the committer's memory of it, and
+/// the writer its records are keyed under.
+pub(crate) struct SharedTail {
+    tail: std::sync::Mutex<Tail>,
+    writer: String,
+}
+
 /// A [`Done`] that sends the result to a receiver, for callers that wait for it.
 pub(crate) fn done_channel() -> (Done, oneshot::Receiver<Result<(), Error>>) {
     let (tx, rx) = oneshot::channel();
@@ -248,7 +255,7 @@ pub(crate) struct Committer {
     /// Whether a submitter polls for its commit now: one at a time.
     polling: Arc<AtomicBool>,
     /// The oplog's tail, when appends go through it (an executor owning every shard for good).
-    tail: Option<Arc<std::sync::Mutex<Tail>>>,
+    tail: Option<Arc<SharedTail>>,
 }
 
 impl Committer {
@@ -263,8 +270,12 @@ impl Committer {
         let poll = poll.min(POLL_MAX);
         let alone = Arc::new(AtomicBool::new(false));
         let flag = alone.clone();
-        let tail =
-            with_tail.then(|| Arc::new(std::sync::Mutex::new(Tail::new(fencing.id.clone()))));
+        let tail = with_tail.then(|| {
+            Arc::new(SharedTail {
+                tail: std::sync::Mutex::new(Tail::new()),
+                writer: fencing.id.clone(),
+            })
+        });
         let theirs = tail.clone();
         std::thread::Builder::new()
             .name("oplog-committer".into())
@@ -294,7 +305,7 @@ impl Committer {
         let Some(tail) = &self.tail else {
             return Ok(());
         };
-        let held = crate::support::lock(tail).held();
+        let held = crate::support::lock(&tail.tail).held();
         let mut waits = Vec::with_capacity(held.len());
         for worker in &held {
             let (done, wait) = done_channel();
@@ -314,7 +325,7 @@ impl Committer {
         let Some(tail) = &self.tail else {
             return Ok(());
         };
-        if !crate::support::lock(tail).holds(worker) {
+        if !crate::support::lock(&tail.tail).holds(worker) {
             return Ok(());
         }
         let (done, wait) = done_channel();
@@ -448,7 +459,7 @@ fn run(
     fencing: &Arc<Fencing>,
     poll: Duration,
     alone: &AtomicBool,
-    tail: Option<&std::sync::Mutex<Tail>>,
+    tail: Option<&SharedTail>,
 ) {
     // While the last group was one request, the next is polled for before sleeping.
     while let Some(first) = next(
@@ -521,7 +532,7 @@ fn commit_batch(
     batch: Vec<CommitRequest>,
     metrics: &Metrics,
     fencing: &Arc<Fencing>,
-    tail: Option<&std::sync::Mutex<Tail>>,
+    tail: Option<&SharedTail>,
 ) {
     let started = Instant::now();
     let requests = batch.len();
@@ -564,9 +575,9 @@ fn commit_batch(
     // The tail's lock is held to plan and to apply, never across the transaction.
     let plan = tail.map(|t| {
         let planned: Vec<_> = work.iter().map(Work::planned).collect();
-        crate::support::lock(t).plan(&planned, now, true)
+        crate::support::lock(&t.tail).plan(&planned, now, true)
     });
-    let writer = tail.map(|t| crate::support::lock(t).writer().to_string());
+    let writer = tail.map(|t| t.writer.as_str());
     let result = store.transact_blocking(|tx| {
         let mut checked = std::collections::HashMap::new();
         if let Some(plan) = &plan {
@@ -574,15 +585,7 @@ fn commit_batch(
         }
         for (i, w) in work.iter().enumerate() {
             let placed = plan.as_ref().and_then(|p| p.requests.get(i));
-            apply(
-                tx,
-                w,
-                placed,
-                writer.as_deref(),
-                false,
-                fencing,
-                &mut checked,
-            )?;
+            apply(tx, w, placed, writer, false, fencing, &mut checked)?;
         }
         for (key, delta) in &merged {
             tx.atomic_add(key, *delta)?;
@@ -593,12 +596,11 @@ fn commit_batch(
         Ok::<_, Error>(())
     });
     if let (Some(t), Some(plan), Ok(())) = (tail, plan, &result) {
-        let mut work = work;
         let appended = work
-            .iter_mut()
-            .map(|w| (w.worker.clone(), w.indices, std::mem::take(&mut w.entries)))
+            .into_iter()
+            .map(|w| (w.worker, w.indices, w.entries))
             .collect();
-        let mut t = crate::support::lock(t);
+        let mut t = crate::support::lock(&t.tail);
         t.apply(plan, appended, now);
         metrics.tail_records.set(t.len() as i64);
         drop(t);
@@ -761,26 +763,18 @@ fn commit_alone(
     store: &Store,
     mut w: Work,
     fencing: &Fencing,
-    tail: Option<&std::sync::Mutex<Tail>>,
+    tail: Option<&SharedTail>,
     now: u64,
 ) -> Result<(), Error> {
-    let plan = tail.map(|t| crate::support::lock(t).plan(&[w.planned()], now, false));
-    let writer = tail.map(|t| crate::support::lock(t).writer().to_string());
+    let plan = tail.map(|t| crate::support::lock(&t.tail).plan(&[w.planned()], now, false));
+    let writer = tail.map(|t| t.writer.as_str());
     store.transact_blocking(|tx| {
         let mut checked = std::collections::HashMap::new();
         if let Some(plan) = &plan {
             move_records(tx, plan, fencing, &mut checked)?;
         }
         let placed = plan.as_ref().and_then(|p| p.requests.first());
-        apply(
-            tx,
-            &w,
-            placed,
-            writer.as_deref(),
-            true,
-            fencing,
-            &mut checked,
-        )?;
+        apply(tx, &w, placed, writer, true, fencing, &mut checked)?;
         if let (Some(plan), Some(writer)) = (&plan, &writer) {
             clear_records(tx, plan, writer)?;
         }
@@ -788,7 +782,7 @@ fn commit_alone(
     })?;
     if let (Some(t), Some(plan)) = (tail, plan) {
         let entries = std::mem::take(&mut w.entries);
-        crate::support::lock(t).apply(plan, vec![(w.worker, w.indices, entries)], now);
+        crate::support::lock(&t.tail).apply(plan, vec![(w.worker, w.indices, entries)], now);
     }
     Ok(())
 }

@@ -128,7 +128,6 @@ fn entries_bytes(entries: &[(OplogIndex, Vec<u8>)]) -> usize {
 
 /// The committer's memory of its tail.
 pub(crate) struct Tail {
-    writer: String,
     next_seq: u64,
     /// Records in the tail, oldest (lowest seq) first.
     order: VecDeque<Slot>,
@@ -211,19 +210,14 @@ pub(crate) struct Plan {
 }
 
 impl Tail {
-    pub(crate) fn new(writer: String) -> Tail {
+    pub(crate) fn new() -> Tail {
         Tail {
-            writer,
             next_seq: 0,
             order: VecDeque::new(),
             workers: HashMap::new(),
             bytes: 0,
             ready: std::collections::HashSet::new(),
         }
-    }
-
-    pub(crate) fn writer(&self) -> &str {
-        &self.writer
     }
 
     /// Whether any record of `worker` is in the tail: reads of its oplog evict it first.
@@ -581,6 +575,8 @@ mod tests {
 
     struct Run {
         tail: Tail,
+        /// The writer the tail's records are keyed under (another after each crash).
+        writer: String,
         stored: Stored,
         /// Each worker's last committed index.
         last: [OplogIndex; 5],
@@ -624,7 +620,7 @@ mod tests {
             let plan = self.tail.plan(&planned, self.now, true);
             assert_eq!(plan.requests.len(), made.len());
             let number = |id: &WorkerId| id.worker.as_str()[1..].parse::<u8>().expect("n");
-            let writer = self.tail.writer().to_string();
+            let writer = self.writer.clone();
             let mut stored = Stored {
                 keys: self.stored.keys.clone(),
                 records: self.stored.records.clone(),
@@ -697,7 +693,8 @@ mod tests {
                 }
             }
             self.runs += 1;
-            self.tail = Tail::new(format!("writer-{}", self.runs));
+            self.tail = Tail::new();
+            self.writer = format!("writer-{}", self.runs);
         }
 
         /// Every committed entry is at its key or in a record; a worker the tail does not
@@ -745,7 +742,8 @@ mod tests {
             steps in prop::collection::vec(step(), 1..120)
         ) {
             let mut run = Run {
-                tail: Tail::new("writer-0".into()),
+                tail: Tail::new(),
+                writer: "writer-0".into(),
                 stored: Stored::default(),
                 last: [0; 5],
                 now: 0,
@@ -771,7 +769,7 @@ mod tests {
 
     #[test]
     fn a_worker_with_enough_records_moves_and_the_oldest_records_are_cleared() {
-        let mut tail = Tail::new("w".into());
+        let mut tail = Tail::new();
         let id = worker(1);
         for i in 1..=MOVE_RECORDS as u64 {
             let entries = vec![(i, entry(1, i))];
@@ -803,7 +801,7 @@ mod tests {
 
     #[test]
     fn a_record_waits_at_most_its_age() {
-        let mut tail = Tail::new("w".into());
+        let mut tail = Tail::new();
         let id = worker(2);
         let entries = vec![(1, entry(2, 1))];
         let request = Request {
