@@ -579,21 +579,7 @@ fn commit_batch(
     });
     let writer = tail.map(|t| t.writer.as_str());
     let result = store.transact_blocking(|tx| {
-        let mut checked = std::collections::HashMap::new();
-        if let Some(plan) = &plan {
-            move_records(tx, plan, fencing, &mut checked)?;
-        }
-        for (i, w) in work.iter().enumerate() {
-            let placed = plan.as_ref().and_then(|p| p.requests.get(i));
-            apply(tx, w, placed, writer, false, fencing, &mut checked)?;
-        }
-        for (key, delta) in &merged {
-            tx.atomic_add(key, *delta)?;
-        }
-        if let (Some(plan), Some(writer)) = (&plan, &writer) {
-            clear_records(tx, plan, writer)?;
-        }
-        Ok::<_, Error>(())
+        write_group(tx, &work, plan.as_ref(), writer, Some(&merged), fencing)
     });
     if let (Some(t), Some(plan), Ok(())) = (tail, plan, &result) {
         let appended = work
@@ -769,20 +755,53 @@ fn commit_alone(
     let plan = tail.map(|t| crate::support::lock(&t.tail).plan(&[w.planned()], now, false));
     let writer = tail.map(|t| t.writer.as_str());
     store.transact_blocking(|tx| {
-        let mut checked = std::collections::HashMap::new();
-        if let Some(plan) = &plan {
-            move_records(tx, plan, fencing, &mut checked)?;
-        }
-        let placed = plan.as_ref().and_then(|p| p.requests.first());
-        apply(tx, &w, placed, writer, true, fencing, &mut checked)?;
-        if let (Some(plan), Some(writer)) = (&plan, &writer) {
-            clear_records(tx, plan, writer)?;
-        }
-        Ok::<_, Error>(())
+        write_group(
+            tx,
+            std::slice::from_ref(&w),
+            plan.as_ref(),
+            writer,
+            None,
+            fencing,
+        )
     })?;
     if let (Some(t), Some(plan)) = (tail, plan) {
         let entries = std::mem::take(&mut w.entries);
         crate::support::lock(&t.tail).apply(plan, vec![(w.worker, w.indices, entries)], now);
+    }
+    Ok(())
+}
+
+/// A group's transaction body: the tail's moves, each request's writes, the usage counters
+/// (summed for the group in `merged`, or each request's own when it is `None`), the tail's clears.
+fn write_group(
+    tx: &mut invicta_store::Transaction<'_>,
+    work: &[Work],
+    plan: Option<&tail::Plan>,
+    writer: Option<&str>,
+    merged: Option<&std::collections::HashMap<&[u8], i64>>,
+    fencing: &Fencing,
+) -> Result<(), Error> {
+    let mut checked = std::collections::HashMap::new();
+    if let Some(plan) = plan {
+        move_records(tx, plan, fencing, &mut checked)?;
+    }
+    for (i, w) in work.iter().enumerate() {
+        let placed = plan.and_then(|p| p.requests.get(i));
+        apply(
+            tx,
+            w,
+            placed,
+            writer,
+            merged.is_none(),
+            fencing,
+            &mut checked,
+        )?;
+    }
+    for (key, delta) in merged.into_iter().flatten() {
+        tx.atomic_add(key, *delta)?;
+    }
+    if let (Some(plan), Some(writer)) = (plan, writer) {
+        clear_records(tx, plan, writer)?;
     }
     Ok(())
 }
