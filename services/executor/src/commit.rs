@@ -30,7 +30,7 @@ use invicta_store::Store;
 use tokio::sync::{mpsc, oneshot};
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::error::Error;
@@ -254,6 +254,9 @@ pub(crate) struct Committer {
     alone: Arc<AtomicBool>,
     /// Whether a submitter polls for its commit now: one at a time.
     polling: Arc<AtomicBool>,
+    /// Requests sent so far: a submitter polls only while no other request follows its own
+    /// (another means commits no longer come one at a time, and the thread has other work).
+    sent: Arc<AtomicU64>,
     /// The oplog's tail, when appends go through it (an executor owning every shard for good).
     tail: Option<Arc<SharedTail>>,
 }
@@ -296,6 +299,7 @@ impl Committer {
             poll,
             alone,
             polling: Arc::new(AtomicBool::new(false)),
+            sent: Arc::new(AtomicU64::new(0)),
             tail,
         })
     }
@@ -347,7 +351,8 @@ impl Committer {
     /// runs on this thread next, without waking a sleeping one (a runtime thread that went idle
     /// meanwhile takes tens of microseconds to come back on a virtual machine), which is most
     /// of what a sequential caller waits for beside the commit. Under load, when groups are
-    /// larger, it returns at once and `done` runs on the committer's thread.
+    /// larger, it returns at once, and it stops polling as soon as another request follows its
+    /// own: `done` then runs on the committer's thread.
     pub(crate) async fn submit_polling(&self, request: CommitRequest) {
         self.send(request, true).await;
     }
@@ -373,8 +378,9 @@ impl Committer {
         if let Err(mpsc::error::SendError(request)) = self.tx.send(request).await {
             (request.done)(Err(Error::ShuttingDown));
         }
+        let ours = self.sent.fetch_add(1, Ordering::Relaxed).wrapping_add(1);
         if let Some((handoff, _turn)) = handoff {
-            handoff.wait(self.poll);
+            handoff.wait(self.poll, || self.sent.load(Ordering::Relaxed) != ours);
         }
     }
 }
@@ -434,10 +440,10 @@ impl Handoff {
     }
 
     /// Polls for the outcome for up to `poll` (yielding the CPU to whoever else wants it between
-    /// tries), and calls `done` if it came.
-    fn wait(&self, poll: Duration) {
+    /// tries) or until `crowded` says other requests came, and calls `done` if it came.
+    fn wait(&self, poll: Duration, crowded: impl Fn() -> bool) {
         let started = Instant::now();
-        while !self.ready.load(Ordering::Acquire) && started.elapsed() < poll {
+        while !self.ready.load(Ordering::Acquire) && started.elapsed() < poll && !crowded() {
             std::thread::yield_now();
         }
         let mut state = crate::support::lock(&self.state);
@@ -563,8 +569,8 @@ fn commit_batch(
             )
         })
         .unzip();
-    // Usage counters of the whole batch are summed first: one atomic add per counter.
-    let mut merged: std::collections::HashMap<&[u8], i64> = std::collections::HashMap::new();
+    // Usage counters of the whole batch are summed first: one atomic add per counter, in key order.
+    let mut merged: std::collections::BTreeMap<&[u8], i64> = std::collections::BTreeMap::new();
     for w in &work {
         for (key, delta) in &w.adds {
             let sum = merged.entry(key.as_slice()).or_insert(0);
@@ -778,7 +784,7 @@ fn write_group(
     work: &[Work],
     plan: Option<&tail::Plan>,
     writer: Option<&str>,
-    merged: Option<&std::collections::HashMap<&[u8], i64>>,
+    merged: Option<&std::collections::BTreeMap<&[u8], i64>>,
     fencing: &Fencing,
 ) -> Result<(), Error> {
     let mut checked = std::collections::HashMap::new();
@@ -954,7 +960,7 @@ mod tests {
         let (done, ran) = reporting();
         let (handoff, committer_side) = Handoff::new(done);
         let committer = std::thread::spawn(move || committer_side(Ok(())));
-        handoff.wait(Duration::from_secs(60));
+        handoff.wait(Duration::from_secs(60), || false);
         committer.join().unwrap();
         assert_eq!(ran.try_recv(), Ok((std::thread::current().id(), true)));
         assert!(ran.try_recv().is_err(), "done ran twice");
@@ -964,7 +970,7 @@ mod tests {
     fn an_outcome_that_comes_after_the_submitter_gave_up_is_handled_by_the_committer() {
         let (done, ran) = reporting();
         let (handoff, committer_side) = Handoff::new(done);
-        handoff.wait(Duration::ZERO);
+        handoff.wait(Duration::ZERO, || false);
         assert!(ran.try_recv().is_err(), "done ran without an outcome");
         let committer = std::thread::spawn(move || {
             committer_side(Err(Error::ShuttingDown));
@@ -973,5 +979,20 @@ mod tests {
         let committer = committer.join().unwrap();
         assert_eq!(ran.try_recv(), Ok((committer, false)));
         assert!(ran.try_recv().is_err(), "done ran twice");
+    }
+
+    #[test]
+    fn a_submitter_stops_polling_once_another_request_follows() {
+        let (done, ran) = reporting();
+        let (handoff, committer_side) = Handoff::new(done);
+        // Another request came: the submitter gives up at once, a minute's poll or not.
+        handoff.wait(Duration::from_secs(60), || true);
+        assert!(ran.try_recv().is_err(), "done ran without an outcome");
+        let committer = std::thread::spawn(move || {
+            committer_side(Ok(()));
+            std::thread::current().id()
+        });
+        let committer = committer.join().unwrap();
+        assert_eq!(ran.try_recv(), Ok((committer, true)));
     }
 }

@@ -31,6 +31,7 @@ pub mod incoming;
 mod leases;
 mod lifecycle;
 mod limits;
+mod meter;
 mod metrics;
 mod placed;
 mod placement;

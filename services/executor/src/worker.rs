@@ -309,6 +309,8 @@ struct Actor {
     snapshot_at_bytes: u64,
     /// The worker's snapshot record as last read or written: this actor is its only writer.
     snapshots: snapshots::SnapshotRecord,
+    /// The keys of the usage counters its commits add to.
+    meter: crate::meter::Meter,
     /// When it is snapshotted: its component's policy, else the executor's (read at each
     /// activation and after each snapshot).
     snapshot_policy: snapshots::Policy,
@@ -436,6 +438,7 @@ pub(crate) fn spawn(
         snapshot_at: 0,
         snapshot_at_bytes: 0,
         snapshots: snapshots::SnapshotRecord::default(),
+        meter: crate::meter::Meter::default(),
         snapshot_policy: snapshots::Policy {
             every_invocations: 0,
             every_entries: 0,
@@ -835,22 +838,14 @@ impl Actor {
             .fetch_add(commit.oplog_bytes(), Ordering::Relaxed);
         if fuel_consumed > 0 {
             // The fuel it burnt before the wait is billed now; the rest with its completion.
-            let now = now_ms();
-            let tenant = self.id.tenant.as_str();
+            let keys = self.meter.keys(
+                self.id.tenant.as_str(),
+                self.id.component.as_str(),
+                now_ms(),
+            );
             commit = commit
-                .add(
-                    usage::month_key(tenant, usage::FUEL, &records::month_of(now)),
-                    fuel_consumed,
-                )
-                .add(
-                    usage::ledger_key(
-                        tenant,
-                        usage::hour_of(now),
-                        self.id.component.as_str(),
-                        usage::FUEL,
-                    ),
-                    fuel_consumed,
-                );
+                .add(keys.month_fuel.clone(), fuel_consumed)
+                .add(keys.fuel.clone(), fuel_consumed);
         }
         commit = commit.set(records::running_key(&self.id), Vec::new());
         let wake_at = match &wake {
@@ -2536,64 +2531,36 @@ impl Actor {
             commit = commit.clear(crate::suspend::wake_key(at, &self.id));
         }
         // Usage is metered in the transaction that commits the work: never twice, never lost.
-        let (tenant, component) = (self.id.tenant.as_str(), self.id.component.as_str());
-        let now = now_ms();
-        let (month, hour) = (records::month_of(now), usage::hour_of(now));
+        let keys = self.meter.keys(
+            self.id.tenant.as_str(),
+            self.id.component.as_str(),
+            now_ms(),
+        );
         match (&outcome, call_usage) {
             (Ok(completed), Some(call)) => {
                 let memory_kib_ms = (call.memory_bytes / 1024).saturating_mul(call.wall_us) / 1000;
                 commit = commit
-                    .add(
-                        usage::month_key(tenant, usage::FUEL, &month),
-                        completed.fuel_consumed,
-                    )
-                    .add(usage::month_key(tenant, usage::INVOCATIONS, &month), 1)
-                    .add(
-                        usage::ledger_key(tenant, hour, component, usage::INVOCATIONS),
-                        1,
-                    )
-                    .add(
-                        usage::ledger_key(tenant, hour, component, usage::FUEL),
-                        completed.fuel_consumed,
-                    )
-                    .add(
-                        usage::ledger_key(tenant, hour, component, usage::WALL_US),
-                        call.wall_us,
-                    )
-                    .add(
-                        usage::ledger_key(tenant, hour, component, usage::MEMORY_KIB_MS),
-                        memory_kib_ms,
-                    )
-                    .add(
-                        usage::ledger_key(tenant, hour, component, usage::OPLOG_BYTES),
-                        oplog_bytes,
-                    );
+                    .add(keys.month_fuel.clone(), completed.fuel_consumed)
+                    .add(keys.month_invocations.clone(), 1)
+                    .add(keys.invocations.clone(), 1)
+                    .add(keys.fuel.clone(), completed.fuel_consumed)
+                    .add(keys.wall_us.clone(), call.wall_us)
+                    .add(keys.memory_kib_ms.clone(), memory_kib_ms)
+                    .add(keys.oplog_bytes.clone(), oplog_bytes);
             }
             // A failed invocation's fuel was burnt all the same: billed, not counted as one.
             (Err(_), _) if failed_fuel > 0 => {
                 commit = commit
-                    .add(usage::month_key(tenant, usage::FUEL, &month), failed_fuel)
-                    .add(
-                        usage::ledger_key(tenant, hour, component, usage::FUEL),
-                        failed_fuel,
-                    );
+                    .add(keys.month_fuel.clone(), failed_fuel)
+                    .add(keys.fuel.clone(), failed_fuel);
             }
             _ => {}
         }
         if http_usage.0 > 0 {
             commit = commit
-                .add(
-                    usage::ledger_key(tenant, hour, component, usage::HTTP_REQUESTS),
-                    http_usage.0,
-                )
-                .add(
-                    usage::ledger_key(tenant, hour, component, usage::HTTP_REQUEST_BYTES),
-                    http_usage.1,
-                )
-                .add(
-                    usage::ledger_key(tenant, hour, component, usage::HTTP_RESPONSE_BYTES),
-                    http_usage.2,
-                );
+                .add(keys.http_requests.clone(), http_usage.0)
+                .add(keys.http_request_bytes.clone(), http_usage.1)
+                .add(keys.http_response_bytes.clone(), http_usage.2);
         }
         let outcome = match retry {
             Some((at_ms, runs, _)) => Err(Error::RetryLater { at_ms, runs }),

@@ -11,6 +11,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
+use rusqlite::functions::FunctionFlags;
+use rusqlite::types::ValueRef;
 use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, params};
 
 use crate::counters::decode_i64;
@@ -246,6 +248,21 @@ fn connect(path: &Path) -> rusqlite::Result<Connection> {
     }
     // FULL: the WAL is fsynced at every commit, so an acknowledged commit survives a crash.
     conn.pragma_update(None, "synchronous", "FULL")?;
+    // `invicta_add(value, delta)`: a counter's stored bytes plus `delta`, as `atomic_add` keeps
+    // them (little-endian, wrapping).
+    conn.create_scalar_function(
+        "invicta_add",
+        2,
+        FunctionFlags::SQLITE_UTF8 | FunctionFlags::SQLITE_DETERMINISTIC,
+        |ctx| {
+            let current = match ctx.get_raw(0) {
+                ValueRef::Blob(bytes) => decode_i64(bytes),
+                _ => 0,
+            };
+            let delta: i64 = ctx.get(1)?;
+            Ok(current.wrapping_add(delta).to_le_bytes().to_vec())
+        },
+    )?;
     Ok(conn)
 }
 
@@ -353,7 +370,12 @@ impl RawTransaction for SqliteTransaction<'_> {
     }
 
     fn atomic_add(&mut self, key: &[u8], delta: i64) -> Result<()> {
-        let current = self.get(key)?.map(|v| decode_i64(&v)).unwrap_or(0);
-        self.set(key, &current.wrapping_add(delta).to_le_bytes())
+        // One statement: the key's row is found once, whether it is there or not.
+        let mut stmt = self.conn.prepare_cached(
+            "INSERT INTO kv (key, value) VALUES (?1, ?2) \
+             ON CONFLICT (key) DO UPDATE SET value = invicta_add(value, ?3)",
+        )?;
+        stmt.execute(params![key, delta.to_le_bytes(), delta])?;
+        Ok(())
     }
 }

@@ -30,6 +30,10 @@ const CHECKS: &[(&str, Check)] = &[
     ),
     ("atomic_add_under_contention", atomic_add_under_contention),
     (
+        "atomic_add_extends_short_values_and_wraps",
+        atomic_add_extends_short_values_and_wraps,
+    ),
+    (
         "limits_are_typed_and_change_nothing",
         limits_are_typed_and_change_nothing,
     ),
@@ -304,6 +308,31 @@ fn atomic_add_under_contention(store: &Store, prefix: &[u8]) -> TestResult {
         .flat_map(|t| (0..200_i64).map(move |i| if (t + i) % 5 == 0 { -3 } else { 2 }))
         .sum();
     assert_eq!(store.read_blocking(|tx| tx.get_i64(&counter))?, expected);
+    Ok(())
+}
+
+/// FoundationDB's `ADD`: a shorter stored value is zero-extended, the sum wraps.
+fn atomic_add_extends_short_values_and_wraps(store: &Store, prefix: &[u8]) -> TestResult {
+    let (short, high, fresh) = (
+        key(prefix, "short"),
+        key(prefix, "high"),
+        key(prefix, "new"),
+    );
+    store.transact_blocking(|tx| {
+        tx.set(&short, &[0x01, 0x01])?;
+        tx.set(&high, &i64::MAX.to_le_bytes())
+    })?;
+    store.transact_blocking(|tx| {
+        tx.atomic_add(&short, 1)?;
+        tx.atomic_add(&high, 1)?;
+        tx.atomic_add(&fresh, -7)
+    })?;
+    store.read_blocking(|tx| {
+        assert_eq!(tx.get_i64(&short)?, 0x0102);
+        assert_eq!(tx.get_i64(&high)?, i64::MIN);
+        assert_eq!(tx.get(&fresh)?, Some((-7_i64).to_le_bytes().to_vec()));
+        Ok::<_, Error>(())
+    })?;
     Ok(())
 }
 
