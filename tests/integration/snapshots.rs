@@ -3,7 +3,6 @@
 //! that does not read back is passed over for the one before it, then for a full replay; a
 //! revert that reaches back over a snapshot is never undone by it.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -20,27 +19,6 @@ fn config(dir: &Path) -> anyhow::Result<String> {
         "[executor]\nsnapshot_every_invocations = 10\nidle_suspend_ms = 300\n",
     )?;
     Ok(path.to_string_lossy().into_owned())
-}
-
-async fn metrics(api: &Api) -> anyhow::Result<HashMap<String, f64>> {
-    let text = api
-        .anonymous()
-        .http
-        .get(format!("{}/metrics", api.base))
-        .send()
-        .await?
-        .text()
-        .await?;
-    Ok(text
-        .lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| l.rsplit_once(' '))
-        .filter_map(|(name, value)| Some((name.to_string(), value.parse().ok()?)))
-        .collect())
-}
-
-async fn metric(api: &Api, name: &str) -> anyhow::Result<f64> {
-    Ok(metrics(api).await?.get(name).copied().unwrap_or(0.0))
 }
 
 /// The snapshot entries of the worker's oplog: (index, blob key).
@@ -94,12 +72,12 @@ async fn a_worker_comes_back_from_its_latest_snapshot_and_falls_back_past_a_bad_
     }
     let taken = snapshots(&api, "s").await?;
     assert_eq!(taken.len(), 2, "after the 10th and the 20th: {taken:?}");
-    assert_eq!(metric(&api, "invicta_snapshots_taken_total").await?, 2.0);
+    assert_eq!(api.metric("invicta_snapshots_taken_total").await?, 2.0);
     let expected = json!([325, 25]);
     // What came before the latest snapshot is archived; the oplog reads whole across both.
     let (_, last_snapshot) = (taken[1].0, &taken[1].1);
     assert_eq!(
-        metric(&api, "invicta_archived_entries_total").await?,
+        api.metric("invicta_archived_entries_total").await?,
         (taken[1].0 - 1) as f64,
         "{last_snapshot}"
     );
@@ -110,14 +88,8 @@ async fn a_worker_comes_back_from_its_latest_snapshot_and_falls_back_past_a_bad_
     let server = Server::start_with(INVICTA.as_ref(), &dir, &["--config", &config])?;
     let api = api.at(&server.url);
     assert_eq!(state(&api, "s").await?, expected);
-    assert_eq!(
-        metric(&api, "invicta_snapshot_recoveries_total").await?,
-        1.0
-    );
-    assert_eq!(
-        metric(&api, "invicta_replayed_invocations_total").await?,
-        5.0
-    );
+    assert_eq!(api.metric("invicta_snapshot_recoveries_total").await?, 1.0);
+    assert_eq!(api.metric("invicta_replayed_invocations_total").await?, 5.0);
 
     // Idle suspension: back from it again.
     eventually("the worker suspended", Duration::from_secs(10), || {
@@ -129,10 +101,7 @@ async fn a_worker_comes_back_from_its_latest_snapshot_and_falls_back_past_a_bad_
     })
     .await?;
     assert_eq!(state(&api, "s").await?, expected);
-    assert_eq!(
-        metric(&api, "invicta_snapshot_recoveries_total").await?,
-        2.0
-    );
+    assert_eq!(api.metric("invicta_snapshot_recoveries_total").await?, 2.0);
 
     // The latest snapshot's blob is damaged: it is passed over for the one before it.
     server.kill()?;
@@ -141,9 +110,9 @@ async fn a_worker_comes_back_from_its_latest_snapshot_and_falls_back_past_a_bad_
     let server = Server::start_with(INVICTA.as_ref(), &dir, &["--config", &config])?;
     let api = api.at(&server.url);
     assert_eq!(state(&api, "s").await?, expected);
-    assert_eq!(metric(&api, "invicta_snapshot_fallbacks_total").await?, 1.0);
+    assert_eq!(api.metric("invicta_snapshot_fallbacks_total").await?, 1.0);
     assert_eq!(
-        metric(&api, "invicta_replayed_invocations_total").await?,
+        api.metric("invicta_replayed_invocations_total").await?,
         17.0,
         "the 15 additions after the first snapshot, and the 2 reads of the state since"
     );
@@ -166,16 +135,13 @@ async fn a_worker_comes_back_from_its_latest_snapshot_and_falls_back_past_a_bad_
     let server = Server::start_with(INVICTA.as_ref(), &dir, &["--config", &config])?;
     let api = api.at(&server.url);
     assert_eq!(state(&api, "s").await?, expected);
-    assert_eq!(metric(&api, "invicta_snapshot_fallbacks_total").await?, 3.0);
+    assert_eq!(api.metric("invicta_snapshot_fallbacks_total").await?, 3.0);
     assert_eq!(
-        metric(&api, "invicta_replayed_invocations_total").await?,
+        api.metric("invicta_replayed_invocations_total").await?,
         28.0,
         "25 additions and 3 reads"
     );
-    assert_eq!(
-        metric(&api, "invicta_snapshot_recoveries_total").await?,
-        0.0
-    );
+    assert_eq!(api.metric("invicta_snapshot_recoveries_total").await?, 0.0);
 
     // Deleting the worker deletes its snapshots.
     let deleted = api.delete("/v1/components/snap/workers/s").await?;
@@ -219,12 +185,9 @@ async fn a_revert_over_a_snapshot_is_not_undone_by_it() -> anyhow::Result<()> {
         expected,
         "the snapshot after the 20th is past the revert: the one after the 10th is used"
     );
+    assert_eq!(api.metric("invicta_snapshot_recoveries_total").await?, 1.0);
     assert_eq!(
-        metric(&api, "invicta_snapshot_recoveries_total").await?,
-        1.0
-    );
-    assert_eq!(
-        metric(&api, "invicta_replayed_invocations_total").await?,
+        api.metric("invicta_replayed_invocations_total").await?,
         6.0,
         "the 11th to the 15th addition, and the read after the revert"
     );
@@ -653,10 +616,7 @@ async fn archived_history_past_the_plans_retention_is_deleted() -> anyhow::Resul
     let server = Server::start_with(INVICTA.as_ref(), &dir, &["--config", &config])?;
     let api = api.at(&server.url);
     assert_eq!(state(&api, "f").await?, json!([630, 35]));
-    assert_eq!(
-        metric(&api, "invicta_snapshot_recoveries_total").await?,
-        1.0
-    );
+    assert_eq!(api.metric("invicta_snapshot_recoveries_total").await?, 1.0);
     Ok(())
 }
 
@@ -686,12 +646,9 @@ async fn a_snapshot_holds_the_workers_files() -> anyhow::Result<()> {
     let server = Server::start_with(INVICTA.as_ref(), &dir, &["--config", &config])?;
     let api = api.at(&server.url);
     assert_eq!(api.call("snap", "s", "notes", json!([])).await?, json!(all));
+    assert_eq!(api.metric("invicta_snapshot_recoveries_total").await?, 1.0);
     assert_eq!(
-        metric(&api, "invicta_snapshot_recoveries_total").await?,
-        1.0
-    );
-    assert_eq!(
-        metric(&api, "invicta_replayed_invocations_total").await?,
+        api.metric("invicta_replayed_invocations_total").await?,
         2.0,
         "only the two notes after the snapshot are replayed"
     );

@@ -1,9 +1,11 @@
 //! The oplog's tail: entries a SIGKILL leaves in it come back whole at the next start, and a
-//! clean stop leaves each oplog whole at its workers' keys.
+//! clean stop, or a moment of idleness, leaves each oplog whole at its workers' keys.
+
+use std::time::Duration;
 
 use invicta_store::keys::{pack, prefix_range};
 use invicta_store::{Config, Store};
-use invicta_tests::{Apart, Api, Server, component};
+use invicta_tests::{Apart, Api, Server, component, eventually};
 use serde_json::json;
 
 use crate::INVICTA;
@@ -141,5 +143,44 @@ async fn an_executor_under_a_scheduler_drains_what_an_all_in_one_run_left() -> a
     let (records, indices) = stored(&data, &tenant)?;
     assert_eq!(records, 0, "records left in the tail: {indices:?}");
     drop(roles);
+    Ok(())
+}
+
+/// An executor that goes idle moves what waits in its tail to its workers' keys by itself, a
+/// moment after its last commit: a kill then leaves nothing to drain.
+#[tokio::test]
+async fn an_idle_executor_moves_its_tail_to_the_workers_keys() -> anyhow::Result<()> {
+    let data = tempfile::tempdir()?;
+    let server = Server::start(INVICTA.as_ref(), data.path())?;
+    let api = server.operator().new_tenant("acme", "pro").await?;
+    let tenant = api.get("/v1/usage").await?.body["tenant"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    api.upload("counter", component("counter")).await?;
+    for call in 1..=CALLS {
+        for w in 0..WORKERS {
+            api.call("counter", &format!("w{w}"), "add", json!([call]))
+                .await?;
+        }
+    }
+    let metrics = api.anonymous();
+    assert!(
+        metrics.metric("invicta_oplog_tail_records").await? > 0.0,
+        "the calls left nothing in the tail"
+    );
+    eventually("the tail emptied", Duration::from_secs(30), || async {
+        let records = metrics.metric("invicta_oplog_tail_records").await?;
+        Ok((records == 0.0).then_some(()))
+    })
+    .await?;
+    server.kill()?;
+
+    let (records, indices) = stored(data.path(), &tenant)?;
+    assert_eq!(records, 0, "records left in the tail");
+    for (w, found) in indices.iter().enumerate() {
+        assert!(whole(found), "w{w}'s oplog at its keys: {found:?}");
+        assert_eq!(found.len(), indices[0].len(), "w{w}'s oplog: {found:?}");
+    }
     Ok(())
 }

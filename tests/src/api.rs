@@ -157,6 +157,24 @@ impl Api {
         })
     }
 
+    /// The value of one metric the server exposes at `/metrics` (0 when it has none yet).
+    pub async fn metric(&self, name: &str) -> anyhow::Result<f64> {
+        let text = self
+            .http
+            .get(format!("{}/metrics", self.base))
+            .send()
+            .await?
+            .text()
+            .await?;
+        Ok(text
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| l.rsplit_once(' '))
+            .find(|(metric, _)| *metric == name)
+            .and_then(|(_, value)| value.parse().ok())
+            .unwrap_or(0.0))
+    }
+
     pub async fn get(&self, path: &str) -> anyhow::Result<Reply> {
         Self::reply(
             self.auth(self.http.get(format!("{}{path}", self.base)))

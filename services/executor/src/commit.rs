@@ -76,6 +76,17 @@ pub(crate) struct CommitRequest {
     pub span: tracing::Span,
 }
 
+/// What the committer's queue carries.
+#[allow(
+    clippy::large_enum_variant,
+    reason = "nearly every message is a request; boxing it would allocate once a commit"
+)]
+enum Message {
+    Commit(CommitRequest),
+    /// The executor went idle with records in the tail: move them now (see [`settle`]).
+    Settle,
+}
+
 /// The oplog's tail as the committer and its callers share it: the committer's memory of it, and
 /// the writer its records are keyed under.
 pub(crate) struct SharedTail {
@@ -247,7 +258,7 @@ impl CommitRequest {
 
 #[derive(Clone)]
 pub(crate) struct Committer {
-    tx: mpsc::Sender<CommitRequest>,
+    tx: mpsc::Sender<Message>,
     /// How long a thread polls rather than sleeps, waiting for a commit or for the next request.
     poll: Duration,
     /// Whether the committer's last group was one request alone (commits come one at a time).
@@ -279,6 +290,14 @@ impl Committer {
                 writer: fencing.id.clone(),
             })
         });
+        let sent = Arc::new(AtomicU64::new(0));
+        if let Some(tail) = &tail {
+            let (tx, sent, tail) = (tx.downgrade(), sent.clone(), tail.clone());
+            std::thread::Builder::new()
+                .name("oplog-settler".into())
+                .spawn(move || watch_idle(&tx, &sent, &tail))
+                .map_err(|e| Error::Engine(format!("start the tail's settler thread: {e}")))?;
+        }
         let theirs = tail.clone();
         std::thread::Builder::new()
             .name("oplog-committer".into())
@@ -299,7 +318,7 @@ impl Committer {
             poll,
             alone,
             polling: Arc::new(AtomicBool::new(false)),
-            sent: Arc::new(AtomicU64::new(0)),
+            sent,
             tail,
         })
     }
@@ -375,7 +394,9 @@ impl Committer {
         } else {
             None
         };
-        if let Err(mpsc::error::SendError(request)) = self.tx.send(request).await {
+        if let Err(mpsc::error::SendError(Message::Commit(request))) =
+            self.tx.send(Message::Commit(request)).await
+        {
             (request.done)(Err(Error::ShuttingDown));
         }
         let ours = self.sent.fetch_add(1, Ordering::Relaxed).wrapping_add(1);
@@ -460,7 +481,7 @@ impl Handoff {
 
 fn run(
     store: Store,
-    mut rx: mpsc::Receiver<CommitRequest>,
+    mut rx: mpsc::Receiver<Message>,
     metrics: &Metrics,
     fencing: &Arc<Fencing>,
     poll: Duration,
@@ -476,19 +497,79 @@ fn run(
             Duration::ZERO
         },
     ) {
-        let mut bytes = first.bytes();
-        let mut batch = vec![first];
-        while batch.len() < BATCH_REQUESTS_MAX && bytes < BATCH_BYTES_MAX {
-            match rx.try_recv() {
-                Ok(next) => {
-                    bytes += next.bytes();
-                    batch.push(next);
-                }
-                Err(_) => break,
+        let mut bytes = 0;
+        let mut batch = Vec::new();
+        let mut message = Some(first);
+        while let Some(m) = message.take() {
+            if let Message::Commit(request) = m {
+                bytes += request.bytes();
+                batch.push(request);
+            }
+            if batch.len() < BATCH_REQUESTS_MAX && bytes < BATCH_BYTES_MAX {
+                message = rx.try_recv().ok();
             }
         }
-        alone.store(batch.len() == 1, Ordering::Relaxed);
-        commit_batch(&store, batch, metrics, fencing, tail);
+        match (batch.is_empty(), tail) {
+            (true, Some(tail)) => settle(&store, &rx, metrics, fencing, tail),
+            (true, None) => {}
+            (false, _) => {
+                alone.store(batch.len() == 1, Ordering::Relaxed);
+                commit_batch(&store, batch, metrics, fencing, tail);
+            }
+        }
+    }
+}
+
+/// Groups one settling runs at most (each moves up to 64 workers' records, or clears moved ones).
+const SETTLE_GROUPS_MAX: usize = 1_024;
+
+/// Moves the tail's records to their workers' keys, and clears them, while nothing else is
+/// queued: the executor went idle, so that every record has aged (see [`watch_idle`]) and each
+/// oplog is whole at its keys a moment after the last commit, not at the next one.
+fn settle(
+    store: &Store,
+    rx: &mpsc::Receiver<Message>,
+    metrics: &Metrics,
+    fencing: &Fencing,
+    tail: &SharedTail,
+) {
+    for _ in 0..SETTLE_GROUPS_MAX {
+        if !rx.is_empty() {
+            return;
+        }
+        let now = crate::support::now_ms();
+        let plan = crate::support::lock(&tail.tail).plan(&[], now, true);
+        if plan.is_empty() {
+            return;
+        }
+        let result = store.transact_blocking(|tx| {
+            write_group(tx, &[], Some(&plan), Some(&tail.writer), None, fencing)
+        });
+        if let Err(error) = result {
+            tracing::warn!(%error, "move the oplog's tail of an idle executor");
+            return;
+        }
+        let mut t = crate::support::lock(&tail.tail);
+        t.apply(plan, Vec::new(), now);
+        metrics.tail_records.set(t.len() as i64);
+    }
+}
+
+/// Asks the committer to settle the tail once a whole [`tail::AGE_MAX_MS`] went by without a
+/// request while records wait (then every one of them has aged); ends with the committer.
+fn watch_idle(tx: &mpsc::WeakSender<Message>, sent: &AtomicU64, tail: &SharedTail) {
+    let mut seen = sent.load(Ordering::Relaxed);
+    loop {
+        std::thread::sleep(Duration::from_millis(tail::AGE_MAX_MS));
+        let Some(tx) = tx.upgrade() else {
+            return;
+        };
+        let now = sent.load(Ordering::Relaxed);
+        if now == seen && crate::support::lock(&tail.tail).len() > 0 {
+            // A full queue is a busy committer: it moves aged records with its groups.
+            let _ = tx.try_send(Message::Settle);
+        }
+        seen = now;
     }
 }
 

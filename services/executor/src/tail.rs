@@ -209,6 +209,17 @@ pub(crate) struct Plan {
     pub evicted: Vec<WorkerId>,
 }
 
+impl Plan {
+    /// Whether the plan changes nothing: no request, no move, no clear.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.requests.is_empty()
+            && self.moves.is_empty()
+            && self.clears.is_empty()
+            && self.front.is_none()
+            && self.evicted.is_empty()
+    }
+}
+
 impl Tail {
     pub(crate) fn new() -> Tail {
         Tail {
@@ -549,6 +560,8 @@ mod tests {
         Wait(u64),
         /// The process dies; the next one drains what the tail holds.
         Crash,
+        /// The executor idles a whole [`AGE_MAX_MS`]; its committer settles the tail.
+        Settle,
     }
 
     fn step() -> impl Strategy<Value = Step> {
@@ -559,6 +572,7 @@ mod tests {
             1 => prop::collection::vec(request, 1..4).prop_map(Step::Failed),
             2 => (0u64..400).prop_map(Step::Wait),
             1 => Just(Step::Crash),
+            1 => Just(Step::Settle),
         ]
     }
 
@@ -684,6 +698,19 @@ mod tests {
             self.tail.apply(plan, appended, self.now);
         }
 
+        /// What the committer of an idle executor does: groups of no request, while they
+        /// change anything.
+        fn settle(&mut self) {
+            self.now += AGE_MAX_MS;
+            for _ in 0..1_000 {
+                if self.tail.plan(&[], self.now, true).is_empty() {
+                    return;
+                }
+                self.group(&[], None, false);
+            }
+            panic!("settling never ends");
+        }
+
         fn crash(&mut self) {
             for (_, value) in std::mem::take(&mut self.stored.records) {
                 let (id, entries) = decode_record(&value).expect("a record");
@@ -759,6 +786,11 @@ mod tests {
                     }
                     Step::Wait(ms) => run.now += ms,
                     Step::Crash => run.crash(),
+                    Step::Settle => {
+                        run.settle();
+                        prop_assert_eq!(run.tail.len(), 0, "records left after settling");
+                        prop_assert!((0..5).all(|w| !run.tail.holds(&worker(w))));
+                    }
                 }
                 run.check();
             }
