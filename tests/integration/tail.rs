@@ -39,12 +39,11 @@ fn stored(data: &std::path::Path, tenant: &str) -> anyhow::Result<(usize, Vec<Ve
     Ok((tail, indices))
 }
 
-/// Runs an all-in-one server on `data`: a tenant, the counter, [`CALLS`] calls on each worker;
-/// then kills it. Returns the tenant's key and id.
-async fn call_then_kill(data: &std::path::Path) -> anyhow::Result<(String, String)> {
+/// An all-in-one server on `data`, a tenant, the counter, and [`CALLS`] calls on each worker.
+/// Returns the server, the tenant's client and its id.
+async fn start_and_call(data: &std::path::Path) -> anyhow::Result<(Server, Api, String)> {
     let server = Server::start(INVICTA.as_ref(), data)?;
     let api = server.operator().new_tenant("acme", "pro").await?;
-    let tenant_key = api.key.clone().unwrap_or_default();
     let tenant = api.get("/v1/usage").await?.body["tenant"]
         .as_str()
         .unwrap_or_default()
@@ -59,8 +58,14 @@ async fn call_then_kill(data: &std::path::Path) -> anyhow::Result<(String, Strin
             );
         }
     }
+    Ok((server, api, tenant))
+}
+
+/// [`start_and_call`], then a kill. Returns the tenant's key and id.
+async fn call_then_kill(data: &std::path::Path) -> anyhow::Result<(String, String)> {
+    let (server, api, tenant) = start_and_call(data).await?;
     server.kill()?;
-    Ok((tenant_key, tenant))
+    Ok((api.key.clone().unwrap_or_default(), tenant))
 }
 
 fn whole(indices: &[u64]) -> bool {
@@ -151,19 +156,7 @@ async fn an_executor_under_a_scheduler_drains_what_an_all_in_one_run_left() -> a
 #[tokio::test]
 async fn an_idle_executor_moves_its_tail_to_the_workers_keys() -> anyhow::Result<()> {
     let data = tempfile::tempdir()?;
-    let server = Server::start(INVICTA.as_ref(), data.path())?;
-    let api = server.operator().new_tenant("acme", "pro").await?;
-    let tenant = api.get("/v1/usage").await?.body["tenant"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
-    api.upload("counter", component("counter")).await?;
-    for call in 1..=CALLS {
-        for w in 0..WORKERS {
-            api.call("counter", &format!("w{w}"), "add", json!([call]))
-                .await?;
-        }
-    }
+    let (server, api, tenant) = start_and_call(data.path()).await?;
     let metrics = api.anonymous();
     assert!(
         metrics.metric("invicta_oplog_tail_records").await? > 0.0,
